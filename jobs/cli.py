@@ -1,0 +1,33 @@
+"""``showcase <stage> ...``: one entry point for every job (each is also ``python -m jobs.<stage>``)."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+STAGES = {
+    "make_world": "write a synthetic world in Gest format",
+    "ingest": "validate Gest files into ROOT/tables (reviews, images, quarantine)",
+    "demo": "the embedded default end to end on a synthetic world",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: showcase <stage> --root ROOT [--config FILE.yaml] [--key value ...]\n\nstages:")
+        for name, what in STAGES.items():
+            print(f"  {name:<12} {what}")
+        return 0 if argv else 2
+    stage = argv[0].replace("-", "_")
+    if stage not in STAGES:
+        print(f"showcase: error: unknown stage {argv[0]!r} (known: {', '.join(STAGES)})", file=sys.stderr)
+        return 2
+    module = importlib.import_module(f"jobs.{stage}")
+    from .common import run
+
+    return run(stage, module.main, argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

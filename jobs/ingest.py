@@ -1,0 +1,155 @@
+"""Validate Gest files into ROOT/tables: ``python -m jobs.ingest --root ROOT --gest PATH [--format s2|raw|googlelocal] [--images URI]``.
+
+Ray tasks stage byte ranges of the input in parallel; a small global pass finds duplicates (and, for Gest-raw,
+the Gest-s1 single-review users); more tasks write the final parts; one pointer publishes all three tables.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import sys
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from showcase_core.data.gest import FORMATS, REASONS, detect_format
+from showcase_core.data.ingest import ORDER, drops_of_chunk, finalize_chunk, list_photo_ids, plan_chunks, \
+    plan_drops, stage_chunk
+from showcase_core.data.summary import dataset_summary, summary_markdown
+from showcase_core.store import Store, StoreError, filesystem_for, join_uri, new_run_id, utc_now
+
+from .common import Progress, Timer, UserError, new_report, open_store, parse_args, run, start_ray, versions
+
+DEFAULTS = {"root": None, "gest": None, "format": "auto", "images": None, "seed": 0, "chunk_mb": 64.0}
+
+
+def _check_inputs(cfg: dict) -> tuple[str, str, str]:
+    """Resolve (source, format, images) or fail with one line; touches only metadata."""
+    source = cfg["gest"]
+    if not source:
+        raise UserError("--gest is required: the Gest file (filter_all_t.json, image_review_all.json or Google Local JSON lines)")
+    try:
+        fs, path = filesystem_for(source, fail_fast=True)
+        info = fs.get_file_info(path)
+    except (StoreError, OSError) as e:
+        raise UserError(f"--gest {source}: {str(e).splitlines()[0]}") from None
+    if info.type == pafs.FileType.Directory:
+        raise UserError(f"--gest {source} is a directory; name the file inside it")
+    if info.type != pafs.FileType.File:
+        raise UserError(f"--gest {source}: no such file")
+    fmt = cfg["format"]
+    if fmt == "auto":
+        with fs.open_input_stream(path) as f:
+            head = f.read(4096)
+        fmt = detect_format(head, posixpath.basename(path))
+        if fmt is None:
+            raise UserError(f"--gest {source}: cannot tell its format; pass --format one of {', '.join(FORMATS)}")
+    elif fmt not in FORMATS:
+        raise UserError(f"--format must be one of {', '.join(FORMATS)} or auto, got {fmt!r}")
+    images = cfg["images"] or join_uri(source.rsplit("/", 1)[0] if "/" in source else ".", "images")
+    try:
+        ifs, ipath = filesystem_for(images, fail_fast=True)
+        itype = ifs.get_file_info(ipath).type
+    except (StoreError, OSError) as e:
+        raise UserError(f"--images {images}: {str(e).splitlines()[0]}") from None
+    if itype != pafs.FileType.Directory:
+        raise UserError(f"--images {images}: no such directory (photos are read from <images>/<pic_id>.jpg)")
+    return source, fmt, images
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_args("ingest", DEFAULTS, argv)
+    source, fmt, images = _check_inputs(cfg)
+    store = open_store(cfg["root"])
+    if cfg["chunk_mb"] <= 0:
+        raise UserError("--chunk-mb must be positive")
+
+    import ray
+
+    run_id = new_run_id()
+    report = new_report("ingest", cfg, run_id)
+    report["inputs"] = {"gest": source, "format": fmt, "images": images}
+    timer = Timer()
+    staging = f"tables/_staging/{run_id}"
+    start_ray()
+    root = store.root
+
+    @ray.remote
+    def stage(index, start, end, present):
+        return stage_chunk(Store.open(root), staging, index, source, fmt, start, end, images, present)
+
+    @ray.remote
+    def finalize(index, drops):
+        return finalize_chunk(Store.open(root), staging, index, run_id, drops, fmt, cfg["seed"], images)
+
+    with timer("list_photos"):
+        present = list_photo_ids(images)
+    print(f"[ingest] {len(present):,} photos under {images}", file=sys.stderr, flush=True)
+    chunks = plan_chunks(source, fmt, int(cfg["chunk_mb"] * (1 << 20)))
+    present_ref = ray.put(present)
+    del present
+
+    with timer("stage"):
+        progress = Progress("ingest", "chunks validated", len(chunks))
+        pending = [stage.remote(i, s, e, present_ref) for i, (s, e) in enumerate(chunks)]
+        staged, records = [], 0
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            result = ray.get(done[0])
+            staged.append(result)
+            records += result["records"]
+            progress.update(len(staged), f"{records:,} records")
+
+    with timer("plan"):
+        keys = pa.concat_tables(
+            pq.read_table(store.path(f"{staging}/reviews-{i:05d}.parquet"), filesystem=store.fs,
+                          columns=["review_id", "user_id", ORDER])
+            for i in range(len(chunks)))
+        drops = plan_drops(keys, fmt)
+        del keys
+
+    with timer("finalize"):
+        progress = Progress("ingest", "parts written", len(chunks))
+        pending = [finalize.remote(i, drops_of_chunk(drops, i)) for i in range(len(chunks))]
+        parts = {"reviews": [], "images": [], "quarantine": []}
+        finished = 0
+        for result in ray.get(pending):  # in chunk order, so parts keep the input's order
+            for name in parts:
+                parts[name].append(result[name])
+            finished += 1
+        progress.update(finished)
+
+    with timer("publish"):
+        pointer = store.publish_tables(run_id, parts, {"source": source, "format": fmt, "images": images})
+        store.delete_dir(staging)
+
+    quarantined: dict[str, int] = {}
+    for batch in store.iter_table_batches("quarantine", ["reason"]):
+        for reason in batch.column("reason").to_pylist():
+            quarantined[reason] = quarantined.get(reason, 0) + 1
+    summary = dataset_summary(store)
+    report["counts"] = {
+        "records_in": records,
+        "reviews_out": pointer["tables"]["reviews"]["rows"],
+        "images_out": pointer["tables"]["images"]["rows"],
+        "quarantined": pointer["tables"]["quarantine"]["rows"],
+        # every input record is either a review out or a quarantined record (photo_missing rows are photos)
+        "records_quarantined": pointer["tables"]["quarantine"]["rows"] - quarantined.get("photo_missing", 0),
+        "quarantined_by_reason": dict(sorted(quarantined.items())),
+    }
+    report["summary"] = summary
+    report["reason_codes"] = {k: REASONS[k] for k in quarantined}
+    report["outputs"] = {name: store.uri("tables", name, run_id) for name in parts}
+    report["timings_s"] = timer.timings
+    report["versions"] = versions()
+    report["finished_at"] = utc_now()
+    report_uri = store.write_report("ingest", run_id, report)
+
+    print(summary_markdown(summary, quarantined))
+    print(f"tables: {store.uri('tables')} (version {run_id}); report: {report_uri}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run("ingest", main))

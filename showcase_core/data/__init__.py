@@ -1,0 +1,1 @@
+"""Gest data: Arrow schemas, readers with validation, and the synthetic Gest-format world."""

@@ -1,0 +1,333 @@
+"""Streaming readers for the three Gest source formats, with per-record validation.
+
+Every reader yields ``Parsed`` items: either an accepted, normalised review (``.review``) or a quarantine
+row (``.bad``) carrying a reason code from ``REASONS`` and the record's source position. Nothing is held
+in memory beyond one record, so a 1 GB JSON-lines file streams in constant memory.
+
+Formats
+-------
+- ``s2``: Gest-s2 ``filter_all_t.json``, one JSON object ``{"train": [...], "val": [...], "test": [...]}``,
+  parsed incrementally with ijson. Positions read ``train[17]``.
+- ``raw``: Gest-raw ``image_review_all.json``, JSON lines. Positions read ``byte 123456`` (the line's offset).
+- ``googlelocal``: Google Local 2021 review JSON lines (``gmap_id`` is the business). Same positions.
+
+Photo ids: a ``pics`` entry may be an id string, ``{"id": ...}`` or ``{"url": [...]}``. For a URL the id is the
+last path segment without its ``=w150-h150...`` size suffix; photos are expected at ``<images>/<pic_id>.jpg``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import IO, Iterator
+from urllib.parse import urlparse
+
+import ijson
+
+from .schema import SPLITS
+
+REASONS = {
+    "unparseable": "the line (or the file from this point) is not valid JSON",
+    "wrong_type": "a field, or the record itself, has the wrong JSON type",
+    "missing_field": "a required field is absent or null",
+    "out_of_range": "a rating outside 0..5",
+    "empty_text": "the review text is empty or only whitespace",
+    "no_photos": "the review lists no photos",
+    "unknown_split": "a Gest-s2 top-level key other than train/val/test",
+    "duplicate_review": "a second review by the same user of the same business (the first one is kept)",
+    "photo_missing": "a listed photo is not under the images root (the review keeps its other photos)",
+    "all_photos_missing": "none of the review's photos is under the images root",
+    "single_review_user": "Gest-s1 rule: the user has only one usable review",
+}
+
+MAX_RECORD_CHARS = 2000
+_SAFE_ID = re.compile(r"[^A-Za-z0-9_\-.]")
+
+
+@dataclass
+class Parsed:
+    position: str
+    review: dict | None = None
+    bad: dict | None = None
+
+
+class RecordError(Exception):
+    def __init__(self, reason: str, field: str | None, detail: str):
+        assert reason in REASONS, reason
+        super().__init__(detail)
+        self.reason, self.field, self.detail = reason, field, detail
+
+
+def quarantine_row(source: str, position: str, reason: str, field: str | None, detail: str, record) -> dict:
+    if not isinstance(record, str):
+        try:
+            record = json.dumps(record, ensure_ascii=False, default=str)
+        except (TypeError, ValueError):
+            record = repr(record)
+    return {
+        "source": source,
+        "position": position,
+        "reason": reason,
+        "field": field,
+        "detail": detail,
+        "record": record[:MAX_RECORD_CHARS],
+    }
+
+
+# -- field validation -------------------------------------------------------------------------------
+
+def _field(obj: dict, name: str):
+    value = obj.get(name)
+    if value is None:
+        raise RecordError("missing_field", name, f"field {name!r} is missing")
+    return value
+
+
+def _id(obj: dict, name: str) -> str:
+    value = _field(obj, name)
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise RecordError("wrong_type", name, f"field {name!r} must be a string id, got {type(value).__name__}")
+    value = str(value).strip()
+    if not value:
+        raise RecordError("missing_field", name, f"field {name!r} is empty")
+    return value
+
+
+def _rating(obj: dict, name: str = "rating") -> float:
+    value = _field(obj, name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise RecordError("wrong_type", name, f"field {name!r} must be a number, got {type(value).__name__}")
+    if not 0 <= value <= 5:
+        raise RecordError("out_of_range", name, f"field {name!r} is {value}, outside 0..5")
+    return float(value)
+
+
+def _text(obj: dict, name: str, null_is_empty: bool = False) -> str:
+    value = obj.get(name)
+    if value is None:
+        if null_is_empty and name in obj:
+            raise RecordError("empty_text", name, f"field {name!r} is null")
+        raise RecordError("missing_field", name, f"field {name!r} is missing")
+    if not isinstance(value, str):
+        raise RecordError("wrong_type", name, f"field {name!r} must be a string, got {type(value).__name__}")
+    if not value.strip():
+        raise RecordError("empty_text", name, f"field {name!r} is empty")
+    return value.strip()
+
+
+def pic_id_from_url(url: str) -> str:
+    """Gest/Google photo URL -> the id used for ``images/<pic_id>.jpg``."""
+    segment = urlparse(url).path.rstrip("/").rsplit("/", 1)[-1]
+    segment = segment.split("=", 1)[0]
+    return _SAFE_ID.sub("_", segment)
+
+
+def _pics(obj: dict, name: str = "pics", null_is_empty: bool = False) -> list[str]:
+    value = obj.get(name)
+    if value is None:
+        if null_is_empty and name in obj:
+            raise RecordError("no_photos", name, f"field {name!r} is null")
+        raise RecordError("missing_field", name, f"field {name!r} is missing")
+    if not isinstance(value, list):
+        raise RecordError("wrong_type", name, f"field {name!r} must be a list, got {type(value).__name__}")
+    ids: list[str] = []
+    for i, entry in enumerate(value):
+        pic = None
+        if isinstance(entry, str):
+            pic = entry
+        elif isinstance(entry, dict) and isinstance(entry.get("id"), str):
+            pic = entry["id"]
+        elif isinstance(entry, dict) and "url" in entry:
+            urls = entry["url"]
+            urls = [urls] if isinstance(urls, str) else urls
+            if isinstance(urls, list) and urls and isinstance(urls[0], str):
+                pic = pic_id_from_url(urls[0])
+        if not pic or not pic.strip():
+            raise RecordError("wrong_type", name, f"{name}[{i}] is not a photo id, {{'id': ...}} or {{'url': [...]}}")
+        pic = _SAFE_ID.sub("_", pic.strip())
+        if pic not in ids:
+            ids.append(pic)
+    if not ids:
+        raise RecordError("no_photos", name, f"field {name!r} is an empty list")
+    return ids
+
+
+def _history(obj: dict, name: str = "history_reviews") -> list[dict]:
+    value = obj.get(name)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise RecordError("wrong_type", name, f"field {name!r} must be a list, got {type(value).__name__}")
+    out = []
+    for i, item in enumerate(value):
+        if not (isinstance(item, (list, tuple)) and len(item) == 2 and all(isinstance(x, str) for x in item)):
+            raise RecordError("wrong_type", name, f"{name}[{i}] must be [review_key, text]")
+        out.append({"review_id": item[0], "text": item[1]})
+    return out
+
+
+# -- record normalisers -----------------------------------------------------------------------------
+
+def _object(obj) -> dict:
+    if not isinstance(obj, dict):
+        raise RecordError("wrong_type", None, f"record must be a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def normalize_s2(obj, split: str) -> dict:
+    obj = _object(obj)
+    user, business = _id(obj, "user_id"), _id(obj, "business_id")
+    return {
+        "review_id": f"{user}_{business}",
+        "user_id": user,
+        "business_id": business,
+        "rating": _rating(obj),
+        "review_text": _text(obj, "review_text"),
+        "split": split,
+        "pic_ids": _pics(obj),
+        "history": _history(obj),
+        "time_ms": None,
+    }
+
+
+def normalize_raw(obj) -> dict:
+    obj = _object(obj)
+    user, business = _id(obj, "user_id"), _id(obj, "business_id")
+    return {
+        "review_id": f"{user}_{business}",
+        "user_id": user,
+        "business_id": business,
+        "rating": _rating(obj),
+        "review_text": _text(obj, "review_text"),
+        "split": None,
+        "pic_ids": _pics(obj),
+        "history": [],
+        "time_ms": None,
+    }
+
+
+def normalize_googlelocal(obj) -> dict:
+    obj = _object(obj)
+    user, business = _id(obj, "user_id"), _id(obj, "gmap_id")
+    when = obj.get("time")
+    if when is not None and (isinstance(when, bool) or not isinstance(when, int)):
+        raise RecordError("wrong_type", "time", f"field 'time' must be integer milliseconds, got {type(when).__name__}")
+    return {
+        "review_id": f"{user}_{business}",
+        "user_id": user,
+        "business_id": business,
+        "rating": _rating(obj),
+        "review_text": _text(obj, "text", null_is_empty=True),
+        "split": None,
+        "pic_ids": _pics(obj, null_is_empty=True),
+        "history": [],
+        "time_ms": when,
+    }
+
+
+NORMALIZERS = {"raw": normalize_raw, "googlelocal": normalize_googlelocal}
+FORMATS = ("s2", "raw", "googlelocal")
+
+
+def _normalise(source: str, position: str, obj, normalise, *args) -> Parsed:
+    try:
+        review = normalise(obj, *args)
+    except RecordError as e:
+        return Parsed(position, bad=quarantine_row(source, position, e.reason, e.field, e.detail, obj))
+    review["source"], review["position"] = source, position
+    return Parsed(position, review=review)
+
+
+# -- readers ----------------------------------------------------------------------------------------
+
+def iter_s2(stream: IO[bytes], source: str) -> Iterator[Parsed]:
+    """Stream a Gest-s2 ``{"train": [...], "val": [...], "test": [...]}`` file record by record."""
+    events = ijson.parse(stream, use_float=True)
+    counts: dict[str, int] = {}
+    last = "start of file"
+    try:
+        for prefix, event, value in events:
+            if prefix == "" and event not in ("start_map", "end_map", "map_key"):
+                yield Parsed("top level", bad=quarantine_row(source, "top level", "wrong_type", None,
+                                                             "file must be one JSON object of splits", ""))
+                return
+            if "." not in prefix or not prefix.endswith(".item"):
+                if prefix and "." not in prefix and event not in ("start_array", "end_array"):
+                    # a top-level key whose value is not a list
+                    yield Parsed(prefix, bad=quarantine_row(source, prefix, "wrong_type", prefix,
+                                                            f"split {prefix!r} must be a list", str(value)))
+                continue
+            split = prefix[: -len(".item")]
+            if "." in split:
+                continue
+            index = counts.get(split, 0)
+            counts[split] = index + 1
+            position = last = f"{split}[{index}]"
+            if event in ("start_map", "start_array"):
+                builder = ijson.ObjectBuilder()
+                builder.event(event, value)
+                depth = 1
+                for _, ev, val in events:
+                    builder.event(ev, val)
+                    depth += ev in ("start_map", "start_array")
+                    depth -= ev in ("end_map", "end_array")
+                    if depth == 0:
+                        break
+                obj = builder.value
+            else:
+                obj = value
+            if split not in SPLITS:
+                yield Parsed(position, bad=quarantine_row(source, position, "unknown_split", None,
+                                                          f"top-level key {split!r} is not train/val/test", obj))
+                continue
+            yield _normalise(source, position, obj, normalize_s2, split)
+    except (ijson.JSONError, ijson.IncompleteJSONError, UnicodeDecodeError) as e:
+        position = f"after {last}"
+        yield Parsed(position, bad=quarantine_row(source, position, "unparseable", None,
+                                                  f"invalid JSON, rest of file skipped: {str(e).splitlines()[0][:200]}", ""))
+
+
+def iter_jsonl(stream: IO[bytes], source: str, fmt: str, start: int = 0, end: int | None = None) -> Iterator[Parsed]:
+    """Stream the JSON lines whose first byte lies in [start, end) of a seekable binary stream."""
+    normalise = NORMALIZERS[fmt]
+    if start > 0:
+        stream.seek(start - 1)
+        stream.readline()  # finish the line that straddles start; it belongs to the previous chunk
+    else:
+        stream.seek(0)
+    while True:
+        offset = stream.tell()
+        if end is not None and offset >= end:
+            return
+        line = stream.readline()
+        if not line:
+            return
+        text = line.strip()
+        if not text:
+            continue
+        position = f"byte {offset}"
+        try:
+            obj = json.loads(text)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            yield Parsed(position, bad=quarantine_row(source, position, "unparseable", None,
+                                                      f"invalid JSON: {e}", text.decode("utf-8", "replace")))
+            continue
+        yield _normalise(source, position, obj, normalise)
+
+
+def detect_format(head: bytes, name: str) -> str | None:
+    """Guess the format from the file name, then from its first bytes; None when unsure."""
+    if name.endswith("filter_all_t.json"):
+        return "s2"
+    if name.endswith("image_review_all.json"):
+        return "raw"
+    stripped = head.lstrip()
+    if stripped.startswith(b"{") and re.match(rb'\{\s*"(train|val|test)"\s*:\s*\[', stripped):
+        return "s2"
+    first = stripped.split(b"\n", 1)[0]
+    if b'"gmap_id"' in first:
+        return "googlelocal"
+    if b'"business_id"' in first:
+        return "raw"
+    return None

@@ -1,0 +1,52 @@
+"""Explicit Arrow schemas of every table the project writes. Ids are strings everywhere."""
+
+import pyarrow as pa
+
+HISTORY_ITEM = pa.struct([("review_id", pa.string()), ("text", pa.string())])
+
+# One row per accepted review. review_id is "<user_id>_<business_id>", Gest's review_key.
+REVIEWS = pa.schema(
+    [
+        ("review_id", pa.string()),
+        ("user_id", pa.string()),
+        ("business_id", pa.string()),
+        ("rating", pa.float32()),
+        ("review_text", pa.string()),
+        ("split", pa.string()),  # train | val | test
+        ("pic_ids", pa.list_(pa.string())),
+        ("history", pa.list_(HISTORY_ITEM)),  # the user's other reviews as Gest-s2 ships them; empty otherwise
+        ("time_ms", pa.int64()),  # Google Local review time, null elsewhere
+        ("source", pa.string()),  # file the record came from
+        ("position", pa.string()),  # where in that file: "train[17]" or "byte 123456"
+    ]
+)
+
+# One row per photo of an accepted review.
+IMAGES = pa.schema(
+    [
+        ("image_id", pa.string()),
+        ("review_id", pa.string()),
+        ("user_id", pa.string()),
+        ("business_id", pa.string()),
+        ("split", pa.string()),
+        ("uri", pa.string()),  # where the JPEG lives: a local path or s3://bucket/key
+    ]
+)
+
+# Anything that did not make it into the tables above, and why.
+QUARANTINE = pa.schema(
+    [
+        ("source", pa.string()),
+        ("position", pa.string()),
+        ("reason", pa.string()),  # a code from showcase_core.data.validate.REASONS
+        ("field", pa.string()),  # the offending field, when one is to blame
+        ("detail", pa.string()),  # one human-readable line
+        ("record", pa.string()),  # the raw record, truncated
+    ]
+)
+
+SPLITS = ("train", "val", "test")
+
+
+def empty(schema: pa.Schema) -> pa.Table:
+    return schema.empty_table()

@@ -1,0 +1,46 @@
+"""Table-1-style dataset summary of the published tables (the paper's Table 1 columns)."""
+
+from __future__ import annotations
+
+import pyarrow.compute as pc
+
+from ..store import Store
+
+
+def dataset_summary(store: Store) -> dict:
+    """Counts over the published reviews and images, streamed part by part (constant memory)."""
+    users: set[str] = set()
+    businesses: set[str] = set()
+    reviews = words = 0
+    splits: dict[str, int] = {}
+    for batch in store.iter_table_batches("reviews", ["user_id", "business_id", "review_text", "split"]):
+        users.update(batch.column("user_id").to_pylist())
+        businesses.update(batch.column("business_id").to_pylist())
+        reviews += batch.num_rows
+        words += pc.sum(pc.list_value_length(pc.utf8_split_whitespace(batch.column("review_text")))).as_py() or 0
+        for split, n in zip(*pc.value_counts(batch.column("split")).flatten()):
+            splits[split.as_py()] = splits.get(split.as_py(), 0) + n.as_py()
+    photos = sum(b.num_rows for b in store.iter_table_batches("images", ["image_id"]))
+    return {
+        "photos": photos,
+        "reviews": reviews,
+        "users": len(users),
+        "businesses": len(businesses),
+        "avg_review_words": round(words / reviews, 2) if reviews else 0.0,
+        "photos_per_review": round(photos / reviews, 2) if reviews else 0.0,
+        "splits": dict(sorted(splits.items())),
+    }
+
+
+def summary_markdown(summary: dict, quarantined: dict | None = None) -> str:
+    lines = [
+        "| photos | reviews | users | businesses | avg. review words | photos/review |",
+        "|---:|---:|---:|---:|---:|---:|",
+        f"| {summary['photos']:,} | {summary['reviews']:,} | {summary['users']:,} | {summary['businesses']:,} "
+        f"| {summary['avg_review_words']} | {summary['photos_per_review']} |",
+        "",
+        "splits: " + ", ".join(f"{k} {v:,}" for k, v in summary["splits"].items()),
+    ]
+    if quarantined:
+        lines.append("quarantined: " + ", ".join(f"{k} {v:,}" for k, v in sorted(quarantined.items())))
+    return "\n".join(lines)

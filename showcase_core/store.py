@@ -1,0 +1,235 @@
+"""The ROOT layout on local disk or S3, and atomic publishing.
+
+One ROOT URI holds everything (a local path, ``file://...`` or ``s3://bucket/prefix``)::
+
+    ROOT/tables/<table>/<version>/part-*.parquet     immutable data of one version
+    ROOT/tables/_CURRENT.json                        which version of each table readers see (written last)
+    ROOT/embeddings/<encoder_id>/{images,texts}/
+    ROOT/models/<name>/<version>/
+    ROOT/showcases/dt=<YYYY-MM-DD>/part-*.parquet + _MANIFEST.json, then ROOT/showcases/LATEST
+    ROOT/reports/<stage>/<run_id>.json
+
+Publishing is data first, pointer last: readers follow ``tables/_CURRENT.json`` (or a manifest), which is a
+single small object written only after every data file of that version is complete. A pointer write is
+one PUT on S3 and an ``os.replace`` of a temporary file on local disk, so a reader never sees half of it.
+
+S3 settings come from the environment, never from files: credentials through the AWS default chain
+(``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY`` or the instance role), ``AWS_REGION``, and for
+S3-compatible servers ``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL`` (``http://host:port``).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import posixpath
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from urllib.parse import urlparse
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+CURRENT = "_CURRENT.json"
+
+
+class StoreError(Exception):
+    """ROOT or a path under it cannot be used (bad URI, unreachable S3, missing data). One line."""
+
+
+def s3_filesystem(fail_fast: bool = False) -> pafs.S3FileSystem:
+    """An S3 filesystem configured from the environment (see module docstring)."""
+    kwargs = {}
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        parsed = urlparse(endpoint if "://" in endpoint else "http://" + endpoint)
+        kwargs["endpoint_override"] = parsed.netloc
+        kwargs["scheme"] = parsed.scheme or "http"
+        kwargs["force_virtual_addressing"] = False
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if region:
+        kwargs["region"] = region
+    elif endpoint:
+        kwargs["region"] = "us-east-1"
+    if fail_fast:
+        kwargs.update(connect_timeout=3, request_timeout=5,
+                      retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=1))
+    return pafs.S3FileSystem(**kwargs)
+
+
+def filesystem_for(uri: str, fail_fast: bool = False) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path inside it) for a local path, file:// or s3:// URI."""
+    if uri.startswith("s3://"):
+        rest = uri[len("s3://"):].strip("/")
+        if not rest:
+            raise StoreError(f"S3 URI {uri!r} names no bucket")
+        return s3_filesystem(fail_fast), rest
+    if uri.startswith("file://"):
+        uri = uri[len("file://"):]
+    elif "://" in uri:
+        raise StoreError(f"unsupported URI scheme in {uri!r} (use a local path, file:// or s3://)")
+    return pafs.LocalFileSystem(), os.path.abspath(uri)
+
+
+def join_uri(base: str, *parts: str) -> str:
+    """Join path parts onto a local path or URI without losing the scheme."""
+    return posixpath.join(base.rstrip("/"), *parts) if "://" in base else os.path.join(base, *parts)
+
+
+def exists(fs: pafs.FileSystem, path: str) -> bool:
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def read_text(fs: pafs.FileSystem, path: str) -> str:
+    with fs.open_input_stream(path) as f:
+        return f.read().decode("utf-8")
+
+
+def write_bytes_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
+    """Write a small object so that readers see all of it or nothing."""
+    parent = posixpath.dirname(path)
+    if isinstance(fs, pafs.LocalFileSystem):
+        fs.create_dir(parent, recursive=True)
+        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    else:  # a single PUT is atomic on S3
+        with fs.open_output_stream(path) as f:
+            f.write(data)
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def new_run_id() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+
+
+@dataclass
+class Store:
+    """A ROOT URI and the filesystem behind it."""
+
+    root: str
+    fs: pafs.FileSystem
+    base: str  # ROOT's path inside fs
+
+    @classmethod
+    def open(cls, root: str, fail_fast: bool = False) -> "Store":
+        fs, base = filesystem_for(root, fail_fast)
+        return cls(root=root.rstrip("/") if root != "/" else root, fs=fs, base=base.rstrip("/"))
+
+    # -- paths ---------------------------------------------------------------------------------
+    def path(self, *parts: str) -> str:
+        return posixpath.join(self.base, *parts)
+
+    def uri(self, *parts: str) -> str:
+        """A URI for parts under ROOT that another process can open again."""
+        if isinstance(self.fs, pafs.S3FileSystem):
+            return "s3://" + self.path(*parts)
+        return self.path(*parts)
+
+    # -- checks --------------------------------------------------------------------------------
+    def check_writable(self) -> None:
+        """Fail with one line if ROOT cannot be written (unreachable S3, missing bucket, no permission)."""
+        probe = self.path(f".probe-{uuid.uuid4().hex}")
+        try:
+            if isinstance(self.fs, pafs.S3FileSystem):
+                bucket = self.base.split("/", 1)[0]
+                info = self.fs.get_file_info(bucket)
+                if info.type == pafs.FileType.NotFound:
+                    raise StoreError(f"S3 bucket {bucket!r} of ROOT {self.root} does not exist")
+            else:
+                self.fs.create_dir(self.base, recursive=True)
+            with self.fs.open_output_stream(probe) as f:
+                f.write(b"ok")
+            self.fs.delete_file(probe)
+        except StoreError:
+            raise
+        except Exception as e:  # pyarrow raises OSError subclasses with long AWS messages
+            raise StoreError(f"ROOT {self.root} is not writable: {_first_line(e)}") from None
+
+    # -- small JSON objects --------------------------------------------------------------------
+    def write_json(self, rel: str, obj) -> str:
+        write_bytes_atomic(self.fs, self.path(rel), json.dumps(obj, indent=2, sort_keys=True).encode())
+        return self.uri(rel)
+
+    def read_json(self, rel: str):
+        try:
+            return json.loads(read_text(self.fs, self.path(rel)))
+        except FileNotFoundError:
+            raise StoreError(f"{self.uri(rel)} does not exist") from None
+
+    def exists(self, rel: str) -> bool:
+        return exists(self.fs, self.path(rel))
+
+    def write_report(self, stage: str, run_id: str, report: dict) -> str:
+        return self.write_json(f"reports/{stage}/{run_id}.json", report)
+
+    # -- versioned tables ----------------------------------------------------------------------
+    def write_parquet(self, rel: str, table: pa.Table) -> dict:
+        """Write one Parquet file; returns {path, rows, bytes} for manifests."""
+        path = self.path(rel)
+        self.fs.create_dir(posixpath.dirname(path), recursive=True)
+        pq.write_table(table, path, filesystem=self.fs, compression="zstd")
+        return {"path": rel, "rows": table.num_rows, "bytes": self.fs.get_file_info(path).size}
+
+    def publish_tables(self, version: str, parts: dict[str, list[dict]], extra: dict | None = None) -> dict:
+        """Point readers at ``version`` of several tables at once, after all their parts are written.
+
+        One pointer (``tables/_CURRENT.json``) covers every table of the version, so a reader never
+        mixes tables of two runs. Tables not named keep the parts of the previous pointer.
+        """
+        pointer = self.read_json(f"tables/{CURRENT}") if self.exists(f"tables/{CURRENT}") else {"tables": {}}
+        for name, table_parts in parts.items():
+            pointer["tables"][name] = {
+                "version": version,
+                "parts": [p["path"] for p in table_parts],
+                "rows": sum(p["rows"] for p in table_parts),
+                "bytes": sum(p["bytes"] for p in table_parts),
+            }
+        pointer.update(version=version, published_at=utc_now(), **(extra or {}))
+        self.write_json(f"tables/{CURRENT}", pointer)
+        return pointer
+
+    def table_version(self, name: str) -> dict:
+        tables = self.read_json(f"tables/{CURRENT}")["tables"] if self.exists(f"tables/{CURRENT}") else {}
+        if name not in tables:
+            raise StoreError(f"table {name!r} has not been published under {self.root} (run `showcase ingest` first)")
+        return tables[name]
+
+    def read_table(self, name: str, columns: list[str] | None = None) -> pa.Table:
+        """The published version of a table (all parts, in order)."""
+        pointer = self.table_version(name)
+        tables = [pq.read_table(self.path(p), filesystem=self.fs, columns=columns) for p in pointer["parts"]]
+        if not tables:
+            raise StoreError(f"table {name!r} under {self.root} has no parts")
+        return pa.concat_tables(tables)
+
+    def iter_table_batches(self, name: str, columns: list[str] | None = None, batch_size: int = 65536):
+        """Stream a published table part by part, batch by batch (constant memory)."""
+        for p in self.table_version(name)["parts"]:
+            with self.fs.open_input_file(self.path(p)) as f:
+                yield from pq.ParquetFile(f).iter_batches(batch_size=batch_size, columns=columns)
+
+    def delete_dir(self, rel: str) -> None:
+        path = self.path(rel)
+        if exists(self.fs, path):
+            self.fs.delete_dir(path)
+
+
+def open_binary(uri: str, buffer_size: int = 1 << 22) -> io.BufferedReader:
+    """A seekable, line-readable binary stream for a local path or URI."""
+    fs, path = filesystem_for(uri)
+    return io.BufferedReader(fs.open_input_file(path), buffer_size=buffer_size)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0][:300]

