@@ -108,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             for i in range(len(chunks)))
         drops = plan_drops(keys, fmt)
         del keys
+        pa.default_memory_pool().release_unused()
 
     with timer("finalize"):
         progress = Progress("ingest", "parts written", len(chunks))

@@ -82,7 +82,7 @@ def start(workdir: str, timeout: float = 60) -> SeaweedS3:
     cmd = [weed_binary(), "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
            "-master.telemetry=false", "-s3", f"-s3.config={config}",
            f"-master.port={master}", f"-volume.port={volume}", f"-filer.port={filer}", f"-s3.port={s3}",
-           "-volume.max=0", "-master.volumeSizeLimitMB=64"]
+           "-s3.port.iceberg=0", "-s3.port.lance=0", "-volume.max=0", "-master.volumeSizeLimitMB=64"]
     log = open(log_path, "wb")
     process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     server = SeaweedS3(f"http://127.0.0.1:{s3}", process, log_path)

@@ -173,7 +173,9 @@ def finalize_chunk(store: Store, staging: str, index: int, version: str, drops: 
         quarantined = pa.concat_tables([quarantined, pa.Table.from_pylist(extra, schema=schema.QUARANTINE)])
     reviews = staged.filter(keep).drop_columns([ORDER])
     if fmt != "s2":
-        splits = pa.array([user_split(u, seed) for u in reviews.column("user_id").to_pylist()], pa.string())
+        users = reviews.column("user_id").combine_chunks().dictionary_encode()
+        split_of_user = pa.array([user_split(u, seed) for u in users.dictionary.to_pylist()], pa.string())
+        splits = pc.take(split_of_user, users.indices)
         reviews = reviews.set_column(reviews.schema.get_field_index("split"), "split", splits)
     reviews = reviews.cast(schema.REVIEWS)
     images = _images_of(reviews, images_uri)
@@ -192,11 +194,14 @@ def _drop_detail(reason: str, row: dict) -> str:
 
 
 def _images_of(reviews: pa.Table, images_uri: str) -> pa.Table:
-    rows = []
-    cols = reviews.select(["review_id", "user_id", "business_id", "split", "pic_ids"]).to_pylist()
-    for r in cols:
-        for pic in r["pic_ids"]:
-            rows.append({"image_id": pic, "review_id": r["review_id"], "user_id": r["user_id"],
-                         "business_id": r["business_id"], "split": r["split"],
-                         "uri": join_uri(images_uri, f"{pic}.jpg")})
-    return pa.Table.from_pylist(rows, schema=schema.IMAGES)
+    """One row per (review, photo), built column-wise (no per-row Python objects)."""
+    pics = reviews.column("pic_ids").combine_chunks()
+    parents = pc.list_parent_indices(pics)
+    image_ids = pc.list_flatten(pics)
+    prefix = join_uri(images_uri, "")
+    uris = pc.binary_join_element_wise(pa.scalar(prefix), image_ids, pa.scalar(".jpg"), "")
+    columns = {"image_id": image_ids}
+    for name in ("review_id", "user_id", "business_id", "split"):
+        columns[name] = pc.take(reviews.column(name), parents)
+    columns["uri"] = uris
+    return pa.table(columns, schema=schema.IMAGES)

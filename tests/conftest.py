@@ -1,0 +1,41 @@
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from tests import seaweed as seaweed_server  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory):
+    """A real SeaweedFS S3 server on free 127.0.0.1 ports; its settings are in os.environ for the session."""
+    server = seaweed_server.start(str(tmp_path_factory.mktemp("seaweedfs")))
+    saved = {k: os.environ.get(k) for k in server.env}
+    os.environ.update(server.env)
+    yield server
+    server.stop()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def ray_local(seaweed):
+    """One local Ray instance for the session, started after the S3 settings are in the environment."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory):
+    from showcase_core.data.world import make_world
+
+    out = str(tmp_path_factory.mktemp("tiny-world"))
+    return out, make_world(out, "tiny", seed=11)

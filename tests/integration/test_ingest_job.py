@@ -1,0 +1,134 @@
+"""jobs.ingest through its real entry point, on local Ray, with ROOT on local disk and on SeaweedFS S3."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+
+import pyarrow.fs as pafs
+import pytest
+
+from jobs import ingest
+from jobs.common import run
+from showcase_core.store import Store
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def reasons_of(store: Store) -> list[str]:
+    return sorted(store.read_table("quarantine").column("reason").to_pylist())
+
+
+def report_of(store: Store) -> dict:
+    files = store.fs.get_file_info(pafs.FileSelector(store.path("reports/ingest")))
+    assert len(files) == 1
+    return json.loads(store.fs.open_input_stream(files[0].path).read())
+
+
+def test_ingest_s2_world_to_local_root(ray_local, tiny_world, tmp_path):
+    world, summary = tiny_world
+    root = str(tmp_path / "root")
+    assert run("ingest", ingest.main, ["--root", root, "--gest", f"{world}/filter_all_t.json"]) == 0
+    store = Store.open(root)
+    assert store.read_table("reviews").num_rows == summary["reviews"]
+    assert store.read_table("images").num_rows == summary["photos"]
+    assert reasons_of(store) == sorted(e["reason"] for e in summary["planted_bad"])
+    report = report_of(store)
+    assert report["counts"]["records_in"] == summary["reviews"] + len(summary["planted_bad"])
+    assert report["counts"]["reviews_out"] == summary["reviews"]
+    assert report["counts"]["quarantined_by_reason"]["duplicate_review"] == 1
+    assert report["summary"]["users"] == summary["users"]
+    assert report["inputs"]["format"] == "s2" and report["timings_s"]["stage"] >= 0
+    assert not store.exists(f"tables/_staging/{report['run_id']}")
+    # images point at real files
+    uri = store.read_table("images").column("uri")[0].as_py()
+    assert os.path.exists(uri)
+
+
+def test_ingest_raw_in_parallel_chunks_applies_gest_s1(ray_local, tiny_world, tmp_path):
+    world, summary = tiny_world
+    root = str(tmp_path / "root")
+    args = ["--root", root, "--gest", f"{world}/image_review_all.json", "--chunk-mb", "0.002", "--seed", "3"]
+    assert run("ingest", ingest.main, args) == 0
+    store = Store.open(root)
+    report = report_of(store)
+    assert report["inputs"]["format"] == "raw"
+    reasons = reasons_of(store)
+    assert {"unparseable", "single_review_user", "duplicate_review"} <= set(reasons)
+    users = store.read_table("reviews").column("user_id").to_pylist()
+    assert min(users.count(u) for u in set(users)) >= 2
+    counts = report["counts"]
+    assert counts["reviews_out"] + counts["records_quarantined"] == counts["records_in"]
+
+
+def test_ingest_with_input_and_root_on_s3(ray_local, seaweed, tiny_world):
+    world, summary = tiny_world
+    bucket = f"it-{uuid.uuid4().hex[:8]}"
+    seaweed.create_bucket(bucket)
+    pafs.copy_files(world, f"{bucket}/gest", destination_filesystem=seaweed.filesystem())
+    root = f"s3://{bucket}/root"
+    assert run("ingest", ingest.main, ["--root", root, "--gest", f"s3://{bucket}/gest/filter_all_t.json"]) == 0
+    store = Store.open(root)
+    assert store.read_table("reviews").num_rows == summary["reviews"]
+    images = store.read_table("images")
+    assert images.num_rows == summary["photos"]
+    assert images.column("uri")[0].as_py().startswith(f"s3://{bucket}/gest/images/")
+    assert reasons_of(store) == sorted(e["reason"] for e in summary["planted_bad"])
+    assert report_of(store)["outputs"]["reviews"].startswith(f"s3://{bucket}/root/tables/reviews/")
+
+
+def cli(*args, env=None, timeout=60):
+    full_env = dict(os.environ, **(env or {}))
+    return subprocess.run([sys.executable, "-m", "jobs.ingest", *args], cwd=REPO, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--gest", "/nonexistent/filter_all_t.json"], "--gest /nonexistent/filter_all_t.json: no such file"),
+    (["--format", "yelp"], "--format must be one of"),
+    (["--colour", "red"], "unknown setting --colour"),
+    (["--chunk-mb", "lots"], "--chunk-mb: expected float"),
+    (["--images", "/nonexistent/images"], "--images /nonexistent/images: no such directory"),
+])
+def test_bad_config_exits_2_with_one_line(tiny_world, tmp_path, args, message):
+    world, _ = tiny_world
+    base = {"--root": str(tmp_path / "root"), "--gest": f"{world}/filter_all_t.json"}
+    for i in range(0, len(args), 2):
+        base[args[i]] = args[i + 1]
+    result = cli(*[x for kv in base.items() for x in kv])
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert not os.path.exists(tmp_path / "root" / "tables")
+
+
+def test_unreachable_s3_root_exits_2_quickly(tiny_world, seaweed):
+    world, _ = tiny_world
+    started = time.monotonic()
+    result = cli("--root", "s3://bucket/root", "--gest", f"{world}/filter_all_t.json",
+                 env={"AWS_ENDPOINT_URL": "http://127.0.0.1:9"})
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("showcase ingest: error: ROOT s3://bucket/root is not writable")
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert time.monotonic() - started < 30
+
+
+def test_missing_bucket_exits_2(tiny_world, seaweed):
+    world, _ = tiny_world
+    result = cli("--root", "s3://no-such-bucket-here/root", "--gest", f"{world}/filter_all_t.json")
+    assert result.returncode == 2
+    assert "S3 bucket 'no-such-bucket-here' of ROOT s3://no-such-bucket-here/root does not exist" in result.stderr
+
+
+def test_showcase_console_script_dispatches_stages(tmp_path):
+    exe = os.path.join(os.path.dirname(sys.executable), "showcase")
+    ok = subprocess.run([exe, "--help"], capture_output=True, text=True)
+    assert ok.returncode == 0 and "ingest" in ok.stdout and "make_world" in ok.stdout
+    bad = subprocess.run([exe, "nosuchstage"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown stage" in bad.stderr
+    world = subprocess.run([exe, "make_world", "--out", str(tmp_path / "w"), "--size", "tiny"],
+                           capture_output=True, text=True)
+    assert world.returncode == 0, world.stderr
+    assert json.loads(world.stdout)["photos"] > 0

@@ -1,0 +1,127 @@
+"""Peak memory of ingesting a ~1 GB Gest-raw JSON-lines file (prints figures; not a pass/fail test).
+
+    .venv/bin/python tests/perf/ingest_memory.py [--gb 1.0] [--workdir DIR]
+
+Generates a raw-format file of the requested size (users with several reviews, 0.1% bad lines, photos from a pool
+of small JPEGs that exist on disk), runs ``python -m jobs.ingest`` on it as its own process, and samples the RSS of
+that process tree every 0.2 s: the driver, the largest single Ray worker, and the whole tree (Ray's own daemons too).
+Goal from the foundation issue: under 2 GiB peak.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import psutil
+from PIL import Image
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+WORDS = ("the ramen was rich and the service was quick we will come back for the gyoza and the tacos "
+         "parking was easy staff were friendly prices are fair great place overall").split()
+
+
+def write_world(path: str, images: str, target_bytes: int, seed: int = 0) -> int:
+    rng = random.Random(seed)
+    os.makedirs(images, exist_ok=True)
+    pics = [f"pic{i:05d}" for i in range(2000)]
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 80, 40)).save(buf, "JPEG")
+    for p in pics:
+        with open(os.path.join(images, f"{p}.jpg"), "wb") as f:
+            f.write(buf.getvalue())
+    n = 0
+    written = 0
+    with open(path, "w") as f:
+        while written < target_bytes:
+            if n % 1000 == 999:
+                line = '{"user_id": "broken", "rating": 5, "review_text": "cut'
+            else:
+                text = " ".join(rng.choices(WORDS, k=rng.randint(20, 60)))
+                urls = ", ".join(f'{{"url": ["https://h.invalid/p/{p}=w150-h150"]}}'
+                                 for p in rng.sample(pics, rng.randint(1, 3)))
+                line = (f'{{"business_id": "b{rng.randrange(50000)}", "user_id": "u{rng.randrange(400000)}", '
+                        f'"rating": {rng.randint(1, 5)}, "review_text": {json.dumps(text)}, "pics": [{urls}]}}')
+            f.write(line + "\n")
+            written += len(line) + 1
+            n += 1
+    return n
+
+
+def sample_tree(proc: psutil.Popen, peaks: dict) -> None:
+    try:
+        driver = proc.memory_info().rss
+        children = proc.children(recursive=True)
+    except psutil.NoSuchProcess:
+        return
+    total, largest_worker = driver, 0
+    for child in children:
+        try:
+            rss = child.memory_info().rss
+            cmd = " ".join(child.cmdline())
+        except psutil.NoSuchProcess:
+            continue
+        total += rss
+        if "default_worker.py" in cmd or cmd.startswith("ray::"):
+            largest_worker = max(largest_worker, rss)
+    peaks["driver"] = max(peaks.get("driver", 0), driver)
+    peaks["largest_worker"] = max(peaks.get("largest_worker", 0), largest_worker)
+    peaks["tree"] = max(peaks.get("tree", 0), total)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--gb", type=float, default=1.0)
+    parser.add_argument("--workdir", default=None)
+    args = parser.parse_args()
+    work = args.workdir or tempfile.mkdtemp(prefix="ingest-perf-")
+    source, images, root = (os.path.join(work, n) for n in ("image_review_all.json", "images", "root"))
+    t0 = time.monotonic()
+    lines = write_world(source, images, int(args.gb * (1 << 30)))
+    size = os.path.getsize(source)
+    print(f"generated {size / (1 << 30):.2f} GiB, {lines:,} lines in {time.monotonic() - t0:.0f}s", flush=True)
+
+    peaks: dict = {}
+    started = time.monotonic()
+    proc = psutil.Popen([sys.executable, "-m", "jobs.ingest", "--root", root, "--gest", source],
+                        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output = []
+    import threading
+
+    reader = threading.Thread(target=lambda: output.extend(proc.stdout), daemon=True)
+    reader.start()
+    while proc.poll() is None:
+        sample_tree(proc, peaks)
+        time.sleep(0.2)
+    reader.join(5)
+    wall = time.monotonic() - started
+    if proc.returncode != 0:
+        print("".join(output[-40:]))
+        raise SystemExit(f"ingest failed with exit code {proc.returncode}")
+    reports = os.listdir(os.path.join(root, "reports", "ingest"))
+    with open(os.path.join(root, "reports", "ingest", reports[0])) as f:
+        counts = json.load(f)["counts"]
+    gib = 1 << 30
+    print(f"input:                 {size / gib:.2f} GiB, {counts['records_in']:,} records")
+    print(f"output:                {counts['reviews_out']:,} reviews, {counts['images_out']:,} images, "
+          f"quarantined {counts['quarantined_by_reason']}")
+    print(f"wall time:             {wall:.1f} s ({counts['records_in'] / wall:,.0f} records/s, {size / wall / (1 << 20):.1f} MiB/s)")
+    print(f"peak RSS driver:       {peaks['driver'] / gib:.3f} GiB")
+    print(f"peak RSS one worker:   {peaks['largest_worker'] / gib:.3f} GiB")
+    print(f"peak RSS whole tree:   {peaks['tree'] / gib:.3f} GiB (driver + Ray daemons + all workers)")
+    print(f"goal (< 2 GiB peak for the job's processes): driver {'OK' if peaks['driver'] < 2 * gib else 'MISSED'}, "
+          f"largest worker {'OK' if peaks['largest_worker'] < 2 * gib else 'MISSED'}")
+    if not args.workdir:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+import io
+import json
+import random
+
+import pytest
+
+from showcase_core.data.gest import REASONS, detect_format, iter_jsonl, iter_s2, pic_id_from_url
+
+
+def s2_bytes(obj) -> io.BytesIO:
+    return io.BytesIO(json.dumps(obj).encode())
+
+
+GOOD = {"user_id": "u1", "business_id": "b1", "rating": 5, "review_text": "The ramen was great.",
+        "history_reviews": [["u1_b2", "Loved the gyoza."]], "pics": ["p1", "p2"]}
+
+
+def one(items):
+    items = list(items)
+    assert len(items) == 1, items
+    return items[0]
+
+
+def test_s2_accepts_a_good_record_and_normalises_it():
+    item = one(iter_s2(s2_bytes({"train": [GOOD]}), "f.json"))
+    assert item.bad is None
+    r = item.review
+    assert r["review_id"] == "u1_b1" and r["split"] == "train" and r["rating"] == 5.0
+    assert r["pic_ids"] == ["p1", "p2"]
+    assert r["history"] == [{"review_id": "u1_b2", "text": "Loved the gyoza."}]
+    assert r["position"] == "train[0]" and r["source"] == "f.json"
+
+
+def test_s2_positions_count_per_split():
+    items = list(iter_s2(s2_bytes({"train": [GOOD, GOOD], "val": [GOOD], "test": [GOOD]}), "f"))
+    assert [i.position for i in items] == ["train[0]", "train[1]", "val[0]", "test[0]"]
+    assert [i.review["split"] for i in items] == ["train", "train", "val", "test"]
+
+
+@pytest.mark.parametrize("pics, expected", [
+    (["a", "b"], ["a", "b"]),
+    ([{"id": "a"}, {"id": "b"}], ["a", "b"]),
+    ([{"url": ["https://lh5.googleusercontent.com/p/AF1QipXyz=w150-h150-k-no-p", "https://x/other"]}], ["AF1QipXyz"]),
+    ([{"url": "https://host/p/abc=w10"}], ["abc"]),
+    (["a", "a", {"id": "a"}], ["a"]),  # the same photo listed twice is one photo
+])
+def test_pics_accept_ids_id_objects_and_urls(pics, expected):
+    item = one(iter_s2(s2_bytes({"train": [dict(GOOD, pics=pics)]}), "f"))
+    assert item.review["pic_ids"] == expected
+
+
+def test_pic_id_from_url_strips_size_suffix_and_unsafe_characters():
+    assert pic_id_from_url("https://lh5.googleusercontent.com/p/AF1Qip-Ab_c=w150-h150-k-no-p") == "AF1Qip-Ab_c"
+    assert pic_id_from_url("https://host/a/b/we%20ird?x=1") == "we_20ird"
+
+
+@pytest.mark.parametrize("change, reason, field", [
+    ({"user_id": None}, "missing_field", "user_id"),
+    ({"business_id": ""}, "missing_field", "business_id"),
+    ({"user_id": ["u"]}, "wrong_type", "user_id"),
+    ({"rating": "five"}, "wrong_type", "rating"),
+    ({"rating": True}, "wrong_type", "rating"),
+    ({"rating": 7}, "out_of_range", "rating"),
+    ({"review_text": "   "}, "empty_text", "review_text"),
+    ({"review_text": 12}, "wrong_type", "review_text"),
+    ({"pics": []}, "no_photos", "pics"),
+    ({"pics": "p1"}, "wrong_type", "pics"),
+    ({"pics": [{"nope": 1}]}, "wrong_type", "pics"),
+    ({"history_reviews": [["only-one"]]}, "wrong_type", "history_reviews"),
+])
+def test_s2_quarantines_each_bad_field_with_its_reason(change, reason, field):
+    record = {k: v for k, v in dict(GOOD, **change).items() if v is not None}
+    item = one(iter_s2(s2_bytes({"train": [record]}), "f"))
+    assert item.review is None
+    assert item.bad["reason"] == reason and item.bad["field"] == field
+    assert item.bad["position"] == "train[0]" and item.bad["source"] == "f"
+    assert reason in REASONS
+    assert json.loads(item.bad["record"])  # the raw record is kept for inspection
+
+
+def test_s2_quarantines_non_object_records_and_unknown_splits():
+    items = list(iter_s2(s2_bytes({"train": [42, GOOD], "extra": [GOOD]}), "f"))
+    assert items[0].bad["reason"] == "wrong_type" and items[0].position == "train[0]"
+    assert items[1].review is not None
+    assert items[2].bad["reason"] == "unknown_split" and items[2].position == "extra[0]"
+
+
+def test_s2_truncated_file_keeps_earlier_records_and_quarantines_the_rest():
+    text = json.dumps({"train": [GOOD, GOOD]})[:-30]
+    items = list(iter_s2(io.BytesIO(text.encode()), "f"))
+    assert items[0].review is not None
+    assert items[-1].bad["reason"] == "unparseable"
+    assert items[-1].position == "after train[0]" or items[-1].position == "after train[1]"
+
+
+RAW = {"business_id": "b1", "user_id": "u1", "rating": 4, "review_text": "Nice tacos.",
+       "pics": [{"url": ["https://h/p/pic1=w1"]}]}
+
+
+def test_raw_jsonl_positions_are_byte_offsets_and_bad_lines_are_quarantined():
+    lines = [json.dumps(RAW), "{not json", json.dumps(dict(RAW, user_id="u2", review_text="")), ""]
+    data = ("\n".join(lines) + "\n").encode()
+    items = list(iter_jsonl(io.BytesIO(data), "raw.json", "raw"))
+    assert [i.position for i in items] == ["byte 0", f"byte {len(lines[0]) + 1}",
+                                           f"byte {len(lines[0]) + len(lines[1]) + 2}"]
+    assert items[0].review["pic_ids"] == ["pic1"] and items[0].review["split"] is None
+    assert items[1].bad["reason"] == "unparseable" and "{not json" in items[1].bad["record"]
+    assert items[2].bad["reason"] == "empty_text"
+
+
+def test_jsonl_chunks_cover_every_line_exactly_once():
+    rng = random.Random(7)
+    lines = [json.dumps(dict(RAW, user_id=f"u{i}", review_text="x" * rng.randint(1, 80))) for i in range(300)]
+    data = ("\n".join(lines) + "\n").encode()
+    for _ in range(20):
+        cuts = sorted(rng.sample(range(1, len(data)), rng.randint(1, 12)))
+        bounds = [0] + cuts + [len(data)]
+        seen = []
+        for start, end in zip(bounds[:-1], bounds[1:]):
+            seen += [i.review["user_id"] for i in iter_jsonl(io.BytesIO(data), "f", "raw", start, end)]
+        assert seen == [f"u{i}" for i in range(300)]
+
+
+def test_google_local_reviews():
+    good = {"user_id": "101", "name": "Ann", "time": 1620000000000, "rating": 5, "text": "Great pho.",
+            "pics": [{"url": ["https://lh5.googleusercontent.com/p/AF1Qip1=w150"]}], "resp": None,
+            "gmap_id": "0x80c2c:0x1"}
+    rows = [good, dict(good, text=None), dict(good, pics=None), dict(good, time="yesterday"), dict(good, gmap_id=None)]
+    data = "\n".join(json.dumps(r) for r in rows).encode()
+    items = list(iter_jsonl(io.BytesIO(data), "g.json", "googlelocal"))
+    r = items[0].review
+    assert (r["review_id"], r["business_id"], r["time_ms"], r["pic_ids"]) == ("101_0x80c2c:0x1", "0x80c2c:0x1",
+                                                                           1620000000000, ["AF1Qip1"])
+    assert [i.bad["reason"] for i in items[1:]] == ["empty_text", "no_photos", "wrong_type", "missing_field"]
+
+
+def test_detect_format():
+    assert detect_format(b"", "/x/filter_all_t.json") == "s2"
+    assert detect_format(b"", "s3://b/image_review_all.json") == "raw"
+    assert detect_format(b' {"train": [{"user_id"', "data.json") == "s2"
+    assert detect_format(json.dumps({"user_id": "1", "gmap_id": "g"}).encode() + b"\n", "x.json") == "googlelocal"
+    assert detect_format(json.dumps(RAW).encode() + b"\n", "x.json") == "raw"
+    assert detect_format(b"hello", "x.txt") is None
