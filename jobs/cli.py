@@ -8,6 +8,7 @@ import sys
 STAGES = {
     "make_world": "write a synthetic world in Gest format",
     "ingest": "validate Gest files into ROOT/tables (reviews, images, quarantine)",
+    "train_clip": "train or fine-tune the CLIP encoder on (photo, sentence) pairs (Ray Train)",
     "demo": "the embedded default end to end on a synthetic world",
 }
 

@@ -14,14 +14,17 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from showcase_core.data.gest import FORMATS, REASONS, detect_format
+from showcase_core.data.schema import QUARANTINE
+from showcase_core.data.sentences import read_sentences
 from showcase_core.data.ingest import ORDER, drops_of_chunk, finalize_chunk, list_photo_ids, plan_chunks, \
     plan_drops, stage_chunk
 from showcase_core.data.summary import dataset_summary, summary_markdown
-from showcase_core.store import Store, StoreError, filesystem_for, join_uri, new_run_id, utc_now
+from showcase_core.store import Store, StoreError, filesystem_for, join_uri, new_run_id, open_binary, utc_now
 
 from .common import Progress, Timer, UserError, new_report, open_store, parse_args, run, start_ray, versions
 
-DEFAULTS = {"root": None, "gest": None, "format": "auto", "images": None, "seed": 0, "chunk_mb": 64.0}
+DEFAULTS = {"root": None, "gest": None, "format": "auto", "images": None, "sentences": "auto", "seed": 0,
+            "chunk_mb": 64.0}
 
 
 def _check_inputs(cfg: dict) -> tuple[str, str, str]:
@@ -55,12 +58,42 @@ def _check_inputs(cfg: dict) -> tuple[str, str, str]:
         raise UserError(f"--images {images}: {str(e).splitlines()[0]}") from None
     if itype != pafs.FileType.Directory:
         raise UserError(f"--images {images}: no such directory (photos are read from <images>/<pic_id>.jpg)")
-    return source, fmt, images
+    if not images.startswith("s3://"):
+        images = ipath  # absolute: the tables are read by other processes, from other directories
+    sentences = cfg["sentences"]
+    beside = join_uri(source.rsplit("/", 1)[0] if "/" in source else ".", "sentences.jsonl")
+    if sentences == "auto":
+        sentences = beside if fs.get_file_info(filesystem_for(beside)[1]).type == pafs.FileType.File else None
+    elif sentences in ("", "none"):
+        sentences = None
+    else:
+        sfs, spath = filesystem_for(sentences)
+        if sfs.get_file_info(spath).type != pafs.FileType.File:
+            raise UserError(f"--sentences {sentences}: no such file")
+    return source, fmt, images, sentences
+
+
+def _ingest_sentences(store: Store, version: str, uri: str, parts: dict) -> dict:
+    """Validate the aligned-sentences file against the reviews just written; add its parts."""
+    accepted = {}
+    for p in parts["reviews"]:
+        table = pq.read_table(store.path(p["path"]), filesystem=store.fs, columns=["review_id", "split", "pic_ids"])
+        for review_id, split, pics in zip(*(table.column(c).to_pylist() for c in ("review_id", "split", "pic_ids"))):
+            accepted[review_id] = (split, set(pics))
+    with open_binary(uri) as stream:
+        result = read_sentences(stream, uri, accepted)
+    parts["sentences"] = [store.write_parquet(f"tables/sentences/{version}/part-00000.parquet", result["table"])]
+    if result["quarantine"]:
+        parts["quarantine"].append(store.write_parquet(
+            f"tables/quarantine/{version}/sentences.parquet",
+            pa.Table.from_pylist(result["quarantine"], schema=QUARANTINE)))
+    return {"sentences_out": result["table"].num_rows, "sentences_quarantined": len(result["quarantine"]),
+            "sentence_photo_refs_removed": result["photo_refs_removed"]}
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_args("ingest", DEFAULTS, argv)
-    source, fmt, images = _check_inputs(cfg)
+    source, fmt, images, sentences = _check_inputs(cfg)
     store = open_store(cfg["root"])
     if cfg["chunk_mb"] <= 0:
         raise UserError("--chunk-mb must be positive")
@@ -69,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
 
     run_id = new_run_id()
     report = new_report("ingest", cfg, run_id)
-    report["inputs"] = {"gest": source, "format": fmt, "images": images}
+    report["inputs"] = {"gest": source, "format": fmt, "images": images, "sentences": sentences}
     timer = Timer()
     staging = f"tables/_staging/{run_id}"
     start_ray()
@@ -121,6 +154,11 @@ def main(argv: list[str] | None = None) -> int:
             finished += 1
         progress.update(finished)
 
+    sentence_counts = {}
+    if sentences:
+        with timer("sentences"):
+            sentence_counts = _ingest_sentences(store, run_id, sentences, parts)
+
     with timer("publish"):
         pointer = store.publish_tables(run_id, parts, {"source": source, "format": fmt, "images": images})
         store.delete_dir(staging)
@@ -136,8 +174,10 @@ def main(argv: list[str] | None = None) -> int:
         "images_out": pointer["tables"]["images"]["rows"],
         "quarantined": pointer["tables"]["quarantine"]["rows"],
         # every input record is either a review out or a quarantined record (photo_missing rows are photos)
-        "records_quarantined": pointer["tables"]["quarantine"]["rows"] - quarantined.get("photo_missing", 0),
+        "records_quarantined": pointer["tables"]["quarantine"]["rows"] - quarantined.get("photo_missing", 0)
+        - sentence_counts.get("sentences_quarantined", 0),
         "quarantined_by_reason": dict(sorted(quarantined.items())),
+        **sentence_counts,
     }
     report["summary"] = summary
     report["reason_codes"] = {k: REASONS[k] for k in quarantined}

@@ -39,6 +39,7 @@ REASONS = {
     "photo_missing": "a listed photo is not under the images root (the review keeps its other photos)",
     "all_photos_missing": "none of the review's photos is under the images root",
     "single_review_user": "Gest-s1 rule: the user has only one usable review",
+    "unknown_review": "an aligned sentence of a review that is not among the accepted reviews",
 }
 
 MAX_RECORD_CHARS = 2000

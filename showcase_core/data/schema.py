@@ -33,6 +33,19 @@ IMAGES = pa.schema(
     ]
 )
 
+# Review sentences aligned with the photos they describe (the world's sidecar, or jobs.distill on real Gest).
+SENTENCES = pa.schema(
+    [
+        ("sentence_id", pa.string()),  # "<review_id>#<sentence_index>"
+        ("review_id", pa.string()),
+        ("sentence_index", pa.int32()),
+        ("text", pa.string()),
+        ("pic_ids", pa.list_(pa.string())),  # photos this sentence describes; empty for generic filler
+        ("entities", pa.list_(pa.string())),  # entities it names, when known
+        ("split", pa.string()),  # the review's split
+    ]
+)
+
 # Anything that did not make it into the tables above, and why.
 QUARANTINE = pa.schema(
     [

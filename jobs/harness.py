@@ -1,0 +1,195 @@
+"""The one training harness every ``train_*`` job uses: Ray Train (V2) around a per-worker loop.
+
+Driver side, ``fit(...)``: a ``TorchTrainer`` with ``ScalingConfig`` from the job's settings (CPU or GPU workers),
+``RunConfig(storage_path=ROOT/checkpoints/<stage>, name=<run name>)`` (local or S3), ``FailureConfig`` so a failed
+worker group restarts from the latest checkpoint, gloo on CPU and NCCL on GPU.
+
+Worker side, inside the loop:
+- ``prepare(model, optimizer, settings)``: DeepSpeed (``deepspeed.initialize`` with the ZeRO stage and precision of
+  the configured JSON file) when ``deepspeed_config`` is set, plain DDP (``ray.train.torch.prepare_model``) otherwise;
+- ``restore(trained)``: the state of the latest checkpoint (after a failure, or a rerun with the same run name);
+- ``report_epoch(trained, metrics, extra_state)``: per-epoch metrics plus a checkpoint (every rank writes its own
+  shard under DeepSpeed; rank 0 alone under DDP).
+
+Model maths stays in showcase_core; a loop only wires library calls together.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+
+from showcase_core.store import Store, filesystem_for
+
+from .common import UserError
+
+TRAINING_DEFAULTS = {
+    "num_workers": 1,
+    "cpus_per_worker": 2,
+    "use_gpu": False,
+    "max_failures": 2,
+    "run_name": "",  # reuse a name to resume that run from its latest checkpoint
+    "deepspeed_config": "",  # path to a DeepSpeed JSON config (ZeRO stage, bf16, ...); empty = plain DDP
+    "fault_exit_after_epoch": -1,  # tests only: the worker process exits once, right after this epoch's checkpoint
+}
+
+
+@dataclass
+class Trained:
+    """What the loop trains with: the (wrapped) model, its optimizer, and the DeepSpeed engine if any."""
+
+    model: object
+    optimizer: object
+    engine: object = None
+
+    @property
+    def module(self):
+        m = self.engine.module if self.engine is not None else self.model
+        return m.module if hasattr(m, "module") else m
+
+
+def check_training_settings(cfg: dict) -> None:
+    if cfg["num_workers"] < 1 or cfg["cpus_per_worker"] <= 0:
+        raise UserError("--num-workers must be >= 1 and --cpus-per-worker > 0")
+    if cfg["deepspeed_config"]:
+        path = cfg["deepspeed_config"]
+        try:
+            with open(path) as f:
+                json.load(f)
+        except OSError:
+            raise UserError(f"--deepspeed-config {path}: no such file") from None
+        except json.JSONDecodeError as e:
+            raise UserError(f"--deepspeed-config {path}: not valid JSON ({e})") from None
+        try:
+            import deepspeed  # noqa: F401
+        except ImportError:
+            raise UserError("--deepspeed-config is set but DeepSpeed is not installed (pip install '.[gpu]')") from None
+
+
+def fit(stage: str, store: Store, run_name: str, loop, loop_config: dict, cfg: dict):
+    """Run ``loop(loop_config)`` on Ray Train workers; returns the ray.train.Result."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    if cfg["deepspeed_config"]:
+        with open(cfg["deepspeed_config"]) as f:
+            loop_config = {**loop_config, "deepspeed": json.load(f)}
+    fs, path = filesystem_for(store.uri("checkpoints", stage))
+    fs.create_dir(path, recursive=True)
+    resources = {"CPU": cfg["cpus_per_worker"]}
+    if cfg["use_gpu"]:
+        resources["GPU"] = 1
+    trainer = TorchTrainer(
+        train_loop_per_worker=loop,
+        train_loop_config={**loop_config, "fault_exit_after_epoch": cfg["fault_exit_after_epoch"],
+                           "cpus_per_worker": cfg["cpus_per_worker"]},
+        scaling_config=ScalingConfig(num_workers=cfg["num_workers"], use_gpu=cfg["use_gpu"],
+                                     resources_per_worker=resources),
+        torch_config=TorchConfig(backend="nccl" if cfg["use_gpu"] else "gloo"),
+        run_config=RunConfig(name=run_name, storage_path=path, storage_filesystem=fs,
+                             failure_config=FailureConfig(max_failures=cfg["max_failures"]),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2),
+                             # progress lines are printed once (Ray Train would also copy prints into its log)
+                             worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}}),
+    )
+    return trainer.fit()
+
+
+# -- worker side ------------------------------------------------------------------------------------
+
+def prepare(model, optimizer_fn, config: dict) -> Trained:
+    """Wrap the model for distributed training: DeepSpeed when configured, DDP otherwise."""
+    import logging
+
+    import ray.train.torch
+    import torch
+
+    # one progress line per epoch is enough: Ray Train logs every report at INFO under a logger named by file
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
+    try:
+        from ray.train.v2._internal.execution import context as _train_context
+
+        logging.getLogger(_train_context.__file__).setLevel(logging.WARNING)
+    except ImportError:
+        pass
+    torch.set_num_threads(max(1, int(config.get("cpus_per_worker", 1))))
+    if config.get("deepspeed"):
+        import deepspeed
+
+        device = ray.train.torch.get_device()
+        model = model.to(device)
+        engine, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer_fn(model.parameters()),
+                                                       config=config["deepspeed"])
+        return Trained(engine, optimizer, engine)
+    model = ray.train.torch.prepare_model(model)
+    return Trained(model, optimizer_fn(model.parameters()))
+
+
+def restore(trained: Trained) -> dict | None:
+    """Load the latest checkpoint into model and optimizer; returns its extra state (epoch, step, ...)."""
+    import ray.train
+    import torch
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as d:
+        if trained.engine is not None:
+            _, client_state = trained.engine.load_checkpoint(d, tag="latest")
+            return client_state
+        state = torch.load(os.path.join(d, "state.pt"), map_location="cpu", weights_only=False)
+        trained.module.load_state_dict(state["model"])
+        trained.optimizer.load_state_dict(state["optimizer"])
+        return state["extra"]
+
+
+def report_epoch(trained: Trained, metrics: dict, extra: dict, config: dict) -> None:
+    """Report one epoch's metrics with a checkpoint; honours the tests' one-off fault injection."""
+    import ray.train
+    import torch
+
+    rank = ray.train.get_context().get_world_rank()
+    with tempfile.TemporaryDirectory() as d:
+        if trained.engine is not None:
+            trained.engine.save_checkpoint(d, tag="latest", client_state=extra)
+            checkpoint = ray.train.Checkpoint.from_directory(d)
+        elif rank == 0:
+            torch.save({"model": trained.module.state_dict(), "optimizer": trained.optimizer.state_dict(),
+                        "extra": extra}, os.path.join(d, "state.pt"))
+            checkpoint = ray.train.Checkpoint.from_directory(d)
+        else:
+            checkpoint = None
+        ray.train.report(metrics, checkpoint=checkpoint)
+    fault_epoch = int(config.get("fault_exit_after_epoch", -1))
+    if fault_epoch >= 0 and extra.get("epoch") == fault_epoch and rank == 0:
+        os._exit(1)  # a hard crash of the worker process, as when a node dies; the restart resumes at the next epoch
+
+
+def progress(stage: str, epoch: int, epochs: int, metrics: dict) -> None:
+    """One line per epoch from rank 0 (Ray forwards it to the driver's terminal)."""
+    import ray.train
+
+    if ray.train.get_context().get_world_rank() == 0:
+        shown = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()
+                         if k != "epoch")
+        print(f"[{stage}] epoch {epoch + 1}/{epochs} {shown}", flush=True)
+
+
+def load_checkpoint_state(checkpoint) -> tuple[dict, dict]:
+    """Driver side: (model state dict, extra state) of the final checkpoint; DeepSpeed's ZeRO shards consolidated."""
+    import glob
+
+    import torch
+
+    with checkpoint.as_directory() as d:
+        if os.path.exists(os.path.join(d, "state.pt")):
+            state = torch.load(os.path.join(d, "state.pt"), map_location="cpu", weights_only=False)
+            return state["model"], state["extra"]
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        model_state = get_fp32_state_dict_from_zero_checkpoint(d, tag="latest")
+        states = glob.glob(os.path.join(d, "latest", "mp_rank_00_model_states.pt"))
+        saved = torch.load(states[0], map_location="cpu", weights_only=False) if states else {}
+        return model_state, {k: saved[k] for k in ("epoch", "step", "history") if k in saved}

@@ -1,0 +1,1 @@
+"""Image and text encoders (CLIP via open_clip)."""

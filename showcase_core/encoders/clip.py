@@ -1,0 +1,219 @@
+"""CLIP (open_clip) loading, preprocessing and encoding. Outputs are L2-normalised float32.
+
+Three ways to get an encoder, all configuration:
+- ``load_encoder(model="ViT-B-32", pretrained="laion2b_s34b_b79k")``: an open_clip model name and pretrained tag
+  (or a local weights file as ``pretrained``), as open_clip resolves them;
+- ``load_encoder(checkpoint="ROOT/models/clip/<version>")``: a model saved by ``save_encoder`` (local or s3://);
+- ``load_encoder(model="showcase-tiny")``: a small named config with random weights, for training from scratch
+  (the embedded default; no download).
+
+``encoder_id`` names the architecture and a fingerprint of the weights, so embeddings of different weights never
+mix under ``ROOT/embeddings/<encoder_id>/``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import posixpath
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..torch_compat import ensure_torchvision
+
+ensure_torchvision()
+
+import open_clip  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from ..store import filesystem_for, write_bytes_atomic  # noqa: E402
+
+CLIP_MEAN = np.array(open_clip.OPENAI_DATASET_MEAN, np.float32)
+CLIP_STD = np.array(open_clip.OPENAI_DATASET_STD, np.float32)
+
+NAMED_CONFIGS = {
+    # small enough to train from scratch on the mini world in a few minutes on 2 CPU cores
+    "showcase-tiny": {
+        "embed_dim": 128,
+        "vision_cfg": {"image_size": 64, "patch_size": 8, "width": 128, "layers": 3, "head_width": 64},
+        "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 128, "heads": 4, "layers": 2},
+    },
+}
+
+
+class EncoderError(Exception):
+    """The encoder cannot be loaded as configured (one line)."""
+
+
+def decode_and_resize(data: bytes, size: int) -> np.ndarray:
+    """JPEG/PNG bytes -> uint8 [size, size, 3]: RGB, shorter side resized to ``size``, centre crop (CLIP style).
+
+    Raises ValueError for bytes that are not a decodable image.
+    """
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.draft("RGB", (size, size))  # JPEG: decode at a reduced scale when the photo is much larger
+            im = im.convert("RGB")
+            w, h = im.size
+            scale = size / min(w, h)
+            nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+            im = im.resize((nw, nh), Image.BICUBIC)
+            left, top = (nw - size) // 2, (nh - size) // 2
+            return np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.uint8)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise ValueError(f"not a decodable image: {str(e).splitlines()[0][:160] if str(e) else type(e).__name__}") from None
+
+
+def read_photos(uris: list[str], size: int) -> tuple[np.ndarray, list[int], list[str]]:
+    """Read and decode photos (local or s3://). Returns (uint8 [n_ok, size, size, 3], ok indices, errors by index)."""
+    pixels, ok, errors = [], [], []
+    filesystems: dict[str, tuple] = {}
+    for i, uri in enumerate(uris):
+        scheme = uri.split("://", 1)[0] if "://" in uri else ""
+        if scheme not in filesystems:
+            filesystems[scheme] = filesystem_for(uri)[0]
+        fs = filesystems[scheme]
+        try:
+            with fs.open_input_stream(filesystem_for(uri)[1] if scheme == "s3" else uri.removeprefix("file://")) as f:
+                pixels.append(decode_and_resize(f.read(), size))
+            ok.append(i)
+        except (FileNotFoundError, ValueError) as e:
+            errors.append(f"{uri}: {e}")
+    empty = np.zeros((0, size, size, 3), np.uint8)
+    return (np.stack(pixels) if pixels else empty), ok, errors
+
+
+def pixels_to_tensor(pixels: np.ndarray) -> torch.Tensor:
+    """uint8 [B, H, W, 3] -> normalised float32 [B, 3, H, W]."""
+    x = torch.from_numpy(np.ascontiguousarray(pixels)).float().div_(255.0)
+    x = (x - torch.from_numpy(CLIP_MEAN)) / torch.from_numpy(CLIP_STD)
+    return x.permute(0, 3, 1, 2).contiguous()
+
+
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:12]
+
+
+@dataclass
+class ClipEncoder:
+    model: torch.nn.Module
+    arch: str
+    model_cfg: dict | None  # set for models built from a config dict (saved with the weights)
+    tokenizer: object
+    image_size: int
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    encoder_id: str = ""
+
+    def __post_init__(self):
+        if not self.encoder_id:
+            self.encoder_id = f"{self.arch}-{weights_fingerprint(self.model)}"
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.model.text_projection.shape[-1]) if hasattr(self.model, "text_projection") and \
+            self.model.text_projection is not None else int(self.encode_texts(["x"]).shape[1])
+
+    def to(self, device: str | torch.device) -> "ClipEncoder":
+        self.device = torch.device(device)
+        self.model.to(self.device)
+        return self
+
+    def _autocast(self):
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return torch.autocast("cpu", enabled=False)
+
+    @torch.no_grad()
+    def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 [B, H, W, 3] (already ``decode_and_resize``d) -> float32 [B, D], L2-normalised."""
+        self.model.eval()
+        x = pixels_to_tensor(pixels).to(self.device, non_blocking=True)
+        with self._autocast():
+            z = self.model.encode_image(x)
+        return torch.nn.functional.normalize(z.float(), dim=-1).cpu().numpy()
+
+    @torch.no_grad()
+    def encode_texts(self, texts: list[str]) -> np.ndarray:
+        self.model.eval()
+        tokens = self.tokenizer(list(texts)).to(self.device)
+        with self._autocast():
+            z = self.model.encode_text(tokens)
+        return torch.nn.functional.normalize(z.float(), dim=-1).cpu().numpy()
+
+    def encode_image_bytes(self, images: list[bytes]) -> np.ndarray:
+        return self.encode_pixels(np.stack([decode_and_resize(b, self.image_size) for b in images]))
+
+
+def build_model(arch: str, model_cfg: dict) -> torch.nn.Module:
+    cfg = json.loads(json.dumps(model_cfg))
+    return open_clip.model.CLIP(cfg["embed_dim"], open_clip.model.CLIPVisionCfg(**cfg["vision_cfg"]),
+                                open_clip.model.CLIPTextCfg(**cfg["text_cfg"]))
+
+
+def _tokenizer(context_length: int):
+    return open_clip.tokenizer.SimpleTokenizer(context_length=context_length)
+
+
+def load_encoder(model: str | None = None, pretrained: str | None = None, checkpoint: str | None = None,
+                 device: str | None = None) -> ClipEncoder:
+    """Load a CLIP encoder by name + tag, by saved checkpoint, or from a small named config (see module doc)."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if checkpoint:
+        encoder = _load_checkpoint(checkpoint)
+    elif model in NAMED_CONFIGS:
+        cfg = NAMED_CONFIGS[model]
+        encoder = ClipEncoder(build_model(model, cfg), model, cfg, _tokenizer(cfg["text_cfg"]["context_length"]),
+                              cfg["vision_cfg"]["image_size"])
+    elif model:
+        if model not in open_clip.list_models():
+            raise EncoderError(f"unknown CLIP model {model!r}: use an open_clip name (e.g. ViT-B-32), "
+                               f"one of {', '.join(NAMED_CONFIGS)}, or a checkpoint path")
+        try:
+            net = open_clip.create_model(model, pretrained=pretrained or None)
+        except Exception as e:  # open_clip raises RuntimeError/HF errors for unknown tags or no network
+            raise EncoderError(f"cannot load CLIP {model} with pretrained={pretrained!r}: "
+                               f"{str(e).splitlines()[0][:200]}") from None
+        size = net.visual.image_size
+        size = size[0] if isinstance(size, (tuple, list)) else size
+        arch = model if not pretrained else f"{model}.{posixpath.basename(str(pretrained))}"
+        encoder = ClipEncoder(net, arch, None, open_clip.get_tokenizer(model), int(size))
+    else:
+        raise EncoderError("no CLIP configured: set clip_model (and clip_pretrained) or clip_checkpoint")
+    return encoder.to(device)
+
+
+def save_encoder(encoder: ClipEncoder, uri: str, card: dict) -> dict:
+    """Write weights, config and the model card (JSON) under ``uri`` (local or s3://); the card is written last."""
+    if encoder.model_cfg is None:
+        raise EncoderError("only config-built CLIP models can be saved here; fine-tuned open_clip models keep their name")
+    fs, base = filesystem_for(uri)
+    buf = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in encoder.model.state_dict().items()}, buf)
+    write_bytes_atomic(fs, posixpath.join(base, "model.pt"), buf.getvalue())
+    config = {"arch": encoder.arch, "model_cfg": encoder.model_cfg, "image_size": encoder.image_size}
+    write_bytes_atomic(fs, posixpath.join(base, "config.json"), json.dumps(config, indent=2).encode())
+    card = {**card, "encoder_id": encoder.encoder_id, "config": config}
+    write_bytes_atomic(fs, posixpath.join(base, "card.json"), json.dumps(card, indent=2, sort_keys=True).encode())
+    return card
+
+
+def _load_checkpoint(uri: str) -> ClipEncoder:
+    fs, base = filesystem_for(uri)
+    try:
+        with fs.open_input_stream(posixpath.join(base, "config.json")) as f:
+            config = json.loads(f.read())
+        with fs.open_input_stream(posixpath.join(base, "model.pt")) as f:
+            state = torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise EncoderError(f"no CLIP checkpoint at {uri} (expected config.json and model.pt)") from None
+    net = build_model(config["arch"], config["model_cfg"])
+    net.load_state_dict(state)
+    cfg = config["model_cfg"]
+    return ClipEncoder(net, config["arch"], cfg, _tokenizer(cfg["text_cfg"]["context_length"]), config["image_size"])
