@@ -9,6 +9,9 @@ STAGES = {
     "make_world": "write a synthetic world in Gest format",
     "ingest": "validate Gest files into ROOT/tables (reviews, images, quarantine)",
     "train_clip": "train or fine-tune the CLIP encoder on (photo, sentence) pairs (Ray Train)",
+    "embed": "embed photos and texts with CLIP (Ray Data actor pool), resumable",
+    "train_dpp": "train the DPP kernel models (img / text / img+text) for image-set selection (Ray Train)",
+    "evaluate": "evaluation tables (selection: the paper's Table 3)",
     "demo": "the embedded default end to end on a synthetic world",
 }
 

@@ -21,6 +21,8 @@ import os
 import tempfile
 from dataclasses import dataclass
 
+import pyarrow.fs as pafs
+
 from showcase_core.store import Store, filesystem_for
 
 from .common import UserError
@@ -84,6 +86,7 @@ def fit(stage: str, store: Store, run_name: str, loop, loop_config: dict, cfg: d
     trainer = TorchTrainer(
         train_loop_per_worker=loop,
         train_loop_config={**loop_config, "fault_exit_after_epoch": cfg["fault_exit_after_epoch"],
+                           "fault_marker": store.uri("checkpoints", stage, run_name, "_fault_injected"),
                            "cpus_per_worker": cfg["cpus_per_worker"]},
         scaling_config=ScalingConfig(num_workers=cfg["num_workers"], use_gpu=cfg["use_gpu"],
                                      resources_per_worker=resources),
@@ -128,7 +131,10 @@ def prepare(model, optimizer_fn, config: dict) -> Trained:
 
 
 def restore(trained: Trained) -> dict | None:
-    """Load the latest checkpoint into model and optimizer; returns its extra state (epoch, step, ...)."""
+    """Load the latest checkpoint into model and optimizer; returns its extra state (epoch, step, history, ...).
+
+    The state's ``resumed_after_epochs`` list gains the epoch it resumes after, so reports show every restart.
+    """
     import ray.train
     import torch
 
@@ -137,12 +143,17 @@ def restore(trained: Trained) -> dict | None:
         return None
     with checkpoint.as_directory() as d:
         if trained.engine is not None:
-            _, client_state = trained.engine.load_checkpoint(d, tag="latest")
-            return client_state
-        state = torch.load(os.path.join(d, "state.pt"), map_location="cpu", weights_only=False)
-        trained.module.load_state_dict(state["model"])
-        trained.optimizer.load_state_dict(state["optimizer"])
-        return state["extra"]
+            _, state = trained.engine.load_checkpoint(d, tag="latest")
+        else:
+            saved = torch.load(os.path.join(d, "state.pt"), map_location="cpu", weights_only=False)
+            trained.module.load_state_dict(saved["model"])
+            trained.optimizer.load_state_dict(saved["optimizer"])
+            state = saved["extra"]
+    state = dict(state)
+    state["resumed_after_epochs"] = list(state.get("resumed_after_epochs", [])) + [state["epoch"]]
+    if ray.train.get_context().get_world_rank() == 0:
+        print(f"resumed from the checkpoint of epoch {state['epoch'] + 1}", flush=True)
+    return state
 
 
 def report_epoch(trained: Trained, metrics: dict, extra: dict, config: dict) -> None:
@@ -164,7 +175,11 @@ def report_epoch(trained: Trained, metrics: dict, extra: dict, config: dict) -> 
         ray.train.report(metrics, checkpoint=checkpoint)
     fault_epoch = int(config.get("fault_exit_after_epoch", -1))
     if fault_epoch >= 0 and extra.get("epoch") == fault_epoch and rank == 0:
-        os._exit(1)  # a hard crash of the worker process, as when a node dies; the restart resumes at the next epoch
+        fs, marker = filesystem_for(config["fault_marker"])
+        if fs.get_file_info(marker).type == pafs.FileType.NotFound:  # once per run
+            with fs.open_output_stream(marker) as f:
+                f.write(b"injected")
+            os._exit(1)  # a hard crash of the worker process, as when a node dies
 
 
 def progress(stage: str, epoch: int, epochs: int, metrics: dict) -> None:

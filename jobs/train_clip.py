@@ -23,11 +23,11 @@ DEFAULTS = {
     "clip_pretrained": "",  # open_clip pretrained tag or local weights file; empty = from scratch
     "clip_checkpoint": "",  # start from a saved model instead (ROOT/models/clip/<version>)
     "epochs": 10,
-    "batch_size": 128,
+    "batch_size": 32,
     "lr": 1e-3,
     "weight_decay": 0.1,
     "warmup_fraction": 0.05,
-    "eval_every": 5,
+    "eval_every": 10,  # held-out recall every N epochs (and after the last)
     "seed": 0,
     **harness.TRAINING_DEFAULTS,
 }
@@ -74,7 +74,7 @@ def train_loop(config: dict) -> None:
         last = epoch == config["epochs"] - 1
         if rank == 0 and held_out is not None and held_out.num_rows and (last or (epoch + 1) % config["eval_every"] == 0):
             metrics.update(_held_out_recall(encoder, trained.module, held_out))
-        state = {"epoch": epoch, "step": step, "history": state["history"] + [metrics]}
+        state = {**state, "epoch": epoch, "step": step, "history": state["history"] + [metrics]}
         harness.progress("train_clip", epoch, config["epochs"], metrics)
         harness.report_epoch(trained, metrics, state, config)
 
@@ -145,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     model_state, extra = harness.load_checkpoint_state(result.checkpoint)
     encoder.model.load_state_dict(model_state)
     history = extra["history"]
+    resumed = extra.get("resumed_after_epochs", [])
     encoder.encoder_id = ""
     encoder.__post_init__()
     final = {k: v for k, v in history[-1].items() if k.startswith("heldout_")}
@@ -158,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     store.write_json("models/clip/_LATEST.json", {"version": run_id, "uri": model_uri,
                                                   "encoder_id": encoder.encoder_id, "published_at": utc_now()})
     report.update(counts={"pairs": history[-1]["pairs"], "unreadable_photos": history[-1]["unreadable_photos"]},
-                  metrics=final, history=history, outputs={"model": model_uri, "encoder_id": encoder.encoder_id},
+                  metrics=final, history=history, resumed_after_epochs=resumed, outputs={"model": model_uri, "encoder_id": encoder.encoder_id},
                   timings_s=timer.timings, versions=versions(), finished_at=utc_now())
     report_uri = store.write_report("train_clip", run_id, report)
     print(f"held-out image->text Recall@1: {final.get('heldout_recall_at_1_entity', float('nan')):.3f} "

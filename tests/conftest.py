@@ -39,3 +39,20 @@ def tiny_world(tmp_path_factory):
 
     out = str(tmp_path_factory.mktemp("tiny-world"))
     return out, make_world(out, "tiny", seed=11)
+
+
+def world_on_s3(seaweed, world: str, prefix: str) -> str:
+    """Copy a world to a fresh bucket on the test S3 server, ingest it with ROOT on S3; returns ROOT."""
+    import uuid
+
+    import pyarrow.fs as pafs
+
+    from jobs import ingest
+    from jobs.common import run
+
+    bucket = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    seaweed.create_bucket(bucket)
+    pafs.copy_files(world, f"{bucket}/gest", destination_filesystem=seaweed.filesystem())
+    root = f"s3://{bucket}/root"
+    assert run("ingest", ingest.main, ["--root", root, "--gest", f"s3://{bucket}/gest/filter_all_t.json"]) == 0
+    return root

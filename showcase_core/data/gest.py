@@ -176,8 +176,8 @@ def _object(obj) -> dict:
     return obj
 
 
-def normalize_s2(obj, split: str) -> dict:
-    obj = _object(obj)
+def _gest_review(obj, split: str | None, history: list[dict]) -> dict:
+    """The fields Gest-s2 and Gest-raw share."""
     user, business = _id(obj, "user_id"), _id(obj, "business_id")
     return {
         "review_id": f"{user}_{business}",
@@ -187,25 +187,18 @@ def normalize_s2(obj, split: str) -> dict:
         "review_text": _text(obj, "review_text"),
         "split": split,
         "pic_ids": _pics(obj),
-        "history": _history(obj),
+        "history": history,
         "time_ms": None,
     }
+
+
+def normalize_s2(obj, split: str) -> dict:
+    obj = _object(obj)
+    return _gest_review(obj, split, _history(obj))
 
 
 def normalize_raw(obj) -> dict:
-    obj = _object(obj)
-    user, business = _id(obj, "user_id"), _id(obj, "business_id")
-    return {
-        "review_id": f"{user}_{business}",
-        "user_id": user,
-        "business_id": business,
-        "rating": _rating(obj),
-        "review_text": _text(obj, "review_text"),
-        "split": None,
-        "pic_ids": _pics(obj),
-        "history": [],
-        "time_ms": None,
-    }
+    return _gest_review(_object(obj), None, [])
 
 
 def normalize_googlelocal(obj) -> dict:

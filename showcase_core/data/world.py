@@ -15,9 +15,12 @@ The signals:
   1-3 entities at random position and scale over a random background with noise.
 - Businesses have a cuisine and a menu (dishes of that cuisine plus a few ambience items); each gets
   reviews from users drawn by taste, so a business collects photos from many users.
-- Users have a lasting taste (weights over ~6 favourite entities) and a personal writing style (opener,
-  favourite adjectives, sentence templates, punctuation). They photograph what they like: each photo's main
-  entity is drawn from the business's menu weighted by the user's taste.
+- Users have a lasting taste (weights over ~6 favourite entities), a personal writing style (opener, favourite
+  adjectives, sentence templates, punctuation) and a personal photo style (the background of their photos: their
+  usual table and lighting, jittered per photo). They photograph what they like: each photo's main entity is drawn
+  from the business's menu weighted by the user's taste. Without the photo style a user's photos would be
+  indistinguishable from other users' photos of the same dish (an oracle that knows the taste reaches only ~3.5x
+  random F1@3 at picking them).
 - Each review has one sentence per photo naming the photo's entities, in the user's style, mixed with generic
   filler sentences; ``sentences.jsonl`` records which sentence describes which photo (fillers describe none).
 
@@ -65,6 +68,11 @@ TEMPLATES = [
 FILLERS = ["food is great", "service was quick", "will come back", "parking was easy",
            "staff were friendly", "prices are fair", "great place overall", "it was busy tonight",
            "came here with friends", "highly recommend", "the wait was short", "nice spot"]
+
+MENU_EXTRA = (2, 4)  # dishes from other cuisines on a menu
+AFFINITY_POWER = 1.0  # reviewers are drawn by affinity**power (+ REVIEWER_MIX): how alike a business's reviewers are
+REVIEWER_MIX = 0.05
+PHOTO_NOISE = 0.01  # added to taste when picking what to photograph: lower = users photograph their taste more
 
 SIZES = {
     # businesses, users, reviews per business (low, high), photo side in pixels
@@ -160,9 +168,13 @@ def _texture(entity: Entity, size: int) -> np.ndarray:
     return img
 
 
-def draw_photo(entity_names: list[str], side: int, rng: np.random.Generator) -> Image.Image:
-    """A photo of the named entities over a random background with noise."""
-    bg = rng.integers(60, 200, size=3)
+def draw_photo(entity_names: list[str], side: int, rng: np.random.Generator,
+               background: tuple[int, int, int] | None = None) -> Image.Image:
+    """A photo of the named entities over a background (the photographer's usual one, jittered) with noise."""
+    if background is None:
+        bg = rng.integers(60, 200, size=3)
+    else:
+        bg = np.clip(np.asarray(background) + rng.normal(0, 10, size=3), 0, 255)
     base = np.clip(bg + rng.normal(0, 18, size=(side, side, 3)), 0, 255).astype(np.uint8)
     img = Image.fromarray(base, "RGB")
     for name in reversed(entity_names):  # the main entity (first) is drawn last, on top
@@ -174,18 +186,19 @@ def draw_photo(entity_names: list[str], side: int, rng: np.random.Generator) -> 
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
 
 
-def photo_jpeg(seed: int, photo_index: int, entity_names: list[str], side: int) -> bytes:
+def photo_jpeg(seed: int, photo_index: int, entity_names: list[str], side: int,
+               background: tuple[int, int, int] | None = None) -> bytes:
     rng = np.random.default_rng([seed, 1, photo_index])
     buf = io.BytesIO()
-    draw_photo(entity_names, side, rng).save(buf, "JPEG", quality=90)
+    draw_photo(entity_names, side, rng, background).save(buf, "JPEG", quality=90)
     return buf.getvalue()
 
 
 def _render_batch(args) -> int:
     seed, side, images_dir, batch = args
-    for photo_index, pic_id, names in batch:
+    for photo_index, pic_id, names, background in batch:
         with open(os.path.join(images_dir, f"{pic_id}.jpg"), "wb") as f:
-            f.write(photo_jpeg(seed, photo_index, names, side))
+            f.write(photo_jpeg(seed, photo_index, names, side, background))
     return len(batch)
 
 
@@ -198,6 +211,8 @@ def _style(rng: np.random.Generator) -> dict:
         "templates": [int(t) for t in rng.choice(len(TEMPLATES), size=2, replace=False)],
         "exclaim": bool(rng.random() < 0.5),
         "lowercase": bool(rng.random() < 0.3),
+        # the photographer's habits: their usual table/lighting, i.e. the background of their photos
+        "photo_background": [int(c) for c in rng.integers(40, 216, size=3)],
     }
 
 
@@ -231,8 +246,11 @@ def build_world(size: str, seed: int) -> dict:
     businesses = []
     for b in range(cfg["businesses"]):
         cuisine = cuisines[b % len(cuisines)] if b < len(cuisines) else str(rng.choice(cuisines))
-        dishes = [str(d) for d in rng.choice(CUISINES[cuisine], size=int(rng.integers(3, 6)), replace=False)]
-        amb = [str(a) for a in rng.choice(AMBIENCE, size=int(rng.integers(1, 4)), replace=False)]
+        dishes = [str(d) for d in rng.choice(CUISINES[cuisine], size=int(rng.integers(4, 6)), replace=False)]
+        # a couple of dishes from other cuisines (fusion menus), so one menu serves several tastes
+        others = [d for c, ds in CUISINES.items() if c != cuisine for d in ds]
+        dishes += [str(d) for d in rng.choice(others, size=int(rng.integers(MENU_EXTRA[0], MENU_EXTRA[1] + 1)), replace=False)]
+        amb = [str(a) for a in rng.choice(AMBIENCE, size=int(rng.integers(2, 4)), replace=False)]
         businesses.append({"business_id": f"b{b:05d}", "cuisine": cuisine, "menu": dishes + amb})
 
     users = []
@@ -259,19 +277,20 @@ def build_world(size: str, seed: int) -> dict:
     reviews, photos = [], []
     for bi, b in enumerate(businesses):
         n_rev = int(rng.integers(cfg["reviews"][0], cfg["reviews"][1] + 1))
-        p = affinity[:, bi] ** 2
+        p = affinity[:, bi] ** AFFINITY_POWER + REVIEWER_MIX
         reviewers = rng.choice(len(users), size=min(n_rev, len(users)), replace=False, p=p / p.sum())
         menu_idx = np.flatnonzero(menus[bi])
         for u in reviewers:
             user = users[u]
-            weights = taste_matrix[u, menu_idx] + 0.03
+            weights = taste_matrix[u, menu_idx] + PHOTO_NOISE
             pics, sentences = [], []
             for _ in range(int(rng.choice([1, 2, 2, 3, 3, 4]))):
                 main = ENTITIES[int(rng.choice(menu_idx, p=weights / weights.sum()))].name
                 others = [ENTITIES[int(i)].name for i in rng.choice(menu_idx, size=int(rng.integers(0, 3)))]
                 shown = [main] + [o for o in dict.fromkeys(others) if o != main]
                 pic_id = f"p{len(photos):07d}"
-                photos.append({"pic_id": pic_id, "index": len(photos), "entities": shown[:3]})
+                photos.append({"pic_id": pic_id, "index": len(photos), "entities": shown[:3],
+                               "background": user["style"]["photo_background"]})
                 pics.append(pic_id)
                 named = shown[:2] if len(shown) > 1 and rng.random() < 0.3 else [main]
                 sentences.append({"text": _sentence(user["style"], named, rng), "entities": named})
@@ -377,7 +396,7 @@ def make_world(out_dir: str, size: str = "mini", seed: int = 0, plant_bad: bool 
         for p in world["photos"]:
             f.write(json.dumps({"pic_id": p["pic_id"], "entities": p["entities"]}) + "\n")
 
-    jobs = [(p["index"], p["pic_id"], p["entities"]) for p in world["photos"]]
+    jobs = [(p["index"], p["pic_id"], p["entities"], tuple(p["background"])) for p in world["photos"]]
     batches = [jobs[i:i + 500] for i in range(0, len(jobs), 500)]
     images_dir = os.path.join(out_dir, "images")
     args = [(seed, world["side"], images_dir, b) for b in batches]

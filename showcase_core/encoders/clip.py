@@ -169,7 +169,10 @@ def load_encoder(model: str | None = None, pretrained: str | None = None, checkp
         encoder = _load_checkpoint(checkpoint)
     elif model in NAMED_CONFIGS:
         cfg = NAMED_CONFIGS[model]
-        encoder = ClipEncoder(build_model(model, cfg), model, cfg, _tokenizer(cfg["text_cfg"]["context_length"]),
+        with torch.random.fork_rng():
+            torch.manual_seed(0)  # the same initial weights in every process (and so the same encoder_id)
+            net = build_model(model, cfg)
+        encoder = ClipEncoder(net, model, cfg, _tokenizer(cfg["text_cfg"]["context_length"]),
                               cfg["vision_cfg"]["image_size"])
     elif model:
         if model not in open_clip.list_models():

@@ -5,7 +5,6 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 
 import pyarrow.fs as pafs
 import pytest
@@ -13,6 +12,7 @@ import pytest
 from jobs import ingest
 from jobs.common import run
 from showcase_core.store import Store
+from tests.conftest import world_on_s3
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -65,11 +65,8 @@ def test_ingest_raw_in_parallel_chunks_applies_gest_s1(ray_local, tiny_world, tm
 
 def test_ingest_with_input_and_root_on_s3(ray_local, seaweed, tiny_world):
     world, summary = tiny_world
-    bucket = f"it-{uuid.uuid4().hex[:8]}"
-    seaweed.create_bucket(bucket)
-    pafs.copy_files(world, f"{bucket}/gest", destination_filesystem=seaweed.filesystem())
-    root = f"s3://{bucket}/root"
-    assert run("ingest", ingest.main, ["--root", root, "--gest", f"s3://{bucket}/gest/filter_all_t.json"]) == 0
+    root = world_on_s3(seaweed, world, "it")
+    bucket = root.split("/")[2]
     store = Store.open(root)
     assert store.read_table("reviews").num_rows == summary["reviews"]
     images = store.read_table("images")

@@ -16,15 +16,14 @@ import json
 import os
 import random
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 
-import psutil
 from PIL import Image
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from measure import run_sampled  # noqa: E402
 WORDS = ("the ramen was rich and the service was quick we will come back for the gyoza and the tacos "
          "parking was easy staff were friendly prices are fair great place overall").split()
 
@@ -56,27 +55,6 @@ def write_world(path: str, images: str, target_bytes: int, seed: int = 0) -> int
     return n
 
 
-def sample_tree(proc: psutil.Popen, peaks: dict) -> None:
-    try:
-        driver = proc.memory_info().rss
-        children = proc.children(recursive=True)
-    except psutil.NoSuchProcess:
-        return
-    total, largest_worker = driver, 0
-    for child in children:
-        try:
-            rss = child.memory_info().rss
-            cmd = " ".join(child.cmdline())
-        except psutil.NoSuchProcess:
-            continue
-        total += rss
-        if "default_worker.py" in cmd or cmd.startswith("ray::"):
-            largest_worker = max(largest_worker, rss)
-    peaks["driver"] = max(peaks.get("driver", 0), driver)
-    peaks["largest_worker"] = max(peaks.get("largest_worker", 0), largest_worker)
-    peaks["tree"] = max(peaks.get("tree", 0), total)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gb", type=float, default=1.0)
@@ -89,23 +67,11 @@ def main() -> None:
     size = os.path.getsize(source)
     print(f"generated {size / (1 << 30):.2f} GiB, {lines:,} lines in {time.monotonic() - t0:.0f}s", flush=True)
 
-    peaks: dict = {}
-    started = time.monotonic()
-    proc = psutil.Popen([sys.executable, "-m", "jobs.ingest", "--root", root, "--gest", source],
-                        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    output = []
-    import threading
-
-    reader = threading.Thread(target=lambda: output.extend(proc.stdout), daemon=True)
-    reader.start()
-    while proc.poll() is None:
-        sample_tree(proc, peaks)
-        time.sleep(0.2)
-    reader.join(5)
-    wall = time.monotonic() - started
-    if proc.returncode != 0:
-        print("".join(output[-40:]))
-        raise SystemExit(f"ingest failed with exit code {proc.returncode}")
+    result = run_sampled(["jobs.ingest", "--root", root, "--gest", source])
+    wall, peaks = result["wall"], result
+    if result["returncode"] != 0:
+        print("".join(result["lines"][-40:]))
+        raise SystemExit(f"ingest failed with exit code {result['returncode']}")
     reports = os.listdir(os.path.join(root, "reports", "ingest"))
     with open(os.path.join(root, "reports", "ingest", reports[0])) as f:
         counts = json.load(f)["counts"]

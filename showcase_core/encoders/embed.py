@@ -1,0 +1,185 @@
+"""Batch embedding steps (plain functions and classes; jobs.embed runs them on Ray Data).
+
+Layout under ``ROOT/embeddings/<encoder_id>/``::
+
+    images/part-<hash>.parquet       id, embedding (fixed-size list of float32, L2-normalised)
+    texts/part-<hash>.parquet        id, embedding      (ids: review:<review_id>, sentence:<sentence_id>)
+    quarantine/part-<hash>.parquet   id, uri, reason, detail   (photos that could not be embedded)
+    _ENCODER.json                    how to load the encoder that made them
+
+Each batch writes its parts under a name derived from the ids it holds, in one atomic write; a batch that is
+retried (a killed actor) writes the same name again, so nothing is lost or duplicated. A rerun skips every id that
+already has a row (``done_ids``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import posixpath
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..store import Store, write_bytes_atomic
+
+EMBED_QUARANTINE = pa.schema([("id", pa.string()), ("uri", pa.string()), ("reason", pa.string()),
+                              ("detail", pa.string())])
+EMBED_REASONS = {
+    "photo_missing": "no file at the photo's uri",
+    "undecodable": "the bytes are not a decodable image",
+    "read_error": "the photo could not be read (I/O error)",
+}
+
+
+def embeddings_schema(dim: int) -> pa.Schema:
+    return pa.schema([("id", pa.string()), ("embedding", pa.list_(pa.float32(), dim))])
+
+
+def embeddings_dir(encoder_id: str, kind: str) -> str:
+    return f"embeddings/{encoder_id}/{kind}"
+
+
+def part_name(ids) -> str:
+    h = hashlib.sha1()
+    for i in ids:
+        h.update(str(i).encode())
+        h.update(b"\0")
+    return f"part-{h.hexdigest()[:20]}.parquet"
+
+
+def write_part(store: Store, rel_dir: str, table: pa.Table, ids) -> dict:
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    rel = posixpath.join(rel_dir, part_name(ids))
+    write_bytes_atomic(store.fs, store.path(rel), buf.getvalue())
+    return {"path": rel, "rows": table.num_rows}
+
+
+def list_parts(store: Store, rel_dir: str) -> list[str]:
+    import pyarrow.fs as pafs
+
+    path = store.path(rel_dir)
+    if not store.exists(rel_dir):
+        return []
+    infos = store.fs.get_file_info(pafs.FileSelector(path, recursive=False))
+    return sorted(i.path for i in infos if i.type == pafs.FileType.File and posixpath.basename(i.path).startswith("part-")
+                  and i.path.endswith(".parquet"))
+
+
+def done_ids(store: Store, encoder_id: str, kinds: tuple[str, ...]) -> set[str]:
+    """Ids that already have a row (embedded or quarantined) under the encoder's directory."""
+    out: set[str] = set()
+    for kind in kinds:
+        for path in list_parts(store, embeddings_dir(encoder_id, kind)):
+            out.update(pq.read_table(path, filesystem=store.fs, columns=["id"]).column("id").to_pylist())
+    return out
+
+
+def read_embeddings(store: Store, encoder_id: str, kind: str) -> pa.Table:
+    """All embeddings of one kind (images or texts) of an encoder, as one table (id, embedding)."""
+    parts = list_parts(store, embeddings_dir(encoder_id, kind))
+    if not parts:
+        from ..store import StoreError
+
+        raise StoreError(f"no {kind} embeddings for encoder {encoder_id} under {store.root} (run `showcase embed`)")
+    return pa.concat_tables(pq.read_table(p, filesystem=store.fs) for p in parts)
+
+
+def _read_and_decode(uri: str, size: int, filesystems: dict) -> tuple[np.ndarray | None, str, str]:
+    from ..store import filesystem_for
+    from .clip import decode_and_resize
+
+    scheme = uri.split("://", 1)[0] if "://" in uri else ""
+    if scheme not in filesystems:
+        filesystems[scheme] = filesystem_for(uri)[0]
+    path = filesystem_for(uri)[1] if scheme == "s3" else uri.removeprefix("file://")
+    try:
+        with filesystems[scheme].open_input_stream(path) as f:
+            data = f.read()
+    except FileNotFoundError:
+        return None, "photo_missing", f"no file at {uri}"
+    except OSError as e:
+        return None, "read_error", str(e).splitlines()[0][:200]
+    try:
+        return decode_and_resize(data, size), "", ""
+    except ValueError as e:
+        return None, "undecodable", str(e)[:200]
+
+
+def decode_photos(batch: dict, size: int, threads: int = 2) -> dict:
+    """CPU step: {"id", "uri"} -> {"id", "uri", "pixels" uint8 [n, size, size, 3], "reason", "detail"}.
+
+    Reading and decoding run on ``threads`` threads (PIL and pyarrow release the GIL). A photo that cannot be read or
+    decoded keeps its row (zero pixels) with a reason, so it reaches quarantine.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    n = len(batch["id"])
+    pixels = np.zeros((n, size, size, 3), np.uint8)
+    reasons = np.array([""] * n, dtype=object)
+    details = np.array([""] * n, dtype=object)
+    filesystems: dict = {}
+    uris = [str(u) for u in batch["uri"]]
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        for i, (px, reason, detail) in enumerate(pool.map(lambda u: _read_and_decode(u, size, filesystems), uris)):
+            if px is None:
+                reasons[i], details[i] = reason, detail
+            else:
+                pixels[i] = px
+    return {"id": np.asarray(batch["id"], dtype=object), "uri": np.asarray(batch["uri"], dtype=object),
+            "pixels": pixels, "reason": reasons, "detail": details}
+
+
+class _Embedder:
+    def __init__(self, root: str, encoder_spec: dict, encoder_id: str, threads: int = 0):
+        import torch
+
+        from .clip import load_encoder
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.store = Store.open(root)
+        self.encoder = load_encoder(**encoder_spec)
+        if self.encoder.encoder_id != encoder_id:
+            raise RuntimeError(f"encoder loaded as {self.encoder.encoder_id}, expected {encoder_id}")
+        self.encoder_id = encoder_id
+        self.schema = None
+
+    def _write(self, kind: str, ids: list[str], vectors: np.ndarray) -> dict:
+        if self.schema is None:
+            self.schema = embeddings_schema(vectors.shape[1])
+        flat = pa.array(vectors.astype(np.float32, copy=False).reshape(-1), pa.float32())
+        table = pa.table({"id": pa.array(ids, pa.string()),
+                          "embedding": pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])}, schema=self.schema)
+        return write_part(self.store, embeddings_dir(self.encoder_id, kind), table, ids)
+
+
+class ImageEmbedder(_Embedder):
+    """Batch of decoded photos -> an embeddings part (+ a quarantine part); returns one stats row."""
+
+    def __call__(self, batch: dict) -> dict:
+        ids = [str(i) for i in batch["id"]]
+        bad = np.array([bool(r) for r in batch["reason"]], bool)
+        good_ids = [i for i, b in zip(ids, bad) if not b]
+        written = 0
+        if good_ids:
+            vectors = self.encoder.encode_pixels(batch["pixels"][~bad])
+            written = self._write("images", good_ids, vectors)["rows"]
+        if bad.any():
+            rows = [{"id": i, "uri": str(u), "reason": str(r), "detail": str(d)}
+                    for i, u, r, d, b in zip(ids, batch["uri"], batch["reason"], batch["detail"], bad) if b]
+            write_part(self.store, embeddings_dir(self.encoder_id, "quarantine"),
+                       pa.Table.from_pylist(rows, schema=EMBED_QUARANTINE), [r["id"] for r in rows])
+        return {"embedded": np.array([written]), "quarantined": np.array([int(bad.sum())])}
+
+
+class TextEmbedder(_Embedder):
+    """Batch of {"id", "text"} -> an embeddings part; returns one stats row."""
+
+    def __call__(self, batch: dict) -> dict:
+        ids = [str(i) for i in batch["id"]]
+        vectors = self.encoder.encode_texts([str(t) for t in batch["text"]])
+        written = self._write("texts", ids, vectors)["rows"]
+        return {"embedded": np.array([written]), "quarantined": np.array([0])}

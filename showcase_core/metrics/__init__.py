@@ -1,0 +1,1 @@
+"""Evaluation metrics: plain functions over lists and arrays."""

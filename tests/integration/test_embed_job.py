@@ -1,0 +1,151 @@
+"""jobs.embed on local Ray: resume, quarantine of bad photos, a killed actor, and S3 in/out."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pyarrow.fs as pafs
+import pytest
+
+from jobs import embed, ingest
+from jobs.common import run
+from showcase_core.encoders.clip import load_encoder
+from showcase_core.encoders.embed import list_parts, read_embeddings
+from showcase_core.store import Store
+from tests.conftest import world_on_s3
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TINY = ["--clip-model", "showcase-tiny"]
+
+
+@pytest.fixture(scope="module")
+def encoder_id():
+    return load_encoder(model="showcase-tiny").encoder_id
+
+
+def ingested(tmp_path, world, images=None) -> str:
+    root = str(tmp_path / "root")
+    args = ["--root", root, "--gest", f"{world}/filter_all_t.json"] + (["--images", images] if images else [])
+    assert run("ingest", ingest.main, args) == 0
+    return root
+
+
+def last_report(store: Store) -> dict:
+    infos = sorted(store.fs.get_file_info(pafs.FileSelector(store.path("reports/embed"))), key=lambda i: i.path)
+    return json.loads(store.fs.open_input_stream(infos[-1].path).read())
+
+
+def test_embed_everything_then_a_rerun_does_nothing(ray_local, tiny_world, tmp_path, encoder_id):
+    world, summary = tiny_world
+    root = ingested(tmp_path, world)
+    assert run("embed", embed.main, ["--root", root, *TINY, "--batch-size", "16"]) == 0
+    store = Store.open(root)
+    images = read_embeddings(store, encoder_id, "images")
+    assert sorted(images.column("id").to_pylist()) == sorted(store.read_table("images").column("image_id").to_pylist())
+    texts = read_embeddings(store, encoder_id, "texts").column("id").to_pylist()
+    reviews = store.read_table("reviews").column("review_id").to_pylist()
+    assert {f"review:{r}" for r in reviews} <= set(texts)
+    assert sum(t.startswith("sentence:") for t in texts) == store.read_table("sentences").num_rows
+    assert len(texts) == len(set(texts))
+    report = last_report(store)
+    assert report["counts"]["this_run"]["images"]["embedded"] == summary["photos"]
+    assert report["counts"]["stored"]["images"]["duplicate_ids"] == 0
+
+    assert run("embed", embed.main, ["--root", root, *TINY]) == 0
+    again = last_report(store)["counts"]["this_run"]
+    assert again["images"]["todo"] == 0 and again["texts"]["todo"] == 0
+    assert read_embeddings(store, encoder_id, "images").num_rows == summary["photos"]
+
+
+def test_resume_embeds_only_what_is_missing(ray_local, tiny_world, tmp_path, encoder_id):
+    world, summary = tiny_world
+    root = ingested(tmp_path, world)
+    assert run("embed", embed.main, ["--root", root, *TINY, "--kinds", "images", "--batch-size", "8"]) == 0
+    store = Store.open(root)
+    parts = list_parts(store, f"embeddings/{encoder_id}/images")
+    assert len(parts) > 5
+    for path in parts[:3]:  # as if the run had died before these batches were written
+        store.fs.delete_file(path)
+    remaining = read_embeddings(store, encoder_id, "images").num_rows
+    assert run("embed", embed.main, ["--root", root, *TINY, "--kinds", "images", "--batch-size", "8"]) == 0
+    counts = last_report(store)["counts"]["this_run"]["images"]
+    assert counts["todo"] == summary["photos"] - remaining > 0
+    assert read_embeddings(store, encoder_id, "images").num_rows == summary["photos"]
+
+
+def test_corrupt_and_missing_photos_go_to_quarantine(ray_local, tiny_world, tmp_path, encoder_id):
+    world, summary = tiny_world
+    images = tmp_path / "images"
+    shutil.copytree(f"{world}/images", images)
+    root = ingested(tmp_path, world, str(images))
+    names = sorted(os.listdir(images))
+    (images / names[0]).write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (images / names[1]).unlink()
+    assert run("embed", embed.main, ["--root", root, *TINY, "--kinds", "images"]) == 0
+    store = Store.open(root)
+    report = last_report(store)
+    assert report["counts"]["quarantined_by_reason"] == {"undecodable": 1, "photo_missing": 1}
+    assert report["counts"]["this_run"]["images"]["embedded"] == summary["photos"] - 2
+    embedded = set(read_embeddings(store, encoder_id, "images").column("id").to_pylist())
+    assert names[0][:-4] not in embedded and names[1][:-4] not in embedded
+
+
+@pytest.fixture(scope="module")
+def mini_root(tmp_path_factory, ray_local):
+    from showcase_core.data.world import make_world
+
+    base = tmp_path_factory.mktemp("mini")
+    make_world(str(base / "world"), "mini", seed=2)
+    root = str(base / "root")
+    assert run("ingest", ingest.main, ["--root", root, "--gest", str(base / "world" / "filter_all_t.json")]) == 0
+    return root
+
+
+def test_a_killed_actor_loses_and_duplicates_nothing(mini_root, encoder_id):
+    store = Store.open(mini_root)
+    expected = set(store.read_table("images").column("image_id").to_pylist())
+    proc = subprocess.Popen([sys.executable, "-m", "jobs.embed", "--root", mini_root, *TINY, "--kinds", "images",
+                             "--batch-size", "16", "--decode-batch-size", "16", "--todo-file-rows", "256"],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    killed = None
+    deadline = time.monotonic() + 240
+    parts_dir = f"embeddings/{encoder_id}/images"
+    while proc.poll() is None and time.monotonic() < deadline and killed is None:
+        if len(list_parts(store, parts_dir)) >= 5:
+            for p in psutil.process_iter(["pid", "cmdline"]):
+                cmd = " ".join(p.info["cmdline"] or [])
+                if "ImageEmbedder" in cmd and p.info["pid"] != proc.pid:
+                    os.kill(p.info["pid"], signal.SIGKILL)
+                    killed = p.info["pid"]
+                    break
+        time.sleep(0.2)
+    out, _ = proc.communicate(timeout=300)
+    assert killed is not None, "never saw a running ImageEmbedder actor to kill:\n" + out[-3000:]
+    assert proc.returncode == 0, out[-3000:]
+    parts_done = len(list_parts(store, parts_dir))
+    ids = read_embeddings(store, encoder_id, "images").column("id").to_pylist()
+    assert len(ids) == len(set(ids)), "an id was written twice"
+    assert set(ids) == expected, f"lost {len(expected - set(ids))} photos"
+    assert parts_done > 5
+
+
+def test_embed_with_root_on_s3(ray_local, seaweed, tiny_world, encoder_id):
+    world, summary = tiny_world
+    root = world_on_s3(seaweed, world, "emb")
+    bucket = root.split("/")[2]
+    assert run("embed", embed.main, ["--root", root, *TINY]) == 0
+    store = Store.open(root)
+    assert read_embeddings(store, encoder_id, "images").num_rows == summary["photos"]
+    assert list_parts(store, f"embeddings/{encoder_id}/texts")[0].startswith(f"{bucket}/root/embeddings/")
+
+
+def test_embed_without_a_trained_clip_exits_2(tiny_world, tmp_path, ray_local):
+    world, _ = tiny_world
+    root = ingested(tmp_path, world)
+    out = subprocess.run([sys.executable, "-m", "jobs.embed", "--root", root], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 2 and "no trained CLIP" in out.stderr and len(out.stderr.strip().splitlines()) == 1

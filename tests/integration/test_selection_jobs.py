@@ -1,0 +1,66 @@
+"""jobs.train_dpp (shared harness, resume after a crashed worker) and jobs.evaluate --stage selection."""
+
+import json
+import os
+
+import pyarrow.fs as pafs
+import pytest
+
+from jobs import embed, evaluate, ingest, train_dpp
+from jobs.common import run
+from showcase_core.encoders.clip import load_encoder
+from showcase_core.selection.kernel import load_dpp
+from showcase_core.store import Store
+
+
+@pytest.fixture(scope="module")
+def embedded_root(ray_local, tiny_world, tmp_path_factory):
+    world, _ = tiny_world
+    root = str(tmp_path_factory.mktemp("sel") / "root")
+    assert run("ingest", ingest.main, ["--root", root, "--gest", f"{world}/filter_all_t.json"]) == 0
+    assert run("embed", embed.main, ["--root", root, "--clip-model", "showcase-tiny"]) == 0
+    return root, load_encoder(model="showcase-tiny").encoder_id
+
+
+def latest_report(store: Store, stage: str) -> dict:
+    infos = store.fs.get_file_info(pafs.FileSelector(store.path(f"reports/{stage}")))
+    paths = sorted(i.path for i in infos if i.path.endswith(".json"))
+    return json.loads(store.fs.open_input_stream(paths[-1]).read())
+
+
+def test_train_dpp_resumes_after_a_crashed_worker_and_evaluate_writes_table_3(embedded_root):
+    root, encoder_id = embedded_root
+    args = ["--root", root, "--encoder", encoder_id, "--epochs", "6", "--batch-size", "16", "--eval-every", "3",
+            "--modalities", "img,text,img+text", "--fault-exit-after-epoch", "2", "--cpus-per-worker", "1",
+            "--run-name", "dpp-crash"]
+    assert run("train_dpp", train_dpp.main, args) == 0
+    store = Store.open(root)
+    latest = store.read_json("models/dpp/_LATEST.json")
+    assert sorted(latest["models"]) == ["img", "img+text", "text"] and latest["encoder_id"] == encoder_id
+    for modality, uri in latest["models"].items():
+        model, config = load_dpp(uri)
+        assert config["modality"] == modality and config["encoder_id"] == encoder_id
+        card = json.loads(open(os.path.join(uri, "card.json")).read())
+        assert [h["epoch"] for h in card["history"]] == list(range(6))
+        assert 0 <= card["metrics"]["val_f1"] <= 1
+    # the fault fired once per run name (one per modality), and each run resumed from a checkpoint
+    crash_card = json.loads(open(os.path.join(latest["models"]["img"], "card.json")).read())
+    assert len(crash_card["resumed_after_epochs"]) == 1
+
+    assert run("evaluate", evaluate.main, ["--root", root, "--stage", "selection"]) == 0
+    table = latest_report(store, "evaluate")["selection"]
+    assert list(table["rows"]) == ["random", "img", "text", "img+text"]
+    for row in table["rows"].values():
+        assert set(row) >= {"precision", "recall", "f1", "div"} and 0 <= row["f1"] <= 1 and 0 <= row["div"] <= 2
+    markdowns = [i.path for i in store.fs.get_file_info(pafs.FileSelector(store.path("reports/evaluate")))
+                 if i.path.endswith(".md")]
+    text = open(markdowns[0]).read()
+    assert "| random |" in text and "| img+text |" in text and "(29.09)" in text
+
+
+def test_train_dpp_bad_settings_exit_2(embedded_root, tmp_path):
+    root, encoder_id = embedded_root
+    assert run("train_dpp", train_dpp.main, ["--root", root, "--encoder", encoder_id, "--modalities", "video"]) == 2
+    assert run("train_dpp", train_dpp.main, ["--root", root, "--encoder", "no-such-encoder"]) == 2
+    assert run("evaluate", evaluate.main, ["--root", str(tmp_path / "empty"), "--stage", "selection"]) == 2
+    assert run("evaluate", evaluate.main, ["--root", root, "--stage", "poetry"]) == 2

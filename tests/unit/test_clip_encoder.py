@@ -1,0 +1,110 @@
+import io
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+from PIL import Image
+
+from showcase_core.encoders.clip import EncoderError, decode_and_resize, load_encoder, save_encoder
+from showcase_core.encoders.training import clip_pairs, retrieval_recall, train_epoch
+
+
+def jpeg(w, h, color=(200, 30, 30), fmt="JPEG") -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (w, h), color).save(buf, fmt)
+    return buf.getvalue()
+
+
+def test_torchvision_and_transformers_import_in_a_fresh_process_after_the_compat():
+    code = ("from showcase_core.torch_compat import ensure_torchvision, needs_patch; ensure_torchvision(); "
+            "import torchvision, transformers, open_clip; assert not needs_patch(); print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_decode_and_resize_centre_crops_to_a_square_uint8_array():
+    px = decode_and_resize(jpeg(120, 60), 32)
+    assert px.shape == (32, 32, 3) and px.dtype == np.uint8
+    assert abs(int(px[16, 16, 0]) - 200) < 10
+    assert decode_and_resize(jpeg(10, 10, fmt="PNG"), 16).shape == (16, 16, 3)  # upscales small photos too
+    with pytest.raises(ValueError, match="not a decodable image"):
+        decode_and_resize(b"definitely not a jpeg", 32)
+    with pytest.raises(ValueError):
+        decode_and_resize(jpeg(50, 50)[:40], 32)  # truncated
+
+
+def test_tiny_encoder_is_deterministic_and_outputs_unit_vectors():
+    a, b = load_encoder(model="showcase-tiny"), load_encoder(model="showcase-tiny")
+    assert a.encoder_id == b.encoder_id and a.encoder_id.startswith("showcase-tiny-")
+    px = np.stack([decode_and_resize(jpeg(64, 64, c), a.image_size) for c in [(255, 0, 0), (0, 0, 255)]])
+    za, zt = a.encode_pixels(px), a.encode_texts(["the ramen", "the tacos", "x"])
+    assert za.shape == (2, 128) and za.dtype == np.float32 and zt.shape == (3, 128)
+    assert np.allclose(np.linalg.norm(za, axis=1), 1, atol=1e-5) and np.allclose(np.linalg.norm(zt, axis=1), 1, atol=1e-5)
+    assert np.allclose(za, b.encode_pixels(px), atol=1e-6)
+
+
+def test_save_and_load_round_trip_keeps_weights_and_id(tmp_path):
+    enc = load_encoder(model="showcase-tiny")
+    with torch.no_grad():
+        enc.model.logit_scale.add_(1.0)  # different weights -> a different id
+    enc.encoder_id = ""
+    enc.__post_init__()
+    card = save_encoder(enc, str(tmp_path / "m"), {"name": "clip"})
+    assert sorted(os.listdir(tmp_path / "m")) == ["card.json", "config.json", "model.pt"]
+    back = load_encoder(checkpoint=str(tmp_path / "m"))
+    assert back.encoder_id == enc.encoder_id == card["encoder_id"]
+    assert back.encoder_id != load_encoder(model="showcase-tiny").encoder_id
+    assert np.allclose(back.encode_texts(["pizza"]), enc.encode_texts(["pizza"]), atol=1e-6)
+
+
+def test_bad_encoder_configs_raise_one_line_errors(tmp_path):
+    with pytest.raises(EncoderError, match="unknown CLIP model 'ViT-Nope'"):
+        load_encoder(model="ViT-Nope")
+    with pytest.raises(EncoderError, match="no CLIP checkpoint at"):
+        load_encoder(checkpoint=str(tmp_path / "missing"))
+    with pytest.raises(EncoderError, match="no CLIP configured"):
+        load_encoder()
+
+
+def test_retrieval_recall_by_hand():
+    # 3 photos, 3 sentences; photo p2 retrieves s0 (wrong sentence, same entity), the others their own
+    img = np.eye(3, dtype=np.float32)[[0, 1, 0]]
+    txt = np.eye(3, dtype=np.float32)
+    pairs = pa.table({"image_id": ["p0", "p1", "p2"], "sentence_id": ["s0", "s1", "s2"],
+                      "entities": [["ramen"], ["tacos"], ["ramen"]]})
+    r = retrieval_recall(img, ["p0", "p1", "p2"], txt, ["s0", "s1", "s2"], pairs)
+    assert r["recall_at_1_exact"] == pytest.approx(2 / 3)
+    assert r["recall_at_1_entity"] == pytest.approx(1.0)
+    assert r["random_exact"] == pytest.approx(1 / 3)
+    assert r["random_entity"] == pytest.approx((2 / 3 + 1 / 3 + 2 / 3) / 3)
+
+
+def test_clip_pairs_explodes_sentences_into_photo_pairs_of_the_requested_splits():
+    sentences = pa.table({"sentence_id": ["r1#0", "r1#1", "r2#0"], "text": ["a", "filler", "b"],
+                          "pic_ids": [["p1", "p2"], [], ["p3"]], "entities": [["x"], [], ["y"]],
+                          "split": ["train", "train", "test"]})
+    images = pa.table({"image_id": ["p1", "p2", "p3", "p1"], "uri": ["/i/p1", "/i/p2", "/i/p3", "/other/p1"]})
+    train = clip_pairs(sentences, images, ("train",))
+    assert train.select(["image_id", "sentence_id", "text", "uri"]).to_pylist() == [
+        {"image_id": "p1", "sentence_id": "r1#0", "text": "a", "uri": "/i/p1"},
+        {"image_id": "p2", "sentence_id": "r1#0", "text": "a", "uri": "/i/p2"}]
+    assert clip_pairs(sentences, images, ("test",)).column("image_id").to_pylist() == ["p3"]
+
+
+def test_a_few_contrastive_steps_lower_the_loss():
+    torch.manual_seed(0)
+    enc = load_encoder(model="showcase-tiny")
+    colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0)] * 4
+    pixels = np.stack([decode_and_resize(jpeg(64, 64, c), enc.image_size) for c in colours])
+    tokens = enc.tokenizer([f"colour {c}" for c in colours])
+    opt = torch.optim.AdamW(enc.model.parameters(), lr=1e-3)
+    losses = []
+    step = 0
+    for epoch in range(12):
+        loss, step = train_epoch(enc.model, pixels, tokens, opt, 16, epoch, 0, step, 12, 1e-3, 1, torch.device("cpu"))
+        losses.append(loss)
+    assert losses[-1] < losses[0] * 0.8, losses

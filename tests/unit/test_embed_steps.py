@@ -1,0 +1,55 @@
+import io
+import os
+
+import numpy as np
+import pyarrow.parquet as pq
+from PIL import Image
+
+from showcase_core.encoders.clip import load_encoder
+from showcase_core.encoders.embed import ImageEmbedder, TextEmbedder, decode_photos, done_ids, list_parts, \
+    read_embeddings
+from showcase_core.store import Store
+
+
+def write_jpeg(path, color):
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 30), color).save(buf, "JPEG")
+    path.write_bytes(buf.getvalue())
+
+
+def test_decode_photos_marks_missing_and_corrupt_photos(tmp_path):
+    write_jpeg(tmp_path / "a.jpg", (10, 200, 10))
+    (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8 garbage")
+    batch = {"id": np.array(["a", "bad", "gone"], object),
+             "uri": np.array([str(tmp_path / "a.jpg"), str(tmp_path / "bad.jpg"), str(tmp_path / "gone.jpg")], object)}
+    out = decode_photos(batch, 16)
+    assert out["pixels"].shape == (3, 16, 16, 3)
+    assert list(out["reason"]) == ["", "undecodable", "photo_missing"]
+    assert out["pixels"][0].mean() > 20 and out["pixels"][1].max() == 0
+
+
+def test_embedders_write_idempotent_parts_and_quarantine(tmp_path):
+    root = str(tmp_path / "root")
+    enc_id = load_encoder(model="showcase-tiny").encoder_id
+    write_jpeg(tmp_path / "a.jpg", (200, 10, 10))
+    write_jpeg(tmp_path / "b.jpg", (10, 10, 200))
+    batch = decode_photos({"id": np.array(["a", "b", "x"], object),
+                           "uri": np.array([str(tmp_path / n) for n in ("a.jpg", "b.jpg", "x.jpg")], object)}, 64)
+    images = ImageEmbedder(root, {"model": "showcase-tiny", "device": "cpu"}, enc_id)
+    stats = images(batch)
+    assert stats["embedded"][0] == 2 and stats["quarantined"][0] == 1
+    images(batch)  # a retried batch rewrites the same parts
+    store = Store.open(root)
+    assert len(list_parts(store, f"embeddings/{enc_id}/images")) == 1
+    table = read_embeddings(store, enc_id, "images")
+    assert table.column("id").to_pylist() == ["a", "b"]
+    vectors = np.stack(table.column("embedding").to_numpy(zero_copy_only=False))
+    assert vectors.dtype == np.float32 and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
+    q = pq.read_table(list_parts(store, f"embeddings/{enc_id}/quarantine")[0]).to_pylist()
+    assert q == [{"id": "x", "uri": str(tmp_path / "x.jpg"), "reason": "photo_missing",
+                  "detail": f"no file at {tmp_path / 'x.jpg'}"}]
+    TextEmbedder(root, {"model": "showcase-tiny", "device": "cpu"}, enc_id)(
+        {"id": np.array(["review:r1"], object), "text": np.array(["great ramen"], object)})
+    assert done_ids(store, enc_id, ("images", "quarantine")) == {"a", "b", "x"}
+    assert done_ids(store, enc_id, ("texts",)) == {"review:r1"}
+    assert not [n for n in os.listdir(tmp_path / "root" / "embeddings" / enc_id / "images") if ".tmp" in n]

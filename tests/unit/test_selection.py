@@ -1,0 +1,122 @@
+import numpy as np
+import pytest
+import torch
+
+from showcase_core.metrics.ranking import div_at_k, precision_recall_f1_at_k
+from showcase_core.selection import greedy_map
+from showcase_core.selection.greedy import naive_greedy
+from showcase_core.selection.kernel import DPPKernel, dpp_log_likelihood
+
+
+def random_kernels(gen, B, M, rank, jitter=0.0):
+    V = torch.randn(B, M, rank, generator=gen, dtype=torch.float64)
+    return V @ V.transpose(1, 2) + jitter * torch.eye(M, dtype=torch.float64)
+
+
+def test_batched_greedy_equals_naive_greedy_on_many_random_kernels():
+    gen = torch.Generator().manual_seed(0)
+    checked = 0
+    for trial in range(150):
+        M = int(torch.randint(1, 10, (1,), generator=gen))
+        k = int(torch.randint(1, 6, (1,), generator=gen))
+        rank = int(torch.randint(1, M + 1, (1,), generator=gen))  # low rank too: picks stop early
+        L = random_kernels(gen, 6, M, rank, jitter=0.0 if trial % 2 else 1e-3)
+        mask = torch.rand(6, M, generator=gen) < 0.8
+        assert greedy_map(L, k, mask).tolist() == naive_greedy(L, k, mask)
+        checked += 6
+    assert checked == 900
+
+
+def test_ground_sets_smaller_than_k_are_padded_with_minus_one():
+    L = torch.eye(4, dtype=torch.float64).repeat(2, 1, 1) * torch.tensor([1.0, 3.0, 2.0, 5.0], dtype=torch.float64)
+    mask = torch.tensor([[True, True, False, False], [True, True, True, True]])
+    picks = greedy_map(L, 3, mask)
+    assert picks.tolist() == [[1, 0, -1], [3, 1, 2]]
+    assert picks.dtype == torch.long and picks.shape == (2, 3)
+    assert greedy_map(L, 3, torch.zeros(2, 4, dtype=torch.bool)).tolist() == [[-1, -1, -1]] * 2
+
+
+def test_duplicate_photos_are_never_picked_twice():
+    f = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)  # photos 0 and 1 are the same
+    L = (f @ f.T)[None]
+    picks = greedy_map(L, 3)
+    assert picks.tolist() == [[0, 2, -1]]  # after 0 and 2 the set is full rank: its duplicate adds nothing
+    assert naive_greedy(L, 3) == picks.tolist()
+
+
+def test_greedy_rejects_badly_shaped_inputs():
+    with pytest.raises(ValueError, match=r"L must be \[B, M, M\]"):
+        greedy_map(torch.zeros(3, 3), 2)
+    with pytest.raises(ValueError, match="mask must be"):
+        greedy_map(torch.zeros(1, 3, 3), 2, torch.ones(1, 4, dtype=torch.bool))
+
+
+def test_log_likelihood_matches_direct_determinants_and_ignores_padding():
+    torch.manual_seed(0)
+    model = DPPKernel(8, "img+text").double()
+    profile = torch.randn(2, 16, dtype=torch.float64)
+    photos = torch.randn(2, 5, 8, dtype=torch.float64)
+    mask = torch.tensor([[True] * 5, [True, True, True, False, False]])
+    photos[1, 3:] = 0
+    L = model(profile, photos, mask)
+    y = torch.tensor([[0, 3], [2, 0]])
+    y_mask = torch.tensor([[True, True], [True, False]])
+    ll = dpp_log_likelihood(L, mask, y, y_mask)
+    # the same numbers from plain determinants of the unpadded matrices
+    L0, L1 = L[0], L[1][:3, :3]
+    want0 = torch.logdet(L0[[0, 3]][:, [0, 3]]) - torch.logdet(L0 + torch.eye(5, dtype=torch.float64))
+    want1 = torch.logdet(L1[[2]][:, [2]]) - torch.logdet(L1 + torch.eye(3, dtype=torch.float64))
+    assert torch.allclose(ll, torch.stack([want0, want1]))
+    assert bool((ll < 0).all())  # a probability
+
+
+def test_gradients_reach_both_mlps_and_training_raises_the_likelihood():
+    torch.manual_seed(1)
+    model = DPPKernel(8, "img+text")
+    profile, photos = torch.randn(16, 16), torch.randn(16, 6, 8)
+    mask = torch.ones(16, 6, dtype=torch.bool)
+    y, y_mask = torch.zeros(16, 2, dtype=torch.long), torch.tensor([[True, False]] * 16)
+    y[:, 0] = 2
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    first = None
+    for _ in range(60):
+        loss = -dpp_log_likelihood(model(profile, photos, mask), mask, y, y_mask).mean()
+        opt.zero_grad()
+        loss.backward()
+        assert model.profile_mlp[0].weight.grad.abs().sum() > 0 and model.photo_mlp[0].weight.grad.abs().sum() > 0
+        opt.step()
+        first = first if first is not None else float(loss)
+    assert float(loss) < first - 0.5
+
+
+def test_mlp_shapes_follow_the_paper_for_512_dimensional_clip():
+    model = DPPKernel(512, "img+text")
+    dims = [(m.in_features, m.out_features) for m in model.profile_mlp if isinstance(m, torch.nn.Linear)]
+    assert dims == [(1024, 512), (512, 512), (512, 256), (256, 128)]
+    dims = [(m.in_features, m.out_features) for m in model.photo_mlp if isinstance(m, torch.nn.Linear)]
+    assert dims == [(512, 512), (512, 512), (512, 256), (256, 128)]
+    assert [m.in_features for m in DPPKernel(512, "img").profile_mlp if isinstance(m, torch.nn.Linear)][0] == 512
+
+
+def test_precision_recall_f1_by_hand():
+    picks = [[1, 2, 3], [4, -1, -1]]
+    relevant = [{1, 9}, {4}]
+    s = precision_recall_f1_at_k(picks, relevant, 3)
+    assert s["precision"] == pytest.approx((1 / 3 + 1 / 3) / 2)
+    assert s["recall"] == pytest.approx((1 / 2 + 1) / 2)
+    p, r = s["precision"], s["recall"]
+    assert s["f1"] == pytest.approx(2 * p * r / (p + r))
+
+
+def test_paper_f1_is_the_harmonic_mean_of_averaged_precision_and_recall():
+    p, r = 0.2521, 0.3437  # Table 3, img+text
+    assert 2 * p * r / (p + r) == pytest.approx(0.2909, abs=1e-4)
+
+
+def test_div_at_k_by_hand():
+    same = np.array([[1.0, 0.0], [2.0, 0.0]])
+    orthogonal = np.array([[1.0, 0.0], [0.0, 3.0], [1.0, 1.0]])
+    want = np.mean([1.0, 1 - 1 / np.sqrt(2), 1 - 1 / np.sqrt(2)])
+    assert div_at_k([same]) == pytest.approx(0.0)
+    assert div_at_k([orthogonal]) == pytest.approx(want)
+    assert div_at_k([same, orthogonal, np.array([[1.0, 0.0]])]) == pytest.approx(want / 2)
