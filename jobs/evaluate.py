@@ -38,11 +38,12 @@ def selection_table(store, split: str, k: int, seed: int) -> dict:
     if not len(examples):
         raise UserError(f"no {split}-split examples with embedded photos")
     rows = {"random": evaluate_picks(data, examples, random_picks(examples, k, seed), k)}
-    for modality, uri in latest["models"].items():
-        model, _ = load_dpp(uri)
+    for modality in sorted(latest["models"], key=lambda m: list(PAPER_TABLE3).index(m) if m in PAPER_TABLE3 else 99):
+        model, _ = load_dpp(latest["models"][modality])
         rows[modality] = evaluate_picks(data, examples, select(model, data, examples, k), k)
     return {"split": split, "k": k, "examples": len(examples), "skipped": data.skipped[split],
-            "encoder_id": latest["encoder_id"], "dpp_version": latest["version"], "rows": rows}
+            "encoder_id": latest["encoder_id"], "dpp_version": latest["version"],
+            "rows": [{"method": name, **row, "paper": PAPER_TABLE3.get(name)} for name, row in rows.items()]}
 
 
 def selection_markdown(table: dict) -> str:
@@ -50,12 +51,12 @@ def selection_markdown(table: dict) -> str:
     lines = [f"Table 3: personalized image selection on the {table['split']} split "
              f"({table['examples']:,} (user, business) pairs), in %. Paper's numbers in brackets.", "",
              f"| method | Prec@{k} | Recall@{k} | F1@{k} | Div@{k} |", "|---|---:|---:|---:|---:|"]
-    for name, row in table["rows"].items():
-        paper = PAPER_TABLE3.get(name, {})
+    for row in table["rows"]:
+        name, paper = row["method"], row["paper"] or {}
         cells = [f"{100 * row[m]:.2f} ({paper[m]:.2f})" if m in paper else f"{100 * row[m]:.2f}"
                  for m in ("precision", "recall", "f1", "div")]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    f1 = {n: r["f1"] for n, r in table["rows"].items()}
+    f1 = {r["method"]: r["f1"] for r in table["rows"]}
     order = " > ".join(sorted(f1, key=f1.get, reverse=True))
     lines += ["", f"F1 order here: {order}; in the paper: img+text > img > text > random."]
     if "img+text" in f1 and f1["random"] > 0:
