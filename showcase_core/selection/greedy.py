@@ -38,27 +38,24 @@ def greedy_map(L: torch.Tensor, k: int, mask: torch.Tensor | None = None, eps: f
         return picks
     rows = torch.arange(B, device=device)
     d2 = torch.diagonal(L, dim1=1, dim2=2).clone()  # [B, M]
-    cis = torch.zeros(B, k, M, dtype=L.dtype, device=device)  # Cholesky rows, one per step
-    available = mask.clone()
+    d2.masked_fill_(~mask, float("-inf"))  # absent items can never win
+    cis = torch.empty(B, k, M, dtype=L.dtype, device=device)  # Cholesky rows, one per step
     active = torch.ones(B, dtype=torch.bool, device=device)
-    neg_inf = torch.tensor(float("-inf"), dtype=L.dtype, device=device)
     for step in range(k):
-        scores = torch.where(available, d2, neg_inf)
-        best = scores.argmax(dim=1)  # first index among ties
-        best_d2 = scores[rows, best]
-        active = active & (best_d2 > eps)
+        best_d2, best = d2.max(dim=1)  # first index among ties
+        active &= best_d2 > eps
         if not bool(active.any()):
             break
-        picks[:, step] = torch.where(active, best, torch.full_like(best, -1))
-        available[rows, best] = available[rows, best] & ~active
+        picks[:, step] = best.masked_fill(~active, -1)
         # rank-one update: e_i = (L_{j,i} - <c_j, c_i>) / d_j for every i
-        dj = torch.sqrt(torch.clamp(best_d2, min=eps))
-        cj = cis[rows, :step, best]  # [B, step]
-        Lj = L[rows, best]  # [B, M]
-        e = (Lj - torch.einsum("bs,bsm->bm", cj, cis[:, :step])) / dj[:, None]
-        e = torch.where(active[:, None], e, torch.zeros_like(e))
+        e = L[rows, best]  # [B, M]
+        if step:
+            e = e - torch.bmm(cis[rows, :step, best].unsqueeze(1), cis[:, :step]).squeeze(1)
+        e = e / torch.sqrt(torch.clamp(best_d2, min=eps)).unsqueeze(1)
+        e.masked_fill_(~active.unsqueeze(1), 0.0)
         cis[:, step] = e
-        d2 = d2 - e * e
+        d2 -= e * e
+        d2[rows, best] = float("-inf")  # picked (for inactive rows too: they stay inactive)
     return picks
 
 
