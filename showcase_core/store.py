@@ -123,6 +123,8 @@ class Store:
     @classmethod
     def open(cls, root: str, fail_fast: bool = False) -> "Store":
         fs, base = filesystem_for(root, fail_fast)
+        if isinstance(fs, pafs.LocalFileSystem):
+            root = base  # absolute: ROOT is handed to Ray workers, which may run in another directory
         return cls(root=root.rstrip("/") if root != "/" else root, fs=fs, base=base.rstrip("/"))
 
     # -- paths ---------------------------------------------------------------------------------
