@@ -29,7 +29,8 @@ import open_clip  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from ..store import filesystem_for, write_bytes_atomic  # noqa: E402
+from ..model_files import load_model_files, save_model_files  # noqa: E402
+from ..store import StoreError, filesystem_for  # noqa: E402
 
 CLIP_MEAN = np.array(open_clip.OPENAI_DATASET_MEAN, np.float32)
 CLIP_STD = np.array(open_clip.OPENAI_DATASET_STD, np.float32)
@@ -196,26 +197,17 @@ def save_encoder(encoder: ClipEncoder, uri: str, card: dict) -> dict:
     """Write weights, config and the model card (JSON) under ``uri`` (local or s3://); the card is written last."""
     if encoder.model_cfg is None:
         raise EncoderError("only config-built CLIP models can be saved here; fine-tuned open_clip models keep their name")
-    fs, base = filesystem_for(uri)
-    buf = io.BytesIO()
-    torch.save({k: v.detach().cpu() for k, v in encoder.model.state_dict().items()}, buf)
-    write_bytes_atomic(fs, posixpath.join(base, "model.pt"), buf.getvalue())
     config = {"arch": encoder.arch, "model_cfg": encoder.model_cfg, "image_size": encoder.image_size}
-    write_bytes_atomic(fs, posixpath.join(base, "config.json"), json.dumps(config, indent=2).encode())
     card = {**card, "encoder_id": encoder.encoder_id, "config": config}
-    write_bytes_atomic(fs, posixpath.join(base, "card.json"), json.dumps(card, indent=2, sort_keys=True).encode())
+    save_model_files(uri, encoder.model.state_dict(), config, card)
     return card
 
 
 def _load_checkpoint(uri: str) -> ClipEncoder:
-    fs, base = filesystem_for(uri)
     try:
-        with fs.open_input_stream(posixpath.join(base, "config.json")) as f:
-            config = json.loads(f.read())
-        with fs.open_input_stream(posixpath.join(base, "model.pt")) as f:
-            state = torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise EncoderError(f"no CLIP checkpoint at {uri} (expected config.json and model.pt)") from None
+        config, state = load_model_files(uri, "CLIP checkpoint")
+    except StoreError as e:
+        raise EncoderError(str(e)) from None
     net = build_model(config["arch"], config["model_cfg"])
     net.load_state_dict(state)
     cfg = config["model_cfg"]

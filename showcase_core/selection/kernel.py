@@ -102,36 +102,16 @@ def dpp_log_likelihood(L: torch.Tensor, mask: torch.Tensor, y_index: torch.Tenso
 
 def save_dpp(state_dict: dict, config: dict, uri: str, card: dict) -> None:
     """Weights, config and model card (written last) under ``uri`` (local or s3://)."""
-    import io
-    import json
-    import posixpath
+    from ..model_files import save_model_files
 
-    from ..store import filesystem_for, write_bytes_atomic
-
-    fs, base = filesystem_for(uri)
-    buf = io.BytesIO()
-    torch.save(state_dict, buf)
-    write_bytes_atomic(fs, posixpath.join(base, "model.pt"), buf.getvalue())
-    write_bytes_atomic(fs, posixpath.join(base, "config.json"), json.dumps(config, indent=2).encode())
-    write_bytes_atomic(fs, posixpath.join(base, "card.json"), json.dumps(card, indent=2, sort_keys=True).encode())
+    save_model_files(uri, state_dict, config, card)
 
 
 def load_dpp(uri: str) -> tuple[DPPKernel, dict]:
     """A saved DPP kernel model and its config (which names the encoder whose embeddings it expects)."""
-    import io
-    import json
-    import posixpath
+    from ..model_files import load_model_files
 
-    from ..store import StoreError, filesystem_for
-
-    fs, base = filesystem_for(uri)
-    try:
-        with fs.open_input_stream(posixpath.join(base, "config.json")) as f:
-            config = json.loads(f.read())
-        with fs.open_input_stream(posixpath.join(base, "model.pt")) as f:
-            state = torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise StoreError(f"no DPP model at {uri} (expected config.json and model.pt)") from None
+    config, state = load_model_files(uri, "DPP model")
     model = DPPKernel(config["embed_dim"], config["modality"], config["delta"])
     model.load_state_dict(state)
     model.eval()

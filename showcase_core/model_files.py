@@ -1,0 +1,36 @@
+"""A saved model directory: ``model.pt`` (state dict), ``config.json`` and ``card.json`` (the model card, written last).
+
+Local path or s3:// URI; each file is written atomically, so a reader that finds the card finds the rest.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import posixpath
+
+import torch
+
+from .store import StoreError, filesystem_for, write_bytes_atomic
+
+
+def save_model_files(uri: str, state_dict: dict, config: dict, card: dict) -> None:
+    fs, base = filesystem_for(uri)
+    buf = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in state_dict.items()}, buf)
+    write_bytes_atomic(fs, posixpath.join(base, "model.pt"), buf.getvalue())
+    write_bytes_atomic(fs, posixpath.join(base, "config.json"), json.dumps(config, indent=2).encode())
+    write_bytes_atomic(fs, posixpath.join(base, "card.json"), json.dumps(card, indent=2, sort_keys=True).encode())
+
+
+def load_model_files(uri: str, what: str) -> tuple[dict, dict]:
+    """(config, state dict) of a saved model; StoreError naming ``what`` when it is not there."""
+    fs, base = filesystem_for(uri)
+    try:
+        with fs.open_input_stream(posixpath.join(base, "config.json")) as f:
+            config = json.loads(f.read())
+        with fs.open_input_stream(posixpath.join(base, "model.pt")) as f:
+            state = torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise StoreError(f"no {what} at {uri} (expected config.json and model.pt)") from None
+    return config, state
