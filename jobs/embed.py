@@ -146,10 +146,11 @@ def main(argv: list[str] | None = None) -> int:
     for kind in kinds:
         with timer(f"{kind}_todo"):
             skip = done_ids(store, encoder_id, ("images", "quarantine") if kind == "images" else ("texts",))
+            already_done = len(skip)
             rows = _image_rows(store, skip) if kind == "images" else _text_rows(store, skip)
             todo = _write_todo(store, f"{staging}/{kind}", rows, cfg["todo_file_rows"])
             del skip
-        counts[kind] = {"already_done": None, "todo": todo, "embedded": 0, "quarantined": 0}
+        counts[kind] = {"already_done": already_done, "todo": todo, "embedded": 0, "quarantined": 0}
         print(f"[embed] {kind}: {todo:,} to embed with {encoder_id}", file=sys.stderr, flush=True)
         if not todo:
             continue

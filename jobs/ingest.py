@@ -27,8 +27,11 @@ DEFAULTS = {"root": None, "gest": None, "format": "auto", "images": None, "sente
             "chunk_mb": 64.0}
 
 
-def _check_inputs(cfg: dict) -> tuple[str, str, str]:
-    """Resolve (source, format, images) or fail with one line; touches only metadata."""
+def _check_inputs(cfg: dict) -> tuple[str, str, str, str | None]:
+    """Resolve (source, format, images, sentences) or fail with one line; touches only metadata.
+
+    Local paths come back absolute: Ray tasks and later jobs open them from other working directories.
+    """
     source = cfg["gest"]
     if not source:
         raise UserError("--gest is required: the Gest file (filter_all_t.json, image_review_all.json or Google Local JSON lines)")
@@ -41,6 +44,8 @@ def _check_inputs(cfg: dict) -> tuple[str, str, str]:
         raise UserError(f"--gest {source} is a directory; name the file inside it")
     if info.type != pafs.FileType.File:
         raise UserError(f"--gest {source}: no such file")
+    if not source.startswith("s3://"):
+        source = path
     fmt = cfg["format"]
     if fmt == "auto":
         with fs.open_input_stream(path) as f:
@@ -70,6 +75,8 @@ def _check_inputs(cfg: dict) -> tuple[str, str, str]:
         sfs, spath = filesystem_for(sentences)
         if sfs.get_file_info(spath).type != pafs.FileType.File:
             raise UserError(f"--sentences {sentences}: no such file")
+        if not sentences.startswith("s3://"):
+            sentences = spath
     return source, fmt, images, sentences
 
 

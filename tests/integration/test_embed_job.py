@@ -59,6 +59,7 @@ def test_embed_everything_then_a_rerun_does_nothing(ray_local, tiny_world, tmp_p
     assert run("embed", embed.main, ["--root", root, *TINY]) == 0
     again = last_report(store)["counts"]["this_run"]
     assert again["images"]["todo"] == 0 and again["texts"]["todo"] == 0
+    assert again["images"]["already_done"] == summary["photos"]
     assert read_embeddings(store, encoder_id, "images").num_rows == summary["photos"]
 
 
