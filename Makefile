@@ -24,6 +24,8 @@ test: $(STAMP)
 
 perf: $(STAMP)
 	$(PY) tests/perf/ingest_memory.py
+	$(PY) tests/perf/embed.py
+	$(PY) tests/perf/dpp.py
 
 clean:
 	rm -rf .demo .demo-world .pytest_cache
