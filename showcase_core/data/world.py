@@ -19,7 +19,7 @@ The signals:
   adjectives, sentence templates, punctuation) and a personal photo style (the background of their photos: their
   usual table and lighting, jittered per photo). They photograph what they like: each photo's main entity is drawn
   from the business's menu weighted by the user's taste. Without the photo style a user's photos would be
-  indistinguishable from other users' photos of the same dish (an oracle that knows the taste reaches only ~3.5x
+  indistinguishable from other users' photos of the same dish (an oracle that knows the taste reaches under 4x
   random F1@3 at picking them).
 - Each review has one sentence per photo naming the photo's entities, in the user's style, mixed with generic
   filler sentences; ``sentences.jsonl`` records which sentence describes which photo (fillers describe none).
