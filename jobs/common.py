@@ -7,6 +7,7 @@ exit 2 with one line on bad input or config (before expensive work); 1 on anythi
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import sys
@@ -139,20 +140,18 @@ class Progress:
 
 
 class Timer:
+    """``with timer("stage"): ...`` records the seconds of each named span in ``timer.timings``."""
+
     def __init__(self):
         self.timings: dict[str, float] = {}
 
+    @contextlib.contextmanager
     def __call__(self, name: str):
-        timer = self
-
-        class _Span:
-            def __enter__(self):
-                self.t = time.monotonic()
-
-            def __exit__(self, *exc):
-                timer.timings[name] = round(time.monotonic() - self.t, 3)
-
-        return _Span()
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self.timings[name] = round(time.monotonic() - started, 3)
 
 
 def new_report(stage: str, settings: dict, run_id: str) -> dict:

@@ -181,16 +181,16 @@ def main(argv: list[str] | None = None) -> int:
 
     store.delete_dir(staging)
     # what is on disk now, and a check that no id was written twice
-    totals = {}
+    totals, reasons = {}, {}
     for kind in ("images", "texts", "quarantine"):
         ids = []
+        columns = ["id", "reason"] if kind == "quarantine" else ["id"]
         for path in list_parts(store, embeddings_dir(encoder_id, kind)):
-            ids += pq.read_table(path, filesystem=store.fs, columns=["id"]).column("id").to_pylist()
+            part = pq.read_table(path, filesystem=store.fs, columns=columns)
+            ids += part.column("id").to_pylist()
+            for r in part.column("reason").to_pylist() if kind == "quarantine" else []:
+                reasons[r] = reasons.get(r, 0) + 1
         totals[kind] = {"rows": len(ids), "duplicate_ids": len(ids) - len(set(ids))}
-    reasons: dict[str, int] = {}
-    for path in list_parts(store, embeddings_dir(encoder_id, "quarantine")):
-        for r in pq.read_table(path, filesystem=store.fs, columns=["reason"]).column("reason").to_pylist():
-            reasons[r] = reasons.get(r, 0) + 1
     report.update(counts={"this_run": counts, "stored": totals, "quarantined_by_reason": reasons},
                   reason_codes={k: EMBED_REASONS[k] for k in reasons}, encoder_id=encoder_id, encoder_spec=spec,
                   outputs={k: store.uri(embeddings_dir(encoder_id, k)) for k in ("images", "texts", "quarantine")},

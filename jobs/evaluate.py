@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from showcase_core.store import StoreError, new_run_id, utc_now
+from showcase_core.store import StoreError, new_run_id, utc_now, write_bytes_atomic
 
 from .common import UserError, new_report, open_store, parse_args, run, versions
 
@@ -78,8 +78,6 @@ def main(argv: list[str] | None = None) -> int:
         markdown = selection_markdown(table)
         report[stage] = table
         rel = f"reports/evaluate/{stage}-{run_id}.md"
-        from showcase_core.store import write_bytes_atomic
-
         write_bytes_atomic(store.fs, store.path(rel), (markdown + "\n").encode())
         outputs[stage] = {"markdown": store.uri(rel)}
         print(markdown)

@@ -16,6 +16,7 @@ Model maths stays in showcase_core; a loop only wires library calls together.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -111,12 +112,10 @@ def prepare(model, optimizer_fn, config: dict) -> Trained:
 
     # one progress line per epoch is enough: Ray Train logs every report at INFO under a logger named by file
     logging.getLogger("ray.train").setLevel(logging.WARNING)
-    try:
+    with contextlib.suppress(ImportError):  # a private module: other Ray versions may not have it
         from ray.train.v2._internal.execution import context as _train_context
 
         logging.getLogger(_train_context.__file__).setLevel(logging.WARNING)
-    except ImportError:
-        pass
     torch.set_num_threads(max(1, int(config.get("cpus_per_worker", 1))))
     if config.get("deepspeed"):
         import deepspeed

@@ -120,9 +120,9 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError("tables/sentences is empty: no (photo, sentence) pairs to train on")
     from showcase_core.encoders.clip import EncoderError, load_encoder
 
-    try:  # fail fast on a bad model name, tag or checkpoint, before any worker starts
-        load_encoder(model=cfg["clip_model"] or None, pretrained=cfg["clip_pretrained"] or None,
-                     checkpoint=cfg["clip_checkpoint"] or None, device="cpu")
+    try:  # fail fast on a bad model name, tag or checkpoint, before any worker starts; reused for saving
+        encoder = load_encoder(model=cfg["clip_model"] or None, pretrained=cfg["clip_pretrained"] or None,
+                               checkpoint=cfg["clip_checkpoint"] or None, device="cpu")
     except EncoderError as e:
         raise UserError(str(e)) from None
 
@@ -140,14 +140,11 @@ def main(argv: list[str] | None = None) -> int:
         raise RuntimeError(f"training failed: {result.error}")
     from showcase_core.encoders.clip import save_encoder
 
-    encoder = load_encoder(model=cfg["clip_model"] or None, pretrained=cfg["clip_pretrained"] or None,
-                           checkpoint=cfg["clip_checkpoint"] or None, device="cpu")
     model_state, extra = harness.load_checkpoint_state(result.checkpoint)
     encoder.model.load_state_dict(model_state)
     history = extra["history"]
     resumed = extra.get("resumed_after_epochs", [])
-    encoder.encoder_id = ""
-    encoder.__post_init__()
+    encoder.refresh_id()
     final = {k: v for k, v in history[-1].items() if k.startswith("heldout_")}
     card = {
         "name": "clip", "version": run_id, "created_at": utc_now(), "run_name": run_name,

@@ -60,18 +60,24 @@ def s3_filesystem(fail_fast: bool = False) -> pafs.S3FileSystem:
     return pafs.S3FileSystem(**kwargs)
 
 
-def filesystem_for(uri: str, fail_fast: bool = False) -> tuple[pafs.FileSystem, str]:
-    """(filesystem, path inside it) for a local path, file:// or s3:// URI."""
+def uri_path(uri: str) -> tuple[str, str]:
+    """("s3" or "local", the path inside that filesystem) of a local path, file:// or s3:// URI (no I/O)."""
     if uri.startswith("s3://"):
         rest = uri[len("s3://"):].strip("/")
         if not rest:
             raise StoreError(f"S3 URI {uri!r} names no bucket")
-        return s3_filesystem(fail_fast), rest
+        return "s3", rest
     if uri.startswith("file://"):
         uri = uri[len("file://"):]
     elif "://" in uri:
         raise StoreError(f"unsupported URI scheme in {uri!r} (use a local path, file:// or s3://)")
-    return pafs.LocalFileSystem(), os.path.abspath(uri)
+    return "local", os.path.abspath(uri)
+
+
+def filesystem_for(uri: str, fail_fast: bool = False) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path inside it) for a local path, file:// or s3:// URI."""
+    kind, path = uri_path(uri)
+    return (s3_filesystem(fail_fast) if kind == "s3" else pafs.LocalFileSystem()), path
 
 
 def join_uri(base: str, *parts: str) -> str:

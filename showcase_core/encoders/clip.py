@@ -30,7 +30,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from ..model_files import load_model_files, save_model_files  # noqa: E402
-from ..store import StoreError, filesystem_for  # noqa: E402
+from ..store import StoreError, filesystem_for, uri_path  # noqa: E402
 
 CLIP_MEAN = np.array(open_clip.OPENAI_DATASET_MEAN, np.float32)
 CLIP_STD = np.array(open_clip.OPENAI_DATASET_STD, np.float32)
@@ -68,21 +68,36 @@ def decode_and_resize(data: bytes, size: int) -> np.ndarray:
         raise ValueError(f"not a decodable image: {str(e).splitlines()[0][:160] if str(e) else type(e).__name__}") from None
 
 
+def read_photo(uri: str, size: int, filesystems: dict) -> tuple[np.ndarray | None, str, str]:
+    """Read and ``decode_and_resize`` one photo (local or s3://): (pixels, "", "") or (None, reason, detail) with a
+    reason of showcase_core.encoders.embed.EMBED_REASONS. ``filesystems`` caches one filesystem per kind of URI."""
+    kind, path = uri_path(uri)
+    if kind not in filesystems:
+        filesystems[kind] = filesystem_for(uri)[0]
+    try:
+        with filesystems[kind].open_input_stream(path) as f:
+            data = f.read()
+    except FileNotFoundError:
+        return None, "photo_missing", f"no file at {uri}"
+    except OSError as e:
+        return None, "read_error", str(e).splitlines()[0][:200]
+    try:
+        return decode_and_resize(data, size), "", ""
+    except ValueError as e:
+        return None, "undecodable", str(e)[:200]
+
+
 def read_photos(uris: list[str], size: int) -> tuple[np.ndarray, list[int], list[str]]:
-    """Read and decode photos (local or s3://). Returns (uint8 [n_ok, size, size, 3], ok indices, errors by index)."""
+    """Read and decode photos. Returns (uint8 [n_ok, size, size, 3], ok indices, "uri: detail" of the others)."""
     pixels, ok, errors = [], [], []
-    filesystems: dict[str, tuple] = {}
+    filesystems: dict = {}
     for i, uri in enumerate(uris):
-        scheme = uri.split("://", 1)[0] if "://" in uri else ""
-        if scheme not in filesystems:
-            filesystems[scheme] = filesystem_for(uri)[0]
-        fs = filesystems[scheme]
-        try:
-            with fs.open_input_stream(filesystem_for(uri)[1] if scheme == "s3" else uri.removeprefix("file://")) as f:
-                pixels.append(decode_and_resize(f.read(), size))
+        px, _, detail = read_photo(uri, size, filesystems)
+        if px is None:
+            errors.append(f"{uri}: {detail}")
+        else:
+            pixels.append(px)
             ok.append(i)
-        except (FileNotFoundError, ValueError) as e:
-            errors.append(f"{uri}: {e}")
     empty = np.zeros((0, size, size, 3), np.uint8)
     return (np.stack(pixels) if pixels else empty), ok, errors
 
@@ -114,12 +129,11 @@ class ClipEncoder:
 
     def __post_init__(self):
         if not self.encoder_id:
-            self.encoder_id = f"{self.arch}-{weights_fingerprint(self.model)}"
+            self.refresh_id()
 
-    @property
-    def embed_dim(self) -> int:
-        return int(self.model.text_projection.shape[-1]) if hasattr(self.model, "text_projection") and \
-            self.model.text_projection is not None else int(self.encode_texts(["x"]).shape[1])
+    def refresh_id(self) -> None:
+        """Recompute ``encoder_id`` after the weights changed (training)."""
+        self.encoder_id = f"{self.arch}-{weights_fingerprint(self.model)}"
 
     def to(self, device: str | torch.device) -> "ClipEncoder":
         self.device = torch.device(device)

@@ -87,27 +87,6 @@ def read_embeddings(store: Store, encoder_id: str, kind: str) -> pa.Table:
     return pa.concat_tables(pq.read_table(p, filesystem=store.fs) for p in parts)
 
 
-def _read_and_decode(uri: str, size: int, filesystems: dict) -> tuple[np.ndarray | None, str, str]:
-    from ..store import filesystem_for
-    from .clip import decode_and_resize
-
-    scheme = uri.split("://", 1)[0] if "://" in uri else ""
-    if scheme not in filesystems:
-        filesystems[scheme] = filesystem_for(uri)[0]
-    path = filesystem_for(uri)[1] if scheme == "s3" else uri.removeprefix("file://")
-    try:
-        with filesystems[scheme].open_input_stream(path) as f:
-            data = f.read()
-    except FileNotFoundError:
-        return None, "photo_missing", f"no file at {uri}"
-    except OSError as e:
-        return None, "read_error", str(e).splitlines()[0][:200]
-    try:
-        return decode_and_resize(data, size), "", ""
-    except ValueError as e:
-        return None, "undecodable", str(e)[:200]
-
-
 def decode_photos(batch: dict, size: int, threads: int = 2) -> dict:
     """CPU step: {"id", "uri"} -> {"id", "uri", "pixels" uint8 [n, size, size, 3], "reason", "detail"}.
 
@@ -116,6 +95,8 @@ def decode_photos(batch: dict, size: int, threads: int = 2) -> dict:
     """
     from concurrent.futures import ThreadPoolExecutor
 
+    from .clip import read_photo
+
     n = len(batch["id"])
     pixels = np.zeros((n, size, size, 3), np.uint8)
     reasons = np.array([""] * n, dtype=object)
@@ -123,7 +104,7 @@ def decode_photos(batch: dict, size: int, threads: int = 2) -> dict:
     filesystems: dict = {}
     uris = [str(u) for u in batch["uri"]]
     with ThreadPoolExecutor(max(1, threads)) as pool:
-        for i, (px, reason, detail) in enumerate(pool.map(lambda u: _read_and_decode(u, size, filesystems), uris)):
+        for i, (px, reason, detail) in enumerate(pool.map(lambda u: read_photo(u, size, filesystems), uris)):
             if px is None:
                 reasons[i], details[i] = reason, detail
             else:

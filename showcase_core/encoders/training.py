@@ -68,10 +68,8 @@ def train_epoch(model: torch.nn.Module, pixels: np.ndarray, tokens: torch.Tensor
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, total_steps, base_lr, warmup_steps)
         images = pixels_to_tensor(pixels[idx]).to(device)
-        out = model(images, tokens[torch.from_numpy(idx)].to(device))
-        loss = loss_fn(out["image_features"] if isinstance(out, dict) else out[0],
-                       out["text_features"] if isinstance(out, dict) else out[1],
-                       (out["logit_scale"] if isinstance(out, dict) else out[2]))
+        image_features, text_features, logit_scale = model(images, tokens[torch.from_numpy(idx)].to(device))[:3]
+        loss = loss_fn(image_features, text_features, logit_scale)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -51,8 +51,7 @@ def test_save_and_load_round_trip_keeps_weights_and_id(tmp_path):
     enc = load_encoder(model="showcase-tiny")
     with torch.no_grad():
         enc.model.logit_scale.add_(1.0)  # different weights -> a different id
-    enc.encoder_id = ""
-    enc.__post_init__()
+    enc.refresh_id()
     card = save_encoder(enc, str(tmp_path / "m"), {"name": "clip"})
     assert sorted(os.listdir(tmp_path / "m")) == ["card.json", "config.json", "model.pt"]
     back = load_encoder(checkpoint=str(tmp_path / "m"))
