@@ -54,7 +54,7 @@ def write_part(store: Store, rel_dir: str, table: pa.Table, ids) -> dict:
     pq.write_table(table, buf, compression="zstd")
     rel = posixpath.join(rel_dir, part_name(ids))
     write_bytes_atomic(store.fs, store.path(rel), buf.getvalue())
-    return {"path": rel, "rows": table.num_rows}
+    return {"path": rel, "rows": table.num_rows, "bytes": buf.tell()}
 
 
 def list_parts(store: Store, rel_dir: str) -> list[str]:
