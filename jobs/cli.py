@@ -11,7 +11,11 @@ STAGES = {
     "train_clip": "train or fine-tune the CLIP encoder on (photo, sentence) pairs (Ray Train)",
     "embed": "embed photos and texts with CLIP (Ray Data actor pool), resumable",
     "train_dpp": "train the DPP kernel models (img / text / img+text) for image-set selection (Ray Train)",
-    "evaluate": "evaluation tables (selection: the paper's Table 3)",
+    "distill": "train the explanation classifier Φ; optionally distill explanation sentences from reviews",
+    "train_pc2l": "train the PC²L explanation generator and its ablations (Ray Train, DeepSpeed optional)",
+    "evaluate": "evaluation reports: dataset (Table 1, visual diversity), selection (Table 3), generation (Table 2/4)",
+    "nightly": "showcases for every candidate pair of a date, published atomically under ROOT/showcases",
+    "gallery": "a static HTML page of a date's showcases (photos + explanations)",
     "demo": "the embedded default end to end on a synthetic world",
 }
 

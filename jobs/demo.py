@@ -2,8 +2,9 @@
 
 Stages run in order, each through its own job entry point, and the first failure stops the chain:
 make_world (mini, local) -> ingest (prints the Table-1 summary) -> train_clip (the small CLIP, from scratch; prints
-held-out Recall@1) -> embed (every photo and text) -> train_dpp (img, text, img+text) -> evaluate (Table 3) -> where
-everything is.
+held-out Recall@1) -> embed (every photo and text) -> train_dpp (img, text, img+text) -> distill (the explanation
+classifier Φ, held-out AUC/F1) -> train_pc2l (ce, ce+ccl, ce+pcl, pc2l) -> evaluate all (Table 1 + visual diversity,
+Table 3, Table 2/4 + Figure 6 plots) -> where everything is.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import sys
 
 from showcase_core.store import Store
 
-from . import embed, evaluate, ingest, make_world, train_clip, train_dpp
+from . import distill, embed, evaluate, ingest, make_world, train_clip, train_dpp, train_pc2l
 from .common import UserError, parse_args, run
 
 DEFAULTS = {"root": "./.demo", "world": "./.demo-world", "size": "mini", "seed": 0, "threads": 2}
@@ -35,13 +36,17 @@ def main(argv: list[str] | None = None) -> int:
     _stage("train_clip", train_clip.main, ["--root", root])
     _stage("embed", embed.main, ["--root", root, "--threads-per-actor", str(cfg["threads"])])
     _stage("train_dpp", train_dpp.main, ["--root", root])
-    _stage("evaluate", evaluate.main, ["--root", root, "--stage", "selection"])
+    _stage("distill", distill.main, ["--root", root])
+    _stage("train_pc2l", train_pc2l.main, ["--root", root])
+    _stage("evaluate", evaluate.main, ["--root", root, "--stage", "all"])
 
     store = Store.open(root)
     latest = store.read_json("models/clip/_LATEST.json")
     print(f"\nROOT: {store.uri()}\n  tables:     {store.uri('tables')}\n  CLIP:       {latest['uri']}"
           f"\n  embeddings: {store.uri('embeddings', latest['encoder_id'])}"
           f"\n  DPP:        {store.read_json('models/dpp/_LATEST.json')['models']['img+text']}"
+          f"\n  Φ:          {store.read_json('models/alignment/_LATEST.json')['uri']}"
+          f"\n  PC²L:       {store.read_json('models/pc2l/_LATEST.json')['models']['pc2l']}"
           f"\n  reports:    {store.uri('reports')}")
     return 0
 

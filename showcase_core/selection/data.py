@@ -49,6 +49,15 @@ def embedding_matrix(table: pa.Table) -> tuple[list[str], np.ndarray]:
     return ids, flat.astype(np.float32, copy=False).reshape(len(ids), dim)
 
 
+def history_text_keys(review: dict, other_reviews: list[dict]) -> list[str]:
+    """Text-embedding ids of a user's history for one review: their reviews of other businesses plus the Gest-s2
+    history items of the review that are not about its business; sorted, so the same inputs give the same order."""
+    keys = {f"review:{o['review_id']}" for o in other_reviews if o["business_id"] != review["business_id"]}
+    suffix = f"_{review['business_id']}"
+    keys |= {f"review:{h['review_id']}" for h in review.get("history") or [] if not h["review_id"].endswith(suffix)}
+    return sorted(keys)
+
+
 def _mean(vectors: list[np.ndarray], dim: int) -> np.ndarray:
     return np.mean(vectors, axis=0).astype(np.float32) if vectors else np.zeros(dim, np.float32)
 
@@ -93,10 +102,7 @@ def build_selection_data(reviews: pa.Table, images: pa.Table, image_emb: pa.Tabl
             position = {p: i for i, p in enumerate(ground)}
             other = [o for o in by_user[r["user_id"]] if o["business_id"] != r["business_id"]]
             img = [photo_vecs[row_of_photo[p]] for o in other for p in o["pic_ids"] if p in row_of_photo]
-            text_keys = {f"review:{o['review_id']}" for o in other}
-            suffix = f"_{r['business_id']}"
-            text_keys |= {f"review:{h['review_id']}" for h in r["history"] or [] if not h["review_id"].endswith(suffix)}
-            txt = [text_vecs[row_of_text[k]] for k in sorted(text_keys) if k in row_of_text]
+            txt = [text_vecs[row_of_text[k]] for k in history_text_keys(r, other) if k in row_of_text]
             built["ground"].append([row_of_photo[p] for p in ground])
             built["y"].append([position[p] for p in targets])
             built["img"].append(_mean(img, dim))

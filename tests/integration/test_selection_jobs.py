@@ -52,8 +52,8 @@ def test_train_dpp_resumes_after_a_crashed_worker_and_evaluate_writes_table_3(em
     assert [r["method"] for r in table["rows"]] == ["random", "img", "text", "img+text"]
     for row in table["rows"]:
         assert set(row) >= {"precision", "recall", "f1", "div"} and 0 <= row["f1"] <= 1 and 0 <= row["div"] <= 2
-    markdowns = [i.path for i in store.fs.get_file_info(pafs.FileSelector(store.path("reports/evaluate")))
-                 if i.path.endswith(".md")]
+    markdowns = [i.path for i in store.fs.get_file_info(pafs.FileSelector(store.path("reports/evaluate"), recursive=True))
+                 if i.path.endswith("selection.md")]
     text = open(markdowns[0]).read()
     lines = [line for line in text.splitlines() if line.startswith("| ") and "method" not in line]
     assert [line.split("|")[1].strip() for line in lines] == ["random", "img", "text", "img+text"]

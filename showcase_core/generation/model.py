@@ -1,0 +1,143 @@
+"""The PC²L model (paper §4.2-4.3).
+
+- W^V, W^R: linear projections of the CLIP photo and history-review features to the decoder width, plus a learned
+  modality embedding; MMA: a stack of self-attention layers over [Z^V; Z^R] (padding masked) -> [H^V; H^R].
+- Decoder: ``transformers.GPT2LMHeadModel`` with ``add_cross_attention=True`` attending to [H^V; H^R]. Either a
+  small GPT-2 built from the config (the embedded default, trained from scratch) or a local GPT-2 directory
+  (``gpt2_path``; the paper's GPT-2 small) whose new cross-attention layers start untrained.
+- φ_V, φ_R, φ_Y: two fully connected layers with a ReLU between, over the masked mean of H^V, H^R and the decoder's
+  last hidden states H^Y.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+DEFAULT_CONFIG = {
+    "clip_dim": 512,
+    "d_model": 128,  # the paper: 768 (GPT-2 small); taken from the GPT-2 config when gpt2_path is set
+    "heads": 4,  # the paper: 12
+    "encoder_layers": 3,
+    "decoder_layers": 3,  # the paper: 12 (GPT-2 small)
+    "gpt2_path": "",  # a local GPT-2 model directory; empty = a small GPT-2 from this config
+    "vocab_size": 2000,
+    "max_length": 64,  # target tokens, end token included
+    "max_photos": 5,
+    "max_history": 10,
+    "proj_dim": 128,
+    "dropout": 0.1,
+    "bos_token_id": 0,
+    "eos_token_id": 0,
+    "pad_token_id": 0,
+}
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """x [B, N, D], mask [B, N] bool -> [B, D]; rows with nothing present give zeros."""
+    m = mask.to(x.dtype).unsqueeze(-1)
+    return (x * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+
+def _head(d: int, out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, out))
+
+
+def build_decoder(config: dict):
+    from ..torch_compat import ensure_torchvision
+
+    ensure_torchvision()
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    if config.get("decoder_config"):  # a saved model: rebuild exactly the decoder it was trained with
+        return GPT2LMHeadModel(GPT2Config.from_dict(config["decoder_config"]))
+    if config["gpt2_path"]:
+        return GPT2LMHeadModel.from_pretrained(config["gpt2_path"], add_cross_attention=True, local_files_only=True)
+    return GPT2LMHeadModel(GPT2Config(
+        vocab_size=config["vocab_size"], n_positions=config["max_length"] + 1, n_embd=config["d_model"],
+        n_layer=config["decoder_layers"], n_head=config["heads"], add_cross_attention=True,
+        resid_pdrop=config["dropout"], embd_pdrop=config["dropout"], attn_pdrop=config["dropout"],
+        bos_token_id=config["bos_token_id"], eos_token_id=config["eos_token_id"], pad_token_id=config["pad_token_id"]))
+
+
+class PC2L(nn.Module):
+    def __init__(self, config: dict):
+        super().__init__()
+        self.config = {**DEFAULT_CONFIG, **config}
+        self.decoder = build_decoder(self.config)
+        d = self.decoder.config.n_embd
+        self.config["d_model"] = d
+        self.photo_proj = nn.Linear(self.config["clip_dim"], d)  # W^V
+        self.history_proj = nn.Linear(self.config["clip_dim"], d)  # W^R
+        self.modality = nn.Embedding(2, d)
+        layer = nn.TransformerEncoderLayer(d, self.config["heads"], 4 * d, self.config["dropout"], activation="gelu",
+                                           batch_first=True, norm_first=True)
+        self.mma = nn.TransformerEncoder(layer, self.config["encoder_layers"], enable_nested_tensor=False)
+        self.phi_v, self.phi_r, self.phi_y = (_head(d, self.config["proj_dim"]) for _ in range(3))
+
+    def encode(self, photos, photo_mask, history, history_mask):
+        """photos [B, P, C], history [B, H, C] (CLIP features) with bool masks -> (memory [B, P+H, d], mask)."""
+        if not bool(photo_mask.any(dim=1).all()):
+            raise ValueError("every example needs at least one photo")
+        z = torch.cat([self.photo_proj(photos) + self.modality.weight[0],
+                       self.history_proj(history) + self.modality.weight[1]], dim=1)
+        mask = torch.cat([photo_mask, history_mask], dim=1)
+        return self.mma(z, src_key_padding_mask=~mask), mask
+
+    def decode_hidden(self, memory, memory_mask, input_ids, attention_mask, labels=None):
+        return self.decoder(input_ids=input_ids, attention_mask=attention_mask, encoder_hidden_states=memory,
+                            encoder_attention_mask=memory_mask.long(), labels=labels, output_hidden_states=True)
+
+    def forward(self, batch: dict) -> dict:
+        """The pieces every loss needs: CE (from the decoder), and the projected, pooled H̃^V, H̃^R, H̃^Y (and H̃^Y of
+        the entity-swapped targets when the batch has them)."""
+        memory, memory_mask = self.encode(batch["photos"], batch["photo_mask"], batch["history"], batch["history_mask"])
+        n_photos = batch["photos"].shape[1]
+        out = self.decode_hidden(memory, memory_mask, batch["input_ids"], batch["attention_mask"], batch["labels"])
+        result = {
+            "ce": out.loss,
+            "photo": self.phi_v(masked_mean(memory[:, :n_photos], batch["photo_mask"])),
+            "history": self.phi_r(masked_mean(memory[:, n_photos:], batch["history_mask"])),
+            "target": self.phi_y(masked_mean(out.hidden_states[-1], batch["attention_mask"].bool())),
+        }
+        if "swapped_ids" in batch:
+            swapped = self.decode_hidden(memory, memory_mask, batch["swapped_ids"], batch["swapped_mask"])
+            result["swapped"] = self.phi_y(masked_mean(swapped.hidden_states[-1], batch["swapped_mask"].bool()))
+        return result
+
+
+def pc2l_loss(model_out: dict, batch: dict, lambda_ccl: float, lambda_pcl: float, tau: float, alpha: float) -> dict:
+    """L = CE + λ1·CCL + λ2·PCL (eq. 11); a λ of 0 skips that loss. Returns every component (tensors)."""
+    from .losses import info_nce, personality_weights
+
+    zero = model_out["ce"] * 0.0
+    ccl = pcl = zero
+    if lambda_ccl:
+        ccl = info_nce(model_out["photo"], model_out["target"], tau, extra=model_out.get("swapped"),
+                       extra_mask=batch.get("has_swap"))
+    if lambda_pcl:
+        has_history = batch["history_mask"].any(dim=1)
+        weights = personality_weights(masked_mean(batch["history"], batch["history_mask"]), alpha)
+        pcl = info_nce(model_out["history"], model_out["target"], tau, weights=weights, row_mask=has_history)
+    return {"loss": model_out["ce"] + lambda_ccl * ccl + lambda_pcl * pcl, "ce": model_out["ce"], "ccl": ccl,
+            "pcl": pcl}
+
+
+def save_pc2l(model: PC2L, tokenizer, uri: str, card: dict) -> None:
+    """Weights, config (with the decoder's GPT-2 config and the tokenizer) and card, local or s3://."""
+    from ..model_files import save_model_files
+    from .tokenizer import tokenizer_json
+
+    config = {**model.config, "decoder_config": model.decoder.config.to_dict(), "tokenizer_json": tokenizer_json(tokenizer)}
+    save_model_files(uri, model.state_dict(), config, card)
+
+
+def load_pc2l(uri: str, device: str = "cpu"):
+    """(model in eval mode, tokenizer, config) of a saved PC²L model; no GPT-2 download or local path needed."""
+    from ..model_files import load_model_files
+    from .tokenizer import tokenizer_from_json
+
+    config, state = load_model_files(uri, "PC2L model")
+    model = PC2L(config)
+    model.load_state_dict(state)
+    return model.to(device).eval(), tokenizer_from_json(config["tokenizer_json"]), config

@@ -1,0 +1,164 @@
+"""jobs.distill (Φ + extraction), jobs.train_pc2l (shared harness: DDP locally; DeepSpeed on CPU with gloo, a killed
+worker and S3 checkpoints on SeaweedFS) and jobs.evaluate --stage generation|dataset, on the tiny world."""
+
+import json
+
+import pyarrow.fs as pafs
+import pytest
+
+from jobs import distill, embed, evaluate, ingest, train_dpp, train_pc2l
+from jobs.common import run
+from showcase_core.data import schema
+from showcase_core.encoders.clip import load_encoder
+from showcase_core.generation.decode import generate
+from showcase_core.generation.model import load_pc2l
+from showcase_core.store import Store, filesystem_for, read_text
+from tests.conftest import world_on_s3
+
+SMALL_MODEL = ["--d-model", "32", "--heads", "2", "--encoder-layers", "1", "--decoder-layers", "1", "--vocab-size",
+               "400", "--batch-size", "16", "--cpus-per-worker", "1"]
+
+
+def _reports(store: Store, stage: str) -> list[dict]:
+    infos = store.fs.get_file_info(pafs.FileSelector(store.path(f"reports/{stage}")))
+    return [json.loads(read_text(store.fs, i.path)) for i in sorted(infos, key=lambda i: i.path)
+            if i.path.endswith(".json")]
+
+
+@pytest.fixture(scope="module")
+def embedded_root(ray_local, tiny_world, tmp_path_factory):
+    world, _ = tiny_world
+    root = str(tmp_path_factory.mktemp("gen") / "root")
+    assert run("ingest", ingest.main, ["--root", root, "--gest", f"{world}/filter_all_t.json"]) == 0
+    assert run("embed", embed.main, ["--root", root, "--clip-model", "showcase-tiny"]) == 0
+    return root, load_encoder(model="showcase-tiny").encoder_id
+
+
+def test_distill_trains_phi_and_extracts_explanations(embedded_root, tmp_path):
+    root, encoder_id = embedded_root
+    assert run("distill", distill.main, ["--root", root, "--encoder", encoder_id, "--epochs", "10",
+                                         "--extract", "true"]) == 0
+    store = Store.open(root)
+    report = _reports(store, "distill")[-1]
+    test = report["metrics"]["test"]
+    assert 0.0 <= test["auc"] <= 1.0 and 0.0 <= test["f1"] <= 1.0 and test["pairs"] > 0
+    assert report["counts"]["reviews"] == store.read_table("reviews").num_rows  # every review went through Φ
+    distilled = store.read_table("distilled")
+    assert distilled.schema.equals(schema.SENTENCES)
+    assert distilled.num_rows == report["counts"]["sentences"] > 0
+    assert all(row["pic_ids"] for row in distilled.to_pylist())
+    photos = {(i, r) for i, r in zip(*(store.read_table("images").column(c).to_pylist() for c in ("image_id",
+                                                                                                   "review_id")))}
+    assert all((p, row["review_id"]) in photos for row in distilled.to_pylist() for p in row["pic_ids"])
+
+    # an annotation file with one bad row of each kind: the good rows train, the bad ones are quarantined
+    reviews = store.read_table("reviews").to_pylist()
+    rows = []
+    for r in reviews:
+        for i, pic in enumerate(r["pic_ids"]):
+            rows.append({"review_id": r["review_id"], "sentence": r["review_text"][:60], "pic_id": pic,
+                         "label": int(i == 0)})
+    rows += [{"review_id": "nobody_nowhere", "sentence": "x", "pic_id": "p", "label": 1},
+             {"review_id": reviews[0]["review_id"], "sentence": "x", "pic_id": "not-its-photo", "label": 0},
+             {"review_id": reviews[0]["review_id"], "sentence": "x", "pic_id": reviews[0]["pic_ids"][0], "label": 7},
+             {"review_id": reviews[0]["review_id"], "pic_id": reviews[0]["pic_ids"][0], "label": 1}]
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text("\n".join(json.dumps(r) for r in rows))
+    assert run("distill", distill.main, ["--root", root, "--encoder", encoder_id, "--labels", str(labels),
+                                         "--epochs", "2"]) == 0
+    report = _reports(store, "distill")[-1]
+    assert report["counts"]["labels_quarantined"] == 4
+    assert sum(c["pairs"] for c in report["counts"]["labelled_pairs"].values()) == len(rows) - 4
+    assert run("distill", distill.main, ["--root", root, "--encoder", encoder_id, "--labels",
+                                         str(tmp_path / "missing.jsonl")]) == 2
+
+
+def test_train_pc2l_ablation_and_evaluate_generation(embedded_root):
+    root, encoder_id = embedded_root
+    store = Store.open(root)
+    assert run("train_dpp", train_dpp.main, ["--root", root, "--encoder", encoder_id, "--epochs", "2",
+                                             "--modalities", "img+text", "--cpus-per-worker", "1"]) == 0
+    if not store.exists("models/alignment/_LATEST.json"):
+        assert run("distill", distill.main, ["--root", root, "--encoder", encoder_id, "--epochs", "2"]) == 0
+    assert run("train_pc2l", train_pc2l.main, ["--root", root, "--encoder", encoder_id, "--epochs", "2",
+                                               "--variants", "ce,pc2l", "--eval-every", "2", *SMALL_MODEL]) == 0
+    latest = store.read_json("models/pc2l/_LATEST.json")
+    assert sorted(latest["models"]) == ["ce", "pc2l"]
+    for variant, uri in latest["models"].items():
+        card = json.loads(read_text(*filesystem_for(uri + "/card.json")))
+        history = card["history"]
+        assert [h["epoch"] for h in history] == [0, 1]
+        # per-epoch loss components; the CE-only variant has no contrastive terms
+        assert all(h["ce"] > 0 for h in history)
+        assert (history[-1]["ccl"] > 0 and history[-1]["pcl"] > 0) if variant == "pc2l" else \
+            (history[-1]["ccl"] == 0 and history[-1]["pcl"] == 0)
+        assert {"val_ce", "val_perplexity", "val_grounding", "val_bleu4"} <= set(card["metrics"])
+        model, tokenizer, config = load_pc2l(uri)
+        assert config["decoder_layers"] == 1 and config["d_model"] == 32
+    assert run("evaluate", evaluate.main, ["--root", root, "--stage", "generation", "--beams", "2"]) == 0
+    table = _reports(store, "evaluate")[-1]["generation"]
+    assert [r["method"] for r in table["rows"]] == ["ce", "pc2l", "ground truth"]
+    for row in table["rows"][:2]:
+        assert {"bleu1", "bleu4", "meteor", "nist", "distinct1", "distinct2", "clip_align", "clip_score",
+                "bertscore", "grounding"} <= set(row)
+        assert 0 <= row["grounding"] <= 1 and 0 <= row["clip_align"] <= 100
+    assert set(table["rows"][2]) >= {"distinct1", "distinct2"} and "bleu1" not in table["rows"][2]
+    assert set(table["lengths"]) == {"ground truth", "ce", "pc2l"}
+    outputs = _reports(store, "evaluate")[-1]["outputs"]["generation"]
+    for name in ("generation.md", "lengths.png", "keyword-coverage.png"):
+        data = store.fs.open_input_stream(store.path(outputs[name].split(store.base + "/", 1)[1])).read() \
+            if not outputs[name].startswith("/") else open(outputs[name], "rb").read()
+        assert data[:4] == b"\x89PNG" if name.endswith(".png") else b"| pc2l |" in data
+
+
+def test_evaluate_dataset_report_with_diversity_plots(embedded_root):
+    root, encoder_id = embedded_root
+    assert run("evaluate", evaluate.main, ["--root", root, "--stage", "dataset", "--encoder", encoder_id]) == 0
+    store = Store.open(root)
+    report = _reports(store, "evaluate")[-1]
+    table = report["dataset"]
+    assert table["summary"]["photos"] == store.read_table("images").num_rows
+    levels = table["diversity"]
+    assert set(levels) == {"intra_business", "inter_user", "intra_user"}
+    assert all(0 < d["div"] < 2 and d["pairs"] > 0 for d in levels.values())
+    assert levels["intra_business"]["pairs"] == levels["inter_user"]["pairs"] + levels["intra_user"]["pairs"]
+    for level in ("intra-business", "inter-user", "intra-user"):
+        assert open(report["outputs"]["dataset"][f"diversity-{level}.png"], "rb").read(4) == b"\x89PNG"
+
+
+def test_train_pc2l_bad_settings_exit_2(embedded_root, tmp_path):
+    root, encoder_id = embedded_root
+    assert run("train_pc2l", train_pc2l.main, ["--root", root, "--encoder", encoder_id, "--variants", "gan"]) == 2
+    assert run("train_pc2l", train_pc2l.main, ["--root", root, "--encoder", encoder_id, "--targets", "tweets"]) == 2
+    assert run("train_pc2l", train_pc2l.main, ["--root", root, "--encoder", encoder_id, "--d-model", "30",
+                                               "--heads", "4"]) == 2
+    assert run("train_pc2l", train_pc2l.main, ["--root", str(tmp_path / "empty"), "--encoder", encoder_id]) == 2
+
+
+def test_train_pc2l_deepspeed_on_cpu_resumes_with_checkpoints_on_s3(seaweed, ray_local, tiny_world):
+    """DeepSpeed (ZeRO-1, gloo on CPU), the worker hard-exits after epoch 1's checkpoint, the run resumes from it;
+    ROOT (checkpoints and model) on the SeaweedFS S3 server."""
+    world, _ = tiny_world
+    root = world_on_s3(seaweed, world, "pc2l")
+    assert run("embed", embed.main, ["--root", root, "--clip-model", "showcase-tiny"]) == 0
+    encoder_id = load_encoder(model="showcase-tiny").encoder_id
+    args = ["--root", root, "--encoder", encoder_id, "--epochs", "3", "--variants", "pc2l", "--eval-every", "3",
+            "--deepspeed-config", "cluster/deepspeed/cpu_zero1.json", "--fault-exit-after-epoch", "1",
+            "--run-name", "pc2l-ds-crash", *SMALL_MODEL]
+    assert run("train_pc2l", train_pc2l.main, args) == 0
+    store = Store.open(root)
+    uri = store.read_json("models/pc2l/_LATEST.json")["models"]["pc2l"]
+    assert uri.startswith("s3://")
+    card = json.loads(read_text(*filesystem_for(uri + "/card.json")))
+    assert card["resumed_after_epochs"] == [1]
+    assert [h["epoch"] for h in card["history"]] == [0, 1, 2]
+    infos = store.fs.get_file_info(pafs.FileSelector(store.path("checkpoints/train_pc2l"), recursive=True))
+    assert any("pc2l-ds-crash" in i.path and i.path.endswith(".pt") for i in infos)  # DeepSpeed's files, on S3
+    model, tokenizer, _ = load_pc2l(uri)
+    import numpy as np
+    photos = np.random.default_rng(0).normal(size=(2, 5, model.config["clip_dim"])).astype(np.float32)
+    mask = np.zeros((2, 5), bool)
+    mask[:, 0] = True
+    out = generate(model, tokenizer, photos, mask, np.zeros((2, 10, model.config["clip_dim"]), np.float32),
+                   np.zeros((2, 10), bool), num_beams=2, max_new_tokens=8)
+    assert len(out) == 2 and all(isinstance(t, str) for t in out)
