@@ -63,3 +63,22 @@ SPLITS = ("train", "val", "test")
 
 def empty(schema: pa.Schema) -> pa.Table:
     return schema.empty_table()
+
+# One personalized showcase per candidate (user, business) pair (jobs.nightly, jobs.serve).
+SHOWCASES = pa.schema(
+    [
+        ("user_id", pa.string()),
+        ("business_id", pa.string()),
+        ("image_ids", pa.list_(pa.string())),  # the K picked photos, in pick order
+        ("image_uris", pa.list_(pa.string())),  # where each photo lives (local path or s3://)
+        ("image_scores", pa.list_(pa.float32())),  # each pick's relevance q_i under the DPP kernel
+        ("explanation", pa.string()),
+        ("cold_start", pa.bool_()),  # the user had no history: business-side signals only
+        ("candidate_score", pa.float32()),  # the upstream recommender's score, when given
+        ("encoder_id", pa.string()),
+        ("dpp_model", pa.string()),
+        ("generator_model", pa.string()),
+        ("run_id", pa.string()),
+        ("generated_at", pa.string()),  # ISO 8601, UTC
+    ]
+)

@@ -1,0 +1,218 @@
+"""jobs.nightly on local Ray: publish + read_showcases, quarantine and cold start, rerun no-op and --force, a killed
+worker, a killed driver resumed with its run id, ROOT on SeaweedFS S3, and the fail-fast checks."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from jobs import embed, ingest, nightly, train_dpp, train_pc2l
+from jobs.common import run
+from showcase_core import read_showcases
+from showcase_core.data.schema import SHOWCASES
+from showcase_core.encoders.clip import load_encoder
+from showcase_core.showcase import read_manifest
+from showcase_core.store import Store
+from tests.conftest import world_on_s3
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SMALL_PC2L = ["--variants", "pc2l", "--epochs", "1", "--d-model", "32", "--heads", "2", "--encoder-layers", "1",
+              "--decoder-layers", "1", "--vocab-size", "400", "--batch-size", "16", "--cpus-per-worker", "1",
+              "--max-length", "16"]
+
+
+def train_models(root: str, encoder_id: str) -> None:
+    assert run("train_dpp", train_dpp.main, ["--root", root, "--encoder", encoder_id, "--epochs", "1",
+                                             "--modalities", "img+text", "--cpus-per-worker", "1"]) == 0
+    assert run("train_pc2l", train_pc2l.main, ["--root", root, "--encoder", encoder_id, *SMALL_PC2L]) == 0
+
+
+@pytest.fixture(scope="module")
+def trained_root(ray_local, tiny_world, tmp_path_factory):
+    world, _ = tiny_world
+    root = str(tmp_path_factory.mktemp("nightly") / "root")
+    assert run("ingest", ingest.main, ["--root", root, "--gest", f"{world}/filter_all_t.json"]) == 0
+    assert run("embed", embed.main, ["--root", root, "--clip-model", "showcase-tiny"]) == 0
+    train_models(root, load_encoder(model="showcase-tiny").encoder_id)
+    return root
+
+
+def candidate_pairs(root: str, cross: int = 0) -> tuple[list[dict], list[tuple], dict]:
+    """Every reviewed pair (+ `cross` users x other businesses), and the planted bad rows with their reasons."""
+    reviews = Store.open(root).read_table("reviews", ["user_id", "business_id", "history"]).to_pylist()
+    pairs = [{"user_id": r["user_id"], "business_id": r["business_id"], "score": 0.5} for r in reviews]
+    users = sorted({r["user_id"] for r in reviews})
+    businesses = sorted({r["business_id"] for r in reviews})
+    reviewed = {(r["user_id"], r["business_id"]) for r in reviews}
+    for u in users[:cross]:
+        pairs += [{"user_id": u, "business_id": b, "score": None} for b in businesses if (u, b) not in reviewed]
+    counts: dict = {}
+    for r in reviews:
+        counts[r["user_id"]] = counts.get(r["user_id"], 0) + 1
+    cold = [(r["user_id"], r["business_id"]) for r in reviews if counts[r["user_id"]] == 1 and not r["history"]]
+    bad = {"unknown_user": {"user_id": "u-nobody", "business_id": businesses[0], "score": 1.0},
+           "unknown_business": {"user_id": users[0], "business_id": "b-nowhere", "score": 1.0},
+           "missing_field": {"user_id": "", "business_id": businesses[0], "score": 1.0},
+           "duplicate_pair": dict(pairs[0])}
+    return pairs + list(bad.values()), cold, {k: 1 for k in bad}
+
+
+def write_candidates(path, pairs) -> str:
+    pq.write_table(pa.Table.from_pylist(pairs, schema=pa.schema([("user_id", pa.string()),
+                                                                 ("business_id", pa.string()),
+                                                                 ("score", pa.float64())])), str(path))
+    return str(path)
+
+
+def test_nightly_publishes_quarantines_and_reruns(trained_root, tmp_path):
+    pairs, cold, bad = candidate_pairs(trained_root, cross=2)
+    candidates = write_candidates(tmp_path / "candidates.parquet", pairs)
+    args = ["--root", trained_root, "--candidates", candidates, "--date", "2026-11-21", "--pairs-per-part", "16"]
+    assert run("nightly", nightly.main, args) == 0
+    store = Store.open(trained_root)
+    manifest = read_manifest(store)
+    expected = {(p["user_id"], p["business_id"]) for p in pairs if p["user_id"] and p["user_id"] != "u-nobody"
+                and p["business_id"] != "b-nowhere"}
+    table = read_showcases(trained_root)
+    assert table.schema.equals(SHOWCASES)
+    keys = list(zip(table.column("user_id").to_pylist(), table.column("business_id").to_pylist()))
+    assert len(keys) == len(set(keys)) == manifest["rows"] and set(keys) == expected
+    rows = table.to_pylist()
+    for row in rows:
+        assert 1 <= len(row["image_ids"]) <= 3 and len(row["image_uris"]) == len(row["image_scores"]) == \
+            len(row["image_ids"])
+        assert all(os.path.exists(u) for u in row["image_uris"])
+        assert row["run_id"] == manifest["run_id"] and row["generator_model"] and row["dpp_model"]
+    by_key = {(r["user_id"], r["business_id"]): r for r in rows}
+    assert cold and all(by_key[c]["cold_start"] for c in cold)
+    assert sum(r["cold_start"] for r in rows) == len(cold)
+    assert {r["candidate_score"] for r in rows} == {0.5, None}
+    report = store.read_json(f"reports/nightly/{manifest['run_id']}.json")
+    assert report["counts"]["quarantined_by_reason"] == bad
+    assert report["counts"]["cold_start"] == len(cold)
+    quarantine = pq.read_table(store.path(manifest["quarantine"])).to_pylist()
+    assert sorted(q["reason"] for q in quarantine) == sorted(bad)
+
+    # a rerun of a published date does nothing; --force replaces it and removes the old run's files
+    before = store.read_json("showcases/dt=2026-11-21/_MANIFEST.json")
+    assert run("nightly", nightly.main, args) == 0
+    assert store.read_json("showcases/dt=2026-11-21/_MANIFEST.json") == before
+    assert run("nightly", nightly.main, args + ["--force", "true"]) == 0
+    after = read_manifest(store, "2026-11-21")
+    assert after["run_id"] != before["run_id"] and after["rows"] == before["rows"]
+    assert not store.exists(f"showcases/dt=2026-11-21/run={before['run_id']}")
+    # an older date published later does not move LATEST back
+    assert run("nightly", nightly.main, [*args[:4], "--date", "2026-11-01"]) == 0
+    assert store.read_json("showcases/LATEST")["date"] == "2026-11-21"
+    assert read_showcases(trained_root, date="2026-11-01").num_rows == before["rows"]
+
+
+def _wait_for_parts(store, run_dir, n, proc, deadline):
+    while proc.poll() is None and time.monotonic() < deadline:
+        if store.exists(run_dir) and len(nightly.list_run_parts(store, run_dir)) >= n:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_a_killed_worker_still_yields_every_pair_once(trained_root, tmp_path):
+    pairs, _, _ = candidate_pairs(trained_root, cross=4)
+    candidates = write_candidates(tmp_path / "c.parquet", pairs)
+    proc = subprocess.Popen([sys.executable, "-m", "jobs.nightly", "--root", trained_root, "--candidates", candidates,
+                             "--date", "2026-11-22", "--run-id", "kill-worker", "--pairs-per-part", "8",
+                             "--batch-size", "4"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    store = Store.open(trained_root)
+    killed = None
+    if _wait_for_parts(store, "showcases/dt=2026-11-22/run=kill-worker", 2, proc, time.monotonic() + 240):
+        for p in psutil.process_iter(["pid", "cmdline"]):
+            if "ShowcaseWriter" in " ".join(p.info["cmdline"] or []) and p.info["pid"] != proc.pid:
+                os.kill(p.info["pid"], signal.SIGKILL)
+                killed = p.info["pid"]
+                break
+    out, _ = proc.communicate(timeout=300)
+    assert killed is not None, "never saw a ShowcaseWriter actor to kill:\n" + out[-3000:]
+    assert proc.returncode == 0, out[-3000:]
+    table = read_showcases(trained_root, date="2026-11-22")
+    keys = list(zip(table.column("user_id").to_pylist(), table.column("business_id").to_pylist()))
+    expected = {(p["user_id"], p["business_id"]) for p in pairs if p["user_id"] and p["user_id"] != "u-nobody"
+                and p["business_id"] != "b-nowhere"}
+    assert len(keys) == len(set(keys)) and set(keys) == expected
+
+
+def test_a_killed_driver_resumes_without_recomputing_finished_parts(trained_root, ray_local, tmp_path):
+    pairs, _, _ = candidate_pairs(trained_root, cross=4)
+    candidates = write_candidates(tmp_path / "c.parquet", pairs)
+    args = ["--root", trained_root, "--candidates", candidates, "--date", "2026-11-23", "--run-id", "kill-driver",
+            "--pairs-per-part", "8", "--batch-size", "4"]
+    env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}  # the cluster outlives the driver
+    proc = subprocess.Popen([sys.executable, "-m", "jobs.nightly", *args], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    store = Store.open(trained_root)
+    run_dir = "showcases/dt=2026-11-23/run=kill-driver"
+    reached = _wait_for_parts(store, run_dir, 2, proc, time.monotonic() + 240)
+    proc.send_signal(signal.SIGKILL)
+    out, _ = proc.communicate(timeout=60)
+    assert reached, "the driver finished or failed before two parts were written:\n" + out[-3000:]
+    assert not store.exists("showcases/dt=2026-11-23/_MANIFEST.json")  # nothing published by the killed run
+    time.sleep(1.0)
+    finished = {i: os.stat(p).st_mtime_ns for i, p in nightly.list_run_parts(store, run_dir).items()}
+    assert run("nightly", nightly.main, args) == 0
+    report = store.read_json("reports/nightly/kill-driver.json")
+    assert report["counts"]["parts_resumed"] >= len(finished) >= 2
+    after = nightly.list_run_parts(store, run_dir)
+    assert all(os.stat(after[i]).st_mtime_ns == mtime for i, mtime in finished.items())  # not written again
+    table = read_showcases(trained_root, date="2026-11-23")
+    keys = list(zip(table.column("user_id").to_pylist(), table.column("business_id").to_pylist()))
+    assert len(keys) == len(set(keys)) == report["counts"]["showcases"]
+
+
+def test_nightly_with_root_on_s3(seaweed, ray_local, tiny_world, tmp_path):
+    world, _ = tiny_world
+    root = world_on_s3(seaweed, world, "nightly")
+    assert run("embed", embed.main, ["--root", root, "--clip-model", "showcase-tiny"]) == 0
+    train_models(root, load_encoder(model="showcase-tiny").encoder_id)
+    pairs, _, _ = candidate_pairs(root)
+    bucket = root.split("/")[2]
+    with seaweed.filesystem().open_output_stream(f"{bucket}/in/candidates.parquet") as f:
+        pq.write_table(pa.Table.from_pylist([p for p in pairs if p["user_id"]]), f)
+    args = ["--root", root, "--candidates", f"s3://{bucket}/in/candidates.parquet", "--date", "2026-11-21"]
+    assert run("nightly", nightly.main, args) == 0
+    table = read_showcases(root)
+    assert table.num_rows == read_manifest(Store.open(root))["rows"] > 0
+    assert all(u.startswith("s3://") for uris in table.column("image_uris").to_pylist() for u in uris)
+    assert run("nightly", nightly.main, args) == 0  # published: a no-op
+
+
+def test_fail_fast_with_one_line(trained_root, tmp_path, capsys):
+    candidates = write_candidates(tmp_path / "c.parquet", [{"user_id": "u", "business_id": "b", "score": 1.0}])
+    good = ["--root", trained_root, "--candidates", candidates, "--date", "2026-11-24"]
+    cases = [
+        (["--root", trained_root, "--candidates", candidates, "--date", "24/11/2026"], "--date"),
+        (["--root", trained_root, "--date", "2026-11-24"], "--candidates"),
+        (good[:3] + [str(tmp_path / "nope.parquet"), *good[4:]], "no such file"),
+        (["--root", str(tmp_path / "empty-root"), "--candidates", candidates, "--date", "2026-11-24"],
+         "no trained dpp"),
+        (good + ["--generator-variant", "gpt5"], "no 'gpt5' variant"),
+    ]
+    bad_columns = tmp_path / "bad.parquet"
+    pq.write_table(pa.table({"user": ["u"], "business_id": ["b"]}), str(bad_columns))
+    cases.append((good[:3] + [str(bad_columns), *good[4:]], "missing column 'user_id'"))
+    for argv, words in cases:
+        assert run("nightly", nightly.main, argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and words in err[0], err
+    # an unreachable S3 endpoint: exit 2 with one line, before any model loads
+    env = {**os.environ, "AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_ENDPOINT_URL_S3": "http://127.0.0.1:9"}
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "jobs.nightly", "--root", "s3://nowhere/root", "--candidates",
+                           candidates, "--date", "2026-11-24"], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert len(proc.stderr.strip().splitlines()) == 1 and "s3://nowhere/root" in proc.stderr
+    assert time.monotonic() - started < 60
