@@ -113,6 +113,20 @@ def start_ray() -> None:
              log_to_driver=True, logging_level="WARNING")
 
 
+def actor_plan(use_gpu: bool, actors: int, cpu_actors_default: int = 1) -> tuple[int, dict, str]:
+    """(actor count, resources per actor, torch device) for a job's model actor pool.
+
+    GPUs when the cluster has them now, or when ``use_gpu`` asks for them: an autoscaling cluster that starts from
+    zero GPU nodes shows none until an actor requests one, so jobs meant for GPUs set ``use_gpu`` to get them.
+    """
+    import ray
+
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    if use_gpu or gpus:
+        return actors or max(1, gpus), {"num_gpus": 1}, "cuda"
+    return actors or cpu_actors_default, {"num_cpus": 1}, "cpu"
+
+
 def versions() -> dict:
     out = {"showcase": __version__, "python": platform.python_version()}
     for name in ("pyarrow", "ray", "torch"):
@@ -178,5 +192,5 @@ def run(stage: str, main: Callable[[list[str] | None], int | None], argv: list[s
         return 1
 
 
-__all__ = ["UserError", "parse_args", "open_store", "start_ray", "versions", "Progress", "Timer",
+__all__ = ["UserError", "parse_args", "open_store", "start_ray", "actor_plan", "versions", "Progress", "Timer",
            "new_report", "run", "new_run_id"]

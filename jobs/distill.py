@@ -22,7 +22,8 @@ import pyarrow.compute as pc
 
 from showcase_core.store import StoreError, new_run_id, read_text, utc_now
 
-from .common import Progress, Timer, UserError, new_report, open_store, parse_args, run, start_ray, versions
+from .common import (Progress, Timer, UserError, actor_plan, new_report, open_store, parse_args, run, start_ray,
+                     versions)
 from .train_dpp import resolve_encoder_id
 
 DEFAULTS = {
@@ -36,6 +37,7 @@ DEFAULTS = {
     "extract": False,
     "batch_size": 256,  # reviews per actor batch
     "actors": 0,  # 0 = one per GPU, or 1 on a CPU-only cluster
+    "use_gpu": False,  # ask for a GPU per actor even when none is up yet (autoscaling from zero)
 }
 LABEL_COLUMNS = ("review_id", "sentence", "pic_id", "label")
 
@@ -206,15 +208,14 @@ def main(argv: list[str] | None = None) -> int:
         import ray
 
         start_ray()
-        gpus = int(ray.cluster_resources().get("GPU", 0))
+        actors, resources, device = actor_plan(cfg["use_gpu"], cfg["actors"])
         out_dir = f"tables/distilled/{run_id}"
         ds = ray.data.from_arrow(reviews).map_batches(
             Distiller, fn_constructor_kwargs={"root": store.root, "out_dir": out_dir, "classifier_uri": uri,
-                                              "spec": {**spec, "device": "cuda" if gpus else "cpu"},
+                                              "spec": {**spec, "device": device},
                                               "threshold": threshold,
                                               "photo_index": [ray.put((photo_ids, photo_matrix))]},
-            batch_size=cfg["batch_size"], compute=ray.data.ActorPoolStrategy(size=cfg["actors"] or max(1, gpus)),
-            **({"num_gpus": 1} if gpus else {"num_cpus": 1}))
+            batch_size=cfg["batch_size"], compute=ray.data.ActorPoolStrategy(size=actors), **resources)
         progress, parts = Progress("distill", "reviews", reviews.num_rows), []
         done = {"reviews": 0, "sentences": 0, "reviews_with_explanation": 0}
         with timer("extract"):

@@ -17,7 +17,8 @@ import pyarrow.parquet as pq
 
 from showcase_core.store import Store, StoreError, new_run_id, utc_now
 
-from .common import Progress, Timer, UserError, new_report, open_store, parse_args, run, start_ray, versions
+from .common import (Progress, Timer, UserError, actor_plan, new_report, open_store, parse_args, run, start_ray,
+                     versions)
 
 DEFAULTS = {
     "root": None,
@@ -33,6 +34,7 @@ DEFAULTS = {
     "decode_cpus": 1.0,
     "todo_file_rows": 2048,  # rows per todo file = the unit of parallel decoding
     "actors": 0,  # CLIP actors; 0 = one per GPU, or 1 on a CPU-only cluster
+    "use_gpu": False,  # ask for a GPU per actor even when none is up yet (autoscaling from zero)
     "threads_per_actor": 0,  # torch threads in a CPU actor; 0 = torch's default
 }
 
@@ -135,10 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     start_ray()
     store.write_json(f"embeddings/{encoder_id}/_ENCODER.json", {"encoder_id": encoder_id, "spec": spec,
                                                                 "image_size": image_size})
-    gpus = int(ray.cluster_resources().get("GPU", 0))
-    actors = cfg["actors"] or max(1, gpus)
-    actor_resources = {"num_gpus": 1} if gpus else {"num_cpus": 1}
-    spec_for_workers = {**spec, "device": "cuda" if gpus else "cpu"}
+    actors, actor_resources, device = actor_plan(cfg["use_gpu"], cfg["actors"])
+    spec_for_workers = {**spec, "device": device}
     staging = f"embeddings/{encoder_id}/_staging/{run_id}"
     counts: dict = {}
     peak_rss = psutil.Process().memory_info().rss

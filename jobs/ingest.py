@@ -1,4 +1,5 @@
-"""Validate Gest files into ROOT/tables: ``python -m jobs.ingest --root ROOT --gest PATH [--format s2|raw|googlelocal] [--images URI]``.
+"""Validate Gest files into ROOT/tables:
+``python -m jobs.ingest --root ROOT --gest PATH [--format s2|raw|googlelocal] [--images URI]``.
 
 Ray tasks stage byte ranges of the input in parallel; a small global pass finds duplicates (and, for Gest-raw,
 the Gest-s1 single-review users); more tasks write the final parts; one pointer publishes all three tables.

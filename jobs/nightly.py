@@ -26,7 +26,8 @@ import pyarrow.parquet as pq
 
 from showcase_core.store import StoreError, filesystem_for, new_run_id, utc_now
 
-from .common import Progress, Timer, UserError, new_report, open_store, parse_args, run, start_ray, versions
+from .common import (Progress, Timer, UserError, actor_plan, new_report, open_store, parse_args, run, start_ray,
+                     versions)
 
 DEFAULTS = {
     "root": None,
@@ -41,6 +42,7 @@ DEFAULTS = {
     "pairs_per_part": 2048,
     "batch_size": 256,  # pairs per DPP + generation batch inside an actor
     "actors": 0,  # 0 = one per GPU, or one per 2 CPUs on a CPU-only cluster
+    "use_gpu": False,  # ask for a GPU per actor even when none is up yet (autoscaling from zero)
 }
 QUARANTINE_SCHEMA = pa.schema([("user_id", pa.string()), ("business_id", pa.string()), ("reason", pa.string()),
                                ("detail", pa.string())])
@@ -201,8 +203,8 @@ def main(argv: list[str] | None = None) -> int:
         import ray
 
         start_ray()
-        gpus = int(ray.cluster_resources().get("GPU", 0))
-        actors = cfg["actors"] or (gpus or max(1, int(ray.cluster_resources().get("CPU", 1)) // 2))
+        actors, resources, device = actor_plan(cfg["use_gpu"], cfg["actors"],
+                                               max(1, int(ray.cluster_resources().get("CPU", 1)) // 2))
         items = [{"unit": i, "user_ids": [p["user_id"] for p in units[i]],
                   "business_ids": [p["business_id"] for p in units[i]],
                   "scores": [float("nan") if p.get("score") is None else p["score"] for p in units[i]]} for i in todo]
@@ -211,8 +213,8 @@ def main(argv: list[str] | None = None) -> int:
             fn_constructor_kwargs={"root": store.root, "run_dir": run_dir, "context": [ray.put(context)],
                                    "models": models, "k": cfg["k"], "beams": cfg["beams"],
                                    "batch_size": cfg["batch_size"], "run_id": run_id,
-                                   "generated_at": state["generated_at"], "device": "cuda" if gpus else "cpu"},
-            **({"num_gpus": 1} if gpus else {"num_cpus": 1}))
+                                   "generated_at": state["generated_at"], "device": device},
+            **resources)
         progress = Progress("nightly", "pairs", sum(len(units[i]) for i in todo))
         pairs_done = 0
         with timer("showcases"):

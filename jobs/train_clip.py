@@ -156,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     store.write_json("models/clip/_LATEST.json", {"version": run_id, "uri": model_uri,
                                                   "encoder_id": encoder.encoder_id, "published_at": utc_now()})
     report.update(counts={"pairs": history[-1]["pairs"], "unreadable_photos": history[-1]["unreadable_photos"]},
-                  metrics=final, history=history, resumed_after_epochs=resumed, outputs={"model": model_uri, "encoder_id": encoder.encoder_id},
+                  metrics=final, history=history, resumed_after_epochs=resumed,
+                  outputs={"model": model_uri, "encoder_id": encoder.encoder_id},
                   timings_s=timer.timings, versions=versions(), finished_at=utc_now())
     report_uri = store.write_report("train_clip", run_id, report)
     print(f"held-out image->text Recall@1: {final.get('heldout_recall_at_1_entity', float('nan')):.3f} "

@@ -79,7 +79,8 @@ def main() -> None:
     print(f"input:                 {size / gib:.2f} GiB, {counts['records_in']:,} records")
     print(f"output:                {counts['reviews_out']:,} reviews, {counts['images_out']:,} images, "
           f"quarantined {counts['quarantined_by_reason']}")
-    print(f"wall time:             {wall:.1f} s ({counts['records_in'] / wall:,.0f} records/s, {size / wall / (1 << 20):.1f} MiB/s)")
+    print(f"wall time:             {wall:.1f} s ({counts['records_in'] / wall:,.0f} records/s, "
+          f"{size / wall / (1 << 20):.1f} MiB/s)")
     print(f"peak RSS driver:       {peaks['driver'] / gib:.3f} GiB")
     print(f"peak RSS one worker:   {peaks['largest_worker'] / gib:.3f} GiB")
     print(f"peak RSS whole tree:   {peaks['tree'] / gib:.3f} GiB (driver + Ray daemons + all workers)")

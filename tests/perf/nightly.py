@@ -1,0 +1,129 @@
+"""Nightly throughput and memory: the job vs a naive one-pair-at-a-time loop with the same models, same run.
+
+    .venv/bin/python tests/perf/nightly.py [--workdir DIR] [--sizes 10000,100000] [--naive-pairs 200]
+
+1. Makes (or reuses) the large world in --workdir, ingests it, embeds photos and texts with ``showcase-tiny`` and
+   trains a DPP (img+text) and a PC²L generator (default size) for one epoch each: the models' quality does not
+   matter here, their cost does.
+2. Naive loop: the same context and models in this process, ``ShowcaseAssembler.assemble([pair])`` one pair at a
+   time over --naive-pairs random pairs: pairs/s.
+3. Job: ``python -m jobs.nightly`` over N distinct random (user, business) pairs for each N in --sizes, timed from
+   process start to exit, the driver's RSS sampled every 0.2 s; also the job's own showcase-stage rate.
+Prints the rates, the ratio job/naive (goal >= 10x) and the driver's peak RSS at each size with their ratio (goal:
+the largest within 1.25x of the smallest).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from embed import prepare  # noqa: E402
+from measure import run_sampled  # noqa: E402
+
+
+def job(*args: str) -> None:
+    t = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", *args], cwd=REPO, capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(f"{args[0]} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    print(f"  {args[0]}: {time.monotonic() - t:.0f}s", flush=True)
+
+
+def trained_root(workdir: str) -> tuple[str, str]:
+    from showcase_core.encoders.clip import load_encoder
+    from showcase_core.store import Store
+
+    root = prepare(workdir, "large")
+    encoder_id = load_encoder(model="showcase-tiny").encoder_id
+    store = Store.open(root)
+    job("jobs.embed", "--root", root, "--clip-model", "showcase-tiny", "--threads-per-actor", "2")
+    if not store.exists("models/dpp/_LATEST.json"):
+        job("jobs.train_dpp", "--root", root, "--encoder", encoder_id, "--epochs", "1", "--modalities", "img+text",
+            "--batch-size", "256")
+    if not store.exists("models/pc2l/_LATEST.json"):
+        job("jobs.train_pc2l", "--root", root, "--encoder", encoder_id, "--epochs", "1", "--variants", "pc2l",
+            "--eval-every", "100")
+    return root, encoder_id
+
+
+def random_pairs(root: str, n: int, seed: int) -> list[dict]:
+    from showcase_core.store import Store
+
+    reviews = Store.open(root).read_table("reviews", ["user_id", "business_id"])
+    users = sorted(set(reviews.column("user_id").to_pylist()))
+    businesses = sorted(set(reviews.column("business_id").to_pylist()))
+    if n > len(users) * len(businesses):
+        raise SystemExit(f"only {len(users) * len(businesses):,} distinct pairs in this world")
+    rng = np.random.default_rng(seed)
+    chosen: set[tuple[int, int]] = set()
+    while len(chosen) < n:
+        need = n - len(chosen)
+        chosen.update(zip(rng.integers(len(users), size=need).tolist(), rng.integers(len(businesses), size=need).tolist()))
+    return [{"user_id": users[u], "business_id": businesses[b], "score": 1.0} for u, b in sorted(chosen)][:n]
+
+
+def naive_rate(root: str, pairs: list[dict]) -> float:
+    from showcase_core.showcase import ShowcaseAssembler, build_context, check_pairs
+    from showcase_core.store import Store
+
+    store = Store.open(root)
+    dpp = store.read_json("models/dpp/_LATEST.json")
+    pc2l = store.read_json("models/pc2l/_LATEST.json")
+    context = build_context(store, dpp["encoder_id"])
+    good, _ = check_pairs(pairs, context)
+    import torch
+
+    torch.set_num_threads(2)
+    assembler = ShowcaseAssembler(context, dpp["models"]["img+text"], pc2l["models"]["pc2l"])
+    started = time.monotonic()
+    for p in good:
+        assembler.assemble([p], "naive", "now")
+    return len(good) / (time.monotonic() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--workdir", default="/tmp/perfwd")
+    parser.add_argument("--sizes", default="10000,100000")
+    parser.add_argument("--naive-pairs", type=int, default=200)
+    args = parser.parse_args()
+    os.makedirs(args.workdir, exist_ok=True)
+    root, _ = trained_root(args.workdir)
+    sizes = [int(s) for s in args.sizes.split(",")]
+
+    naive = naive_rate(root, random_pairs(root, args.naive_pairs, seed=99))
+    print(f"naive loop (one pair at a time, same models): {naive:.1f} pairs/s over {args.naive_pairs} pairs", flush=True)
+    results = {}
+    for i, n in enumerate(sizes):
+        path = os.path.join(args.workdir, f"candidates-{n}.parquet")
+        pq.write_table(pa.Table.from_pylist(random_pairs(root, n, seed=i)), path)
+        sampled = run_sampled(["jobs.nightly", "--root", root, "--candidates", path, "--date", f"2030-01-{i + 1:02d}",
+                               "--force", "true"], tree=False)
+        if sampled["returncode"]:
+            raise SystemExit("".join(sampled["lines"][-40:]))
+        stage = re.search(r"\(([\d.]+) pairs/s\)", "".join(sampled["lines"]))
+        results[n] = {"wall_rate": n / sampled["wall"], "stage_rate": float(stage.group(1)) if stage else float("nan"),
+                      "driver_mb": sampled["driver"] / 2**20, "wall": sampled["wall"]}
+        r = results[n]
+        print(f"job, {n:,} pairs: {r['wall']:.0f}s wall -> {r['wall_rate']:.1f} pairs/s (start-up included), "
+              f"showcase stage {r['stage_rate']:.1f} pairs/s; driver peak RSS {r['driver_mb']:.0f} MiB", flush=True)
+    largest = results[max(sizes)]
+    print(f"\nratio job/naive: {largest['wall_rate'] / naive:.1f}x wall, {largest['stage_rate'] / naive:.1f}x stage "
+          f"(goal >= 10x); driver RSS {max(sizes):,} vs {min(sizes):,} pairs: "
+          f"{largest['driver_mb'] / results[min(sizes)]['driver_mb']:.2f}x (goal <= 1.25x)")
+
+
+if __name__ == "__main__":
+    main()
