@@ -210,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
         start_ray()
         actors, resources, device = actor_plan(cfg["use_gpu"], cfg["actors"])
         out_dir = f"tables/distilled/{run_id}"
-        ds = ray.data.from_arrow(reviews).map_batches(
+        chunk = cfg["batch_size"] * 8  # blocks of a few batches, so every actor of the pool gets work
+        ds = ray.data.from_arrow([reviews.slice(i, chunk) for i in range(0, reviews.num_rows, chunk)]).map_batches(
             Distiller, fn_constructor_kwargs={"root": store.root, "out_dir": out_dir, "classifier_uri": uri,
                                               "spec": {**spec, "device": device},
                                               "threshold": threshold,
