@@ -6,26 +6,42 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+DS_STAMP := $(VENV)/.deepspeed-stamp
+# DeepSpeed for the tests of its CPU path: 0.19.8 cannot start on models with 0-dim parameters (CLIP's logit_scale),
+# its sdist builds against the venv's torch (no build isolation, or pip fetches a CUDA torch), and
+# DS_BUILD_SHM_COMM=1 compiles its CPU comm op once here instead of at every fresh machine's first run.
+DEEPSPEED := deepspeed==0.19.7
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install demo test perf clean
+.PHONY: install demo test perf clean browser
 
 $(STAMP): pyproject.toml constraints-cpu.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -c constraints-cpu.txt -e '.[dev]'
 	@touch $(STAMP)
 
+$(DS_STAMP): $(STAMP)
+	DS_BUILD_SHM_COMM=1 $(PY) -m pip install -q --disable-pip-version-check --no-cache-dir -c constraints-cpu.txt \
+		--no-build-isolation '$(DEEPSPEED)'
+	@touch $(DS_STAMP)
+
+# the gallery test renders its page in a real headless browser (Debian's chromium)
+browser:
+	@command -v chromium >/dev/null 2>&1 || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium)
+
 install: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m jobs.demo --root $(ROOT) --world $(WORLD) --size $(SIZE)
 
-test: $(STAMP)
+test: $(STAMP) $(DS_STAMP) browser
 	$(PY) -m pytest -q
 
 perf: $(STAMP)
 	$(PY) tests/perf/ingest_memory.py
 	$(PY) tests/perf/embed.py
 	$(PY) tests/perf/dpp.py
+	$(PY) tests/perf/nightly.py
 
 clean:
 	rm -rf .demo .demo-world .pytest_cache

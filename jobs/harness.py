@@ -38,6 +38,10 @@ TRAINING_DEFAULTS = {
     "fault_exit_after_epoch": -1,  # tests only: the worker process exits once, right after this epoch's checkpoint
 }
 
+# DeepSpeed's checkpoint tag: its shards go to <checkpoint>/deepspeed/. Not "latest", the name of the file that
+# save_checkpoint(save_latest=True) would write next to the tag directory.
+DEEPSPEED_TAG = "deepspeed"
+
 
 @dataclass
 class Trained:
@@ -60,11 +64,21 @@ def check_training_settings(cfg: dict) -> None:
         path = cfg["deepspeed_config"]
         try:
             with open(path) as f:
-                json.load(f)
+                ds = json.load(f)
         except OSError:
             raise UserError(f"--deepspeed-config {path}: no such file") from None
         except json.JSONDecodeError as e:
             raise UserError(f"--deepspeed-config {path}: not valid JSON ({e})") from None
+        if not isinstance(ds, dict):
+            raise UserError(f"--deepspeed-config {path}: not a JSON object")
+        # the loops call loss.backward() and optimizer.step() themselves, once per batch: DeepSpeed supports that
+        # (torch-style backward) with ZeRO stage 1 or 2 and no gradient accumulation; stage 3 would also leave the
+        # rank-0 evaluation with partitioned parameters
+        stage = (ds.get("zero_optimization") or {}).get("stage", 0)
+        if stage not in (1, 2) or ds.get("gradient_accumulation_steps", 1) != 1:
+            raise UserError(f"--deepspeed-config {path}: the training loops need zero_optimization.stage 1 or 2 "
+                            f"and gradient_accumulation_steps 1 (got stage {stage}, "
+                            f"gradient_accumulation_steps {ds.get('gradient_accumulation_steps', 1)})")
         try:
             import deepspeed  # noqa: F401
         except ImportError:
@@ -118,15 +132,34 @@ def prepare(model, optimizer_fn, config: dict) -> Trained:
         logging.getLogger(_train_context.__file__).setLevel(logging.WARNING)
     torch.set_num_threads(max(1, int(config.get("cpus_per_worker", 1))))
     if config.get("deepspeed"):
+        device = ray.train.torch.get_device()
+        if device.type == "cpu":  # else DeepSpeed probes for GPUs, warns, and only then falls back to its CPU accelerator
+            os.environ.setdefault("DS_ACCELERATOR", "cpu")
         import deepspeed
 
-        device = ray.train.torch.get_device()
+        logging.getLogger("DeepSpeed").setLevel(logging.WARNING)  # its INFO lines repeat the whole config per rank
         model = model.to(device)
+        # deepspeed.initialize reuses the process group Ray Train created (gloo on CPU, NCCL on GPU): torch.distributed
+        # is already initialised, so DeepSpeed wraps it instead of starting its own
         engine, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer_fn(model.parameters()),
                                                        config=config["deepspeed"])
         return Trained(engine, optimizer, engine)
     model = ray.train.torch.prepare_model(model)
     return Trained(model, optimizer_fn(model.parameters()))
+
+
+def optimizer_step(trained: Trained):
+    """``step(loss)``: backward and update, by the DeepSpeed engine when there is one (it reduces the gradients and
+    steps its wrapped optimizer), else plain torch (DDP reduces the gradients during backward)."""
+    def step(loss):
+        if trained.engine is not None:
+            trained.engine.backward(loss)
+            trained.engine.step()
+        else:
+            trained.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            trained.optimizer.step()
+    return step
 
 
 def restore(trained: Trained) -> dict | None:
@@ -142,7 +175,10 @@ def restore(trained: Trained) -> dict | None:
         return None
     with checkpoint.as_directory() as d:
         if trained.engine is not None:
-            _, state = trained.engine.load_checkpoint(d, tag="latest")
+            path, client_state = trained.engine.load_checkpoint(d, tag=DEEPSPEED_TAG)
+            if path is None:
+                raise RuntimeError(f"no DeepSpeed checkpoint under {d}/{DEEPSPEED_TAG}")
+            state = client_state["extra"]  # the rest is DeepSpeed's own metadata
         else:
             saved = torch.load(os.path.join(d, "state.pt"), map_location="cpu", weights_only=False)
             trained.module.load_state_dict(saved["model"])
@@ -163,7 +199,9 @@ def report_epoch(trained: Trained, metrics: dict, extra: dict, config: dict) -> 
     rank = ray.train.get_context().get_world_rank()
     with tempfile.TemporaryDirectory() as d:
         if trained.engine is not None:
-            trained.engine.save_checkpoint(d, tag="latest", client_state=extra)
+            # every rank writes its own ZeRO shard (Ray Train merges the ranks' directories into one checkpoint);
+            # extra goes under one key, as load_checkpoint returns the client state mixed with DeepSpeed's metadata
+            trained.engine.save_checkpoint(d, tag=DEEPSPEED_TAG, client_state={"extra": extra}, save_latest=False)
             checkpoint = ray.train.Checkpoint.from_directory(d)
         elif rank == 0:
             torch.save({"model": trained.module.state_dict(), "optimizer": trained.optimizer.state_dict(),
@@ -193,8 +231,6 @@ def progress(stage: str, epoch: int, epochs: int, metrics: dict) -> None:
 
 def load_checkpoint_state(checkpoint) -> tuple[dict, dict]:
     """Driver side: (model state dict, extra state) of the final checkpoint; DeepSpeed's ZeRO shards consolidated."""
-    import glob
-
     import torch
 
     with checkpoint.as_directory() as d:
@@ -203,7 +239,7 @@ def load_checkpoint_state(checkpoint) -> tuple[dict, dict]:
             return state["model"], state["extra"]
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-        model_state = get_fp32_state_dict_from_zero_checkpoint(d, tag="latest")
-        states = glob.glob(os.path.join(d, "latest", "mp_rank_00_model_states.pt"))
-        saved = torch.load(states[0], map_location="cpu", weights_only=False) if states else {}
-        return model_state, {k: saved[k] for k in ("epoch", "step", "history") if k in saved}
+        model_state = get_fp32_state_dict_from_zero_checkpoint(d, tag=DEEPSPEED_TAG)
+        saved = torch.load(os.path.join(d, DEEPSPEED_TAG, "mp_rank_00_model_states.pt"), map_location="cpu",
+                           weights_only=False)
+        return model_state, saved["extra"]

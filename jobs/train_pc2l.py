@@ -63,19 +63,6 @@ def load_examples(root: str, encoder_id: str, targets: str, splits, max_photos: 
                                      read_embeddings(store, encoder_id, "texts"), splits, max_photos, max_history)
 
 
-def optimizer_step(trained):
-    """backward + update for the harness's wrapped model (DeepSpeed engine or DDP)."""
-    def step(loss):
-        if trained.engine is not None:
-            trained.engine.backward(loss)
-            trained.engine.step()
-        else:
-            trained.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            trained.optimizer.step()
-    return step
-
-
 def train_loop(config: dict) -> None:
     """Runs on every Ray Train worker."""
     import numpy as np
@@ -104,7 +91,7 @@ def train_loop(config: dict) -> None:
     trained = harness.prepare(model, lambda params: torch.optim.AdamW(params, lr=config["lr"],
                                                                     weight_decay=config["weight_decay"]), config)
     device = ray.train.torch.get_device()
-    step = optimizer_step(trained)
+    step = harness.optimizer_step(trained)
     shown = None
     state = harness.restore(trained) or {"epoch": -1, "history": []}
     for epoch in range(state["epoch"] + 1, config["epochs"]):
