@@ -150,7 +150,9 @@ def test_train_pc2l_deepspeed_on_cpu_resumes_with_checkpoints_on_s3(seaweed, ray
     uri = store.read_json("models/pc2l/_LATEST.json")["models"]["pc2l"]
     assert uri.startswith("s3://")
     card = json.loads(read_text(*filesystem_for(uri + "/card.json")))
-    assert card["resumed_after_epochs"] == [1]
+    # one restart, from the last checkpoint Ray Train had registered when the worker died (epoch 1's, or epoch 0's
+    # when the crash beat the asynchronous registration of epoch 1's)
+    assert len(card["resumed_after_epochs"]) == 1 and card["resumed_after_epochs"][0] in (0, 1)
     assert [h["epoch"] for h in card["history"]] == [0, 1, 2]
     infos = store.fs.get_file_info(pafs.FileSelector(store.path("checkpoints/train_pc2l"), recursive=True))
     assert any("pc2l-ds-crash" in i.path and i.path.endswith(".pt") for i in infos)  # DeepSpeed's files, on S3
