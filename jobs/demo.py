@@ -3,17 +3,21 @@
 Stages run in order, each through its own job entry point, and the first failure stops the chain:
 make_world (mini, local) -> ingest (prints the Table-1 summary) -> train_clip (the small CLIP, from scratch; prints
 held-out Recall@1) -> embed (every photo and text) -> train_dpp (img, text, img+text) -> distill (the explanation
-classifier Φ, held-out AUC/F1) -> train_pc2l (ce, ce+ccl, ce+pcl, pc2l) -> evaluate all (Table 1 + visual diversity,
-Table 3, Table 2/4 + Figure 6 plots) -> where everything is.
+classifier Φ, held-out AUC/F1) -> train_pc2l (ce, ce+ccl, ce+pcl, pc2l) -> nightly (showcases for the test-split
+pairs, published under ROOT/showcases) -> gallery (an HTML page of them) -> evaluate all (Table 1 + visual
+diversity, Table 3, Table 2/4 + Figure 6 plots) -> where everything is.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import sys
+
+import pyarrow.compute as pc
 
 from showcase_core.store import Store
 
-from . import distill, embed, evaluate, ingest, make_world, train_clip, train_dpp, train_pc2l
+from . import distill, embed, evaluate, gallery, ingest, make_world, nightly, train_clip, train_dpp, train_pc2l
 from .common import UserError, parse_args, run
 
 DEFAULTS = {"root": "./.demo", "world": "./.demo-world", "size": "mini", "seed": 0, "threads": 2}
@@ -38,15 +42,24 @@ def main(argv: list[str] | None = None) -> int:
     _stage("train_dpp", train_dpp.main, ["--root", root])
     _stage("distill", distill.main, ["--root", root])
     _stage("train_pc2l", train_pc2l.main, ["--root", root])
+    store = Store.open(root)
+    reviews = store.read_table("reviews", ["user_id", "business_id", "split"])
+    test_pairs = reviews.filter(pc.equal(reviews.column("split"), "test")).select(["user_id", "business_id"])
+    candidates = store.uri("candidates", "demo-test-pairs.parquet")
+    store.write_parquet("candidates/demo-test-pairs.parquet", test_pairs)
+    date = dt.date.today().isoformat()
+    _stage("nightly", nightly.main, ["--root", root, "--candidates", candidates, "--date", date, "--force", "true"])
+    _stage("gallery", gallery.main, ["--root", root, "--date", date, "--n", "50"])
     _stage("evaluate", evaluate.main, ["--root", root, "--stage", "all"])
 
-    store = Store.open(root)
     latest = store.read_json("models/clip/_LATEST.json")
     print(f"\nROOT: {store.uri()}\n  tables:     {store.uri('tables')}\n  CLIP:       {latest['uri']}"
           f"\n  embeddings: {store.uri('embeddings', latest['encoder_id'])}"
           f"\n  DPP:        {store.read_json('models/dpp/_LATEST.json')['models']['img+text']}"
           f"\n  Φ:          {store.read_json('models/alignment/_LATEST.json')['uri']}"
           f"\n  PC²L:       {store.read_json('models/pc2l/_LATEST.json')['models']['pc2l']}"
+          f"\n  showcases:  {store.uri('showcases', f'dt={date}')} (LATEST: {store.read_json('showcases/LATEST')['date']})"
+          f"\n  gallery:    {store.uri('reports', 'gallery', date, 'index.html')}"
           f"\n  reports:    {store.uri('reports')}")
     return 0
 

@@ -127,13 +127,7 @@ def dataset_markdown(table: dict) -> str:
 
 def diversity_plots(table: dict) -> dict[str, bytes]:
     """One histogram per diversity level: the per-group mean dissimilarity, with the pooled mean marked."""
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     titles = {"intra_business": "Intra-Business (per business)", "inter_user": "Inter-User (per business)",
               "intra_user": "Intra-User (per user and business)"}
     out = {}
@@ -143,11 +137,7 @@ def diversity_plots(table: dict) -> dict[str, bytes]:
         ax.axvline(table["diversity"][level]["div"], color="#c44e52", label="pooled mean (eq. 14-16)")
         ax.set(title=f"Visual diversity: {titles[level]}", xlabel="mean 1 - cos over photo pairs", ylabel="groups")
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png")
-        plt.close(fig)
-        out[f"diversity-{level.replace('_', '-')}.png"] = buf.getvalue()
+        out[f"diversity-{level.replace('_', '-')}.png"] = _png(fig)
     return out
 
 
@@ -284,47 +274,49 @@ def generation_markdown(table: dict) -> str:
     return "\n".join(lines)
 
 
-def generation_plots(table: dict) -> dict[str, bytes]:
-    """Figure 6: (a) length distributions of generated vs ground-truth texts, (b) keyword coverage."""
-    import io
-
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _png(fig) -> bytes:
+    import io
+
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    _pyplot().close(fig)
+    return buf.getvalue()
+
+
+def _grouped_bars(ax, series: dict[str, list[float]], labels: list[str]) -> None:
     import numpy as np
 
-    out = {}
-    fig, ax = plt.subplots(figsize=(6, 3.4), dpi=100)
-    names = list(table["lengths"])
-    bins = list(next(iter(table["lengths"].values())))
-    width = 0.8 / len(names)
-    for i, name in enumerate(names):
-        counts = np.array([table["lengths"][name][b] for b in bins], float)
-        ax.bar(np.arange(len(bins)) + i * width, counts / max(counts.sum(), 1), width, label=name)
-    ax.set(xticks=np.arange(len(bins)) + 0.4 - width / 2, xticklabels=bins, xlabel="words", ylabel="share of texts",
-           title="Length distribution (Figure 6a)")
+    width = 0.8 / len(series)
+    for i, (name, values) in enumerate(series.items()):
+        ax.bar(np.arange(len(labels)) + i * width, values, width, label=name)
+    ax.set(xticks=np.arange(len(labels)) + 0.4 - width / 2, xticklabels=labels)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    out["lengths.png"] = buf.getvalue()
-    fig, ax = plt.subplots(figsize=(5, 3.4), dpi=100)
-    models = list(table["keyword_coverage"])
+
+
+def generation_plots(table: dict) -> dict[str, bytes]:
+    """Figure 6: (a) length distributions of generated vs ground-truth texts, (b) keyword coverage."""
+    plt = _pyplot()
+    bins = list(next(iter(table["lengths"].values())))
+    shares = {name: [counts[b] / max(sum(counts.values()), 1) for b in bins] for name, counts in table["lengths"].items()}
+    fig, ax = plt.subplots(figsize=(6, 3.4), dpi=100)
+    _grouped_bars(ax, shares, bins)
+    ax.set(xlabel="words", ylabel="share of texts", title="Length distribution (Figure 6a)")
+    out = {"lengths.png": _png(fig)}
     kinds = list(next(iter(table["keyword_coverage"].values())))
-    width = 0.8 / len(models)
-    for i, name in enumerate(models):
-        ax.bar(np.arange(len(kinds)) + i * width, [100 * table["keyword_coverage"][name][k] for k in kinds], width,
-               label=name)
-    ax.set(xticks=np.arange(len(kinds)) + 0.4 - width / 2, xticklabels=kinds, ylabel="coverage (%)",
-           title="Keyword coverage (Figure 6b)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    out["keyword-coverage.png"] = buf.getvalue()
+    fig, ax = plt.subplots(figsize=(5, 3.4), dpi=100)
+    _grouped_bars(ax, {name: [100 * cov[k] for k in kinds] for name, cov in table["keyword_coverage"].items()}, kinds)
+    ax.set(ylabel="coverage (%)", title="Keyword coverage (Figure 6b)")
+    out["keyword-coverage.png"] = _png(fig)
     return out
 
 

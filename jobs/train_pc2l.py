@@ -26,9 +26,9 @@ DEFAULTS = {
     "encoder": "latest",
     "targets": "sentences",  # the explanation table: sentences (aligned sidecar) or distilled (jobs.distill)
     "variants": "ce,ce+ccl,ce+pcl,pc2l",
-    "epochs": 40,
+    "epochs": 30,
     "batch_size": 32,  # the paper's
-    "lr": 0.0005,  # the paper's 1e-4 is for fine-tuning GPT-2 small; the small default decoder starts from scratch
+    "lr": 0.001,  # the paper's 1e-4 is for fine-tuning GPT-2 small; the small default decoder starts from scratch
     "weight_decay": 0.01,
     "lambda_ccl": 0.2,
     "lambda_pcl": 0.2,

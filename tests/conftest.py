@@ -56,3 +56,26 @@ def world_on_s3(seaweed, world: str, prefix: str) -> str:
     root = f"s3://{bucket}/root"
     assert run("ingest", ingest.main, ["--root", root, "--gest", f"s3://{bucket}/gest/filter_all_t.json"]) == 0
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_embedded(ray_local, tiny_world, tmp_path_factory):
+    """The tiny world ingested and embedded with the (untrained) showcase-tiny CLIP, once per session: (ROOT,
+    encoder_id). Tests that write models or showcases take their own copy with ``copy_root``."""
+    from jobs import embed, ingest
+    from jobs.common import run
+    from showcase_core.encoders.clip import load_encoder
+
+    world, _ = tiny_world
+    root = str(tmp_path_factory.mktemp("tiny-embedded") / "root")
+    assert run("ingest", ingest.main, ["--root", root, "--gest", f"{world}/filter_all_t.json"]) == 0
+    assert run("embed", embed.main, ["--root", root, "--clip-model", "showcase-tiny"]) == 0
+    return root, load_encoder(model="showcase-tiny").encoder_id
+
+
+def copy_root(template: str, tmp_path_factory, name: str) -> str:
+    import shutil
+
+    root = str(tmp_path_factory.mktemp(name) / "root")
+    shutil.copytree(template, root)
+    return root

@@ -90,19 +90,31 @@ class PC2L(nn.Module):
 
     def forward(self, batch: dict) -> dict:
         """The pieces every loss needs: CE (from the decoder), and the projected, pooled H̃^V, H̃^R, H̃^Y (and H̃^Y of
-        the entity-swapped targets when the batch has them)."""
+        the entity-swapped targets when the batch has them: decoded in the same decoder call, as a second half)."""
         memory, memory_mask = self.encode(batch["photos"], batch["photo_mask"], batch["history"], batch["history_mask"])
-        n_photos = batch["photos"].shape[1]
-        out = self.decode_hidden(memory, memory_mask, batch["input_ids"], batch["attention_mask"], batch["labels"])
+        n_photos, b = batch["photos"].shape[1], batch["photos"].shape[0]
+        ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+        swapped = "swapped_ids" in batch
+        if swapped:  # one decoder call over [Y; Y_ent]; only Y's tokens are labelled
+            width = max(ids.shape[1], batch["swapped_ids"].shape[1])
+            pad = lambda x, value: nn.functional.pad(x, (0, width - x.shape[1]), value=value)  # noqa: E731
+            ids = torch.cat([pad(ids, self.config["pad_token_id"]),
+                             pad(batch["swapped_ids"], self.config["pad_token_id"])])
+            mask = torch.cat([pad(mask, 0), pad(batch["swapped_mask"], 0)])
+            labels = torch.cat([pad(labels, -100), torch.full_like(pad(labels, -100), -100)])
+            memory_all, memory_mask_all = torch.cat([memory, memory]), torch.cat([memory_mask, memory_mask])
+        else:
+            memory_all, memory_mask_all = memory, memory_mask
+        out = self.decode_hidden(memory_all, memory_mask_all, ids, mask, labels)
+        pooled = self.phi_y(masked_mean(out.hidden_states[-1], mask.bool()))
         result = {
             "ce": out.loss,
             "photo": self.phi_v(masked_mean(memory[:, :n_photos], batch["photo_mask"])),
             "history": self.phi_r(masked_mean(memory[:, n_photos:], batch["history_mask"])),
-            "target": self.phi_y(masked_mean(out.hidden_states[-1], batch["attention_mask"].bool())),
+            "target": pooled[:b],
         }
-        if "swapped_ids" in batch:
-            swapped = self.decode_hidden(memory, memory_mask, batch["swapped_ids"], batch["swapped_mask"])
-            result["swapped"] = self.phi_y(masked_mean(swapped.hidden_states[-1], batch["swapped_mask"].bool()))
+        if swapped:
+            result["swapped"] = pooled[b:]
         return result
 
 

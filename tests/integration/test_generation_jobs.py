@@ -6,14 +6,14 @@ import json
 import pyarrow.fs as pafs
 import pytest
 
-from jobs import distill, embed, evaluate, ingest, train_dpp, train_pc2l
+from jobs import distill, embed, evaluate, train_dpp, train_pc2l
 from jobs.common import run
 from showcase_core.data import schema
 from showcase_core.encoders.clip import load_encoder
 from showcase_core.generation.decode import generate
 from showcase_core.generation.model import load_pc2l
 from showcase_core.store import Store, filesystem_for, read_text
-from tests.conftest import world_on_s3
+from tests.conftest import copy_root, world_on_s3
 
 SMALL_MODEL = ["--d-model", "32", "--heads", "2", "--encoder-layers", "1", "--decoder-layers", "1", "--vocab-size",
                "400", "--batch-size", "16", "--cpus-per-worker", "1"]
@@ -26,12 +26,9 @@ def _reports(store: Store, stage: str) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def embedded_root(ray_local, tiny_world, tmp_path_factory):
-    world, _ = tiny_world
-    root = str(tmp_path_factory.mktemp("gen") / "root")
-    assert run("ingest", ingest.main, ["--root", root, "--gest", f"{world}/filter_all_t.json"]) == 0
-    assert run("embed", embed.main, ["--root", root, "--clip-model", "showcase-tiny"]) == 0
-    return root, load_encoder(model="showcase-tiny").encoder_id
+def embedded_root(tiny_embedded, tmp_path_factory):
+    template, encoder_id = tiny_embedded
+    return copy_root(template, tmp_path_factory, "gen"), encoder_id
 
 
 def test_distill_trains_phi_and_extracts_explanations(embedded_root, tmp_path):

@@ -12,14 +12,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from jobs import embed, ingest, nightly, train_dpp, train_pc2l
+from jobs import embed, nightly, train_dpp, train_pc2l
 from jobs.common import run
 from showcase_core import read_showcases
 from showcase_core.data.schema import SHOWCASES
 from showcase_core.encoders.clip import load_encoder
 from showcase_core.showcase import read_manifest
 from showcase_core.store import Store
-from tests.conftest import world_on_s3
+from tests.conftest import copy_root, world_on_s3
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SMALL_PC2L = ["--variants", "pc2l", "--epochs", "1", "--d-model", "32", "--heads", "2", "--encoder-layers", "1",
@@ -34,13 +34,41 @@ def train_models(root: str, encoder_id: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def trained_root(ray_local, tiny_world, tmp_path_factory):
+def trained_root(tiny_embedded, tmp_path_factory):
+    template, encoder_id = tiny_embedded
+    root = copy_root(template, tmp_path_factory, "nightly")
+    train_models(root, encoder_id)
+    return root
+
+
+@pytest.fixture(scope="module")
+def s3_trained_root(seaweed, ray_local, tiny_world):
     world, _ = tiny_world
-    root = str(tmp_path_factory.mktemp("nightly") / "root")
-    assert run("ingest", ingest.main, ["--root", root, "--gest", f"{world}/filter_all_t.json"]) == 0
+    root = world_on_s3(seaweed, world, "nightly")
     assert run("embed", embed.main, ["--root", root, "--clip-model", "showcase-tiny"]) == 0
     train_models(root, load_encoder(model="showcase-tiny").encoder_id)
     return root
+
+
+@pytest.fixture(params=["local", "s3"])
+def any_root(request):
+    """The trained ROOT on local disk, then on the SeaweedFS S3 server."""
+    return request.getfixturevalue("trained_root" if request.param == "local" else "s3_trained_root")
+
+
+def write_remote_candidates(store: Store, pairs) -> str:
+    """Candidates next to ROOT (local or S3)."""
+    import io
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(pairs, schema=pa.schema([("user_id", pa.string()), ("business_id", pa.string()),
+                                                                 ("score", pa.float64())])), buf)
+    from showcase_core.store import write_bytes_atomic
+    write_bytes_atomic(store.fs, store.path("in", "candidates.parquet"), buf.getvalue())
+    return store.uri("in", "candidates.parquet")
+
+
+def mtime(store: Store, path: str):
+    return store.fs.get_file_info(path).mtime_ns
 
 
 def candidate_pairs(root: str, cross: int = 0) -> tuple[list[dict], list[tuple], dict]:
@@ -121,13 +149,14 @@ def _wait_for_parts(store, run_dir, n, proc, deadline):
     return False
 
 
-def test_a_killed_worker_still_yields_every_pair_once(trained_root, tmp_path):
+def test_a_killed_worker_still_yields_every_pair_once(any_root):
+    trained_root = any_root
+    store = Store.open(trained_root)
     pairs, _, _ = candidate_pairs(trained_root, cross=4)
-    candidates = write_candidates(tmp_path / "c.parquet", pairs)
+    candidates = write_remote_candidates(store, pairs)
     proc = subprocess.Popen([sys.executable, "-m", "jobs.nightly", "--root", trained_root, "--candidates", candidates,
                              "--date", "2026-11-22", "--run-id", "kill-worker", "--pairs-per-part", "8",
                              "--batch-size", "4"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    store = Store.open(trained_root)
     killed = None
     if _wait_for_parts(store, "showcases/dt=2026-11-22/run=kill-worker", 2, proc, time.monotonic() + 240):
         for p in psutil.process_iter(["pid", "cmdline"]):
@@ -145,15 +174,16 @@ def test_a_killed_worker_still_yields_every_pair_once(trained_root, tmp_path):
     assert len(keys) == len(set(keys)) and set(keys) == expected
 
 
-def test_a_killed_driver_resumes_without_recomputing_finished_parts(trained_root, ray_local, tmp_path):
+def test_a_killed_driver_resumes_without_recomputing_finished_parts(any_root, ray_local):
+    trained_root = any_root
+    store = Store.open(trained_root)
     pairs, _, _ = candidate_pairs(trained_root, cross=4)
-    candidates = write_candidates(tmp_path / "c.parquet", pairs)
+    candidates = write_remote_candidates(store, pairs)
     args = ["--root", trained_root, "--candidates", candidates, "--date", "2026-11-23", "--run-id", "kill-driver",
             "--pairs-per-part", "8", "--batch-size", "4"]
     env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}  # the cluster outlives the driver
     proc = subprocess.Popen([sys.executable, "-m", "jobs.nightly", *args], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    store = Store.open(trained_root)
     run_dir = "showcases/dt=2026-11-23/run=kill-driver"
     reached = _wait_for_parts(store, run_dir, 2, proc, time.monotonic() + 240)
     proc.send_signal(signal.SIGKILL)
@@ -161,22 +191,19 @@ def test_a_killed_driver_resumes_without_recomputing_finished_parts(trained_root
     assert reached, "the driver finished or failed before two parts were written:\n" + out[-3000:]
     assert not store.exists("showcases/dt=2026-11-23/_MANIFEST.json")  # nothing published by the killed run
     time.sleep(1.0)
-    finished = {i: os.stat(p).st_mtime_ns for i, p in nightly.list_run_parts(store, run_dir).items()}
+    finished = {i: mtime(store, p) for i, p in nightly.list_run_parts(store, run_dir).items()}
     assert run("nightly", nightly.main, args) == 0
     report = store.read_json("reports/nightly/kill-driver.json")
     assert report["counts"]["parts_resumed"] >= len(finished) >= 2
     after = nightly.list_run_parts(store, run_dir)
-    assert all(os.stat(after[i]).st_mtime_ns == mtime for i, mtime in finished.items())  # not written again
+    assert all(mtime(store, after[i]) == before for i, before in finished.items())  # not written again
     table = read_showcases(trained_root, date="2026-11-23")
     keys = list(zip(table.column("user_id").to_pylist(), table.column("business_id").to_pylist()))
     assert len(keys) == len(set(keys)) == report["counts"]["showcases"]
 
 
-def test_nightly_with_root_on_s3(seaweed, ray_local, tiny_world, tmp_path):
-    world, _ = tiny_world
-    root = world_on_s3(seaweed, world, "nightly")
-    assert run("embed", embed.main, ["--root", root, "--clip-model", "showcase-tiny"]) == 0
-    train_models(root, load_encoder(model="showcase-tiny").encoder_id)
+def test_nightly_with_root_on_s3(seaweed, s3_trained_root):
+    root = s3_trained_root
     pairs, _, _ = candidate_pairs(root)
     bucket = root.split("/")[2]
     with seaweed.filesystem().open_output_stream(f"{bucket}/in/candidates.parquet") as f:

@@ -6,20 +6,17 @@ import os
 import pyarrow.fs as pafs
 import pytest
 
-from jobs import embed, evaluate, ingest, train_dpp
+from jobs import evaluate, train_dpp
 from jobs.common import run
-from showcase_core.encoders.clip import load_encoder
 from showcase_core.selection.kernel import load_dpp
 from showcase_core.store import Store
+from tests.conftest import copy_root
 
 
 @pytest.fixture(scope="module")
-def embedded_root(ray_local, tiny_world, tmp_path_factory):
-    world, _ = tiny_world
-    root = str(tmp_path_factory.mktemp("sel") / "root")
-    assert run("ingest", ingest.main, ["--root", root, "--gest", f"{world}/filter_all_t.json"]) == 0
-    assert run("embed", embed.main, ["--root", root, "--clip-model", "showcase-tiny"]) == 0
-    return root, load_encoder(model="showcase-tiny").encoder_id
+def embedded_root(tiny_embedded, tmp_path_factory):
+    template, encoder_id = tiny_embedded
+    return copy_root(template, tmp_path_factory, "sel"), encoder_id
 
 
 def latest_report(store: Store, stage: str) -> dict:
