@@ -15,6 +15,7 @@ STAGES = {
     "train_pc2l": "train the PC²L explanation generator and its ablations (Ray Train, DeepSpeed optional)",
     "evaluate": "evaluation reports: dataset (Table 1, visual diversity), selection (Table 3), generation (Table 2/4)",
     "nightly": "showcases for every candidate pair of a date, published atomically under ROOT/showcases",
+    "serve": "a Ray Serve HTTP endpoint for fresh showcases (and the LATEST date's precomputed ones)",
     "gallery": "a static HTML page of a date's showcases (photos + explanations)",
     "demo": "the embedded default end to end on a synthetic world",
 }

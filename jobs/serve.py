@@ -1,0 +1,350 @@
+"""Fresh showcases over HTTP: ``python -m jobs.serve --root ROOT [--config cluster/configs/serve.yaml] [--port 8000]``.
+
+A Ray Serve application (deployment ``Showcases``, FastAPI ingress) over the same assembly code as the nightly job:
+
+  POST /v1/showcases                       {"user_id", "business_id"} -> one showcase, or {"pairs": [...]} (at most
+                                           ``max_pairs``) -> {"showcases": [...]} in the order given; always computed
+                                           now ("source": "fresh")
+  GET  /v1/showcases/{user_id}/{business_id}   the row the date LATEST names ("source": "precomputed", "date"), else
+                                           computed now ("source": "fresh")
+  GET  /healthz                            200 with the models, the LATEST date, this replica's settings and how its
+                                           assemble calls went (calls, requests, pairs, largest batch, seconds)
+
+Rows have the SHOWCASES fields (showcase_core.data.schema). A mistake in the request is a 4xx with a JSON body
+``{"error": "...", "field": ...}``: malformed JSON 400; a body that is not JSON (Content-Type) 415; missing, extra or
+wrong-typed fields and ids over 256 characters 422; a pair that cannot get a showcase 404 with check_pairs' reason code
+(``reason``: ``unknown_user``, ``unknown_business``, ``no_photos``; every failing pair is under ``errors``; a pair
+repeated in one request is 422 ``duplicate_pair``), and a list is answered all or nothing; more than ``max_pairs``
+pairs (or a body too large to hold them) 413. Unknown routes and methods get 404/405 in the same shape.
+
+Each replica loads the models once (its constructor), with the lookups of ``build_context``. Concurrent requests are
+batched: ``@serve.batch`` collects up to ``max_batch_size`` requests (each a list of pairs) for at most
+``batch_wait_timeout_s`` and ``ShowcaseAssembler.assemble`` runs once for all their pairs; ``--batching false``
+assembles each request on its own (one at a time), for comparison. The models are the ones ``models/*/_LATEST.json``
+name when the app is built, so every replica of a deployment serves the same ones; redeploy to pick up new ones.
+
+Precomputed rows: the LATEST date is read once, at replica start, into an Arrow table plus a dict (user_id,
+business_id) -> row. That makes a GET of a published pair a dict lookup, at the price of memory in every replica:
+the Arrow rows (URIs and the explanation: several hundred bytes each) and about 300 bytes of dict entry per pair,
+roughly 1 GB per replica for a million pairs. For much larger dates serve them from a key-value store instead
+(``--precomputed false`` turns the lookup off). A date published later is seen by replicas started after it (a redeploy
+or a restart).
+
+Autoscaling (min_replicas, max_replicas, target_ongoing_requests), max_ongoing_requests and the resources of a
+replica come from the config (cluster/configs/serve.yaml; a RayService's serveConfigV2 overrides them there).
+``build_app(args)`` is the entry for ``serve run jobs.serve:build_app root=... config=...`` and the RayService.
+"""
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+import time
+from typing import Annotated
+
+from fastapi import FastAPI, Path, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from ray import serve
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from showcase_core.store import Store, StoreError, new_run_id, utc_now
+
+from .common import UserError, parse_args, run, start_ray
+from .nightly import DEFAULTS as NIGHTLY_DEFAULTS
+from .nightly import resolve_models
+
+APP_NAME = "showcases"
+DEPLOYMENT = "Showcases"
+MAX_ID_CHARS = 256
+DEFAULTS = {
+    "root": None,
+    "host": "127.0.0.1",  # where `python -m jobs.serve` binds the HTTP proxy (a RayService sets its own)
+    "port": 8000,
+    **{key: NIGHTLY_DEFAULTS[key] for key in ("dpp_modality", "generator_variant", "k", "beams")},
+    "max_pairs": 32,  # pairs per POST
+    "batching": True,  # false: each request assembles on its own (for comparison)
+    "max_batch_size": 16,  # requests per assemble call
+    "batch_wait_timeout_s": 0.01,  # how long the first request of a batch waits for more
+    "precomputed": True,  # GET answers from the LATEST date's rows when it has the pair
+    "min_replicas": 1,
+    "max_replicas": 1,
+    "target_ongoing_requests": 4.0,  # requests in flight per replica the autoscaler aims for
+    "max_ongoing_requests": 16,  # requests a replica takes at once (the batch queue included)
+    "num_cpus": 1.0,  # per replica
+    "num_gpus": 0.0,  # per replica; the models run on CUDA when > 0
+}
+REPLICA_SETTINGS = ("k", "beams", "max_pairs", "batching", "max_batch_size", "batch_wait_timeout_s", "precomputed",
+                    "num_cpus", "num_gpus")  # what a replica needs (scaling settings change without a restart)
+
+
+# -- settings -------------------------------------------------------------------------------------------------------
+
+def settings(argv: list[str]) -> dict:
+    cfg = parse_args("serve", DEFAULTS, argv)
+    positive = ("k", "beams", "max_pairs", "max_batch_size", "max_replicas", "max_ongoing_requests")
+    bad = [key for key in positive if cfg[key] < 1]
+    if bad:
+        raise UserError(f"--{bad[0].replace('_', '-')} must be >= 1, got {cfg[bad[0]]}")
+    if not 0 <= cfg["min_replicas"] <= cfg["max_replicas"]:
+        raise UserError(f"need 0 <= --min-replicas <= --max-replicas, got {cfg['min_replicas']} and {cfg['max_replicas']}")
+    if cfg["target_ongoing_requests"] <= 0 or cfg["batch_wait_timeout_s"] < 0 or cfg["num_cpus"] < 0 \
+            or cfg["num_gpus"] < 0:
+        raise UserError("--target-ongoing-requests must be > 0; --batch-wait-timeout-s, --num-cpus, --num-gpus >= 0")
+    if not 0 < cfg["port"] < 65536:
+        raise UserError(f"--port must be 1..65535, got {cfg['port']}")
+    return cfg
+
+
+def open_root(root: str) -> Store:
+    """ROOT for reading (a serving role may not write there), checked with one line when it is unreachable."""
+    try:
+        store = Store.open(root, fail_fast=True)
+        info = store.fs.get_file_info(store.base)
+    except StoreError as e:
+        raise UserError(str(e)) from None
+    except Exception as e:  # pyarrow raises OSError subclasses with long AWS messages
+        raise UserError(f"ROOT {root} is not readable: {str(e).splitlines()[0][:200]}") from None
+    if info.type.name == "NotFound" and not root.startswith("s3://"):  # S3 has no directories to find
+        raise UserError(f"ROOT {root} does not exist")
+    return Store.open(root)
+
+
+def deployment_options(cfg: dict) -> dict:
+    return {"name": DEPLOYMENT, "max_ongoing_requests": cfg["max_ongoing_requests"],
+            "autoscaling_config": {"min_replicas": cfg["min_replicas"], "max_replicas": cfg["max_replicas"],
+                                   "target_ongoing_requests": cfg["target_ongoing_requests"]},
+            "ray_actor_options": {"num_cpus": cfg["num_cpus"], "num_gpus": cfg["num_gpus"]}}
+
+
+def app_for(cfg: dict):
+    """The bound application for settings: models resolved (and checked) now, loaded by each replica."""
+    store = open_root(cfg["root"])
+    models = resolve_models(store, cfg)
+    return Showcases.options(**deployment_options(cfg)).bind(store.root, models,
+                                                             {key: cfg[key] for key in REPLICA_SETTINGS})
+
+
+def build_app(args: dict):
+    """``serve run jobs.serve:build_app root=ROOT config=FILE [key=value ...]`` and the RayService's import path."""
+    return app_for(settings([f"--{key}={value}" for key, value in args.items()]))
+
+
+# -- the HTTP API ---------------------------------------------------------------------------------------------------
+
+Id = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_CHARS)]
+
+
+class Pair(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    user_id: Id
+    business_id: Id
+
+
+class ShowcaseRequest(BaseModel):
+    """One pair (user_id, business_id) or a list of them (pairs)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    user_id: Id | None = None
+    business_id: Id | None = None
+    pairs: list[Pair] | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def one_form(self):
+        single = self.user_id is not None or self.business_id is not None
+        if single and self.pairs is not None:
+            raise ValueError("give either user_id and business_id, or pairs, not both")
+        if self.pairs is None and (self.user_id is None or self.business_id is None):
+            raise ValueError("give user_id and business_id, or pairs: [{user_id, business_id}, ...]")
+        return self
+
+
+def error(status: int, message: str, field: str | None = None, **extra) -> JSONResponse:
+    return JSONResponse({"error": message, "field": field, **extra}, status_code=status)
+
+
+def field_name(loc) -> str | None:
+    """("body", "pairs", 3, "user_id") -> "pairs[3].user_id"; None for the body as a whole."""
+    out = ""
+    for part in loc:
+        if part in ("body", "path", "query") and not out:
+            continue
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or None
+
+
+app = FastAPI(title="Personalized showcases", version="1")
+
+
+@app.exception_handler(RequestValidationError)
+async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = exc.errors()
+    kind = request.headers.get("content-type", "")
+    if request.method == "POST" and kind and "json" not in kind.lower():  # FastAPI reads only JSON bodies
+        return error(415, f"the body must be JSON (Content-Type: application/json), got Content-Type {kind[:100]!r}")
+    if any(e.get("type") == "json_invalid" for e in errors):
+        detail = next(e for e in errors if e.get("type") == "json_invalid").get("ctx", {}).get("error", "")
+        return error(400, f"malformed JSON: {detail}".rstrip(": "))
+    listed = [{"field": field_name(e.get("loc", ())), "error": str(e.get("msg", "invalid")), "type": e.get("type")}
+              for e in errors]
+    first = listed[0] if listed else {"field": None, "error": "invalid request"}
+    return error(422, f"{first['field'] or 'body'}: {first['error']}", first["field"], errors=listed)
+
+
+@app.exception_handler(StarletteHTTPException)
+async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:  # unknown route, wrong method
+    return error(exc.status_code, str(exc.detail))
+
+
+@app.middleware("http")
+async def limit_body(request: Request, call_next):
+    limit = getattr(request.app.state, "max_body_bytes", 0)
+    length = request.headers.get("content-length", "")
+    if limit and length.isdigit() and int(length) > limit:
+        return error(413, f"request body of {int(length):,} bytes is over the limit of {limit:,}", "pairs")
+    return await call_next(request)
+
+
+NOT_FOUND = {"unknown_user": "user_id", "unknown_business": "business_id", "no_photos": "business_id"}
+
+
+@serve.deployment(name=DEPLOYMENT)
+@serve.ingress(app)
+class Showcases:
+    def __init__(self, root: str, models: dict, options: dict):
+        import torch
+
+        from showcase_core.data.schema import SHOWCASES
+        from showcase_core.showcase import ShowcaseAssembler, build_context, latest_date, read_showcases
+
+        self.models, self.options = models, options
+        self.max_pairs, self.batching = options["max_pairs"], options["batching"]
+        device = "cuda" if options["num_gpus"] > 0 and torch.cuda.is_available() else "cpu"
+        torch.set_num_threads(max(1, int(options["num_cpus"])))
+        store = Store.open(root)
+        self.context = build_context(store, models["encoder_id"])
+        self.assembler = ShowcaseAssembler(self.context, models["dpp"], models["generator"], options["k"],
+                                           options["beams"], device)
+        self.run_id = f"serve-{new_run_id()}"
+        self.date, self.rows, self.row_of = None, SHOWCASES.empty_table(), {}
+        if options["precomputed"]:
+            try:
+                self.date = latest_date(store)
+            except StoreError:  # nothing published yet: every GET is fresh
+                pass
+        if self.date:
+            self.rows = read_showcases(root, self.date)
+            keys = zip(self.rows.column("user_id").to_pylist(), self.rows.column("business_id").to_pylist())
+            self.row_of = {key: i for i, key in enumerate(keys)}
+        self._assemble_batch.set_max_batch_size(options["max_batch_size"])
+        self._assemble_batch.set_batch_wait_timeout_s(options["batch_wait_timeout_s"])
+        self._alone = asyncio.Lock()
+        self.assembled = {"calls": 0, "requests": 0, "pairs": 0, "largest_batch": 0, "seconds": 0.0}  # for /healthz
+        app.state.max_body_bytes = 4096 + self.max_pairs * (2 * MAX_ID_CHARS * 4 + 64)  # ids of 4-byte characters
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)  # set from the settings in __init__
+    async def _assemble_batch(self, requests: list[list[dict]]) -> list[list[dict]]:
+        """Concurrent requests' pairs (one list per request) -> their rows, with one assemble call for all."""
+        rows = await self._assemble([p for request in requests for p in request], len(requests))
+        out, start = [], 0
+        for request in requests:
+            out.append(rows[start:start + len(request)])
+            start += len(request)
+        return out
+
+    async def _assemble_alone(self, pairs: list[dict]) -> list[dict]:
+        async with self._alone:  # one assembly at a time, as the batched path runs one batch at a time
+            return await self._assemble(pairs, 1)
+
+    async def _assemble(self, pairs: list[dict], requests: int) -> list[dict]:
+        started = time.perf_counter()
+        rows = await asyncio.to_thread(self.assembler.assemble, pairs, self.run_id, utc_now())  # the loop stays free
+        stats = self.assembled
+        stats.update(calls=stats["calls"] + 1, requests=stats["requests"] + requests, pairs=stats["pairs"] + len(pairs),
+                     largest_batch=max(stats["largest_batch"], requests),
+                     seconds=round(stats["seconds"] + time.perf_counter() - started, 3))
+        return rows
+
+    async def fresh(self, pairs: list[dict], where: str = "") -> list[dict] | JSONResponse:
+        """Rows computed now for checked pairs, or the 4xx for the pairs that cannot get one (all or nothing)."""
+        from showcase_core.showcase import check_pairs
+
+        good, bad = check_pairs(pairs, self.context)
+        if bad:
+            kept = {id(p) for p in good}  # check_pairs keeps the given dicts, in order
+            failed = [i for i, p in enumerate(pairs) if id(p) not in kept]
+            listed = [{**row, "field": f"{where}[{i}]" if where else None} for i, row in zip(failed, bad)]
+            for row in listed:
+                if row["reason"] in NOT_FOUND:
+                    row["field"] = f"{row['field']}.{NOT_FOUND[row['reason']]}" if row["field"] else \
+                        NOT_FOUND[row["reason"]]
+            status = 404 if all(row["reason"] in NOT_FOUND for row in listed) else 422  # else a repeated pair
+            first = next(row for row in listed if status == 404 or row["reason"] not in NOT_FOUND)
+            return error(status, f"{first['reason']}: {first['detail']} (user_id {first['user_id']!r}, business_id "
+                         f"{first['business_id']!r})", first["field"], reason=first["reason"], errors=listed)
+        rows = await (self._assemble_batch(good) if self.batching else self._assemble_alone(good))
+        return [{**row, "source": "fresh"} for row in rows]
+
+    @app.post("/v1/showcases")
+    async def create(self, body: ShowcaseRequest):
+        if body.pairs is None:
+            rows = await self.fresh([{"user_id": body.user_id, "business_id": body.business_id}])
+            return rows if isinstance(rows, JSONResponse) else rows[0]
+        if len(body.pairs) > self.max_pairs:
+            return error(413, f"{len(body.pairs)} pairs in one request; at most {self.max_pairs}", "pairs")
+        rows = await self.fresh([p.model_dump() for p in body.pairs], "pairs")
+        return rows if isinstance(rows, JSONResponse) else {"showcases": rows}
+
+    @app.get("/v1/showcases/{user_id}/{business_id}")
+    async def lookup(self, user_id: Annotated[str, Path(max_length=MAX_ID_CHARS)],
+                     business_id: Annotated[str, Path(max_length=MAX_ID_CHARS)]):
+        row = self.row_of.get((user_id, business_id))
+        if row is not None:
+            return {**self.rows.slice(row, 1).to_pylist()[0], "source": "precomputed", "date": self.date}
+        rows = await self.fresh([{"user_id": user_id, "business_id": business_id}])
+        return rows if isinstance(rows, JSONResponse) else rows[0]
+
+    @app.get("/healthz")
+    async def healthz(self):
+        return {"status": "ok", "models": self.models, "latest_date": self.date, "precomputed_rows": len(self.row_of),
+                "replica": serve.get_replica_context().replica_tag, "pid": os.getpid(), "settings": self.options,
+                "assembled": self.assembled}
+
+
+# -- python -m jobs.serve -----------------------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = settings(argv)
+    application = app_for(cfg)  # ROOT and models checked before anything starts
+    if not os.environ.get("RAY_ADDRESS"):  # a local Ray: it cannot grow, so check what the replicas need now
+        import torch
+
+        replicas = max(cfg["min_replicas"], 1)
+        for what, key, have in (("CPU", "num_cpus", os.cpu_count() or 1), ("GPU", "num_gpus", torch.cuda.device_count())):
+            if cfg[key] * replicas > have:
+                raise UserError(f"{replicas} replica(s) x --{key.replace('_', '-')} {cfg[key]:g} need "
+                                f"{cfg[key] * replicas:g} {what}, this machine has {have}")
+        with socket.socket() as s:
+            try:
+                s.bind((cfg["host"], cfg["port"]))
+            except OSError as e:
+                raise UserError(f"cannot listen on {cfg['host']}:{cfg['port']}: {e.strerror}") from None
+    start_ray()
+    serve.start(http_options={"host": cfg["host"], "port": cfg["port"]})
+    serve.run(application, name=APP_NAME, route_prefix="/", blocking=False)  # returns once the replicas are up
+    print(f"[serve] showcases at http://{cfg['host']}:{cfg['port']}/v1/showcases (health: /healthz); Ctrl-C stops",
+          flush=True)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill` and Ctrl-C both stop Serve cleanly
+    try:
+        while True:  # what serve.run(blocking=True) does, with the URL printed once the app answers
+            time.sleep(10)
+    except KeyboardInterrupt:
+        serve.shutdown()
+        print("[serve] stopped", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run("serve", main))

@@ -1,0 +1,344 @@
+"""jobs.serve over real HTTP on 127.0.0.1, in the session's local Ray: health, fresh POSTs (one pair and a list),
+precomputed vs fresh GETs after a nightly publish, every kind of bad input answered with a JSON 4xx, a bounded load
+test (500 requests, 32 in flight) batched and unbatched, and a replica SIGKILLed mid-load."""
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import time
+
+import httpx
+import psutil
+import pytest
+from ray import serve
+
+from jobs import embed, ingest, nightly
+from jobs import serve as serve_job
+from jobs.common import run
+from showcase_core import read_showcases
+from showcase_core.data.schema import SHOWCASES
+from showcase_core.encoders.clip import load_encoder
+from showcase_core.showcase import read_manifest
+from showcase_core.store import Store
+from tests.integration.test_nightly import train_models, write_candidates
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DATE = "2026-11-21"
+NO_PHOTOS = "b-nopix"  # a business whose only photo cannot be decoded: reviewed, but nothing to show
+SETTINGS = {"config": os.path.join(REPO, "cluster", "configs", "serve.yaml"),  # the cluster's, sized for this machine
+            "num_gpus": 0, "num_cpus": 0.5, "min_replicas": 1, "max_replicas": 1, "max_pairs": 4,
+            # one replica takes all 32 requests of the load test: requests beyond replicas x max_ongoing_requests wait
+            # in the proxy, which retries with backoff and serves several times fewer requests/s
+            "max_ongoing_requests": 32, "max_batch_size": 16, "batch_wait_timeout_s": 0.01}
+FIELDS = set(SHOWCASES.names)
+LOAD_REQUESTS, CONCURRENCY = 500, 32
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def root(ray_local, tiny_world, tmp_path_factory):
+    """The tiny world plus one review of NO_PHOTOS, trained small, with two pairs published for DATE."""
+    world = str(tmp_path_factory.mktemp("serve-world") / "world")
+    shutil.copytree(tiny_world[0], world)
+    with open(f"{world}/filter_all_t.json") as f:
+        gest = json.load(f)
+    user = gest["train"][0]["user_id"]
+    gest["test"].insert(0, {"user_id": user, "business_id": NO_PHOTOS, "rating": 4, "review_text": "a photo was lost.",
+                            "history_reviews": [], "pics": ["pbroken0"]})
+    with open(f"{world}/filter_all_t.json", "w") as f:
+        json.dump(gest, f)
+    with open(f"{world}/images/pbroken0.jpg", "wb") as f:
+        f.write(b"\xff\xd8 not a jpeg")  # there, so ingest keeps the review; undecodable, so embed quarantines it
+    root = str(tmp_path_factory.mktemp("serve") / "root")
+    assert run("ingest", ingest.main, ["--root", root, "--gest", f"{world}/filter_all_t.json"]) == 0
+    assert run("embed", embed.main, ["--root", root, "--clip-model", "showcase-tiny"]) == 0
+    train_models(root, load_encoder(model="showcase-tiny").encoder_id)
+    reviews = Store.open(root).read_table("reviews", ["user_id", "business_id"]).to_pylist()
+    published = [{"user_id": r["user_id"], "business_id": r["business_id"], "score": 0.5} for r in reviews[:2]]
+    candidates = write_candidates(tmp_path_factory.mktemp("serve-candidates") / "c.parquet", published)
+    assert run("nightly", nightly.main, ["--root", root, "--candidates", candidates, "--date", DATE]) == 0
+    return root
+
+
+@pytest.fixture(scope="module")
+def pairs(root):
+    """(published pairs, every other pair that can get a showcase)."""
+    store = Store.open(root)
+    reviews = store.read_table("reviews", ["user_id", "business_id"]).to_pylist()
+    users = sorted({r["user_id"] for r in reviews})
+    businesses = sorted({r["business_id"] for r in reviews} - {NO_PHOTOS})
+    published = [(r["user_id"], r["business_id"]) for r in read_showcases(root).to_pylist()]
+    others = [(u, b) for u in users for b in businesses if (u, b) not in published]
+    return published, others
+
+
+@pytest.fixture(scope="module")
+def service(root):
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        serve.run(serve_job.build_app({"root": root, **SETTINGS}), name=serve_job.APP_NAME, route_prefix="/")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        serve.shutdown()
+
+
+def test_healthz(service, root):
+    health = httpx.get(f"{service}/healthz", timeout=30)
+    assert health.status_code == 200, health.text
+    body = health.json()
+    assert body["status"] == "ok" and body["latest_date"] == DATE and body["precomputed_rows"] == 2
+    assert body["models"] == nightly.resolve_models(Store.open(root), nightly.DEFAULTS)
+    assert body["settings"]["batching"] is True and body["settings"]["max_batch_size"] == 16
+
+
+def test_post_one_pair_and_a_list(service, root, pairs):
+    _, others = pairs
+    photos = {}
+    for r in Store.open(root).read_table("images", ["image_id", "business_id"]).to_pylist():
+        photos.setdefault(r["business_id"], set()).add(r["image_id"])
+    user, business = others[0]
+    one = httpx.post(f"{service}/v1/showcases", json={"user_id": user, "business_id": business}, timeout=60)
+    assert one.status_code == 200, one.text
+    row = one.json()
+    assert set(row) == FIELDS | {"source"} and row["source"] == "fresh"
+    assert (row["user_id"], row["business_id"]) == (user, business)
+    assert 1 <= len(row["image_ids"]) <= 3 and set(row["image_ids"]) <= photos[business]
+    assert len(row["image_uris"]) == len(row["image_scores"]) == len(row["image_ids"])
+    assert all(os.path.exists(u) for u in row["image_uris"])
+    assert row["run_id"].startswith("serve-") and isinstance(row["explanation"], str)
+
+    chosen = others[1:5]
+    many = httpx.post(f"{service}/v1/showcases", json={"pairs": [{"user_id": u, "business_id": b} for u, b in chosen]},
+                      timeout=60)
+    assert many.status_code == 200, many.text
+    rows = many.json()["showcases"]
+    assert [(r["user_id"], r["business_id"]) for r in rows] == chosen  # in the order asked
+    assert all(set(r) == FIELDS | {"source"} and r["source"] == "fresh" and r["image_ids"] for r in rows)
+
+
+def test_get_precomputed_else_fresh(service, root, pairs):
+    published, others = pairs
+    manifest = read_manifest(Store.open(root))
+    stored = {(r["user_id"], r["business_id"]): r for r in read_showcases(root).to_pylist()}
+    for user, business in published:
+        got = httpx.get(f"{service}/v1/showcases/{user}/{business}", timeout=60)
+        assert got.status_code == 200, got.text
+        row = got.json()
+        assert row["source"] == "precomputed" and row["date"] == DATE and row["run_id"] == manifest["run_id"]
+        assert {k: row[k] for k in FIELDS} == stored[(user, business)]
+        # a fresh showcase of the same pair picks the same photos: the same models and the same user profile
+        fresh = httpx.post(f"{service}/v1/showcases", json={"user_id": user, "business_id": business}, timeout=60)
+        assert fresh.status_code == 200 and fresh.json()["image_ids"] == row["image_ids"], fresh.text
+    user, business = others[-1]
+    got = httpx.get(f"{service}/v1/showcases/{user}/{business}", timeout=60)
+    assert got.status_code == 200, got.text
+    assert got.json()["source"] == "fresh" and "date" not in got.json() and got.json()["image_ids"]
+
+
+def test_bad_input_gets_a_json_4xx(service, pairs):
+    _, others = pairs
+    user, business = others[0]
+    url = f"{service}/v1/showcases"
+    json_type = {"content-type": "application/json"}
+    pair = {"user_id": user, "business_id": business}
+    long_id = "u" * (serve_job.MAX_ID_CHARS + 1)
+    cases = [  # (what, method, url, request kwargs, status, field, reason)
+        ("malformed JSON", "POST", url, {"content": b'{"user_id": "u",', "headers": json_type}, 400, None, None),
+        ("not UTF-8", "POST", url, {"content": b"\xff\xfe{}", "headers": json_type}, 400, None, None),
+        ("empty body", "POST", url, {"content": b"", "headers": json_type}, 422, None, None),
+        ("not an object", "POST", url, {"json": [pair]}, 422, None, None),
+        ("form-encoded", "POST", url, {"data": pair}, 415, None, None),
+        ("no business_id", "POST", url, {"json": {"user_id": user}}, 422, None, None),
+        ("number id", "POST", url, {"json": {"user_id": user, "business_id": 7}}, 422, "business_id", None),
+        ("null id", "POST", url, {"json": {"user_id": None, "business_id": business}}, 422, None, None),
+        ("empty id", "POST", url, {"json": {"user_id": "", "business_id": business}}, 422, "user_id", None),
+        ("unknown key", "POST", url, {"json": {**pair, "user": user}}, 422, "user", None),
+        ("both forms", "POST", url, {"json": {**pair, "pairs": [pair]}}, 422, None, None),
+        ("empty list", "POST", url, {"json": {"pairs": []}}, 422, "pairs", None),
+        ("pairs not a list", "POST", url, {"json": {"pairs": pair}}, 422, "pairs", None),
+        ("bad pair in list", "POST", url, {"json": {"pairs": [pair, {"user_id": user}]}}, 422, "pairs[1].business_id",
+         None),
+        ("id too long", "POST", url, {"json": {"user_id": long_id, "business_id": business}}, 422, "user_id", None),
+        ("id too long in list", "POST", url, {"json": {"pairs": [pair, {**pair, "business_id": long_id}]}}, 422,
+         "pairs[1].business_id", None),
+        ("id too long in path", "GET", f"{url}/{user}/{long_id}", {}, 422, "business_id", None),
+        ("too many pairs", "POST", url, {"json": {"pairs": [{"user_id": u, "business_id": b} for u, b in others[:5]]}},
+         413, "pairs", None),
+        ("huge body", "POST", url, {"json": {"pairs": [pair] * 5000}}, 413, "pairs", None),
+        ("unknown user", "POST", url, {"json": {"user_id": "u-nobody", "business_id": business}}, 404, "user_id",
+         "unknown_user"),
+        ("unknown business", "POST", url, {"json": {"user_id": user, "business_id": "b-nowhere"}}, 404, "business_id",
+         "unknown_business"),
+        ("no photos", "POST", url, {"json": {"user_id": user, "business_id": NO_PHOTOS}}, 404, "business_id",
+         "no_photos"),
+        ("unknown in list", "POST", url, {"json": {"pairs": [pair, {**pair, "business_id": "b-nowhere"}]}}, 404,
+         "pairs[1].business_id", "unknown_business"),
+        ("repeated pair", "POST", url, {"json": {"pairs": [pair, {"user_id": "u-nobody", "business_id": business},
+                                                           pair]}}, 422, "pairs[2]", "duplicate_pair"),
+        ("unknown user, GET", "GET", f"{url}/u-nobody/{business}", {}, 404, "user_id", "unknown_user"),
+        ("no photos, GET", "GET", f"{url}/{user}/{NO_PHOTOS}", {}, 404, "business_id", "no_photos"),
+        ("longest id allowed", "GET", f"{url}/{'u' * serve_job.MAX_ID_CHARS}/{business}", {}, 404, "user_id",
+         "unknown_user"),
+        ("no such route", "GET", f"{service}/v2/showcases", {}, 404, None, None),
+        ("wrong method", "DELETE", url, {}, 405, None, None),
+    ]
+    with httpx.Client(timeout=60) as client:
+        for what, method, target, kwargs, status, field, reason in cases:
+            response = client.request(method, target, **kwargs)
+            assert response.status_code == status, (what, response.status_code, response.text[:500])
+            assert response.headers["content-type"] == "application/json", (what, response.headers)
+            body = response.json()
+            assert isinstance(body["error"], str) and body["error"] and "field" in body, (what, body)
+            assert body["field"] == field, (what, body)
+            if reason:
+                assert body["reason"] == reason and body["errors"], (what, body)
+        assert client.post(url, json=pair).status_code == 200  # and it still answers
+
+
+async def load(url: str, pairs: list[tuple[str, str]], n: int = LOAD_REQUESTS, concurrency: int = CONCURRENCY,
+               after: tuple[int, object] | None = None) -> dict:
+    """n fresh single-pair POSTs, `concurrency` in flight; `after` = (k, fn): call fn once k answers are in."""
+    latencies, statuses, errors, todo = [], {}, [], list(range(n))
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+        async def worker():
+            while todo:
+                user, business = pairs[todo.pop() % len(pairs)]
+                started = time.perf_counter()
+                try:
+                    response = await client.post(f"{url}/v1/showcases", json={"user_id": user, "business_id": business})
+                    statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
+                    if response.status_code == 200:
+                        assert response.json()["business_id"] == business
+                    else:
+                        errors.append(f"{response.status_code} {response.text[:200]}")
+                except httpx.HTTPError as e:  # a dropped connection is a failure too, never retried here
+                    statuses[type(e).__name__] = statuses.get(type(e).__name__, 0) + 1
+                    errors.append(repr(e)[:200])
+                latencies.append(time.perf_counter() - started)
+                if after and len(latencies) == after[0]:
+                    after[1]()
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        wall = time.perf_counter() - started
+    latencies.sort()
+    return {"statuses": statuses, "errors": errors, "n": len(latencies), "rps": len(latencies) / wall,
+            "p50_ms": 1000 * latencies[len(latencies) // 2], "p95_ms": 1000 * latencies[int(len(latencies) * 0.95)]}
+
+
+def figures(name: str, result: dict) -> str:
+    return (f"[serve] {name}: {result['n']} requests, {CONCURRENCY} in flight: p50 {result['p50_ms']:.0f} ms, "
+            f"p95 {result['p95_ms']:.0f} ms, {result['rps']:.1f} requests/s, statuses {result['statuses']}")
+
+
+def test_load_batched_vs_unbatched(service, root, pairs, capsys):
+    _, others = pairs
+    unbatched = "/unbatched"
+    serve.run(serve_job.build_app({"root": root, **SETTINGS, "batching": False}), name="unbatched",
+              route_prefix=unbatched)
+    try:
+        results = {}
+        for name, url in (("batched", service), ("unbatched", service + unbatched)):
+            asyncio.run(load(url, others, n=CONCURRENCY))  # warm up: first calls into torch are slow
+            before = httpx.get(f"{url}/healthz", timeout=30).json()["assembled"]
+            results[name] = asyncio.run(load(url, others))
+            after = httpx.get(f"{url}/healthz", timeout=30).json()["assembled"]
+            calls, requests = after["calls"] - before["calls"], after["requests"] - before["requests"]
+            results[name]["requests_per_assemble"] = requests / max(calls, 1)
+            busy = (after["seconds"] - before["seconds"]) * results[name]["rps"] / LOAD_REQUESTS  # share of the wall
+            with capsys.disabled():
+                print(f"\n{figures(name, results[name])}; {requests / max(calls, 1):.2f} requests per assemble call "
+                      f"(largest {after['largest_batch']}), assembling {100 * busy:.0f}% of the time", flush=True)
+        for name, result in results.items():
+            assert result["statuses"] == {200: LOAD_REQUESTS}, (name, result["statuses"], result["errors"][:5])
+        assert results["unbatched"]["requests_per_assemble"] == 1
+        assert results["batched"]["requests_per_assemble"] > 1  # 32 in flight on one replica: batches formed
+        ratio = results["batched"]["rps"] / results["unbatched"]["rps"]
+        with capsys.disabled():
+            print(f"[serve] batched / unbatched throughput: {ratio:.2f}x", flush=True)
+    finally:
+        serve.delete("unbatched")
+
+
+def replica_pids(url: str, want: int, deadline: float) -> set[int]:
+    """The pids of the app's replicas, as their /healthz reports them (so only this session's replicas)."""
+    pids: set[int] = set()
+    while len(pids) < want and time.monotonic() < deadline:
+        response = httpx.get(f"{url}/healthz", timeout=30)
+        if response.status_code == 200:
+            pids.add(response.json()["pid"])
+    return pids
+
+
+def running_replicas() -> int:
+    status = serve.status().applications[serve_job.APP_NAME].deployments[serve_job.DEPLOYMENT]
+    return status.replica_states.get("RUNNING", 0)
+
+
+def test_a_killed_replica_recovers(service, root, pairs, capsys):
+    _, others = pairs
+    two = {"root": root, **SETTINGS, "min_replicas": 2, "max_replicas": 2, "max_ongoing_requests": CONCURRENCY // 2}
+    serve.run(serve_job.build_app(two), name=serve_job.APP_NAME, route_prefix="/")  # same replica args: scales up
+    deadline = time.monotonic() + 120
+    while running_replicas() < 2 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    pids = replica_pids(service, 2, deadline)
+    assert len(pids) == 2, pids
+    victim = min(pids)
+    process = psutil.Process(victim)
+    assert f"ServeReplica:{serve_job.APP_NAME}:{serve_job.DEPLOYMENT}" in " ".join(process.cmdline())
+    killed = []
+
+    def kill():
+        os.kill(victim, signal.SIGKILL)
+        killed.append(time.monotonic())
+
+    result = asyncio.run(load(service, others, after=(LOAD_REQUESTS // 4, kill)))
+    with capsys.disabled():
+        print(f"\n{figures('a replica SIGKILLed after 125 answers', result)}; failures: {result['errors'][:3]}",
+              flush=True)
+    assert killed, "the load ended before the replica was killed"
+    assert result["n"] == LOAD_REQUESTS  # the run completed
+    failed = LOAD_REQUESTS - result["statuses"].get(200, 0)
+    # only what was inside the killed replica may fail (at most its max_ongoing_requests), and never as a 4xx
+    assert failed <= two["max_ongoing_requests"], result
+    assert not any(isinstance(s, int) and 400 <= s < 500 for s in result["statuses"]), result
+    # and the deployment heals: two replicas again (one new), and every request answered
+    deadline = time.monotonic() + 120
+    while running_replicas() < 2 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert running_replicas() == 2
+    after = replica_pids(service, 2, deadline)
+    assert victim not in after and len(after) == 2, after
+    again = asyncio.run(load(service, others, n=64))
+    assert again["statuses"] == {200: 64}, again
+
+
+def test_cli_fails_fast_with_one_line(root, tmp_path, capsys):
+    cases = [
+        (["--root", str(tmp_path / "nowhere")], "does not exist"),
+        (["--root", str(tmp_path)], "no trained dpp model"),
+        (["--root", root, "--max-pairs", "0"], "--max-pairs must be >= 1"),
+        (["--root", root, "--batching", "maybe"], "--batching"),
+        (["--root", root, "--min-replicas", "3", "--max-replicas", "2"], "--min-replicas"),
+        (["--root", root, "--generator-variant", "gpt5"], "no 'gpt5' variant"),
+        (["--root", root, "--num-cpus", "999"], "CPU"),
+    ]
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        cases.append((["--root", root, "--num-cpus", "0.5", "--port", str(busy.getsockname()[1])], "cannot listen"))
+        for argv, words in cases:
+            assert run("serve", serve_job.main, argv) == 2, argv
+            err = capsys.readouterr().err.strip().splitlines()
+            assert len(err) == 1 and words in err[0], (argv, err)
