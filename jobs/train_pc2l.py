@@ -34,6 +34,7 @@ DEFAULTS = {
     "lambda_pcl": 0.2,
     "alpha": math.e,
     "tau": 0.1,
+    "contrastive_warmup": 0,  # epochs over which λ1, λ2 ramp up linearly from 0 (0 = the paper: full weight from the start)
     "d_model": 128,
     "heads": 4,
     "encoder_layers": 3,
@@ -97,8 +98,10 @@ def train_loop(config: dict) -> None:
     for epoch in range(state["epoch"] + 1, config["epochs"]):
         t0 = time.monotonic()
         trained.model.train()
+        ramp = min(1.0, epoch / config["contrastive_warmup"]) if config["contrastive_warmup"] else 1.0
+        weights = tuple(ramp * w for w in config["weights"])
         metrics = train_epoch(trained.model, step, train, train_ids, swapped_ids, tokenizer, config["batch_size"],
-                              epoch, config["seed"], tuple(config["weights"]), config["tau"], config["alpha"], device)
+                              epoch, config["seed"], weights, config["tau"], config["alpha"], device)
         metrics = {"epoch": epoch, **metrics, "seconds": round(time.monotonic() - t0, 3), "examples": len(train)}
         last = epoch == config["epochs"] - 1
         if rank == 0 and len(val):
@@ -175,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     for variant in variants:
         run_name = f"{cfg['run_name'] or 'train_pc2l-' + run_id}-{variant.replace('+', '_')}"
         loop_config = {k: cfg[k] for k in ("epochs", "batch_size", "lr", "weight_decay", "tau", "alpha", "eval_every",
-                                           "eval_examples", "seed")}
+                                           "eval_examples", "seed", "contrastive_warmup")}
         loop_config.update(root=store.root, encoder_id=encoder_id, targets=cfg["targets"], variant=variant,
                            weights=loss_weights(variant, cfg["lambda_ccl"], cfg["lambda_pcl"]), model=model_config,
                            tokenizer_json=tokenizer_json(tokenizer), train_ids=train_ids, val_ids=val_ids,

@@ -268,8 +268,9 @@ def test_gpu_groups_can_hold_what_each_job_asks_for():
         stage, options = stage_of(spec["entrypoint"])
         settings = load(os.path.join(REPO, options["--config"]))
         gpus = sum(g["maxReplicas"] * gpus_of(g) for g in spec["rayClusterSpec"]["workerGroupSpecs"])
-        if settings.get("use_gpu"):
-            assert settings["num_workers"] <= gpus, f"{name}: {settings['num_workers']} GPU workers, {gpus} GPUs"
+        if settings.get("use_gpu"):  # Ray Train workers (train_*) or model actors (embed, distill, nightly), 1 GPU each
+            asked = settings["num_workers"] if "num_workers" in settings else settings["actors"]
+            assert 1 <= asked <= gpus, f"{name}: {asked} GPU workers or actors, {gpus} GPUs"
     [(name, service)] = of_kind("RayService")
     serve = load(os.path.join(CLUSTER, "configs", "serve.yaml"))
     [app] = yaml.safe_load(service["spec"]["serveConfigV2"])["applications"]
