@@ -3,8 +3,8 @@
     .venv/bin/python tests/perf/nightly.py [--workdir DIR] [--sizes 10000,100000] [--naive-pairs 200]
 
 1. Makes (or reuses) the large world in --workdir, ingests it, embeds photos and texts with ``showcase-tiny`` and
-   trains a DPP (img+text) and a PC²L generator (default size) for one epoch each: the models' quality does not
-   matter here, their cost does.
+   trains a DPP (img+text) and a small PC²L generator (d 64, 2 decoder layers) for one epoch each: the models'
+   quality does not matter here, and both sides of the comparison use the same ones.
 2. Naive loop: the same context and models in this process, ``ShowcaseAssembler.assemble([pair])`` one pair at a
    time over --naive-pairs random pairs: pairs/s.
 3. Job: ``python -m jobs.nightly`` over N distinct random (user, business) pairs for each N in --sizes, timed from
@@ -53,8 +53,10 @@ def trained_root(workdir: str) -> tuple[str, str]:
         job("jobs.train_dpp", "--root", root, "--encoder", encoder_id, "--epochs", "1", "--modalities", "img+text",
             "--batch-size", "256")
     if not store.exists("models/pc2l/_LATEST.json"):
+        # a small generator (the large world has ~90k training reviews): the job and the naive loop share it
         job("jobs.train_pc2l", "--root", root, "--encoder", encoder_id, "--epochs", "1", "--variants", "pc2l",
-            "--eval-every", "100")
+            "--eval-every", "100", "--d-model", "64", "--heads", "2", "--encoder-layers", "1", "--decoder-layers", "2",
+            "--batch-size", "64")
     return root, encoder_id
 
 
