@@ -3,8 +3,8 @@
     .venv/bin/python tests/perf/nightly.py [--workdir DIR] [--sizes 10000,100000] [--naive-pairs 200]
 
 1. Makes (or reuses) the large world in --workdir, ingests it, embeds photos and texts with ``showcase-tiny`` and
-   trains a DPP (img+text) and a small PC²L generator (d 64, 2 decoder layers) for one epoch each: the models'
-   quality does not matter here, and both sides of the comparison use the same ones.
+   trains a DPP (img+text) for one epoch and a default-size PC²L generator for two epochs on the mini world (same
+   showcase-tiny features): the models' quality does not matter here, and both sides of the comparison use them.
 2. Naive loop: the same context and models in this process, ``ShowcaseAssembler.assemble([pair])`` one pair at a
    time over --naive-pairs random pairs: pairs/s.
 3. Job: ``python -m jobs.nightly`` over N distinct random (user, business) pairs for each N in --sizes, timed from
@@ -53,10 +53,13 @@ def trained_root(workdir: str) -> tuple[str, str]:
         job("jobs.train_dpp", "--root", root, "--encoder", encoder_id, "--epochs", "1", "--modalities", "img+text",
             "--batch-size", "256")
     if not store.exists("models/pc2l/_LATEST.json"):
-        # a small generator (the large world has ~90k training reviews): the job and the naive loop share it
-        job("jobs.train_pc2l", "--root", root, "--encoder", encoder_id, "--epochs", "1", "--variants", "pc2l",
-            "--eval-every", "100", "--d-model", "64", "--heads", "2", "--encoder-layers", "1", "--decoder-layers", "2",
-            "--batch-size", "64")
+        # the generator is trained on the mini world (one epoch of the large one is ~3k steps on 2 cores); it reads
+        # the same showcase-tiny features, so the large ROOT's _LATEST points at it
+        mini = prepare(workdir, "mini")
+        job("jobs.embed", "--root", mini, "--clip-model", "showcase-tiny", "--threads-per-actor", "2")
+        job("jobs.train_pc2l", "--root", mini, "--encoder", encoder_id, "--epochs", "2", "--variants", "pc2l",
+            "--eval-every", "100")
+        store.write_json("models/pc2l/_LATEST.json", Store.open(mini).read_json("models/pc2l/_LATEST.json"))
     return root, encoder_id
 
 
