@@ -41,7 +41,7 @@ DEFAULTS = {
     "generator_variant": "pc2l",
     "pairs_per_part": 2048,
     "batch_size": 256,  # pairs per DPP + generation batch inside an actor
-    "actors": 0,  # 0 = one per GPU, or one per 2 CPUs on a CPU-only cluster
+    "actors": 0,  # 0 = one per GPU, or one per CPU on a CPU-only cluster (Ray gives a 1-CPU actor one torch thread)
     "use_gpu": False,  # ask for a GPU per actor even when none is up yet (autoscaling from zero)
 }
 QUARANTINE_SCHEMA = pa.schema([("user_id", pa.string()), ("business_id", pa.string()), ("reason", pa.string()),
@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
 
         start_ray()
         actors, resources, device = actor_plan(cfg["use_gpu"], cfg["actors"],
-                                               max(1, int(ray.cluster_resources().get("CPU", 1)) // 2))
+                                               max(1, int(ray.cluster_resources().get("CPU", 1))))
         items = [{"unit": i, "user_ids": [p["user_id"] for p in units[i]],
                   "business_ids": [p["business_id"] for p in units[i]],
                   "scores": [float("nan") if p.get("score") is None else p["score"] for p in units[i]]} for i in todo]
