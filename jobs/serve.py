@@ -36,6 +36,7 @@ replica come from the config (cluster/configs/serve.yaml; a RayService's serveCo
 """
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -230,10 +231,8 @@ class Showcases:
         self.run_id = f"serve-{new_run_id()}"
         self.date, self.rows, self.row_of = None, SHOWCASES.empty_table(), {}
         if options["precomputed"]:
-            try:
+            with contextlib.suppress(StoreError):  # nothing published yet: every GET is fresh
                 self.date = latest_date(store)
-            except StoreError:  # nothing published yet: every GET is fresh
-                pass
         if self.date:
             self.rows = read_showcases(root, self.date)
             keys = zip(self.rows.column("user_id").to_pylist(), self.rows.column("business_id").to_pylist())

@@ -1,6 +1,7 @@
 """cluster/: the launcher YAML against Ray's own schema, the KubeRay manifests, one config per job, and a real
 ``ray job submit`` of jobs.ingest to a local ``ray start --head`` cluster on 127.0.0.1."""
 
+import contextlib
 import copy
 import glob
 import importlib
@@ -10,10 +11,12 @@ import os
 import re
 import secrets
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 import uuid
@@ -33,7 +36,8 @@ RAY = os.path.join(os.path.dirname(sys.executable), "ray")
 GPU = "nvidia.com/gpu"
 FUTURE_STAGES = {"train_pc2l", "nightly", "serve"}  # announced by their issues (some may be built by now)
 LOCAL_ONLY = {"make_world", "demo"}  # stages that only make sense on one machine: no cluster config
-IMAGE_WORKDIR = "/home/ray/showcases"  # where cluster/kuberay/Dockerfile puts the checkout
+with open(os.path.join(CLUSTER, "kuberay", "Dockerfile")) as _f:  # where the image puts the checkout
+    IMAGE_WORKDIR = re.search(r"^WORKDIR (\S+)", _f.read(), re.M).group(1)
 
 
 def load(path: str):
@@ -348,10 +352,8 @@ def _processes_of(temp_dir: str, start: psutil.Process | None) -> dict[int, psut
         if proc.pid != os.getpid() and any(temp_dir in arg for arg in proc.info["cmdline"] or []):
             found[proc.pid] = proc
     for proc in list(found.values()):
-        try:
+        with contextlib.suppress(psutil.Error):
             found.update({child.pid: child for child in proc.children(recursive=True)})
-        except psutil.Error:
-            pass
     found.pop(os.getpid(), None)
     return found
 
@@ -371,23 +373,19 @@ def _stop(start: subprocess.Popen, temp_dir: str) -> None:
             start.wait()
     procs.update(_processes_of(temp_dir, None))
     for proc in procs.values():  # workers and anything else it left
-        try:
+        with contextlib.suppress(psutil.Error):
             proc.terminate()
-        except psutil.Error:
-            pass
     _, alive = psutil.wait_procs(list(procs.values()), timeout=10)
     for proc in alive:
-        try:
+        with contextlib.suppress(psutil.Error):
             proc.kill()
-        except psutil.Error:
-            pass
     psutil.wait_procs(alive, timeout=5)
 
 
 @pytest.fixture
 def head_node(tmp_path):
     """``ray start --head`` on free 127.0.0.1 ports with its own temp dir and auth token; stopped afterwards."""
-    temp_dir = f"/tmp/ray-cluster-test-{uuid.uuid4().hex[:8]}"  # short: Ray's socket paths have a length limit
+    temp_dir = tempfile.mkdtemp(prefix="rc-")  # short, not under tmp_path: Ray's socket paths have a length limit
     token = secrets.token_hex(32)
     env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
            "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
@@ -422,7 +420,7 @@ def head_node(tmp_path):
         yield Head(address, env, temp_dir, token)
     finally:
         _stop(start, temp_dir)
-        subprocess.run(["rm", "-rf", temp_dir], check=False)
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def test_ray_job_submit_runs_ingest_on_a_local_cluster(head_node, tiny_world, tmp_path):

@@ -20,6 +20,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -100,19 +101,20 @@ def naive_rate(root: str, pairs: list[dict]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--workdir", default="/tmp/perfwd")
+    parser.add_argument("--workdir", default=None, help="reuse a folder (its world, ROOT and models) across runs")
     parser.add_argument("--sizes", default="10000,100000")
     parser.add_argument("--naive-pairs", type=int, default=200)
     args = parser.parse_args()
-    os.makedirs(args.workdir, exist_ok=True)
-    root, _ = trained_root(args.workdir)
+    workdir = args.workdir or tempfile.mkdtemp(prefix="nightly-perf-")
+    os.makedirs(workdir, exist_ok=True)
+    root, _ = trained_root(workdir)
     sizes = [int(s) for s in args.sizes.split(",")]
 
     naive = naive_rate(root, random_pairs(root, args.naive_pairs, seed=99))
     print(f"naive loop (one pair at a time, same models): {naive:.1f} pairs/s over {args.naive_pairs} pairs", flush=True)
     results = {}
     for i, n in enumerate(sizes):
-        path = os.path.join(args.workdir, f"candidates-{n}.parquet")
+        path = os.path.join(workdir, f"candidates-{n}.parquet")
         pq.write_table(pa.Table.from_pylist(random_pairs(root, n, seed=i)), path)
         sampled = run_sampled(["jobs.nightly", "--root", root, "--candidates", path, "--date", f"2030-01-{i + 1:02d}",
                                "--force", "true"], tree=False)
