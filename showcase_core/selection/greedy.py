@@ -29,33 +29,36 @@ def greedy_map(L: torch.Tensor, k: int, mask: torch.Tensor | None = None, eps: f
         raise ValueError(f"L must be [B, M, M], got {tuple(L.shape)}")
     B, M, _ = L.shape
     device = L.device
-    if mask is None:
-        mask = torch.ones(B, M, dtype=torch.bool, device=device)
-    if mask.shape != (B, M):
+    if mask is not None and mask.shape != (B, M):
         raise ValueError(f"mask must be [B, M] = {(B, M)}, got {tuple(mask.shape)}")
     picks = torch.full((B, k), -1, dtype=torch.long, device=device)
     if k == 0 or M == 0:
         return picks
-    rows = torch.arange(B, device=device)
-    d2 = torch.diagonal(L, dim1=1, dim2=2).clone()  # [B, M]
-    d2.masked_fill_(~mask, float("-inf"))  # absent items can never win
-    cis = torch.empty(B, k, M, dtype=L.dtype, device=device)  # Cholesky rows, one per step
+    # Rows are gathered from flat views with index_select: much faster than advanced indexing L[rows, best] on CPU.
+    kernel_rows = L.contiguous().view(B * M, M)
+    row_offsets = torch.arange(B, device=device) * M
+    d2 = kernel_rows.view(B, M * M)[:, :: M + 1].clone()  # the diagonals, [B, M]
+    if mask is not None:
+        d2.masked_fill_(~mask, float("-inf"))  # absent items can never win
+    cholesky: list[torch.Tensor] = []  # per step, [B, M]: that step's entry of c_i for every item i
     active = torch.ones(B, dtype=torch.bool, device=device)
     for step in range(k):
         best_d2, best = d2.max(dim=1)  # first index among ties
         active &= best_d2 > eps
         if not bool(active.any()):
             break
-        picks[:, step] = best.masked_fill(~active, -1)
+        everyone_active = bool(active.all())
+        picks[:, step] = best if everyone_active else best.masked_fill(~active, -1)
         # rank-one update: e_i = (L_{j,i} - <c_j, c_i>) / d_j for every i
-        e = L[rows, best]  # [B, M]
-        if step:
-            e = e - torch.bmm(cis[rows, :step, best].unsqueeze(1), cis[:, :step]).squeeze(1)
-        e = e / torch.sqrt(torch.clamp(best_d2, min=eps)).unsqueeze(1)
-        e.masked_fill_(~active.unsqueeze(1), 0.0)
-        cis[:, step] = e
+        e = kernel_rows.index_select(0, row_offsets + best)  # [B, M]
+        for column in cholesky:
+            e -= column * column.gather(1, best.unsqueeze(1))
+        e *= torch.rsqrt(torch.clamp(best_d2, min=eps)).unsqueeze(1)
+        if not everyone_active:
+            e.masked_fill_(~active.unsqueeze(1), 0.0)
+        cholesky.append(e)
         d2 -= e * e
-        d2[rows, best] = float("-inf")  # picked (for inactive rows too: they stay inactive)
+        d2.scatter_(1, best.unsqueeze(1), float("-inf"))  # picked (for inactive rows too: they stay inactive)
     return picks
 
 
