@@ -37,7 +37,7 @@ PAPER_TABLE3 = {  # Table 3 of the paper, in %
 
 def selection_table(store, split: str, k: int, seed: int) -> dict:
     from showcase_core.selection.kernel import load_dpp
-    from showcase_core.selection.training import evaluate_picks, random_picks, select
+    from showcase_core.selection.training import evaluate_picks, random_baseline, select
 
     from .train_dpp import load_selection_data
 
@@ -49,7 +49,7 @@ def selection_table(store, split: str, k: int, seed: int) -> dict:
     examples = data.splits[split]
     if not len(examples):
         raise UserError(f"no {split}-split examples with embedded photos")
-    rows = {"random": evaluate_picks(data, examples, random_picks(examples, k, seed), k)}
+    rows = {"random": random_baseline(data, examples, k, seed)}
     for modality in sorted(latest["models"], key=lambda m: list(PAPER_TABLE3).index(m) if m in PAPER_TABLE3 else 99):
         model, _ = load_dpp(latest["models"][modality])
         rows[modality] = evaluate_picks(data, examples, select(model, data, examples, k), k)

@@ -48,7 +48,7 @@ def select(model: DPPKernel, data: SelectionData, ex: Examples, k: int = 3, batc
     return out
 
 
-def random_picks(ex: Examples, k: int, seed: int) -> np.ndarray:
+def random_picks(ex: Examples, k: int, seed) -> np.ndarray:
     rng = np.random.default_rng(seed)
     out = np.full((len(ex), k), -1, np.int64)
     for i, ground in enumerate(ex.ground):
@@ -56,6 +56,15 @@ def random_picks(ex: Examples, k: int, seed: int) -> np.ndarray:
         chosen = rng.choice(present, size=min(k, len(present)), replace=False)
         out[i, :len(chosen)] = chosen
     return out
+
+
+def random_baseline(data: SelectionData, ex: Examples, k: int, seed: int, draws: int = 200) -> dict:
+    """The random row of Table 3 as an expectation: P, R and Div averaged over ``draws`` independent random picks
+    (F1 from the averaged P and R, as ``evaluate_picks``). One draw over a small test split moves F1 by +-10%."""
+    runs = [evaluate_picks(data, ex, random_picks(ex, k, [seed, draw]), k) for draw in range(draws)]
+    p, r = (float(np.mean([run[m] for run in runs])) for m in ("precision", "recall"))
+    return {"precision": p, "recall": r, "f1": 2 * p * r / (p + r) if p + r else 0.0, "examples": len(ex),
+            "div": float(np.nanmean([run["div"] for run in runs])), "draws": draws}
 
 
 def evaluate_picks(data: SelectionData, ex: Examples, picks: np.ndarray, k: int = 3) -> dict:

@@ -9,6 +9,7 @@ import pytest
 from jobs import evaluate, train_dpp
 from jobs.common import run
 from showcase_core.selection.kernel import load_dpp
+from showcase_core.selection.training import evaluate_picks, select
 from showcase_core.store import Store
 from tests.conftest import copy_root
 
@@ -39,7 +40,13 @@ def test_train_dpp_resumes_after_a_crashed_worker_and_evaluate_writes_table_3(em
         assert config["modality"] == modality and config["encoder_id"] == encoder_id
         card = json.loads(open(os.path.join(uri, "card.json")).read())
         assert [h["epoch"] for h in card["history"]] == list(range(6))
-        assert 0 <= card["metrics"]["val_f1"] <= 1
+        # the saved weights are those of the evaluated epoch with the best val F1@3, kept across the crash
+        evaluated = {h["epoch"] + 1: h["val_f1"] for h in card["history"] if "val_f1" in h}
+        assert sorted(evaluated) == [3, 6]
+        assert card["metrics"]["val_f1"] == max(evaluated.values()) == evaluated[card["selected_epoch"]]
+        val = train_dpp.load_selection_data(root, encoder_id, 128, 0, ("val",))
+        scores = evaluate_picks(val, val.splits["val"], select(model, val, val.splits["val"]))
+        assert scores["f1"] == pytest.approx(card["metrics"]["val_f1"], abs=1e-9)
     # the fault fired once per run name (one per modality), and each run resumed from a checkpoint
     crash_card = json.loads(open(os.path.join(latest["models"]["img"], "card.json")).read())
     assert len(crash_card["resumed_after_epochs"]) == 1

@@ -120,3 +120,27 @@ def test_div_at_k_by_hand():
     assert div_at_k([same]) == pytest.approx(0.0)
     assert div_at_k([orthogonal]) == pytest.approx(want)
     assert div_at_k([same, orthogonal, np.array([[1.0, 0.0]])]) == pytest.approx(want / 2)
+
+
+def test_random_baseline_is_the_expected_random_precision_and_recall():
+    from showcase_core.selection.data import Examples, SelectionData
+    from showcase_core.selection.training import random_baseline
+
+    # ground sets of 2, 4 and 9 photos with 1, 2 and 3 targets: E[hits] = min(k, |G|) * |Y| / |G|
+    sizes, targets, k = (2, 4, 9), (1, 2, 3), 3
+    ground = np.full((3, 9), -1, np.int32)
+    y_pos = np.full((3, 3), -1, np.int32)
+    for i, (g, y) in enumerate(zip(sizes, targets)):
+        ground[i, :g] = np.arange(g) + 10 * i
+        y_pos[i, :y] = np.arange(y)
+    zeros = np.zeros((3, 4), np.float32)
+    ex = Examples(ground, y_pos, zeros, zeros, np.ones(3, bool), ["u"] * 3, ["b"] * 3)
+    data = SelectionData([str(i) for i in range(30)], np.random.default_rng(0).normal(size=(30, 4)).astype(np.float32))
+    hits = [min(k, g) * y / g for g, y in zip(sizes, targets)]
+    expected_p = np.mean([h / k for h in hits])
+    expected_r = np.mean([h / y for h, y in zip(hits, targets)])
+    row = random_baseline(data, ex, k, seed=0, draws=1000)
+    assert row["precision"] == pytest.approx(expected_p, rel=0.03)
+    assert row["recall"] == pytest.approx(expected_r, rel=0.03)
+    assert row["f1"] == pytest.approx(2 * expected_p * expected_r / (expected_p + expected_r), rel=0.03)
+    assert 0 < row["div"] < 2
