@@ -8,8 +8,8 @@ Worker side, inside the loop:
 - ``prepare(model, optimizer, settings)``: DeepSpeed (``deepspeed.initialize`` with the ZeRO stage and precision of
   the configured JSON file) when ``deepspeed_config`` is set, plain DDP (``ray.train.torch.prepare_model``) otherwise;
 - ``restore(trained)``: the state of the latest checkpoint (after a failure, or a rerun with the same run name);
-- ``report_epoch(trained, metrics, extra_state)``: per-epoch metrics plus a checkpoint (every rank writes its own
-  shard under DeepSpeed; rank 0 alone under DDP).
+- ``report_epoch(trained, metrics, extra_state)``: per-epoch metrics, and a checkpoint every ``checkpoint_every``
+  epochs and after the last (every rank writes its own shard under DeepSpeed; rank 0 alone under DDP).
 
 Model maths stays in showcase_core; a loop only wires library calls together.
 """
@@ -35,7 +35,8 @@ TRAINING_DEFAULTS = {
     "max_failures": 2,
     "run_name": "",  # reuse a name to resume that run from its latest checkpoint
     "deepspeed_config": "",  # path to a DeepSpeed JSON config (ZeRO stage, bf16, ...); empty = plain DDP
-    "fault_exit_after_epoch": -1,  # tests only: the worker process exits once, right after this epoch's checkpoint
+    "checkpoint_every": 1,  # epochs between checkpoints (the last epoch always has one); resume granularity
+    "fault_exit_after_epoch": -1,  # tests only: the worker process exits once, right after this epoch is reported
 }
 
 # DeepSpeed's checkpoint tag: its shards go to <checkpoint>/deepspeed/. Not "latest", the name of the file that
@@ -58,8 +59,8 @@ class Trained:
 
 
 def check_training_settings(cfg: dict) -> None:
-    if cfg["num_workers"] < 1 or cfg["cpus_per_worker"] <= 0:
-        raise UserError("--num-workers must be >= 1 and --cpus-per-worker > 0")
+    if cfg["num_workers"] < 1 or cfg["cpus_per_worker"] <= 0 or cfg["checkpoint_every"] < 1:
+        raise UserError("--num-workers and --checkpoint-every must be >= 1 and --cpus-per-worker > 0")
     if cfg["deepspeed_config"]:
         path = cfg["deepspeed_config"]
         try:
@@ -102,7 +103,7 @@ def fit(stage: str, store: Store, run_name: str, loop, loop_config: dict, cfg: d
         train_loop_per_worker=loop,
         train_loop_config={**loop_config, "fault_exit_after_epoch": cfg["fault_exit_after_epoch"],
                            "fault_marker": store.uri("checkpoints", stage, run_name, "_fault_injected"),
-                           "cpus_per_worker": cfg["cpus_per_worker"]},
+                           "cpus_per_worker": cfg["cpus_per_worker"], "checkpoint_every": cfg["checkpoint_every"]},
         scaling_config=ScalingConfig(num_workers=cfg["num_workers"], use_gpu=cfg["use_gpu"],
                                      resources_per_worker=resources),
         torch_config=TorchConfig(backend="nccl" if cfg["use_gpu"] else "gloo"),
@@ -192,13 +193,18 @@ def restore(trained: Trained) -> dict | None:
 
 
 def report_epoch(trained: Trained, metrics: dict, extra: dict, config: dict) -> None:
-    """Report one epoch's metrics with a checkpoint; honours the tests' one-off fault injection."""
+    """Report one epoch's metrics, with a checkpoint every ``checkpoint_every`` epochs and after the last; honours the
+    tests' one-off fault injection."""
     import ray.train
     import torch
 
     rank = ray.train.get_context().get_world_rank()
+    epoch = extra["epoch"]
+    save = (epoch + 1) % int(config.get("checkpoint_every", 1)) == 0 or epoch == config["epochs"] - 1
     with tempfile.TemporaryDirectory() as d:
-        if trained.engine is not None:
+        if not save:
+            checkpoint = None
+        elif trained.engine is not None:
             # every rank writes its own ZeRO shard (Ray Train merges the ranks' directories into one checkpoint);
             # extra goes under one key, as load_checkpoint returns the client state mixed with DeepSpeed's metadata
             trained.engine.save_checkpoint(d, tag=DEEPSPEED_TAG, client_state={"extra": extra}, save_latest=False)
@@ -211,7 +217,7 @@ def report_epoch(trained: Trained, metrics: dict, extra: dict, config: dict) -> 
             checkpoint = None
         ray.train.report(metrics, checkpoint=checkpoint)
     fault_epoch = int(config.get("fault_exit_after_epoch", -1))
-    if fault_epoch >= 0 and extra.get("epoch") == fault_epoch and rank == 0:
+    if fault_epoch >= 0 and epoch == fault_epoch and rank == 0:
         fs, marker = filesystem_for(config["fault_marker"])
         if fs.get_file_info(marker).type == pafs.FileType.NotFound:  # once per run
             with fs.open_output_stream(marker) as f:

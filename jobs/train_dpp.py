@@ -29,7 +29,8 @@ DEFAULTS = {
     "max_ground": 128,
     "eval_every": 10,  # val F1@3 every this many epochs; the best of these epochs is the model saved
     "seed": 0,
-    **{**harness.TRAINING_DEFAULTS, "cpus_per_worker": 2},
+    # an epoch takes under a second on the mini world: a checkpoint per epoch would cost more than the training
+    **{**harness.TRAINING_DEFAULTS, "cpus_per_worker": 2, "checkpoint_every": 10},
 }
 
 

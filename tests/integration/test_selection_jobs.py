@@ -1,5 +1,6 @@
 """jobs.train_dpp (shared harness, resume after a crashed worker) and jobs.evaluate --stage selection."""
 
+import glob
 import json
 import os
 
@@ -29,8 +30,8 @@ def latest_report(store: Store, stage: str) -> dict:
 def test_train_dpp_resumes_after_a_crashed_worker_and_evaluate_writes_table_3(embedded_root):
     root, encoder_id = embedded_root
     args = ["--root", root, "--encoder", encoder_id, "--epochs", "6", "--batch-size", "16", "--eval-every", "3",
-            "--modalities", "img,text,img+text", "--fault-exit-after-epoch", "2", "--cpus-per-worker", "1",
-            "--run-name", "dpp-crash"]
+            "--checkpoint-every", "1", "--modalities", "img,text,img+text", "--fault-exit-after-epoch", "2",
+            "--cpus-per-worker", "1", "--run-name", "dpp-crash"]
     assert run("train_dpp", train_dpp.main, args) == 0
     store = Store.open(root)
     latest = store.read_json("models/dpp/_LATEST.json")
@@ -64,9 +65,24 @@ def test_train_dpp_resumes_after_a_crashed_worker_and_evaluate_writes_table_3(em
     assert "(29.09)" in text
 
 
+def test_train_dpp_checkpoints_every_n_epochs_and_after_the_last(embedded_root):
+    import torch
+
+    root, encoder_id = embedded_root
+    args = ["--root", root, "--encoder", encoder_id, "--epochs", "8", "--checkpoint-every", "3", "--modalities", "img",
+            "--cpus-per-worker", "1", "--run-name", "dpp-cadence"]
+    assert run("train_dpp", train_dpp.main, args) == 0
+    run_dir = os.path.join(root, "checkpoints", "train_dpp", "dpp-cadence-img")
+    saved = sorted(torch.load(path, weights_only=False)["extra"]["epoch"]
+                   for path in glob.glob(os.path.join(run_dir, "checkpoint_*", "state.pt")))
+    # the two kept (num_to_keep=2): after epoch 6 (every 3rd) and after the last (8); one per epoch would keep 7 and 8
+    assert saved == [5, 7]
+
+
 def test_train_dpp_bad_settings_exit_2(embedded_root, tmp_path):
     root, encoder_id = embedded_root
     assert run("train_dpp", train_dpp.main, ["--root", root, "--encoder", encoder_id, "--modalities", "video"]) == 2
     assert run("train_dpp", train_dpp.main, ["--root", root, "--encoder", "no-such-encoder"]) == 2
+    assert run("train_dpp", train_dpp.main, ["--root", root, "--encoder", encoder_id, "--checkpoint-every", "0"]) == 2
     assert run("evaluate", evaluate.main, ["--root", str(tmp_path / "empty"), "--stage", "selection"]) == 2
     assert run("evaluate", evaluate.main, ["--root", root, "--stage", "poetry"]) == 2
