@@ -93,11 +93,11 @@ def _merge(stage: str, settings: dict, defaults: dict, new: dict, where: str) ->
         settings[key] = _coerce(stage, key, value, defaults[key])
 
 
-def open_store(root: str) -> Store:
-    """Open ROOT and make sure it can be written, failing fast with one line."""
+def open_store(root: str, writable: bool = True) -> Store:
+    """Open ROOT and make sure it can be written (or, for a reading role, read), failing fast with one line."""
     try:
         store = Store.open(root, fail_fast=True)
-        store.check_writable()
+        store.check_writable() if writable else store.check_readable()
     except StoreError as e:
         raise UserError(str(e)) from None
     return Store.open(root)  # the same ROOT with normal timeouts and retries for the real work

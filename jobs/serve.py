@@ -53,7 +53,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from showcase_core.store import Store, StoreError, new_run_id, utc_now
 
-from .common import UserError, parse_args, run, start_ray
+from .common import UserError, open_store, parse_args, run, start_ray
 from .nightly import DEFAULTS as NIGHTLY_DEFAULTS
 from .nightly import resolve_models
 
@@ -99,20 +99,6 @@ def settings(argv: list[str]) -> dict:
     return cfg
 
 
-def open_root(root: str) -> Store:
-    """ROOT for reading (a serving role may not write there), checked with one line when it is unreachable."""
-    try:
-        store = Store.open(root, fail_fast=True)
-        info = store.fs.get_file_info(store.base)
-    except StoreError as e:
-        raise UserError(str(e)) from None
-    except Exception as e:  # pyarrow raises OSError subclasses with long AWS messages
-        raise UserError(f"ROOT {root} is not readable: {str(e).splitlines()[0][:200]}") from None
-    if info.type.name == "NotFound" and not root.startswith("s3://"):  # S3 has no directories to find
-        raise UserError(f"ROOT {root} does not exist")
-    return Store.open(root)
-
-
 def deployment_options(cfg: dict) -> dict:
     return {"name": DEPLOYMENT, "max_ongoing_requests": cfg["max_ongoing_requests"],
             "autoscaling_config": {"min_replicas": cfg["min_replicas"], "max_replicas": cfg["max_replicas"],
@@ -122,7 +108,7 @@ def deployment_options(cfg: dict) -> dict:
 
 def app_for(cfg: dict):
     """The bound application for settings: models resolved (and checked) now, loaded by each replica."""
-    store = open_root(cfg["root"])
+    store = open_store(cfg["root"], writable=False)  # a serving role may not write to ROOT
     models = resolve_models(store, cfg)
     return Showcases.options(**deployment_options(cfg)).bind(store.root, models,
                                                              {key: cfg[key] for key in REPLICA_SETTINGS})

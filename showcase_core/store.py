@@ -163,6 +163,20 @@ class Store:
         except Exception as e:  # pyarrow raises OSError subclasses with long AWS messages
             raise StoreError(f"ROOT {self.root} is not writable: {_first_line(e)}") from None
 
+    def check_readable(self) -> None:
+        """Fail with one line if ROOT cannot be read (unreachable S3, missing bucket, missing local directory)."""
+        try:
+            if isinstance(self.fs, pafs.S3FileSystem):  # S3 has no directories to find: check the bucket
+                bucket = self.base.split("/", 1)[0]
+                if self.fs.get_file_info(bucket).type == pafs.FileType.NotFound:
+                    raise StoreError(f"S3 bucket {bucket!r} of ROOT {self.root} does not exist")
+            elif self.fs.get_file_info(self.base).type == pafs.FileType.NotFound:
+                raise StoreError(f"ROOT {self.root} does not exist")
+        except StoreError:
+            raise
+        except Exception as e:  # pyarrow raises OSError subclasses with long AWS messages
+            raise StoreError(f"ROOT {self.root} is not readable: {_first_line(e)}") from None
+
     # -- small JSON objects --------------------------------------------------------------------
     def write_json(self, rel: str, obj) -> str:
         write_bytes_atomic(self.fs, self.path(rel), json.dumps(obj, indent=2, sort_keys=True).encode())
