@@ -5,7 +5,6 @@ test (500 requests, 32 in flight) batched and unbatched, and a replica SIGKILLed
 import asyncio
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -35,7 +34,6 @@ SETTINGS = {"config": os.path.join(REPO, "cluster", "configs", "serve.yaml"),  #
             # in the proxy, which retries with backoff and serves several times fewer requests/s
             "max_ongoing_requests": 32, "max_batch_size": 16, "batch_wait_timeout_s": 0.01}
 FIELDS = set(SHOWCASES.names)
-RAY_FORWARDED = re.compile(r"^(\x1b\[\d+m)?\([^()]*pid=\d+[^()]*\)")  # a worker's log line that Ray copies to the driver
 LOAD_REQUESTS, CONCURRENCY = 500, 32
 
 
@@ -342,6 +340,8 @@ def test_cli_fails_fast_with_one_line(root, tmp_path, capsys):
         cases.append((["--root", root, "--num-cpus", "0.5", "--port", str(busy.getsockname()[1])], "cannot listen"))
         for argv, words in cases:
             assert run("serve", serve_job.main, argv) == 2, argv
-            # Ray forwards earlier tests' replica logs to this driver's stderr whenever they arrive: "(ServeReplica... pid=N)"
-            err = [line for line in capsys.readouterr().err.strip().splitlines() if not RAY_FORWARDED.match(line)]
-            assert len(err) == 1 and words in err[0], (argv, err)
+            # Ray copies earlier tests' worker logs to this driver's stderr whenever they arrive (multi-line ones too),
+            # so the check is on the job's own lines: exactly one, and no traceback anywhere
+            err = capsys.readouterr().err
+            ours = [line for line in err.splitlines() if line.startswith("showcase serve:")]
+            assert len(ours) == 1 and words in ours[0] and "Traceback" not in err, (argv, err[-2000:])
