@@ -151,6 +151,16 @@ def test_beam_1_is_greedy_and_batching_does_not_change_outputs():
     assert beam2 == alone
 
 
+def test_photo_content_is_not_drowned_by_the_modality_embedding():
+    # CLIP features are unit vectors; two different photo sets must give clearly different encoder inputs at init
+    # (a bare projection plus an N(0, 1) modality embedding made them differ by ~20%, and grounding was slow to learn)
+    _, _, model = _tiny()
+    a, b = (torch.nn.functional.normalize(torch.randn(8, 16, generator=torch.Generator().manual_seed(s)), dim=-1)
+            for s in (1, 2))
+    za, zb = (model.photo_proj(x) + model.modality.weight[0] for x in (a, b))
+    assert ((za - zb).norm(dim=-1) / za.norm(dim=-1)).mean() > 0.8
+
+
 def test_encode_refuses_an_example_without_photos():
     _, ex, model = _tiny()
     no_photo = np.zeros_like(ex.photo_mask[:1])
