@@ -155,7 +155,13 @@ def load_pc2l(uri: str, device: str = "cpu"):
     from ..model_files import load_model_files
     from .tokenizer import tokenizer_from_json
 
+    from ..store import StoreError
+
     config, state = load_model_files(uri, "PC2L model")
     model = PC2L(config)
-    model.load_state_dict(state)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:  # saved before a change of layout (e.g. the LayerNorm after W^V, W^R)
+        raise StoreError(f"the PC2L model at {uri} does not match this version's layout "
+                         f"({str(e).splitlines()[1].strip()}); retrain it with `showcase train_pc2l`") from None
     return model.to(device).eval(), tokenizer_from_json(config["tokenizer_json"]), config

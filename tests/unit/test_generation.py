@@ -13,6 +13,7 @@ from showcase_core.generation.decode import generate
 from showcase_core.generation.losses import info_nce, personality_weights
 from showcase_core.generation.model import PC2L, load_pc2l, pc2l_loss, save_pc2l
 from showcase_core.generation.tokenizer import train_tokenizer
+from showcase_core.store import StoreError
 
 TEXTS = ["the pad thai was great!", "loved the ramen and the gyoza.", "cozy place, the curry was spicy.",
          "the gyoza were crispy.", "great ramen, rich broth.", "the curry was mild but the pad thai was hot."]
@@ -211,3 +212,9 @@ def test_save_and_load_round_trip(tmp_path):
     assert generate(loaded, tok2, *args, num_beams=2, max_new_tokens=8) == \
         generate(model, tok, *args, num_beams=2, max_new_tokens=8)
     assert config["clip_dim"] == 16
+    # a model saved with another layout (here: W^V without its LayerNorm) is refused in one line, not a stack trace
+    state = torch.load(tmp_path / "m" / "model.pt")
+    state["photo_proj.weight"] = state.pop("photo_proj.0.weight")
+    torch.save(state, tmp_path / "m" / "model.pt")
+    with pytest.raises(StoreError, match="does not match this version's layout .*retrain it"):
+        load_pc2l(str(tmp_path / "m"))
