@@ -7,15 +7,16 @@ import sys
 
 STAGES = {
     "make_world": "write a synthetic world in Gest format",
-    "ingest": "validate Gest files into ROOT/tables (reviews, images, quarantine)",
+    "ingest": "validate Gest files into the Delta tables ROOT/tables/{reviews,images,quarantine,sentences}",
     "train_clip": "train or fine-tune the CLIP encoder on (photo, sentence) pairs (Ray Train)",
     "embed": "embed photos and texts with CLIP (Ray Data actor pool), resumable",
     "train_dpp": "train the DPP kernel models (img / text / img+text) for image-set selection (Ray Train)",
     "distill": "train the explanation classifier Φ; optionally distill explanation sentences from reviews",
     "train_pc2l": "train the PC²L explanation generator and its ablations (Ray Train, DeepSpeed optional)",
     "evaluate": "evaluation reports: dataset (Table 1, visual diversity), selection (Table 3), generation (Table 2/4)",
-    "nightly": "showcases for every candidate pair of a date, published atomically under ROOT/showcases",
-    "serve": "a Ray Serve HTTP endpoint for fresh showcases (and the LATEST date's precomputed ones)",
+    "nightly": "showcases for every candidate pair of a date, committed once to the Delta table ROOT/showcases",
+    "serve": "a Ray Serve HTTP endpoint for fresh showcases (and the newest date's precomputed ones)",
+    "vacuum": "Delta maintenance of every table under ROOT: checkpoints, optional compaction, old and orphaned files",
     "gallery": "a static HTML page of a date's showcases (photos + explanations)",
     "demo": "the embedded default end to end on a synthetic world",
 }

@@ -2,7 +2,8 @@
 
 Contract (ARCHITECTURE.md): ``python -m jobs.<stage> --root ROOT [--config FILE.yaml] [--key value ...]``.
 Settings come from the job's defaults, then the YAML file, then the command line. Exit 0 on success;
-exit 2 with one line on bad input or config (before expensive work); 1 on anything else.
+exit 2 with one line on bad input or config (before expensive work); 3 when another run committed the same output
+first (nothing of this run is visible); 1 on anything else.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import yaml
 
 from showcase_core import __version__
 from showcase_core.store import Store, StoreError, new_run_id, utc_now
+from showcase_core.tables import LostRace
 
 
 class UserError(Exception):
@@ -98,6 +100,7 @@ def open_store(root: str, writable: bool = True) -> Store:
     try:
         store = Store.open(root, fail_fast=True)
         store.check_writable() if writable else store.check_readable()
+        store.check_layout()
     except StoreError as e:
         raise UserError(str(e)) from None
     return Store.open(root)  # the same ROOT with normal timeouts and retries for the real work
@@ -181,6 +184,9 @@ def run(stage: str, main: Callable[[list[str] | None], int | None], argv: list[s
     except UserError as e:
         print(f"showcase {stage}: error: {e}", file=sys.stderr)
         return 2
+    except LostRace as e:
+        print(f"showcase {stage}: lost a commit race: {e}", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         print(f"showcase {stage}: interrupted", file=sys.stderr)
         return 1

@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
           f"\n  DPP:        {store.read_json('models/dpp/_LATEST.json')['models']['img+text']}"
           f"\n  Φ:          {store.read_json('models/alignment/_LATEST.json')['uri']}"
           f"\n  PC²L:       {store.read_json('models/pc2l/_LATEST.json')['models']['pc2l']}"
-          f"\n  showcases:  {store.uri('showcases', f'dt={date}')} (LATEST: {store.read_json('showcases/LATEST')['date']})"
+          f"\n  showcases:  {store.uri('showcases')} (Delta, dt={date}; read with polars.read_delta or read_showcases)"
           f"\n  gallery:    {store.uri('reports', 'gallery', date, 'index.html')}"
           f"\n  reports:    {store.uri('reports')}")
     return 0

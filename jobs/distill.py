@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from showcase_core.store import StoreError, new_run_id, read_text, utc_now
+from showcase_core.tables import RECORD_KEYS, commit
 
 from .common import (Progress, Timer, UserError, actor_plan, new_report, open_store, parse_args, run, start_ray,
                      versions)
@@ -94,17 +95,18 @@ def read_labels(uri: str, reviews: pa.Table, images: pa.Table) -> tuple[pa.Table
 
 
 class Distiller:
-    """Ray Data actor: a batch of reviews -> a part of their explanation sentences (named by the batch's review ids,
-    so a retried batch overwrites its part); returns one stats row."""
+    """Ray Data actor: a batch of reviews -> a data file of their explanation sentences (named by the run and the
+    batch's review ids, so a retried batch overwrites its file); returns one row: counts and the file's add record."""
 
-    def __init__(self, root: str, out_dir: str, spec: dict, classifier_uri: str, threshold: float, photo_index: list):
+    def __init__(self, root: str, out_dir: str, run_id: str, spec: dict, classifier_uri: str, threshold: float,
+                 photo_index: list):
         import ray
 
         from showcase_core.data.alignment import load_classifier
         from showcase_core.encoders.clip import load_encoder
         from showcase_core.store import Store
 
-        self.store, self.out_dir = Store.open(root), out_dir
+        self.store, self.out_dir, self.run_id = Store.open(root), out_dir, run_id
         self.encoder = load_encoder(**spec)
         self.classifier, _ = load_classifier(classifier_uri)
         self.threshold = threshold
@@ -118,16 +120,17 @@ class Distiller:
     def __call__(self, batch: dict) -> dict:
         from showcase_core.data import schema
         from showcase_core.data.alignment import distill_reviews
-        from showcase_core.encoders.embed import write_part
+        from showcase_core.encoders.embed import part_name
+        from showcase_core.tables import record_columns, write_file
 
         reviews = [{"review_id": r, "review_text": t, "pic_ids": list(p), "split": s}
                    for r, t, p, s in zip(batch["review_id"], batch["review_text"], batch["pic_ids"], batch["split"])]
         rows = distill_reviews(reviews, self.photo_vector, self.encoder.encode_texts, self.classifier, self.threshold)
-        part = write_part(self.store, self.out_dir, pa.Table.from_pylist(rows, schema=schema.SENTENCES),
-                          [r["review_id"] for r in reviews]) if rows else None
-        return {"reviews": np.array([len(reviews)]), "sentences": np.array([len(rows)]),
-                "reviews_with_explanation": np.array([len({r["review_id"] for r in rows})]),
-                "path": np.array([part["path"] if part else ""]), "bytes": np.array([part["bytes"] if part else 0])}
+        name = f"part-{self.run_id}-{part_name([r['review_id'] for r in reviews])[len('part-'):]}"
+        part = write_file(self.store, self.out_dir, pa.Table.from_pylist(rows, schema=schema.SENTENCES), name) \
+            if rows else {"path": "", "size": 0, "rows": 0, "partition": "{}", "stats": "", "modified_ms": 0}
+        return record_columns([part], reviews=[len(reviews)], sentences=[len(rows)],
+                              reviews_with_explanation=[len({r["review_id"] for r in rows})])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -209,10 +212,11 @@ def main(argv: list[str] | None = None) -> int:
 
         start_ray()
         actors, resources, device = actor_plan(cfg["use_gpu"], cfg["actors"])
-        out_dir = f"tables/distilled/{run_id}"
+        out_dir = "tables/distilled"
         chunk = cfg["batch_size"] * 8  # blocks of a few batches, so every actor of the pool gets work
         ds = ray.data.from_arrow([reviews.slice(i, chunk) for i in range(0, reviews.num_rows, chunk)]).map_batches(
-            Distiller, fn_constructor_kwargs={"root": store.root, "out_dir": out_dir, "classifier_uri": uri,
+            Distiller, fn_constructor_kwargs={"root": store.root, "out_dir": out_dir, "run_id": run_id,
+                                              "classifier_uri": uri,
                                               "spec": {**spec, "device": device},
                                               "threshold": threshold,
                                               "photo_index": [ray.put((photo_ids, photo_matrix))]},
@@ -220,15 +224,17 @@ def main(argv: list[str] | None = None) -> int:
         progress, parts = Progress("distill", "reviews", reviews.num_rows), []
         done = {"reviews": 0, "sentences": 0, "reviews_with_explanation": 0}
         with timer("extract"):
-            for stats in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            for stats in ds.iter_batches(batch_size=None, batch_format="pandas"):
                 for key in done:
                     done[key] += int(stats[key].sum())
-                parts += [{"path": str(p), "rows": int(n), "bytes": int(b)}
-                          for p, n, b in zip(stats["path"], stats["sentences"], stats["bytes"]) if p]
+                parts += [r for r in stats[list(RECORD_KEYS)].to_dict("records") if r["path"]]
                 progress.update(done["reviews"])
         if done["reviews"] != reviews.num_rows:
             raise RuntimeError(f"distilled {done['reviews']} of {reviews.num_rows} reviews")
-        store.publish_tables(run_id, {"distilled": sorted(parts, key=lambda p: p["path"])})
+        reads = {name: store.table_version(name)["version"] for name in ("reviews", "images")}
+        committed = commit(store, out_dir, parts, schema.SENTENCES, run_id=run_id, stage="distill",
+                           app_id=f"distill/{run_id}", overwrite=True, reads=reads)
+        store.record_run("distill", run_id, {"distilled": committed.version}, {"reads": reads})
         report["counts"].update(done)
         print(f"[distill] {done['sentences']:,} explanation sentences from {done['reviews_with_explanation']:,} of "
               f"{done['reviews']:,} reviews -> {store.uri(out_dir)}", flush=True)

@@ -2,7 +2,10 @@
 
 Ray Data: todo lists (ids not embedded yet) -> read + decode + resize photos in CPU tasks -> a CLIP actor pool (one
 GPU per actor when the cluster has GPUs) that writes Parquet parts under ``ROOT/embeddings/<encoder_id>/``. Texts
-(review texts, history reviews, aligned sentences) go straight to a text actor pool. Rerunning skips what is done.
+(review texts, history reviews, aligned sentences) go straight to a text actor pool. The driver commits the data files
+the actors return into the Delta tables ``embeddings/<encoder_id>/{images,texts,quarantine}`` every
+``--commit-every-files`` files or ``--commit-every-s`` seconds, so progress is visible; rerunning skips what is
+committed.
 """
 
 from __future__ import annotations
@@ -13,9 +16,11 @@ import time
 
 import psutil
 import pyarrow as pa
-import pyarrow.parquet as pq
+import pyarrow.compute as pc
 
+from showcase_core import tables as delta
 from showcase_core.store import Store, StoreError, new_run_id, utc_now
+from showcase_core.tables import IncrementalCommit
 
 from .common import (Progress, Timer, UserError, actor_plan, new_report, open_store, parse_args, run, start_ray,
                      versions)
@@ -36,6 +41,8 @@ DEFAULTS = {
     "actors": 0,  # CLIP actors; 0 = one per GPU, or 1 on a CPU-only cluster
     "use_gpu": False,  # ask for a GPU per actor even when none is up yet (autoscaling from zero)
     "threads_per_actor": 0,  # torch threads in a CPU actor; 0 = torch's default
+    "commit_every_files": 64,  # commit the data files written so far every this many files ...
+    "commit_every_s": 60.0,  # ... or every this many seconds, whichever comes first
 }
 
 
@@ -120,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     spec = resolve_encoder(store, cfg)
     from showcase_core.encoders.clip import EncoderError, load_encoder
     from showcase_core.encoders.embed import (EMBED_REASONS, ImageEmbedder, TextEmbedder, decode_photos, done_ids,
-                                              embeddings_dir, list_parts)
+                                              embeddings_dir)
 
     try:
         encoder = load_encoder(**spec, device="cpu")
@@ -142,6 +149,11 @@ def main(argv: list[str] | None = None) -> int:
     staging = f"embeddings/{encoder_id}/_staging/{run_id}"
     counts: dict = {}
     peak_rss = psutil.Process().memory_info().rss
+    reads = {name: store.table_version(name)["version"] for name in ("images", "reviews")}
+    committers = {kind: IncrementalCommit(store, embeddings_dir(encoder_id, kind), run_id=run_id, stage="embed",
+                                          app_id=f"embed/{run_id}/{kind}", every_files=cfg["commit_every_files"],
+                                          every_s=cfg["commit_every_s"], reads=reads)
+                  for kind in ("images", "texts", "quarantine")}
 
     for kind in kinds:
         with timer(f"{kind}_todo"):
@@ -171,26 +183,31 @@ def main(argv: list[str] | None = None) -> int:
         progress = Progress("embed", kind, todo)
         started = time.monotonic()
         with timer(kind):
-            for stats in ds.iter_batches(batch_size=None, batch_format="numpy"):
-                counts[kind]["embedded"] += int(stats["embedded"].sum())
-                counts[kind]["quarantined"] += int(stats["quarantined"].sum())
+            for files in ds.iter_batches(batch_size=None, batch_format="pandas"):
+                for record in files.to_dict("records"):
+                    committers[record["kind"]].add(record)
+                    counts[kind]["quarantined" if record["kind"] == "quarantine" else "embedded"] += int(record["rows"])
                 progress.update(counts[kind]["embedded"] + counts[kind]["quarantined"])
                 peak_rss = max(peak_rss, psutil.Process().memory_info().rss)
+            for committer in committers.values():
+                committer.flush()
         seconds = time.monotonic() - started
         counts[kind]["per_second"] = round((counts[kind]["embedded"] + counts[kind]["quarantined"]) / seconds, 1)
 
     store.delete_dir(staging)
-    # what is on disk now, and a check that no id was written twice
+    # what is committed now, and a check that no id was committed twice (memory: one id column)
     totals, reasons = {}, {}
     for kind in ("images", "texts", "quarantine"):
-        ids = []
-        columns = ["id", "reason"] if kind == "quarantine" else ["id"]
-        for path in list_parts(store, embeddings_dir(encoder_id, kind)):
-            part = pq.read_table(path, filesystem=store.fs, columns=columns)
-            ids += part.column("id").to_pylist()
-            for r in part.column("reason").to_pylist() if kind == "quarantine" else []:
-                reasons[r] = reasons.get(r, 0) + 1
-        totals[kind] = {"rows": len(ids), "duplicate_ids": len(ids) - len(set(ids))}
+        rel = embeddings_dir(encoder_id, kind)
+        if not delta.exists(store, rel):
+            totals[kind] = {"rows": 0, "duplicate_ids": 0}
+            continue
+        table = delta.read(store, rel, columns=["id", "reason"] if kind == "quarantine" else ["id"])
+        totals[kind] = {"rows": table.num_rows, "duplicate_ids": table.num_rows - pc.count_distinct(table["id"]).as_py(),
+                        "version": delta.open_table(store, rel).version(),
+                        "commits_this_run": committers[kind].commits}
+        if kind == "quarantine":
+            reasons = {r["values"]: r["counts"] for r in pc.value_counts(table["reason"]).to_pylist()}
     report.update(counts={"this_run": counts, "stored": totals, "quarantined_by_reason": reasons},
                   reason_codes={k: EMBED_REASONS[k] for k in reasons}, encoder_id=encoder_id, encoder_spec=spec,
                   outputs={k: store.uri(embeddings_dir(encoder_id, k)) for k in ("images", "texts", "quarantine")},

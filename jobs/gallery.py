@@ -16,7 +16,7 @@ import re
 import sys
 import time
 
-from showcase_core.showcase import latest_date, read_manifest, read_showcases
+from showcase_core.showcase import latest_date, publication, read_showcases
 from showcase_core.store import StoreError, filesystem_for, new_run_id, uri_path, utc_now, write_bytes_atomic
 
 from .common import UserError, new_report, open_store, parse_args, run, versions
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     store = open_store(cfg["root"])
     try:
         date = cfg["date"] or latest_date(store)
-        manifest = read_manifest(store, date)
+        manifest = publication(store, date)
         table = read_showcases(store.root, date, columns=COLUMNS)
     except StoreError as e:
         raise UserError(str(e)) from None
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     by_reason: dict[str, int] = {}
     for m in missing:
         by_reason[m["reason"]] = by_reason.get(m["reason"], 0) + 1
-    report.update(date=date, manifest_run_id=manifest.get("run_id"), gallery=store.uri(rel),
+    report.update(date=date, published_run_id=manifest.get("run_id"), gallery=store.uri(rel),
                   counts={"showcases_published": table.num_rows, "showcases_shown": len(rows),
                           "photos_embedded": embedded, "photos_missing": len(missing),
                           "photos_missing_by_reason": by_reason},

@@ -2,7 +2,8 @@
 ``python -m jobs.ingest --root ROOT --gest PATH [--format s2|raw|googlelocal] [--images URI]``.
 
 Ray tasks stage byte ranges of the input in parallel; a small global pass finds duplicates (and, for Gest-raw,
-the Gest-s1 single-review users); more tasks write the final parts; one pointer publishes all three tables.
+the Gest-s1 single-review users); more tasks write the data files; the driver commits each Delta table once
+(replacing the previous ingest) and writes the run record ``runs/ingest.json`` last, which pins the versions readers use.
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ import pyarrow.parquet as pq
 from showcase_core.data.gest import FORMATS, REASONS, detect_format
 from showcase_core.data.schema import QUARANTINE
 from showcase_core.data.sentences import read_sentences
-from showcase_core.data.ingest import ORDER, drops_of_chunk, finalize_chunk, list_photo_ids, plan_chunks, \
+from showcase_core.data.ingest import ORDER, commit_ingest, drops_of_chunk, finalize_chunk, list_photo_ids, plan_chunks, \
     plan_drops, stage_chunk
 from showcase_core.data.summary import dataset_summary, summary_markdown
 from showcase_core.store import Store, StoreError, filesystem_for, join_uri, new_run_id, open_binary, utc_now
+from showcase_core.tables import write_file
 
 from .common import Progress, Timer, UserError, new_report, open_store, parse_args, run, start_ray, versions
 
@@ -81,20 +83,21 @@ def _check_inputs(cfg: dict) -> tuple[str, str, str, str | None]:
     return source, fmt, images, sentences
 
 
-def _ingest_sentences(store: Store, version: str, uri: str, parts: dict) -> dict:
-    """Validate the aligned-sentences file against the reviews just written; add its parts."""
+def _ingest_sentences(store: Store, run_id: str, uri: str, parts: dict) -> dict:
+    """Validate the aligned-sentences file against the reviews just written; add its data files."""
     accepted = {}
     for p in parts["reviews"]:
-        table = pq.read_table(store.path(p["path"]), filesystem=store.fs, columns=["review_id", "split", "pic_ids"])
+        table = pq.read_table(store.path("tables/reviews", p["path"]), filesystem=store.fs,
+                              columns=["review_id", "split", "pic_ids"])
         for review_id, split, pics in zip(*(table.column(c).to_pylist() for c in ("review_id", "split", "pic_ids"))):
             accepted[review_id] = (split, set(pics))
     with open_binary(uri) as stream:
         result = read_sentences(stream, uri, accepted)
-    parts["sentences"] = [store.write_parquet(f"tables/sentences/{version}/part-00000.parquet", result["table"])]
+    parts["sentences"] = [write_file(store, "tables/sentences", result["table"], f"part-{run_id}-00000.parquet")]
     if result["quarantine"]:
-        parts["quarantine"].append(store.write_parquet(
-            f"tables/quarantine/{version}/sentences.parquet",
-            pa.Table.from_pylist(result["quarantine"], schema=QUARANTINE)))
+        parts["quarantine"].append(write_file(store, "tables/quarantine",
+                                              pa.Table.from_pylist(result["quarantine"], schema=QUARANTINE),
+                                              f"part-{run_id}-sentences.parquet"))
     return {"sentences_out": result["table"].num_rows, "sentences_quarantined": len(result["quarantine"]),
             "sentence_photo_refs_removed": result["photo_refs_removed"]}
 
@@ -168,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
             sentence_counts = _ingest_sentences(store, run_id, sentences, parts)
 
     with timer("publish"):
-        pointer = store.publish_tables(run_id, parts, {"source": source, "format": fmt, "images": images})
+        record = commit_ingest(store, run_id, parts, {"source": source, "format": fmt, "images": images})
         store.delete_dir(staging)
 
     quarantined: dict[str, int] = {}
@@ -178,25 +181,27 @@ def main(argv: list[str] | None = None) -> int:
     summary = dataset_summary(store)
     report["counts"] = {
         "records_in": records,
-        "reviews_out": pointer["tables"]["reviews"]["rows"],
-        "images_out": pointer["tables"]["images"]["rows"],
-        "quarantined": pointer["tables"]["quarantine"]["rows"],
+        "reviews_out": record["tables"]["reviews"]["rows"],
+        "images_out": record["tables"]["images"]["rows"],
+        "quarantined": record["tables"]["quarantine"]["rows"],
         # every input record is either a review out or a quarantined record (photo_missing rows are photos)
-        "records_quarantined": pointer["tables"]["quarantine"]["rows"] - quarantined.get("photo_missing", 0)
+        "records_quarantined": record["tables"]["quarantine"]["rows"] - quarantined.get("photo_missing", 0)
         - sentence_counts.get("sentences_quarantined", 0),
         "quarantined_by_reason": dict(sorted(quarantined.items())),
         **sentence_counts,
     }
     report["summary"] = summary
     report["reason_codes"] = {k: REASONS[k] for k in quarantined}
-    report["outputs"] = {name: store.uri("tables", name, run_id) for name in parts}
+    report["outputs"] = {name: {"uri": store.uri("tables", name), **t} for name, t in record["tables"].items()}
     report["timings_s"] = timer.timings
     report["versions"] = versions()
     report["finished_at"] = utc_now()
     report_uri = store.write_report("ingest", run_id, report)
 
     print(summary_markdown(summary, quarantined))
-    print(f"tables: {store.uri('tables')} (version {run_id}); report: {report_uri}")
+    print(f"tables: {store.uri('tables')} (run {run_id}: " + ", ".join(f"{k} v{t['version']}"
+                                                                     for k, t in record["tables"].items())
+          + f"); report: {report_uri}")
     return 0
 
 

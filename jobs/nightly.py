@@ -1,29 +1,30 @@
 """Nightly showcases: ``python -m jobs.nightly --root ROOT --candidates URI --date YYYY-MM-DD [--run-id ID] [--force]``.
 
 Candidates (Parquet: ``user_id``, ``business_id``, optional ``score``) -> checked against the published tables
-(unknown users/businesses, businesses without photos, empty ids and repeated pairs go to quarantine with a reason) ->
-sorted by business and user and cut into parts of ``--pairs-per-part`` pairs -> Ray Data over the parts with an actor
-pool (one GPU per actor when the cluster has them) whose actors load the DPP and PC²L models once and share the
-lookups (photo features, users' history) through Ray's object store -> each part's showcase rows written atomically
-as ``ROOT/showcases/dt=DATE/run=RUN_ID/part-NNNNN.parquet``.
+(unknown users/businesses, businesses without photos, empty ids and repeated pairs go to the
+``showcases_quarantine`` table with a reason) -> sorted by business and user and cut into parts of
+``--pairs-per-part`` pairs -> Ray Data over the parts with an actor pool (one GPU per actor when the cluster has
+them) whose actors load the DPP and PC²L models once and share the lookups (photo features, users' history) through
+Ray's object store -> each part's rows written atomically as a data file ``ROOT/showcases/dt=DATE/part-RUN-NNNNN``.
 
-Exactly once: a part is named by its index and written in one atomic write, so a retried part (a killed worker)
-replaces itself; a rerun with the same ``--run-id`` (a killed driver) skips the parts already written. After every
-part is there and the counts add up, ``dt=DATE/_MANIFEST.json`` is written, then ``showcases/LATEST`` (unless an
-older date is being redone). A date already published is left alone unless ``--force``; then the new run replaces it
-and the old run's files are deleted after the new manifest is in place.
+Exactly once: a part is named by the run and its index, so a retried part (a killed worker) replaces itself and a
+rerun with the same ``--run-id`` (a killed driver) skips the parts already written. The driver then commits the
+date's quarantine and its showcases, each in one Delta transaction that replaces the date's partition, under the
+application transaction ``<table>/dt=DATE`` with the publish generation (1, +1 per ``--force``). A committed date
+is a no-op without ``--force``; a run that finds its generation committed by another run exits 3.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import posixpath
 import sys
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from showcase_core import tables as delta
+from showcase_core.data.schema import SHOWCASES, SHOWCASES_QUARANTINE
 from showcase_core.store import StoreError, filesystem_for, new_run_id, utc_now
 
 from .common import (Progress, Timer, UserError, actor_plan, new_report, open_store, parse_args, run, start_ray,
@@ -38,14 +39,13 @@ DEFAULTS = {
     "k": 3,
     "beams": 2,
     "dpp_modality": "img+text",
+    "generator": "pc2l",  # pc2l, or none: images-only showcases (the DPP's picks, a null explanation)
     "generator_variant": "pc2l",
     "pairs_per_part": 2048,
     "batch_size": 256,  # pairs per DPP + generation batch inside an actor
     "actors": 0,  # 0 = one per GPU, or one per CPU on a CPU-only cluster (Ray gives a 1-CPU actor one torch thread)
     "use_gpu": False,  # ask for a GPU per actor even when none is up yet (autoscaling from zero)
 }
-QUARANTINE_SCHEMA = pa.schema([("user_id", pa.string()), ("business_id", pa.string()), ("reason", pa.string()),
-                               ("detail", pa.string())])
 
 
 def read_candidates(uri: str) -> list[dict]:
@@ -69,25 +69,29 @@ def read_candidates(uri: str) -> list[dict]:
 
 
 def resolve_models(store, cfg: dict) -> dict:
-    """The DPP and PC²L models and their encoder, checked before anything loads."""
+    """The DPP and PC²L models and their encoder, checked before anything loads (no PC²L with --generator none)."""
+    if cfg["generator"] not in ("pc2l", "none"):
+        raise UserError(f"--generator must be pc2l or none, got {cfg['generator']!r}")
     found = {}
-    for name, hint in (("dpp", "train_dpp"), ("pc2l", "train_pc2l")):
+    for name, hint in (("dpp", "train_dpp"), ("pc2l", "train_pc2l"))[:1 if cfg["generator"] == "none" else 2]:
         try:
             found[name] = store.read_json(f"models/{name}/_LATEST.json")
         except StoreError:
             raise UserError(f"no trained {name} model under {store.root}/models/{name} (run `showcase {hint}`)") from None
     dpp = found["dpp"]["models"].get(cfg["dpp_modality"])
-    generator = found["pc2l"]["models"].get(cfg["generator_variant"])
     if not dpp:
         raise UserError(f"the latest DPP has no {cfg['dpp_modality']!r} model (has {', '.join(found['dpp']['models'])})")
-    if not generator:
-        raise UserError(f"the latest PC2L has no {cfg['generator_variant']!r} variant "
-                        f"(has {', '.join(found['pc2l']['models'])})")
-    if found["dpp"]["encoder_id"] != found["pc2l"]["encoder_id"]:
+    generator = None
+    if "pc2l" in found:
+        generator = found["pc2l"]["models"].get(cfg["generator_variant"])
+        if not generator:
+            raise UserError(f"the latest PC2L has no {cfg['generator_variant']!r} variant "
+                            f"(has {', '.join(found['pc2l']['models'])})")
+    if generator and found["dpp"]["encoder_id"] != found["pc2l"]["encoder_id"]:
         raise UserError(f"the DPP uses encoder {found['dpp']['encoder_id']} but PC2L uses {found['pc2l']['encoder_id']}: "
                         "retrain one on the same embeddings")
     encoder_id = found["dpp"]["encoder_id"]
-    for uri in (dpp, generator):
+    for uri in filter(None, (dpp, generator)):
         fs, base = filesystem_for(uri)
         if fs.get_file_info(posixpath.join(base, "card.json")).type.name == "NotFound":
             raise UserError(f"model files missing at {uri}")
@@ -97,26 +101,21 @@ def resolve_models(store, cfg: dict) -> dict:
 
 
 class ShowcaseWriter:
-    """Ray Data actor: parts of checked pairs -> showcase rows, one atomic Parquet file per part."""
+    """Ray Data actor: parts of checked pairs -> showcase rows, one atomic data file per part; returns add records."""
 
-    def __init__(self, root: str, run_dir: str, context: list, models: dict, k: int, beams: int, batch_size: int,
+    def __init__(self, root: str, date: str, context: list, models: dict, k: int, beams: int, batch_size: int,
                  run_id: str, generated_at: str, device: str):
         import ray
 
         from showcase_core.showcase import ShowcaseAssembler
         from showcase_core.store import Store
 
-        self.store, self.run_dir = Store.open(root), run_dir
+        self.store, self.date = Store.open(root), date
         self.assembler = ShowcaseAssembler(ray.get(context[0]), models["dpp"], models["generator"], k, beams, device)
         self.batch_size, self.run_id, self.generated_at = batch_size, run_id, generated_at
 
     def __call__(self, batch: dict) -> dict:
-        import io
-
-        import numpy as np
-
-        from showcase_core.data.schema import SHOWCASES
-        from showcase_core.store import write_bytes_atomic
+        from showcase_core.showcase import TABLE
 
         written = []
         for unit, users, businesses, scores in zip(batch["unit"], batch["user_ids"], batch["business_ids"],
@@ -126,30 +125,61 @@ class ShowcaseWriter:
             rows = []
             for start in range(0, len(pairs), self.batch_size):
                 rows += self.assembler.assemble(pairs[start:start + self.batch_size], self.run_id, self.generated_at)
-            buf = io.BytesIO()
-            pq.write_table(pa.Table.from_pylist(rows, schema=SHOWCASES), buf, compression="zstd")
-            write_bytes_atomic(self.store.fs, self.store.path(self.run_dir, f"part-{int(unit):05d}.parquet"),
-                               buf.getvalue())
-            written.append(len(rows))
-        return {"unit": np.asarray(batch["unit"]), "rows": np.asarray(written)}
+            table = pa.Table.from_pylist([{**r, "dt": self.date} for r in rows], schema=SHOWCASES)
+            written.append(delta.write_file(self.store, TABLE, table, part_name(self.run_id, int(unit)),
+                                            {"dt": self.date}))
+        return delta.record_columns(written, unit=batch["unit"])
 
 
-def list_run_parts(store, run_dir: str) -> dict[int, str]:
+def part_name(run_id: str, unit: int) -> str:
+    return f"part-{run_id}-{unit:05d}.parquet"
+
+
+def list_run_parts(store, date: str, run_id: str) -> dict[int, str]:
+    """{unit: path} of the data files this run has written for the date (committed or not)."""
     import pyarrow.fs as pafs
 
-    if not store.exists(run_dir):
+    from showcase_core.showcase import TABLE
+
+    folder = f"{TABLE}/dt={date}"
+    if not store.exists(folder):
         return {}
-    infos = store.fs.get_file_info(pafs.FileSelector(store.path(run_dir)))
-    out = {}
-    for info in infos:
+    prefix, out = f"part-{run_id}-", {}
+    for info in store.fs.get_file_info(pafs.FileSelector(store.path(folder))):
         name = posixpath.basename(info.path)
-        if name.startswith("part-") and name.endswith(".parquet"):
-            out[int(name[5:-8])] = info.path
+        if name.startswith(prefix) and name.endswith(".parquet") and name[len(prefix):-8].isdigit():
+            out[int(name[len(prefix):-8])] = info.path
     return out
 
 
+def _existing_record(store, date: str, path: str) -> dict:
+    """The add record of a data file a killed run of ours wrote before (statistics from its footer)."""
+    import json
+    import time
+
+    metadata = pq.read_metadata(path, filesystem=store.fs)
+    name = posixpath.basename(path)
+    return {"path": f"dt={date}/{name}", "size": store.fs.get_file_info(path).size, "rows": metadata.num_rows,
+            "partition": json.dumps({"dt": date}), "modified_ms": int(time.time() * 1000),
+            "stats": delta.column_stats(metadata, metadata.schema.to_arrow_schema())}
+
+
+def plan_generation(store, date: str, run_id: str, force: bool) -> tuple[int, str | None]:
+    """(the generation this run commits, or 0 when there is nothing to do; the run that published the date)."""
+    from showcase_core.showcase import TABLE, app_id
+
+    current = delta.open_table(store, TABLE).transaction_version(app_id(date)) or 0 \
+        if delta.exists(store, TABLE) else 0
+    if not current:
+        return 1, None
+    publisher = delta.committed_by(store, TABLE, app_id(date), current)
+    if publisher == run_id or not force:
+        return 0, publisher
+    return current + 1, publisher
+
+
 def main(argv: list[str] | None = None) -> int:
-    from showcase_core.showcase import build_context, check_pairs, date_dir, latest_date, manifest_path
+    from showcase_core.showcase import QUARANTINE_TABLE, TABLE, app_id, build_context, check_pairs
 
     cfg = parse_args("nightly", DEFAULTS, argv)
     if not cfg["candidates"]:
@@ -163,33 +193,27 @@ def main(argv: list[str] | None = None) -> int:
     store = open_store(cfg["root"])
     run_id = cfg["run_id"] or new_run_id()
     report = new_report("nightly", cfg, run_id)
-    if store.exists(manifest_path(date)) and not cfg["force"]:
-        published = store.read_json(manifest_path(date))
-        print(f"[nightly] {date} is already published (run {published['run_id']}, {published['rows']:,} showcases); "
-              "nothing to do (--force replaces it)", flush=True)
-        report.update(status="already_published", published_run_id=published["run_id"], finished_at=utc_now())
+    generation, publisher = plan_generation(store, date, run_id, cfg["force"])
+    if not generation:
+        print(f"[nightly] {date} is already published (run {publisher}); nothing to do"
+              + ("" if publisher == run_id else " (--force replaces it)"), flush=True)
+        report.update(status="already_published", published_run_id=publisher, finished_at=utc_now())
         store.write_report("nightly", run_id, report)
         return 0
     models = resolve_models(store, cfg)
     candidates = read_candidates(cfg["candidates"])
     timer = Timer()
-    run_dir = f"{date_dir(date)}/run={run_id}"
-    state_path = f"{run_dir}/_RUN.json"
-    if store.exists(state_path):  # resuming: keep the first attempt's timestamp, so every row of a run agrees
-        state = store.read_json(state_path)
-        if state["candidates"] != cfg["candidates"] or state["models"] != models:
-            raise UserError(f"run {run_id} was started with other candidates or models; use a new --run-id")
-    else:
-        state = {"run_id": run_id, "date": date, "candidates": cfg["candidates"], "models": models,
-                 "generated_at": utc_now()}
-        store.write_json(state_path, state)
+    done_before = list_run_parts(store, date, run_id)
+    generated_at = utc_now()
+    if done_before:  # resuming: keep the first attempt's timestamp, so every row of a run agrees
+        first = pq.read_table(next(iter(done_before.values())), filesystem=store.fs, columns=["generated_at"])
+        generated_at = first.column("generated_at")[0].as_py() if first.num_rows else generated_at
 
     with timer("context"):
         context = build_context(store, models["encoder_id"])
         good, quarantined = check_pairs(candidates, context)
     good.sort(key=lambda p: (p["business_id"], p["user_id"]))  # a part shares businesses: their ground sets
     units = [good[i:i + cfg["pairs_per_part"]] for i in range(0, len(good), cfg["pairs_per_part"])]
-    done_before = list_run_parts(store, run_dir)
     todo = [i for i in range(len(units)) if i not in done_before]
     reasons: dict[str, int] = {}
     for q in quarantined:
@@ -197,8 +221,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[nightly] {date}: {len(candidates):,} candidates, {len(good):,} to showcase in {len(units)} parts "
           f"({len(units) - len(todo)} already written by run {run_id}), {len(quarantined):,} quarantined "
           f"{reasons or ''}", file=sys.stderr, flush=True)
-    store.write_parquet(f"{run_dir}/quarantine.parquet", pa.Table.from_pylist(quarantined, schema=QUARANTINE_SCHEMA))
+    quarantine_file = delta.write_file(
+        store, QUARANTINE_TABLE, pa.Table.from_pylist([{**q, "run_id": run_id, "dt": date} for q in quarantined],
+                                                      schema=SHOWCASES_QUARANTINE),
+        f"part-{run_id}.parquet", {"dt": date})
 
+    records = {i: _existing_record(store, date, path) for i, path in done_before.items() if i < len(units)}
     if todo:
         import ray
 
@@ -210,60 +238,66 @@ def main(argv: list[str] | None = None) -> int:
                   "scores": [float("nan") if p.get("score") is None else p["score"] for p in units[i]]} for i in todo]
         ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
             ShowcaseWriter, batch_size=1, compute=ray.data.ActorPoolStrategy(size=min(actors, len(items))),
-            fn_constructor_kwargs={"root": store.root, "run_dir": run_dir, "context": [ray.put(context)],
+            fn_constructor_kwargs={"root": store.root, "date": date, "context": [ray.put(context)],
                                    "models": models, "k": cfg["k"], "beams": cfg["beams"],
                                    "batch_size": cfg["batch_size"], "run_id": run_id,
-                                   "generated_at": state["generated_at"], "device": device},
+                                   "generated_at": generated_at, "device": device},
             **resources)
         progress = Progress("nightly", "pairs", sum(len(units[i]) for i in todo))
         pairs_done = 0
         with timer("showcases"):
-            for stats in ds.iter_batches(batch_size=None, batch_format="numpy"):
-                pairs_done += int(stats["rows"].sum())
+            for written in ds.iter_batches(batch_size=None, batch_format="pandas"):
+                for record in written.to_dict("records"):
+                    records[int(record["unit"])] = record
+                    pairs_done += int(record["rows"])
                 progress.update(pairs_done)
 
     with timer("publish"):
-        parts = list_run_parts(store, run_dir)
-        missing = [i for i in range(len(units)) if i not in parts]
-        if missing:
-            raise RuntimeError(f"parts {missing[:5]} of run {run_id} were not written")
-        entries, seen, rows, cold_start = [], set(), 0, 0
-        for i in range(len(units)):
-            with store.fs.open_input_file(parts[i]) as f:
-                data = f.read()
-            table = pq.read_table(pa.BufferReader(data), columns=["user_id", "business_id", "cold_start"])
-            keys = set(zip(table.column("user_id").to_pylist(), table.column("business_id").to_pylist()))
-            expected = {(p["user_id"], p["business_id"]) for p in units[i]}
-            if keys != expected or table.num_rows != len(units[i]) or keys & seen:
-                raise RuntimeError(f"part {i} of run {run_id} does not hold exactly its {len(units[i])} pairs")
-            seen |= keys
-            rows += table.num_rows
-            cold_start += sum(table.column("cold_start").to_pylist())
-            entries.append({"path": f"{run_dir}/part-{i:05d}.parquet", "rows": table.num_rows, "bytes": len(data),
-                            "sha256": hashlib.sha256(data).hexdigest()})
-        manifest = {"date": date, "run_id": run_id, "rows": rows, "parts": entries, "models": models,
-                    "quarantined": len(quarantined), "quarantine": f"{run_dir}/quarantine.parquet",
-                    "generated_at": state["generated_at"], "published_at": utc_now()}
-        previous = store.read_json(manifest_path(date)) if store.exists(manifest_path(date)) else None
-        store.write_json(manifest_path(date), manifest)
+        rows, cold_start = _check_parts(store, run_id, units, records)
+        reads = {name: store.table_version(name)["version"] for name in ("reviews", "images")}
         try:
-            newest = latest_date(store)
-        except StoreError:
-            newest = ""
-        if date >= newest:
-            store.write_json("showcases/LATEST", {"date": date, "manifest": manifest_path(date), "run_id": run_id})
-        if previous and previous["run_id"] != run_id:  # --force: the replaced run's files go once nothing points there
-            store.delete_dir(f"{date_dir(date)}/run={previous['run_id']}")
+            delta.commit(store, QUARANTINE_TABLE, [quarantine_file], SHOWCASES_QUARANTINE, run_id=run_id,
+                         stage="nightly", app_id=app_id(date, QUARANTINE_TABLE), app_version=generation,
+                         partition_by=["dt"], replace={"dt": date}, reads=reads)
+            committed = delta.commit(store, TABLE, [records[i] for i in range(len(units))], SHOWCASES, run_id=run_id,
+                                     stage="nightly", app_id=app_id(date), app_version=generation,
+                                     partition_by=["dt"], replace={"dt": date}, reads=reads,
+                                     metadata={"generation": generation, "candidates": cfg["candidates"]})
+        except delta.LostRace as e:
+            report.update(status="lost_race", winner_run_id=e.winner, finished_at=utc_now())
+            store.write_report("nightly", run_id, report)
+            raise
     counts = {"candidates": len(candidates), "showcases": rows, "quarantined": len(quarantined),
               "quarantined_by_reason": reasons, "parts": len(units), "parts_resumed": len(units) - len(todo),
               "cold_start": cold_start}
-    report.update(status="published", date=date, counts=counts, models=models, manifest=store.uri(manifest_path(date)),
+    report.update(status="published", date=date, counts=counts, models=models, generation=generation,
+                  table={"uri": store.uri(TABLE), "version": committed.version}, replaced_run_id=publisher,
                   timings_s=timer.timings, versions=versions(), finished_at=utc_now())
     seconds = timer.timings.get("showcases")
     rate = f" ({counts['showcases'] / seconds:.1f} pairs/s)" if seconds and not counts["parts_resumed"] else ""
-    print(f"[nightly] published {rows:,} showcases for {date}{rate}: {store.uri(manifest_path(date))}; "
+    print(f"[nightly] published {rows:,} showcases for {date}{rate}: {store.uri(TABLE)} version {committed.version}; "
           f"quarantined {len(quarantined):,}; report: {store.write_report('nightly', run_id, report)}", flush=True)
     return 0
+
+
+def _check_parts(store, run_id: str, units: list[list[dict]], records: dict[int, dict]) -> tuple[int, int]:
+    """Every part is there and holds exactly its pairs, no pair twice: (rows, cold-start rows)."""
+    from showcase_core.showcase import TABLE
+
+    missing = [i for i in range(len(units)) if i not in records]
+    if missing:
+        raise RuntimeError(f"parts {missing[:5]} of run {run_id} were not written")
+    seen, rows, cold_start = set(), 0, 0
+    for i, unit in enumerate(units):
+        table = pq.read_table(store.path(TABLE, records[i]["path"]), filesystem=store.fs,
+                              columns=["user_id", "business_id", "cold_start"])
+        keys = set(zip(table.column("user_id").to_pylist(), table.column("business_id").to_pylist()))
+        if keys != {(p["user_id"], p["business_id"]) for p in unit} or table.num_rows != len(unit) or keys & seen:
+            raise RuntimeError(f"part {i} of run {run_id} does not hold exactly its {len(unit)} pairs")
+        seen |= keys
+        rows += table.num_rows
+        cold_start += sum(table.column("cold_start").to_pylist())
+    return rows, cold_start
 
 
 if __name__ == "__main__":

@@ -3,8 +3,8 @@
 __version__ = "0.1.0"
 
 
-def read_showcases(root: str, date: str | None = None, columns: list[str] | None = None):
-    """The published showcases of ``date`` (default: the newest, via ROOT/showcases/LATEST) as an Arrow table."""
+def read_showcases(root: str, date: str | None = None, columns: list[str] | None = None, version: int | None = None):
+    """The published showcases of ``date`` (default: the newest) as an Arrow table; ``version``: Delta time travel."""
     from .showcase import read_showcases as _read
 
-    return _read(root, date, columns)
+    return _read(root, date, columns, version)

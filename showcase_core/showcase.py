@@ -1,12 +1,11 @@
-"""The published showcases: layout, manifest and the reader downstream pipelines use.
+"""The published showcases: the Delta tables, their reader, and the assembly of showcase rows.
 
-ROOT/showcases/dt=<DATE>/part-*.parquet     rows with the SHOWCASES schema (showcase_core.data.schema)
-ROOT/showcases/dt=<DATE>/_MANIFEST.json     date, run id, row count, parts (path, rows, bytes, sha256), models;
-                                            written only after every part of the date is complete
-ROOT/showcases/LATEST                       {"date", "manifest", "run_id"}: the newest complete date, written last
+ROOT/showcases/               Delta table partitioned by dt, rows with the SHOWCASES schema (showcase_core.data.schema)
+ROOT/showcases_quarantine/    Delta table partitioned by dt: the candidate pairs that got no showcase, with a reason
 
-``read_showcases(root, date=None)`` follows LATEST (or the given date's manifest) and reads exactly the parts the
-manifest lists, checking their sizes, so a reader never sees a half-written date.
+Each date is committed once by one nightly run (application transaction ``showcases/dt=DATE``, version = the
+publish generation, +1 per ``--force``). ``read_showcases(root, date=None)`` reads the newest date by default;
+any engine that reads Delta (Spark, Trino, Athena, DuckDB, Polars) reads the same rows.
 """
 
 from __future__ import annotations
@@ -15,49 +14,58 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from . import tables as delta
 from .data.schema import SHOWCASES
 from .store import Store, StoreError
 
-LATEST = "showcases/LATEST"
+TABLE = "showcases"
+QUARANTINE_TABLE = "showcases_quarantine"
 
 
-def date_dir(date: str) -> str:
-    return f"showcases/dt={date}"
+def app_id(date: str, table: str = TABLE) -> str:
+    """The application transaction id of one date's commit to a table."""
+    return f"{table}/dt={date}"
 
 
-def manifest_path(date: str) -> str:
-    return f"{date_dir(date)}/_MANIFEST.json"
+def published_dates(store: Store, version: int | None = None) -> list[str]:
+    """Every date with committed showcases (at ``version``, default the newest), oldest first; reads the log only."""
+    if not delta.exists(store, TABLE):
+        return []
+    actions = pa.table(delta.open_table(store, TABLE, version).get_add_actions(flatten=True))
+    return sorted(set(actions.column("partition.dt").to_pylist())) if actions.num_rows else []
 
 
 def latest_date(store: Store) -> str:
-    if not store.exists(LATEST):
-        raise StoreError(f"no showcases published under {store.root} yet (no {LATEST})")
-    return store.read_json(LATEST)["date"]
+    dates = published_dates(store)
+    if not dates:
+        raise StoreError(f"no showcases published under {store.root} yet (no table at {store.uri(TABLE)})")
+    return dates[-1]
 
 
-def read_manifest(store: Store, date: str | None = None) -> dict:
-    date = date or latest_date(store)
-    if not store.exists(manifest_path(date)):
-        raise StoreError(f"showcases for {date} are not published under {store.root} (no {manifest_path(date)})")
-    return store.read_json(manifest_path(date))
+def publication(store: Store, date: str) -> dict:
+    """{date, run_id, generation, version} of the run that published ``date``; StoreError if none did."""
+    generation = delta.open_table(store, TABLE).transaction_version(app_id(date)) if delta.exists(store, TABLE) else None
+    if not generation:
+        raise StoreError(f"showcases for {date} are not published under {store.root}")
+    return {"date": date, "generation": generation, "run_id": delta.committed_by(store, TABLE, app_id(date), generation),
+            "version": delta.open_table(store, TABLE).version()}
 
 
-def read_showcases(root: str, date: str | None = None, columns: list[str] | None = None) -> pa.Table:
-    """Every showcase of a published date (default: the one LATEST names), as one Arrow table."""
+def read_showcases(root: str, date: str | None = None, columns: list[str] | None = None,
+                   version: int | None = None) -> pa.Table:
+    """Every showcase of a published date (default: the newest), as one Arrow table with the SHOWCASES schema.
+    ``version`` reads the table as it was at that Delta version (time travel)."""
     store = Store.open(root)
-    manifest = read_manifest(store, date)
-    tables = []
-    for part in manifest["parts"]:
-        path = store.path(part["path"])
-        size = store.fs.get_file_info(path).size
-        if size != part["bytes"]:
-            raise StoreError(f"{store.uri(part['path'])} has {size} bytes, the manifest says {part['bytes']}")
-        tables.append(pq.read_table(path, filesystem=store.fs, columns=columns))
-    if not tables:
-        return SHOWCASES.empty_table() if columns is None else SHOWCASES.empty_table().select(columns)
-    return pa.concat_tables(tables)
+    if not delta.exists(store, TABLE):
+        raise StoreError(f"no showcases published under {store.root} yet (no table at {store.uri(TABLE)})")
+    dates = published_dates(store, version)
+    date = date or (dates[-1] if dates else "")
+    if date not in dates:
+        raise StoreError(f"showcases for {date} are not published under {store.root}")
+    wanted = SHOWCASES if columns is None else pa.schema([SHOWCASES.field(c) for c in columns])
+    table = delta.read(store, TABLE, version, columns=wanted.names, filters=[("dt", "=", date)])
+    return table.select(wanted.names).cast(wanted)
 
 
 # -- assembly -----------------------------------------------------------------------------------------------------
@@ -141,17 +149,20 @@ def check_pairs(pairs: list[dict], context: ShowcaseContext) -> tuple[list[dict]
 
 
 class ShowcaseAssembler:
-    """DPP picks + PC²L explanations for batches of checked pairs; one per process (loads each model once)."""
+    """DPP picks + PC²L explanations for batches of checked pairs; one per process (loads each model once).
+    ``generator_uri`` None makes images-only showcases (null explanation, ``images_only`` true)."""
 
-    def __init__(self, context: ShowcaseContext, dpp_uri: str, generator_uri: str, k: int = 3, num_beams: int = 2,
-                 device: str = "cpu"):
+    def __init__(self, context: ShowcaseContext, dpp_uri: str, generator_uri: str | None, k: int = 3,
+                 num_beams: int = 2, device: str = "cpu"):
         from .generation.model import load_pc2l
         from .selection.kernel import load_dpp
 
         self.context, self.k, self.num_beams, self.device = context, k, num_beams, device
         self.dpp, self.dpp_config = load_dpp(dpp_uri)
         self.dpp.to(device)
-        self.generator, self.tokenizer, self.generator_config = load_pc2l(generator_uri, device)
+        self.generator = self.tokenizer = self.generator_config = None
+        if generator_uri:
+            self.generator, self.tokenizer, self.generator_config = load_pc2l(generator_uri, device)
         self.dpp_uri, self.generator_uri = dpp_uri, generator_uri
 
     def _profile(self, user: str, business: str) -> tuple[np.ndarray, np.ndarray, list[int]]:
@@ -199,20 +210,22 @@ class ShowcaseAssembler:
             quality = self.dpp.quality(profile, t(photos)).cpu().numpy()
         picked_rows = [[int(grounds[i][j]) for j in row if j >= 0] for i, row in enumerate(picks)]
         picked_scores = [[float(quality[i][j]) for j in row if j >= 0] for i, row in enumerate(picks)]
-        cfg = self.generator_config
-        photo_feats, photo_mask = pack([[ctx.photo_vecs[r] for r in rows] for rows in picked_rows], cfg["max_photos"],
-                                       dim)
-        hist_feats, hist_mask = pack([[ctx.text_vecs[r] for r in p[2][:cfg["max_history"]]] for p in profiles],
-                                     cfg["max_history"], dim)
-        texts = generate(self.generator, self.tokenizer, photo_feats, photo_mask, hist_feats, hist_mask,
-                         num_beams=self.num_beams)
+        texts = [None] * len(pairs)
+        if self.generator is not None:
+            cfg = self.generator_config
+            photo_feats, photo_mask = pack([[ctx.photo_vecs[r] for r in rows] for rows in picked_rows],
+                                           cfg["max_photos"], dim)
+            hist_feats, hist_mask = pack([[ctx.text_vecs[r] for r in p[2][:cfg["max_history"]]] for p in profiles],
+                                         cfg["max_history"], dim)
+            texts = generate(self.generator, self.tokenizer, photo_feats, photo_mask, hist_feats, hist_mask,
+                             num_beams=self.num_beams)
         rows = []
         for p, prof, prows, scores, text in zip(pairs, profiles, picked_rows, picked_scores, texts):
             score = p.get("score")
             rows.append({"user_id": p["user_id"], "business_id": p["business_id"],
                          "image_ids": [ctx.photo_ids[r] for r in prows], "image_uris": [ctx.photo_uris[r] for r in prows],
-                         "image_scores": scores, "explanation": text, "cold_start": not prof[2] and not prof[0].any(),
-                         "candidate_score": None if score is None else float(score),
+                         "image_scores": scores, "explanation": text, "images_only": self.generator is None, "cold_start": not prof[2] and not prof[0].any(),
+                         "candidate_score": None if score is None else float(score), "dt": None,
                          "encoder_id": self.dpp_config.get("encoder_id", ""), "dpp_model": self.dpp_uri,
                          "generator_model": self.generator_uri, "run_id": run_id, "generated_at": generated_at})
         return rows

@@ -1,17 +1,14 @@
-"""The ROOT layout on local disk or S3, and atomic publishing.
+"""ROOT (a local path, ``file://...`` or ``s3://bucket/prefix``): filesystems, small JSON objects, and the tables.
 
-One ROOT URI holds everything (a local path, ``file://...`` or ``s3://bucket/prefix``)::
+    ROOT/tables/<table>/                  Delta tables written by ingest and distill (showcase_core.tables)
+    ROOT/runs/<producer>.json             the table versions the producer's last completed run committed
+    ROOT/embeddings/<encoder_id>/{images,texts,quarantine}/   Delta tables written by embed
+    ROOT/showcases/, ROOT/showcases_quarantine/               Delta tables partitioned by dt, written by nightly
+    ROOT/models/<name>/<version>/         model files; ROOT/reports/<stage>/<run_id>.json run reports
 
-    ROOT/tables/<table>/<version>/part-*.parquet     immutable data of one version
-    ROOT/tables/_CURRENT.json                        which version of each table readers see (written last)
-    ROOT/embeddings/<encoder_id>/{images,texts}/
-    ROOT/models/<name>/<version>/
-    ROOT/showcases/dt=<YYYY-MM-DD>/part-*.parquet + _MANIFEST.json, then ROOT/showcases/LATEST
-    ROOT/reports/<stage>/<run_id>.json
-
-Publishing is data first, pointer last: readers follow ``tables/_CURRENT.json`` (or a manifest), which is a
-single small object written only after every data file of that version is complete. A pointer write is
-one PUT on S3 and an ``os.replace`` of a temporary file on local disk, so a reader never sees half of it.
+Small JSON objects are written atomically (one PUT on S3, an ``os.replace`` locally). A producer that commits
+several Delta tables writes its run record last, and readers pin the versions it names, so a reader never mixes
+tables of two runs.
 
 S3 settings come from the environment, never from files: credentials through the AWS default chain
 (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY`` or the instance role), ``AWS_REGION``, and for
@@ -33,7 +30,10 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-CURRENT = "_CURRENT.json"
+LEGACY_POINTER = "_CURRENT.json"  # the pre-Delta layout's pointer; a ROOT that has it is refused
+# which job commits each table under ROOT/tables (its run record, runs/<producer>.json, pins their versions)
+PRODUCERS = {"reviews": "ingest", "images": "ingest", "quarantine": "ingest", "sentences": "ingest",
+             "distilled": "distill"}
 
 
 class StoreError(Exception):
@@ -194,51 +194,62 @@ class Store:
     def write_report(self, stage: str, run_id: str, report: dict) -> str:
         return self.write_json(f"reports/{stage}/{run_id}.json", report)
 
-    # -- versioned tables ----------------------------------------------------------------------
     def write_parquet(self, rel: str, table: pa.Table) -> dict:
-        """Write one Parquet file; returns {path, rows, bytes} for manifests."""
+        """Write one plain Parquet file (staging, candidates, reports; not a table); returns {path, rows, bytes}."""
         path = self.path(rel)
         self.fs.create_dir(posixpath.dirname(path), recursive=True)
         pq.write_table(table, path, filesystem=self.fs, compression="zstd")
         return {"path": rel, "rows": table.num_rows, "bytes": self.fs.get_file_info(path).size}
 
-    def publish_tables(self, version: str, parts: dict[str, list[dict]], extra: dict | None = None) -> dict:
-        """Point readers at ``version`` of several tables at once, after all their parts are written.
+    # -- Delta tables under ROOT/tables (see showcase_core.tables) ------------------------------------------------
+    def check_layout(self) -> None:
+        """Refuse a ROOT of the pre-Delta layout in one line that says what to do."""
+        for old in (f"tables/{LEGACY_POINTER}", "showcases/LATEST"):
+            if self.exists(old):
+                raise StoreError(f"ROOT {self.root} has the previous layout ({old}); tables are Delta tables now: "
+                                 f"ingest again into a new ROOT (showcase ingest --root NEW_ROOT --gest FILE) and rerun "
+                                 f"the stages from there (or `make demo`)")
 
-        One pointer (``tables/_CURRENT.json``) covers every table of the version, so a reader never
-        mixes tables of two runs. Tables not named keep the parts of the previous pointer.
-        """
-        pointer = self.read_json(f"tables/{CURRENT}") if self.exists(f"tables/{CURRENT}") else {"tables": {}}
-        for name, table_parts in parts.items():
-            pointer["tables"][name] = {
-                "version": version,
-                "parts": [p["path"] for p in table_parts],
-                "rows": sum(p["rows"] for p in table_parts),
-                "bytes": sum(p["bytes"] for p in table_parts),
-            }
-        pointer.update(version=version, published_at=utc_now(), **(extra or {}))
-        self.write_json(f"tables/{CURRENT}", pointer)
-        return pointer
+    def record_run(self, producer: str, run_id: str, tables: dict[str, int], extra: dict | None = None) -> dict:
+        """Write the run record of a producer that committed several tables, last: consumers read exactly the
+        versions the last completed run of that producer committed (Delta has no multi-table transaction)."""
+        from . import tables as delta
+
+        record = {"producer": producer, "run_id": run_id, "completed_at": utc_now(), **(extra or {}),
+                  "tables": {name: {"version": v, "rows": delta.rows(self, f"tables/{name}", v)}
+                             for name, v in tables.items()}}
+        self.write_json(f"runs/{producer}.json", record)
+        return record
 
     def table_version(self, name: str) -> dict:
-        tables = self.read_json(f"tables/{CURRENT}")["tables"] if self.exists(f"tables/{CURRENT}") else {}
-        if name not in tables:
-            raise StoreError(f"table {name!r} has not been published under {self.root} (run `showcase ingest` first)")
-        return tables[name]
+        """{version, rows, run_id} of table ``name`` as its producer's last completed run committed it."""
+        producer = PRODUCERS.get(name, "ingest")
+        if not self.exists(f"runs/{producer}.json"):
+            raise StoreError(f"table {name!r} has not been published under {self.root} (run `showcase {producer}` first)")
+        record = self.read_json(f"runs/{producer}.json")
+        if name not in record["tables"]:
+            raise StoreError(f"table {name!r} was not published by the last {producer} run ({record['run_id']}) "
+                             f"under {self.root}")
+        return {**record["tables"][name], "run_id": record["run_id"]}
 
-    def read_table(self, name: str, columns: list[str] | None = None) -> pa.Table:
-        """The published version of a table (all parts, in order)."""
-        pointer = self.table_version(name)
-        tables = [pq.read_table(self.path(p), filesystem=self.fs, columns=columns) for p in pointer["parts"]]
-        if not tables:
-            raise StoreError(f"table {name!r} under {self.root} has no parts")
-        return pa.concat_tables(tables)
+    def _pinned(self, name: str, version: int | None) -> int:
+        from . import tables as delta
+
+        if version is not None:
+            return version
+        return delta.current_version(self, f"tables/{name}", self.table_version(name)["version"])
+
+    def read_table(self, name: str, columns: list[str] | None = None, version: int | None = None) -> pa.Table:
+        """Table ``name`` at the version its producer's last completed run committed (or ``version``)."""
+        from . import tables as delta
+
+        return delta.read(self, f"tables/{name}", self._pinned(name, version), columns)
 
     def iter_table_batches(self, name: str, columns: list[str] | None = None, batch_size: int = 65536):
-        """Stream a published table part by part, batch by batch (constant memory)."""
-        for p in self.table_version(name)["parts"]:
-            with self.fs.open_input_file(self.path(p)) as f:
-                yield from pq.ParquetFile(f).iter_batches(batch_size=batch_size, columns=columns)
+        """Stream the published version of a table batch by batch (constant memory)."""
+        from . import tables as delta
+
+        yield from delta.iter_batches(self, f"tables/{name}", self._pinned(name, None), columns, batch_size)
 
     def delete_dir(self, rel: str) -> None:
         path = self.path(rel)

@@ -5,7 +5,8 @@
    rows of that chunk to a staging Parquet file. Memory: one write batch.
 2. ``plan_drops`` (small, global): from the staged (review_id, user_id, order) columns alone, find the
    duplicate reviews and, for Gest-raw, the Gest-s1 single-review users.
-3. ``finalize_chunk``: rewrite one staging file into its final reviews/images/quarantine parts, with the
+3. ``finalize_chunk``: rewrite one staging file into data files of the reviews/images/quarantine Delta tables
+   (committed together by the caller), with the
    seeded user-disjoint split for Gest-raw and Google Local (a hash of seed and user id: no global state).
 """
 
@@ -20,6 +21,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from ..store import Store, filesystem_for, join_uri, open_binary
+from ..tables import commit, write_file
 from . import schema
 from .gest import iter_jsonl, iter_s2, quarantine_row
 
@@ -153,9 +155,9 @@ def drops_of_chunk(drops: pa.Table, index: int) -> pa.Table:
     return drops.filter(pc.equal(pc.shift_right(drops.column(ORDER), 40), index))
 
 
-def finalize_chunk(store: Store, staging: str, index: int, version: str, drops: pa.Table, fmt: str,
+def finalize_chunk(store: Store, staging: str, index: int, run_id: str, drops: pa.Table, fmt: str,
                    seed: int, images_uri: str) -> dict:
-    """Rewrite one staged chunk into final reviews / images / quarantine parts of ``version``.
+    """Rewrite one staged chunk into data files of the reviews / images / quarantine tables (run ``run_id``).
 
     ``drops`` holds this chunk's rows of ``plan_drops``. Gest-raw and Google Local get the seeded
     user-disjoint split; Gest-s2 keeps the split of the file.
@@ -179,12 +181,26 @@ def finalize_chunk(store: Store, staging: str, index: int, version: str, drops: 
         reviews = reviews.set_column(reviews.schema.get_field_index("split"), "split", splits)
     reviews = reviews.cast(schema.REVIEWS)
     images = _images_of(reviews, images_uri)
-    name = f"part-{index:05d}.parquet"
+    name = f"part-{run_id}-{index:05d}.parquet"
     return {
-        "reviews": store.write_parquet(f"tables/reviews/{version}/{name}", reviews),
-        "images": store.write_parquet(f"tables/images/{version}/{name}", images),
-        "quarantine": store.write_parquet(f"tables/quarantine/{version}/{name}", quarantined),
+        "reviews": write_file(store, "tables/reviews", reviews, name),
+        "images": write_file(store, "tables/images", images, name),
+        "quarantine": write_file(store, "tables/quarantine", quarantined, name),
     }
+
+
+TABLE_SCHEMAS = {"reviews": schema.REVIEWS, "images": schema.IMAGES, "quarantine": schema.QUARANTINE,
+                 "sentences": schema.SENTENCES}
+
+
+def commit_ingest(store: Store, run_id: str, files: dict[str, list[dict]], details: dict) -> dict:
+    """Commit each table's data files in one transaction (replacing the previous ingest; a retried commit of the
+    same run is a no-op), then write the run record that pins these versions for every reader."""
+    versions = {name: commit(store, f"tables/{name}", table_files, TABLE_SCHEMAS[name], run_id=run_id, stage="ingest",
+                             app_id=f"ingest/{run_id}", overwrite=True, metadata={"source": details.get("source")}
+                             ).version
+                for name, table_files in files.items()}
+    return store.record_run("ingest", run_id, versions, details)
 
 
 def _drop_detail(reason: str, row: dict) -> str:

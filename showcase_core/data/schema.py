@@ -61,9 +61,6 @@ QUARANTINE = pa.schema(
 SPLITS = ("train", "val", "test")
 
 
-def empty(schema: pa.Schema) -> pa.Table:
-    return schema.empty_table()
-
 # One personalized showcase per candidate (user, business) pair (jobs.nightly, jobs.serve).
 SHOWCASES = pa.schema(
     [
@@ -72,7 +69,8 @@ SHOWCASES = pa.schema(
         ("image_ids", pa.list_(pa.string())),  # the K picked photos, in pick order
         ("image_uris", pa.list_(pa.string())),  # where each photo lives (local path or s3://)
         ("image_scores", pa.list_(pa.float32())),  # each pick's relevance q_i under the DPP kernel
-        ("explanation", pa.string()),
+        ("explanation", pa.string()),  # null for an images-only showcase
+        ("images_only", pa.bool_()),  # no generator wrote an explanation (``--generator none``): photos only
         ("cold_start", pa.bool_()),  # the user had no history: business-side signals only
         ("candidate_score", pa.float32()),  # the upstream recommender's score, when given
         ("encoder_id", pa.string()),
@@ -80,5 +78,10 @@ SHOWCASES = pa.schema(
         ("generator_model", pa.string()),
         ("run_id", pa.string()),
         ("generated_at", pa.string()),  # ISO 8601, UTC
+        ("dt", pa.string()),  # the nightly's date (YYYY-MM-DD): the partition of the showcases table
     ]
 )
+
+# Candidate pairs the nightly could not showcase, and why (the showcases_quarantine table, partitioned by dt).
+SHOWCASES_QUARANTINE = pa.schema([("user_id", pa.string()), ("business_id", pa.string()), ("reason", pa.string()),
+                                  ("detail", pa.string()), ("run_id", pa.string()), ("dt", pa.string())])

@@ -1,28 +1,28 @@
 """Batch embedding steps (plain functions and classes; jobs.embed runs them on Ray Data).
 
-Layout under ``ROOT/embeddings/<encoder_id>/``::
+Delta tables under ``ROOT/embeddings/<encoder_id>/``::
 
-    images/part-<hash>.parquet       id, embedding (fixed-size list of float32, L2-normalised)
-    texts/part-<hash>.parquet        id, embedding      (ids: review:<review_id>, sentence:<sentence_id>)
-    quarantine/part-<hash>.parquet   id, uri, reason, detail   (photos that could not be embedded)
-    _ENCODER.json                    how to load the encoder that made them
+    images/       id, embedding (fixed-size list of float32, L2-normalised)
+    texts/        id, embedding      (ids: review:<review_id>, sentence:<sentence_id>)
+    quarantine/   id, uri, reason, detail   (photos that could not be embedded)
+    _ENCODER.json how to load the encoder that made them
 
-Each batch writes its parts under a name derived from the ids it holds, in one atomic write; a batch that is
-retried (a killed actor) writes the same name again, so nothing is lost or duplicated. A rerun skips every id that
-already has a row (``done_ids``).
+Each batch writes its data files under a name derived from the ids it holds, in one atomic write, and returns
+their add records; the driver commits them (showcase_core.tables). A batch that is retried (a killed actor) writes
+the same name again, and only files the driver received are committed, so nothing is lost or duplicated. A rerun
+skips every id that already has a committed row (``done_ids``).
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
-import posixpath
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from ..store import Store, write_bytes_atomic
+from .. import tables as delta
+from ..store import Store, StoreError
+from ..tables import write_file
 
 EMBED_QUARANTINE = pa.schema([("id", pa.string()), ("uri", pa.string()), ("reason", pa.string()),
                               ("detail", pa.string())])
@@ -50,41 +50,27 @@ def part_name(ids) -> str:
 
 
 def write_part(store: Store, rel_dir: str, table: pa.Table, ids) -> dict:
-    buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd")
-    rel = posixpath.join(rel_dir, part_name(ids))
-    write_bytes_atomic(store.fs, store.path(rel), buf.getvalue())
-    return {"path": rel, "rows": table.num_rows, "bytes": buf.tell()}
-
-
-def list_parts(store: Store, rel_dir: str) -> list[str]:
-    import pyarrow.fs as pafs
-
-    path = store.path(rel_dir)
-    if not store.exists(rel_dir):
-        return []
-    infos = store.fs.get_file_info(pafs.FileSelector(path, recursive=False))
-    return sorted(i.path for i in infos if i.type == pafs.FileType.File and posixpath.basename(i.path).startswith("part-")
-                  and i.path.endswith(".parquet"))
+    """One data file of the Delta table at ``rel_dir``, named by its ids; returns its add record."""
+    return write_file(store, rel_dir, table, part_name(ids))
 
 
 def done_ids(store: Store, encoder_id: str, kinds: tuple[str, ...]) -> set[str]:
-    """Ids that already have a row (embedded or quarantined) under the encoder's directory."""
+    """Ids that already have a committed row (embedded or quarantined) in the encoder's tables."""
     out: set[str] = set()
     for kind in kinds:
-        for path in list_parts(store, embeddings_dir(encoder_id, kind)):
-            out.update(pq.read_table(path, filesystem=store.fs, columns=["id"]).column("id").to_pylist())
+        rel = embeddings_dir(encoder_id, kind)
+        if delta.exists(store, rel):
+            for batch in delta.iter_batches(store, rel, columns=["id"]):
+                out.update(batch.column("id").to_pylist())
     return out
 
 
 def read_embeddings(store: Store, encoder_id: str, kind: str) -> pa.Table:
-    """All embeddings of one kind (images or texts) of an encoder, as one table (id, embedding)."""
-    parts = list_parts(store, embeddings_dir(encoder_id, kind))
-    if not parts:
-        from ..store import StoreError
-
+    """All committed embeddings of one kind (images or texts) of an encoder, as one table (id, embedding)."""
+    rel = embeddings_dir(encoder_id, kind)
+    if not delta.exists(store, rel):
         raise StoreError(f"no {kind} embeddings for encoder {encoder_id} under {store.root} (run `showcase embed`)")
-    return pa.concat_tables(pq.read_table(p, filesystem=store.fs) for p in parts)
+    return delta.read(store, rel, columns=["id", "embedding"])
 
 
 def decode_photos(batch: dict, size: int, threads: int = 2) -> dict:
@@ -129,38 +115,42 @@ class _Embedder:
         self.schema = None
 
     def _write(self, kind: str, ids: list[str], vectors: np.ndarray) -> dict:
+        """Write one embeddings data file; returns its add record with the table kind."""
         if self.schema is None:
             self.schema = embeddings_schema(vectors.shape[1])
         flat = pa.array(vectors.astype(np.float32, copy=False).reshape(-1), pa.float32())
         table = pa.table({"id": pa.array(ids, pa.string()),
                           "embedding": pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])}, schema=self.schema)
-        return write_part(self.store, embeddings_dir(self.encoder_id, kind), table, ids)
+        return {"kind": kind, **write_part(self.store, embeddings_dir(self.encoder_id, kind), table, ids)}
+
+
+def file_rows(files: list[dict]) -> dict:
+    """One output row per data file written: its add record and the table it belongs to (what the driver commits)."""
+    return delta.record_columns(files, kind=np.array([f["kind"] for f in files], dtype=object))
 
 
 class ImageEmbedder(_Embedder):
-    """Batch of decoded photos -> an embeddings part (+ a quarantine part); returns one stats row."""
+    """Batch of decoded photos -> an embeddings data file (+ a quarantine file); one output row per file."""
 
     def __call__(self, batch: dict) -> dict:
         ids = [str(i) for i in batch["id"]]
         bad = np.array([bool(r) for r in batch["reason"]], bool)
         good_ids = [i for i, b in zip(ids, bad) if not b]
-        written = 0
+        files = []
         if good_ids:
-            vectors = self.encoder.encode_pixels(batch["pixels"][~bad])
-            written = self._write("images", good_ids, vectors)["rows"]
+            files.append(self._write("images", good_ids, self.encoder.encode_pixels(batch["pixels"][~bad])))
         if bad.any():
             rows = [{"id": i, "uri": str(u), "reason": str(r), "detail": str(d)}
                     for i, u, r, d, b in zip(ids, batch["uri"], batch["reason"], batch["detail"], bad) if b]
-            write_part(self.store, embeddings_dir(self.encoder_id, "quarantine"),
-                       pa.Table.from_pylist(rows, schema=EMBED_QUARANTINE), [r["id"] for r in rows])
-        return {"embedded": np.array([written]), "quarantined": np.array([int(bad.sum())])}
+            files.append({"kind": "quarantine", **write_part(self.store, embeddings_dir(self.encoder_id, "quarantine"),
+                                                             pa.Table.from_pylist(rows, schema=EMBED_QUARANTINE),
+                                                             [r["id"] for r in rows])})
+        return file_rows(files)
 
 
 class TextEmbedder(_Embedder):
-    """Batch of {"id", "text"} -> an embeddings part; returns one stats row."""
+    """Batch of {"id", "text"} -> an embeddings data file; one output row for it."""
 
     def __call__(self, batch: dict) -> dict:
         ids = [str(i) for i in batch["id"]]
-        vectors = self.encoder.encode_texts([str(t) for t in batch["text"]])
-        written = self._write("texts", ids, vectors)["rows"]
-        return {"embedded": np.array([written]), "quarantined": np.array([0])}
+        return file_rows([self._write("texts", ids, self.encoder.encode_texts([str(t) for t in batch["text"]]))])

@@ -2,12 +2,11 @@ import io
 import os
 
 import numpy as np
-import pyarrow.parquet as pq
 from PIL import Image
 
 from showcase_core.encoders.clip import load_encoder
-from showcase_core.encoders.embed import ImageEmbedder, TextEmbedder, decode_photos, done_ids, list_parts, \
-    read_embeddings
+from showcase_core import tables as delta
+from showcase_core.encoders.embed import ImageEmbedder, TextEmbedder, decode_photos, done_ids, read_embeddings
 from showcase_core.store import Store
 
 
@@ -28,6 +27,13 @@ def test_decode_photos_marks_missing_and_corrupt_photos(tmp_path):
     assert out["pixels"][0].mean() > 20 and out["pixels"][1].max() == 0
 
 
+def commit_files(store, enc_id, out) -> None:
+    """What jobs.embed's driver does with the records an embedder returns."""
+    for kind in set(out["kind"]):
+        files = [{k: out[k][i] for k in delta.RECORD_KEYS} for i in range(len(out["kind"])) if out["kind"][i] == kind]
+        delta.commit(store, f"embeddings/{enc_id}/{kind}", files, None, run_id="r", stage="test")
+
+
 def test_embedders_write_idempotent_parts_and_quarantine(tmp_path):
     root = str(tmp_path / "root")
     enc_id = load_encoder(model="showcase-tiny").encoder_id
@@ -36,20 +42,23 @@ def test_embedders_write_idempotent_parts_and_quarantine(tmp_path):
     batch = decode_photos({"id": np.array(["a", "b", "x"], object),
                            "uri": np.array([str(tmp_path / n) for n in ("a.jpg", "b.jpg", "x.jpg")], object)}, 64)
     images = ImageEmbedder(root, {"model": "showcase-tiny", "device": "cpu"}, enc_id)
-    stats = images(batch)
-    assert stats["embedded"][0] == 2 and stats["quarantined"][0] == 1
-    images(batch)  # a retried batch rewrites the same parts
+    out = images(batch)
+    assert dict(zip(out["kind"], out["rows"])) == {"images": 2, "quarantine": 1}
+    again = images(batch)  # a retried batch rewrites the same data files
+    assert list(again["path"]) == list(out["path"])
     store = Store.open(root)
-    assert len(list_parts(store, f"embeddings/{enc_id}/images")) == 1
+    assert done_ids(store, enc_id, ("images",)) == set()  # written is not committed
+    commit_files(store, enc_id, out)
+    assert len(os.listdir(tmp_path / "root" / "embeddings" / enc_id / "images")) == 2  # one file + _delta_log
     table = read_embeddings(store, enc_id, "images")
     assert table.column("id").to_pylist() == ["a", "b"]
     vectors = np.stack(table.column("embedding").to_numpy(zero_copy_only=False))
     assert vectors.dtype == np.float32 and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
-    q = pq.read_table(list_parts(store, f"embeddings/{enc_id}/quarantine")[0]).to_pylist()
+    q = delta.read(store, f"embeddings/{enc_id}/quarantine").to_pylist()
     assert q == [{"id": "x", "uri": str(tmp_path / "x.jpg"), "reason": "photo_missing",
                   "detail": f"no file at {tmp_path / 'x.jpg'}"}]
-    TextEmbedder(root, {"model": "showcase-tiny", "device": "cpu"}, enc_id)(
-        {"id": np.array(["review:r1"], object), "text": np.array(["great ramen"], object)})
+    commit_files(store, enc_id, TextEmbedder(root, {"model": "showcase-tiny", "device": "cpu"}, enc_id)(
+        {"id": np.array(["review:r1"], object), "text": np.array(["great ramen"], object)}))
     assert done_ids(store, enc_id, ("images", "quarantine")) == {"a", "b", "x"}
     assert done_ids(store, enc_id, ("texts",)) == {"review:r1"}
     assert not [n for n in os.listdir(tmp_path / "root" / "embeddings" / enc_id / "images") if ".tmp" in n]

@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from showcase_core.data.ingest import ORDER, drops_of_chunk, finalize_chunk, list_photo_ids, plan_chunks, \
+from showcase_core.data.ingest import ORDER, commit_ingest, drops_of_chunk, finalize_chunk, list_photo_ids, plan_chunks, \
     plan_drops, stage_chunk, user_split
 from showcase_core.data.world import make_world
 from showcase_core.store import Store
@@ -35,7 +35,7 @@ def ingest_without_ray(root: str, source: str, fmt: str, images: str, chunk_byte
         result = finalize_chunk(store, "stage", i, "v1", drops_of_chunk(drops, i), fmt, seed, images)
         for k in parts:
             parts[k].append(result[k])
-    store.publish_tables("v1", parts)
+    commit_ingest(store, "v1", parts, {"source": source})
     return store, len(chunks)
 
 

@@ -1,16 +1,13 @@
 """Checking candidate pairs against what is published, and reading a published date through its manifest."""
 
-import hashlib
-import io
-
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from showcase_core import read_showcases
+from showcase_core import tables as delta
 from showcase_core.data.schema import SHOWCASES
-from showcase_core.showcase import ShowcaseContext, check_pairs
+from showcase_core.showcase import ShowcaseContext, app_id, check_pairs
 from showcase_core.store import Store, StoreError
 
 
@@ -34,34 +31,37 @@ def test_check_pairs_gives_every_reason():
     assert all(b["detail"] for b in bad)
 
 
-def _publish(store: Store, date: str, rows: list[dict], tamper: bool = False) -> None:
-    buf = io.BytesIO()
-    pq.write_table(pa.Table.from_pylist(rows, schema=SHOWCASES), buf)
-    data = buf.getvalue()
-    path = f"showcases/dt={date}/run=r1/part-00000.parquet"
-    store.fs.create_dir(store.path(f"showcases/dt={date}/run=r1"), recursive=True)
-    with store.fs.open_output_stream(store.path(path)) as f:
-        f.write(data + (b"x" if tamper else b""))
-    store.write_json(f"showcases/dt={date}/_MANIFEST.json",
-                     {"date": date, "run_id": "r1", "rows": len(rows),
-                      "parts": [{"path": path, "rows": len(rows), "bytes": len(data),
-                                 "sha256": hashlib.sha256(data).hexdigest()}]})
-    store.write_json("showcases/LATEST", {"date": date, "manifest": f"showcases/dt={date}/_MANIFEST.json",
-                                          "run_id": "r1"})
+def _publish(store: Store, date: str, rows: list[dict], run_id: str = "r1") -> None:
+    """Publish a date the way jobs.nightly does: a data file in the date's partition, one commit under its app id."""
+    table = pa.Table.from_pylist([{**r, "dt": date} for r in rows], schema=SHOWCASES)
+    record = delta.write_file(store, "showcases", table, f"part-{run_id}-00000.parquet", {"dt": date})
+    delta.commit(store, "showcases", [record], SHOWCASES, run_id=run_id, stage="test", app_id=app_id(date),
+                 partition_by=["dt"], replace={"dt": date})
 
 
-def test_read_showcases_follows_latest_and_checks_part_sizes(tmp_path):
+def test_read_showcases_reads_the_newest_date_and_any_engine_agrees(tmp_path):
+    import polars as pl
+    from deltalake import DeltaTable
+
     store = Store.open(str(tmp_path / "root"))
     with pytest.raises(StoreError, match="no showcases published"):
         read_showcases(store.root)
     row = {f.name: None for f in SHOWCASES}
-    row.update(user_id="u1", business_id="b1", image_ids=["p1"], explanation="Great ramen.", cold_start=False)
-    _publish(store, "2026-11-20", [row])
+    row.update(user_id="u1", business_id="b1", image_ids=["p1"], explanation="Great ramen.", cold_start=False,
+               images_only=False)
     _publish(store, "2026-11-21", [row, {**row, "user_id": "u2"}])
-    assert read_showcases(store.root).num_rows == 2
+    _publish(store, "2026-11-20", [row])  # an older date published later is not the newest
+    newest = read_showcases(store.root)
+    assert newest.schema.equals(SHOWCASES) and newest.num_rows == 2
+    assert set(newest.column("dt").to_pylist()) == {"2026-11-21"}
     assert read_showcases(store.root, date="2026-11-20").column("user_id").to_pylist() == ["u1"]
     with pytest.raises(StoreError, match="not published"):
         read_showcases(store.root, date="2026-01-01")
-    _publish(store, "2026-11-22", [row], tamper=True)
-    with pytest.raises(StoreError, match="the manifest says"):
-        read_showcases(store.root)
+    # readers with no project code in the read path see the same rows
+    by_polars = pl.read_delta(store.uri("showcases")).filter(pl.col("dt") == "2026-11-21")
+    assert sorted(by_polars["user_id"].to_list()) == sorted(newest.column("user_id").to_pylist())
+    assert DeltaTable(store.uri("showcases")).to_pyarrow_table().num_rows == 3
+    # time travel: the version before the second date has only the first one
+    assert read_showcases(store.root, date="2026-11-21", version=0).num_rows == 2
+    with pytest.raises(StoreError, match="not published"):
+        read_showcases(store.root, date="2026-11-20", version=0)

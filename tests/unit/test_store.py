@@ -1,6 +1,5 @@
 import os
 
-import pyarrow as pa
 import pytest
 
 from showcase_core.store import Store, StoreError, filesystem_for, join_uri, write_bytes_atomic
@@ -19,25 +18,6 @@ def test_filesystem_for_understands_paths_file_uris_and_rejects_other_schemes(tm
 def test_join_uri_keeps_the_scheme():
     assert join_uri("s3://b/root/", "images", "p.jpg") == "s3://b/root/images/p.jpg"
     assert join_uri("/data", "p.jpg") == "/data/p.jpg"
-
-
-def test_publish_and_read_tables_with_one_pointer(tmp_path):
-    store = Store.open(str(tmp_path / "root"))
-    store.check_writable()
-    t1 = pa.table({"a": [1, 2]})
-    parts = {"reviews": [store.write_parquet("tables/reviews/v1/part-0.parquet", t1)],
-             "images": [store.write_parquet("tables/images/v1/part-0.parquet", pa.table({"b": ["x"]}))]}
-    with pytest.raises(StoreError, match="has not been published"):
-        store.read_table("reviews")  # data alone is invisible until the pointer is written
-    store.publish_tables("v1", parts)
-    assert store.read_table("reviews").equals(t1)
-    # a new version of one table leaves the other table's version in place
-    t2 = pa.table({"a": [3]})
-    store.publish_tables("v2", {"reviews": [store.write_parquet("tables/reviews/v2/part-0.parquet", t2)]})
-    assert store.read_table("reviews").equals(t2)
-    assert store.table_version("images")["version"] == "v1"
-    assert store.table_version("reviews")["rows"] == 1
-    assert sorted(os.listdir(tmp_path / "root" / "tables")) == ["_CURRENT.json", "images", "reviews"]
 
 
 def test_atomic_write_leaves_no_temporary_files(tmp_path):
