@@ -289,7 +289,7 @@ def iter_batches(store: Store, rel: str, version: int | None = None, columns: li
 
 def file_uris(store: Store, rel: str, version: int | None = None) -> list[str]:
     """The data files of a version, as URIs another process (Ray Data) can open."""
-    return sorted(store.uri(rel, p) for p in open_table(store, rel, version).files())
+    return sorted(open_table(store, rel, version).file_uris())
 
 
 def rows(store: Store, rel: str, version: int | None = None) -> int:

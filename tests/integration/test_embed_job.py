@@ -15,7 +15,8 @@ import pytest
 from jobs import embed, ingest
 from jobs.common import run
 from showcase_core.encoders.clip import load_encoder
-from showcase_core.encoders.embed import list_parts, read_embeddings
+from showcase_core import tables as delta
+from showcase_core.encoders.embed import read_embeddings
 from showcase_core.store import Store
 from tests.conftest import world_on_s3
 
@@ -63,20 +64,29 @@ def test_embed_everything_then_a_rerun_does_nothing(ray_local, tiny_world, tmp_p
     assert read_embeddings(store, encoder_id, "images").num_rows == summary["photos"]
 
 
-def test_resume_embeds_only_what_is_missing(ray_local, tiny_world, tmp_path, encoder_id):
+def committed_version(store: Store, rel: str) -> int:
+    return delta.open_table(store, rel).version() if delta.exists(store, rel) else -1
+
+
+def test_a_killed_driver_resumes_from_its_commits_without_doubling(ray_local, tiny_world, tmp_path, encoder_id):
     world, summary = tiny_world
     root = ingested(tmp_path, world)
-    assert run("embed", embed.main, ["--root", root, *TINY, "--kinds", "images", "--batch-size", "8"]) == 0
-    store = Store.open(root)
-    parts = list_parts(store, f"embeddings/{encoder_id}/images")
-    assert len(parts) > 5
-    for path in parts[:3]:  # as if the run had died before these batches were written
-        store.fs.delete_file(path)
-    remaining = read_embeddings(store, encoder_id, "images").num_rows
+    store, images = Store.open(root), f"embeddings/{encoder_id}/images"
+    proc = subprocess.Popen([sys.executable, "-m", "jobs.embed", "--root", root, *TINY, "--kinds", "images",
+                             "--batch-size", "2", "--decode-batch-size", "2", "--commit-every-files", "1"],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 240
+    while proc.poll() is None and time.monotonic() < deadline and committed_version(store, images) < 2:
+        time.sleep(0.05)
+    proc.kill()
+    out, _ = proc.communicate(timeout=60)
+    committed = read_embeddings(store, encoder_id, "images").num_rows  # progress is visible while it runs
+    assert 0 < committed < summary["photos"], f"killed too late ({committed} committed):\n" + out[-2000:]
     assert run("embed", embed.main, ["--root", root, *TINY, "--kinds", "images", "--batch-size", "8"]) == 0
     counts = last_report(store)["counts"]["this_run"]["images"]
-    assert counts["todo"] == summary["photos"] - remaining > 0
-    assert read_embeddings(store, encoder_id, "images").num_rows == summary["photos"]
+    assert counts["already_done"] == committed and counts["todo"] == summary["photos"] - committed
+    ids = read_embeddings(store, encoder_id, "images").column("id").to_pylist()
+    assert len(ids) == len(set(ids)) == summary["photos"]
 
 
 def test_corrupt_and_missing_photos_go_to_quarantine(ray_local, tiny_world, tmp_path, encoder_id):
@@ -111,13 +121,14 @@ def test_a_killed_actor_loses_and_duplicates_nothing(mini_root, encoder_id):
     store = Store.open(mini_root)
     expected = set(store.read_table("images").column("image_id").to_pylist())
     proc = subprocess.Popen([sys.executable, "-m", "jobs.embed", "--root", mini_root, *TINY, "--kinds", "images",
-                             "--batch-size", "16", "--decode-batch-size", "16", "--todo-file-rows", "256"],
+                             "--batch-size", "16", "--decode-batch-size", "16", "--todo-file-rows", "256",
+                             "--commit-every-files", "2"],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     killed = None
     deadline = time.monotonic() + 240
     parts_dir = f"embeddings/{encoder_id}/images"
     while proc.poll() is None and time.monotonic() < deadline and killed is None:
-        if len(list_parts(store, parts_dir)) >= 5:
+        if committed_version(store, parts_dir) >= 2:
             for p in psutil.process_iter(["pid", "cmdline"]):
                 cmd = " ".join(p.info["cmdline"] or [])
                 if "ImageEmbedder" in cmd and p.info["pid"] != proc.pid:
@@ -128,7 +139,7 @@ def test_a_killed_actor_loses_and_duplicates_nothing(mini_root, encoder_id):
     out, _ = proc.communicate(timeout=300)
     assert killed is not None, "never saw a running ImageEmbedder actor to kill:\n" + out[-3000:]
     assert proc.returncode == 0, out[-3000:]
-    parts_done = len(list_parts(store, parts_dir))
+    parts_done = len(delta.file_uris(store, parts_dir))
     ids = read_embeddings(store, encoder_id, "images").column("id").to_pylist()
     assert len(ids) == len(set(ids)), "an id was written twice"
     assert set(ids) == expected, f"lost {len(expected - set(ids))} photos"
@@ -142,7 +153,7 @@ def test_embed_with_root_on_s3(ray_local, seaweed, tiny_world, encoder_id):
     assert run("embed", embed.main, ["--root", root, *TINY]) == 0
     store = Store.open(root)
     assert read_embeddings(store, encoder_id, "images").num_rows == summary["photos"]
-    assert list_parts(store, f"embeddings/{encoder_id}/texts")[0].startswith(f"{bucket}/root/embeddings/")
+    assert delta.file_uris(store, f"embeddings/{encoder_id}/texts")[0].startswith(f"s3://{bucket}/root/embeddings/")
 
 
 def test_embed_without_a_trained_clip_exits_2(tiny_world, tmp_path, ray_local):
