@@ -130,6 +130,19 @@ def actor_plan(use_gpu: bool, actors: int, cpu_actors_default: int = 1) -> tuple
     return actors or cpu_actors_default, {"num_cpus": 1}, "cpu"
 
 
+def test_barrier(run_id: str, parties: int = 2, timeout_s: float = 180.0) -> None:
+    """For tests only: with ``SHOWCASE_TEST_COMMIT_BARRIER=DIR`` set, wait before committing until ``parties`` runs
+    have reached this point (so a race test really races). Unset in every real run: returns at once."""
+    folder = os.environ.get("SHOWCASE_TEST_COMMIT_BARRIER")
+    if not folder:
+        return
+    os.makedirs(folder, exist_ok=True)
+    open(os.path.join(folder, run_id), "w").close()
+    deadline = time.monotonic() + timeout_s
+    while len(os.listdir(folder)) < parties and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def versions() -> dict:
     out = {"showcase": __version__, "python": platform.python_version()}
     for name in ("pyarrow", "ray", "torch"):

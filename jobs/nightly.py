@@ -28,7 +28,7 @@ from showcase_core.data.schema import SHOWCASES, SHOWCASES_QUARANTINE
 from showcase_core.store import StoreError, filesystem_for, new_run_id, utc_now
 
 from .common import (Progress, Timer, UserError, actor_plan, new_report, open_store, parse_args, run, start_ray,
-                     versions)
+                     test_barrier, versions)
 
 DEFAULTS = {
     "root": None,
@@ -255,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     with timer("publish"):
         rows, cold_start = _check_parts(store, run_id, units, records)
         reads = {name: store.table_version(name)["version"] for name in ("reviews", "images")}
+        test_barrier(run_id)
         try:
             delta.commit(store, QUARANTINE_TABLE, [quarantine_file], SHOWCASES_QUARANTINE, run_id=run_id,
                          stage="nightly", app_id=app_id(date, QUARANTINE_TABLE), app_version=generation,

@@ -173,7 +173,8 @@ def commit(store: Store, rel: str, files: list[dict], schema: pa.Schema | None, 
            app_id: str | None = None, app_version: int = 1, partition_by: list[str] | None = None,
            replace: dict[str, str] | None = None, overwrite: bool = False, reads: dict | None = None,
            metadata: dict | None = None) -> Committed:
-    """Commit data files written by ``write_file`` to the table at ``rel`` in one transaction (created if absent).
+    """Commit data files written by ``write_file`` to the table at ``rel`` in one transaction (the table is created
+    empty first when absent, as version 0).
 
     ``replace`` (partition values) replaces exactly that partition; ``overwrite`` the whole table; else append.
     With ``app_id`` the commit is exactly once: if (app_id, app_version) is already recorded, by this run it is a
@@ -181,16 +182,15 @@ def commit(store: Store, rel: str, files: list[dict], schema: pa.Schema | None, 
     ``reads`` (table -> version) and ``metadata`` land in the commit's metadata with the run id (lineage).
     ``schema`` None takes the first file's schema.
     """
-    from deltalake import CommitProperties, Schema, Transaction
+    from deltalake import CommitProperties, DeltaTable, Schema, Transaction
     from deltalake.exceptions import CommitFailedError
-    from deltalake.transaction import create_table_with_add_actions
 
-    if app_id:
-        winner = committed_by(store, rel, app_id, app_version)
-        if winner is not None:
-            if winner != run_id:
-                raise LostRace(app_id, winner)
-            return Committed(open_table(store, rel).version(), run_id, False)
+    # The snapshot that checks the app id is the one the commit is made from: a commit of the same app id after it
+    # is then a conflict that delta-rs's checker fails (checking on an older snapshot would let two runs win).
+    table = open_table(store, rel) if exists(store, rel) else None
+    done = _already(store, rel, table, app_id, app_version, run_id)
+    if done:
+        return done
     missing = [f["path"] for f in files if not store.exists(posixpath.join(rel, f["path"]))]
     if missing:
         raise StoreError(f"{len(missing)} data files of {store.uri(rel)} are gone before their commit "
@@ -207,27 +207,41 @@ def commit(store: Store, rel: str, files: list[dict], schema: pa.Schema | None, 
     actions = [_add_action(f) for f in files]
     options = storage_options(store.root)
     try:
-        if not exists(store, rel):
+        if table is None:  # create it empty (version 0), then commit like every other writer
             try:
-                create_table_with_add_actions(table_uri(store, rel), Schema.from_arrow(schema), actions, mode="error",
-                                              partition_by=partition_by, storage_options=options,
-                                              commit_properties=properties)
-                return Committed(0, run_id, True)
-            except Exception as e:  # another writer created it first: commit into it as usual
-                if not exists(store, rel) or "exists" not in str(e).lower():
+                DeltaTable.create(table_uri(store, rel), Schema.from_arrow(schema), mode="ignore",
+                                  partition_by=partition_by, storage_options=options,
+                                  commit_properties=CommitProperties(custom_metadata={META + "run_id": run_id,
+                                                                                      META + "stage": stage}))
+            except Exception:  # another writer created it at the same time
+                if not exists(store, rel):
                     raise
-        table = open_table(store, rel)
+            table = open_table(store, rel)
+            done = _already(store, rel, table, app_id, app_version, run_id)
+            if done:
+                return done
         mode = "overwrite" if overwrite or replace else "append"
         filters = [(k, "=", v) for k, v in replace.items()] if replace else None
         table.create_write_transaction(actions, mode, schema, partition_by=partition_by, partition_filters=filters,
                                        commit_properties=properties)
     except CommitFailedError:
-        if app_id:
-            winner = committed_by(store, rel, app_id, app_version)
-            if winner is not None and winner != run_id:
-                raise LostRace(app_id, winner) from None
+        # lost to a concurrent commit of the same app id (LostRace), or our own commit landed though the call failed
+        done = app_id and _already(store, rel, open_table(store, rel), app_id, app_version, run_id)
+        if done:
+            return done
         raise
     return Committed(open_table(store, rel).version(), run_id, True)
+
+
+def _already(store: Store, rel: str, table, app_id: str | None, app_version: int, run_id: str) -> Committed | None:
+    """None when (app_id, app_version) is not recorded in ``table``'s snapshot; a no-op result when this run
+    recorded it; LostRace when another run did."""
+    if not app_id or table is None or (table.transaction_version(app_id) or 0) < app_version:
+        return None
+    winner = committed_by(store, rel, app_id, app_version)
+    if winner != run_id:
+        raise LostRace(app_id, winner or "?")
+    return Committed(table.version(), run_id, False)
 
 
 class IncrementalCommit:

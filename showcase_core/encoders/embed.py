@@ -70,7 +70,13 @@ def read_embeddings(store: Store, encoder_id: str, kind: str) -> pa.Table:
     rel = embeddings_dir(encoder_id, kind)
     if not delta.exists(store, rel):
         raise StoreError(f"no {kind} embeddings for encoder {encoder_id} under {store.root} (run `showcase embed`)")
-    return delta.read(store, rel, columns=["id", "embedding"])
+    table = delta.read(store, rel, columns=["id", "embedding"])
+    if not table.num_rows:
+        return table
+    # Delta has no fixed-size list type: restore the contract's fixed-size list<float32>
+    import pyarrow.compute as pc
+
+    return table.cast(embeddings_schema(pc.list_value_length(table["embedding"].chunk(0))[0].as_py()))
 
 
 def decode_photos(batch: dict, size: int, threads: int = 2) -> dict:

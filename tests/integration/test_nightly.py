@@ -1,5 +1,6 @@
-"""jobs.nightly on local Ray: publish + read_showcases, quarantine and cold start, rerun no-op and --force, a killed
-worker, a killed driver resumed with its run id, ROOT on SeaweedFS S3, and the fail-fast checks."""
+"""jobs.nightly on local Ray: publish + read_showcases (and Polars / deltalake with no project code), quarantine and
+cold start, rerun no-op and --force, a killed worker, a killed driver resumed with its run id, a killed driver never
+resumed (invisible, then vacuumed), two nightlies racing on one date, ROOT on SeaweedFS S3, and the fail-fast checks."""
 
 import os
 import signal
@@ -12,12 +13,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from jobs import embed, nightly, train_dpp, train_pc2l
+from jobs import embed, nightly, train_dpp, train_pc2l, vacuum
 from jobs.common import run
 from showcase_core import read_showcases
 from showcase_core.data.schema import SHOWCASES
 from showcase_core.encoders.clip import load_encoder
-from showcase_core.showcase import read_manifest
+from showcase_core import tables as delta
+from showcase_core.showcase import publication, published_dates
 from showcase_core.store import Store
 from tests.conftest import copy_root, world_on_s3
 
@@ -98,52 +100,97 @@ def write_candidates(path, pairs) -> str:
     return str(path)
 
 
+def keys_of(table) -> list[tuple]:
+    return list(zip(table.column("user_id").to_pylist(), table.column("business_id").to_pylist()))
+
+
+def good_keys(pairs) -> set[tuple]:
+    return {(p["user_id"], p["business_id"]) for p in pairs if p["user_id"] and p["user_id"] != "u-nobody"
+            and p["business_id"] != "b-nowhere"}
+
+
+def read_elsewhere(root: str, date: str) -> tuple[list, list]:
+    """The date's (user, business) keys as Polars and deltalake read them: no project code in the read path."""
+    import polars as pl
+    from deltalake import DeltaTable
+
+    store = Store.open(root)
+    options = None
+    if root.startswith("s3://"):  # what a user of another engine passes: the endpoint and credentials, nothing of ours
+        options = {k: os.environ[k] for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                                              "AWS_REGION")}
+        options["AWS_ALLOW_HTTP"] = "true"
+    if not delta.exists(store, "showcases"):
+        return [], []
+    by_polars = pl.read_delta(store.uri("showcases"), storage_options=options).filter(pl.col("dt") == date)
+    by_delta = DeltaTable(store.uri("showcases"), storage_options=options).to_pyarrow_table(
+        filters=[("dt", "=", date)])
+    return sorted(zip(by_polars["user_id"].to_list(), by_polars["business_id"].to_list())), sorted(keys_of(by_delta))
+
+
 def test_nightly_publishes_quarantines_and_reruns(trained_root, tmp_path):
     pairs, cold, bad = candidate_pairs(trained_root, cross=2)
     candidates = write_candidates(tmp_path / "candidates.parquet", pairs)
     args = ["--root", trained_root, "--candidates", candidates, "--date", "2026-11-21", "--pairs-per-part", "16"]
     assert run("nightly", nightly.main, args) == 0
     store = Store.open(trained_root)
-    manifest = read_manifest(store)
-    expected = {(p["user_id"], p["business_id"]) for p in pairs if p["user_id"] and p["user_id"] != "u-nobody"
-                and p["business_id"] != "b-nowhere"}
+    published = publication(store, "2026-11-21")
     table = read_showcases(trained_root)
     assert table.schema.equals(SHOWCASES)
-    keys = list(zip(table.column("user_id").to_pylist(), table.column("business_id").to_pylist()))
-    assert len(keys) == len(set(keys)) == manifest["rows"] and set(keys) == expected
+    keys = keys_of(table)
+    assert len(keys) == len(set(keys)) and set(keys) == good_keys(pairs)
+    assert read_elsewhere(trained_root, "2026-11-21") == (sorted(keys), sorted(keys))
     rows = table.to_pylist()
     for row in rows:
         assert 1 <= len(row["image_ids"]) <= 3 and len(row["image_uris"]) == len(row["image_scores"]) == \
             len(row["image_ids"])
         assert all(os.path.exists(u) for u in row["image_uris"])
-        assert row["run_id"] == manifest["run_id"] and row["generator_model"] and row["dpp_model"]
+        assert row["run_id"] == published["run_id"] and row["generator_model"] and row["dpp_model"]
+        assert row["explanation"] is not None and not row["images_only"] and row["dt"] == "2026-11-21"
     by_key = {(r["user_id"], r["business_id"]): r for r in rows}
     assert cold and all(by_key[c]["cold_start"] for c in cold)
     assert sum(r["cold_start"] for r in rows) == len(cold)
     assert {r["candidate_score"] for r in rows} == {0.5, None}
-    report = store.read_json(f"reports/nightly/{manifest['run_id']}.json")
+    report = store.read_json(f"reports/nightly/{published['run_id']}.json")
     assert report["counts"]["quarantined_by_reason"] == bad
     assert report["counts"]["cold_start"] == len(cold)
-    quarantine = pq.read_table(store.path(manifest["quarantine"])).to_pylist()
+    quarantine = delta.read(store, "showcases_quarantine", filters=[("dt", "=", "2026-11-21")]).to_pylist()
     assert sorted(q["reason"] for q in quarantine) == sorted(bad)
+    # every commit names its run and the table versions it read
+    lineage = delta.open_table(store, "showcases").history(1)[0]
+    assert lineage["showcase.run_id"] == published["run_id"] and "reviews" in lineage["showcase.reads"]
 
-    # a rerun of a published date does nothing; --force replaces it and removes the old run's files
-    before = store.read_json("showcases/dt=2026-11-21/_MANIFEST.json")
+    # a rerun of a published date does nothing; --force replaces exactly that date
+    version = delta.open_table(store, "showcases").version()
     assert run("nightly", nightly.main, args) == 0
-    assert store.read_json("showcases/dt=2026-11-21/_MANIFEST.json") == before
+    assert delta.open_table(store, "showcases").version() == version
+    assert run("nightly", nightly.main, [*args[:4], "--date", "2026-11-01"]) == 0  # an older date, later
     assert run("nightly", nightly.main, args + ["--force", "true"]) == 0
-    after = read_manifest(store, "2026-11-21")
-    assert after["run_id"] != before["run_id"] and after["rows"] == before["rows"]
-    assert not store.exists(f"showcases/dt=2026-11-21/run={before['run_id']}")
-    # an older date published later does not move LATEST back
-    assert run("nightly", nightly.main, [*args[:4], "--date", "2026-11-01"]) == 0
-    assert store.read_json("showcases/LATEST")["date"] == "2026-11-21"
-    assert read_showcases(trained_root, date="2026-11-01").num_rows == before["rows"]
+    after = publication(store, "2026-11-21")
+    assert after["run_id"] != published["run_id"] and after["generation"] == 2
+    replaced = read_showcases(trained_root, date="2026-11-21")
+    assert sorted(keys_of(replaced)) == sorted(keys) and set(replaced.column("run_id").to_pylist()) == {after["run_id"]}
+    assert len(delta.read(store, "showcases_quarantine", filters=[("dt", "=", "2026-11-21")])) == len(bad)
+    # the older date published later does not become the newest, and --force left it alone
+    assert published_dates(store) == ["2026-11-01", "2026-11-21"]
+    assert read_showcases(trained_root).column("dt")[0].as_py() == "2026-11-21"
+    assert read_showcases(trained_root, date="2026-11-01").num_rows == len(keys)
 
 
-def _wait_for_parts(store, run_dir, n, proc, deadline):
+def test_images_only_showcases_need_no_generator(trained_root, tmp_path):
+    pairs, _, _ = candidate_pairs(trained_root)
+    candidates = write_candidates(tmp_path / "candidates.parquet", pairs)
+    assert run("nightly", nightly.main, ["--root", trained_root, "--candidates", candidates, "--date", "2026-10-01",
+                                         "--generator", "none"]) == 0
+    rows = read_showcases(trained_root, date="2026-10-01").to_pylist()
+    assert {(r["user_id"], r["business_id"]) for r in rows} == good_keys(pairs)
+    assert all(r["images_only"] and r["explanation"] is None and r["generator_model"] is None and r["image_ids"]
+               for r in rows)
+
+
+def _wait_for_parts(store, date, run_id, n, proc, deadline):
     while proc.poll() is None and time.monotonic() < deadline:
-        if store.exists(run_dir) and len(nightly.list_run_parts(store, run_dir)) >= n:
+        if len(nightly.list_run_parts(store, date, run_id)) >= n:
             return True
         time.sleep(0.2)
     return False
@@ -158,7 +205,7 @@ def test_a_killed_worker_still_yields_every_pair_once(any_root):
                              "--date", "2026-11-22", "--run-id", "kill-worker", "--pairs-per-part", "8",
                              "--batch-size", "4"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     killed = None
-    if _wait_for_parts(store, "showcases/dt=2026-11-22/run=kill-worker", 2, proc, time.monotonic() + 240):
+    if _wait_for_parts(store, "2026-11-22", "kill-worker", 2, proc, time.monotonic() + 240):
         for p in psutil.process_iter(["pid", "cmdline"]):
             if "ShowcaseWriter" in " ".join(p.info["cmdline"] or []) and p.info["pid"] != proc.pid:
                 os.kill(p.info["pid"], signal.SIGKILL)
@@ -168,10 +215,8 @@ def test_a_killed_worker_still_yields_every_pair_once(any_root):
     assert killed is not None, "never saw a ShowcaseWriter actor to kill:\n" + out[-3000:]
     assert proc.returncode == 0, out[-3000:]
     table = read_showcases(trained_root, date="2026-11-22")
-    keys = list(zip(table.column("user_id").to_pylist(), table.column("business_id").to_pylist()))
-    expected = {(p["user_id"], p["business_id"]) for p in pairs if p["user_id"] and p["user_id"] != "u-nobody"
-                and p["business_id"] != "b-nowhere"}
-    assert len(keys) == len(set(keys)) and set(keys) == expected
+    keys = keys_of(table)
+    assert len(keys) == len(set(keys)) and set(keys) == good_keys(pairs)
 
 
 def test_a_killed_driver_resumes_without_recomputing_finished_parts(any_root, ray_local):
@@ -184,22 +229,72 @@ def test_a_killed_driver_resumes_without_recomputing_finished_parts(any_root, ra
     env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}  # the cluster outlives the driver
     proc = subprocess.Popen([sys.executable, "-m", "jobs.nightly", *args], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    run_dir = "showcases/dt=2026-11-23/run=kill-driver"
-    reached = _wait_for_parts(store, run_dir, 2, proc, time.monotonic() + 240)
+    reached = _wait_for_parts(store, "2026-11-23", "kill-driver", 2, proc, time.monotonic() + 240)
     proc.send_signal(signal.SIGKILL)
     out, _ = proc.communicate(timeout=60)
     assert reached, "the driver finished or failed before two parts were written:\n" + out[-3000:]
-    assert not store.exists("showcases/dt=2026-11-23/_MANIFEST.json")  # nothing published by the killed run
+    assert "2026-11-23" not in published_dates(store)  # nothing published by the killed run
     time.sleep(1.0)
-    finished = {i: mtime(store, p) for i, p in nightly.list_run_parts(store, run_dir).items()}
+    finished = {i: mtime(store, p) for i, p in nightly.list_run_parts(store, "2026-11-23", "kill-driver").items()}
     assert run("nightly", nightly.main, args) == 0
     report = store.read_json("reports/nightly/kill-driver.json")
     assert report["counts"]["parts_resumed"] >= len(finished) >= 2
-    after = nightly.list_run_parts(store, run_dir)
+    after = nightly.list_run_parts(store, "2026-11-23", "kill-driver")
     assert all(mtime(store, after[i]) == before for i, before in finished.items())  # not written again
     table = read_showcases(trained_root, date="2026-11-23")
-    keys = list(zip(table.column("user_id").to_pylist(), table.column("business_id").to_pylist()))
-    assert len(keys) == len(set(keys)) == report["counts"]["showcases"]
+    keys = keys_of(table)
+    assert len(keys) == len(set(keys)) == report["counts"]["showcases"] and set(keys) == good_keys(pairs)
+    assert read_elsewhere(trained_root, "2026-11-23") == (sorted(keys), sorted(keys))
+
+
+def test_a_killed_run_never_resumed_is_invisible_and_vacuum_removes_it(trained_root, ray_local):
+    store = Store.open(trained_root)
+    pairs, _, _ = candidate_pairs(trained_root, cross=4)
+    candidates = write_remote_candidates(store, pairs)
+    env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
+    proc = subprocess.Popen([sys.executable, "-m", "jobs.nightly", "--root", trained_root, "--candidates", candidates,
+                             "--date", "2026-11-25", "--run-id", "abandoned", "--pairs-per-part", "4",
+                             "--generator", "none"], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    reached = _wait_for_parts(store, "2026-11-25", "abandoned", 2, proc, time.monotonic() + 240)
+    proc.send_signal(signal.SIGKILL)
+    out, _ = proc.communicate(timeout=60)
+    assert reached, "the driver finished or failed before two parts were written:\n" + out[-3000:]
+    left = nightly.list_run_parts(store, "2026-11-25", "abandoned")
+    assert len(left) >= 2 and "2026-11-25" not in published_dates(store)
+    assert read_elsewhere(trained_root, "2026-11-25") == ([], [])  # the parts sit in dt=2026-11-25/, unseen
+    assert run("vacuum", vacuum.main, ["--root", trained_root, "--keep-days", "1"]) == 0
+    assert nightly.list_run_parts(store, "2026-11-25", "abandoned") == left  # young: a resume could still use them
+    assert run("vacuum", vacuum.main, ["--root", trained_root, "--keep-days", "0"]) == 0
+    assert nightly.list_run_parts(store, "2026-11-25", "abandoned") == {}
+    assert read_showcases(trained_root).num_rows > 0  # committed dates are untouched
+
+
+def test_two_nightlies_racing_on_one_date_one_wins_the_other_exits_3(s3_trained_root, seaweed, ray_local, tmp_path):
+    root = s3_trained_root
+    store = Store.open(root)
+    pairs, _, _ = candidate_pairs(root)
+    candidates = write_remote_candidates(store, pairs)
+    env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address,
+           "SHOWCASE_TEST_COMMIT_BARRIER": str(tmp_path / "barrier")}  # both reach their commit before either commits
+    procs = {run_id: subprocess.Popen([sys.executable, "-m", "jobs.nightly", "--root", root, "--candidates",
+                                       candidates, "--date", "2026-11-26", "--run-id", run_id, "--generator", "none",
+                                       "--pairs-per-part", "16"], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True)
+             for run_id in ("race-a", "race-b")}
+    results = {run_id: (p.wait(300), *p.communicate()) for run_id, p in procs.items()}
+    codes = sorted(code for code, _, _ in results.values())
+    assert codes == [0, 3], {k: (c, o[-800:], e[-800:]) for k, (c, o, e) in results.items()}
+    winner = next(k for k, (c, _, _) in results.items() if c == 0)
+    loser_err = next(e for c, _, e in results.values() if c == 3).strip().splitlines()
+    assert len(loser_err) == 1 and f"run {winner} committed" in loser_err[0], loser_err
+    table = read_showcases(root, date="2026-11-26")
+    keys = keys_of(table)
+    assert len(keys) == len(set(keys)) and set(keys) == good_keys(pairs)
+    assert set(table.column("run_id").to_pylist()) == {winner}
+    quarantine = delta.read(store, "showcases_quarantine", filters=[("dt", "=", "2026-11-26")])
+    assert set(quarantine.column("run_id").to_pylist()) == {winner}
+    assert publication(store, "2026-11-26")["run_id"] == winner
 
 
 def test_nightly_with_root_on_s3(seaweed, s3_trained_root):
@@ -211,9 +306,12 @@ def test_nightly_with_root_on_s3(seaweed, s3_trained_root):
     args = ["--root", root, "--candidates", f"s3://{bucket}/in/candidates.parquet", "--date", "2026-11-21"]
     assert run("nightly", nightly.main, args) == 0
     table = read_showcases(root)
-    assert table.num_rows == read_manifest(Store.open(root))["rows"] > 0
+    assert table.num_rows == len(good_keys([p for p in pairs if p["user_id"]])) > 0
     assert all(u.startswith("s3://") for uris in table.column("image_uris").to_pylist() for u in uris)
+    assert read_elsewhere(root, "2026-11-21") == (sorted(keys_of(table)), sorted(keys_of(table)))
+    version = delta.open_table(Store.open(root), "showcases").version()
     assert run("nightly", nightly.main, args) == 0  # published: a no-op
+    assert delta.open_table(Store.open(root), "showcases").version() == version
 
 
 def test_fail_fast_with_one_line(trained_root, tmp_path, capsys):

@@ -61,7 +61,7 @@ def test_read_showcases_reads_the_newest_date_and_any_engine_agrees(tmp_path):
     by_polars = pl.read_delta(store.uri("showcases")).filter(pl.col("dt") == "2026-11-21")
     assert sorted(by_polars["user_id"].to_list()) == sorted(newest.column("user_id").to_pylist())
     assert DeltaTable(store.uri("showcases")).to_pyarrow_table().num_rows == 3
-    # time travel: the version before the second date has only the first one
-    assert read_showcases(store.root, date="2026-11-21", version=0).num_rows == 2
+    # time travel: version 1 (0 is the empty table) has only the first date
+    assert read_showcases(store.root, date="2026-11-21", version=1).num_rows == 2
     with pytest.raises(StoreError, match="not published"):
-        read_showcases(store.root, date="2026-11-20", version=0)
+        read_showcases(store.root, date="2026-11-20", version=1)
