@@ -86,18 +86,18 @@ def test_run_record_pins_versions_and_maintenance_commits_are_followed(tmp_path)
         delta.commit(store, "tables/reviews", [record], schema, run_id=f"run{n}", stage="test")
     with pytest.raises(StoreError, match="has not been published"):
         store.read_table("reviews")
-    store.record_run("ingest", "run1", {"reviews": 1})
+    store.record_run("ingest", "run1", {"reviews": 2})  # version 0 is the empty table, then one per commit
     assert store.read_table("reviews").column("id").to_pylist() in (["r0", "r1"], ["r1", "r0"])
-    assert store.table_version("reviews") == {"version": 1, "rows": 2, "run_id": "run1"}
+    assert store.table_version("reviews") == {"version": 2, "rows": 2, "run_id": "run1"}
     with pytest.raises(StoreError, match="was not published by the last ingest"):
         store.read_table("images")
     # a pinned version followed only by maintenance commits reads the newest (same rows, files that survive vacuum)
-    store.record_run("ingest", "run2", {"reviews": 2})
+    store.record_run("ingest", "run2", {"reviews": 3})
     delta.maintain(store, "tables/reviews", keep_hours=0, optimize=True)
     table = delta.open_table(store, "tables/reviews")
-    assert table.version() > 2 and delta.current_version(store, "tables/reviews", 2) == table.version()
+    assert table.version() > 3 and delta.current_version(store, "tables/reviews", 3) == table.version()
     assert sorted(store.read_table("reviews").column("id").to_pylist()) == ["r0", "r1", "r2"]
-    assert delta.current_version(store, "tables/reviews", 1) == 1  # a data commit after it: stay pinned
+    assert delta.current_version(store, "tables/reviews", 2) == 2  # a data commit after it: stay pinned
 
 
 def test_vacuum_keeps_young_uncommitted_files_and_removes_them_past_the_retention(tmp_path):
