@@ -1,6 +1,6 @@
 """A static HTML page of sample showcases: ``python -m jobs.gallery --root ROOT [--date D] [--n 50]``.
 
-Reads the showcases of a published date (LATEST by default), takes the first n in (user_id, business_id) order and
+Reads the showcases of a published date (the newest by default), takes the first n in (user_id, business_id) order and
 writes one self-contained page to ``ROOT/reports/gallery/<date>/index.html``: per showcase the user and business
 ids, the photos (downscaled JPEG data URIs, so the page renders anywhere without access to ROOT) with their ids and
 scores, the explanation and the cold-start flag. A photo that cannot be read becomes a visible placeholder with the

@@ -5,9 +5,9 @@ A Ray Serve application (deployment ``Showcases``, FastAPI ingress) over the sam
   POST /v1/showcases                       {"user_id", "business_id"} -> one showcase, or {"pairs": [...]} (at most
                                            ``max_pairs``) -> {"showcases": [...]} in the order given; always computed
                                            now ("source": "fresh")
-  GET  /v1/showcases/{user_id}/{business_id}   the row the date LATEST names ("source": "precomputed", "date"), else
+  GET  /v1/showcases/{user_id}/{business_id}   the row of the newest published date ("source": "precomputed", "date"), else
                                            computed now ("source": "fresh")
-  GET  /healthz                            200 with the models, the LATEST date, this replica's settings and how its
+  GET  /healthz                            200 with the models, the newest published date, this replica's settings and how its
                                            assemble calls went (calls, requests, pairs, largest batch, seconds)
 
 Rows have the SHOWCASES fields (showcase_core.data.schema). A mistake in the request is a 4xx with a JSON body
@@ -23,7 +23,7 @@ batched: ``@serve.batch`` collects up to ``max_batch_size`` requests (each a lis
 assembles each request on its own (one at a time), for comparison. The models are the ones ``models/*/_LATEST.json``
 name when the app is built, so every replica of a deployment serves the same ones; redeploy to pick up new ones.
 
-Precomputed rows: the LATEST date is read once, at replica start, into an Arrow table plus a dict (user_id,
+Precomputed rows: the newest published date is read once, at replica start, into an Arrow table plus a dict (user_id,
 business_id) -> row. That makes a GET of a published pair a dict lookup, at the price of memory in every replica:
 the Arrow rows (URIs and the explanation: several hundred bytes each) and about 300 bytes of dict entry per pair,
 roughly 1 GB per replica for a million pairs. For much larger dates serve them from a key-value store instead
@@ -69,7 +69,7 @@ DEFAULTS = {
     "batching": True,  # false: each request assembles on its own (for comparison)
     "max_batch_size": 16,  # requests per assemble call
     "batch_wait_timeout_s": 0.01,  # how long the first request of a batch waits for more
-    "precomputed": True,  # GET answers from the LATEST date's rows when it has the pair
+    "precomputed": True,  # GET answers from the newest date's rows when it has the pair
     "min_replicas": 1,
     "max_replicas": 1,
     "target_ongoing_requests": 4.0,  # requests in flight per replica the autoscaler aims for

@@ -54,8 +54,13 @@ def storage_options(root: str) -> dict | None:
     bounded retries (a short S3 outage is retried, not fatal). Credentials stay in the environment."""
     if uri_path(root)[0] != "s3":
         return None
-    options = {"conditional_put": "etag", "max_retries": "10", "retry_timeout": "120s",
+    options = {"max_retries": "10", "retry_timeout": "120s",
                "AWS_REGION": os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"}
+    if os.environ.get("AWS_S3_LOCKING_PROVIDER"):  # a store without conditional put: delta-rs's DynamoDB lock
+        options.update({k: os.environ[k] for k in ("AWS_S3_LOCKING_PROVIDER", "DELTA_DYNAMO_TABLE_NAME")
+                        if os.environ.get(k)})
+    else:
+        options["conditional_put"] = "etag"
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     if endpoint:
         options["AWS_ENDPOINT_URL"] = endpoint

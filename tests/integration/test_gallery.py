@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import hashlib
 import io
 import json
 import os
@@ -25,7 +24,8 @@ from PIL import Image
 from jobs import gallery
 from jobs.common import run
 from showcase_core.data.schema import SHOWCASES
-from showcase_core.showcase import LATEST, date_dir, manifest_path
+from showcase_core import tables as delta
+from showcase_core.showcase import TABLE, app_id
 from showcase_core.store import Store, filesystem_for, utc_now
 
 DATE = "2024-05-01"
@@ -43,22 +43,18 @@ def jpeg(colour, size=(400, 300)) -> bytes:
 
 
 def publish(root: str, date: str, parts: list[list[dict]]) -> None:
-    """Publish showcases the way showcase.py documents: parts, then _MANIFEST.json, then LATEST."""
+    """Publish showcases the way jobs.nightly does: data files in the date's partition, one commit for the date."""
     store = Store.open(root)
-    entries = []
+    files = []
     for i, rows in enumerate(parts):
         full = [{"image_scores": [0.9 - 0.1 * k for k in range(len(r["image_ids"]))], "explanation": "nice place",
-                 "cold_start": False, "candidate_score": 0.5, "encoder_id": "test-enc", "dpp_model": "dpp/v1",
-                 "generator_model": "pc2l/v1", "run_id": "run-1", "generated_at": utc_now(), **r} for r in rows]
-        rel = f"{date_dir(date)}/part-{i:05d}.parquet"
-        entry = store.write_parquet(rel, pa.Table.from_pylist(full, schema=SHOWCASES))
-        with store.fs.open_input_stream(store.path(rel)) as f:
-            entry["sha256"] = hashlib.sha256(f.read()).hexdigest()
-        entries.append(entry)
-    manifest = {"date": date, "run_id": "run-1", "rows": sum(e["rows"] for e in entries), "parts": entries,
-                "models": {"encoder": "test-enc", "dpp": "dpp/v1", "generator": "pc2l/v1"}, "published_at": utc_now()}
-    store.write_json(manifest_path(date), manifest)
-    store.write_json(LATEST, {"date": date, "manifest": manifest_path(date), "run_id": "run-1"})
+                 "images_only": False, "cold_start": False, "candidate_score": 0.5, "encoder_id": "test-enc",
+                 "dpp_model": "dpp/v1", "generator_model": "pc2l/v1", "run_id": "run-1", "generated_at": utc_now(),
+                 "dt": date, **r} for r in rows]
+        files.append(delta.write_file(store, TABLE, pa.Table.from_pylist(full, schema=SHOWCASES),
+                                      f"part-run-1-{i:05d}.parquet", {"dt": date}))
+    delta.commit(store, TABLE, files, SHOWCASES, run_id="run-1", stage="test", app_id=app_id(date),
+                 partition_by=["dt"], replace={"dt": date})
 
 
 def run_gallery(capsys, args: list[str]) -> tuple[int, str, str]:
@@ -147,7 +143,7 @@ def test_gallery_html_has_ids_photos_escaped_text_and_placeholders(local_gallery
     assert report["counts"] == {"showcases_published": 4, "showcases_shown": 4, "photos_embedded": 10,
                                 "photos_missing": 2, "photos_missing_by_reason": {"not found": 1, "not an image": 1}}
     assert {m["image_id"] for m in report["missing_photos"]} == {"p2c", "p4c"}
-    assert report["date"] == DATE and report["manifest_run_id"] == "run-1"
+    assert report["date"] == DATE and report["published_run_id"] == "run-1"
     # cards in (user, business) order, with both ids
     assert [m.group(1) for m in re.finditer(r"user (u\d) · business b\d", page)] == ["u1", "u2", "u3", "u4"]
     # the explanation is shown escaped: no live markup from the data

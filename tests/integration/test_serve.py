@@ -21,7 +21,7 @@ from jobs.common import run
 from showcase_core import read_showcases
 from showcase_core.data.schema import SHOWCASES
 from showcase_core.encoders.clip import load_encoder
-from showcase_core.showcase import read_manifest
+from showcase_core.showcase import publication
 from showcase_core.store import Store
 from tests.integration.test_nightly import train_models, write_candidates
 
@@ -127,7 +127,7 @@ def test_post_one_pair_and_a_list(service, root, pairs):
 
 def test_get_precomputed_else_fresh(service, root, pairs):
     published, others = pairs
-    manifest = read_manifest(Store.open(root))
+    manifest = publication(Store.open(root), DATE)
     stored = {(r["user_id"], r["business_id"]): r for r in read_showcases(root).to_pylist()}
     for user, business in published:
         got = httpx.get(f"{service}/v1/showcases/{user}/{business}", timeout=60)

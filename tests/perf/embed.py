@@ -41,7 +41,7 @@ def prepare(workdir: str, size: str) -> str:
         t = time.monotonic()
         assert run("make_world", make_world.main, ["--out", world, "--size", size]) == 0
         print(f"world {size}: made in {time.monotonic() - t:.0f}s", flush=True)
-    if not os.path.exists(os.path.join(root, "tables", "_CURRENT.json")):
+    if not os.path.exists(os.path.join(root, "runs", "ingest.json")):
         proc = subprocess.run([sys.executable, "-m", "jobs.ingest", "--root", root, "--gest",
                                os.path.join(world, "filter_all_t.json")], cwd=REPO, capture_output=True, text=True)
         if proc.returncode:

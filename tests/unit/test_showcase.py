@@ -1,4 +1,4 @@
-"""Checking candidate pairs against what is published, and reading a published date through its manifest."""
+"""Checking candidate pairs against what is published, and reading published dates from the showcases Delta table."""
 
 import numpy as np
 import pyarrow as pa
@@ -61,6 +61,11 @@ def test_read_showcases_reads_the_newest_date_and_any_engine_agrees(tmp_path):
     by_polars = pl.read_delta(store.uri("showcases")).filter(pl.col("dt") == "2026-11-21")
     assert sorted(by_polars["user_id"].to_list()) == sorted(newest.column("user_id").to_pylist())
     assert DeltaTable(store.uri("showcases")).to_pyarrow_table().num_rows == 3
+    import duckdb
+
+    dataset = DeltaTable(store.uri("showcases")).to_pyarrow_dataset()  # noqa: F841 (DuckDB finds it by name)
+    by_duckdb = duckdb.sql("SELECT user_id FROM dataset WHERE dt = '2026-11-21' ORDER BY user_id").fetchall()
+    assert [u for (u,) in by_duckdb] == sorted(newest.column("user_id").to_pylist())
     # time travel: version 1 (0 is the empty table) has only the first date
     assert read_showcases(store.root, date="2026-11-21", version=1).num_rows == 2
     with pytest.raises(StoreError, match="not published"):
