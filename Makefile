@@ -42,6 +42,7 @@ perf: $(STAMP)
 	$(PY) tests/perf/embed.py
 	$(PY) tests/perf/dpp.py
 	$(PY) tests/perf/nightly.py
+	$(PY) tests/perf/commit.py
 
 clean:
 	rm -rf .demo .demo-world .pytest_cache

@@ -70,10 +70,11 @@ def read_candidates(uri: str) -> list[dict]:
 
 def resolve_models(store, cfg: dict) -> dict:
     """The DPP and PC²L models and their encoder, checked before anything loads (no PC²L with --generator none)."""
-    if cfg["generator"] not in ("pc2l", "none"):
-        raise UserError(f"--generator must be pc2l or none, got {cfg['generator']!r}")
+    generator_kind = cfg.get("generator", "pc2l")  # serve shares this check and always generates
+    if generator_kind not in ("pc2l", "none"):
+        raise UserError(f"--generator must be pc2l or none, got {generator_kind!r}")
     found = {}
-    for name, hint in (("dpp", "train_dpp"), ("pc2l", "train_pc2l"))[:1 if cfg["generator"] == "none" else 2]:
+    for name, hint in (("dpp", "train_dpp"), ("pc2l", "train_pc2l"))[:1 if generator_kind == "none" else 2]:
         try:
             found[name] = store.read_json(f"models/{name}/_LATEST.json")
         except StoreError:
@@ -179,7 +180,7 @@ def plan_generation(store, date: str, run_id: str, force: bool) -> tuple[int, st
 
 
 def main(argv: list[str] | None = None) -> int:
-    from showcase_core.showcase import QUARANTINE_TABLE, TABLE, app_id, build_context, check_pairs
+    from showcase_core.showcase import QUARANTINE_TABLE, TABLE, build_context, check_pairs, commit_date
 
     cfg = parse_args("nightly", DEFAULTS, argv)
     if not cfg["candidates"]:
@@ -256,18 +257,15 @@ def main(argv: list[str] | None = None) -> int:
         rows, cold_start = _check_parts(store, run_id, units, records)
         reads = {name: store.table_version(name)["version"] for name in ("reviews", "images")}
         test_barrier(run_id)
-        try:
-            delta.commit(store, QUARANTINE_TABLE, [quarantine_file], SHOWCASES_QUARANTINE, run_id=run_id,
-                         stage="nightly", app_id=app_id(date, QUARANTINE_TABLE), app_version=generation,
-                         partition_by=["dt"], replace={"dt": date}, reads=reads)
-            committed = delta.commit(store, TABLE, [records[i] for i in range(len(units))], SHOWCASES, run_id=run_id,
-                                     stage="nightly", app_id=app_id(date), app_version=generation,
-                                     partition_by=["dt"], replace={"dt": date}, reads=reads,
-                                     metadata={"generation": generation, "candidates": cfg["candidates"]})
-        except delta.LostRace as e:
-            report.update(status="lost_race", winner_run_id=e.winner, finished_at=utc_now())
-            store.write_report("nightly", run_id, report)
-            raise
+        with timer("commit"):
+            try:
+                committed = commit_date(store, date, run_id, generation, [records[i] for i in range(len(units))],
+                                        quarantine_file, reads, {"generation": generation,
+                                                                 "candidates": cfg["candidates"]})
+            except delta.LostRace as e:
+                report.update(status="lost_race", winner_run_id=e.winner, finished_at=utc_now())
+                store.write_report("nightly", run_id, report)
+                raise
     counts = {"candidates": len(candidates), "showcases": rows, "quarantined": len(quarantined),
               "quarantined_by_reason": reasons, "parts": len(units), "parts_resumed": len(units) - len(todo),
               "cold_start": cold_start}

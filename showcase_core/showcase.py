@@ -52,6 +52,20 @@ def publication(store: Store, date: str) -> dict:
             "version": delta.open_table(store, TABLE).version()}
 
 
+def commit_date(store: Store, date: str, run_id: str, generation: int, files: list[dict], quarantine_file: dict,
+                reads: dict, metadata: dict | None = None) -> delta.Committed:
+    """Commit one night: its quarantine, then its showcases, each replacing exactly the ``dt = date`` partition under
+    the application transaction ``<table>/dt=DATE`` at ``generation``. Raises LostRace (at the first commit) when
+    another run committed this generation."""
+    from .data.schema import SHOWCASES_QUARANTINE
+
+    kwargs = dict(run_id=run_id, stage="nightly", app_version=generation, partition_by=["dt"], replace={"dt": date},
+                  reads=reads)
+    delta.commit(store, QUARANTINE_TABLE, [quarantine_file], SHOWCASES_QUARANTINE,
+                 app_id=app_id(date, QUARANTINE_TABLE), **kwargs)
+    return delta.commit(store, TABLE, files, SHOWCASES, app_id=app_id(date), metadata=metadata, **kwargs)
+
+
 def read_showcases(root: str, date: str | None = None, columns: list[str] | None = None,
                    version: int | None = None) -> pa.Table:
     """Every showcase of a published date (default: the newest), as one Arrow table with the SHOWCASES schema.
@@ -224,7 +238,8 @@ class ShowcaseAssembler:
             score = p.get("score")
             rows.append({"user_id": p["user_id"], "business_id": p["business_id"],
                          "image_ids": [ctx.photo_ids[r] for r in prows], "image_uris": [ctx.photo_uris[r] for r in prows],
-                         "image_scores": scores, "explanation": text, "images_only": self.generator is None, "cold_start": not prof[2] and not prof[0].any(),
+                         "image_scores": scores, "explanation": text, "images_only": self.generator is None,
+                         "cold_start": not prof[2] and not prof[0].any(),
                          "candidate_score": None if score is None else float(score), "dt": None,
                          "encoder_id": self.dpp_config.get("encoder_id", ""), "dpp_model": self.dpp_uri,
                          "generator_model": self.generator_uri, "run_id": run_id, "generated_at": generated_at})

@@ -54,9 +54,11 @@ def s3_filesystem(fail_fast: bool = False) -> pafs.S3FileSystem:
         kwargs["region"] = region
     elif endpoint:
         kwargs["region"] = "us-east-1"
-    if fail_fast:
+    if fail_fast:  # the start-up check: one line, fast, when S3 cannot be reached
         kwargs.update(connect_timeout=3, request_timeout=5,
                       retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=1))
+    else:  # the real work: a short outage (throttling, a restarting server) is retried with backoff, not fatal
+        kwargs.update(retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=10))
     return pafs.S3FileSystem(**kwargs)
 
 

@@ -71,10 +71,6 @@ def storage_options(root: str) -> dict | None:
     return options
 
 
-def table_uri(store: Store, rel: str) -> str:
-    return store.uri(rel)
-
-
 def exists(store: Store, rel: str) -> bool:
     return store.exists(posixpath.join(rel, DELTA_LOG))
 
@@ -87,7 +83,7 @@ def open_table(store: Store, rel: str, version: int | None = None):
     if not exists(store, rel):
         raise StoreError(f"no table at {store.uri(rel)}")
     try:
-        return DeltaTable(table_uri(store, rel), version=version, storage_options=storage_options(store.root))
+        return DeltaTable(store.uri(rel), version=version, storage_options=storage_options(store.root))
     except TableNotFoundError:
         raise StoreError(f"no table at {store.uri(rel)}") from None
     except DeltaError as e:
@@ -214,7 +210,7 @@ def commit(store: Store, rel: str, files: list[dict], schema: pa.Schema | None, 
     try:
         if table is None:  # create it empty (version 0), then commit like every other writer
             try:
-                DeltaTable.create(table_uri(store, rel), Schema.from_arrow(schema), mode="ignore",
+                DeltaTable.create(store.uri(rel), Schema.from_arrow(schema), mode="ignore",
                                   partition_by=partition_by, storage_options=options,
                                   commit_properties=CommitProperties(custom_metadata={META + "run_id": run_id,
                                                                                       META + "stage": stage}))
