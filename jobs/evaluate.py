@@ -14,11 +14,12 @@ from __future__ import annotations
 import json
 import sys
 
+from showcase_core.generation import DECODING
 from showcase_core.store import StoreError, filesystem_for, new_run_id, read_text, utc_now, write_bytes_atomic
 
 from .common import UserError, new_report, open_store, parse_args, run, versions
 
-DEFAULTS = {"root": None, "stage": "all", "split": "test", "k": 3, "seed": 0, "beams": 2,
+DEFAULTS = {"root": None, "stage": "all", "split": "test", "k": 3, "seed": 0, "beams": 2, **DECODING,
             "encoder": "latest"}  # the dataset stage's image embeddings: latest trained CLIP, or an encoder_id
 STAGES = ("dataset", "selection", "generation")
 PAPER_TABLE4 = {  # Table 4 of the paper (%): its baseline is CE only; its CCL / PCL rows add vanilla CL for the other
@@ -153,7 +154,7 @@ def generation_table(store, cfg: dict) -> dict:
     from showcase_core.metrics.embedding import clip_align, clip_score
     from showcase_core.metrics.grounding import grounding_rate, photo_entities
     from showcase_core.metrics.keywords import keyword_coverage, length_histogram
-    from showcase_core.metrics.text import bertscore, distinct_n, text_metrics
+    from showcase_core.metrics.text import bertscore, distinct_n, repetition, text_metrics
     from showcase_core.selection.kernel import load_dpp
     from showcase_core.selection.training import select
 
@@ -204,7 +205,7 @@ def generation_table(store, cfg: dict) -> dict:
         for start in range(0, len(examples), 64):
             sl = slice(start, start + 64)
             hyps += generate(model, tokenizer, photos[sl], photo_mask[sl], examples.history[sl],
-                             examples.history_mask[sl], num_beams=cfg["beams"])
+                             examples.history_mask[sl], num_beams=cfg["beams"], **{k: cfg[k] for k in DECODING})
         sentence_sets = [encoder.encode_texts(split_sentences(h)) if split_sentences(h) else np.zeros((0, 1))
                          for h in hyps]
         scores = text_metrics(hyps, refs)
@@ -213,11 +214,11 @@ def generation_table(store, cfg: dict) -> dict:
         row.update(clip_align=100 * clip_align(image_sets, sentence_sets, phi)["score"],
                    clip_score=100 * clip_score(image_sets, sentence_sets)["score"],
                    bertscore=100 * bertscore(hyps, refs)["f1"], grounding=grounding_rate(hyps, shown)["rate"],
-                   paper=PAPER_TABLE4.get(variant))
+                   **repetition(hyps), paper=PAPER_TABLE4.get(variant))
         rows.append(row)
         outputs[variant] = hyps
     rows.append({"method": "ground truth", "distinct1": 100 * distinct_n(refs, 1), "distinct2": 100 * distinct_n(refs, 2),
-                 "grounding": grounding_rate(refs, shown)["rate"]})
+                 "grounding": grounding_rate(refs, shown)["rate"], **repetition(refs)})
     compare = "pc2l" if "pc2l" in outputs else next(iter(outputs))
     baseline = "ce" if "ce" in outputs else None
     samples = [{"review_id": r, "photos": p, "reference": ref, **{v: outputs[v][i] for v in outputs}}
@@ -246,12 +247,14 @@ def pack_photos(vector_lists, width: int):
 
 GENERATION_COLUMNS = [("bleu1", "BLEU-1"), ("bleu4", "BLEU-4"), ("meteor", "METEOR"), ("nist", "NIST"),
                       ("distinct1", "Distinct-1"), ("distinct2", "Distinct-2"), ("clip_align", "CLIP-Align"),
-                      ("clip_score", "CLIP-Score"), ("bertscore", "BERTScore"), ("grounding", "grounding")]
+                      ("clip_score", "CLIP-Score"), ("bertscore", "BERTScore"), ("grounding", "grounding"),
+                      ("repeats", "repeats a sentence"), ("sentences", "sentences")]
 
 
 def generation_markdown(table: dict) -> str:
     lines = [f"Table 2/4: explanations on the {table['split']} split ({table['examples']:,} pairs; photos: "
-             f"{table['photos_from']}; beam {table['beams']}). Metrics in %, grounding as a share; paper's Table 4 "
+             f"{table['photos_from']}; beam {table['beams']}). Metrics in %; grounding and \"repeats a sentence\" "
+             "(two equal sentences in one explanation) as shares, sentences as a mean per explanation; paper's Table 4 "
              "in brackets where it has the row.", "",
              "| method | " + " | ".join(name for _, name in GENERATION_COLUMNS) + " |",
              "|---|" + "---:|" * len(GENERATION_COLUMNS)]
@@ -262,7 +265,7 @@ def generation_markdown(table: dict) -> str:
             if key not in row or row[key] is None:
                 cells.append("-")
             else:
-                value = f"{row[key]:.3f}" if key == "grounding" else f"{row[key]:.2f}"
+                value = f"{row[key]:.3f}" if key in ("grounding", "repeats") else f"{row[key]:.2f}"
                 cells.append(f"{value} ({paper[key]:.2f})" if key in paper else value)
         lines.append(f"| {row['method']} | " + " | ".join(cells) + " |")
     models = [r for r in table["rows"] if r["method"] != "ground truth"]

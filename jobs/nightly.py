@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 
 from showcase_core import tables as delta
 from showcase_core.data.schema import SHOWCASES, SHOWCASES_QUARANTINE
+from showcase_core.generation import DECODING
 from showcase_core.store import StoreError, filesystem_for, new_run_id, utc_now
 
 from .common import (Progress, Timer, UserError, actor_plan, new_report, open_store, parse_args, run, start_ray,
@@ -38,6 +39,7 @@ DEFAULTS = {
     "force": False,  # replace a date that is already published
     "k": 3,
     "beams": 2,
+    **DECODING,  # no_repeat_ngram_size, length_penalty, max_sentences: the explanation's repetition guards
     "dpp_modality": "img+text",
     "generator": "pc2l",  # pc2l, or none: images-only showcases (the DPP's picks, a null explanation)
     "generator_variant": "pc2l",
@@ -105,14 +107,15 @@ class ShowcaseWriter:
     """Ray Data actor: parts of checked pairs -> showcase rows, one atomic data file per part; returns add records."""
 
     def __init__(self, root: str, date: str, context: list, models: dict, k: int, beams: int, batch_size: int,
-                 run_id: str, generated_at: str, device: str):
+                 run_id: str, generated_at: str, device: str, decoding: dict):
         import ray
 
         from showcase_core.showcase import ShowcaseAssembler
         from showcase_core.store import Store
 
         self.store, self.date = Store.open(root), date
-        self.assembler = ShowcaseAssembler(ray.get(context[0]), models["dpp"], models["generator"], k, beams, device)
+        self.assembler = ShowcaseAssembler(ray.get(context[0]), models["dpp"], models["generator"], k, beams, device,
+                                           decoding)
         self.batch_size, self.run_id, self.generated_at = batch_size, run_id, generated_at
 
     def __call__(self, batch: dict) -> dict:
@@ -191,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"--date must be YYYY-MM-DD, got {cfg['date']!r}") from None
     if cfg["k"] < 1 or cfg["beams"] < 1 or cfg["pairs_per_part"] < 1 or cfg["batch_size"] < 1:
         raise UserError("--k, --beams, --pairs-per-part and --batch-size must be >= 1")
+    if cfg["no_repeat_ngram_size"] < 0 or cfg["max_sentences"] < 0 or cfg["length_penalty"] <= 0:
+        raise UserError("--no-repeat-ngram-size and --max-sentences must be >= 0 (0 = off), --length-penalty > 0")
     store = open_store(cfg["root"])
     run_id = cfg["run_id"] or new_run_id()
     report = new_report("nightly", cfg, run_id)
@@ -242,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
             fn_constructor_kwargs={"root": store.root, "date": date, "context": [ray.put(context)],
                                    "models": models, "k": cfg["k"], "beams": cfg["beams"],
                                    "batch_size": cfg["batch_size"], "run_id": run_id,
-                                   "generated_at": generated_at, "device": device},
+                                   "generated_at": generated_at, "device": device,
+                                   "decoding": {key: cfg[key] for key in DECODING}},
             **resources)
         progress = Progress("nightly", "pairs", sum(len(units[i]) for i in todo))
         pairs_done = 0

@@ -51,6 +51,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from showcase_core.generation import DECODING
 from showcase_core.store import Store, StoreError, new_run_id, utc_now
 
 from .common import UserError, open_store, parse_args, run, start_ray
@@ -64,7 +65,7 @@ DEFAULTS = {
     "root": None,
     "host": "127.0.0.1",  # where `python -m jobs.serve` binds the HTTP proxy (a RayService sets its own)
     "port": 8000,
-    **{key: NIGHTLY_DEFAULTS[key] for key in ("dpp_modality", "generator_variant", "k", "beams")},
+    **{key: NIGHTLY_DEFAULTS[key] for key in ("dpp_modality", "generator_variant", "k", "beams", *DECODING)},
     "max_pairs": 32,  # pairs per POST
     "batching": True,  # false: each request assembles on its own (for comparison)
     "max_batch_size": 16,  # requests per assemble call
@@ -77,7 +78,7 @@ DEFAULTS = {
     "num_cpus": 1.0,  # per replica
     "num_gpus": 0.0,  # per replica; the models run on CUDA when > 0
 }
-REPLICA_SETTINGS = ("k", "beams", "max_pairs", "batching", "max_batch_size", "batch_wait_timeout_s", "precomputed",
+REPLICA_SETTINGS = ("k", "beams", *DECODING, "max_pairs", "batching", "max_batch_size", "batch_wait_timeout_s", "precomputed",
                     "num_cpus", "num_gpus")  # what a replica needs (scaling settings change without a restart)
 
 
@@ -213,7 +214,7 @@ class Showcases:
         store = Store.open(root)
         self.context = build_context(store, models["encoder_id"])
         self.assembler = ShowcaseAssembler(self.context, models["dpp"], models["generator"], options["k"],
-                                           options["beams"], device)
+                                           options["beams"], device, {key: options[key] for key in DECODING})
         self.run_id = f"serve-{new_run_id()}"
         self.date, self.rows, self.row_of = None, SHOWCASES.empty_table(), {}
         if options["precomputed"]:

@@ -167,11 +167,14 @@ class ShowcaseAssembler:
     ``generator_uri`` None makes images-only showcases (null explanation, ``images_only`` true)."""
 
     def __init__(self, context: ShowcaseContext, dpp_uri: str, generator_uri: str | None, k: int = 3,
-                 num_beams: int = 2, device: str = "cpu"):
+                 num_beams: int = 2, device: str = "cpu", decoding: dict | None = None):
         from .generation.model import load_pc2l
         from .selection.kernel import load_dpp
 
+        from .generation import DECODING
+
         self.context, self.k, self.num_beams, self.device = context, k, num_beams, device
+        self.decoding = {**DECODING, **(decoding or {})}
         self.dpp, self.dpp_config = load_dpp(dpp_uri)
         self.dpp.to(device)
         self.generator = self.tokenizer = self.generator_config = None
@@ -232,7 +235,7 @@ class ShowcaseAssembler:
             hist_feats, hist_mask = pack([[ctx.text_vecs[r] for r in p[2][:cfg["max_history"]]] for p in profiles],
                                          cfg["max_history"], dim)
             texts = generate(self.generator, self.tokenizer, photo_feats, photo_mask, hist_feats, hist_mask,
-                             num_beams=self.num_beams)
+                             num_beams=self.num_beams, **self.decoding)
         rows = []
         for p, prof, prows, scores, text in zip(pairs, profiles, picked_rows, picked_scores, texts):
             score = p.get("score")

@@ -114,6 +114,28 @@ def distinct_n(texts, n: int) -> float:
     return len(set(grams)) / len(grams) if grams else 0.0
 
 
+def _sentence_keys(text: str) -> list[str]:
+    from ..data.alignment import split_sentences
+
+    keys = ("".join(ch for ch in s.lower() if ch.isalnum()) for s in split_sentences(text))
+    return [k for k in keys if k]
+
+
+def repeats_a_sentence(text: str) -> bool:
+    """Two sentences of the text are equal after lower-casing and removing punctuation and spaces."""
+    keys = _sentence_keys(text)
+    return len(keys) != len(set(keys))
+
+
+def repetition(texts) -> dict:
+    """{"repeats": share of texts that repeat a sentence, "sentences": mean sentences per text}."""
+    texts = list(texts)
+    if not texts:
+        return {"repeats": 0.0, "sentences": 0.0}
+    return {"repeats": sum(map(repeats_a_sentence, texts)) / len(texts),
+            "sentences": sum(len(_sentence_keys(t)) for t in texts) / len(texts)}
+
+
 def text_metrics(hyps, refs) -> dict:
     """BLEU-1, BLEU-4, METEOR, NIST (n=4), Distinct-1, Distinct-2 of the hypotheses, every value x100 (percent),
     as the paper's Table 2 ("reported in percentage"; its NIST column, e.g. 28.08, reads as raw NIST x 100 too).

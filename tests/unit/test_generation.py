@@ -128,8 +128,9 @@ def test_beam_1_is_greedy_and_batching_does_not_change_outputs():
         loss.backward()
         opt.step()
     model.eval()
+    plain = {"no_repeat_ngram_size": 0, "max_sentences": None}  # the loop below has no repetition guards
     beam1 = generate(model, tok, ex.photos, ex.photo_mask, ex.history, ex.history_mask, num_beams=1,
-                     max_new_tokens=12)
+                     max_new_tokens=12, **plain)
     # a greedy loop without cache: argmax of the next token given the whole prefix, one row at a time
     with torch.no_grad():
         for i in range(len(ex)):
@@ -150,6 +151,30 @@ def test_beam_1_is_greedy_and_batching_does_not_change_outputs():
     alone = [generate(model, tok, *(a[i:i + 1] for a in (ex.photos, ex.photo_mask, ex.history, ex.history_mask)),
                       num_beams=2, max_new_tokens=12)[0] for i in range(len(ex))]
     assert beam2 == alone
+
+
+def test_decoding_blocks_a_repeated_sentence_the_model_learned():
+    from showcase_core.generation.decode import sentence_budget
+    from showcase_core.metrics.text import repeats_a_sentence
+
+    tok, ex, model = _tiny(n=8)
+    ex.targets = ["The ramen was great. The ramen was great. The ramen was great."] * len(ex)
+    ids = encode_targets(tok, ex.targets, 64)
+    opt = torch.optim.AdamW(model.parameters(), 3e-3)
+    model.train()
+    for _ in range(150):
+        loss = model(collate(ex, range(len(ex)), ids, tok))["ce"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    args = (model, tok, ex.photos, ex.photo_mask, ex.history, ex.history_mask)
+    unguarded = generate(*args, num_beams=2, max_new_tokens=40, no_repeat_ngram_size=0, max_sentences=None)
+    assert all(repeats_a_sentence(t) for t in unguarded), unguarded  # what the model learned
+    guarded = generate(*args, num_beams=2, max_new_tokens=40)
+    assert not any(repeats_a_sentence(t) for t in guarded), guarded
+    assert all(t.lower().startswith("the ramen was great") for t in guarded), guarded  # still says it once
+    assert sentence_budget("One. Two! Three? Four.", 2) == "One. Two!"
+    assert sentence_budget("One. Two", 2) == "One. Two" and sentence_budget("One. Two.", None) == "One. Two."
 
 
 def test_photo_content_is_not_drowned_by_the_modality_embedding():

@@ -125,3 +125,13 @@ def test_bertscore_offline_identical_paraphrase_unrelated(offline):
     assert paraphrase > unrelated + 0.1
     # an empty hypothesis scores 0 (bert_score's rule), so the mean over [identical, empty] is about 0.5
     assert bertscore([ref, ""], [ref, ref])["f1"] == pytest.approx(0.5, abs=0.01)
+
+
+def test_repeats_a_sentence_compares_sentences_without_case_punctuation_or_spaces():
+    from showcase_core.metrics.text import repeats_a_sentence, repetition
+
+    assert repeats_a_sentence("I keep coming back! i keep  coming back.")
+    assert not repeats_a_sentence("The ramen was great. The gyoza was great.")
+    assert not repeats_a_sentence("") and not repeats_a_sentence("One sentence only.")
+    assert repetition(["A. A.", "A. B.", "C."]) == {"repeats": 1 / 3, "sentences": 5 / 3}
+    assert repetition([]) == {"repeats": 0.0, "sentences": 0.0}
