@@ -156,18 +156,6 @@ def list_run_parts(store, date: str, run_id: str) -> dict[int, str]:
     return out
 
 
-def _existing_record(store, date: str, path: str) -> dict:
-    """The add record of a data file a killed run of ours wrote before (statistics from its footer)."""
-    import json
-    import time
-
-    metadata = pq.read_metadata(path, filesystem=store.fs)
-    name = posixpath.basename(path)
-    return {"path": f"dt={date}/{name}", "size": store.fs.get_file_info(path).size, "rows": metadata.num_rows,
-            "partition": json.dumps({"dt": date}), "modified_ms": int(time.time() * 1000),
-            "stats": delta.column_stats(metadata, metadata.schema.to_arrow_schema())}
-
-
 def plan_generation(store, date: str, run_id: str, force: bool) -> tuple[int, str | None]:
     """(the generation this run commits, or 0 when there is nothing to do; the run that published the date)."""
     from showcase_core.showcase import TABLE, app_id
@@ -232,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
                                                       schema=SHOWCASES_QUARANTINE),
         f"part-{run_id}.parquet", {"dt": date})
 
-    records = {i: _existing_record(store, date, path) for i, path in done_before.items() if i < len(units)}
+    records = {i: delta.file_record(store, TABLE, posixpath.basename(path), {"dt": date})
+               for i, path in done_before.items() if i < len(units)}
     if todo:
         import ray
 

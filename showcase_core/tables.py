@@ -123,6 +123,15 @@ def column_stats(metadata: pq.FileMetaData, schema: pa.Schema) -> str:
     return json.dumps(stats)
 
 
+def _file_path(name: str, partition: dict[str, str]) -> str:
+    return posixpath.join(*(f"{k}={v}" for k, v in partition.items()), name) if partition else name
+
+
+def _record(inside: str, size: int, metadata: pq.FileMetaData, partition: dict[str, str]) -> dict:
+    return {"path": inside, "size": size, "rows": metadata.num_rows, "partition": json.dumps(partition),
+            "stats": column_stats(metadata, metadata.schema.to_arrow_schema()), "modified_ms": int(time.time() * 1000)}
+
+
 def write_file(store: Store, rel: str, table: pa.Table, name: str, partition: dict[str, str] | None = None) -> dict:
     """Write one data file of the table at ``rel`` (atomically: a retried writer replaces it whole) and return its
     add record for ``commit``. Partition columns are not stored in the file (Hive style, as Delta expects)."""
@@ -130,11 +139,17 @@ def write_file(store: Store, rel: str, table: pa.Table, name: str, partition: di
     data = table.drop_columns([c for c in partition if c in table.column_names])
     buf = io.BytesIO()
     pq.write_table(data, buf, compression="zstd")
-    inside = posixpath.join(*(f"{k}={v}" for k, v in partition.items()), name) if partition else name
+    inside = _file_path(name, partition)
     write_bytes_atomic(store.fs, store.path(rel, inside), buf.getvalue())
-    metadata = pq.read_metadata(pa.BufferReader(buf.getvalue()))
-    return {"path": inside, "size": buf.tell(), "rows": data.num_rows, "partition": json.dumps(partition),
-            "stats": column_stats(metadata, data.schema), "modified_ms": int(time.time() * 1000)}
+    return _record(inside, buf.tell(), pq.read_metadata(pa.BufferReader(buf.getvalue())), partition)
+
+
+def file_record(store: Store, rel: str, name: str, partition: dict[str, str] | None = None) -> dict:
+    """The add record of a data file written earlier (a killed run's, to resume), from its footer."""
+    partition = dict(partition or {})
+    path = store.path(rel, _file_path(name, partition))
+    return _record(_file_path(name, partition), store.fs.get_file_info(path).size,
+                   pq.read_metadata(path, filesystem=store.fs), partition)
 
 
 RECORD_KEYS = ("path", "size", "rows", "partition", "stats", "modified_ms")
