@@ -10,6 +10,7 @@ STAGES = {
     "ingest": "validate Gest files into the Delta tables ROOT/tables/{reviews,images,quarantine,sentences}",
     "train_clip": "train or fine-tune the CLIP encoder on (photo, sentence) pairs (Ray Train)",
     "embed": "embed photos and texts with CLIP (Ray Data actor pool), resumable",
+    "features": "the feature tables (users' profile inputs, businesses' ground sets) on Ray Data, committed once",
     "train_dpp": "train the DPP kernel models (img / text / img+text) for image-set selection (Ray Train)",
     "distill": "train the explanation classifier Φ; optionally distill explanation sentences from reviews",
     "train_pc2l": "train the PC²L explanation generator and its ablations (Ray Train, DeepSpeed optional)",

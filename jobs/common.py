@@ -130,6 +130,28 @@ def actor_plan(use_gpu: bool, actors: int, cpu_actors_default: int = 1) -> tuple
     return actors or cpu_actors_default, {"num_cpus": 1}, "cpu"
 
 
+def resolve_encoder_id(store: Store, encoder: str) -> str:
+    """``latest`` -> the encoder of the newest trained CLIP (models/clip/_LATEST.json); otherwise the id given."""
+    if encoder == "latest":
+        try:
+            return store.read_json("models/clip/_LATEST.json")["encoder_id"]
+        except StoreError:
+            raise UserError(f"no trained CLIP under {store.root}/models/clip; pass --encoder ENCODER_ID") from None
+    return encoder
+
+
+def read_table_dataset(store: Store, rel: str, version: int | None = None, columns: list[str] | None = None):
+    """A version of a Delta table as a Ray Data dataset over its data files (nothing read on the driver)."""
+    import ray
+
+    from showcase_core import tables as delta
+    from showcase_core.store import filesystem_for
+
+    paths = [filesystem_for(uri)[1] for uri in delta.file_uris(store, rel, version)]
+    ds = ray.data.read_parquet(paths, filesystem=store.fs)
+    return ds.select_columns(columns) if columns else ds
+
+
 def test_barrier(run_id: str, parties: int = 2, timeout_s: float = 180.0) -> None:
     """For tests only: with ``SHOWCASE_TEST_COMMIT_BARRIER=DIR`` set, wait before committing until ``parties`` runs
     have reached this point (so a race test really races). Unset in every real run: returns at once."""

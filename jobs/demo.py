@@ -2,10 +2,10 @@
 
 Stages run in order, each through its own job entry point, and the first failure stops the chain:
 make_world (mini, local) -> ingest (prints the Table-1 summary) -> train_clip (the small CLIP, from scratch; prints
-held-out Recall@1) -> embed (every photo and text) -> train_dpp (img, text, img+text) -> distill (the explanation
-classifier Φ, held-out AUC/F1) -> train_pc2l (ce and pc2l, 25 epochs) -> nightly (showcases for the test-split
-pairs, published under ROOT/showcases) -> gallery (an HTML page of them) -> evaluate all (Table 1 + visual
-diversity, Table 3, Table 2/4 + Figure 6 plots) -> where everything is.
+held-out Recall@1) -> embed (every photo and text) -> features (the nightly's and Serve's lookups) -> train_dpp
+(img, text, img+text) -> distill (the explanation classifier Φ, held-out AUC/F1) -> train_pc2l (ce and pc2l, 25
+epochs) -> nightly (showcases for the test-split pairs, published under ROOT/showcases) -> gallery (an HTML page of
+them) -> evaluate all (Table 1 + visual diversity, Table 3, Table 2/4 + Figure 6 plots) -> where everything is.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 
 from showcase_core.store import Store
 
-from . import distill, embed, evaluate, gallery, ingest, make_world, nightly, train_clip, train_dpp, train_pc2l
+from . import distill, embed, evaluate, features, gallery, ingest, make_world, nightly, train_clip, train_dpp, train_pc2l
 from .common import UserError, parse_args, run
 
 DEFAULTS = {"root": "./.demo", "world": "./.demo-world", "size": "mini", "seed": 0, "threads": 2}
@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     _stage("ingest", ingest.main, ["--root", root, "--gest", f"{world}/filter_all_t.json"])
     _stage("train_clip", train_clip.main, ["--root", root])
     _stage("embed", embed.main, ["--root", root, "--threads-per-actor", str(cfg["threads"])])
+    _stage("features", features.main, ["--root", root])
     _stage("train_dpp", train_dpp.main, ["--root", root])
     _stage("distill", distill.main, ["--root", root])
     # the baseline and the full method, 25 epochs, a checkpoint every 5: under 5 minutes on 2 cores; `showcase

@@ -23,9 +23,8 @@ import pyarrow.compute as pc
 from showcase_core.store import StoreError, new_run_id, read_text, utc_now
 from showcase_core.tables import RECORD_KEYS, commit
 
-from .common import (Progress, Timer, UserError, actor_plan, new_report, open_store, parse_args, run, start_ray,
-                     versions)
-from .train_dpp import resolve_encoder_id
+from .common import (Progress, Timer, UserError, actor_plan, new_report, open_store, parse_args, resolve_encoder_id,
+                     run, start_ray, versions)
 
 DEFAULTS = {
     "root": None,

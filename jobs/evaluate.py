@@ -17,7 +17,7 @@ import sys
 from showcase_core.generation import DECODING
 from showcase_core.store import StoreError, filesystem_for, new_run_id, read_text, utc_now, write_bytes_atomic
 
-from .common import UserError, new_report, open_store, parse_args, run, versions
+from .common import UserError, new_report, open_store, parse_args, resolve_encoder_id, run, versions
 
 DEFAULTS = {"root": None, "stage": "all", "split": "test", "k": 3, "seed": 0, "beams": 2, **DECODING,
             "encoder": "latest"}  # the dataset stage's image embeddings: latest trained CLIP, or an encoder_id
@@ -46,7 +46,7 @@ def selection_table(store, split: str, k: int, seed: int) -> dict:
         latest = store.read_json("models/dpp/_LATEST.json")
     except StoreError:
         raise UserError(f"no trained DPP under {store.root}/models/dpp (run `showcase train_dpp`)") from None
-    data = load_selection_data(store.root, latest["encoder_id"], max_ground=10**9, seed=seed, splits=(split,))
+    data = load_selection_data(store.root, latest["encoder_id"], max_ground=10**9, splits=(split,))
     examples = data.splits[split]
     if not len(examples):
         raise UserError(f"no {split}-split examples with embedded photos")
@@ -82,8 +82,7 @@ def dataset_table(store, cfg: dict) -> dict:
     from showcase_core.encoders.embed import read_embeddings
     from showcase_core.metrics.diversity import visual_diversity
 
-    from .train_dpp import resolve_encoder_id
-
+    
     encoder_id = resolve_encoder_id(store, cfg["encoder"])
     try:
         summary = dataset_summary(store)
@@ -177,7 +176,7 @@ def generation_table(store, cfg: dict) -> dict:
     if not len(examples):
         raise UserError(f"no {cfg['split']}-split examples with an explanation and embedded photos")
     # the photos at inference: the DPP's K picks for each (user, business), best available modality
-    data = load_selection_data(store.root, latest["dpp"]["encoder_id"], 10**9, cfg["seed"], (cfg["split"],))
+    data = load_selection_data(store.root, latest["dpp"]["encoder_id"], 10**9, (cfg["split"],))
     modality = next(m for m in ("img+text", "img", "text") if m in latest["dpp"]["models"])
     dpp, _ = load_dpp(latest["dpp"]["models"][modality])
     sel = data.splits[cfg["split"]]

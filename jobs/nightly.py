@@ -1,15 +1,32 @@
 """Nightly showcases: ``python -m jobs.nightly --root ROOT --candidates URI --date YYYY-MM-DD [--run-id ID] [--force]``.
 
-Candidates (Parquet: ``user_id``, ``business_id``, optional ``score``) -> checked against the published tables
-(unknown users/businesses, businesses without photos, empty ids and repeated pairs go to the
-``showcases_quarantine`` table with a reason) -> sorted by business and user and cut into parts of
-``--pairs-per-part`` pairs -> Ray Data over the parts with an actor pool (one GPU per actor when the cluster has
-them) whose actors load the DPP and PC²L models once and share the lookups (photo features, users' history) through
-Ray's object store -> each part's rows written atomically as a data file ``ROOT/showcases/dt=DATE/part-RUN-NNNNN``.
+A streaming pipeline on Ray Data; the driver plans and commits and never holds the candidates, users or photos:
 
-Exactly once: a part is named by the run and its index, so a retried part (a killed worker) replaces itself and a
-rerun with the same ``--run-id`` (a killed driver) skips the parts already written. The driver then commits the
-date's quarantine and its showcases, each in one Delta transaction that replaces the date's partition, under the
+1. Candidates (Parquet file or directory, or a Delta table, local or s3://: ``user_id``, ``business_id``, optional
+   ``score`` and ``rank``) are read in blocks. Each pair gets its unit of work, a stable hash bucket of its business
+   (``unit``, one of N = businesses buckets x a multiple sized so a unit holds about ``--pairs-per-part`` pairs),
+   and a user group (the same for the user); pairs of units this run already wrote are dropped here (resume).
+2. Grouped by user group, each group reads its users' rows by key from the feature table
+   ``features/<encoder_id>/users`` (one bucket partition) and attaches each pair's profile
+   (showcase_core.features.profile: never the target business). Empty ids (``missing_field``), repeats of a pair
+   (``duplicate_pair``: the best rank, then the highest score, is kept) and ``unknown_user`` are marked here.
+3. Grouped by unit, an actor pool (one GPU per actor when the cluster has them) that holds only the DPP and PC²L
+   models reads the unit's businesses' ground sets by key from ``features/<encoder_id>/businesses`` (once per
+   business), marks ``unknown_business`` and ``no_photos``, picks photos and writes explanations in batches, and
+   writes the unit's two data files atomically: ``showcases/dt=DATE/part-RUN-UNIT-of-N.parquet`` (rows sorted by
+   business and user, small row groups: Serve reads one pair by key) and the same name under
+   ``showcases_quarantine``.
+
+Joins are on ids only: ground sets never travel with pairs (a business's is read once per unit), and the rows that
+cross the shuffle carry a pair's two profile vectors and its history for the generator.
+
+Memory: the driver holds one add record per unit (O(units)); a profile task holds one user group and the users rows
+it read; a writer actor holds the models, one unit's pairs and the ground sets of that unit's businesses.
+
+Exactly once: a unit's files are named by the run, the unit and N, so a retried unit (a killed worker) replaces its
+own files and a rerun with the same ``--run-id`` (a killed driver) skips the units already written. The driver
+checks that the units' showcases and quarantined pairs add up to the candidate rows, then commits the date's
+quarantine and its showcases, each in one Delta transaction that replaces the date's partition, under the
 application transaction ``<table>/dt=DATE`` with the publish generation (1, +1 per ``--force``). A committed date
 is a no-op without ``--force``; a run that finds its generation committed by another run exits 3.
 """
@@ -17,23 +34,27 @@ is a no-op without ``--force``; a run that finds its generation committed by ano
 from __future__ import annotations
 
 import datetime as dt
+import json
 import posixpath
 import sys
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from showcase_core import features as F
 from showcase_core import tables as delta
 from showcase_core.data.schema import SHOWCASES, SHOWCASES_QUARANTINE
 from showcase_core.generation import DECODING
-from showcase_core.store import StoreError, filesystem_for, new_run_id, utc_now
+from showcase_core.store import StoreError, filesystem_for, new_run_id, read_text, utc_now
 
 from .common import (Progress, Timer, UserError, actor_plan, new_report, open_store, parse_args, run, start_ray,
                      test_barrier, versions)
 
 DEFAULTS = {
     "root": None,
-    "candidates": "",  # Parquet file or directory of (user_id, business_id[, score]), local or s3://
+    "candidates": "",  # Parquet file or directory, or a Delta table: user_id, business_id[, score, rank]; local or s3://
     "date": "",  # YYYY-MM-DD, the partition to write
     "run_id": "",  # reuse a run id to resume that run after a failure
     "force": False,  # replace a date that is already published
@@ -43,31 +64,54 @@ DEFAULTS = {
     "dpp_modality": "img+text",
     "generator": "pc2l",  # pc2l, or none: images-only showcases (the DPP's picks, a null explanation)
     "generator_variant": "pc2l",
-    "pairs_per_part": 2048,
+    "pairs_per_part": 2048,  # about this many pairs per unit of work (one output file, the unit of resuming)
     "batch_size": 256,  # pairs per DPP + generation batch inside an actor
     "actors": 0,  # 0 = one per GPU, or one per CPU on a CPU-only cluster (Ray gives a 1-CPU actor one torch thread)
     "use_gpu": False,  # ask for a GPU per actor even when none is up yet (autoscaling from zero)
 }
+PAIRS = pa.schema([("user_id", pa.string()), ("business_id", pa.string()), ("score", pa.float64()),
+                   ("rank", pa.int64())])
+PROFILED = pa.schema([*PAIRS, ("unit", pa.int64()), ("reason", pa.string()), ("has_history", pa.bool_()),
+                      ("profile_photo", pa.list_(pa.float32())), ("profile_text", pa.list_(pa.float32())),
+                      ("history", pa.list_(pa.list_(pa.float32())))])
 
 
-def read_candidates(uri: str) -> list[dict]:
+def candidate_source(uri: str) -> tuple[list[str], object, int, pa.Schema]:
+    """(file paths, filesystem, rows, schema) of the candidates, from Parquet footers or the Delta log only."""
+    import pyarrow.dataset as ds
+
     fs, path = filesystem_for(uri)
+    info = fs.get_file_info(path)
+    if info.type.name == "NotFound":
+        raise UserError(f"--candidates {uri}: no such file or directory")
     try:
-        table = pq.read_table(path, filesystem=fs)
-    except FileNotFoundError:
-        raise UserError(f"--candidates {uri}: no such file or directory") from None
+        if info.type.name == "Directory" and fs.get_file_info(posixpath.join(path, "_delta_log")).type.name \
+                == "Directory":
+            from deltalake import DeltaTable
+
+            from showcase_core.tables import storage_options
+
+            table = DeltaTable(uri, storage_options=storage_options(uri))
+            paths = [filesystem_for(u)[1] for u in table.file_uris()]
+            schema = pa.schema(table.schema().to_arrow())
+            actions = pa.table(table.get_add_actions(flatten=True))
+            rows = int(pc.sum(actions.column("num_records")).as_py() or 0) if actions.num_rows else 0
+            return paths, fs, rows, schema
+        dataset = ds.dataset(path, filesystem=fs, format="parquet", exclude_invalid_files=False)
+        return list(dataset.files), fs, dataset.count_rows(), dataset.schema
     except (pa.ArrowInvalid, OSError) as e:
         raise UserError(f"--candidates {uri}: not readable as Parquet ({str(e).splitlines()[0][:200]})") from None
-    missing = [c for c in ("user_id", "business_id") if c not in table.column_names]
+
+
+def check_candidate_schema(uri: str, schema: pa.Schema) -> list[str]:
+    missing = [c for c in ("user_id", "business_id") if c not in schema.names]
     if missing:
-        raise UserError(f"--candidates {uri}: missing column {missing[0]!r} (need user_id, business_id[, score])")
-    columns = {c: table.column(c).cast(pa.string()).to_pylist() for c in ("user_id", "business_id")}
-    if "score" in table.column_names:
-        try:
-            columns["score"] = table.column("score").cast(pa.float64()).to_pylist()
-        except pa.ArrowInvalid:
-            raise UserError(f"--candidates {uri}: column 'score' must be numeric") from None
-    return [dict(zip(columns, values)) for values in zip(*columns.values())]
+        raise UserError(f"--candidates {uri}: missing column {missing[0]!r} (need user_id, business_id[, score, rank])")
+    for name, check in (("score", pa.types.is_floating), ("rank", pa.types.is_integer)):
+        if name in schema.names and not (check(schema.field(name).type) or pa.types.is_integer(schema.field(name).type)
+                                         or pa.types.is_null(schema.field(name).type)):
+            raise UserError(f"--candidates {uri}: column {name!r} must be numeric, got {schema.field(name).type}")
+    return [c for c in PAIRS.names if c in schema.names]
 
 
 def resolve_models(store, cfg: dict) -> dict:
@@ -103,56 +147,127 @@ def resolve_models(store, cfg: dict) -> dict:
     return {"dpp": dpp, "generator": generator, "encoder_id": encoder_id}
 
 
+def key_pairs(batch: pa.Table, columns: list[str], units: int, groups: int, done: list[int]) -> pa.Table:
+    """Candidates in the PAIRS layout with their unit and user group; pairs of units already written dropped."""
+    n = batch.num_rows
+    out = {}
+    for name, kind in zip(PAIRS.names, PAIRS.types):
+        out[name] = batch.column(name).cast(kind) if name in columns else pa.nulls(n, kind)
+    out["user_id"], out["business_id"] = (pc.fill_null(out[c], "") for c in ("user_id", "business_id"))
+    unit = F.bucket_of(out["business_id"].to_pylist(), units)
+    table = pa.table({**out, "unit": unit, "group": F.bucket_of(out["user_id"].to_pylist(), groups)})
+    return table.filter(pa.array(~np.isin(unit, done))) if done else table
+
+
+def attach_profiles(group: pa.Table, root: str, encoder_id: str, meta: dict, with_history: bool) -> pa.Table:
+    """One user group -> its pairs with their profiles (PROFILED), or the reason a pair gets none."""
+    from showcase_core.store import Store
+
+    order = pc.sort_indices(group, [("user_id", "ascending", "at_end"), ("business_id", "ascending", "at_end"),
+                                    ("rank", "ascending", "at_end"), ("score", "descending", "at_end")])
+    pairs = group.take(order).to_pylist()
+    lookup = F.FeatureLookup(Store.open(root), encoder_id, meta)
+    users = lookup.rows("users", [p["user_id"] for p in pairs if p["user_id"]])
+    dim, max_history = lookup.dim, int(meta["max_history"])
+    out, previous = {name: [] for name in PROFILED.names}, None
+    for p in pairs:
+        key = (p["user_id"], p["business_id"])
+        reason = "missing_field" if not all(key) else "duplicate_pair" if key == previous else \
+            "unknown_user" if key[0] not in users else None
+        previous = key
+        prof = None if reason else F.profile(users[key[0]], key[1], dim, max_history if with_history else 0)
+        for name in PAIRS.names:
+            out[name].append(p[name])
+        out["unit"].append(p["unit"])
+        out["reason"].append(reason)
+        out["has_history"].append(bool(prof and prof.has_history))
+        out["profile_photo"].append(None if prof is None else prof.photo)
+        out["profile_text"].append(None if prof is None else prof.text)
+        out["history"].append(None if prof is None else list(prof.history))
+    return pa.table(out, schema=PROFILED)
+
+
 class ShowcaseWriter:
-    """Ray Data actor: parts of checked pairs -> showcase rows, one atomic data file per part; returns add records."""
+    """Ray Data actor: one unit's profiled pairs -> its showcases and quarantine files; returns their add records."""
 
-    def __init__(self, root: str, date: str, context: list, models: dict, k: int, beams: int, batch_size: int,
-                 run_id: str, generated_at: str, device: str, decoding: dict):
-        import ray
-
+    def __init__(self, root: str, date: str, encoder_id: str, meta: dict, units: int, models: dict, k: int,
+                 beams: int, batch_size: int, run_id: str, generated_at: str, device: str, decoding: dict):
         from showcase_core.showcase import ShowcaseAssembler
         from showcase_core.store import Store
 
-        self.store, self.date = Store.open(root), date
-        self.assembler = ShowcaseAssembler(ray.get(context[0]), models["dpp"], models["generator"], k, beams, device,
-                                           decoding)
+        if device == "cpu":
+            import torch
+
+            torch.set_num_threads(1)  # one thread per writer: several share a node's cores with the data plane
+        self.store, self.date, self.units = Store.open(root), date, units
+        self.lookup = F.FeatureLookup(self.store, encoder_id, meta)
+        self.assembler = ShowcaseAssembler(models["dpp"], models["generator"], k, beams, device, decoding)
         self.batch_size, self.run_id, self.generated_at = batch_size, run_id, generated_at
 
-    def __call__(self, batch: dict) -> dict:
-        from showcase_core.showcase import TABLE
+    def __call__(self, group: pa.Table) -> pa.Table:
+        from showcase_core.showcase import QUARANTINE_TABLE, TABLE, PairInputs, part_name, quarantine_row
 
-        written = []
-        for unit, users, businesses, scores in zip(batch["unit"], batch["user_ids"], batch["business_ids"],
-                                                   batch["scores"]):
-            pairs = [{"user_id": u, "business_id": b, "score": None if s != s else s}  # NaN = no score
-                     for u, b, s in zip(users, businesses, scores)]
-            rows = []
-            for start in range(0, len(pairs), self.batch_size):
-                rows += self.assembler.assemble(pairs[start:start + self.batch_size], self.run_id, self.generated_at)
-            table = pa.Table.from_pylist([{**r, "dt": self.date} for r in rows], schema=SHOWCASES)
-            written.append(delta.write_file(self.store, TABLE, table, part_name(self.run_id, int(unit)),
-                                            {"dt": self.date}))
-        return delta.record_columns(written, unit=batch["unit"])
+        unit = int(group.column("unit")[0].as_py())
+        group = group.take(pc.sort_indices(group, [("business_id", "ascending"), ("user_id", "ascending")]))
+        reasons = group.column("reason").to_pylist()
+        pending = [i for i, r in enumerate(reasons) if r is None]
+        businesses = self.lookup.rows("businesses", {group.column("business_id")[i].as_py() for i in pending})
+        dim = self.lookup.dim
+        inputs, quarantined, grounds = [], [], {}
+        rows = group.drop_columns(["profile_photo", "profile_text", "history"]).to_pylist()
+        for i, row in enumerate(rows):
+            reason = reasons[i]
+            if reason is None:
+                found = businesses.get(row["business_id"])
+                reason = "unknown_business" if found is None else "no_photos" if not found["image_ids"] else None
+            if reason:
+                quarantined.append(quarantine_row(row["user_id"], row["business_id"], reason))
+                continue
+            history = group.column("history")[i].values
+            profile = F.Profile(np.asarray(group.column("profile_photo")[i].values, np.float32),
+                                np.asarray(group.column("profile_text")[i].values, np.float32),
+                                F.matrix(history.to_pylist() if history is not None else [], dim), [],
+                                row["has_history"])
+            if row["business_id"] not in grounds:  # once per business of the unit
+                grounds[row["business_id"]] = F.ground_set(businesses[row["business_id"]], dim)
+            inputs.append(PairInputs(row["user_id"], row["business_id"], profile, grounds[row["business_id"]],
+                                     row["score"], row["rank"]))
+        if len({(p.user_id, p.business_id) for p in inputs}) != len(inputs):
+            raise RuntimeError(f"unit {unit} of run {self.run_id} holds a pair twice")  # step 2 keeps one of each
+        made = []
+        for start in range(0, len(inputs), self.batch_size):
+            made += self.assembler.assemble(inputs[start:start + self.batch_size], self.run_id, self.generated_at)
+        name, partition = part_name(self.run_id, unit, self.units), {"dt": self.date}
+        quarantine = pa.Table.from_pylist([{**q, "run_id": self.run_id, "dt": self.date} for q in quarantined],
+                                          schema=SHOWCASES_QUARANTINE)
+        records = [delta.write_file(self.store, QUARANTINE_TABLE, quarantine, name, partition)]  # first: see resume
+        table = pa.Table.from_pylist([{**r, "dt": self.date} for r in made], schema=SHOWCASES)
+        records.append(delta.write_file(self.store, TABLE, table, name, partition, row_group_size=SHOWCASE_ROW_GROUP))
+        by_reason: dict[str, int] = {}
+        for q in quarantined:
+            by_reason[q["reason"]] = by_reason.get(q["reason"], 0) + 1
+        columns = delta.record_columns(records, unit=[unit, unit], table=[QUARANTINE_TABLE, TABLE])
+        return pa.table({**columns, "cold_start": [0, sum(r["cold_start"] for r in made)],
+                         "reasons": [json.dumps(by_reason), "{}"]})
 
 
-def part_name(run_id: str, unit: int) -> str:
-    return f"part-{run_id}-{unit:05d}.parquet"
+SHOWCASE_ROW_GROUP = 256  # rows per row group of a showcases file: a lookup of one pair decodes one of them
 
 
 def list_run_parts(store, date: str, run_id: str) -> dict[int, str]:
-    """{unit: path} of the data files this run has written for the date (committed or not)."""
+    """{unit: path} of the showcases data files this run wrote for the date (committed or not)."""
     import pyarrow.fs as pafs
 
-    from showcase_core.showcase import TABLE
+    from showcase_core.showcase import PART, TABLE
 
     folder = f"{TABLE}/dt={date}"
     if not store.exists(folder):
         return {}
-    prefix, out = f"part-{run_id}-", {}
+    out = {}
     for info in store.fs.get_file_info(pafs.FileSelector(store.path(folder))):
-        name = posixpath.basename(info.path)
-        if name.startswith(prefix) and name.endswith(".parquet") and name[len(prefix):-8].isdigit():
-            out[int(name[len(prefix):-8])] = info.path
+        match = PART.match(posixpath.basename(info.path))
+        if match and match["run"] == run_id:
+            out[int(match["unit"])] = info.path
     return out
 
 
@@ -170,12 +285,30 @@ def plan_generation(store, date: str, run_id: str, force: bool) -> tuple[int, st
     return current + 1, publisher
 
 
+def load_features(store, encoder_id: str, generator_uri: str | None) -> dict:
+    """The feature tables' metadata, checked against the generator (its history must fit in theirs)."""
+    try:
+        meta = F.read_meta(store, encoder_id)
+    except F.FeaturesError as e:
+        raise UserError(str(e)) from None
+    if generator_uri:
+        fs, base = filesystem_for(generator_uri)
+        config = json.loads(read_text(fs, posixpath.join(base, "config.json")))
+        wanted = config.get("model", config).get("max_history", 0)
+        if wanted > meta["max_history"]:
+            raise UserError(f"the generator reads {wanted} history reviews but the feature tables keep "
+                            f"{meta['max_history']}: rerun `showcase features --max-history {wanted}`")
+    return meta
+
+
 def main(argv: list[str] | None = None) -> int:
-    from showcase_core.showcase import QUARANTINE_TABLE, TABLE, build_context, check_pairs, commit_date
+    import ray
+
+    from showcase_core.showcase import QUARANTINE_TABLE, TABLE, commit_date
 
     cfg = parse_args("nightly", DEFAULTS, argv)
     if not cfg["candidates"]:
-        raise UserError("--candidates URI is required (Parquet with user_id, business_id[, score])")
+        raise UserError("--candidates URI is required (Parquet or Delta with user_id, business_id[, score, rank])")
     try:
         date = dt.date.fromisoformat(cfg["date"]).isoformat()
     except ValueError:
@@ -195,103 +328,110 @@ def main(argv: list[str] | None = None) -> int:
         store.write_report("nightly", run_id, report)
         return 0
     models = resolve_models(store, cfg)
-    candidates = read_candidates(cfg["candidates"])
+    meta = load_features(store, models["encoder_id"], models["generator"])
+    paths, candidates_fs, candidate_rows, schema = candidate_source(cfg["candidates"])
+    columns = check_candidate_schema(cfg["candidates"], schema)
+    per_unit = cfg["pairs_per_part"]
+    user_buckets, business_buckets = (int(meta["tables"][k]["buckets"]) for k in ("users", "businesses"))
+    units = business_buckets * F.buckets_for(candidate_rows, business_buckets * per_unit)
+    groups = user_buckets * F.buckets_for(candidate_rows, user_buckets * per_unit)
+    from showcase_core.showcase import PART
+
+    done_before = {unit: posixpath.basename(path) for unit, path in list_run_parts(store, date, run_id).items()}
+    planned = {int(PART.match(name)["units"]) for name in done_before.values()}
+    if planned - {units}:
+        raise UserError(f"run {run_id} wrote its parts for {planned.pop()} units, this attempt plans {units} (the "
+                        "candidates, --pairs-per-part or the features changed): use a new run id")
     timer = Timer()
-    done_before = list_run_parts(store, date, run_id)
     generated_at = utc_now()
     if done_before:  # resuming: keep the first attempt's timestamp, so every row of a run agrees
-        first = pq.read_table(next(iter(done_before.values())), filesystem=store.fs, columns=["generated_at"])
+        first = pq.read_table(store.path(TABLE, f"dt={date}", next(iter(done_before.values()))),
+                              filesystem=store.fs, columns=["generated_at"])
         generated_at = first.column("generated_at")[0].as_py() if first.num_rows else generated_at
+    print(f"[nightly] {date}: {candidate_rows:,} candidates in {units} units ({len(done_before)} already written by "
+          f"run {run_id}); features {meta['run_id']}", file=sys.stderr, flush=True)
 
-    with timer("context"):
-        context = build_context(store, models["encoder_id"])
-        good, quarantined = check_pairs(candidates, context)
-    good.sort(key=lambda p: (p["business_id"], p["user_id"]))  # a part shares businesses: their ground sets
-    units = [good[i:i + cfg["pairs_per_part"]] for i in range(0, len(good), cfg["pairs_per_part"])]
-    todo = [i for i in range(len(units)) if i not in done_before]
-    reasons: dict[str, int] = {}
-    for q in quarantined:
-        reasons[q["reason"]] = reasons.get(q["reason"], 0) + 1
-    print(f"[nightly] {date}: {len(candidates):,} candidates, {len(good):,} to showcase in {len(units)} parts "
-          f"({len(units) - len(todo)} already written by run {run_id}), {len(quarantined):,} quarantined "
-          f"{reasons or ''}", file=sys.stderr, flush=True)
-    quarantine_file = delta.write_file(
-        store, QUARANTINE_TABLE, pa.Table.from_pylist([{**q, "run_id": run_id, "dt": date} for q in quarantined],
-                                                      schema=SHOWCASES_QUARANTINE),
-        f"part-{run_id}.parquet", {"dt": date})
-
-    records = {i: delta.file_record(store, TABLE, posixpath.basename(path), {"dt": date})
-               for i, path in done_before.items() if i < len(units)}
-    if todo:
-        import ray
-
-        start_ray()
-        actors, resources, device = actor_plan(cfg["use_gpu"], cfg["actors"],
-                                               max(1, int(ray.cluster_resources().get("CPU", 1))))
-        items = [{"unit": i, "user_ids": [p["user_id"] for p in units[i]],
-                  "business_ids": [p["business_id"] for p in units[i]],
-                  "scores": [float("nan") if p.get("score") is None else p["score"] for p in units[i]]} for i in todo]
-        ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-            ShowcaseWriter, batch_size=1, compute=ray.data.ActorPoolStrategy(size=min(actors, len(items))),
-            fn_constructor_kwargs={"root": store.root, "date": date, "context": [ray.put(context)],
-                                   "models": models, "k": cfg["k"], "beams": cfg["beams"],
-                                   "batch_size": cfg["batch_size"], "run_id": run_id,
-                                   "generated_at": generated_at, "device": device,
-                                   "decoding": {key: cfg[key] for key in DECODING}},
-            **resources)
-        progress = Progress("nightly", "pairs", sum(len(units[i]) for i in todo))
-        pairs_done = 0
-        with timer("showcases"):
-            for written in ds.iter_batches(batch_size=None, batch_format="pandas"):
-                for record in written.to_dict("records"):
-                    records[int(record["unit"])] = record
-                    pairs_done += int(record["rows"])
-                progress.update(pairs_done)
+    records = {}  # (table, unit) -> add record
+    extras = {"cold_start": 0, "reasons": {}}
+    partition = {"dt": date}
+    for unit, name in done_before.items():
+        records[(TABLE, unit)] = delta.file_record(store, TABLE, name, partition)
+        records[(QUARANTINE_TABLE, unit)] = delta.file_record(store, QUARANTINE_TABLE, name, partition)
+        _count_done(store, name, date, extras)
+    start_ray()
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    actors, resources, device = actor_plan(cfg["use_gpu"], cfg["actors"], cpus)
+    if device == "cpu":  # half a CPU each: writers holding every CPU would starve the reads, profiles and shuffles
+        resources = {"num_cpus": 0.5}  # (of this run, or of another nightly on the same cluster) before them
+    shuffle = max(2, cpus)  # hash partitions per shuffle: each holds whole groups (user groups, then units)
+    written = (ray.data.read_parquet(paths, filesystem=candidates_fs).select_columns(columns)
+               .map_batches(key_pairs, batch_format="pyarrow",
+                            fn_kwargs={"columns": columns, "units": units, "groups": groups,
+                                       "done": sorted(done_before)})
+               .groupby("group", num_partitions=min(groups, shuffle)).map_groups(
+                   attach_profiles, batch_format="pyarrow",
+                   fn_kwargs={"root": store.root, "encoder_id": models["encoder_id"], "meta": meta,
+                              "with_history": bool(models["generator"])})
+               .groupby("unit", num_partitions=min(units, shuffle)).map_groups(
+                   ShowcaseWriter, batch_format="pyarrow",
+                   compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
+                   fn_constructor_kwargs={"root": store.root, "date": date, "encoder_id": models["encoder_id"],
+                                          "meta": meta, "units": units, "models": models, "k": cfg["k"],
+                                          "beams": cfg["beams"], "batch_size": cfg["batch_size"], "run_id": run_id,
+                                          "generated_at": generated_at, "device": device,
+                                          "decoding": {key: cfg[key] for key in DECODING}},
+                   **resources))
+    progress = Progress("nightly", "pairs", candidate_rows)
+    with timer("showcases"):
+        for batch in written.iter_batches(batch_size=None, batch_format="pyarrow"):
+            for record in batch.to_pylist():
+                records[(record["table"], int(record["unit"]))] = {k: record[k] for k in delta.RECORD_KEYS}
+                extras["cold_start"] += int(record["cold_start"])
+                for reason, n in json.loads(record["reasons"]).items():
+                    extras["reasons"][reason] = extras["reasons"].get(reason, 0) + n
+            progress.update(sum(int(r["rows"]) for r in records.values()))
 
     with timer("publish"):
-        rows, cold_start = _check_parts(store, run_id, units, records)
+        showcases = [r for (table, _), r in sorted(records.items()) if table == TABLE]
+        quarantine = [r for (table, _), r in sorted(records.items()) if table == QUARANTINE_TABLE]
+        rows, quarantined = sum(int(r["rows"]) for r in showcases), sum(int(r["rows"]) for r in quarantine)
+        if rows + quarantined != candidate_rows or len(showcases) != len(quarantine):
+            raise RuntimeError(f"run {run_id}: {rows:,} showcases + {quarantined:,} quarantined != {candidate_rows:,} "
+                               "candidates: a unit is missing or incomplete; rerun with the same --run-id")
         reads = {name: store.table_version(name)["version"] for name in ("reviews", "images")}
+        reads.update({f"features/{k}": v["version"] for k, v in meta["tables"].items()})
         test_barrier(run_id)
         with timer("commit"):
             try:
-                committed = commit_date(store, date, run_id, generation, [records[i] for i in range(len(units))],
-                                        quarantine_file, reads, {"generation": generation,
-                                                                 "candidates": cfg["candidates"]})
+                committed = commit_date(store, date, run_id, generation, showcases, quarantine, reads,
+                                        {"generation": generation, "candidates": cfg["candidates"]})
             except delta.LostRace as e:
                 report.update(status="lost_race", winner_run_id=e.winner, finished_at=utc_now())
                 store.write_report("nightly", run_id, report)
                 raise
-    counts = {"candidates": len(candidates), "showcases": rows, "quarantined": len(quarantined),
-              "quarantined_by_reason": reasons, "parts": len(units), "parts_resumed": len(units) - len(todo),
-              "cold_start": cold_start}
+    counts = {"candidates": candidate_rows, "showcases": rows, "quarantined": quarantined,
+              "quarantined_by_reason": extras["reasons"], "units": units, "parts": len(showcases),
+              "parts_resumed": len(done_before), "cold_start": extras["cold_start"]}
     report.update(status="published", date=date, counts=counts, models=models, generation=generation,
-                  table={"uri": store.uri(TABLE), "version": committed.version}, replaced_run_id=publisher,
-                  timings_s=timer.timings, versions=versions(), finished_at=utc_now())
+                  features=meta["run_id"], table={"uri": store.uri(TABLE), "version": committed.version},
+                  replaced_run_id=publisher, timings_s=timer.timings, versions=versions(), finished_at=utc_now())
     seconds = timer.timings.get("showcases")
-    rate = f" ({counts['showcases'] / seconds:.1f} pairs/s)" if seconds and not counts["parts_resumed"] else ""
+    rate = f" ({rows / seconds:.1f} pairs/s)" if seconds and not done_before else ""
     print(f"[nightly] published {rows:,} showcases for {date}{rate}: {store.uri(TABLE)} version {committed.version}; "
-          f"quarantined {len(quarantined):,}; report: {store.write_report('nightly', run_id, report)}", flush=True)
+          f"quarantined {quarantined:,} {extras['reasons'] or ''}; "
+          f"report: {store.write_report('nightly', run_id, report)}", flush=True)
     return 0
 
 
-def _check_parts(store, run_id: str, units: list[list[dict]], records: dict[int, dict]) -> tuple[int, int]:
-    """Every part is there and holds exactly its pairs, no pair twice: (rows, cold-start rows)."""
-    from showcase_core.showcase import TABLE
+def _count_done(store, name: str, date: str, extras: dict) -> None:
+    """Add a unit written by an earlier attempt to the run's counts (its cold starts and quarantine reasons)."""
+    from showcase_core.showcase import QUARANTINE_TABLE, TABLE
 
-    missing = [i for i in range(len(units)) if i not in records]
-    if missing:
-        raise RuntimeError(f"parts {missing[:5]} of run {run_id} were not written")
-    seen, rows, cold_start = set(), 0, 0
-    for i, unit in enumerate(units):
-        table = pq.read_table(store.path(TABLE, records[i]["path"]), filesystem=store.fs,
-                              columns=["user_id", "business_id", "cold_start"])
-        keys = set(zip(table.column("user_id").to_pylist(), table.column("business_id").to_pylist()))
-        if keys != {(p["user_id"], p["business_id"]) for p in unit} or table.num_rows != len(unit) or keys & seen:
-            raise RuntimeError(f"part {i} of run {run_id} does not hold exactly its {len(unit)} pairs")
-        seen |= keys
-        rows += table.num_rows
-        cold_start += sum(table.column("cold_start").to_pylist())
-    return rows, cold_start
+    cold = pq.read_table(store.path(TABLE, f"dt={date}", name), filesystem=store.fs, columns=["cold_start"])
+    extras["cold_start"] += int(pc.sum(cold.column("cold_start")).as_py() or 0)
+    reasons = pq.read_table(store.path(QUARANTINE_TABLE, f"dt={date}", name), filesystem=store.fs, columns=["reason"])
+    for reason in reasons.column("reason").to_pylist():
+        extras["reasons"][reason] = extras["reasons"].get(reason, 0) + 1
 
 
 if __name__ == "__main__":

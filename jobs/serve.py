@@ -17,18 +17,19 @@ wrong-typed fields and ids over 256 characters 422; a pair that cannot get a sho
 repeated in one request is 422 ``duplicate_pair``), and a list is answered all or nothing; more than ``max_pairs``
 pairs (or a body too large to hold them) 413. Unknown routes and methods get 404/405 in the same shape.
 
-Each replica loads the models once (its constructor), with the lookups of ``build_context``. Concurrent requests are
-batched: ``@serve.batch`` collects up to ``max_batch_size`` requests (each a list of pairs) for at most
-``batch_wait_timeout_s`` and ``ShowcaseAssembler.assemble`` runs once for all their pairs; ``--batching false``
-assembles each request on its own (one at a time), for comparison. The models are the ones ``models/*/_LATEST.json``
-name when the app is built, so every replica of a deployment serves the same ones; redeploy to pick up new ones.
+Each replica loads the models once (its constructor) and nothing of the world: a fresh pair's features are looked up
+by key in the feature tables (showcase_core.features.FeatureLookup: the one bucket partition of the id, the row groups
+of its id range), and a GET of a published pair reads its row by key from the newest date of the showcases table
+(showcase_core.showcase.PublishedShowcases: the one file of its business's unit, the row groups of its keys). Each
+keeps an LRU cache of at most ``cache_rows`` rows in front; replica memory is the models plus these caches, whatever
+the number of users, photos or published pairs. The table versions are checked at most every ``refresh_s`` seconds:
+a date published (or features rebuilt) after the replicas started is served without a redeploy.
 
-Precomputed rows: the newest published date is read once, at replica start, into an Arrow table plus a dict (user_id,
-business_id) -> row. That makes a GET of a published pair a dict lookup, at the price of memory in every replica:
-the Arrow rows (URIs and the explanation: several hundred bytes each) and about 300 bytes of dict entry per pair,
-roughly 1 GB per replica for a million pairs. For much larger dates serve them from a key-value store instead
-(``--precomputed false`` turns the lookup off). A date published later is seen by replicas started after it (a redeploy
-or a restart).
+Concurrent requests are batched: ``@serve.batch`` collects up to ``max_batch_size`` requests (each a list of pairs)
+for at most ``batch_wait_timeout_s`` and ``ShowcaseAssembler.assemble`` runs once for all their pairs;
+``--batching false`` assembles each request on its own (one at a time), for comparison. The models are the ones
+``models/*/_LATEST.json`` name when the app is built, so every replica of a deployment serves the same ones; redeploy
+to pick up new ones.
 
 Autoscaling (min_replicas, max_replicas, target_ongoing_requests), max_ongoing_requests and the resources of a
 replica come from the config (cluster/configs/serve.yaml; a RayService's serveConfigV2 overrides them there).
@@ -36,7 +37,6 @@ replica come from the config (cluster/configs/serve.yaml; a RayService's serveCo
 """
 
 import asyncio
-import contextlib
 import os
 import signal
 import socket
@@ -52,11 +52,11 @@ from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from showcase_core.generation import DECODING
-from showcase_core.store import Store, StoreError, new_run_id, utc_now
+from showcase_core.store import Store, new_run_id, utc_now
 
 from .common import UserError, open_store, parse_args, run, start_ray
 from .nightly import DEFAULTS as NIGHTLY_DEFAULTS
-from .nightly import resolve_models
+from .nightly import load_features, resolve_models
 
 APP_NAME = "showcases"
 DEPLOYMENT = "Showcases"
@@ -71,6 +71,8 @@ DEFAULTS = {
     "max_batch_size": 16,  # requests per assemble call
     "batch_wait_timeout_s": 0.01,  # how long the first request of a batch waits for more
     "precomputed": True,  # GET answers from the newest date's rows when it has the pair
+    "cache_rows": 10000,  # rows each replica caches per lookup (users, businesses, published pairs); 0 = none
+    "refresh_s": 10.0,  # how often a replica checks for a newer published date or feature tables
     "min_replicas": 1,
     "max_replicas": 1,
     "target_ongoing_requests": 4.0,  # requests in flight per replica the autoscaler aims for
@@ -79,7 +81,7 @@ DEFAULTS = {
     "num_gpus": 0.0,  # per replica; the models run on CUDA when > 0
 }
 REPLICA_SETTINGS = ("k", "beams", *DECODING, "max_pairs", "batching", "max_batch_size", "batch_wait_timeout_s", "precomputed",
-                    "num_cpus", "num_gpus")  # what a replica needs (scaling settings change without a restart)
+                    "cache_rows", "refresh_s", "num_cpus", "num_gpus")  # what a replica needs (scaling settings change without a restart)
 
 
 # -- settings -------------------------------------------------------------------------------------------------------
@@ -93,8 +95,9 @@ def settings(argv: list[str]) -> dict:
     if not 0 <= cfg["min_replicas"] <= cfg["max_replicas"]:
         raise UserError(f"need 0 <= --min-replicas <= --max-replicas, got {cfg['min_replicas']} and {cfg['max_replicas']}")
     if cfg["target_ongoing_requests"] <= 0 or cfg["batch_wait_timeout_s"] < 0 or cfg["num_cpus"] < 0 \
-            or cfg["num_gpus"] < 0:
-        raise UserError("--target-ongoing-requests must be > 0; --batch-wait-timeout-s, --num-cpus, --num-gpus >= 0")
+            or cfg["num_gpus"] < 0 or cfg["cache_rows"] < 0 or cfg["refresh_s"] < 0:
+        raise UserError("--target-ongoing-requests must be > 0; --batch-wait-timeout-s, --num-cpus, --num-gpus, "
+                        "--cache-rows, --refresh-s >= 0")
     if not 0 < cfg["port"] < 65536:
         raise UserError(f"--port must be 1..65535, got {cfg['port']}")
     return cfg
@@ -111,6 +114,7 @@ def app_for(cfg: dict):
     """The bound application for settings: models resolved (and checked) now, loaded by each replica."""
     store = open_store(cfg["root"], writable=False)  # a serving role may not write to ROOT
     models = resolve_models(store, cfg)
+    load_features(store, models["encoder_id"], models["generator"])  # the feature tables are there and fit
     return Showcases.options(**deployment_options(cfg)).bind(store.root, models,
                                                              {key: cfg[key] for key in REPLICA_SETTINGS})
 
@@ -204,31 +208,37 @@ class Showcases:
     def __init__(self, root: str, models: dict, options: dict):
         import torch
 
-        from showcase_core.data.schema import SHOWCASES
-        from showcase_core.showcase import ShowcaseAssembler, build_context, latest_date, read_showcases
+        from showcase_core.showcase import PublishedShowcases, ShowcaseAssembler
 
         self.models, self.options = models, options
         self.max_pairs, self.batching = options["max_pairs"], options["batching"]
         device = "cuda" if options["num_gpus"] > 0 and torch.cuda.is_available() else "cpu"
         torch.set_num_threads(max(1, int(options["num_cpus"])))
-        store = Store.open(root)
-        self.context = build_context(store, models["encoder_id"])
-        self.assembler = ShowcaseAssembler(self.context, models["dpp"], models["generator"], options["k"],
-                                           options["beams"], device, {key: options[key] for key in DECODING})
+        self.store = Store.open(root)
+        self.features = self.features_checked = None
+        self.refresh_features()
+        self.assembler = ShowcaseAssembler(models["dpp"], models["generator"], options["k"], options["beams"], device,
+                                           {key: options[key] for key in DECODING})
         self.run_id = f"serve-{new_run_id()}"
-        self.date, self.rows, self.row_of = None, SHOWCASES.empty_table(), {}
-        if options["precomputed"]:
-            with contextlib.suppress(StoreError):  # nothing published yet: every GET is fresh
-                self.date = latest_date(store)
-        if self.date:
-            self.rows = read_showcases(root, self.date)
-            keys = zip(self.rows.column("user_id").to_pylist(), self.rows.column("business_id").to_pylist())
-            self.row_of = {key: i for i, key in enumerate(keys)}
+        self.published = PublishedShowcases(self.store, options["refresh_s"], options["cache_rows"]) \
+            if options["precomputed"] else None
         self._assemble_batch.set_max_batch_size(options["max_batch_size"])
         self._assemble_batch.set_batch_wait_timeout_s(options["batch_wait_timeout_s"])
         self._alone = asyncio.Lock()
         self.assembled = {"calls": 0, "requests": 0, "pairs": 0, "largest_batch": 0, "seconds": 0.0}  # for /healthz
         app.state.max_body_bytes = 4096 + self.max_pairs * (2 * MAX_ID_CHARS * 4 + 64)  # ids of 4-byte characters
+
+    def refresh_features(self) -> None:
+        """Follow a rebuild of the feature tables (a newer _FEATURES.json), at most every refresh_s seconds."""
+        from showcase_core.features import FeatureLookup, read_meta
+
+        now = time.monotonic()
+        if self.features is not None and now - self.features_checked < self.options["refresh_s"]:
+            return
+        self.features_checked = now
+        meta = read_meta(self.store, self.models["encoder_id"])
+        if self.features is None or meta["run_id"] != self.features.meta["run_id"]:
+            self.features = FeatureLookup(self.store, self.models["encoder_id"], meta, self.options["cache_rows"])
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)  # set from the settings in __init__
     async def _assemble_batch(self, requests: list[list[dict]]) -> list[list[dict]]:
@@ -253,15 +263,20 @@ class Showcases:
                      seconds=round(stats["seconds"] + time.perf_counter() - started, 3))
         return rows
 
-    async def fresh(self, pairs: list[dict], where: str = "") -> list[dict] | JSONResponse:
-        """Rows computed now for checked pairs, or the 4xx for the pairs that cannot get one (all or nothing)."""
+    def _check(self, pairs: list[dict]):
         from showcase_core.showcase import check_pairs
 
-        good, bad = check_pairs(pairs, self.context)
+        self.refresh_features()
+        users = self.features.rows("users", [p["user_id"] for p in pairs])
+        businesses = self.features.rows("businesses", [p["business_id"] for p in pairs])
+        return check_pairs(pairs, users, businesses, self.features.dim, self.assembler.max_history)
+
+    async def fresh(self, pairs: list[dict], where: str = "") -> list[dict] | JSONResponse:
+        """Rows computed now for the pairs, or the 4xx for the pairs that cannot get one (all or nothing)."""
+        good, bad = await asyncio.to_thread(self._check, pairs)
         if bad:
-            kept = {id(p) for p in good}  # check_pairs keeps the given dicts, in order
-            failed = [i for i, p in enumerate(pairs) if id(p) not in kept]
-            listed = [{**row, "field": f"{where}[{i}]" if where else None} for i, row in zip(failed, bad)]
+            listed = [{**{k: v for k, v in row.items() if k != "index"},
+                       "field": f"{where}[{row['index']}]" if where else None} for row in bad]
             for row in listed:
                 if row["reason"] in NOT_FOUND:
                     row["field"] = f"{row['field']}.{NOT_FOUND[row['reason']]}" if row["field"] else \
@@ -286,15 +301,23 @@ class Showcases:
     @app.get("/v1/showcases/{user_id}/{business_id}")
     async def lookup(self, user_id: Annotated[str, Path(max_length=MAX_ID_CHARS)],
                      business_id: Annotated[str, Path(max_length=MAX_ID_CHARS)]):
-        row = self.row_of.get((user_id, business_id))
+        row = await asyncio.to_thread(self.published.get, user_id, business_id) if self.published else None
         if row is not None:
-            return {**self.rows.slice(row, 1).to_pylist()[0], "source": "precomputed", "date": self.date}
+            return {**row, "source": "precomputed", "date": row["dt"]}
         rows = await self.fresh([{"user_id": user_id, "business_id": business_id}])
         return rows if isinstance(rows, JSONResponse) else rows[0]
 
     @app.get("/healthz")
     async def healthz(self):
-        return {"status": "ok", "models": self.models, "latest_date": self.date, "precomputed_rows": len(self.row_of),
+        published = self.published
+        if published:
+            await asyncio.to_thread(published.refresh)
+        return {"status": "ok", "models": self.models, "latest_date": published.date if published else None,
+                "tables": {"showcases": published.version if published else None,
+                           "features": {k: v["version"] for k, v in self.features.meta["tables"].items()},
+                           "features_run_id": self.features.meta["run_id"]},
+                "cache": {"published": len(published.cache) if published else 0,
+                          **{k: len(v) for k, v in self.features._cache.items()}},
                 "replica": serve.get_replica_context().replica_tag, "pid": os.getpid(), "settings": self.options,
                 "assembled": self.assembled}
 

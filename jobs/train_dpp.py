@@ -13,7 +13,7 @@ import time
 from showcase_core.store import Store, StoreError, new_run_id, utc_now
 
 from . import harness
-from .common import Timer, UserError, new_report, open_store, parse_args, run, start_ray, versions
+from .common import Timer, UserError, new_report, open_store, parse_args, resolve_encoder_id, run, start_ray, versions
 
 DEFAULTS = {
     "root": None,
@@ -34,23 +34,14 @@ DEFAULTS = {
 }
 
 
-def resolve_encoder_id(store: Store, encoder: str) -> str:
-    if encoder == "latest":
-        try:
-            return store.read_json("models/clip/_LATEST.json")["encoder_id"]
-        except StoreError:
-            raise UserError(f"no trained CLIP under {store.root}/models/clip; pass --encoder ENCODER_ID") from None
-    return encoder
-
-
-def load_selection_data(root: str, encoder_id: str, max_ground: int, seed: int, splits=("train", "val", "test")):
+def load_selection_data(root: str, encoder_id: str, max_ground: int, splits=("train", "val", "test")):
     from showcase_core.encoders.embed import read_embeddings
     from showcase_core.selection.data import build_selection_data
 
     store = Store.open(root)
     return build_selection_data(store.read_table("reviews"), store.read_table("images"),
                                 read_embeddings(store, encoder_id, "images"), read_embeddings(store, encoder_id, "texts"),
-                                splits=splits, max_ground=max_ground, seed=seed)
+                                splits=splits, max_ground=max_ground)
 
 
 def train_loop(config: dict) -> None:
@@ -64,7 +55,7 @@ def train_loop(config: dict) -> None:
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    data = load_selection_data(config["root"], config["encoder_id"], config["max_ground"], config["seed"],
+    data = load_selection_data(config["root"], config["encoder_id"], config["max_ground"],
                                ("train", "val"))
     train = data.splits["train"]
     train = train.take(np.arange(rank, len(train), world))
@@ -105,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     store = open_store(cfg["root"])
     encoder_id = resolve_encoder_id(store, cfg["encoder"])
     try:
-        data = load_selection_data(store.root, encoder_id, cfg["max_ground"], cfg["seed"], ("train",))
+        data = load_selection_data(store.root, encoder_id, cfg["max_ground"], ("train",))
     except StoreError as e:
         raise UserError(f"{e}; train_dpp needs ingested tables and embeddings (run ingest and embed)") from None
     if not len(data.splits["train"]):

@@ -18,8 +18,7 @@ import time
 from showcase_core.store import Store, StoreError, new_run_id, utc_now
 
 from . import harness
-from .common import Timer, UserError, new_report, open_store, parse_args, run, start_ray, versions
-from .train_dpp import resolve_encoder_id
+from .common import Timer, UserError, new_report, open_store, parse_args, resolve_encoder_id, run, start_ray, versions
 
 DEFAULTS = {
     "root": None,

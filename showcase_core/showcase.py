@@ -10,13 +10,15 @@ any engine that reads Delta (Spark, Trino, Athena, DuckDB, Polars) reads the sam
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 
 from . import tables as delta
 from .data.schema import SHOWCASES
+from .features import GroundSet, Profile, ground_set, profile
 from .store import Store, StoreError
 
 TABLE = "showcases"
@@ -52,7 +54,7 @@ def publication(store: Store, date: str) -> dict:
             "version": delta.open_table(store, TABLE).version()}
 
 
-def commit_date(store: Store, date: str, run_id: str, generation: int, files: list[dict], quarantine_file: dict,
+def commit_date(store: Store, date: str, run_id: str, generation: int, files: list[dict], quarantine_files: list[dict],
                 reads: dict, metadata: dict | None = None) -> delta.Committed:
     """Commit one night: its quarantine, then its showcases, each replacing exactly the ``dt = date`` partition under
     the application transaction ``<table>/dt=DATE`` at ``generation``. Raises LostRace (at the first commit) when
@@ -61,7 +63,7 @@ def commit_date(store: Store, date: str, run_id: str, generation: int, files: li
 
     kwargs = dict(run_id=run_id, stage="nightly", app_version=generation, partition_by=["dt"], replace={"dt": date},
                   reads=reads)
-    delta.commit(store, QUARANTINE_TABLE, [quarantine_file], SHOWCASES_QUARANTINE,
+    delta.commit(store, QUARANTINE_TABLE, quarantine_files, SHOWCASES_QUARANTINE,
                  app_id=app_id(date, QUARANTINE_TABLE), **kwargs)
     return delta.commit(store, TABLE, files, SHOWCASES, app_id=app_id(date), metadata=metadata, **kwargs)
 
@@ -82,83 +84,133 @@ def read_showcases(root: str, date: str | None = None, columns: list[str] | None
     return table.select(wanted.names).cast(wanted)
 
 
+# -- the published rows by key (Serve) ------------------------------------------------------------------------------
+PART = re.compile(r"^part-(?P<run>.+)-(?P<unit>\d{5})-of-(?P<units>\d{5})\.parquet$")
+
+
+def part_name(run_id: str, unit: int, units: int) -> str:
+    """A nightly data file: unit ``unit`` of ``units`` (the business's stable hash bucket, features.bucket_of)."""
+    return f"part-{run_id}-{unit:05d}-of-{units:05d}.parquet"
+
+
+class PublishedShowcases:
+    """One pair's row of the newest published date, by key, without holding the date: the unit of a business names
+    the one data file that can hold its pairs, and that file's row groups (sorted by business and user) are pruned
+    by their statistics. The table version is checked at most every ``refresh_s`` seconds, so a date committed later
+    is served without a restart. Memory: a path per unit of the date and at most ``cache_rows`` cached rows."""
+
+    def __init__(self, store: Store, refresh_s: float = 10.0, cache_rows: int = 10000):
+        from collections import OrderedDict
+
+        self.store, self.refresh_s, self.cache_rows = store, refresh_s, cache_rows
+        self.version, self.date, self.units, self.files, self.checked = None, None, 0, {}, -1e18
+        self.cache: OrderedDict = OrderedDict()
+
+    def refresh(self) -> None:
+        import time
+
+        if time.monotonic() - self.checked < self.refresh_s:
+            return
+        self.checked = time.monotonic()
+        version = delta.open_table(self.store, TABLE).version() if delta.exists(self.store, TABLE) else None
+        if version == self.version:
+            return
+        dates = published_dates(self.store, version) if version is not None else []
+        self.version, self.date, self.files, self.units = version, dates[-1] if dates else None, {}, 0
+        self.cache.clear()
+        if self.date:
+            actions = pa.table(delta.open_table(self.store, TABLE, version).get_add_actions(flatten=True))
+            for path, dt in zip(actions.column("path").to_pylist(), actions.column("partition.dt").to_pylist()):
+                match = PART.match(path.rsplit("/", 1)[-1])
+                if dt == self.date:
+                    key = (int(match["unit"]), int(match["units"])) if match else ("other", len(self.files))
+                    self.files.setdefault(key, []).append(path)
+            self.units = max((k[1] for k in self.files if k[0] != "other"), default=0)
+
+    def get(self, user_id: str, business_id: str) -> dict | None:
+        """The pair's row of the newest date (SHOWCASES fields), or None."""
+        import pyarrow.dataset as ds
+
+        from .features import bucket_of
+
+        self.refresh()
+        if not self.date:
+            return None
+        key = (user_id, business_id)
+        if key in self.cache:
+            self.cache.move_to_end(key)
+            return self.cache[key]
+        unit = int(bucket_of([business_id], self.units)[0]) if self.units else -1
+        paths = self.files.get((unit, self.units), []) + [p for k, v in self.files.items() if k[0] == "other"
+                                                          for p in v]
+        row = None
+        if paths:
+            found = ds.dataset([self.store.path(TABLE, p) for p in paths], filesystem=self.store.fs,
+                               format="parquet").to_table(filter=(ds.field("business_id") == business_id)
+                                                          & (ds.field("user_id") == user_id))
+            if found.num_rows:
+                row = {**found.slice(0, 1).to_pylist()[0], "dt": self.date}
+        if row is not None and self.cache_rows:
+            self.cache[key] = row
+            if len(self.cache) > self.cache_rows:
+                self.cache.popitem(last=False)
+        return row
+
+
 # -- assembly -----------------------------------------------------------------------------------------------------
-# What one showcase needs: the business's photos (the DPP's ground set), the user's profile (the mean CLIP features of
-# their history photos and reviews, never the target business) and history review features for the generator.
+# What one showcase needs (showcase_core.features defines both): the business's ground set and the user's profile for
+# the pair (never the target business), with the history reviews the generator reads.
 QUARANTINE_REASONS = {
     "missing_field": "user_id or business_id is empty",
-    "duplicate_pair": "the pair appears more than once in the candidates; the first one is kept",
+    "duplicate_pair": "the pair appears more than once in the candidates; the one with the best rank (then the "
+                      "highest score) is kept",
     "unknown_user": "the user has no review in the published tables",
     "unknown_business": "the business has no review in the published tables",
     "no_photos": "the business has no embedded photo to show",
 }
 
 
+def quarantine_row(user_id: str, business_id: str, reason: str) -> dict:
+    return {"user_id": user_id, "business_id": business_id, "reason": reason, "detail": QUARANTINE_REASONS[reason]}
+
+
 @dataclass
-class ShowcaseContext:
-    """Lookups built once from the tables and embeddings (and shared by every assembler of a run)."""
+class PairInputs:
+    """Everything the DPP and the generator read for one pair."""
 
-    photo_ids: list[str]
-    photo_vecs: np.ndarray  # float32 [P, D]
-    photo_uris: list[str]
-    business_photos: dict[str, np.ndarray]  # business -> rows of photo_vecs
-    user_reviews: dict[str, list[dict]]  # user -> their reviews (review_id, business_id, pic_ids, history)
-    text_row: dict[str, int]  # "review:<id>" -> row of text_vecs
-    text_vecs: np.ndarray
-    known_businesses: set[str]
-    photo_row: dict[str, int] = field(default_factory=dict)
-
-    def __post_init__(self):
-        if not self.photo_row:
-            self.photo_row = {p: i for i, p in enumerate(self.photo_ids)}
+    user_id: str
+    business_id: str
+    profile: Profile
+    ground: GroundSet
+    score: float | None = None
+    rank: int | None = None
 
 
-def build_context(store: Store, encoder_id: str) -> ShowcaseContext:
-    from .encoders.embed import read_embeddings
-    from .selection.data import embedding_matrix
-
-    photo_ids, photo_vecs = embedding_matrix(read_embeddings(store, encoder_id, "images"))
-    row_of = {p: i for i, p in enumerate(photo_ids)}
-    uris = [""] * len(photo_ids)
-    business_photos: dict[str, list[int]] = {}
-    images = store.read_table("images", ["image_id", "business_id", "uri"])
-    for image_id, business, uri in zip(*(images.column(c).to_pylist() for c in ("image_id", "business_id", "uri"))):
-        row = row_of.get(image_id)
-        if row is not None and not uris[row]:
-            uris[row] = uri
-            business_photos.setdefault(business, []).append(row)
-    reviews = store.read_table("reviews", ["review_id", "user_id", "business_id", "pic_ids", "history"])
-    user_reviews: dict[str, list[dict]] = {}
-    for r in reviews.to_pylist():
-        user_reviews.setdefault(r.pop("user_id"), []).append(r)
-    text_ids, text_vecs = embedding_matrix(read_embeddings(store, encoder_id, "texts"))
-    return ShowcaseContext(photo_ids, photo_vecs, uris, {b: np.array(r, np.int64) for b, r in business_photos.items()},
-                           user_reviews, {t: i for i, t in enumerate(text_ids)}, text_vecs,
-                           set(reviews.column("business_id").to_pylist()))
-
-
-def check_pairs(pairs: list[dict], context: ShowcaseContext) -> tuple[list[dict], list[dict]]:
-    """(pairs that can get a showcase, quarantine rows {user_id, business_id, reason, detail})."""
+def check_pairs(pairs: list[dict], users: dict[str, dict], businesses: dict[str, dict], dim: int,
+                max_history: int) -> tuple[list[PairInputs], list[dict]]:
+    """Pairs -> (inputs of the pairs that can get a showcase, quarantine rows {user_id, business_id, reason,
+    detail, index: the pair's position}), given the users and businesses feature rows of their ids (FeatureLookup.rows). A repeated pair keeps
+    its first occurrence here (the nightly orders repeats by rank and score before)."""
     good, bad, seen = [], [], set()
-    for p in pairs:
+    for index, p in enumerate(pairs):
         user, business = p.get("user_id") or "", p.get("business_id") or ""
         reason = None
         if not user or not business:
             reason = "missing_field"
         elif (user, business) in seen:
             reason = "duplicate_pair"
-        elif user not in context.user_reviews:
+        elif user not in users:
             reason = "unknown_user"
-        elif business not in context.known_businesses:
+        elif business not in businesses:
             reason = "unknown_business"
-        elif not len(context.business_photos.get(business, ())):
+        elif not businesses[business]["image_ids"]:
             reason = "no_photos"
         seen.add((user, business))
         if reason:
-            bad.append({"user_id": user, "business_id": business, "reason": reason,
-                        "detail": QUARANTINE_REASONS[reason]})
+            bad.append({**quarantine_row(user, business, reason), "index": index})
         else:
-            good.append(p)
+            good.append(PairInputs(user, business, profile(users[user], business, dim, max_history),
+                                   ground_set(businesses[business], dim), p.get("score"), p.get("rank")))
     return good, bad
 
 
@@ -166,14 +218,13 @@ class ShowcaseAssembler:
     """DPP picks + PC²L explanations for batches of checked pairs; one per process (loads each model once).
     ``generator_uri`` None makes images-only showcases (null explanation, ``images_only`` true)."""
 
-    def __init__(self, context: ShowcaseContext, dpp_uri: str, generator_uri: str | None, k: int = 3,
-                 num_beams: int = 2, device: str = "cpu", decoding: dict | None = None):
+    def __init__(self, dpp_uri: str, generator_uri: str | None, k: int = 3, num_beams: int = 2, device: str = "cpu",
+                 decoding: dict | None = None):
+        from .generation import DECODING
         from .generation.model import load_pc2l
         from .selection.kernel import load_dpp
 
-        from .generation import DECODING
-
-        self.context, self.k, self.num_beams, self.device = context, k, num_beams, device
+        self.k, self.num_beams, self.device = k, num_beams, device
         self.decoding = {**DECODING, **(decoding or {})}
         self.dpp, self.dpp_config = load_dpp(dpp_uri)
         self.dpp.to(device)
@@ -182,23 +233,12 @@ class ShowcaseAssembler:
             self.generator, self.tokenizer, self.generator_config = load_pc2l(generator_uri, device)
         self.dpp_uri, self.generator_uri = dpp_uri, generator_uri
 
-    def _profile(self, user: str, business: str) -> tuple[np.ndarray, np.ndarray, list[int]]:
-        """(mean history photo feature, mean history review feature, history text rows) without the business."""
-        from .selection.data import history_text_keys
+    @property
+    def max_history(self) -> int:
+        return self.generator_config["max_history"] if self.generator_config else 0
 
-        ctx = self.context
-        dim = ctx.photo_vecs.shape[1]
-        other = [r for r in ctx.user_reviews.get(user, []) if r["business_id"] != business]
-        photo_rows = [ctx.photo_row[p] for r in other for p in r["pic_ids"] or [] if p in ctx.photo_row]
-        keys = set().union(*(history_text_keys({**review, "business_id": business}, other)
-                             for review in ctx.user_reviews.get(user, [])))
-        text_rows = [ctx.text_row[k] for k in sorted(keys) if k in ctx.text_row]
-        img = ctx.photo_vecs[photo_rows].mean(0) if photo_rows else np.zeros(dim, np.float32)
-        txt = ctx.text_vecs[text_rows].mean(0) if text_rows else np.zeros(dim, np.float32)
-        return img.astype(np.float32), txt.astype(np.float32), text_rows
-
-    def assemble(self, pairs: list[dict], run_id: str, generated_at: str) -> list[dict]:
-        """Showcase rows (SHOWCASES fields) for pairs that passed ``check_pairs``, in the given order."""
+    def assemble(self, pairs: list[PairInputs], run_id: str, generated_at: str) -> list[dict]:
+        """Showcase rows (SHOWCASES fields, ``dt`` None) for checked pairs, in the given order."""
         import torch
 
         from .generation.data import pack
@@ -208,42 +248,39 @@ class ShowcaseAssembler:
 
         if not pairs:
             return []
-        ctx = self.context
-        grounds = [ctx.business_photos[p["business_id"]] for p in pairs]
-        profiles = [self._profile(p["user_id"], p["business_id"]) for p in pairs]
-        width = max(len(g) for g in grounds)
-        dim = ctx.photo_vecs.shape[1]
+        width = max(len(p.ground.image_ids) for p in pairs)
+        dim = pairs[0].ground.vectors.shape[1]
         photos = np.zeros((len(pairs), width, dim), np.float32)
         mask = np.zeros((len(pairs), width), bool)
-        for i, g in enumerate(grounds):
-            photos[i, :len(g)] = ctx.photo_vecs[g]
-            mask[i, :len(g)] = True
+        for i, p in enumerate(pairs):
+            photos[i, :len(p.ground.image_ids)] = p.ground.vectors
+            mask[i, :len(p.ground.image_ids)] = True
         t = lambda a, dt=torch.float32: torch.as_tensor(a, dtype=dt, device=self.device)  # noqa: E731
         with torch.no_grad():
-            profile = profile_input(t(np.stack([p[0] for p in profiles])), t(np.stack([p[1] for p in profiles])),
-                                    self.dpp.modality)
-            L = self.dpp(profile, t(photos), t(mask, torch.bool))
+            profile_in = profile_input(t(np.stack([p.profile.photo for p in pairs])),
+                                       t(np.stack([p.profile.text for p in pairs])), self.dpp.modality)
+            L = self.dpp(profile_in, t(photos), t(mask, torch.bool))
             picks = greedy_map(L.double(), self.k, t(mask, torch.bool)).cpu().numpy()
-            quality = self.dpp.quality(profile, t(photos)).cpu().numpy()
-        picked_rows = [[int(grounds[i][j]) for j in row if j >= 0] for i, row in enumerate(picks)]
-        picked_scores = [[float(quality[i][j]) for j in row if j >= 0] for i, row in enumerate(picks)]
+            quality = self.dpp.quality(profile_in, t(photos)).cpu().numpy()
+        picked = [[int(j) for j in row if j >= 0] for row in picks]
         texts = [None] * len(pairs)
         if self.generator is not None:
             cfg = self.generator_config
-            photo_feats, photo_mask = pack([[ctx.photo_vecs[r] for r in rows] for rows in picked_rows],
+            photo_feats, photo_mask = pack([[p.ground.vectors[j] for j in rows] for p, rows in zip(pairs, picked)],
                                            cfg["max_photos"], dim)
-            hist_feats, hist_mask = pack([[ctx.text_vecs[r] for r in p[2][:cfg["max_history"]]] for p in profiles],
+            hist_feats, hist_mask = pack([list(p.profile.history[:cfg["max_history"]]) for p in pairs],
                                          cfg["max_history"], dim)
             texts = generate(self.generator, self.tokenizer, photo_feats, photo_mask, hist_feats, hist_mask,
                              num_beams=self.num_beams, **self.decoding)
         rows = []
-        for p, prof, prows, scores, text in zip(pairs, profiles, picked_rows, picked_scores, texts):
-            score = p.get("score")
-            rows.append({"user_id": p["user_id"], "business_id": p["business_id"],
-                         "image_ids": [ctx.photo_ids[r] for r in prows], "image_uris": [ctx.photo_uris[r] for r in prows],
-                         "image_scores": scores, "explanation": text, "images_only": self.generator is None,
-                         "cold_start": not prof[2] and not prof[0].any(),
-                         "candidate_score": None if score is None else float(score), "dt": None,
+        for i, (p, rows_i, text) in enumerate(zip(pairs, picked, texts)):
+            rows.append({"user_id": p.user_id, "business_id": p.business_id,
+                         "image_ids": [p.ground.image_ids[j] for j in rows_i],
+                         "image_uris": [p.ground.image_uris[j] for j in rows_i],
+                         "image_scores": [float(quality[i][j]) for j in rows_i], "explanation": text,
+                         "images_only": self.generator is None, "cold_start": not p.profile.has_history,
+                         "candidate_score": None if p.score is None else float(p.score),
+                         "candidate_rank": None if p.rank is None else int(p.rank), "dt": None,
                          "encoder_id": self.dpp_config.get("encoder_id", ""), "dpp_model": self.dpp_uri,
                          "generator_model": self.generator_uri, "run_id": run_id, "generated_at": generated_at})
         return rows

@@ -132,13 +132,14 @@ def _record(inside: str, size: int, metadata: pq.FileMetaData, partition: dict[s
             "stats": column_stats(metadata, metadata.schema.to_arrow_schema()), "modified_ms": int(time.time() * 1000)}
 
 
-def write_file(store: Store, rel: str, table: pa.Table, name: str, partition: dict[str, str] | None = None) -> dict:
+def write_file(store: Store, rel: str, table: pa.Table, name: str, partition: dict[str, str] | None = None,
+               row_group_size: int | None = None) -> dict:
     """Write one data file of the table at ``rel`` (atomically: a retried writer replaces it whole) and return its
     add record for ``commit``. Partition columns are not stored in the file (Hive style, as Delta expects)."""
     partition = dict(partition or {})
     data = table.drop_columns([c for c in partition if c in table.column_names])
     buf = io.BytesIO()
-    pq.write_table(data, buf, compression="zstd")
+    pq.write_table(data, buf, compression="zstd", row_group_size=row_group_size)
     inside = _file_path(name, partition)
     write_bytes_atomic(store.fs, store.path(rel, inside), buf.getvalue())
     return _record(inside, buf.tell(), pq.read_metadata(pa.BufferReader(buf.getvalue())), partition)

@@ -58,11 +58,15 @@ def world_on_s3(seaweed, world: str, prefix: str) -> str:
     return root
 
 
+# feature tables in several buckets even on the tiny world, so every nightly and Serve test reads across partitions
+SMALL_BUCKETS = ["--users-per-bucket", "16", "--photos-per-bucket", "48"]
+
+
 @pytest.fixture(scope="session")
 def tiny_embedded(ray_local, tiny_world, tmp_path_factory):
     """The tiny world ingested and embedded with the (untrained) showcase-tiny CLIP, once per session: (ROOT,
     encoder_id). Tests that write models or showcases take their own copy with ``copy_root``."""
-    from jobs import embed, ingest
+    from jobs import embed, features, ingest
     from jobs.common import run
     from showcase_core.encoders.clip import load_encoder
 
@@ -70,7 +74,9 @@ def tiny_embedded(ray_local, tiny_world, tmp_path_factory):
     root = str(tmp_path_factory.mktemp("tiny-embedded") / "root")
     assert run("ingest", ingest.main, ["--root", root, "--gest", f"{world}/filter_all_t.json"]) == 0
     assert run("embed", embed.main, ["--root", root, "--clip-model", "showcase-tiny"]) == 0
-    return root, load_encoder(model="showcase-tiny").encoder_id
+    encoder_id = load_encoder(model="showcase-tiny").encoder_id
+    assert run("features", features.main, ["--root", root, "--encoder", encoder_id, *SMALL_BUCKETS]) == 0
+    return root, encoder_id
 
 
 def copy_root(template: str, tmp_path_factory, name: str) -> str:

@@ -73,6 +73,7 @@ SHOWCASES = pa.schema(
         ("images_only", pa.bool_()),  # no generator wrote an explanation (``--generator none``): photos only
         ("cold_start", pa.bool_()),  # the user had no history: business-side signals only
         ("candidate_score", pa.float32()),  # the upstream recommender's score, when given
+        ("candidate_rank", pa.int32()),  # the upstream recommender's rank of the pair, when given
         ("encoder_id", pa.string()),
         ("dpp_model", pa.string()),
         ("generator_model", pa.string()),

@@ -4,7 +4,9 @@
   sidecar; or ``distilled``: Φ's picks on real data), in review order, joined by spaces;
 - photos: the user's ground-truth photos for training (the described ones first, then the review's others), at most
   ``max_photos``, as CLIP image features; at inference the DPP's picks take their place;
-- history: CLIP text features of the user's other reviews (never the target business), at most ``max_history``.
+- history: the generator's history of showcase_core.features.profile: CLIP text features of the user's reviews of
+  other businesses (never the target business), the newest first, at most ``max_history`` (the nightly and Serve
+  read the same vectors from the feature tables).
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from ..selection.data import embedding_matrix, history_text_keys
+from .. import features
+from ..selection.data import embedding_matrix
 
 
 @dataclass
@@ -58,19 +61,15 @@ def build_generation_examples(reviews: pa.Table, sentences: pa.Table, image_emb:
     """Examples per split and, per split, how many reviews were skipped and why."""
     photo_ids, photo_vecs = embedding_matrix(image_emb)
     row_of_photo = {p: i for i, p in enumerate(photo_ids)}
-    text_ids, text_vecs = embedding_matrix(text_emb)
-    row_of_text = {t: i for i, t in enumerate(text_ids)}
     dim = photo_vecs.shape[1]
+    users, _ = features.rows_from_tables(reviews, None, image_emb, text_emb, max_history=max_history)
 
     explained: dict[str, list[tuple[int, str, list[str]]]] = {}
     for rid, index, text, pics in zip(*(sentences.column(c).to_pylist()
                                         for c in ("review_id", "sentence_index", "text", "pic_ids"))):
         if pics:
             explained.setdefault(rid, []).append((index, text, pics))
-    rows = reviews.select(["review_id", "user_id", "business_id", "split", "pic_ids", "history"]).to_pylist()
-    by_user: dict[str, list[dict]] = {}
-    for r in rows:
-        by_user.setdefault(r["user_id"], []).append(r)
+    rows = reviews.select(["review_id", "user_id", "business_id", "split", "pic_ids"]).to_pylist()
 
     out, skipped = {}, {}
     for split in splits:
@@ -88,11 +87,11 @@ def build_generation_examples(reviews: pa.Table, sentences: pa.Table, image_emb:
             if not photos:
                 skipped[split]["no_embedded_photo"] += 1
                 continue
-            keys = [k for k in history_text_keys(r, by_user[r["user_id"]]) if k in row_of_text][:max_history]
+            history = features.profile(users.get(r["user_id"]), r["business_id"], dim, max_history).history
             for key, value in (("review_ids", r["review_id"]), ("user_ids", r["user_id"]),
                                ("business_ids", r["business_id"]), ("photo_ids", photos),
                                ("photos", [photo_vecs[row_of_photo[p]] for p in photos]),
-                               ("history", [text_vecs[row_of_text[k]] for k in keys]),
+                               ("history", list(history)),
                                ("targets", " ".join(t for _, t, _ in parts))):
                 built[key].append(value)
         photo_arr, photo_mask = pack(built["photos"], max_photos, dim)

@@ -1,11 +1,11 @@
 """Training and evaluation examples for the DPP: one per (user, business) review.
 
-- ground set: every photo of the business that has an embedding (capped at ``max_ground`` for training by keeping the
-  targets and a seeded sample of the rest);
+- ground set: the business's ground set as showcase_core.features defines it (the newest ``max_ground`` photos),
+  with the review's own photos put first when the cap left one of them out (the likelihood needs Y inside it);
 - Y: the photos the user posted with that review;
-- profile: the mean CLIP image feature of the user's photos in their *other* reviews and the mean CLIP text feature of
-  their other reviews (the reviews table plus Gest-s2 history items), always excluding the target business, so the
-  profile never contains the answer. Users with no other review have ``has_history`` False and zero profiles.
+- profile: showcase_core.features.profile of the pair: the mean CLIP image and text features of the user's entries
+  of every *other* business, so the profile never contains the answer (the nightly and Serve read the same numbers
+  from the feature tables). Users with no other entry have ``has_history`` False and zero profiles.
 """
 
 from __future__ import annotations
@@ -49,65 +49,37 @@ def embedding_matrix(table: pa.Table) -> tuple[list[str], np.ndarray]:
     return ids, flat.astype(np.float32, copy=False).reshape(len(ids), dim)
 
 
-def history_text_keys(review: dict, other_reviews: list[dict]) -> list[str]:
-    """Text-embedding ids of a user's history for one review: their reviews of other businesses plus the Gest-s2
-    history items of the review that are not about its business; sorted, so the same inputs give the same order."""
-    keys = {f"review:{o['review_id']}" for o in other_reviews if o["business_id"] != review["business_id"]}
-    suffix = f"_{review['business_id']}"
-    keys |= {f"review:{h['review_id']}" for h in review.get("history") or [] if not h["review_id"].endswith(suffix)}
-    return sorted(keys)
-
-
-def _mean(vectors: list[np.ndarray], dim: int) -> np.ndarray:
-    return np.mean(vectors, axis=0).astype(np.float32) if vectors else np.zeros(dim, np.float32)
-
-
 def build_selection_data(reviews: pa.Table, images: pa.Table, image_emb: pa.Table, text_emb: pa.Table,
-                         splits=("train", "val", "test"), max_ground: int = 128, seed: int = 0) -> SelectionData:
+                         splits=("train", "val", "test"), max_ground: int = 128) -> SelectionData:
+    from .. import features
+
     photo_ids, photo_vecs = embedding_matrix(image_emb)
     row_of_photo = {p: i for i, p in enumerate(photo_ids)}
-    text_ids, text_vecs = embedding_matrix(text_emb)
-    row_of_text = {t: i for i, t in enumerate(text_ids)}
     dim = photo_vecs.shape[1]
-
-    business_photos: dict[str, list[str]] = {}
-    for image_id, business in zip(images.column("image_id").to_pylist(), images.column("business_id").to_pylist()):
-        if image_id in row_of_photo:
-            photos = business_photos.setdefault(business, [])
-            if image_id not in photos:
-                photos.append(image_id)
-
-    rows = reviews.select(["review_id", "user_id", "business_id", "split", "pic_ids", "history"]).to_pylist()
-    by_user: dict[str, list[dict]] = {}
-    for r in rows:
-        by_user.setdefault(r["user_id"], []).append(r)
+    users, businesses = features.rows_from_tables(reviews, images, image_emb, text_emb, max_ground_set=max_ground)
+    rows = reviews.select(["user_id", "business_id", "split", "pic_ids"]).to_pylist()
 
     data = SelectionData(photo_ids, photo_vecs)
-    rng = np.random.default_rng(seed)
     for split in splits:
         built = {"ground": [], "y": [], "img": [], "text": [], "hist": [], "users": [], "businesses": []}
         skipped = 0
         for r in rows:
             if r["split"] != split:
                 continue
-            ground = business_photos.get(r["business_id"], [])
-            targets = [p for p in dict.fromkeys(r["pic_ids"]) if p in row_of_photo]
+            ground = businesses[r["business_id"]]["image_ids"]
+            targets = [p for p in dict.fromkeys(r["pic_ids"] or []) if p in row_of_photo]
             if not ground or not targets:
                 skipped += 1
                 continue
-            if len(ground) > max_ground:
-                others = [p for p in ground if p not in targets]
-                keep = rng.choice(len(others), size=max_ground - len(targets), replace=False)
-                ground = targets + [others[i] for i in sorted(keep)]
+            if not set(targets) <= set(ground):
+                ground = (targets + [p for p in ground if p not in targets])[:max(max_ground, len(targets))]
             position = {p: i for i, p in enumerate(ground)}
-            other = [o for o in by_user[r["user_id"]] if o["business_id"] != r["business_id"]]
-            img = [photo_vecs[row_of_photo[p]] for o in other for p in o["pic_ids"] if p in row_of_photo]
-            txt = [text_vecs[row_of_text[k]] for k in history_text_keys(r, other) if k in row_of_text]
+            prof = features.profile(users.get(r["user_id"]), r["business_id"], dim)
             built["ground"].append([row_of_photo[p] for p in ground])
             built["y"].append([position[p] for p in targets])
-            built["img"].append(_mean(img, dim))
-            built["text"].append(_mean(txt, dim))
-            built["hist"].append(bool(img or txt))
+            built["img"].append(prof.photo)
+            built["text"].append(prof.text)
+            built["hist"].append(prof.has_history)
             built["users"].append(r["user_id"])
             built["businesses"].append(r["business_id"])
         data.skipped[split] = skipped

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from jobs import embed, nightly, train_dpp, train_pc2l, vacuum
+from jobs import embed, features, nightly, train_dpp, train_pc2l, vacuum
 from jobs.common import run
 from showcase_core import read_showcases
 from showcase_core.data.schema import SHOWCASES
@@ -21,7 +21,7 @@ from showcase_core.encoders.clip import load_encoder
 from showcase_core import tables as delta
 from showcase_core.showcase import publication, published_dates
 from showcase_core.store import Store
-from tests.conftest import copy_root, world_on_s3
+from tests.conftest import SMALL_BUCKETS, copy_root, world_on_s3
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SMALL_PC2L = ["--variants", "pc2l", "--epochs", "1", "--d-model", "32", "--heads", "2", "--encoder-layers", "1",
@@ -47,8 +47,10 @@ def trained_root(tiny_embedded, tmp_path_factory):
 def s3_trained_root(seaweed, ray_local, tiny_world):
     world, _ = tiny_world
     root = world_on_s3(seaweed, world, "nightly")
+    encoder_id = load_encoder(model="showcase-tiny").encoder_id
     assert run("embed", embed.main, ["--root", root, "--clip-model", "showcase-tiny"]) == 0
-    train_models(root, load_encoder(model="showcase-tiny").encoder_id)
+    assert run("features", features.main, ["--root", root, "--encoder", encoder_id, *SMALL_BUCKETS]) == 0
+    train_models(root, encoder_id)
     return root
 
 
@@ -315,7 +317,7 @@ def test_nightly_with_root_on_s3(seaweed, s3_trained_root):
     assert delta.open_table(Store.open(root), "showcases").version() == version
 
 
-def test_fail_fast_with_one_line(trained_root, tmp_path, capsys):
+def test_fail_fast_with_one_line(trained_root, tmp_path, tmp_path_factory, capsys):
     candidates = write_candidates(tmp_path / "c.parquet", [{"user_id": "u", "business_id": "b", "score": 1.0}])
     good = ["--root", trained_root, "--candidates", candidates, "--date", "2026-11-24"]
     cases = [
@@ -326,6 +328,10 @@ def test_fail_fast_with_one_line(trained_root, tmp_path, capsys):
          "no trained dpp"),
         (good + ["--generator-variant", "gpt5"], "no 'gpt5' variant"),
     ]
+    unfeatured = copy_root(trained_root, tmp_path_factory, "unfeatured")  # models, but no feature tables
+    import shutil
+    shutil.rmtree(f"{unfeatured}/features")
+    cases.append((["--root", unfeatured, *good[2:]], "no feature tables for encoder"))
     bad_columns = tmp_path / "bad.parquet"
     pq.write_table(pa.table({"user": ["u"], "business_id": ["b"]}), str(bad_columns))
     cases.append((good[:3] + [str(bad_columns), *good[4:]], "missing column 'user_id'"))

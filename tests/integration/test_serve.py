@@ -15,7 +15,7 @@ import psutil
 import pytest
 from ray import serve
 
-from jobs import embed, ingest, nightly
+from jobs import embed, features, ingest, nightly
 from jobs import serve as serve_job
 from jobs.common import run
 from showcase_core import read_showcases
@@ -23,16 +23,18 @@ from showcase_core.data.schema import SHOWCASES
 from showcase_core.encoders.clip import load_encoder
 from showcase_core.showcase import publication
 from showcase_core.store import Store
+from tests.conftest import SMALL_BUCKETS
 from tests.integration.test_nightly import train_models, write_candidates
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DATE = "2026-11-21"
+LATER_DATE = "2026-11-22"  # published while the service runs
 NO_PHOTOS = "b-nopix"  # a business whose only photo cannot be decoded: reviewed, but nothing to show
 SETTINGS = {"config": os.path.join(REPO, "cluster", "configs", "serve.yaml"),  # the cluster's, sized for this machine
             "num_gpus": 0, "num_cpus": 0.5, "min_replicas": 1, "max_replicas": 1, "max_pairs": 4,
             # one replica takes all 32 requests of the load test: requests beyond replicas x max_ongoing_requests wait
             # in the proxy, which retries with backoff and serves several times fewer requests/s
-            "max_ongoing_requests": 32, "max_batch_size": 16, "batch_wait_timeout_s": 0.01}
+            "max_ongoing_requests": 32, "max_batch_size": 16, "batch_wait_timeout_s": 0.01, "refresh_s": 1}
 FIELDS = set(SHOWCASES.names)
 LOAD_REQUESTS, CONCURRENCY = 500, 32
 
@@ -60,7 +62,9 @@ def root(ray_local, tiny_world, tmp_path_factory):
     root = str(tmp_path_factory.mktemp("serve") / "root")
     assert run("ingest", ingest.main, ["--root", root, "--gest", f"{world}/filter_all_t.json"]) == 0
     assert run("embed", embed.main, ["--root", root, "--clip-model", "showcase-tiny"]) == 0
-    train_models(root, load_encoder(model="showcase-tiny").encoder_id)
+    encoder_id = load_encoder(model="showcase-tiny").encoder_id
+    assert run("features", features.main, ["--root", root, "--encoder", encoder_id, *SMALL_BUCKETS]) == 0
+    train_models(root, encoder_id)
     reviews = Store.open(root).read_table("reviews", ["user_id", "business_id"]).to_pylist()
     published = [{"user_id": r["user_id"], "business_id": r["business_id"], "score": 0.5} for r in reviews[:2]]
     candidates = write_candidates(tmp_path_factory.mktemp("serve-candidates") / "c.parquet", published)
@@ -95,7 +99,13 @@ def test_healthz(service, root):
     health = httpx.get(f"{service}/healthz", timeout=30)
     assert health.status_code == 200, health.text
     body = health.json()
-    assert body["status"] == "ok" and body["latest_date"] == DATE and body["precomputed_rows"] == 2
+    assert body["status"] == "ok" and body["latest_date"] == DATE
+    store = Store.open(root)
+    meta = store.read_json(f"features/{body['models']['encoder_id']}/_FEATURES.json")
+    assert body["tables"]["features_run_id"] == meta["run_id"]
+    assert body["tables"]["features"] == {k: v["version"] for k, v in meta["tables"].items()}
+    assert body["tables"]["showcases"] == publication(store, DATE)["version"]
+    assert set(body["cache"]) == {"published", "users", "businesses"}
     assert body["models"] == nightly.resolve_models(Store.open(root), nightly.DEFAULTS)
     assert body["settings"]["batching"] is True and body["settings"]["max_batch_size"] == 16
 
@@ -142,6 +152,22 @@ def test_get_precomputed_else_fresh(service, root, pairs):
     got = httpx.get(f"{service}/v1/showcases/{user}/{business}", timeout=60)
     assert got.status_code == 200, got.text
     assert got.json()["source"] == "fresh" and "date" not in got.json() and got.json()["image_ids"]
+
+
+def test_a_date_published_after_start_is_served_without_a_redeploy(service, root, pairs, tmp_path):
+    published, _ = pairs
+    user, business = published[0]
+    before = httpx.get(f"{service}/healthz", timeout=30).json()
+    candidates = write_candidates(tmp_path / "c.parquet", [{"user_id": user, "business_id": business, "score": 0.9}])
+    assert run("nightly", nightly.main, ["--root", root, "--candidates", candidates, "--date", LATER_DATE]) == 0
+    deadline, row = time.monotonic() + 30, {}
+    while time.monotonic() < deadline and row.get("date") != LATER_DATE:
+        time.sleep(0.5)
+        row = httpx.get(f"{service}/v1/showcases/{user}/{business}", timeout=60).json()
+    assert row["source"] == "precomputed" and row["date"] == LATER_DATE and row["candidate_score"] == 0.9, row
+    after = httpx.get(f"{service}/healthz", timeout=30).json()
+    assert after["pid"] == before["pid"] and after["latest_date"] == LATER_DATE  # the same replica, no restart
+    assert after["tables"]["showcases"] > before["tables"]["showcases"]
 
 
 def test_bad_input_gets_a_json_4xx(service, pairs):

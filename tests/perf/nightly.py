@@ -5,8 +5,8 @@
 1. Makes (or reuses) the large world in --workdir, ingests it, embeds photos and texts with ``showcase-tiny`` and
    trains a DPP (img+text) for one epoch and a default-size PC²L generator for two epochs on the mini world (same
    showcase-tiny features): the models' quality does not matter here, and both sides of the comparison use them.
-2. Naive loop: the same context and models in this process, ``ShowcaseAssembler.assemble([pair])`` one pair at a
-   time over --naive-pairs random pairs: pairs/s.
+2. Naive loop: the same feature rows and models in this process, ``ShowcaseAssembler.assemble([pair])`` one pair at
+   a time over --naive-pairs random pairs (their inputs looked up before the clock starts): pairs/s.
 3. Job: ``python -m jobs.nightly`` over N distinct random (user, business) pairs for each N in --sizes, timed from
    process start to exit, the driver's RSS sampled every 0.2 s; also the job's own showcase-stage rate.
 Prints the rates, the ratio job/naive (goal >= 10x) and the driver's peak RSS at each size with their ratio (goal:
@@ -50,6 +50,8 @@ def trained_root(workdir: str) -> tuple[str, str]:
     encoder_id = load_encoder(model="showcase-tiny").encoder_id
     store = Store.open(root)
     job("jobs.embed", "--root", root, "--clip-model", "showcase-tiny", "--threads-per-actor", "2")
+    if not store.exists(f"features/{encoder_id}/_FEATURES.json"):
+        job("jobs.features", "--root", root, "--encoder", encoder_id)
     if not store.exists("models/dpp/_LATEST.json"):
         job("jobs.train_dpp", "--root", root, "--encoder", encoder_id, "--epochs", "1", "--modalities", "img+text",
             "--batch-size", "256")
@@ -81,18 +83,21 @@ def random_pairs(root: str, n: int, seed: int) -> list[dict]:
 
 
 def naive_rate(root: str, pairs: list[dict]) -> float:
-    from showcase_core.showcase import ShowcaseAssembler, build_context, check_pairs
+    from showcase_core.features import FeatureLookup
+    from showcase_core.showcase import ShowcaseAssembler, check_pairs
     from showcase_core.store import Store
 
     store = Store.open(root)
     dpp = store.read_json("models/dpp/_LATEST.json")
     pc2l = store.read_json("models/pc2l/_LATEST.json")
-    context = build_context(store, dpp["encoder_id"])
-    good, _ = check_pairs(pairs, context)
+    lookup = FeatureLookup(store, dpp["encoder_id"])
     import torch
 
     torch.set_num_threads(2)
-    assembler = ShowcaseAssembler(context, dpp["models"]["img+text"], pc2l["models"]["pc2l"])
+    assembler = ShowcaseAssembler(dpp["models"]["img+text"], pc2l["models"]["pc2l"])
+    good, _ = check_pairs(pairs, lookup.rows("users", [p["user_id"] for p in pairs]),
+                          lookup.rows("businesses", [p["business_id"] for p in pairs]), lookup.dim,
+                          assembler.max_history)
     started = time.monotonic()
     for p in good:
         assembler.assemble([p], "naive", "now")

@@ -7,28 +7,26 @@ import pytest
 from showcase_core import read_showcases
 from showcase_core import tables as delta
 from showcase_core.data.schema import SHOWCASES
-from showcase_core.showcase import ShowcaseContext, app_id, check_pairs
+from showcase_core import features
+from showcase_core.showcase import app_id, check_pairs
 from showcase_core.store import Store, StoreError
 
 
-def _context():
-    return ShowcaseContext(photo_ids=["p1", "p2"], photo_vecs=np.eye(2, dtype=np.float32), photo_uris=["/a", "/b"],
-                           business_photos={"b1": np.array([0, 1])},
-                           user_reviews={"u1": [{"review_id": "u1_b1", "business_id": "b1", "pic_ids": ["p1"],
-                                                 "history": []}]},
-                           text_row={}, text_vecs=np.zeros((0, 2), np.float32), known_businesses={"b1", "b2"})
-
-
 def test_check_pairs_gives_every_reason():
+    eye = np.eye(2, dtype=np.float32)
+    users = {"u1": features.user_row("u1", [("b1", "p1", eye[0])], [("review:u1_b1", "b1", None, eye[1])], 2)}
+    businesses = {"b1": features.business_row("b1", [("p1", "/a", None, eye[0]), ("p2", "/b", None, eye[1])]),
+                  "b2": features.business_row("b2", [])}
     pairs = [{"user_id": "u1", "business_id": "b1"}, {"user_id": "u1", "business_id": "b1"},
              {"user_id": "u9", "business_id": "b1"}, {"user_id": "u1", "business_id": "b9"},
              {"user_id": "u1", "business_id": "b2"}, {"user_id": None, "business_id": "b1"},
              {"user_id": "u1", "business_id": ""}]
-    good, bad = check_pairs(pairs, _context())
-    assert good == [pairs[0]]
+    good, bad = check_pairs(pairs, users, businesses, 2, 10)
+    assert [(g.user_id, g.business_id, g.ground.image_ids) for g in good] == [("u1", "b1", ["p1", "p2"])]
+    assert not good[0].profile.has_history  # the user's only business is the target: nothing left
     assert [b["reason"] for b in bad] == ["duplicate_pair", "unknown_user", "unknown_business", "no_photos",
                                           "missing_field", "missing_field"]
-    assert all(b["detail"] for b in bad)
+    assert [b["index"] for b in bad] == [1, 2, 3, 4, 5, 6] and all(b["detail"] for b in bad)
 
 
 def _publish(store: Store, date: str, rows: list[dict], run_id: str = "r1") -> None:
@@ -70,3 +68,34 @@ def test_read_showcases_reads_the_newest_date_and_any_engine_agrees(tmp_path):
     assert read_showcases(store.root, date="2026-11-21", version=1).num_rows == 2
     with pytest.raises(StoreError, match="not published"):
         read_showcases(store.root, date="2026-11-20", version=1)
+
+
+def test_published_rows_are_found_by_key_in_their_unit_and_a_new_date_is_noticed(tmp_path):
+    from showcase_core.features import bucket_of
+    from showcase_core.showcase import PublishedShowcases, part_name
+
+    store = Store.open(str(tmp_path / "root"))
+    base = {f.name: None for f in SHOWCASES}
+    rows = [{**base, "user_id": f"u{i}", "business_id": f"b{i % 7}", "image_ids": [f"p{i}"], "cold_start": False,
+             "images_only": True} for i in range(60)]
+
+    def publish(date: str, rows: list[dict], units: int = 3) -> None:
+        records = []
+        for unit in range(units):
+            mine = [{**r, "dt": date} for r in rows if bucket_of([r["business_id"]], units)[0] == unit]
+            table = pa.Table.from_pylist(mine, schema=SHOWCASES)
+            records.append(delta.write_file(store, "showcases", table, part_name("r", unit, units), {"dt": date},
+                                            row_group_size=4))
+        delta.commit(store, "showcases", records, SHOWCASES, run_id="r", stage="test", app_id=app_id(date),
+                     partition_by=["dt"], replace={"dt": date})
+
+    published = PublishedShowcases(store, refresh_s=0, cache_rows=5)
+    assert published.get("u1", "b1") is None  # nothing published yet
+    publish("2026-11-21", rows)
+    for r in rows:
+        got = published.get(r["user_id"], r["business_id"])
+        assert got["image_ids"] == r["image_ids"] and got["dt"] == "2026-11-21"
+    assert published.get("u1", "b2") is None and len(published.cache) == 5  # a pair not published; a bounded cache
+    publish("2026-11-22", [{**rows[1], "image_ids": ["new"]}])
+    assert published.get("u1", "b1")["image_ids"] == ["new"] and published.date == "2026-11-22"
+    assert published.get("u2", "b2") is None  # the newest date does not have it
