@@ -164,7 +164,7 @@ def test_a_date_published_after_start_is_served_without_a_redeploy(service, root
     while time.monotonic() < deadline and row.get("date") != LATER_DATE:
         time.sleep(0.5)
         row = httpx.get(f"{service}/v1/showcases/{user}/{business}", timeout=60).json()
-    assert row["source"] == "precomputed" and row["date"] == LATER_DATE and row["candidate_score"] == 0.9, row
+    assert row["source"] == "precomputed" and row["date"] == LATER_DATE and row["candidate_score"] == pytest.approx(0.9), row
     after = httpx.get(f"{service}/healthz", timeout=30).json()
     assert after["pid"] == before["pid"] and after["latest_date"] == LATER_DATE  # the same replica, no restart
     assert after["tables"]["showcases"] > before["tables"]["showcases"]

@@ -124,9 +124,12 @@ def save_models(store: Store, dim: int) -> None:
 def write_candidates(folder: str, n: int, world: dict, seed: int) -> dict:
     """n good distinct pairs plus ~1% bad ones, in Parquet files of CHUNK rows; returns the expected outcome."""
     rng = np.random.default_rng(seed)
-    codes = np.unique(rng.integers(0, world["users"], int(n * 1.01)).astype(np.int64) * world["businesses"]
-                      + rng.integers(0, world["businesses"], int(n * 1.01)))[:n]
+    draws = int(n * 1.2) + 100
+    codes = np.unique(rng.integers(0, world["users"], draws).astype(np.int64) * world["businesses"]
+                      + rng.integers(0, world["businesses"], draws))
     rng.shuffle(codes)
+    codes = codes[:n]
+    n = len(codes)  # fewer when the world has fewer distinct pairs
     bad_each = max(1, n // 400)
     users = [f"u{x:07d}" for x in codes // world["businesses"]]
     businesses = [f"b{x:06d}" for x in codes % world["businesses"]]
