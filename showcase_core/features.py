@@ -161,6 +161,8 @@ class Profile:
 
 
 def matrix(vectors, dim: int) -> np.ndarray:
+    if isinstance(vectors, np.ndarray):
+        return vectors.astype(np.float32, copy=False).reshape(-1, dim)
     return np.asarray(list(vectors), np.float32).reshape(-1, dim)
 
 
@@ -180,7 +182,7 @@ def profile(row: dict | None, business_id: str, dim: int, max_history: int = MAX
     photo, photos = mean("photo_sums", "photo_counts")
     text, texts = mean("text_sums", "text_counts")
     keep = [i for i, b in enumerate(row["recent_businesses"]) if b != business_id][:max_history]
-    history = matrix((row["recent_vectors"][i] for i in keep), dim)
+    history = matrix([row["recent_vectors"][i] for i in keep], dim)
     return Profile(photo, text, history, [row["recent_text_ids"][i] for i in keep], bool(photos or texts))
 
 
@@ -248,8 +250,21 @@ def read_meta(store, encoder_id: str) -> dict:
     return store.read_json(rel)
 
 
-def _as_rows(table: pa.Table, key: str) -> dict[str, dict]:
-    return {r[key]: r for r in table.to_pylist()}
+def _as_rows(table: pa.Table, key: str, dim: int) -> dict[str, dict]:
+    """{id: row}; list<list<float32>> columns become one float32 [n, dim] array per row (views of one buffer),
+    never Python floats."""
+    table = table.combine_chunks()
+    vector_columns = [f.name for f in table.schema if f.type == VECTORS]
+    rows = table.drop_columns(vector_columns).to_pylist()
+    for name in vector_columns:
+        column = table.column(name)
+        outer = column.chunk(0) if column.num_chunks else pa.array([], VECTORS)
+        offsets = outer.offsets.to_numpy() - outer.offsets[0].as_py() if len(outer) else np.zeros(1, np.int64)
+        values = outer.flatten().flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+        values = values.reshape(-1, dim)
+        for i, row in enumerate(rows):
+            row[name] = values[offsets[i]:offsets[i + 1]]
+    return {r[key]: r for r in rows}
 
 
 class FeatureLookup:
@@ -297,7 +312,7 @@ class FeatureLookup:
             for b, members in by_bucket.items():
                 table = self._dataset(kind).to_table(
                     filter=(pc.field("bucket") == b) & pc.field(key).isin(members))
-                for i, row in _as_rows(table, key).items():
+                for i, row in _as_rows(table, key, self.dim).items():
                     out[i] = row
                     if self.cache_rows:
                         cache[i] = row

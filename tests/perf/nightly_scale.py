@@ -98,7 +98,8 @@ def build_store(root: str, photos: int, users: int, businesses: int, dim: int, s
     store.record_run("ingest", "synthetic", versions)
     store.write_json(f"embeddings/{ENCODER}/_ENCODER.json", {"encoder_id": ENCODER, "spec": {"synthetic": True}})
     save_models(store, dim)
-    return {"reviews": len(pairs), "photos": photos, "users": users, "businesses": businesses}
+    return {"reviews": len(pairs), "photos": photos, "users": users, "businesses": businesses,
+            "reviewed": np.unique(review_business)}  # a business nobody reviewed is unknown to the nightly
 
 
 def save_models(store: Store, dim: int) -> None:
@@ -126,7 +127,7 @@ def write_candidates(folder: str, n: int, world: dict, seed: int) -> dict:
     rng = np.random.default_rng(seed)
     draws = int(n * 1.2) + 100
     codes = np.unique(rng.integers(0, world["users"], draws).astype(np.int64) * world["businesses"]
-                      + rng.integers(0, world["businesses"], draws))
+                      + rng.choice(world["reviewed"], draws))
     rng.shuffle(codes)
     codes = codes[:n]
     n = len(codes)  # fewer when the world has fewer distinct pairs
