@@ -234,6 +234,58 @@ print(f"replica-like process: RSS {{psutil.Process().memory_info().rss / 2**20:.
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
 
 
+def serve_replica_rss(root: str, env: dict, users: int, businesses: int, requests: int = 1000) -> str:
+    """The real Serve app (jobs.serve) on the store: ``requests`` fresh POSTs of random pairs and as many GETs of
+    published pairs, then the replica's RSS (by its command line)."""
+    import socket
+
+    import httpx
+
+    from showcase_core.showcase import read_showcases
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "jobs.serve", "--root", root, "--port", str(port), "--num-gpus", "0",
+                             "--num-cpus", "1"], cwd=REPO, env={k: v for k, v in env.items() if k != "RAY_ADDRESS"},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{url}/healthz", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(1)
+        rng = np.random.default_rng(7)
+        published = read_showcases(root, columns=["user_id", "business_id"]).slice(0, requests).to_pylist()
+        statuses: dict = {}
+        started = time.monotonic()
+        for u, b in zip(rng.integers(0, users, requests), rng.integers(0, businesses, requests)):
+            r = httpx.post(f"{url}/v1/showcases", json={"user_id": f"u{u:07d}", "business_id": f"b{b:06d}"},
+                           timeout=60)
+            statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
+        fresh = (time.monotonic() - started) / requests
+        started = time.monotonic()
+        found = 0
+        for p in published:
+            r = httpx.get(f"{url}/v1/showcases/{p['user_id']}/{p['business_id']}", timeout=60)
+            found += r.status_code == 200 and r.json()["source"] == "precomputed"
+        lookup = (time.monotonic() - started) / max(1, len(published))
+        replicas = [q for q in psutil.process_iter(["cmdline", "memory_info"])
+                    if "ServeReplica:showcases:Showcases" in " ".join(q.info["cmdline"] or [])]
+        rss = max(q.info["memory_info"].rss for q in replicas) / 2**20 if replicas else float("nan")
+        return (f"Serve replica after {requests:,} fresh POSTs (statuses {statuses}, {fresh * 1000:.0f} ms each) and "
+                f"{len(published):,} GETs of published pairs ({found:,} precomputed, {lookup * 1000:.0f} ms each): RSS "
+                f"{rss:.0f} MiB")
+    finally:
+        proc.send_signal(2)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--photos", type=int, default=1_000_000)
@@ -243,7 +295,11 @@ def main() -> int:
     parser.add_argument("--small-pairs", type=int, default=20_000)
     parser.add_argument("--large-pairs", type=int, default=2_000_000)
     parser.add_argument("--workdir", default="")
+    parser.add_argument("--serve-root", default="", help="only measure the Serve replica on this built store")
     args = parser.parse_args()
+    if args.serve_root:
+        print(serve_replica_rss(args.serve_root, dict(os.environ), args.users, args.businesses), flush=True)
+        return 0
     import ray
 
     work = args.workdir or tempfile.mkdtemp(prefix="nightly-scale-")
@@ -277,6 +333,8 @@ def main() -> int:
             print(lines[-1], flush=True)
         if name == "large":
             lines.append(serve_rss(root))
+            print(lines[-1], flush=True)
+            lines.append(serve_replica_rss(root, env, world["users"], world["businesses"]))
             print(lines[-1], flush=True)
     small_pairs, large_pairs = results[("large", "none", args.small_pairs)], results[("large", "none", args.large_pairs)]
     small_world = results[("small", "none", args.small_pairs)]
