@@ -223,11 +223,11 @@ class ShowcaseWriter:
             if reason:
                 quarantined.append(quarantine_row(row["user_id"], row["business_id"], reason))
                 continue
-            history = group.column("history")[i].values
+            history = group.column("history")[i].values  # list<float32> of this pair's history vectors
+            history = history.flatten().to_numpy(zero_copy_only=False) if history is not None else []
             profile = F.Profile(np.asarray(group.column("profile_photo")[i].values, np.float32),
                                 np.asarray(group.column("profile_text")[i].values, np.float32),
-                                F.matrix(history.to_pylist() if history is not None else [], dim), [],
-                                row["has_history"])
+                                F.matrix(np.asarray(history, np.float32), dim), [], row["has_history"])
             if row["business_id"] not in grounds:  # once per business of the unit
                 grounds[row["business_id"]] = F.ground_set(businesses[row["business_id"]], dim)
             inputs.append(PairInputs(row["user_id"], row["business_id"], profile, grounds[row["business_id"]],
