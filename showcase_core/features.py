@@ -29,7 +29,7 @@ sorted by id in small row groups so a lookup of one id reads one row group:
 
 Sums are accumulated in float64 in id order and stored as float32; a profile adds the stored sums in business order.
 The training loader computes the same sums from the raw tables with the same functions, so both paths give the
-same numbers (tests/integration/test_features.py checks every pair of the tiny world).
+same numbers (tests/integration/test_features_job.py checks every pair of the tiny world).
 """
 
 from __future__ import annotations
