@@ -45,7 +45,7 @@ def test_train_dpp_resumes_after_a_crashed_worker_and_evaluate_writes_table_3(em
         evaluated = {h["epoch"] + 1: h["val_f1"] for h in card["history"] if "val_f1" in h}
         assert sorted(evaluated) == [3, 6]
         assert card["metrics"]["val_f1"] == max(evaluated.values()) == evaluated[card["selected_epoch"]]
-        val = train_dpp.load_selection_data(root, encoder_id, 128, 0, ("val",))
+        val = train_dpp.load_selection_data(root, encoder_id, 128, ("val",))
         scores = evaluate_picks(val, val.splits["val"], select(model, val, val.splits["val"]))
         assert scores["f1"] == pytest.approx(card["metrics"]["val_f1"], abs=1e-9)
     # the fault fired once per run name (one per modality), and each run resumed from a checkpoint
