@@ -251,6 +251,7 @@ class ShowcaseWriter:
                          "reasons": [json.dumps(by_reason), "{}"]})
 
 
+MAX_PARTITIONS = 4096  # shuffle partitions at most (beyond it a partition holds several groups or units)
 SHOWCASE_ROW_GROUP = 256  # rows per row group of a showcases file: a lookup of one pair decodes one of them
 
 
@@ -363,7 +364,10 @@ def main(argv: list[str] | None = None) -> int:
     actors, resources, device = actor_plan(cfg["use_gpu"], cfg["actors"], cpus)
     if device == "cpu":  # half a CPU each: writers holding every CPU would starve the reads, profiles and shuffles
         resources = {"num_cpus": 0.5}  # (of this run, or of another nightly on the same cluster) before them
-    shuffle = max(2, cpus)  # hash partitions per shuffle: each holds whole groups (user groups, then units)
+    # one shuffle partition per group and per unit: map_groups runs one task per partition and emits its output when
+    # the task ends, so partitions of many units would write them all in one task, with no progress in between
+    # (the 2 M-pair benchmark hit Ray Data's 30-minute no-progress guard with one partition per CPU)
+    shuffle = MAX_PARTITIONS
     written = (ray.data.read_parquet(paths, filesystem=candidates_fs).select_columns(columns)
                .map_batches(key_pairs, batch_format="pyarrow",
                             fn_kwargs={"columns": columns, "units": units, "groups": groups,
