@@ -15,14 +15,21 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: install demo test perf clean browser
 
+# pip's output goes to $(PIP_LOG) (a machine's pip config can add a warning per package looked up); its tail is shown
+# if it fails
+PIP_LOG := $(VENV)/pip-install.log
+PIP_FAILED = { echo "pip failed; the end of $(PIP_LOG):"; tail -n 40 $(PIP_LOG); exit 1; }
+
 $(STAMP): pyproject.toml constraints-cpu.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -c constraints-cpu.txt -e '.[dev]'
+	@echo "installing the project and its dependencies into $(VENV) (pip's output: $(PIP_LOG))"
+	@$(PY) -m pip install -q --disable-pip-version-check -c constraints-cpu.txt -e '.[dev]' >$(PIP_LOG) 2>&1 || $(PIP_FAILED)
 	@touch $(STAMP)
 
 $(DS_STAMP): $(STAMP)
-	DS_BUILD_SHM_COMM=1 $(PY) -m pip install -q --disable-pip-version-check --no-cache-dir -c constraints-cpu.txt \
-		--no-build-isolation '$(DEEPSPEED)'
+	@echo "installing $(DEEPSPEED) for the tests (builds its CPU comm op; pip's output: $(PIP_LOG))"
+	@DS_BUILD_SHM_COMM=1 $(PY) -m pip install -q --disable-pip-version-check --no-cache-dir -c constraints-cpu.txt \
+		--no-build-isolation '$(DEEPSPEED)' >>$(PIP_LOG) 2>&1 || $(PIP_FAILED)
 	@touch $(DS_STAMP)
 
 # the gallery test renders its page in a real headless browser (Debian's chromium)

@@ -1,4 +1,8 @@
-"""``showcase <stage> ...``: one entry point for every job (each is also ``python -m jobs.<stage>``)."""
+"""``showcase <stage> ...``: one entry point for every job (each is also ``python -m jobs.<stage>``).
+
+``showcase`` alone lists the stages; ``showcase <stage> --help`` is the stage's own: every setting with its meaning,
+default and range.
+"""
 
 from __future__ import annotations
 
@@ -29,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: showcase <stage> --root ROOT [--config FILE.yaml] [--key value ...]\n\nstages:")
         for name, what in STAGES.items():
             print(f"  {name:<12} {what}")
+        print("\n`showcase <stage> --help` lists a stage's settings.")
         return 0 if argv else 2
     stage = argv[0].replace("-", "_")
     if stage not in STAGES:

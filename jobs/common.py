@@ -1,7 +1,7 @@
 """What every job shares: arguments and config, exit codes, run reports, Ray start-up, progress lines.
 
-Contract (ARCHITECTURE.md): ``python -m jobs.<stage> --root ROOT [--config FILE.yaml] [--key value ...]``.
-Settings come from the job's defaults, then the YAML file, then the command line. Exit 0 on success;
+Contract: ``python -m jobs.<stage> --root ROOT [--config FILE.yaml] [--key value ...]``. Settings are the job's typed
+declaration (``showcase_core.settings``): its defaults, then the YAML file, then the command line. Exit 0 on success;
 exit 2 with one line on bad input or config (before expensive work); 3 when another run committed the same output
 first (nothing of this run is visible); 1 on anything else.
 """
@@ -9,16 +9,21 @@ first (nothing of this run is visible); 1 on anything else.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import platform
+import socket
 import sys
+import tempfile
 import time
 import traceback
 from typing import Callable
 
-import yaml
-
-from showcase_core import __version__
+from showcase_core import __version__, settings
+from showcase_core.features import FeaturesError
+from showcase_core.generation import DECODING
+from showcase_core.registry import RegistryError
+from showcase_core.settings import JobSettings, SettingsBase, setting
 from showcase_core.store import Store, StoreError, new_run_id, utc_now
 from showcase_core.tables import LostRace
 
@@ -27,72 +32,36 @@ class UserError(Exception):
     """A mistake in the job's input or config: reported as one line, exit 2."""
 
 
-def _coerce(stage: str, key: str, raw, default):
-    if default is None or isinstance(raw, type(default)) and not isinstance(raw, str):
-        return raw
+def parse_args(stage: str, settings_class: type[SettingsBase], argv: list[str] | None) -> SettingsBase:
+    """The job's settings: its declaration's defaults < ``--config FILE.yaml`` < ``--key value`` (``--help`` lists
+    them). A wrong name, type or value is one line and exit 2."""
     try:
-        if isinstance(default, bool):
-            if isinstance(raw, bool):
-                return raw
-            if str(raw).lower() in ("1", "true", "yes", "on"):
-                return True
-            if str(raw).lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError
-        return type(default)(raw)
-    except (TypeError, ValueError):
-        raise UserError(f"--{key.replace('_', '-')}: expected {type(default).__name__}, got {raw!r}") from None
+        return settings.parse(stage, settings_class, argv)
+    except settings.SettingsError as e:
+        raise UserError(str(e)) from None
 
 
-def parse_args(stage: str, defaults: dict, argv: list[str] | None) -> dict:
-    """Merge defaults < --config YAML < --key value pairs. ``root`` is required unless the default has it."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in ("-h", "--help"):
-        print(f"usage: showcase {stage} --root ROOT [--config FILE.yaml] " +
-              " ".join(f"[--{k.replace('_', '-')} {type(v).__name__.upper() if v is not None else 'VALUE'}]"
-                       for k, v in defaults.items() if k != "root"))
-        raise SystemExit(0)
-    cli: dict = {}
-    i = 0
-    while i < len(argv):
-        token = argv[i]
-        if not token.startswith("--") or token == "--":
-            raise UserError(f"unexpected argument {token!r} (options look like --key value)")
-        key, _, value = token[2:].partition("=")
-        key = key.replace("-", "_")
-        if not value:
-            if i + 1 < len(argv) and not argv[i + 1].startswith("--"):
-                value = argv[i + 1]
-                i += 1
-            else:
-                value = "true"  # a bare flag
-        cli[key] = value
-        i += 1
-    settings = dict(defaults)
-    if "config" in cli:
-        path = cli.pop("config")
-        try:
-            with open(path) as f:
-                from_file = yaml.safe_load(f) or {}
-        except OSError as e:
-            raise UserError(f"--config: cannot read {path}: {e.strerror}") from None
-        except yaml.YAMLError as e:
-            raise UserError(f"--config: {path} is not valid YAML: {str(e).splitlines()[0]}") from None
-        if not isinstance(from_file, dict):
-            raise UserError(f"--config: {path} must hold a mapping of settings")
-        _merge(stage, settings, defaults, {k.replace("-", "_"): v for k, v in from_file.items()}, f"in {path}")
-    _merge(stage, settings, defaults, cli, "")
-    if not settings.get("root"):
-        raise UserError("--root is required (a local path, file:// or s3:// URI)")
-    return settings
+class DecodingSettings(JobSettings):
+    """How an explanation is decoded: the same in the nightly, Serve and evaluate."""
+
+    beams: int = setting(2, "beam-search width of the explanation", ge=1)
+    no_repeat_ngram_size: int = setting(DECODING["no_repeat_ngram_size"], "beam search never repeats a token n-gram "
+                                                                         "of this size (0 = off)", ge=0)
+    length_penalty: float = setting(DECODING["length_penalty"], "beam-search length penalty (> 1 favours longer)",
+                                    gt=0)
+    max_sentences: int = setting(DECODING["max_sentences"], "an explanation ends after this many sentences (0 = no "
+                                                           "budget)", ge=0)
+
+    def decoding(self) -> dict:
+        return self.pick(*DECODING)
 
 
-def _merge(stage: str, settings: dict, defaults: dict, new: dict, where: str) -> None:
-    for key, value in new.items():
-        if key not in defaults:
-            known = ", ".join("--" + k.replace("_", "-") for k in defaults)
-            raise UserError(f"unknown setting --{key.replace('_', '-')} {where} for {stage} (known: {known})".replace("  ", " "))
-        settings[key] = _coerce(stage, key, value, defaults[key])
+class ShowcaseSettings(DecodingSettings):
+    """How a showcase is made: the nightly's and Serve's shared settings (the same models, the same decoding)."""
+
+    dpp_modality: str = setting("img+text", "which of the latest DPP's models picks the photos (img, text, img+text)")
+    generator_variant: str = setting("pc2l", "which of the latest PC²L's variants writes the explanation")
+    k: int = setting(3, "photos per showcase", ge=1)
 
 
 def open_store(root: str, writable: bool = True) -> Store:
@@ -107,13 +76,115 @@ def open_store(root: str, writable: bool = True) -> Store:
 
 
 def start_ray() -> None:
-    """Join the cluster the job was submitted to (RAY_ADDRESS), or start a local Ray instance."""
+    """Join the cluster the job was submitted to (RAY_ADDRESS), or start a local Ray instance.
+
+    A local instance runs the dashboard's API server, as Ray Train needs its State API (``include_dashboard=False``
+    turns that off too): every training run starts a detached PlacementGroupCleaner that asks the State API each
+    second whether the run's controller lives, warns at every failed ask, and removes the run's placement group and
+    exits once the controller is gone. The job's runtime env names the API server (RAY_API_SERVER_ADDRESS) or the
+    cluster (RAY_ADDRESS), so Ray's actors ask this cluster even with other Ray instances on the machine (they would
+    otherwise pick one by ray_current_cluster, or fail). One line says where the logs are (``configure_logging``).
+    """
     import ray
 
     if ray.is_initialized():
         return
-    ray.init(address=os.environ.get("RAY_ADDRESS") or None, include_dashboard=False,
-             log_to_driver=True, logging_level="WARNING")
+    address = os.environ.get("RAY_ADDRESS") or None
+    env_vars, local = {}, {}
+    if address is None:
+        port = _free_port()
+        local = {"include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": port}
+        env_vars["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
+        # one machine has nothing to preempt: Ray Train's preemption watcher is for cluster nodes (spot), and its
+        # creation logs an error line ("constructor arguments in the object store") per training run
+        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+    elif "://" not in address and address != "auto":
+        env_vars["RAY_ADDRESS"] = address
+    log_file = configure_logging()
+    _LOG["announced"] = True  # by the line below
+    ray.init(address=address, log_to_driver=True, logging_level="INFO", logging_format=_LOG_FORMAT,
+             runtime_env={"env_vars": env_vars} if env_vars else None, **local)
+    node = getattr(ray._private.worker, "_global_node", None)
+    where = f"local instance (dashboard http://127.0.0.1:{local['dashboard_port']})" if local else f"cluster {address}"
+    print(f"[ray] {where}; Ray's logs: {node.get_logs_dir_path() if node else '?'}; the libraries': {log_file}",
+          file=sys.stderr, flush=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+_LOG: dict = {}  # this process's log file: path, handler, announced
+_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class _LogFile(logging.FileHandler):
+    """The process's log file, created at its first record, which also prints its path once."""
+
+    def emit(self, record):
+        if not _LOG.get("announced"):
+            _LOG["announced"] = True
+            print(f"(log messages of the libraries go to {self.baseFilename})", file=sys.stderr, flush=True)
+        super().emit(record)
+
+
+class _Errors(logging.StreamHandler):
+    """Errors only, on whatever sys.stderr is when they happen."""
+
+    def __init__(self):
+        super().__init__()
+        self.setLevel(logging.ERROR)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _):
+        pass
+
+
+# libraries whose logger prints on a console handler of its own instead of propagating to the root: module -> logger
+_OWN_CONSOLE = {"ray": "ray", "ray.data": "ray.data", "transformers": "transformers", "deepspeed": "DeepSpeed"}
+
+
+def configure_logging(stage: str = "showcase") -> str:
+    """Send the libraries' log records to one file per process, their errors alone to the terminal; returns its path.
+
+    Python warnings and every logger that propagates to the root go to the file, and so do Ray's, transformers' and
+    DeepSpeed's (each has a console handler of its own, quieted to errors when the library is imported). Ray Data
+    keeps its records in its own file (SESSION/logs/ray-data/ray-data.log) and stops printing them: off a terminal its
+    progress report is a multi-line dump every 10 s; on a terminal its progress bars (tqdm, not logging) stay. Worker
+    processes log into Ray's session directory; ``start_ray`` and ``harness.fit`` keep Ray's and Ray Train's
+    informational lines out of the terminal. The first call names the file: ``$SHOWCASE_LOG_DIR`` (default
+    TMPDIR/showcase-logs) / ``<stage>-<time>-<pid>.log``; later calls return it.
+    """
+    if not _LOG:
+        import wrapt
+
+        folder = os.environ.get("SHOWCASE_LOG_DIR") or os.path.join(tempfile.gettempdir(), "showcase-logs")
+        os.makedirs(folder, exist_ok=True)
+        handler = _LogFile(os.path.join(folder, f"{stage}-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.log"),
+                           delay=True, encoding="utf-8")
+        handler.setFormatter(logging.Formatter(_LOG_FORMAT))
+        _LOG.update(path=handler.baseFilename, handler=handler)
+        logging.getLogger().addHandler(handler)
+        logging.getLogger().addHandler(_Errors())
+        logging.captureWarnings(True)
+        for module in _OWN_CONSOLE:  # runs at once for a module already imported
+            wrapt.register_post_import_hook(lambda _module, name=_OWN_CONSOLE[module]: _quiet_console(name), module)
+    return _LOG["path"]
+
+
+def _quiet_console(name: str) -> None:
+    logger = logging.getLogger(name)
+    for handler in logger.handlers:
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+            handler.setLevel(logging.ERROR)
+    if name != "ray.data" and _LOG["handler"] not in logger.handlers:  # Ray Data has its file
+        logger.addHandler(_LOG["handler"])
 
 
 def actor_plan(use_gpu: bool, actors: int, cpu_actors_default: int = 1) -> tuple[int, dict, str]:
@@ -128,16 +199,6 @@ def actor_plan(use_gpu: bool, actors: int, cpu_actors_default: int = 1) -> tuple
     if use_gpu or gpus:
         return actors or max(1, gpus), {"num_gpus": 1}, "cuda"
     return actors or cpu_actors_default, {"num_cpus": 1}, "cpu"
-
-
-def resolve_encoder_id(store: Store, encoder: str) -> str:
-    """``latest`` -> the encoder of the newest trained CLIP (models/clip/_LATEST.json); otherwise the id given."""
-    if encoder == "latest":
-        try:
-            return store.read_json("models/clip/_LATEST.json")["encoder_id"]
-        except StoreError:
-            raise UserError(f"no trained CLIP under {store.root}/models/clip; pass --encoder ENCODER_ID") from None
-    return encoder
 
 
 def read_table_dataset(store: Store, rel: str, version: int | None = None, columns: list[str] | None = None):
@@ -175,20 +236,51 @@ def versions() -> dict:
 
 
 class Progress:
-    """Progress lines on stderr, at most one every ``every`` seconds (and always the last one)."""
+    """A step's progress on stderr (tqdm): a live bar on a terminal; elsewhere (a log file, ``ray job logs``) one
+    line at most every ``every`` seconds, and always the last (``done`` reaching ``total`` closes it)."""
 
     def __init__(self, stage: str, what: str, total: int, every: float = 2.0):
-        self.stage, self.what, self.total, self.every = stage, what, total, every
-        self.start = self.last = time.monotonic()
+        from tqdm import tqdm
+
+        tty = sys.stderr.isatty()
+        self._bar = tqdm(total=total, desc=f"[{stage}] {what}", unit="", file=sys.stderr if tty else _Lines(),
+                         mininterval=0.1 if tty else every, miniters=1, disable=False, leave=True, dynamic_ncols=tty,
+                         bar_format=None if tty else "{desc}: {n_fmt}/{total_fmt} [{elapsed}, {rate_fmt}{postfix}]",
+                         delay=0 if tty else every)
+
+    @property
+    def total(self) -> int:
+        return self._bar.total
+
+    @total.setter
+    def total(self, total: int) -> None:
+        self._bar.total = total
 
     def update(self, done: int, extra: str = "") -> None:
-        now = time.monotonic()
-        if done < self.total and now - self.last < self.every:
-            return
-        self.last = now
-        rate = done / max(now - self.start, 1e-9)
-        print(f"[{self.stage}] {self.what}: {done}/{self.total} ({rate:.1f}/s){' ' + extra if extra else ''}",
-              file=sys.stderr, flush=True)
+        bar = self._bar
+        if extra:
+            bar.set_postfix_str(extra, refresh=False)
+        bar.update(done - bar.n)
+        if done >= (bar.total or 0) and not bar.disable:
+            if bar.last_print_t < bar.start_t + bar.delay:  # nothing shown yet: close() would show nothing either
+                bar.refresh()
+            bar.close()  # the last line (leave=True), however soon after the one before
+
+
+class _Lines:
+    """tqdm's output off a terminal: each refresh of its one rewritten line becomes a line of its own."""
+
+    def __init__(self):
+        self.last = ""
+
+    def write(self, text: str) -> None:
+        line = text.replace("\r", "").rstrip()
+        if line and line != self.last:
+            self.last = line
+            print(line, file=sys.stderr, flush=True)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
 
 
 class Timer:
@@ -206,17 +298,19 @@ class Timer:
             self.timings[name] = round(time.monotonic() - started, 3)
 
 
-def new_report(stage: str, settings: dict, run_id: str) -> dict:
-    return {"stage": stage, "run_id": run_id, "started_at": utc_now(), "settings": settings,
+def new_report(stage: str, job_settings: SettingsBase, run_id: str) -> dict:
+    return {"stage": stage, "run_id": run_id, "started_at": utc_now(), "settings": job_settings.model_dump(),
             "counts": {}, "timings_s": {}, "versions": {}}
 
 
 def run(stage: str, main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:
-    """Run a job's main with the contract's exit codes; never a stack trace for a user mistake."""
+    """Run a job's main with the contract's exit codes; never a stack trace for a user mistake. The libraries' log
+    messages go to a log file (``configure_logging``)."""
     try:
+        configure_logging(stage)
         code = main(argv)
         return 0 if code is None else int(code)
-    except UserError as e:
+    except (UserError, RegistryError, FeaturesError) as e:
         print(f"showcase {stage}: error: {e}", file=sys.stderr)
         return 2
     except LostRace as e:
@@ -233,5 +327,5 @@ def run(stage: str, main: Callable[[list[str] | None], int | None], argv: list[s
         return 1
 
 
-__all__ = ["UserError", "parse_args", "open_store", "start_ray", "actor_plan", "versions", "Progress", "Timer",
+__all__ = ["UserError", "SettingsBase", "JobSettings", "DecodingSettings", "ShowcaseSettings", "setting", "parse_args", "open_store", "start_ray", "configure_logging", "actor_plan", "versions", "Progress", "Timer",
            "new_report", "run", "new_run_id"]

@@ -12,59 +12,86 @@ from __future__ import annotations
 
 import datetime as dt
 import sys
+from typing import Literal
 
 import pyarrow.compute as pc
+from pydantic import field_validator
 
+from showcase_core import registry
+from showcase_core.data.world import SIZES
 from showcase_core.store import Store
 
 from . import distill, embed, evaluate, features, gallery, ingest, make_world, nightly, train_clip, train_dpp, train_pc2l
-from .common import UserError, parse_args, run
+from .common import JobSettings, parse_args, run, setting
 
-DEFAULTS = {"root": "./.demo", "world": "./.demo-world", "size": "mini", "seed": 0, "threads": 2}
+# the baseline and the full method, a checkpoint every 5 epochs (`showcase train_pc2l` alone trains all four
+# ablation variants)
+PC2L_ARGS = ["--variants", "ce,pc2l", "--epochs", "25", "--checkpoint-every", "5"]
 
 
-def _stage(name: str, main, argv: list[str]) -> None:
+class Settings(JobSettings):
+    """The embedded default end to end on a synthetic world."""
+
+    root: str = setting("./.demo", "the store every stage writes: a local path, file:// or s3:// URI")
+    world: str = setting("./.demo-world", "the local directory the synthetic world is drawn into")
+    size: Literal[tuple(SIZES)] = setting("mini", "the synthetic world's size (showcase_core.data.world)")
+    seed: int = setting(0, "seed of the synthetic world")
+    threads: int = setting(2, "torch threads per embedding actor", ge=1)
+
+    @field_validator("world")
+    @classmethod
+    def _local_world(cls, value: str) -> str:
+        if "://" in value and not value.startswith("file://"):
+            raise ValueError("--world must be a local directory (the world's photos are drawn here)")
+        return value
+
+
+def stage(name: str, main, argv: list[str]) -> None:
+    """Run one stage through its job entry point; a failure ends the demo with the stage's exit code."""
     print(f"\n== {name}: showcase {name} {' '.join(argv)}", flush=True)
     code = run(name, main, argv)
     if code != 0:
         raise SystemExit(code)
 
 
-def main(argv: list[str] | None = None) -> int:
-    cfg = parse_args("demo", DEFAULTS, argv)
-    if "://" in cfg["world"] and not cfg["world"].startswith("file://"):
-        raise UserError("--world must be a local directory (the world's photos are drawn here)")
-    world, root = cfg["world"], cfg["root"]
-    _stage("make_world", make_world.main, ["--out", world, "--size", cfg["size"], "--seed", str(cfg["seed"])])
-    _stage("ingest", ingest.main, ["--root", root, "--gest", f"{world}/filter_all_t.json"])
-    _stage("train_clip", train_clip.main, ["--root", root])
-    _stage("embed", embed.main, ["--root", root, "--threads-per-actor", str(cfg["threads"])])
-    _stage("features", features.main, ["--root", root])
-    _stage("train_dpp", train_dpp.main, ["--root", root])
-    _stage("distill", distill.main, ["--root", root])
-    # the baseline and the full method, 25 epochs, a checkpoint every 5: under 5 minutes on 2 cores; `showcase
-    # train_pc2l` alone trains all four ablation variants for 30 epochs
-    _stage("train_pc2l", train_pc2l.main, ["--root", root, "--variants", "ce,pc2l", "--epochs", "25",
-                                           "--checkpoint-every", "5"])
-    store = Store.open(root)
+def write_test_pairs(store: Store) -> str:
+    """The test split's (user, business) pairs as the nightly's candidates; their URI."""
     reviews = store.read_table("reviews", ["user_id", "business_id", "split"])
     test_pairs = reviews.filter(pc.equal(reviews.column("split"), "test")).select(["user_id", "business_id"])
-    candidates = store.uri("candidates", "demo-test-pairs.parquet")
     store.write_parquet("candidates/demo-test-pairs.parquet", test_pairs)
-    date = dt.date.today().isoformat()
-    _stage("nightly", nightly.main, ["--root", root, "--candidates", candidates, "--date", date, "--force", "true"])
-    _stage("gallery", gallery.main, ["--root", root, "--date", date, "--n", "50"])
-    _stage("evaluate", evaluate.main, ["--root", root, "--stage", "all"])
+    return store.uri("candidates", "demo-test-pairs.parquet")
 
-    latest = store.read_json("models/clip/_LATEST.json")
-    print(f"\nROOT: {store.uri()}\n  tables:     {store.uri('tables')}\n  CLIP:       {latest['uri']}"
-          f"\n  embeddings: {store.uri('embeddings', latest['encoder_id'])}"
-          f"\n  DPP:        {store.read_json('models/dpp/_LATEST.json')['models']['img+text']}"
-          f"\n  Φ:          {store.read_json('models/alignment/_LATEST.json')['uri']}"
-          f"\n  PC²L:       {store.read_json('models/pc2l/_LATEST.json')['models']['pc2l']}"
+
+def print_where(store: Store, date: str) -> None:
+    """Where every output of the demo is."""
+    clip = registry.latest(store, "clip")
+    print(f"\nROOT: {store.uri()}\n  tables:     {store.uri('tables')}\n  CLIP:       {clip.uri}"
+          f"\n  embeddings: {store.uri('embeddings', clip.encoder_id)}"
+          f"\n  DPP:        {registry.latest(store, 'dpp').variant('img+text')}"
+          f"\n  Φ:          {registry.latest(store, 'alignment').uri}"
+          f"\n  PC²L:       {registry.latest(store, 'pc2l').variant('pc2l')}"
           f"\n  showcases:  {store.uri('showcases')} (Delta, dt={date}; read with polars.read_delta or read_showcases)"
           f"\n  gallery:    {store.uri('reports', 'gallery', date, 'index.html')}"
           f"\n  reports:    {store.uri('reports')}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_args("demo", Settings, argv)
+    world, root = cfg.world, cfg.root
+    stage("make_world", make_world.main, ["--out", world, "--size", cfg.size, "--seed", str(cfg.seed)])
+    stage("ingest", ingest.main, ["--root", root, "--gest", f"{world}/filter_all_t.json"])
+    stage("train_clip", train_clip.main, ["--root", root])
+    stage("embed", embed.main, ["--root", root, "--threads-per-actor", str(cfg.threads)])
+    stage("features", features.main, ["--root", root])
+    stage("train_dpp", train_dpp.main, ["--root", root])
+    stage("distill", distill.main, ["--root", root])
+    stage("train_pc2l", train_pc2l.main, ["--root", root, *PC2L_ARGS])
+    store = Store.open(root)
+    candidates, date = write_test_pairs(store), dt.date.today().isoformat()
+    stage("nightly", nightly.main, ["--root", root, "--candidates", candidates, "--date", date, "--force", "true"])
+    stage("gallery", gallery.main, ["--root", root, "--date", date, "--n", "50"])
+    stage("evaluate", evaluate.main, ["--root", root, "--stage", "all"])
+    print_where(store, date)
     return 0
 
 

@@ -5,11 +5,12 @@ GPU per actor when the cluster has GPUs) that writes Parquet parts under ``ROOT/
 (review texts, history reviews, aligned sentences) go straight to a text actor pool. The driver commits the data files
 the actors return into the Delta tables ``embeddings/<encoder_id>/{images,texts,quarantine}`` every
 ``--commit-every-files`` files or ``--commit-every-s`` seconds, so progress is visible; rerunning skips what is
-committed.
+committed. The encoder is published in the registry once its embeddings are committed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import posixpath
 import sys
 import time
@@ -17,49 +18,111 @@ import time
 import psutil
 import pyarrow as pa
 import pyarrow.compute as pc
+from pydantic import field_validator
 
+from showcase_core import registry
 from showcase_core import tables as delta
+from showcase_core.settings import comma_list
 from showcase_core.store import Store, StoreError, new_run_id, utc_now
 from showcase_core.tables import IncrementalCommit
 
-from .common import (Progress, Timer, UserError, actor_plan, new_report, open_store, parse_args, run, start_ray,
-                     versions)
+from .common import (JobSettings, Progress, Timer, UserError, actor_plan, new_report, open_store, parse_args, run,
+                     setting, start_ray, versions)
 
-DEFAULTS = {
-    "root": None,
-    "encoder": "latest",  # latest trained CLIP (models/clip/_LATEST.json) or a checkpoint URI
-    "clip_model": "",  # or an open_clip model name (with clip_pretrained) instead of a trained checkpoint
-    "clip_pretrained": "",
-    "kinds": "images,texts",
-    "batch_size": 256,  # per CLIP forward
-    "decode_batch_size": 256,
-    "decode_threads": 2,  # threads per decode task (PIL releases the GIL)
-    # CPUs per decode task. Equal to a CPU actor's one CPU, Ray fuses decoding into the actor (faster on small CPU
-    # nodes: measured 389 vs 296 images/s on 2 cores); GPU actors never fuse, so there decoding runs in CPU tasks.
-    "decode_cpus": 1.0,
-    "todo_file_rows": 2048,  # rows per todo file = the unit of parallel decoding
-    "actors": 0,  # CLIP actors; 0 = one per GPU, or 1 on a CPU-only cluster
-    "use_gpu": False,  # ask for a GPU per actor even when none is up yet (autoscaling from zero)
-    "threads_per_actor": 0,  # torch threads in a CPU actor; 0 = torch's default
-    "commit_every_files": 64,  # commit the data files written so far every this many files ...
-    "commit_every_s": 60.0,  # ... or every this many seconds, whichever comes first
-}
+KINDS = ("images", "texts")
+TABLES = ("images", "texts", "quarantine")  # the encoder's Delta tables
 
 
-def resolve_encoder(store: Store, cfg: dict) -> dict:
-    if cfg["clip_model"]:
-        return {"model": cfg["clip_model"], "pretrained": cfg["clip_pretrained"] or None}
-    if cfg["encoder"] == "latest":
-        try:
-            latest = store.read_json("models/clip/_LATEST.json")
-        except StoreError:
-            raise UserError(f"no trained CLIP under {store.root}/models/clip (run `showcase train_clip`, "
-                            "or pass --encoder URI or --clip-model NAME)") from None
-        return {"checkpoint": latest["uri"]}
-    return {"checkpoint": cfg["encoder"]}
+class Settings(JobSettings):
+    """Embed every photo and text with CLIP (a Ray Data actor pool); a rerun skips what is committed."""
+
+    encoder: str = setting("latest", "the CLIP to embed with: latest (the latest trained CLIP) or a checkpoint URI")
+    clip_model: str = setting("", "an open_clip model name (or a small named config) instead of a trained checkpoint")
+    clip_pretrained: str = setting("", "the open_clip pretrained tag of --clip-model (empty: random weights)")
+    kinds: str = setting(",".join(KINDS), f"what to embed, comma-separated: some of {', '.join(KINDS)}")
+    batch_size: int = setting(256, "photos or texts per CLIP forward", ge=1)
+    decode_batch_size: int = setting(256, "photos per decode batch", ge=1)
+    decode_threads: int = setting(2, "threads per decode task (PIL releases the GIL)", ge=1)
+    decode_cpus: float = setting(1.0, "CPUs per decode task (equal to a CPU actor's one CPU, Ray fuses decoding into "
+                                      "the actor; GPU actors never fuse)", gt=0)
+    todo_file_rows: int = setting(2048, "ids per todo file: the unit of parallel decoding", ge=1)
+    actors: int = setting(0, "CLIP actors (0: one per GPU, or 1 on a CPU-only cluster)", ge=0)
+    use_gpu: bool = setting(False, "a GPU per actor even when none is up yet (a cluster autoscaling from zero)")
+    threads_per_actor: int = setting(0, "torch threads in a CPU actor (0: torch's default)", ge=0)
+    commit_every_files: int = setting(64, "commit the data files written so far every this many files ...", ge=1)
+    commit_every_s: float = setting(60.0, "... or every this many seconds, whichever comes first", gt=0)
+
+    @field_validator("kinds")
+    @classmethod
+    def _known_kinds(cls, value: str) -> str:
+        return ",".join(comma_list("kinds", value, KINDS))
 
 
-def _write_todo(store: Store, rel_dir: str, rows_iter, rows_per_file: int) -> int:
+@dataclasses.dataclass
+class Plan:
+    """What every kind's pipeline shares: the encoder, the actor pool and the committers of this run."""
+
+    store: Store
+    cfg: Settings
+    encoder_id: str
+    image_size: int
+    worker_spec: dict
+    actors: int
+    resources: dict
+    staging: str
+    committers: dict
+    peak_rss: int = 0
+
+    def note_memory(self) -> None:
+        self.peak_rss = max(self.peak_rss, psutil.Process().memory_info().rss)
+
+
+def check_tables(store: Store, kinds: list[str]) -> None:
+    """The ingested table the first kind reads is there."""
+    try:
+        store.table_version("images" if "images" in kinds else "reviews")
+    except StoreError as e:
+        raise UserError(str(e)) from None
+
+
+def encoder_spec(store: Store, cfg: Settings) -> dict:
+    """How to load the encoder: an open_clip name, the latest trained CLIP, or a checkpoint URI."""
+    if cfg.clip_model:
+        return {"model": cfg.clip_model, "pretrained": cfg.clip_pretrained or None}
+    if cfg.encoder != "latest":
+        return {"checkpoint": cfg.encoder}
+    try:
+        return {"checkpoint": registry.latest(store, "clip").uri}
+    except registry.RegistryError:
+        raise UserError(f"no trained CLIP under {store.root}/models/clip (run `showcase train_clip`, "
+                        "or pass --encoder URI or --clip-model NAME)") from None
+
+
+def identify_encoder(spec: dict) -> tuple[str, int]:
+    """(encoder_id, image size) of the encoder, loaded once on the driver's CPU."""
+    from showcase_core.encoders.clip import EncoderError, load_encoder
+
+    try:
+        encoder = load_encoder(**spec, device="cpu")
+    except EncoderError as e:
+        raise UserError(str(e)) from None
+    return encoder.encoder_id, encoder.image_size
+
+
+def make_plan(store: Store, cfg: Settings, spec: dict, encoder_id: str, image_size: int, run_id: str) -> Plan:
+    from showcase_core.encoders.embed import embeddings_dir
+
+    actors, resources, device = actor_plan(cfg.use_gpu, cfg.actors)
+    reads = {name: store.table_version(name)["version"] for name in ("images", "reviews")}
+    committers = {kind: IncrementalCommit(store, embeddings_dir(encoder_id, kind), run_id=run_id, stage="embed",
+                                          app_id=f"embed/{run_id}/{kind}", every_files=cfg.commit_every_files,
+                                          every_s=cfg.commit_every_s, reads=reads)
+                  for kind in TABLES}
+    return Plan(store, cfg, encoder_id, image_size, {**spec, "device": device}, actors, resources,
+                f"embeddings/{encoder_id}/_staging/{run_id}", committers, psutil.Process().memory_info().rss)
+
+
+def write_todo(store: Store, rel_dir: str, rows_iter, rows_per_file: int) -> int:
     """Stream (id, value) rows into todo files of at most rows_per_file rows; returns the row count."""
     count, file_index, buffer = 0, 0, []
 
@@ -81,7 +144,7 @@ def _write_todo(store: Store, rel_dir: str, rows_iter, rows_per_file: int) -> in
     return count
 
 
-def _image_rows(store: Store, skip: set[str]):
+def image_rows(store: Store, skip: set[str]):
     seen = set(skip)
     for batch in store.iter_table_batches("images", ["image_id", "uri"]):
         for image_id, uri in zip(batch.column("image_id").to_pylist(), batch.column("uri").to_pylist()):
@@ -90,7 +153,7 @@ def _image_rows(store: Store, skip: set[str]):
                 yield {"id": image_id, "uri": uri}
 
 
-def _text_rows(store: Store, skip: set[str]):
+def text_rows(store: Store, skip: set[str]):
     seen = set(skip)
     for batch in store.iter_table_batches("reviews", ["review_id", "review_text", "history"]):
         for review_id, text, history in zip(*(batch.column(c).to_pylist() for c in ("review_id", "review_text",
@@ -112,116 +175,114 @@ def _text_rows(store: Store, skip: set[str]):
         return  # no sentences table (e.g. Gest-raw before distillation)
 
 
-def main(argv: list[str] | None = None) -> int:
-    cfg = parse_args("embed", DEFAULTS, argv)
-    kinds = [k.strip() for k in cfg["kinds"].split(",") if k.strip()]
-    if not kinds or set(kinds) - {"images", "texts"}:
-        raise UserError(f"--kinds must list images and/or texts, got {cfg['kinds']!r}")
-    if cfg["batch_size"] < 1 or cfg["decode_batch_size"] < 1 or cfg["todo_file_rows"] < 1:
-        raise UserError("--batch-size, --decode-batch-size and --todo-file-rows must be positive")
-    store = open_store(cfg["root"])
-    try:
-        store.table_version("images" if "images" in kinds else "reviews")
-    except StoreError as e:
-        raise UserError(str(e)) from None
-    spec = resolve_encoder(store, cfg)
-    from showcase_core.encoders.clip import EncoderError, load_encoder
-    from showcase_core.encoders.embed import (EMBED_REASONS, ImageEmbedder, TextEmbedder, decode_photos, done_ids,
-                                              embeddings_dir)
+def write_kind_todo(plan: Plan, kind: str) -> dict:
+    """The ids of one kind not embedded yet, as todo files under the run's staging folder: the kind's counts."""
+    from showcase_core.encoders.embed import done_ids
 
-    try:
-        encoder = load_encoder(**spec, device="cpu")
-    except EncoderError as e:
-        raise UserError(str(e)) from None
-    encoder_id, image_size = encoder.encoder_id, encoder.image_size
-    del encoder
+    skip = done_ids(plan.store, plan.encoder_id, ("images", "quarantine") if kind == "images" else ("texts",))
+    rows = image_rows(plan.store, skip) if kind == "images" else text_rows(plan.store, skip)
+    todo = write_todo(plan.store, f"{plan.staging}/{kind}", rows, plan.cfg.todo_file_rows)
+    print(f"[embed] {kind}: {todo:,} to embed with {plan.encoder_id}", file=sys.stderr, flush=True)
+    return {"already_done": len(skip), "todo": todo, "embedded": 0, "quarantined": 0}
 
+
+def kind_pipeline(plan: Plan, kind: str, todo: int):
+    """The Ray Data pipeline of one kind: todo files -> (decode ->) the CLIP actor pool -> one row per data file."""
     import ray
 
-    run_id = new_run_id()
-    report = new_report("embed", cfg, run_id)
-    timer = Timer()
-    start_ray()
-    store.write_json(f"embeddings/{encoder_id}/_ENCODER.json", {"encoder_id": encoder_id, "spec": spec,
-                                                                "image_size": image_size})
-    actors, actor_resources, device = actor_plan(cfg["use_gpu"], cfg["actors"])
-    spec_for_workers = {**spec, "device": device}
-    staging = f"embeddings/{encoder_id}/_staging/{run_id}"
-    counts: dict = {}
-    peak_rss = psutil.Process().memory_info().rss
-    reads = {name: store.table_version(name)["version"] for name in ("images", "reviews")}
-    committers = {kind: IncrementalCommit(store, embeddings_dir(encoder_id, kind), run_id=run_id, stage="embed",
-                                          app_id=f"embed/{run_id}/{kind}", every_files=cfg["commit_every_files"],
-                                          every_s=cfg["commit_every_s"], reads=reads)
-                  for kind in ("images", "texts", "quarantine")}
+    from showcase_core.encoders.embed import ImageEmbedder, TextEmbedder, decode_photos
 
-    for kind in kinds:
-        with timer(f"{kind}_todo"):
-            skip = done_ids(store, encoder_id, ("images", "quarantine") if kind == "images" else ("texts",))
-            already_done = len(skip)
-            rows = _image_rows(store, skip) if kind == "images" else _text_rows(store, skip)
-            todo = _write_todo(store, f"{staging}/{kind}", rows, cfg["todo_file_rows"])
-            del skip
-        counts[kind] = {"already_done": already_done, "todo": todo, "embedded": 0, "quarantined": 0}
-        print(f"[embed] {kind}: {todo:,} to embed with {encoder_id}", file=sys.stderr, flush=True)
-        if not todo:
-            continue
-        files = -(-todo // cfg["todo_file_rows"])
-        # one block per todo file, so the work spreads over every actor (Ray would merge small files into one block)
-        ds = ray.data.read_parquet(store.path(f"{staging}/{kind}"), filesystem=store.fs).repartition(files)
-        embedder_args = {"root": store.root, "encoder_spec": spec_for_workers, "encoder_id": encoder_id,
-                         "threads": cfg["threads_per_actor"]}
-        if kind == "images":
-            ds = ds.map_batches(decode_photos, fn_kwargs={"size": image_size, "threads": cfg["decode_threads"]},
-                                batch_size=cfg["decode_batch_size"],
-                                num_cpus=cfg["decode_cpus"])
-            ds = ds.map_batches(ImageEmbedder, fn_constructor_kwargs=embedder_args, batch_size=cfg["batch_size"],
-                                compute=ray.data.ActorPoolStrategy(size=actors), **actor_resources)
-        else:
-            ds = ds.map_batches(TextEmbedder, fn_constructor_kwargs=embedder_args, batch_size=cfg["batch_size"],
-                                compute=ray.data.ActorPoolStrategy(size=actors), **actor_resources)
-        progress = Progress("embed", kind, todo)
-        started = time.monotonic()
-        with timer(kind):
-            for files in ds.iter_batches(batch_size=None, batch_format="pandas"):
-                for record in files.to_dict("records"):
-                    committers[record["kind"]].add(record)
-                    counts[kind]["quarantined" if record["kind"] == "quarantine" else "embedded"] += int(record["rows"])
-                progress.update(counts[kind]["embedded"] + counts[kind]["quarantined"])
-                peak_rss = max(peak_rss, psutil.Process().memory_info().rss)
-            for committer in committers.values():
-                committer.flush()
-        seconds = time.monotonic() - started
-        counts[kind]["per_second"] = round((counts[kind]["embedded"] + counts[kind]["quarantined"]) / seconds, 1)
+    cfg = plan.cfg
+    # one block per todo file, so the work spreads over every actor (Ray would merge small files into one block)
+    ds = ray.data.read_parquet(plan.store.path(f"{plan.staging}/{kind}"),
+                               filesystem=plan.store.fs).repartition(-(-todo // cfg.todo_file_rows))
+    if kind == "images":
+        ds = ds.map_batches(decode_photos, fn_kwargs={"size": plan.image_size, "threads": cfg.decode_threads},
+                            batch_size=cfg.decode_batch_size, num_cpus=cfg.decode_cpus)
+    embedder_args = {"root": plan.store.root, "encoder_spec": plan.worker_spec, "encoder_id": plan.encoder_id,
+                     "threads": cfg.threads_per_actor}
+    return ds.map_batches(ImageEmbedder if kind == "images" else TextEmbedder, fn_constructor_kwargs=embedder_args,
+                          batch_size=cfg.batch_size, compute=ray.data.ActorPoolStrategy(size=plan.actors),
+                          **plan.resources)
 
-    store.delete_dir(staging)
-    # what is committed now, and a check that no id was committed twice (memory: one id column)
+
+def embed_kind(plan: Plan, kind: str, timer: Timer) -> dict:
+    """Embed every id of one kind not committed yet, committing the data files as they come; the kind's counts."""
+    with timer(f"{kind}_todo"):
+        counts = write_kind_todo(plan, kind)
+    if not counts["todo"]:
+        return counts
+    progress, started = Progress("embed", kind, counts["todo"]), time.monotonic()
+    with timer(kind):
+        for files in kind_pipeline(plan, kind, counts["todo"]).iter_batches(batch_size=None, batch_format="pandas"):
+            for record in files.to_dict("records"):
+                plan.committers[record["kind"]].add(record)
+                counts["quarantined" if record["kind"] == "quarantine" else "embedded"] += int(record["rows"])
+            progress.update(counts["embedded"] + counts["quarantined"])
+            plan.note_memory()
+        for committer in plan.committers.values():
+            committer.flush()
+    counts["per_second"] = round((counts["embedded"] + counts["quarantined"]) / (time.monotonic() - started), 1)
+    return counts
+
+
+def stored_totals(plan: Plan) -> tuple[dict, dict]:
+    """What is committed now per table (rows, ids committed twice: memory of one id column), and the quarantine's
+    reasons."""
+    from showcase_core.encoders.embed import embeddings_dir
+
     totals, reasons = {}, {}
-    for kind in ("images", "texts", "quarantine"):
-        rel = embeddings_dir(encoder_id, kind)
-        if not delta.exists(store, rel):
+    for kind in TABLES:
+        rel = embeddings_dir(plan.encoder_id, kind)
+        if not delta.exists(plan.store, rel):
             totals[kind] = {"rows": 0, "duplicate_ids": 0}
             continue
-        table = delta.read(store, rel, columns=["id", "reason"] if kind == "quarantine" else ["id"])
+        table = delta.read(plan.store, rel, columns=["id", "reason"] if kind == "quarantine" else ["id"])
         totals[kind] = {"rows": table.num_rows, "duplicate_ids": table.num_rows - pc.count_distinct(table["id"]).as_py(),
-                        "version": delta.open_table(store, rel).version(),
-                        "commits_this_run": committers[kind].commits}
+                        "version": delta.open_table(plan.store, rel).version(),
+                        "commits_this_run": plan.committers[kind].commits}
         if kind == "quarantine":
             reasons = {r["values"]: r["counts"] for r in pc.value_counts(table["reason"]).to_pylist()}
-    report.update(counts={"this_run": counts, "stored": totals, "quarantined_by_reason": reasons},
-                  reason_codes={k: EMBED_REASONS[k] for k in reasons}, encoder_id=encoder_id, encoder_spec=spec,
-                  outputs={k: store.uri(embeddings_dir(encoder_id, k)) for k in ("images", "texts", "quarantine")},
-                  peak_driver_rss_mb=round(peak_rss / 2**20, 1), timings_s=timer.timings, versions=versions(),
-                  finished_at=utc_now())
-    report_uri = store.write_report("embed", run_id, report)
     if any(t["duplicate_ids"] for t in totals.values()):
-        raise RuntimeError(f"duplicate ids under {store.uri('embeddings', encoder_id)}: {totals}")
+        raise RuntimeError(f"duplicate ids under {plan.store.uri('embeddings', plan.encoder_id)}: {totals}")
+    return totals, reasons
+
+
+def print_summary(store: Store, encoder_id: str, counts: dict, totals: dict, reasons: dict, report_uri: str) -> None:
     for kind, c in counts.items():
         print(f"{kind}: {c['embedded']:,} embedded, {c['quarantined']:,} quarantined this run "
               f"({c.get('per_second', 0)}/s); stored {totals[kind]['rows']:,}")
     if reasons:
         print("quarantined photos: " + ", ".join(f"{k} {v}" for k, v in sorted(reasons.items())))
     print(f"embeddings: {store.uri('embeddings', encoder_id)}; report: {report_uri}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from showcase_core.encoders.embed import EMBED_REASONS, embeddings_dir
+
+    cfg = parse_args("embed", Settings, argv)
+    kinds = cfg.kinds.split(",")
+    store = open_store(cfg.root)
+    check_tables(store, kinds)
+    spec = encoder_spec(store, cfg)
+    encoder_id, image_size = identify_encoder(spec)
+
+    run_id, timer = new_run_id(), Timer()
+    report = new_report("embed", cfg, run_id)
+    start_ray()
+    plan = make_plan(store, cfg, spec, encoder_id, image_size, run_id)
+    counts = {kind: embed_kind(plan, kind, timer) for kind in kinds}
+    store.delete_dir(plan.staging)
+    totals, reasons = stored_totals(plan)
+
+    registry.publish_encoder(store, encoder_id, spec, image_size=image_size)
+
+    report.update(counts={"this_run": counts, "stored": totals, "quarantined_by_reason": reasons},
+                  reason_codes={k: EMBED_REASONS[k] for k in reasons}, encoder_id=encoder_id, encoder_spec=spec,
+                  outputs={k: store.uri(embeddings_dir(encoder_id, k)) for k in TABLES},
+                  peak_driver_rss_mb=round(plan.peak_rss / 2**20, 1), timings_s=timer.timings, versions=versions(),
+                  finished_at=utc_now())
+    print_summary(store, encoder_id, counts, totals, reasons, store.write_report("embed", run_id, report))
     return 0
 
 

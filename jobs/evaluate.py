@@ -1,109 +1,74 @@
-"""Evaluation tables: ``python -m jobs.evaluate --root ROOT --stage selection|dataset|all``.
+"""Evaluation reports: ``python -m jobs.evaluate --root ROOT --stage dataset|selection|generation|all``.
 
-- ``selection``: the paper's Table 3 on the test split: rows random / img / text / img+text (the latest DPP models),
-  columns Prec@3, Recall@3, F1@3, Div@3 (in %), next to the paper's numbers.
 - ``dataset``: Table 1 counts of the published tables, the explanation classifier Φ's held-out AUC/F1 when
-  ``jobs.distill`` has trained one, and the paper's visual diversity in three levels (Intra-Business, Inter-User,
-  Intra-User; Appendix B) over the CLIP image embeddings, with a histogram per level (PNG).
+  ``jobs.distill`` has trained one, and the paper's visual diversity in three levels over the CLIP image embeddings,
+  with a histogram per level (PNG).
+- ``selection``: the paper's Table 3: random / img / text / img+text (the latest DPP models), Prec/Recall/F1/Div@K.
+- ``generation``: Table 2/4: every variant of the latest PC²L explaining the DPP's K picks, with Figure 6's plots.
 
-Each stage writes Markdown (+ PNG) under ``ROOT/reports/evaluate/``; the run's JSON report holds every number.
+The procedures are ``showcase_core.evaluation``'s; this job reads the store and the registry, and writes each stage's
+Markdown (+ PNG) under ``ROOT/reports/evaluate/<run>/``; the run's JSON report holds every number.
 """
 
 from __future__ import annotations
 
-import json
 import sys
+from typing import Literal
 
-from showcase_core.generation import DECODING
-from showcase_core.store import StoreError, filesystem_for, new_run_id, read_text, utc_now, write_bytes_atomic
+from showcase_core import evaluation, registry
+from showcase_core.data.schema import SPLITS
+from showcase_core.evaluation import GENERATION_COLUMNS, PAPER_PHI
+from showcase_core.store import Store, StoreError, new_run_id, utc_now, write_bytes_atomic
 
-from .common import UserError, new_report, open_store, parse_args, resolve_encoder_id, run, versions
+from .common import DecodingSettings, UserError, new_report, open_store, parse_args, run, setting, versions
 
-DEFAULTS = {"root": None, "stage": "all", "split": "test", "k": 3, "seed": 0, "beams": 2, **DECODING,
-            "encoder": "latest"}  # the dataset stage's image embeddings: latest trained CLIP, or an encoder_id
 STAGES = ("dataset", "selection", "generation")
-PAPER_TABLE4 = {  # Table 4 of the paper (%): its baseline is CE only; its CCL / PCL rows add vanilla CL for the other
-    "ce": {"bleu1": 7.96, "distinct2": 25.90, "clip_align": 82.50},  # modality, which ours leave out
-    "pc2l": {"bleu1": 10.40, "distinct2": 28.58, "clip_align": 85.31},
-}
-GENERATION_ORDER = ("ce", "ce+ccl", "ce+pcl", "pc2l")
-PAPER_DIVERSITY = {"intra_business": 0.39}  # Gest's, the one figure the paper's text gives (§3.2)
-PAPER_TABLE3 = {  # Table 3 of the paper, in %
-    "random": {"precision": 4.87, "recall": 6.14, "f1": 5.43, "div": 30.24},
-    "img": {"precision": 25.21, "recall": 34.05, "f1": 28.97, "div": 17.12},
-    "text": {"precision": 15.28, "recall": 20.58, "f1": 17.54, "div": 18.68},
-    "img+text": {"precision": 25.21, "recall": 34.37, "f1": 29.09, "div": 17.07},
-}
+ALL_PHOTOS = 10**9  # no cap on a ground set: the evaluation ranks every photo of the business
 
 
-def selection_table(store, split: str, k: int, seed: int) -> dict:
-    from showcase_core.selection.kernel import load_dpp
-    from showcase_core.selection.training import evaluate_picks, random_baseline, select
+class Settings(DecodingSettings):
+    """Evaluation reports: dataset (Table 1, visual diversity), selection (Table 3), generation (Table 2/4)."""
 
-    from .train_dpp import load_selection_data
-
-    try:
-        latest = store.read_json("models/dpp/_LATEST.json")
-    except StoreError:
-        raise UserError(f"no trained DPP under {store.root}/models/dpp (run `showcase train_dpp`)") from None
-    data = load_selection_data(store.root, latest["encoder_id"], max_ground=10**9, splits=(split,))
-    examples = data.splits[split]
-    if not len(examples):
-        raise UserError(f"no {split}-split examples with embedded photos")
-    rows = {"random": random_baseline(data, examples, k, seed)}
-    for modality in sorted(latest["models"], key=lambda m: list(PAPER_TABLE3).index(m) if m in PAPER_TABLE3 else 99):
-        model, _ = load_dpp(latest["models"][modality])
-        rows[modality] = evaluate_picks(data, examples, select(model, data, examples, k), k)
-    return {"split": split, "k": k, "examples": len(examples), "skipped": data.skipped[split],
-            "encoder_id": latest["encoder_id"], "dpp_version": latest["version"],
-            "rows": [{"method": name, **row, "paper": PAPER_TABLE3.get(name)} for name, row in rows.items()]}
+    stage: Literal[("all", *STAGES)] = setting("all", "which report (all: every one)")
+    split: Literal[SPLITS] = setting("test", "the split evaluated")
+    k: int = setting(3, "photos picked per (user, business): @K of Table 3 and the generator's input", ge=1)
+    seed: int = setting(0, "seed of the random baseline's picks")
+    encoder: str = setting("latest", "the dataset report's image embeddings: latest (the latest trained CLIP's) or "
+                                     "an encoder id")
 
 
-def selection_markdown(table: dict) -> str:
-    k = table["k"]
-    lines = [f"Table 3: personalized image selection on the {table['split']} split "
-             f"({table['examples']:,} (user, business) pairs), in %. Paper's numbers in brackets.", "",
-             f"| method | Prec@{k} | Recall@{k} | F1@{k} | Div@{k} |", "|---|---:|---:|---:|---:|"]
-    for row in table["rows"]:
-        name, paper = row["method"], row["paper"] or {}
-        cells = [f"{100 * row[m]:.2f} ({paper[m]:.2f})" if m in paper else f"{100 * row[m]:.2f}"
-                 for m in ("precision", "recall", "f1", "div")]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    f1 = {r["method"]: r["f1"] for r in table["rows"]}
-    order = " > ".join(sorted(f1, key=f1.get, reverse=True))
-    lines += ["", f"F1 order here: {order}; in the paper: img+text > img > text > random."]
-    if "img+text" in f1 and f1["random"] > 0:
-        lines.append(f"img+text F1@{k} is {f1['img+text'] / f1['random']:.2f}x random (paper: 5.36x).")
-    return "\n".join(lines)
+# -- dataset: Table 1 and visual diversity ----------------------------------------------------------------------
+
+def phi_metrics(store: Store) -> dict | None:
+    """Φ's held-out test metrics when distill has published one."""
+    if not registry.is_published(store, "alignment"):
+        return None
+    entry = registry.latest(store, "alignment")
+    return {"uri": entry.uri, **entry.metrics["test"], "paper": PAPER_PHI}
 
 
-def dataset_table(store, cfg: dict) -> dict:
+def dataset_table(store: Store, cfg: Settings) -> dict:
     from showcase_core.data.summary import dataset_summary
     from showcase_core.encoders.embed import read_embeddings
-    from showcase_core.metrics.diversity import visual_diversity
 
-    
-    encoder_id = resolve_encoder_id(store, cfg["encoder"])
+    encoder_id = registry.resolve_encoder_id(store, cfg.encoder)
     try:
         summary = dataset_summary(store)
         images = store.read_table("images", ["image_id", "user_id", "business_id"])
         embeddings = read_embeddings(store, encoder_id, "images")
     except StoreError as e:
         raise UserError(f"{e}; the dataset report needs ingested tables and image embeddings") from None
-    row_of = {i: n for n, i in enumerate(embeddings.column("id").to_pylist())}
-    keep = [(row_of[i], u, b) for i, u, b in zip(*(images.column(c).to_pylist()
-                                                  for c in ("image_id", "user_id", "business_id"))) if i in row_of]
-    matrix = embeddings.column("embedding").combine_chunks().flatten().to_numpy().reshape(len(row_of), -1)
-    diversity = visual_diversity(matrix[[k[0] for k in keep]], [k[2] for k in keep], [k[1] for k in keep])
-    phi = None
-    if store.exists("models/alignment/_LATEST.json"):
-        latest = store.read_json("models/alignment/_LATEST.json")
-        card = json.loads(read_text(*filesystem_for(latest["uri"].rstrip("/") + "/card.json")))
-        phi = {"uri": latest["uri"], **card["metrics"]["test"], "paper": card["paper"]}
-    return {"summary": summary, "encoder_id": encoder_id, "photos_embedded": len(keep), "alignment_classifier": phi,
-            "diversity": {level: {"div": d["div"], "pairs": d["pairs"], "groups": len(d["groups"]),
-                                  "paper": PAPER_DIVERSITY.get(level)} for level, d in diversity.items()},
-            "_groups": {level: d["groups"] for level, d in diversity.items()}}
+    diversity = evaluation.dataset_diversity(images, embeddings)
+    return {"summary": summary, "encoder_id": encoder_id, "photos_embedded": diversity["photos_embedded"],
+            "alignment_classifier": phi_metrics(store), "diversity": diversity["diversity"],
+            "_groups": diversity["groups"]}
+
+
+def dataset_report(store: Store, cfg: Settings) -> tuple[dict, str, dict]:
+    table = dataset_table(store, cfg)
+    files = diversity_plots(table)
+    del table["_groups"]
+    return table, dataset_markdown(table), files
 
 
 def dataset_markdown(table: dict) -> str:
@@ -141,113 +106,87 @@ def diversity_plots(table: dict) -> dict[str, bytes]:
     return out
 
 
-def generation_table(store, cfg: dict) -> dict:
-    """Table 2/4-style rows on the test split: each trained PC²L variant decoding (beam 2) from the DPP's K picks and
-    the user's history, scored against the ground-truth explanations; ground truth itself for diversity."""
-    import numpy as np
+# -- selection: Table 3 ---------------------------------------------------------------------------------------
 
-    from showcase_core.data.alignment import load_classifier, split_sentences
-    from showcase_core.encoders.clip import load_encoder
-    from showcase_core.generation.decode import generate
-    from showcase_core.generation.model import load_pc2l
-    from showcase_core.metrics.embedding import clip_align, clip_score
-    from showcase_core.metrics.grounding import grounding_rate, photo_entities
-    from showcase_core.metrics.keywords import keyword_coverage, length_histogram
-    from showcase_core.metrics.text import bertscore, distinct_n, repetition, text_metrics
-    from showcase_core.selection.kernel import load_dpp
-    from showcase_core.selection.training import select
+def selection_table(store: Store, cfg: Settings) -> dict:
+    from showcase_core.selection.data import load_selection_data
 
-    from .distill import encoder_spec
-    from .train_dpp import load_selection_data
-    from .train_pc2l import load_examples
-
-    latest = {}
-    for name, hint in (("pc2l", "train_pc2l"), ("dpp", "train_dpp"), ("alignment", "distill")):
-        try:
-            latest[name] = store.read_json(f"models/{name}/_LATEST.json")
-        except StoreError:
-            raise UserError(f"no trained {name} model under {store.root}/models/{name} (run `showcase {hint}`)") from None
-    encoder_id = latest["pc2l"]["encoder_id"]
-    _, first_config = load_model_config(next(iter(latest["pc2l"]["models"].values())))
-    targets = first_config.get("targets", "sentences")
-    splits, _ = load_examples(store.root, encoder_id, targets, (cfg["split"],), first_config["max_photos"],
-                              first_config["max_history"])
-    examples = splits[cfg["split"]]
+    entry = registry.latest(store, "dpp")
+    registry.check_files(*entry.variants.values())
+    try:
+        data = load_selection_data(store, entry.encoder_id, max_ground=ALL_PHOTOS, splits=(cfg.split,))
+    except StoreError as e:
+        raise UserError(f"{e}; the selection report needs ingested tables and embeddings") from None
+    examples = data.splits[cfg.split]
     if not len(examples):
-        raise UserError(f"no {cfg['split']}-split examples with an explanation and embedded photos")
-    # the photos at inference: the DPP's K picks for each (user, business), best available modality
-    data = load_selection_data(store.root, latest["dpp"]["encoder_id"], 10**9, (cfg["split"],))
-    modality = next(m for m in ("img+text", "img", "text") if m in latest["dpp"]["models"])
-    dpp, _ = load_dpp(latest["dpp"]["models"][modality])
-    sel = data.splits[cfg["split"]]
-    picks = select(dpp, data, sel, cfg["k"])
-    picked = {(u, b): [data.photo_ids[p] for p in row if p >= 0] for u, b, row in zip(sel.user_ids, sel.business_ids,
-                                                                                     picks)}
-    row_of = {p: i for i, p in enumerate(data.photo_ids)}
-    photo_lists = [picked.get((u, b)) or pics for u, b, pics in zip(examples.user_ids, examples.business_ids,
-                                                                   examples.photo_ids)]
-    photos, photo_mask = pack_photos([[data.photo_vecs[row_of[p]] for p in pics] for pics in photo_lists],
-                                     first_config["max_photos"])
-    sentences = store.read_table(targets, ["pic_ids", "entities"])
-    entities = photo_entities(sentences.column("pic_ids").to_pylist(), sentences.column("entities").to_pylist())
-    shown = [set().union(*(entities.get(p, set()) for p in pics)) for pics in photo_lists]
-    encoder = load_encoder(**encoder_spec(store, encoder_id), device="cpu")
-    phi, _ = load_classifier(latest["alignment"]["uri"])
-    image_sets = [np.stack([data.photo_vecs[row_of[p]] for p in pics]) for pics in photo_lists]
-    refs = examples.targets
-
-    rows, outputs = [], {}
-    for variant in sorted(latest["pc2l"]["models"], key=lambda v: GENERATION_ORDER.index(v)
-                          if v in GENERATION_ORDER else 99):
-        model, tokenizer, _ = load_pc2l(latest["pc2l"]["models"][variant])
-        hyps = []
-        for start in range(0, len(examples), 64):
-            sl = slice(start, start + 64)
-            hyps += generate(model, tokenizer, photos[sl], photo_mask[sl], examples.history[sl],
-                             examples.history_mask[sl], num_beams=cfg["beams"], **{k: cfg[k] for k in DECODING})
-        sentence_sets = [encoder.encode_texts(split_sentences(h)) if split_sentences(h) else np.zeros((0, 1))
-                         for h in hyps]
-        scores = text_metrics(hyps, refs)
-        row = {"method": variant, **{key: scores[name] for key, name in GENERATION_COLUMNS if name in scores},
-               "meteor_mode": scores["meteor_mode"]}
-        row.update(clip_align=100 * clip_align(image_sets, sentence_sets, phi)["score"],
-                   clip_score=100 * clip_score(image_sets, sentence_sets)["score"],
-                   bertscore=100 * bertscore(hyps, refs)["f1"], grounding=grounding_rate(hyps, shown)["rate"],
-                   **repetition(hyps), paper=PAPER_TABLE4.get(variant))
-        rows.append(row)
-        outputs[variant] = hyps
-    rows.append({"method": "ground truth", "distinct1": 100 * distinct_n(refs, 1), "distinct2": 100 * distinct_n(refs, 2),
-                 "grounding": grounding_rate(refs, shown)["rate"], **repetition(refs)})
-    compare = "pc2l" if "pc2l" in outputs else next(iter(outputs))
-    baseline = "ce" if "ce" in outputs else None
-    samples = [{"review_id": r, "photos": p, "reference": ref, **{v: outputs[v][i] for v in outputs}}
-               for i, (r, p, ref) in enumerate(zip(examples.review_ids, photo_lists, refs)) if i < 10]
-    return {"split": cfg["split"], "examples": len(examples), "beams": cfg["beams"], "k": cfg["k"],
-            "photos_from": f"DPP {modality} picks (K={cfg['k']})", "pc2l_version": latest["pc2l"]["version"],
-            "rows": rows, "samples": samples,
-            "lengths": {"ground truth": length_histogram(refs), **{v: length_histogram(h) for v, h in outputs.items()}},
-            "keyword_coverage": {v: keyword_coverage(outputs[v], refs) for v in {compare, baseline} - {None}}}
+        raise UserError(f"no {cfg.split}-split examples with embedded photos")
+    return {"split": cfg.split, "k": cfg.k, "examples": len(examples), "skipped": data.skipped[cfg.split],
+            "encoder_id": entry.encoder_id, "dpp_version": entry.version,
+            "rows": evaluation.selection_rows(data, examples, entry.variants, cfg.k, cfg.seed)}
 
 
-def load_model_config(uri: str) -> tuple[dict, dict]:
-    from showcase_core.store import filesystem_for as _fs
-
-    fs, base = _fs(uri)
-    config = json.loads(read_text(fs, base.rstrip("/") + "/config.json"))
-    card = json.loads(read_text(fs, base.rstrip("/") + "/card.json"))
-    return card, {**config, "targets": card.get("targets", "sentences")}
+def selection_report(store: Store, cfg: Settings) -> tuple[dict, str, dict]:
+    table = selection_table(store, cfg)
+    return table, selection_markdown(table), {}
 
 
-def pack_photos(vector_lists, width: int):
-    from showcase_core.generation.data import pack
+def selection_markdown(table: dict) -> str:
+    k = table["k"]
+    lines = [f"Table 3: personalized image selection on the {table['split']} split "
+             f"({table['examples']:,} (user, business) pairs), in %. Paper's numbers in brackets.", "",
+             f"| method | Prec@{k} | Recall@{k} | F1@{k} | Div@{k} |", "|---|---:|---:|---:|---:|"]
+    for row in table["rows"]:
+        name, paper = row["method"], row["paper"] or {}
+        cells = [f"{100 * row[m]:.2f} ({paper[m]:.2f})" if m in paper else f"{100 * row[m]:.2f}"
+                 for m in ("precision", "recall", "f1", "div")]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    f1 = {r["method"]: r["f1"] for r in table["rows"]}
+    order = " > ".join(sorted(f1, key=f1.get, reverse=True))
+    lines += ["", f"F1 order here: {order}; in the paper: img+text > img > text > random."]
+    if "img+text" in f1 and f1["random"] > 0:
+        lines.append(f"img+text F1@{k} is {f1['img+text'] / f1['random']:.2f}x random (paper: 5.36x).")
+    return "\n".join(lines)
 
-    return pack(vector_lists, width, len(vector_lists[0][0]))
+
+# -- generation: Table 2/4 and Figure 6 --------------------------------------------------------------------------
+
+def generation_table(store: Store, cfg: Settings) -> dict:
+    """The latest PC²L's variants explaining the latest DPP's K picks of the split's examples."""
+    from showcase_core.data.alignment import load_classifier
+    from showcase_core.encoders.clip import load_encoder
+    from showcase_core.generation.data import load_generation_examples
+    from showcase_core.model_files import load_model_config
+    from showcase_core.selection.data import load_selection_data
+    from showcase_core.selection.kernel import load_dpp
+
+    pc2l, dpp, phi = (registry.latest(store, name) for name in ("pc2l", "dpp", "alignment"))
+    registry.check_files(*pc2l.variants.values(), *dpp.variants.values(), phi.uri)
+    config = load_model_config(next(iter(pc2l.variants.values())), "PC2L model")
+    targets = pc2l.extra.get("targets", "sentences")
+    try:
+        splits, _ = load_generation_examples(store, pc2l.encoder_id, targets, (cfg.split,), config["max_photos"],
+                                             config["max_history"])
+        data = load_selection_data(store, dpp.encoder_id, ALL_PHOTOS, (cfg.split,))
+    except StoreError as e:
+        raise UserError(f"{e}; the generation report needs ingested tables, embeddings and the {targets} table") \
+            from None
+    examples = splits[cfg.split]
+    if not len(examples):
+        raise UserError(f"no {cfg.split}-split examples with an explanation and embedded photos")
+    modality = evaluation.best_modality(dpp.variants)
+    photo_lists = evaluation.showcase_photos(load_dpp(dpp.variant(modality))[0], data, data.splits[cfg.split],
+                                             examples, cfg.k)
+    encoder = load_encoder(**registry.encoder(store, pc2l.encoder_id).extra["spec"], device="cpu")
+    table = evaluation.generation_table(examples, photo_lists, data, pc2l.variants, encoder,
+                                        load_classifier(phi.uri)[0], store.read_table(targets, ["pic_ids", "entities"]),
+                                        cfg.beams, cfg.decoding())
+    return {"split": cfg.split, "beams": cfg.beams, "k": cfg.k, "photos_from": f"DPP {modality} picks (K={cfg.k})",
+            "pc2l_version": pc2l.version, **table}
 
 
-GENERATION_COLUMNS = [("bleu1", "BLEU-1"), ("bleu4", "BLEU-4"), ("meteor", "METEOR"), ("nist", "NIST"),
-                      ("distinct1", "Distinct-1"), ("distinct2", "Distinct-2"), ("clip_align", "CLIP-Align"),
-                      ("clip_score", "CLIP-Score"), ("bertscore", "BERTScore"), ("grounding", "grounding"),
-                      ("repeats", "repeats a sentence"), ("sentences", "sentences")]
+def generation_report(store: Store, cfg: Settings) -> tuple[dict, str, dict]:
+    table = generation_table(store, cfg)
+    return table, generation_markdown(table), generation_plots(table)
 
 
 def generation_markdown(table: dict) -> str:
@@ -275,6 +214,8 @@ def generation_markdown(table: dict) -> str:
                  "(a lower bound); BERTScore uses all-MiniLM-L6-v2, not the paper's RoBERTa-large.")
     return "\n".join(lines)
 
+
+# -- plots ------------------------------------------------------------------------------------------------------
 
 def _pyplot():
     import matplotlib
@@ -322,39 +263,34 @@ def generation_plots(table: dict) -> dict[str, bytes]:
     return out
 
 
+REPORTS = {"dataset": dataset_report, "selection": selection_report, "generation": generation_report}
+
+
+def write_outputs(store: Store, run_id: str, stage: str, markdown: str, files: dict[str, bytes]) -> dict[str, str]:
+    """The stage's Markdown and plots under reports/evaluate/<run>/: name -> URI."""
+    out = {}
+    for name, data in {f"{stage}.md": (markdown + "\n").encode(), **files}.items():
+        rel = f"reports/evaluate/{run_id}/{name}"
+        write_bytes_atomic(store.fs, store.path(rel), data)
+        out[name] = store.uri(rel)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    cfg = parse_args("evaluate", DEFAULTS, argv)
-    stages = STAGES if cfg["stage"] == "all" else (cfg["stage"],)
-    if set(stages) - set(STAGES):
-        raise UserError(f"--stage must be one of {', '.join(STAGES)} or all, got {cfg['stage']!r}")
-    store = open_store(cfg["root"])
+    cfg = parse_args("evaluate", Settings, argv)
+    store = open_store(cfg.root)
     run_id = new_run_id()
     report = new_report("evaluate", cfg, run_id)
+
     outputs = {}
-    for stage in stages:
-        files = {}
-        if stage == "selection":
-            table = selection_table(store, cfg["split"], cfg["k"], cfg["seed"])
-            markdown = selection_markdown(table)
-        elif stage == "generation":
-            table = generation_table(store, cfg)
-            markdown = generation_markdown(table)
-            files = generation_plots(table)
-        else:
-            table = dataset_table(store, cfg)
-            markdown = dataset_markdown(table)
-            files = diversity_plots(table)
-            del table["_groups"]
+    for stage in STAGES if cfg.stage == "all" else (cfg.stage,):
+        table, markdown, files = REPORTS[stage](store, cfg)
         report[stage] = table
-        outputs[stage] = {}
-        for name, data in {f"{stage}.md": (markdown + "\n").encode(), **files}.items():
-            rel = f"reports/evaluate/{run_id}/{name}"
-            write_bytes_atomic(store.fs, store.path(rel), data)
-            outputs[stage][name] = store.uri(rel)
+        outputs[stage] = write_outputs(store, run_id, stage, markdown, files)
         print(markdown + "\n")
+
     report.update(outputs=outputs, versions=versions(), finished_at=utc_now())
-    uri = store.write_json(f"reports/evaluate/{run_id}.json", report)
-    print(f"\nreport: {uri}")
+    print(f"\nreport: {store.write_json(f'reports/evaluate/{run_id}.json', report)}")
     return 0
 
 

@@ -23,21 +23,26 @@ import numpy as np
 import pyarrow as pa
 
 from showcase_core import features as F
+from showcase_core import registry
 from showcase_core import tables as delta
 from showcase_core.store import new_run_id, utc_now
 
-from .common import (Timer, UserError, new_report, open_store, parse_args, read_table_dataset, resolve_encoder_id, run,
+from .common import (JobSettings, Timer, new_report, open_store, parse_args, read_table_dataset, run, setting,
                      start_ray, versions)
 
-DEFAULTS = {
-    "root": None,
-    "encoder": "latest",  # latest = the encoder of the newest trained CLIP, or an encoder id under ROOT/embeddings
-    "max_history": F.MAX_HISTORY,  # history reviews kept per pair for the generator (>= the generator's max_history)
-    "max_ground_set": F.MAX_GROUND_SET,  # photos of a business the DPP chooses from, the newest first
-    "users_per_bucket": 4096,  # reviews per users-table bucket (a task's group, a lookup's partition)
-    "photos_per_bucket": 65536,  # photos per businesses-table bucket
-    "run_id": "",
-}
+
+class Settings(JobSettings):
+    """Build the feature tables (users' profiles, businesses' ground sets) of one encoder's embeddings."""
+
+    encoder: str = setting("latest", "whose embeddings: latest (the latest trained CLIP's) or an encoder id")
+    max_history: int = setting(F.MAX_HISTORY, "history reviews kept per user and pair (at least the generator's "
+                                              "max_history)", ge=1)
+    max_ground_set: int = setting(F.MAX_GROUND_SET, "photos of a business the DPP chooses from, the newest first",
+                                  ge=1)
+    users_per_bucket: int = setting(4096, "reviews per users-table bucket (a task's group, a lookup's partition)",
+                                    ge=1)
+    photos_per_bucket: int = setting(65536, "photos per businesses-table bucket", ge=1)
+    run_id: str = setting("", "this run's id (empty: a new one)")
 ENTRY = pa.schema([("key", pa.string()), ("business_id", pa.string()), ("entry_id", pa.string()),
                    ("uri", pa.string()), ("time_ms", pa.int64()), ("kind", pa.string()),
                    ("embedding", pa.list_(pa.float32())), ("table", pa.string()), ("bucket", pa.int64())])
@@ -46,7 +51,10 @@ ENTRY = pa.schema([("key", pa.string()), ("business_id", pa.string()), ("entry_i
 def _entries(batch: pa.Table, key: str, kind: str, table: str, buckets: int) -> pa.Table:
     """Joined rows -> the ENTRY layout, for ``table``'s bucket of ``key``."""
     n = batch.num_rows
-    column = lambda name: batch.column(name) if name in batch.column_names else pa.nulls(n)  # noqa: E731
+
+    def column(name: str):
+        return batch.column(name) if name in batch.column_names else pa.nulls(n)
+
     return pa.table({"key": column(key).cast(pa.string()), "business_id": column("business_id").cast(pa.string()),
                      "entry_id": column("entry_id").cast(pa.string()), "uri": column("uri").cast(pa.string()),
                      "time_ms": column("time_ms").cast(pa.int64()), "kind": pa.array([kind] * n, pa.string()),
@@ -105,59 +113,59 @@ class BucketWriter:
         return pa.table({**{k: [v] for k, v in record.items()}, "table": [kind]})
 
 
-def main(argv: list[str] | None = None) -> int:
-    import ray
-
-    cfg = parse_args("features", DEFAULTS, argv)
-    for key in ("max_history", "max_ground_set", "users_per_bucket", "photos_per_bucket"):
-        if cfg[key] < 1:
-            raise UserError(f"--{key.replace('_', '-')} must be >= 1, got {cfg[key]}")
-    store = open_store(cfg["root"])
-    encoder_id = resolve_encoder_id(store, cfg["encoder"])
-    if not store.exists(f"embeddings/{encoder_id}/_ENCODER.json"):
-        raise UserError(f"no embeddings of encoder {encoder_id} under {store.root} (run `showcase embed`)")
-    run_id = cfg["run_id"] or new_run_id()
-    report, timer = new_report("features", cfg, run_id), Timer()
+def plan(store, encoder_id: str, cfg: Settings) -> dict:
+    """The table versions this run reads (pinned), the embedding width and each table's bucket count."""
     pinned = {name: delta.current_version(store, f"tables/{name}", store.table_version(name)["version"])
               for name in ("reviews", "images")}
     embedded = {kind: delta.open_table(store, f"embeddings/{encoder_id}/{kind}").version() for kind in ("images", "texts")}
-    dim = _dim_of(store, encoder_id)
     review_rows, image_rows = (delta.rows(store, f"tables/{n}", pinned[n]) for n in ("reviews", "images"))
-    buckets = {"users": F.buckets_for(review_rows, cfg["users_per_bucket"]),
-               "businesses": F.buckets_for(image_rows, cfg["photos_per_bucket"])}
+    buckets = {"users": F.buckets_for(review_rows, cfg.users_per_bucket),
+               "businesses": F.buckets_for(image_rows, cfg.photos_per_bucket)}
     print(f"[features] encoder {encoder_id}: {review_rows:,} reviews, {image_rows:,} photos -> "
           f"{buckets['users']} user buckets, {buckets['businesses']} business buckets", file=sys.stderr, flush=True)
+    return {"pinned": pinned, "embedded": embedded, "dim": _dim_of(store, encoder_id), "buckets": buckets,
+            "photos": image_rows}
 
-    start_ray()
+
+def write_buckets(store, encoder_id: str, run_id: str, cfg: Settings, inputs: dict) -> list[dict]:
+    """Ray Data: join entries with their vectors, shuffle by (table, bucket), one data file per bucket."""
+    import ray
+
+    pinned, embedded, buckets = inputs["pinned"], inputs["embedded"], inputs["buckets"]
     # hash partitions per shuffle: one per CPU, fewer on small data (each partition is an aggregator actor)
-    parts = max(1, min(int(ray.cluster_resources().get("CPU", 2)), F.buckets_for(image_rows, 100_000)))
-    reviews = lambda cols: read_table_dataset(store, "tables/reviews", pinned["reviews"], cols)  # noqa: E731
+    parts = max(1, min(int(ray.cluster_resources().get("CPU", 2)), F.buckets_for(inputs["photos"], 100_000)))
+
+    def reviews(columns):
+        return read_table_dataset(store, "tables/reviews", pinned["reviews"], columns)
+
+    def entries(ds, key: str, kind: str, table: str):
+        return ds.map_batches(_entries, batch_format="pyarrow",
+                              fn_kwargs={"key": key, "kind": kind, "table": table, "buckets": buckets[table]})
+
     images = read_table_dataset(store, "tables/images", pinned["images"],
                                 ["image_id", "review_id", "user_id", "business_id", "uri"])
     image_vectors = read_table_dataset(store, f"embeddings/{encoder_id}/images", embedded["images"])
     text_vectors = read_table_dataset(store, f"embeddings/{encoder_id}/texts", embedded["texts"])
-    times = reviews(["review_id", "time_ms"])
-    photos = (images.join(times, "inner", parts, on=("review_id",))
+    photos = (images.join(reviews(["review_id", "time_ms"]), "inner", parts, on=("review_id",))
               .join(image_vectors, "inner", parts, on=("image_id",), right_on=("id",))
               .rename_columns({"image_id": "entry_id"}))
     texts = (reviews(["review_id", "user_id", "business_id", "time_ms", "history"])
              .map_batches(_review_texts, batch_format="pyarrow")
              .join(text_vectors, "inner", parts, on=("entry_id",), right_on=("id",)))
-    def entries(ds, key: str, kind: str, table: str):
-        return ds.map_batches(_entries, batch_format="pyarrow",
-                              fn_kwargs={"key": key, "kind": kind, "table": table, "buckets": buckets[table]})
-
     # one shuffle for both tables: each (table, bucket) group becomes one data file
-    plan = entries(photos, "user_id", "photo", "users").union(
+    plan_ds = entries(photos, "user_id", "photo", "users").union(
         entries(texts, "user_id", "text", "users"), entries(photos, "business_id", "photo", "businesses"),
         entries(reviews(["business_id"]), "business_id", "review", "businesses"))
-    with timer("tables"):
-        records = plan.groupby(["table", "bucket"], num_partitions=parts).map_groups(
-            BucketWriter, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(min_size=1, max_size=parts),
-            fn_constructor_kwargs={"root": store.root, "encoder_id": encoder_id, "run_id": run_id, "dim": dim,
-                                   "limits": {"users": cfg["max_history"], "businesses": cfg["max_ground_set"]}}
-        ).take_all()
-    versions_out, counts = {}, {}
+    return plan_ds.groupby(["table", "bucket"], num_partitions=parts).map_groups(
+        BucketWriter, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(min_size=1, max_size=parts),
+        fn_constructor_kwargs={"root": store.root, "encoder_id": encoder_id, "run_id": run_id, "dim": inputs["dim"],
+                               "limits": {"users": cfg.max_history, "businesses": cfg.max_ground_set}}
+    ).take_all()
+
+
+def commit_tables(store, encoder_id: str, run_id: str, records: list[dict], inputs: dict, timer: Timer) -> dict:
+    """Commit each table once (overwrite), reading the pinned versions; {table: version, buckets, rows, files}."""
+    committed_tables = {}
     for kind in ("users", "businesses"):
         rel = F.features_dir(encoder_id, kind)
         files = [{k: r[k] for k in delta.RECORD_KEYS} for r in records if r["table"] == kind]
@@ -165,17 +173,33 @@ def main(argv: list[str] | None = None) -> int:
             committed = delta.commit(store, rel, files, F.USERS if kind == "users" else F.BUSINESSES,
                                      run_id=run_id, stage="features", app_id=f"{rel}/{run_id}", app_version=1,
                                      partition_by=["bucket"], overwrite=True,
-                                     reads={**{f"tables/{n}": v for n, v in pinned.items()},
-                                            **{f"embeddings/{encoder_id}/{k}": v for k, v in embedded.items()}})
-        versions_out[kind] = {"version": committed.version, "buckets": buckets[kind],
-                              "rows": sum(int(r["rows"]) for r in files), "files": len(files)}
-        counts[kind] = versions_out[kind]["rows"]
-        print(f"[features] {kind}: {counts[kind]:,} rows in {len(files)} files, {store.uri(rel)} version "
-              f"{committed.version}", file=sys.stderr, flush=True)
-    meta = {"encoder_id": encoder_id, "dim": int(dim), "run_id": run_id, "completed_at": utc_now(),
-            "max_history": cfg["max_history"], "max_ground_set": cfg["max_ground_set"], "tables": versions_out,
-            "reads": {**pinned, **{f"embeddings/{k}": v for k, v in embedded.items()}}}
-    store.write_json(f"{F.features_dir(encoder_id)}/{F.META}", meta)
+                                     reads={**{f"tables/{n}": v for n, v in inputs["pinned"].items()},
+                                            **{f"embeddings/{encoder_id}/{k}": v
+                                               for k, v in inputs["embedded"].items()}})
+        committed_tables[kind] = {"version": committed.version, "buckets": inputs["buckets"][kind],
+                                  "rows": sum(int(r["rows"]) for r in files), "files": len(files)}
+        print(f"[features] {kind}: {committed_tables[kind]['rows']:,} rows in {len(files)} files, {store.uri(rel)} "
+              f"version {committed.version}", file=sys.stderr, flush=True)
+    return committed_tables
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_args("features", Settings, argv)
+    store = open_store(cfg.root)
+    encoder_id = registry.resolve_encoder_id(store, cfg.encoder)
+    registry.encoder(store, encoder_id)  # its embeddings are there
+    run_id = cfg.run_id or new_run_id()
+    report, timer = new_report("features", cfg, run_id), Timer()
+    inputs = plan(store, encoder_id, cfg)
+    start_ray()
+    with timer("tables"):
+        records = write_buckets(store, encoder_id, run_id, cfg, inputs)
+    committed = commit_tables(store, encoder_id, run_id, records, inputs, timer)
+    meta = {"encoder_id": encoder_id, "dim": int(inputs["dim"]), "run_id": run_id, "completed_at": utc_now(),
+            "max_history": cfg.max_history, "max_ground_set": cfg.max_ground_set, "tables": committed,
+            "reads": {**inputs["pinned"], **{f"embeddings/{k}": v for k, v in inputs["embedded"].items()}}}
+    F.write_meta(store, encoder_id, meta)
+    counts = {kind: t["rows"] for kind, t in committed.items()}
     report.update(status="published", counts=counts, features=meta, timings_s=timer.timings, versions=versions(),
                   finished_at=utc_now())
     print(f"[features] {counts['users']:,} users, {counts['businesses']:,} businesses for encoder {encoder_id}; "

@@ -16,12 +16,29 @@ import re
 import sys
 import time
 
+import pyarrow as pa
+from pydantic import field_validator
+
 from showcase_core.showcase import latest_date, publication, read_showcases
 from showcase_core.store import StoreError, filesystem_for, new_run_id, uri_path, utc_now, write_bytes_atomic
 
-from .common import UserError, new_report, open_store, parse_args, run, versions
+from .common import JobSettings, UserError, new_report, open_store, parse_args, run, setting, versions
 
-DEFAULTS = {"root": None, "date": "", "n": 50}
+
+class Settings(JobSettings):
+    """Write a static HTML page of sample showcases of a published date."""
+
+    date: str = setting("", "the published date to show, YYYY-MM-DD (empty: the newest)")
+    n: int = setting(50, "showcases on the page: the first in (user_id, business_id) order", ge=1)
+
+    @field_validator("date")
+    @classmethod
+    def _a_date(cls, value: str) -> str:
+        if value and not re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
+            raise ValueError(f"--date must look like YYYY-MM-DD, got {value!r}")
+        return value
+
+
 THUMB_PX = 256  # longest side of an embedded photo
 COLUMNS = ["user_id", "business_id", "image_ids", "image_uris", "image_scores", "explanation", "cold_start"]
 
@@ -82,24 +99,17 @@ def card(row: dict, photos: list[tuple[str, float | None, str | None, str | None
             f'<p class="explanation">{esc(row["explanation"] or "")}</p></div>')
 
 
-def main(argv: list[str] | None = None) -> int:
-    cfg = parse_args("gallery", DEFAULTS, argv)
-    if cfg["n"] < 1:
-        raise UserError(f"--n must be at least 1, got {cfg['n']}")
-    if cfg["date"] and not re.fullmatch(r"\d{4}-\d{2}-\d{2}", cfg["date"]):
-        raise UserError(f"--date must look like YYYY-MM-DD, got {cfg['date']!r}")
-    store = open_store(cfg["root"])
+def read_publication(store, date: str) -> tuple[str, dict, pa.Table]:
+    """(date, its publication record, its showcases): the newest published date when none is given."""
     try:
-        date = cfg["date"] or latest_date(store)
-        manifest = publication(store, date)
-        table = read_showcases(store.root, date, columns=COLUMNS)
+        date = date or latest_date(store)
+        return date, publication(store, date), read_showcases(store.root, date, columns=COLUMNS)
     except StoreError as e:
         raise UserError(str(e)) from None
-    run_id = new_run_id()
-    report = new_report("gallery", cfg, run_id)
-    started = time.monotonic()
-    rows = table.sort_by([("user_id", "ascending"), ("business_id", "ascending")]).slice(0, cfg["n"]).to_pylist()
 
+
+def render_cards(rows: list[dict]) -> tuple[list[str], int, list[dict]]:
+    """(one card per showcase, photos embedded, photos missing with the reason)."""
     filesystems: dict = {}  # one filesystem per kind (local, s3): S3 clients are slow to make
     cards, embedded, missing = [], 0, []
     for row in rows:
@@ -117,15 +127,30 @@ def main(argv: list[str] | None = None) -> int:
                 photos.append((image_id, score, None, why(e)))
                 missing.append({"image_id": image_id, "uri": uri, "reason": why(e)})
         cards.append(card(row, photos))
+    return cards, embedded, missing
 
-    title = f"Showcases {date}"
-    page = (f'<!doctype html>\n<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-            f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>"
-            f"<p>run {html.escape(str(manifest.get('run_id', '?')))} · showing {len(rows)} of {table.num_rows} "
-            f"showcases · {embedded} photos, {len(missing)} unavailable · made {utc_now()}</p>"
+
+def page(date: str, manifest: dict, cards: list[str], published: int, embedded: int, missing: int) -> str:
+    title = html.escape(f"Showcases {date}")
+    return (f'<!doctype html>\n<html><head><meta charset="utf-8"><title>{title}</title>'
+            f"<style>{CSS}</style></head><body><h1>{title}</h1>"
+            f"<p>run {html.escape(str(manifest.get('run_id', '?')))} · showing {len(cards)} of {published} "
+            f"showcases · {embedded} photos, {missing} unavailable · made {utc_now()}</p>"
             f'<div class="grid">{"".join(cards)}</div></body></html>\n')
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_args("gallery", Settings, argv)
+    store = open_store(cfg.root)
+    date, manifest, table = read_publication(store, cfg.date)
+    run_id, started = new_run_id(), time.monotonic()
+    report = new_report("gallery", cfg, run_id)
+
+    rows = table.sort_by([("user_id", "ascending"), ("business_id", "ascending")]).slice(0, cfg.n).to_pylist()
+    cards, embedded, missing = render_cards(rows)
     rel = f"reports/gallery/{date}/index.html"
-    write_bytes_atomic(store.fs, store.path(rel), page.encode("utf-8"))
+    write_bytes_atomic(store.fs, store.path(rel),
+                       page(date, manifest, cards, table.num_rows, embedded, len(missing)).encode("utf-8"))
 
     by_reason: dict[str, int] = {}
     for m in missing:

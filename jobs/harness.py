@@ -23,21 +23,34 @@ import tempfile
 from dataclasses import dataclass
 
 import pyarrow.fs as pafs
+from pydantic import field_validator
 
 from showcase_core.store import Store, filesystem_for
 
-from .common import UserError
+from .common import JobSettings, setting
 
-TRAINING_DEFAULTS = {
-    "num_workers": 1,
-    "cpus_per_worker": 2,
-    "use_gpu": False,
-    "max_failures": 2,
-    "run_name": "",  # reuse a name to resume that run from its latest checkpoint
-    "deepspeed_config": "",  # path to a DeepSpeed JSON config (ZeRO stage, bf16, ...); empty = plain DDP
-    "checkpoint_every": 1,  # epochs between checkpoints (the last epoch always has one); resume granularity
-    "fault_exit_after_epoch": -1,  # tests only: the worker process exits once, right after this epoch is reported
-}
+
+class TrainingSettings(JobSettings):
+    """What every train_* job shares: the Ray Train worker group, failures, checkpoints and DeepSpeed."""
+
+    num_workers: int = setting(1, "Ray Train workers (data-parallel ranks)", ge=1)
+    cpus_per_worker: float = setting(2, "CPUs reserved per worker (also its torch threads)", gt=0)
+    use_gpu: bool = setting(False, "one GPU per worker, NCCL instead of gloo")
+    max_failures: int = setting(2, "worker-group restarts from the latest checkpoint before the run fails", ge=0)
+    run_name: str = setting("", "reuse a run name to resume that run from its latest checkpoint")
+    deepspeed_config: str = setting("", "a DeepSpeed JSON config (ZeRO stage 1 or 2, bf16, ...); empty = plain DDP")
+    checkpoint_every: int = setting(1, "epochs between checkpoints (the last epoch always has one)", ge=1)
+    log_every: int = setting(10, "epochs between progress lines (the first and last epoch always have one)", ge=1)
+
+    @field_validator("deepspeed_config")
+    @classmethod
+    def _deepspeed_config_fits(cls, path: str) -> str:
+        if path:
+            check_deepspeed_config(path)
+        return path
+
+
+FAULT_ENV = "SHOWCASE_TEST_FAULT_EXIT_AFTER_EPOCH"  # tests only: rank 0 exits once, right after this epoch
 
 # DeepSpeed's checkpoint tag: its shards go to <checkpoint>/deepspeed/. Not "latest", the name of the file that
 # save_checkpoint(save_latest=True) would write next to the tag directory.
@@ -58,60 +71,61 @@ class Trained:
         return m.module if hasattr(m, "module") else m
 
 
-def check_training_settings(cfg: dict) -> None:
-    if cfg["num_workers"] < 1 or cfg["cpus_per_worker"] <= 0 or cfg["checkpoint_every"] < 1:
-        raise UserError("--num-workers and --checkpoint-every must be >= 1 and --cpus-per-worker > 0")
-    if cfg["deepspeed_config"]:
-        path = cfg["deepspeed_config"]
-        try:
-            with open(path) as f:
-                ds = json.load(f)
-        except OSError:
-            raise UserError(f"--deepspeed-config {path}: no such file") from None
-        except json.JSONDecodeError as e:
-            raise UserError(f"--deepspeed-config {path}: not valid JSON ({e})") from None
-        if not isinstance(ds, dict):
-            raise UserError(f"--deepspeed-config {path}: not a JSON object")
-        # the loops call loss.backward() and optimizer.step() themselves, once per batch: DeepSpeed supports that
-        # (torch-style backward) with ZeRO stage 1 or 2 and no gradient accumulation; stage 3 would also leave the
-        # rank-0 evaluation with partitioned parameters
-        stage = (ds.get("zero_optimization") or {}).get("stage", 0)
-        if stage not in (1, 2) or ds.get("gradient_accumulation_steps", 1) != 1:
-            raise UserError(f"--deepspeed-config {path}: the training loops need zero_optimization.stage 1 or 2 "
-                            f"and gradient_accumulation_steps 1 (got stage {stage}, "
-                            f"gradient_accumulation_steps {ds.get('gradient_accumulation_steps', 1)})")
-        try:
-            import deepspeed  # noqa: F401
-        except ImportError:
-            raise UserError("--deepspeed-config is set but DeepSpeed is not installed (pip install '.[gpu]')") from None
+def check_deepspeed_config(path: str) -> None:
+    """The DeepSpeed JSON file exists and asks for what the loops support; DeepSpeed is installed."""
+    try:
+        with open(path) as f:
+            ds = json.load(f)
+    except OSError:
+        raise ValueError(f"--deepspeed-config {path}: no such file") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--deepspeed-config {path}: not valid JSON ({e})") from None
+    if not isinstance(ds, dict):
+        raise ValueError(f"--deepspeed-config {path}: not a JSON object")
+    # the loops call loss.backward() and optimizer.step() themselves, once per batch: DeepSpeed supports that
+    # (torch-style backward) with ZeRO stage 1 or 2 and no gradient accumulation; stage 3 would also leave the
+    # rank-0 evaluation with partitioned parameters
+    stage = (ds.get("zero_optimization") or {}).get("stage", 0)
+    if stage not in (1, 2) or ds.get("gradient_accumulation_steps", 1) != 1:
+        raise ValueError(f"--deepspeed-config {path}: the training loops need zero_optimization.stage 1 or 2 "
+                         f"and gradient_accumulation_steps 1 (got stage {stage}, "
+                         f"gradient_accumulation_steps {ds.get('gradient_accumulation_steps', 1)})")
+    try:
+        import deepspeed  # noqa: F401
+    except ImportError:
+        raise ValueError("--deepspeed-config is set but DeepSpeed is not installed (pip install '.[gpu]')") from None
 
 
-def fit(stage: str, store: Store, run_name: str, loop, loop_config: dict, cfg: dict):
+def fit(stage: str, store: Store, run_name: str, loop, loop_config: dict, cfg: TrainingSettings):
     """Run ``loop(loop_config)`` on Ray Train workers; returns the ray.train.Result."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    if cfg["deepspeed_config"]:
-        with open(cfg["deepspeed_config"]) as f:
+    if cfg.deepspeed_config:
+        with open(cfg.deepspeed_config) as f:
             loop_config = {**loop_config, "deepspeed": json.load(f)}
     fs, path = filesystem_for(store.uri("checkpoints", stage))
     fs.create_dir(path, recursive=True)
-    resources = {"CPU": cfg["cpus_per_worker"]}
-    if cfg["use_gpu"]:
+    resources = {"CPU": cfg.cpus_per_worker}
+    if cfg.use_gpu:
         resources["GPU"] = 1
     trainer = TorchTrainer(
         train_loop_per_worker=loop,
-        train_loop_config={**loop_config, "fault_exit_after_epoch": cfg["fault_exit_after_epoch"],
+        train_loop_config={**loop_config, "fault_exit_after_epoch": int(os.environ.get(FAULT_ENV, "-1")),
                            "fault_marker": store.uri("checkpoints", stage, run_name, "_fault_injected"),
-                           "cpus_per_worker": cfg["cpus_per_worker"], "checkpoint_every": cfg["checkpoint_every"]},
-        scaling_config=ScalingConfig(num_workers=cfg["num_workers"], use_gpu=cfg["use_gpu"],
+                           "cpus_per_worker": cfg.cpus_per_worker, "checkpoint_every": cfg.checkpoint_every,
+                           "log_every": cfg.log_every},
+        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker=resources),
-        torch_config=TorchConfig(backend="nccl" if cfg["use_gpu"] else "gloo"),
+        torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
         run_config=RunConfig(name=run_name, storage_path=path, storage_filesystem=fs,
-                             failure_config=FailureConfig(max_failures=cfg["max_failures"]),
+                             failure_config=FailureConfig(max_failures=cfg.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2),
                              # progress lines are printed once (Ray Train would also copy prints into its log)
-                             worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}}),
+                             worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}},
+                             # Ray Train's INFO lines (resources requested, worker group started, process group set
+                             # up) stay in its log files (SESSION/logs/train/); its warnings still print
+                             logging_config=LoggingConfig(log_level="WARNING")),
     )
     return trainer.fit()
 
@@ -150,9 +164,13 @@ def prepare(model, optimizer_fn, config: dict) -> Trained:
 
 
 def optimizer_step(trained: Trained):
-    """``step(loss)``: backward and update, by the DeepSpeed engine when there is one (it reduces the gradients and
-    steps its wrapped optimizer), else plain torch (DDP reduces the gradients during backward)."""
-    def step(loss):
+    """``step(loss, lr=None)``: backward and update, by the DeepSpeed engine when there is one (it reduces the
+    gradients and steps its wrapped optimizer), else plain torch (DDP reduces the gradients during backward). An ``lr``
+    is set on every parameter group first (a schedule; under DeepSpeed ``trained.optimizer`` is the engine's)."""
+    def step(loss, lr: float | None = None):
+        if lr is not None:
+            for group in trained.optimizer.param_groups:
+                group["lr"] = lr
         if trained.engine is not None:
             trained.engine.backward(loss)
             trained.engine.step()
@@ -225,11 +243,13 @@ def report_epoch(trained: Trained, metrics: dict, extra: dict, config: dict) -> 
             os._exit(1)  # a hard crash of the worker process, as when a node dies
 
 
-def progress(stage: str, epoch: int, epochs: int, metrics: dict) -> None:
-    """One line per epoch from rank 0 (Ray forwards it to the driver's terminal)."""
+def progress(stage: str, epoch: int, epochs: int, metrics: dict, every: int = 1) -> None:
+    """A line from rank 0 (Ray forwards it to the driver's terminal) for the first epoch, every ``every``-th
+    (``--log-every``) and the last."""
     import ray.train
 
-    if ray.train.get_context().get_world_rank() == 0:
+    shown = epoch == 0 or epoch == epochs - 1 or (epoch + 1) % max(1, every) == 0
+    if shown and ray.train.get_context().get_world_rank() == 0:
         shown = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()
                          if k != "epoch")
         print(f"[{stage}] epoch {epoch + 1}/{epochs} {shown}", flush=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import posixpath
 import sys
+from typing import Literal
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -24,18 +25,29 @@ from showcase_core.data.summary import dataset_summary, summary_markdown
 from showcase_core.store import Store, StoreError, filesystem_for, join_uri, new_run_id, open_binary, utc_now
 from showcase_core.tables import write_file
 
-from .common import Progress, Timer, UserError, new_report, open_store, parse_args, run, start_ray, versions
+from .common import (JobSettings, Progress, Timer, UserError, new_report, open_store, parse_args, run, setting, start_ray,
+                     versions)
 
-DEFAULTS = {"root": None, "gest": None, "format": "auto", "images": None, "sentences": "auto", "seed": 0,
-            "chunk_mb": 64.0}
+class Settings(JobSettings):
+    """Validate Gest files into ROOT/tables (replacing the previous ingest)."""
+
+    gest: str = setting("", "the Gest file: filter_all_t.json (raw), image_review_all.json (s2) or Google Local "
+                            "JSON lines; local or s3://")
+    format: Literal["auto", "s2", "raw", "googlelocal"] = setting("auto", "the file's format (auto: from its name "
+                                                                          "and first bytes)")
+    images: str = setting("", "where photos live as <pic_id>.jpg (empty: images/ beside the Gest file)")
+    sentences: str = setting("auto", "the aligned-sentences JSONL (auto: sentences.jsonl beside the Gest file if "
+                                     "there; none: no sentences table)")
+    seed: int = setting(0, "seed of the train/val/test split of reviews")
+    chunk_mb: float = setting(64.0, "MiB of the input per parallel validation task", gt=0)
 
 
-def _check_inputs(cfg: dict) -> tuple[str, str, str, str | None]:
+def _check_inputs(cfg: Settings) -> tuple[str, str, str, str | None]:
     """Resolve (source, format, images, sentences) or fail with one line; touches only metadata.
 
     Local paths come back absolute: Ray tasks and later jobs open them from other working directories.
     """
-    source = cfg["gest"]
+    source = cfg.gest
     if not source:
         raise UserError("--gest is required: the Gest file (filter_all_t.json, image_review_all.json or Google Local JSON lines)")
     try:
@@ -49,16 +61,14 @@ def _check_inputs(cfg: dict) -> tuple[str, str, str, str | None]:
         raise UserError(f"--gest {source}: no such file")
     if not source.startswith("s3://"):
         source = path
-    fmt = cfg["format"]
+    fmt = cfg.format
     if fmt == "auto":
         with fs.open_input_stream(path) as f:
             head = f.read(4096)
         fmt = detect_format(head, posixpath.basename(path))
         if fmt is None:
             raise UserError(f"--gest {source}: cannot tell its format; pass --format one of {', '.join(FORMATS)}")
-    elif fmt not in FORMATS:
-        raise UserError(f"--format must be one of {', '.join(FORMATS)} or auto, got {fmt!r}")
-    images = cfg["images"] or join_uri(source.rsplit("/", 1)[0] if "/" in source else ".", "images")
+    images = cfg.images or join_uri(source.rsplit("/", 1)[0] if "/" in source else ".", "images")
     try:
         ifs, ipath = filesystem_for(images, fail_fast=True)
         itype = ifs.get_file_info(ipath).type
@@ -68,7 +78,7 @@ def _check_inputs(cfg: dict) -> tuple[str, str, str, str | None]:
         raise UserError(f"--images {images}: no such directory (photos are read from <images>/<pic_id>.jpg)")
     if not images.startswith("s3://"):
         images = ipath  # absolute: the tables are read by other processes, from other directories
-    sentences = cfg["sentences"]
+    sentences = cfg.sentences
     beside = join_uri(source.rsplit("/", 1)[0] if "/" in source else ".", "sentences.jsonl")
     if sentences == "auto":
         sentences = beside if fs.get_file_info(filesystem_for(beside)[1]).type == pafs.FileType.File else None
@@ -102,22 +112,11 @@ def _ingest_sentences(store: Store, run_id: str, uri: str, parts: dict) -> dict:
             "sentence_photo_refs_removed": result["photo_refs_removed"]}
 
 
-def main(argv: list[str] | None = None) -> int:
-    cfg = parse_args("ingest", DEFAULTS, argv)
-    source, fmt, images, sentences = _check_inputs(cfg)
-    store = open_store(cfg["root"])
-    if cfg["chunk_mb"] <= 0:
-        raise UserError("--chunk-mb must be positive")
-
+def stage_chunks(store, staging: str, run_id: str, cfg: Settings, inputs: dict, timer: Timer) -> dict:
+    """Ray tasks: validate byte ranges of the input into staging files, find duplicates, write the data files."""
     import ray
 
-    run_id = new_run_id()
-    report = new_report("ingest", cfg, run_id)
-    report["inputs"] = {"gest": source, "format": fmt, "images": images, "sentences": sentences}
-    timer = Timer()
-    staging = f"tables/_staging/{run_id}"
-    start_ray()
-    root = store.root
+    root, source, fmt, images = store.root, inputs["gest"], inputs["format"], inputs["images"]
 
     @ray.remote
     def stage(index, start, end, present):
@@ -125,26 +124,23 @@ def main(argv: list[str] | None = None) -> int:
 
     @ray.remote
     def finalize(index, drops):
-        return finalize_chunk(Store.open(root), staging, index, run_id, drops, fmt, cfg["seed"], images)
+        return finalize_chunk(Store.open(root), staging, index, run_id, drops, fmt, cfg.seed, images)
 
     with timer("list_photos"):
         present = list_photo_ids(images)
     print(f"[ingest] {len(present):,} photos under {images}", file=sys.stderr, flush=True)
-    chunks = plan_chunks(source, fmt, int(cfg["chunk_mb"] * (1 << 20)))
+    chunks = plan_chunks(source, fmt, int(cfg.chunk_mb * (1 << 20)))
     present_ref = ray.put(present)
     del present
-
     with timer("stage"):
         progress = Progress("ingest", "chunks validated", len(chunks))
         pending = [stage.remote(i, s, e, present_ref) for i, (s, e) in enumerate(chunks)]
-        staged, records = [], 0
+        staged, records = 0, 0
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
-            result = ray.get(done[0])
-            staged.append(result)
-            records += result["records"]
-            progress.update(len(staged), f"{records:,} records")
-
+            records += ray.get(done[0])["records"]
+            staged += 1
+            progress.update(staged, f"{records:,} records")
     with timer("plan"):
         keys = pa.concat_tables(
             pq.read_table(store.path(f"{staging}/reviews-{i:05d}.parquet"), filesystem=store.fs,
@@ -153,55 +149,56 @@ def main(argv: list[str] | None = None) -> int:
         drops = plan_drops(keys, fmt)
         del keys
         pa.default_memory_pool().release_unused()
-
     with timer("finalize"):
-        progress = Progress("ingest", "parts written", len(chunks))
-        pending = [finalize.remote(i, drops_of_chunk(drops, i)) for i in range(len(chunks))]
         parts = {"reviews": [], "images": [], "quarantine": []}
-        finished = 0
-        for result in ray.get(pending):  # in chunk order, so parts keep the input's order
-            for name in parts:
+        for result in ray.get([finalize.remote(i, drops_of_chunk(drops, i)) for i in range(len(chunks))]):
+            for name in parts:  # in chunk order, so parts keep the input's order
                 parts[name].append(result[name])
-            finished += 1
-        progress.update(finished)
+    return {"parts": parts, "records": records}
 
-    sentence_counts = {}
-    if sentences:
-        with timer("sentences"):
-            sentence_counts = _ingest_sentences(store, run_id, sentences, parts)
 
-    with timer("publish"):
-        record = commit_ingest(store, run_id, parts, {"source": source, "format": fmt, "images": images})
-        store.delete_dir(staging)
-
+def ingest_counts(store, record: dict, records_in: int, sentence_counts: dict) -> tuple[dict, dict]:
+    """The report's counts (every input record is a review out or a quarantined record) and the reasons."""
     quarantined: dict[str, int] = {}
     for batch in store.iter_table_batches("quarantine", ["reason"]):
         for reason in batch.column("reason").to_pylist():
             quarantined[reason] = quarantined.get(reason, 0) + 1
-    summary = dataset_summary(store)
-    report["counts"] = {
-        "records_in": records,
-        "reviews_out": record["tables"]["reviews"]["rows"],
-        "images_out": record["tables"]["images"]["rows"],
-        "quarantined": record["tables"]["quarantine"]["rows"],
-        # every input record is either a review out or a quarantined record (photo_missing rows are photos)
-        "records_quarantined": record["tables"]["quarantine"]["rows"] - quarantined.get("photo_missing", 0)
-        - sentence_counts.get("sentences_quarantined", 0),
-        "quarantined_by_reason": dict(sorted(quarantined.items())),
-        **sentence_counts,
-    }
-    report["summary"] = summary
-    report["reason_codes"] = {k: REASONS[k] for k in quarantined}
-    report["outputs"] = {name: {"uri": store.uri("tables", name), **t} for name, t in record["tables"].items()}
-    report["timings_s"] = timer.timings
-    report["versions"] = versions()
-    report["finished_at"] = utc_now()
-    report_uri = store.write_report("ingest", run_id, report)
+    tables = record["tables"]
+    counts = {"records_in": records_in, "reviews_out": tables["reviews"]["rows"], "images_out": tables["images"]["rows"],
+              "quarantined": tables["quarantine"]["rows"],
+              # photo_missing rows are photos, not records
+              "records_quarantined": tables["quarantine"]["rows"] - quarantined.get("photo_missing", 0)
+              - sentence_counts.get("sentences_quarantined", 0),
+              "quarantined_by_reason": dict(sorted(quarantined.items())), **sentence_counts}
+    return counts, quarantined
 
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_args("ingest", Settings, argv)
+    source, fmt, images, sentences = _check_inputs(cfg)
+    store = open_store(cfg.root)
+    run_id, timer = new_run_id(), Timer()
+    report = new_report("ingest", cfg, run_id)
+    report["inputs"] = {"gest": source, "format": fmt, "images": images, "sentences": sentences}
+    staging = f"tables/_staging/{run_id}"
+    start_ray()
+    staged = stage_chunks(store, staging, run_id, cfg, report["inputs"], timer)
+    sentence_counts = {}
+    if sentences:
+        with timer("sentences"):
+            sentence_counts = _ingest_sentences(store, run_id, sentences, staged["parts"])
+    with timer("publish"):
+        record = commit_ingest(store, run_id, staged["parts"], {"source": source, "format": fmt, "images": images})
+        store.delete_dir(staging)
+    counts, quarantined = ingest_counts(store, record, staged["records"], sentence_counts)
+    summary = dataset_summary(store)
+    report.update(counts=counts, summary=summary, reason_codes={k: REASONS[k] for k in quarantined},
+                  outputs={name: {"uri": store.uri("tables", name), **t} for name, t in record["tables"].items()},
+                  timings_s=timer.timings, versions=versions(), finished_at=utc_now())
     print(summary_markdown(summary, quarantined))
-    print(f"tables: {store.uri('tables')} (run {run_id}: " + ", ".join(f"{k} v{t['version']}"
-                                                                     for k, t in record["tables"].items())
-          + f"); report: {report_uri}")
+    print(f"tables: {store.uri('tables')} (run {run_id}: "
+          + ", ".join(f"{k} v{t['version']}" for k, t in record["tables"].items())
+          + f"); report: {store.write_report('ingest', run_id, report)}")
     return 0
 
 

@@ -8,33 +8,47 @@ from __future__ import annotations
 import json
 import sys
 import time
+from typing import Literal
+
+from pydantic import field_validator
 
 from showcase_core.data.world import SIZES, make_world
 
-from .common import Progress, UserError, parse_args, run
+from .common import Progress, SettingsBase, parse_args, run, setting
 
-DEFAULTS = {"root": "-", "out": None, "size": "mini", "seed": 0, "plant_bad": True, "workers": 0}
+
+class Settings(SettingsBase):
+    """Write a synthetic world in Gest format (Gest-s2 JSON, aligned sentences, JPEG photos) to a local directory."""
+
+    out: str = setting("", "the local directory to write the world to")
+    size: Literal[tuple(SIZES)] = setting("mini", "how many businesses, users and reviews (showcase_core.data.world)")
+    seed: int = setting(0, "seed of everything drawn")
+    plant_bad: bool = setting(True, "add malformed records of every kind ingest quarantines")
+    workers: int = setting(0, "processes drawing photos (0: one per CPU)", ge=0)
+
+    @field_validator("out")
+    @classmethod
+    def _local_directory(cls, value: str) -> str:
+        if not value:
+            raise ValueError("--out DIR is required")
+        if "://" in value and not value.startswith("file://"):
+            raise ValueError(f"--out must be a local directory, got {value}")
+        return value
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = parse_args("make_world", DEFAULTS, argv)
-    if not cfg["out"]:
-        raise UserError("--out DIR is required")
-    if "://" in cfg["out"] and not cfg["out"].startswith("file://"):
-        raise UserError(f"--out must be a local directory, got {cfg['out']}")
-    if cfg["size"] not in SIZES:
-        raise UserError(f"--size must be one of {', '.join(SIZES)}, got {cfg['size']!r}")
-    out = cfg["out"].removeprefix("file://")
+    cfg = parse_args("make_world", Settings, argv)
+    out = cfg.out.removeprefix("file://")
     progress = Progress("make_world", "photos drawn", 0)
-    t0 = time.monotonic()
+    started = time.monotonic()
 
     def report(done: int, total: int) -> None:
         progress.total = total
         progress.update(done)
 
-    summary = make_world(out, cfg["size"], cfg["seed"], plant_bad=cfg["plant_bad"],
-                         workers=cfg["workers"] or None, progress=report)
-    summary["seconds"] = round(time.monotonic() - t0, 2)
+    summary = make_world(out, cfg.size, cfg.seed, plant_bad=cfg.plant_bad, workers=cfg.workers or None,
+                         progress=report)
+    summary["seconds"] = round(time.monotonic() - started, 2)
     print(json.dumps(summary))
     print(f"world written to {out}", file=sys.stderr)
     return 0

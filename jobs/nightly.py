@@ -37,38 +37,56 @@ import datetime as dt
 import json
 import posixpath
 import sys
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from pydantic import field_validator
 
 from showcase_core import features as F
 from showcase_core import tables as delta
 from showcase_core.data.schema import SHOWCASES, SHOWCASES_QUARANTINE
-from showcase_core.generation import DECODING
-from showcase_core.store import StoreError, filesystem_for, new_run_id, read_text, utc_now
+from showcase_core.showcase import PART, QUARANTINE_TABLE, TABLE, resolve_models
+from showcase_core.store import filesystem_for, new_run_id, utc_now
 
-from .common import (Progress, Timer, UserError, actor_plan, new_report, open_store, parse_args, run, start_ray,
-                     test_barrier, versions)
+from .common import (Progress, ShowcaseSettings, Timer, UserError, actor_plan, new_report, open_store, parse_args, run,
+                     setting, start_ray, test_barrier, versions)
 
-DEFAULTS = {
-    "root": None,
-    "candidates": "",  # Parquet file or directory, or a Delta table: user_id, business_id[, score, rank]; local or s3://
-    "date": "",  # YYYY-MM-DD, the partition to write
-    "run_id": "",  # reuse a run id to resume that run after a failure
-    "force": False,  # replace a date that is already published
-    "k": 3,
-    "beams": 2,
-    **DECODING,  # no_repeat_ngram_size, length_penalty, max_sentences: the explanation's repetition guards
-    "dpp_modality": "img+text",
-    "generator": "pc2l",  # pc2l, or none: images-only showcases (the DPP's picks, a null explanation)
-    "generator_variant": "pc2l",
-    "pairs_per_part": 2048,  # about this many pairs per unit of work (one output file, the unit of resuming)
-    "batch_size": 256,  # pairs per DPP + generation batch inside an actor
-    "actors": 0,  # 0 = one per GPU, or one per CPU on a CPU-only cluster (Ray gives a 1-CPU actor one torch thread)
-    "use_gpu": False,  # ask for a GPU per actor even when none is up yet (autoscaling from zero)
-}
+
+class Settings(ShowcaseSettings):
+    """Write the showcases of every candidate pair for one date, committed once (resumable, exactly once)."""
+
+    candidates: str = setting("", "Parquet file or directory, or a Delta table, with user_id, business_id[, score, "
+                                  "rank]; local or s3://")
+    date: str = setting("", "the date partition to write, YYYY-MM-DD")
+    run_id: str = setting("", "reuse a run id to resume that run after a failure (empty: a new one)")
+    force: bool = setting(False, "replace a date that is already published")
+    generator: Literal["pc2l", "none"] = setting("pc2l", "pc2l, or none: images-only showcases (the DPP's picks, "
+                                                         "a null explanation)")
+    pairs_per_part: int = setting(2048, "about this many pairs per unit of work (one output file, the unit of "
+                                        "resuming)", ge=1)
+    batch_size: int = setting(256, "pairs per DPP and generation batch inside a writer", ge=1)
+    actors: int = setting(0, "writers: 0 = one per GPU, or one per CPU on a CPU-only cluster", ge=0)
+    use_gpu: bool = setting(False, "a GPU per writer even when none is up yet (autoscaling from zero)")
+
+    @field_validator("candidates")
+    @classmethod
+    def _candidates_given(cls, value: str) -> str:
+        if not value:
+            raise ValueError("--candidates URI is required (Parquet or Delta with user_id, business_id[, score, rank])")
+        return value
+
+    @field_validator("date")
+    @classmethod
+    def _iso_date(cls, value: str) -> str:
+        try:
+            return dt.date.fromisoformat(value).isoformat()
+        except ValueError:
+            raise ValueError(f"--date must be YYYY-MM-DD, got {value!r}") from None
+
+
 PAIRS = pa.schema([("user_id", pa.string()), ("business_id", pa.string()), ("score", pa.float64()),
                    ("rank", pa.int64())])
 PROFILED = pa.schema([*PAIRS, ("unit", pa.int64()), ("reason", pa.string()), ("has_history", pa.bool_()),
@@ -112,39 +130,6 @@ def check_candidate_schema(uri: str, schema: pa.Schema) -> list[str]:
                                          or pa.types.is_null(schema.field(name).type)):
             raise UserError(f"--candidates {uri}: column {name!r} must be numeric, got {schema.field(name).type}")
     return [c for c in PAIRS.names if c in schema.names]
-
-
-def resolve_models(store, cfg: dict) -> dict:
-    """The DPP and PC²L models and their encoder, checked before anything loads (no PC²L with --generator none)."""
-    generator_kind = cfg.get("generator", "pc2l")  # serve shares this check and always generates
-    if generator_kind not in ("pc2l", "none"):
-        raise UserError(f"--generator must be pc2l or none, got {generator_kind!r}")
-    found = {}
-    for name, hint in (("dpp", "train_dpp"), ("pc2l", "train_pc2l"))[:1 if generator_kind == "none" else 2]:
-        try:
-            found[name] = store.read_json(f"models/{name}/_LATEST.json")
-        except StoreError:
-            raise UserError(f"no trained {name} model under {store.root}/models/{name} (run `showcase {hint}`)") from None
-    dpp = found["dpp"]["models"].get(cfg["dpp_modality"])
-    if not dpp:
-        raise UserError(f"the latest DPP has no {cfg['dpp_modality']!r} model (has {', '.join(found['dpp']['models'])})")
-    generator = None
-    if "pc2l" in found:
-        generator = found["pc2l"]["models"].get(cfg["generator_variant"])
-        if not generator:
-            raise UserError(f"the latest PC2L has no {cfg['generator_variant']!r} variant "
-                            f"(has {', '.join(found['pc2l']['models'])})")
-    if generator and found["dpp"]["encoder_id"] != found["pc2l"]["encoder_id"]:
-        raise UserError(f"the DPP uses encoder {found['dpp']['encoder_id']} but PC2L uses {found['pc2l']['encoder_id']}: "
-                        "retrain one on the same embeddings")
-    encoder_id = found["dpp"]["encoder_id"]
-    for uri in filter(None, (dpp, generator)):
-        fs, base = filesystem_for(uri)
-        if fs.get_file_info(posixpath.join(base, "card.json")).type.name == "NotFound":
-            raise UserError(f"model files missing at {uri}")
-    if not store.exists(f"embeddings/{encoder_id}/_ENCODER.json"):
-        raise UserError(f"no embeddings of encoder {encoder_id} under {store.root} (run `showcase embed`)")
-    return {"dpp": dpp, "generator": generator, "encoder_id": encoder_id}
 
 
 def key_pairs(batch: pa.Table, columns: list[str], units: int, groups: int, done: list[int]) -> pa.Table:
@@ -286,151 +271,140 @@ def plan_generation(store, date: str, run_id: str, force: bool) -> tuple[int, st
     return current + 1, publisher
 
 
-def load_features(store, encoder_id: str, generator_uri: str | None) -> dict:
-    """The feature tables' metadata, checked against the generator (its history must fit in theirs)."""
-    try:
-        meta = F.read_meta(store, encoder_id)
-    except F.FeaturesError as e:
-        raise UserError(str(e)) from None
-    if generator_uri:
-        fs, base = filesystem_for(generator_uri)
-        config = json.loads(read_text(fs, posixpath.join(base, "config.json")))
-        wanted = config.get("model", config).get("max_history", 0)
-        if wanted > meta["max_history"]:
-            raise UserError(f"the generator reads {wanted} history reviews but the feature tables keep "
-                            f"{meta['max_history']}: rerun `showcase features --max-history {wanted}`")
-    return meta
-
-
-def main(argv: list[str] | None = None) -> int:
-    import ray
-
-    from showcase_core.showcase import QUARANTINE_TABLE, TABLE, commit_date
-
-    cfg = parse_args("nightly", DEFAULTS, argv)
-    if not cfg["candidates"]:
-        raise UserError("--candidates URI is required (Parquet or Delta with user_id, business_id[, score, rank])")
-    try:
-        date = dt.date.fromisoformat(cfg["date"]).isoformat()
-    except ValueError:
-        raise UserError(f"--date must be YYYY-MM-DD, got {cfg['date']!r}") from None
-    if cfg["k"] < 1 or cfg["beams"] < 1 or cfg["pairs_per_part"] < 1 or cfg["batch_size"] < 1:
-        raise UserError("--k, --beams, --pairs-per-part and --batch-size must be >= 1")
-    if cfg["no_repeat_ngram_size"] < 0 or cfg["max_sentences"] < 0 or cfg["length_penalty"] <= 0:
-        raise UserError("--no-repeat-ngram-size and --max-sentences must be >= 0 (0 = off), --length-penalty > 0")
-    store = open_store(cfg["root"])
-    run_id = cfg["run_id"] or new_run_id()
-    report = new_report("nightly", cfg, run_id)
-    generation, publisher = plan_generation(store, date, run_id, cfg["force"])
-    if not generation:
-        print(f"[nightly] {date} is already published (run {publisher}); nothing to do"
-              + ("" if publisher == run_id else " (--force replaces it)"), flush=True)
-        report.update(status="already_published", published_run_id=publisher, finished_at=utc_now())
-        store.write_report("nightly", run_id, report)
-        return 0
-    models = resolve_models(store, cfg)
-    meta = load_features(store, models["encoder_id"], models["generator"])
-    paths, candidates_fs, candidate_rows, schema = candidate_source(cfg["candidates"])
-    columns = check_candidate_schema(cfg["candidates"], schema)
-    per_unit = cfg["pairs_per_part"]
+def plan_units(store, cfg: Settings, run_id: str) -> dict:
+    """Models, features, candidates and the units of work; the units an earlier attempt of this run wrote."""
+    models = resolve_models(store, cfg.dpp_modality, cfg.generator_variant if cfg.generator == "pc2l" else None)
+    meta = F.meta_for(store, models["encoder_id"], models["generator"])
+    paths, candidates_fs, candidate_rows, schema = candidate_source(cfg.candidates)
+    columns = check_candidate_schema(cfg.candidates, schema)
     user_buckets, business_buckets = (int(meta["tables"][k]["buckets"]) for k in ("users", "businesses"))
-    units = business_buckets * F.buckets_for(candidate_rows, business_buckets * per_unit)
-    groups = user_buckets * F.buckets_for(candidate_rows, user_buckets * per_unit)
-    from showcase_core.showcase import PART
-
-    done_before = {unit: posixpath.basename(path) for unit, path in list_run_parts(store, date, run_id).items()}
+    units = business_buckets * F.buckets_for(candidate_rows, business_buckets * cfg.pairs_per_part)
+    groups = user_buckets * F.buckets_for(candidate_rows, user_buckets * cfg.pairs_per_part)
+    done_before = {unit: posixpath.basename(path) for unit, path in list_run_parts(store, cfg.date, run_id).items()}
     planned = {int(PART.match(name)["units"]) for name in done_before.values()}
     if planned - {units}:
         raise UserError(f"run {run_id} wrote its parts for {planned.pop()} units, this attempt plans {units} (the "
                         "candidates, --pairs-per-part or the features changed): use a new run id")
-    timer = Timer()
     generated_at = utc_now()
     if done_before:  # resuming: keep the first attempt's timestamp, so every row of a run agrees
-        first = pq.read_table(store.path(TABLE, f"dt={date}", next(iter(done_before.values()))),
+        first = pq.read_table(store.path(TABLE, f"dt={cfg.date}", next(iter(done_before.values()))),
                               filesystem=store.fs, columns=["generated_at"])
         generated_at = first.column("generated_at")[0].as_py() if first.num_rows else generated_at
-    print(f"[nightly] {date}: {candidate_rows:,} candidates in {units} units ({len(done_before)} already written by "
-          f"run {run_id}); features {meta['run_id']}", file=sys.stderr, flush=True)
+    print(f"[nightly] {cfg.date}: {candidate_rows:,} candidates in {units} units ({len(done_before)} already written "
+          f"by run {run_id}); features {meta['run_id']}", file=sys.stderr, flush=True)
+    return {"models": models, "meta": meta, "paths": paths, "fs": candidates_fs, "rows": candidate_rows,
+            "columns": columns, "units": units, "groups": groups, "done_before": done_before,
+            "generated_at": generated_at}
 
-    records = {}  # (table, unit) -> add record
-    extras = {"cold_start": 0, "reasons": {}}
-    partition = {"dt": date}
-    for unit, name in done_before.items():
-        records[(TABLE, unit)] = delta.file_record(store, TABLE, name, partition)
-        records[(QUARANTINE_TABLE, unit)] = delta.file_record(store, QUARANTINE_TABLE, name, partition)
-        _count_done(store, name, date, extras)
+
+def write_units(store, cfg: Settings, run_id: str, plan: dict, records: dict, extras: dict) -> None:
+    """Ray Data: key the pairs, attach profiles by user group, write each business unit's files; collect records."""
+    import ray
+
+    models = plan["models"]
     start_ray()
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    actors, resources, device = actor_plan(cfg["use_gpu"], cfg["actors"], cpus)
+    actors, resources, device = actor_plan(cfg.use_gpu, cfg.actors, cpus)
     if device == "cpu":  # half a CPU each: writers holding every CPU would starve the reads, profiles and shuffles
         resources = {"num_cpus": 0.5}  # (of this run, or of another nightly on the same cluster) before them
     # one shuffle partition per group and per unit: map_groups runs one task per partition and emits its output when
     # the task ends, so partitions of many units would write them all in one task, with no progress in between
-    # (the 2 M-pair benchmark hit Ray Data's 30-minute no-progress guard with one partition per CPU)
-    shuffle = MAX_PARTITIONS
-    written = (ray.data.read_parquet(paths, filesystem=candidates_fs).select_columns(columns)
+    written = (ray.data.read_parquet(plan["paths"], filesystem=plan["fs"]).select_columns(plan["columns"])
                .map_batches(key_pairs, batch_format="pyarrow",
-                            fn_kwargs={"columns": columns, "units": units, "groups": groups,
-                                       "done": sorted(done_before)})
-               .groupby("group", num_partitions=min(groups, shuffle)).map_groups(
+                            fn_kwargs={"columns": plan["columns"], "units": plan["units"], "groups": plan["groups"],
+                                       "done": sorted(plan["done_before"])})
+               .groupby("group", num_partitions=min(plan["groups"], MAX_PARTITIONS)).map_groups(
                    attach_profiles, batch_format="pyarrow",
-                   fn_kwargs={"root": store.root, "encoder_id": models["encoder_id"], "meta": meta,
+                   fn_kwargs={"root": store.root, "encoder_id": models["encoder_id"], "meta": plan["meta"],
                               "with_history": bool(models["generator"])})
-               .groupby("unit", num_partitions=min(units, shuffle)).map_groups(
+               .groupby("unit", num_partitions=min(plan["units"], MAX_PARTITIONS)).map_groups(
                    ShowcaseWriter, batch_format="pyarrow",
                    compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
-                   fn_constructor_kwargs={"root": store.root, "date": date, "encoder_id": models["encoder_id"],
-                                          "meta": meta, "units": units, "models": models, "k": cfg["k"],
-                                          "beams": cfg["beams"], "batch_size": cfg["batch_size"], "run_id": run_id,
-                                          "generated_at": generated_at, "device": device,
-                                          "decoding": {key: cfg[key] for key in DECODING}},
+                   fn_constructor_kwargs={"root": store.root, "date": cfg.date, "encoder_id": models["encoder_id"],
+                                          "meta": plan["meta"], "units": plan["units"], "models": models, "k": cfg.k,
+                                          "beams": cfg.beams, "batch_size": cfg.batch_size, "run_id": run_id,
+                                          "generated_at": plan["generated_at"], "device": device,
+                                          "decoding": cfg.decoding()},
                    **resources))
-    progress = Progress("nightly", "pairs", candidate_rows)
-    with timer("showcases"):
-        for batch in written.iter_batches(batch_size=None, batch_format="pyarrow"):
-            for record in batch.to_pylist():
-                records[(record["table"], int(record["unit"]))] = {k: record[k] for k in delta.RECORD_KEYS}
-                extras["cold_start"] += int(record["cold_start"])
-                for reason, n in json.loads(record["reasons"]).items():
-                    extras["reasons"][reason] = extras["reasons"].get(reason, 0) + n
-            progress.update(sum(int(r["rows"]) for r in records.values()))
+    progress = Progress("nightly", "pairs", plan["rows"])
+    for batch in written.iter_batches(batch_size=None, batch_format="pyarrow"):
+        for record in batch.to_pylist():
+            records[(record["table"], int(record["unit"]))] = {k: record[k] for k in delta.RECORD_KEYS}
+            extras["cold_start"] += int(record["cold_start"])
+            for reason, n in json.loads(record["reasons"]).items():
+                extras["reasons"][reason] = extras["reasons"].get(reason, 0) + n
+        progress.update(sum(int(r["rows"]) for r in records.values()))
 
+
+def publish(store, cfg: Settings, run_id: str, generation: int, plan: dict, records: dict, report: dict,
+            timer: Timer) -> dict:
+    """Check that every candidate is accounted for, then commit the date (quarantine first, then showcases)."""
+    from showcase_core.showcase import commit_date
+
+    showcases = [r for (table, _), r in sorted(records.items()) if table == TABLE]
+    quarantine = [r for (table, _), r in sorted(records.items()) if table == QUARANTINE_TABLE]
+    rows, quarantined = sum(int(r["rows"]) for r in showcases), sum(int(r["rows"]) for r in quarantine)
+    if rows + quarantined != plan["rows"] or len(showcases) != len(quarantine):
+        raise RuntimeError(f"run {run_id}: {rows:,} showcases + {quarantined:,} quarantined != {plan['rows']:,} "
+                           "candidates: a unit is missing or incomplete; rerun with the same --run-id")
+    reads = {name: store.table_version(name)["version"] for name in ("reviews", "images")}
+    reads.update({f"features/{k}": v["version"] for k, v in plan["meta"]["tables"].items()})
+    test_barrier(run_id)
+    with timer("commit"):
+        try:
+            committed = commit_date(store, cfg.date, run_id, generation, showcases, quarantine, reads,
+                                    {"generation": generation, "candidates": cfg.candidates})
+        except delta.LostRace as e:
+            report.update(status="lost_race", winner_run_id=e.winner, finished_at=utc_now())
+            store.write_report("nightly", run_id, report)
+            raise
+    return {"version": committed.version, "showcases": rows, "quarantined": quarantined, "parts": len(showcases)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_args("nightly", Settings, argv)
+    store = open_store(cfg.root)
+    run_id = cfg.run_id or new_run_id()
+    report, timer = new_report("nightly", cfg, run_id), Timer()
+    generation, publisher = plan_generation(store, cfg.date, run_id, cfg.force)
+    if not generation:
+        print(f"[nightly] {cfg.date} is already published (run {publisher}); nothing to do"
+              + ("" if publisher == run_id else " (--force replaces it)"), flush=True)
+        report.update(status="already_published", published_run_id=publisher, finished_at=utc_now())
+        store.write_report("nightly", run_id, report)
+        return 0
+    plan = plan_units(store, cfg, run_id)
+    records, extras = resume_records(store, cfg.date, plan["done_before"])
+    with timer("showcases"):
+        write_units(store, cfg, run_id, plan, records, extras)
     with timer("publish"):
-        showcases = [r for (table, _), r in sorted(records.items()) if table == TABLE]
-        quarantine = [r for (table, _), r in sorted(records.items()) if table == QUARANTINE_TABLE]
-        rows, quarantined = sum(int(r["rows"]) for r in showcases), sum(int(r["rows"]) for r in quarantine)
-        if rows + quarantined != candidate_rows or len(showcases) != len(quarantine):
-            raise RuntimeError(f"run {run_id}: {rows:,} showcases + {quarantined:,} quarantined != {candidate_rows:,} "
-                               "candidates: a unit is missing or incomplete; rerun with the same --run-id")
-        reads = {name: store.table_version(name)["version"] for name in ("reviews", "images")}
-        reads.update({f"features/{k}": v["version"] for k, v in meta["tables"].items()})
-        test_barrier(run_id)
-        with timer("commit"):
-            try:
-                committed = commit_date(store, date, run_id, generation, showcases, quarantine, reads,
-                                        {"generation": generation, "candidates": cfg["candidates"]})
-            except delta.LostRace as e:
-                report.update(status="lost_race", winner_run_id=e.winner, finished_at=utc_now())
-                store.write_report("nightly", run_id, report)
-                raise
-    counts = {"candidates": candidate_rows, "showcases": rows, "quarantined": quarantined,
-              "quarantined_by_reason": extras["reasons"], "units": units, "parts": len(showcases),
-              "parts_resumed": len(done_before), "cold_start": extras["cold_start"]}
-    report.update(status="published", date=date, counts=counts, models=models, generation=generation,
-                  features=meta["run_id"], table={"uri": store.uri(TABLE), "version": committed.version},
+        out = publish(store, cfg, run_id, generation, plan, records, report, timer)
+    counts = {"candidates": plan["rows"], "showcases": out["showcases"], "quarantined": out["quarantined"],
+              "quarantined_by_reason": extras["reasons"], "units": plan["units"], "parts": out["parts"],
+              "parts_resumed": len(plan["done_before"]), "cold_start": extras["cold_start"]}
+    report.update(status="published", date=cfg.date, counts=counts, models=plan["models"], generation=generation,
+                  features=plan["meta"]["run_id"], table={"uri": store.uri(TABLE), "version": out["version"]},
                   replaced_run_id=publisher, timings_s=timer.timings, versions=versions(), finished_at=utc_now())
     seconds = timer.timings.get("showcases")
-    rate = f" ({rows / seconds:.1f} pairs/s)" if seconds and not done_before else ""
-    print(f"[nightly] published {rows:,} showcases for {date}{rate}: {store.uri(TABLE)} version {committed.version}; "
-          f"quarantined {quarantined:,} {extras['reasons'] or ''}; "
+    rate = f" ({out['showcases'] / seconds:.1f} pairs/s)" if seconds and not plan["done_before"] else ""
+    print(f"[nightly] published {out['showcases']:,} showcases for {cfg.date}{rate}: {store.uri(TABLE)} version "
+          f"{out['version']}; quarantined {out['quarantined']:,} {extras['reasons'] or ''}; "
           f"report: {store.write_report('nightly', run_id, report)}", flush=True)
     return 0
 
 
+def resume_records(store, date: str, done_before: dict) -> tuple[dict, dict]:
+    """The add records and counts of the units an earlier attempt wrote: {(table, unit): record}, extras."""
+    records, extras, partition = {}, {"cold_start": 0, "reasons": {}}, {"dt": date}
+    for unit, name in done_before.items():
+        records[(TABLE, unit)] = delta.file_record(store, TABLE, name, partition)
+        records[(QUARANTINE_TABLE, unit)] = delta.file_record(store, QUARANTINE_TABLE, name, partition)
+        _count_done(store, name, date, extras)
+    return records, extras
+
+
 def _count_done(store, name: str, date: str, extras: dict) -> None:
     """Add a unit written by an earlier attempt to the run's counts (its cold starts and quarantine reasons)."""
-    from showcase_core.showcase import QUARANTINE_TABLE, TABLE
-
     cold = pq.read_table(store.path(TABLE, f"dt={date}", name), filesystem=store.fs, columns=["cold_start"])
     extras["cold_start"] += int(pc.sum(cold.column("cold_start")).as_py() or 0)
     reasons = pq.read_table(store.path(QUARANTINE_TABLE, f"dt={date}", name), filesystem=store.fs, columns=["reason"])

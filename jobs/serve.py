@@ -28,7 +28,7 @@ a date published (or features rebuilt) after the replicas started is served with
 Concurrent requests are batched: ``@serve.batch`` collects up to ``max_batch_size`` requests (each a list of pairs)
 for at most ``batch_wait_timeout_s`` and ``ShowcaseAssembler.assemble`` runs once for all their pairs;
 ``--batching false`` assembles each request on its own (one at a time), for comparison. The models are the ones
-``models/*/_LATEST.json`` name when the app is built, so every replica of a deployment serves the same ones; redeploy
+registry names as the latest when the app is built, so every replica of a deployment serves the same ones; redeploy
 to pick up new ones.
 
 Autoscaling (min_replicas, max_replicas, target_ongoing_requests), max_ongoing_requests and the resources of a
@@ -51,77 +51,68 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from showcase_core.features import meta_for
 from showcase_core.generation import DECODING
+from showcase_core.showcase import resolve_models
 from showcase_core.store import Store, new_run_id, utc_now
 
-from .common import UserError, open_store, parse_args, run, start_ray
-from .nightly import DEFAULTS as NIGHTLY_DEFAULTS
-from .nightly import load_features, resolve_models
+from .common import ShowcaseSettings, UserError, open_store, parse_args, run, setting, start_ray
 
 APP_NAME = "showcases"
 DEPLOYMENT = "Showcases"
 MAX_ID_CHARS = 256
-DEFAULTS = {
-    "root": None,
-    "host": "127.0.0.1",  # where `python -m jobs.serve` binds the HTTP proxy (a RayService sets its own)
-    "port": 8000,
-    **{key: NIGHTLY_DEFAULTS[key] for key in ("dpp_modality", "generator_variant", "k", "beams", *DECODING)},
-    "max_pairs": 32,  # pairs per POST
-    "batching": True,  # false: each request assembles on its own (for comparison)
-    "max_batch_size": 16,  # requests per assemble call
-    "batch_wait_timeout_s": 0.01,  # how long the first request of a batch waits for more
-    "precomputed": True,  # GET answers from the newest date's rows when it has the pair
-    "cache_rows": 10000,  # rows each replica caches per lookup (users, businesses, published pairs); 0 = none
-    "refresh_s": 10.0,  # how often a replica checks for a newer published date or feature tables
-    "min_replicas": 1,
-    "max_replicas": 1,
-    "target_ongoing_requests": 4.0,  # requests in flight per replica the autoscaler aims for
-    "max_ongoing_requests": 16,  # requests a replica takes at once (the batch queue included)
-    "num_cpus": 1.0,  # per replica
-    "num_gpus": 0.0,  # per replica; the models run on CUDA when > 0
-}
-REPLICA_SETTINGS = ("k", "beams", *DECODING, "max_pairs", "batching", "max_batch_size", "batch_wait_timeout_s", "precomputed",
-                    "cache_rows", "refresh_s", "num_cpus", "num_gpus")  # what a replica needs (scaling settings change without a restart)
 
 
-# -- settings -------------------------------------------------------------------------------------------------------
+class Settings(ShowcaseSettings):
+    """Serve fresh and published showcases over HTTP (Ray Serve, FastAPI ingress)."""
 
-def settings(argv: list[str]) -> dict:
-    cfg = parse_args("serve", DEFAULTS, argv)
-    positive = ("k", "beams", "max_pairs", "max_batch_size", "max_replicas", "max_ongoing_requests")
-    bad = [key for key in positive if cfg[key] < 1]
-    if bad:
-        raise UserError(f"--{bad[0].replace('_', '-')} must be >= 1, got {cfg[bad[0]]}")
-    if not 0 <= cfg["min_replicas"] <= cfg["max_replicas"]:
-        raise UserError(f"need 0 <= --min-replicas <= --max-replicas, got {cfg['min_replicas']} and {cfg['max_replicas']}")
-    if cfg["target_ongoing_requests"] <= 0 or cfg["batch_wait_timeout_s"] < 0 or cfg["num_cpus"] < 0 \
-            or cfg["num_gpus"] < 0 or cfg["cache_rows"] < 0 or cfg["refresh_s"] < 0:
-        raise UserError("--target-ongoing-requests must be > 0; --batch-wait-timeout-s, --num-cpus, --num-gpus, "
-                        "--cache-rows, --refresh-s >= 0")
-    if not 0 < cfg["port"] < 65536:
-        raise UserError(f"--port must be 1..65535, got {cfg['port']}")
-    return cfg
+    host: str = setting("127.0.0.1", "where `python -m jobs.serve` binds the HTTP proxy (a RayService sets its own)")
+    port: int = setting(8000, "the HTTP port", ge=1, le=65535)
+    max_pairs: int = setting(32, "pairs per POST at most", ge=1)
+    batching: bool = setting(True, "batch concurrent requests into one assemble call (false: one at a time)")
+    max_batch_size: int = setting(16, "requests per assemble call at most", ge=1)
+    batch_wait_timeout_s: float = setting(0.01, "seconds the first request of a batch waits for more", ge=0)
+    precomputed: bool = setting(True, "GET answers from the newest published date when it has the pair")
+    cache_rows: int = setting(10000, "rows each replica caches per lookup (users, businesses, published pairs); "
+                                     "0 = none", ge=0)
+    refresh_s: float = setting(10.0, "seconds between a replica's checks for a newer date or feature tables", ge=0)
+    min_replicas: int = setting(1, "autoscaling: replicas at least", ge=0)
+    max_replicas: int = setting(1, "autoscaling: replicas at most", ge=1)
+    target_ongoing_requests: float = setting(4.0, "autoscaling: requests in flight per replica it aims for", gt=0)
+    max_ongoing_requests: int = setting(16, "requests a replica takes at once (its batch queue included)", ge=1)
+    num_cpus: float = setting(1.0, "CPUs per replica (also its torch threads)", ge=0)
+    num_gpus: float = setting(0.0, "GPUs per replica; the models run on CUDA when > 0", ge=0)
+
+    @model_validator(mode="after")
+    def _replica_bounds(self):
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"need --min-replicas <= --max-replicas, got {self.min_replicas} and {self.max_replicas}")
+        return self
 
 
-def deployment_options(cfg: dict) -> dict:
-    return {"name": DEPLOYMENT, "max_ongoing_requests": cfg["max_ongoing_requests"],
-            "autoscaling_config": {"min_replicas": cfg["min_replicas"], "max_replicas": cfg["max_replicas"],
-                                   "target_ongoing_requests": cfg["target_ongoing_requests"]},
-            "ray_actor_options": {"num_cpus": cfg["num_cpus"], "num_gpus": cfg["num_gpus"]}}
+# what a replica needs (scaling settings change without a restart)
+REPLICA_SETTINGS = ("k", "beams", *DECODING, "max_pairs", "batching", "max_batch_size", "batch_wait_timeout_s",
+                    "precomputed", "cache_rows", "refresh_s", "num_cpus", "num_gpus")
 
 
-def app_for(cfg: dict):
+def deployment_options(cfg: Settings) -> dict:
+    return {"name": DEPLOYMENT, "max_ongoing_requests": cfg.max_ongoing_requests,
+            "autoscaling_config": {"min_replicas": cfg.min_replicas, "max_replicas": cfg.max_replicas,
+                                   "target_ongoing_requests": cfg.target_ongoing_requests},
+            "ray_actor_options": {"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus}}
+
+
+def app_for(cfg: Settings):
     """The bound application for settings: models resolved (and checked) now, loaded by each replica."""
-    store = open_store(cfg["root"], writable=False)  # a serving role may not write to ROOT
-    models = resolve_models(store, cfg)
-    load_features(store, models["encoder_id"], models["generator"])  # the feature tables are there and fit
-    return Showcases.options(**deployment_options(cfg)).bind(store.root, models,
-                                                             {key: cfg[key] for key in REPLICA_SETTINGS})
+    store = open_store(cfg.root, writable=False)  # a serving role may not write to ROOT
+    models = resolve_models(store, cfg.dpp_modality, cfg.generator_variant)
+    meta_for(store, models["encoder_id"], models["generator"])  # the feature tables are there and fit
+    return Showcases.options(**deployment_options(cfg)).bind(store.root, models, cfg.pick(*REPLICA_SETTINGS))
 
 
 def build_app(args: dict):
     """``serve run jobs.serve:build_app root=ROOT config=FILE [key=value ...]`` and the RayService's import path."""
-    return app_for(settings([f"--{key}={value}" for key, value in args.items()]))
+    return app_for(parse_args("serve", Settings, [f"--{key}={value}" for key, value in args.items()]))
 
 
 # -- the HTTP API ---------------------------------------------------------------------------------------------------
@@ -325,25 +316,26 @@ class Showcases:
 # -- python -m jobs.serve -----------------------------------------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = settings(argv)
+    cfg = parse_args("serve", Settings, argv)
     application = app_for(cfg)  # ROOT and models checked before anything starts
     if not os.environ.get("RAY_ADDRESS"):  # a local Ray: it cannot grow, so check what the replicas need now
         import torch
 
-        replicas = max(cfg["min_replicas"], 1)
+        replicas = max(cfg.min_replicas, 1)
         for what, key, have in (("CPU", "num_cpus", os.cpu_count() or 1), ("GPU", "num_gpus", torch.cuda.device_count())):
-            if cfg[key] * replicas > have:
-                raise UserError(f"{replicas} replica(s) x --{key.replace('_', '-')} {cfg[key]:g} need "
-                                f"{cfg[key] * replicas:g} {what}, this machine has {have}")
+            wanted = getattr(cfg, key)
+            if wanted * replicas > have:
+                raise UserError(f"{replicas} replica(s) x --{key.replace('_', '-')} {wanted:g} need "
+                                f"{wanted * replicas:g} {what}, this machine has {have}")
         with socket.socket() as s:
             try:
-                s.bind((cfg["host"], cfg["port"]))
+                s.bind((cfg.host, cfg.port))
             except OSError as e:
-                raise UserError(f"cannot listen on {cfg['host']}:{cfg['port']}: {e.strerror}") from None
+                raise UserError(f"cannot listen on {cfg.host}:{cfg.port}: {e.strerror}") from None
     start_ray()
-    serve.start(http_options={"host": cfg["host"], "port": cfg["port"]})
+    serve.start(http_options={"host": cfg.host, "port": cfg.port})
     serve.run(application, name=APP_NAME, route_prefix="/", blocking=False)  # returns once the replicas are up
-    print(f"[serve] showcases at http://{cfg['host']}:{cfg['port']}/v1/showcases (health: /healthz); Ctrl-C stops",
+    print(f"[serve] showcases at http://{cfg.host}:{cfg.port}/v1/showcases (health: /healthz); Ctrl-C stops",
           flush=True)
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill` and Ctrl-C both stop Serve cleanly
     try:

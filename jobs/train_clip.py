@@ -2,7 +2,7 @@
 
 Pairs: every aligned sentence of a train-split review with each photo it describes (``tables/sentences`` joined to
 ``tables/images``); val+test pairs are held out for image->text Recall@1. The model is saved to
-``ROOT/models/clip/<version>/`` (weights, config, model card) and ``ROOT/models/clip/_LATEST.json`` points at it.
+``ROOT/models/clip/<version>/`` (weights, config, model card) and published in the registry.
 """
 
 from __future__ import annotations
@@ -12,25 +12,26 @@ import json
 import sys
 import time
 
+from showcase_core import registry
 from showcase_core.store import Store, new_run_id, utc_now
 
 from . import harness
-from .common import Timer, UserError, new_report, open_store, parse_args, run, start_ray, versions
+from .common import Timer, UserError, new_report, open_store, parse_args, run, setting, start_ray, versions
 
-DEFAULTS = {
-    "root": None,
-    "clip_model": "showcase-tiny",  # an open_clip name (ViT-B-32, ...) or a named small config
-    "clip_pretrained": "",  # open_clip pretrained tag or local weights file; empty = from scratch
-    "clip_checkpoint": "",  # start from a saved model instead (ROOT/models/clip/<version>)
-    "epochs": 10,
-    "batch_size": 32,
-    "lr": 1e-3,
-    "weight_decay": 0.1,
-    "warmup_fraction": 0.05,
-    "eval_every": 10,  # held-out recall every N epochs (and after the last)
-    "seed": 0,
-    **harness.TRAINING_DEFAULTS,
-}
+
+class Settings(harness.TrainingSettings):
+    """Train (or fine-tune) the CLIP encoder on (photo, sentence) pairs through the Ray Train harness."""
+
+    clip_model: str = setting("showcase-tiny", "an open_clip model name (ViT-B-32, ...) or a named small config")
+    clip_pretrained: str = setting("", "open_clip pretrained tag or a local weights file; empty = from scratch")
+    clip_checkpoint: str = setting("", "start from a saved model instead (ROOT/models/clip/<version>)")
+    epochs: int = setting(10, "passes over the training pairs", ge=1)
+    batch_size: int = setting(32, "pairs per step and rank (in-batch negatives: at least 2)", ge=2)
+    lr: float = setting(1e-3, "AdamW peak learning rate (cosine decay after warm-up)", gt=0)
+    weight_decay: float = setting(0.1, "AdamW decoupled weight decay", ge=0)
+    warmup_fraction: float = setting(0.05, "share of the steps with a linear learning-rate warm-up", ge=0, le=1)
+    eval_every: int = setting(10, "epochs between held-out Recall@1 checks (and after the last)", ge=1)
+    seed: int = setting(0, "seed of the initialisation and the batch order")
 
 
 def train_loop(config: dict) -> None:
@@ -61,21 +62,22 @@ def train_loop(config: dict) -> None:
     device = ray.train.torch.get_device()
     steps_per_epoch = max(1, len(pixels) // config["batch_size"] + 1)
     total = steps_per_epoch * config["epochs"]
+    step = harness.optimizer_step(trained)
     state = harness.restore(trained) or {"epoch": -1, "step": 0, "history": []}
 
     held_out = clip_pairs(sentences, images, ("val", "test")) if rank == 0 else None
     for epoch in range(state["epoch"] + 1, config["epochs"]):
         t0 = time.monotonic()
-        loss, step = train_epoch(trained.model, pixels, tokens, trained.optimizer, config["batch_size"], epoch,
-                                 config["seed"], state["step"], total, config["lr"],
-                                 int(total * config["warmup_fraction"]), device)
+        loss, global_step = train_epoch(trained.model, step, pixels, tokens, config["batch_size"], epoch,
+                                        config["seed"], state["step"], total, config["lr"],
+                                        int(total * config["warmup_fraction"]), device)
         metrics = {"epoch": epoch, "loss": loss, "seconds": round(time.monotonic() - t0, 2),
                    "pairs": len(pixels), "unreadable_photos": len(errors)}
         last = epoch == config["epochs"] - 1
         if rank == 0 and held_out is not None and held_out.num_rows and (last or (epoch + 1) % config["eval_every"] == 0):
             metrics.update(_held_out_recall(encoder, trained.module, held_out))
-        state = {**state, "epoch": epoch, "step": step, "history": state["history"] + [metrics]}
-        harness.progress("train_clip", epoch, config["epochs"], metrics)
+        state = {**state, "epoch": epoch, "step": global_step, "history": state["history"] + [metrics]}
+        harness.progress("train_clip", epoch, config["epochs"], metrics, every=config["log_every"])
         harness.report_epoch(trained, metrics, state, config)
 
 
@@ -106,65 +108,74 @@ def data_fingerprint(store: Store) -> dict:
     return {"tables": {k: {"version": v["version"], "rows": v["rows"]} for k, v in tables.items()}, "sha256": digest}
 
 
-def main(argv: list[str] | None = None) -> int:
-    cfg = parse_args("train_clip", DEFAULTS, argv)
-    harness.check_training_settings(cfg)
-    if cfg["epochs"] < 1 or cfg["batch_size"] < 2:
-        raise UserError("--epochs must be >= 1 and --batch-size >= 2")
-    store = open_store(cfg["root"])
+def check_inputs(store, cfg: Settings):
+    """(data fingerprint, encoder) or one line: the tables have pairs, the model name or checkpoint loads."""
+    from showcase_core.encoders.clip import EncoderError, load_encoder
+
     try:
         fingerprint = data_fingerprint(store)
     except Exception as e:  # StoreError: no tables yet
         raise UserError(f"{e}; train_clip needs the sentences and images tables (run ingest)") from None
     if fingerprint["tables"]["sentences"]["rows"] == 0:
         raise UserError("tables/sentences is empty: no (photo, sentence) pairs to train on")
-    from showcase_core.encoders.clip import EncoderError, load_encoder
-
     try:  # fail fast on a bad model name, tag or checkpoint, before any worker starts; reused for saving
-        encoder = load_encoder(model=cfg["clip_model"] or None, pretrained=cfg["clip_pretrained"] or None,
-                               checkpoint=cfg["clip_checkpoint"] or None, device="cpu")
+        encoder = load_encoder(model=cfg.clip_model or None, pretrained=cfg.clip_pretrained or None,
+                               checkpoint=cfg.clip_checkpoint or None, device="cpu")
     except EncoderError as e:
         raise UserError(str(e)) from None
+    return fingerprint, encoder
 
-    run_id = new_run_id()
-    run_name = cfg["run_name"] or f"train_clip-{run_id}"
-    report = new_report("train_clip", cfg, run_id)
-    timer = Timer()
-    start_ray()
-    loop_config = {k: cfg[k] for k in ("clip_model", "clip_pretrained", "clip_checkpoint", "epochs", "batch_size",
-                                       "lr", "weight_decay", "warmup_fraction", "eval_every", "seed")}
-    loop_config["root"] = store.root
+
+def fit(store, cfg: Settings, run_id: str, encoder, fingerprint: dict, timer: Timer) -> dict:
+    """Train on Ray Train workers; save the final weights into ``encoder`` and under models/clip/<run_id>."""
+    from showcase_core.encoders.clip import save_encoder
+
+    run_name = cfg.run_name or f"train_clip-{run_id}"
+    loop_config = {**cfg.pick("clip_model", "clip_pretrained", "clip_checkpoint", "epochs", "batch_size", "lr",
+                              "weight_decay", "warmup_fraction", "eval_every", "seed"), "root": store.root}
     with timer("fit"):
         result = harness.fit("train_clip", store, run_name, train_loop, loop_config, cfg)
     if result.error is not None:
         raise RuntimeError(f"training failed: {result.error}")
-    from showcase_core.encoders.clip import save_encoder
-
     model_state, extra = harness.load_checkpoint_state(result.checkpoint)
     encoder.model.load_state_dict(model_state)
-    history = extra["history"]
-    resumed = extra.get("resumed_after_epochs", [])
     encoder.refresh_id()
+    history = extra["history"]
     final = {k: v for k, v in history[-1].items() if k.startswith("heldout_")}
-    card = {
-        "name": "clip", "version": run_id, "created_at": utc_now(), "run_name": run_name,
-        "data": fingerprint, "training": loop_config | {k: cfg[k] for k in harness.TRAINING_DEFAULTS},
-        "metrics": final, "history": history, "versions": versions(),
-    }
-    model_uri = store.uri("models", "clip", run_id)
-    card = save_encoder(encoder, model_uri, card)
-    store.write_json("models/clip/_LATEST.json", {"version": run_id, "uri": model_uri,
-                                                  "encoder_id": encoder.encoder_id, "published_at": utc_now()})
-    report.update(counts={"pairs": history[-1]["pairs"], "unreadable_photos": history[-1]["unreadable_photos"]},
-                  metrics=final, history=history, resumed_after_epochs=resumed,
-                  outputs={"model": model_uri, "encoder_id": encoder.encoder_id},
-                  timings_s=timer.timings, versions=versions(), finished_at=utc_now())
-    report_uri = store.write_report("train_clip", run_id, report)
+    card = {"name": "clip", "version": run_id, "created_at": utc_now(), "run_name": run_name, "data": fingerprint,
+            "training": loop_config | cfg.pick(*harness.TrainingSettings.model_fields), "metrics": final,
+            "history": history, "versions": versions()}
+    uri = store.uri("models", "clip", run_id)
+    save_encoder(encoder, uri, card)
+    return {"uri": uri, "metrics": final, "history": history, "resumed_after_epochs": extra.get("resumed_after_epochs", [])}
+
+
+def print_summary(final: dict) -> None:
     print(f"held-out image->text Recall@1: {final.get('heldout_recall_at_1_entity', float('nan')):.3f} "
           f"(entity match; random {final.get('heldout_random_entity', float('nan')):.3f}), "
           f"{final['heldout_recall_at_1_exact']:.3f} (exact sentence; random {final['heldout_random_exact']:.4f}) "
           f"over {final['heldout_photos']} photos x {final['heldout_sentences']} sentences")
-    print(f"model: {model_uri} (encoder {encoder.encoder_id}); report: {report_uri}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_args("train_clip", Settings, argv)
+    store = open_store(cfg.root)
+    fingerprint, encoder = check_inputs(store, cfg)
+    run_id, timer = new_run_id(), Timer()
+    report = new_report("train_clip", cfg, run_id)
+    start_ray()
+    model = fit(store, cfg, run_id, encoder, fingerprint, timer)
+    registry.publish(store, "clip", run_id, model["uri"], encoder.encoder_id, data_fingerprint=fingerprint,
+                     metrics=model["metrics"])
+    last = model["history"][-1]
+    report.update(counts={"pairs": last["pairs"], "unreadable_photos": last["unreadable_photos"]},
+                  metrics=model["metrics"], history=model["history"],
+                  resumed_after_epochs=model["resumed_after_epochs"],
+                  outputs={"model": model["uri"], "encoder_id": encoder.encoder_id},
+                  timings_s=timer.timings, versions=versions(), finished_at=utc_now())
+    print_summary(model["metrics"])
+    print(f"model: {model['uri']} (encoder {encoder.encoder_id}); "
+          f"report: {store.write_report('train_clip', run_id, report)}")
     return 0
 
 

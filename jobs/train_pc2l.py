@@ -6,7 +6,7 @@ per variant (the paper's ablation: ce, ce+ccl, ce+pcl, pc2l), the shared harness
 with ``--deepspeed-config`` (ZeRO stage and bf16 from that file; gloo on CPU), DDP otherwise; a checkpoint per epoch
 (local or S3), resume after a failure. Per-epoch loss components, validation cross-entropy, and every
 ``eval_every`` epochs greedy-decoded validation explanations scored for grounding and BLEU-4.
-Models: ``ROOT/models/pc2l/<version>/<variant>/`` and ``ROOT/models/pc2l/_LATEST.json``.
+Models: ``ROOT/models/pc2l/<version>/<variant>/``, published in the registry.
 """
 
 from __future__ import annotations
@@ -14,53 +14,70 @@ from __future__ import annotations
 import math
 import sys
 import time
+from typing import Literal
 
+from pydantic import field_validator, model_validator
+
+from showcase_core import registry
+from showcase_core.generation.data import load_generation_examples
+from showcase_core.generation.model import DEFAULT_CONFIG as MODEL
+from showcase_core.generation.training import VARIANTS
+from showcase_core.settings import comma_list
 from showcase_core.store import Store, StoreError, new_run_id, utc_now
 
 from . import harness
-from .common import Timer, UserError, new_report, open_store, parse_args, resolve_encoder_id, run, start_ray, versions
+from .common import Timer, UserError, new_report, open_store, parse_args, run, setting, start_ray, versions
 
-DEFAULTS = {
-    "root": None,
-    "encoder": "latest",
-    "targets": "sentences",  # the explanation table: sentences (aligned sidecar) or distilled (jobs.distill)
-    "variants": "ce,ce+ccl,ce+pcl,pc2l",
-    "epochs": 30,
-    "batch_size": 32,  # the paper's
-    "lr": 0.001,  # the paper's 1e-4 is for fine-tuning GPT-2 small; the small default decoder starts from scratch
-    "weight_decay": 0.01,
-    "lambda_ccl": 0.2,
-    "lambda_pcl": 0.2,
-    "alpha": math.e,
-    "tau": 0.1,
-    "contrastive_warmup": 0,  # epochs over which λ1, λ2 ramp up linearly from 0 (0 = the paper: full weight from the start)
-    "d_model": 128,
-    "heads": 4,
-    "encoder_layers": 3,
-    "decoder_layers": 3,
-    "gpt2_path": "",  # a local GPT-2 directory (e.g. GPT-2 small, as the paper); its tokenizer comes with it
-    "vocab_size": 2000,  # of the tokenizer trained on the targets when no gpt2_path
-    "max_length": 64,
-    "max_photos": 5,
-    "max_history": 10,
-    "dropout": 0.1,
-    "eval_every": 10,
-    "eval_examples": 128,
-    "seed": 0,
-    **{**harness.TRAINING_DEFAULTS, "cpus_per_worker": 2},
-}
+
+class Settings(harness.TrainingSettings):
+    """Train the PC²L explanation generator, one model per variant of the paper's ablation."""
+
+    encoder: str = setting("latest", "whose embeddings: latest (the latest trained CLIP's) or an encoder id")
+    targets: Literal["sentences", "distilled"] = setting("sentences", "the explanation table: the aligned "
+                                                                       "sentences, or distilled (jobs.distill)")
+    variants: str = setting(",".join(VARIANTS), f"comma-separated, some of {', '.join(VARIANTS)}")
+    epochs: int = setting(30, "passes over the training examples", ge=1)
+    batch_size: int = setting(32, "examples per step (the paper's; contrastive losses need in-batch negatives)", ge=2)
+    # the paper's 1e-4 is for fine-tuning GPT-2 small; the small default decoder starts from scratch
+    lr: float = setting(1e-3, "AdamW learning rate", gt=0)
+    weight_decay: float = setting(0.01, "AdamW decoupled weight decay", ge=0)
+    lambda_ccl: float = setting(0.2, "λ1, the weight of the cross-modal contrastive loss (eq. 9)", ge=0)
+    lambda_pcl: float = setting(0.2, "λ2, the weight of the personalized contrastive loss (eq. 9)", ge=0)
+    alpha: float = setting(math.e, "α of the personality weights w = α^cos (eq. 8)", gt=0)
+    tau: float = setting(0.1, "τ, the InfoNCE temperature (eq. 7)", gt=0)
+    contrastive_warmup: int = setting(0, "epochs over which λ1, λ2 ramp up linearly from 0 (0 = full weight from "
+                                         "the start, as the paper)", ge=0)
+    d_model: int = setting(MODEL["d_model"], "decoder width (the paper: 768, GPT-2 small); GPT-2's own with "
+                                             "--gpt2-path", ge=8)
+    heads: int = setting(MODEL["heads"], "attention heads (the paper: 12)", ge=1)
+    encoder_layers: int = setting(MODEL["encoder_layers"], "layers of the multi-modal encoder", ge=1)
+    decoder_layers: int = setting(MODEL["decoder_layers"], "decoder layers (the paper: 12, GPT-2 small)", ge=1)
+    gpt2_path: str = setting(MODEL["gpt2_path"], "a local GPT-2 directory (the paper: GPT-2 small) whose weights "
+                                                 "and tokenizer are used; empty = a small GPT-2 from scratch")
+    vocab_size: int = setting(MODEL["vocab_size"], "tokens of the BPE tokenizer trained on the targets (no "
+                                                   "--gpt2-path)", ge=256)
+    max_length: int = setting(MODEL["max_length"], "target tokens at most, end token included", ge=8)
+    max_photos: int = setting(MODEL["max_photos"], "photos the encoder reads per example", ge=1)
+    max_history: int = setting(MODEL["max_history"], "history reviews the encoder reads per example", ge=1)
+    dropout: float = setting(MODEL["dropout"], "dropout in encoder and decoder", ge=0, lt=1)
+    eval_every: int = setting(10, "epochs between validation grounding and BLEU-4 (greedy decoding)", ge=1)
+    eval_examples: int = setting(128, "validation examples decoded at each check", ge=1)
+    seed: int = setting(0, "seed of the initialisation, the batch order and the swapped negatives")
+
+    @field_validator("variants")
+    @classmethod
+    def _known_variants(cls, value: str) -> str:
+        return ",".join(comma_list("variants", value, VARIANTS))
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self):
+        if self.d_model % self.heads:
+            raise ValueError(f"--d-model ({self.d_model}) must be divisible by --heads ({self.heads})")
+        return self
+
+
 MODEL_KEYS = ("d_model", "heads", "encoder_layers", "decoder_layers", "gpt2_path", "max_length", "max_photos",
               "max_history", "dropout")
-
-
-def load_examples(root: str, encoder_id: str, targets: str, splits, max_photos: int, max_history: int):
-    from showcase_core.encoders.embed import read_embeddings
-    from showcase_core.generation.data import build_generation_examples
-
-    store = Store.open(root)
-    return build_generation_examples(store.read_table("reviews"), store.read_table(targets),
-                                     read_embeddings(store, encoder_id, "images"),
-                                     read_embeddings(store, encoder_id, "texts"), splits, max_photos, max_history)
 
 
 def train_loop(config: dict) -> None:
@@ -78,8 +95,8 @@ def train_loop(config: dict) -> None:
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    splits, _ = load_examples(config["root"], config["encoder_id"], config["targets"], ("train", "val"),
-                              config["model"]["max_photos"], config["model"]["max_history"])
+    splits, _ = load_generation_examples(Store.open(config["root"]), config["encoder_id"], config["targets"],
+                                         ("train", "val"), config["model"]["max_photos"], config["model"]["max_history"])
     shard = np.arange(rank, len(splits["train"]), world)
     train = splits["train"].take(shard)
     train_ids = [config["train_ids"][i] for i in shard]
@@ -107,8 +124,6 @@ def train_loop(config: dict) -> None:
             metrics.update(validation_loss(trained.module, val, config["val_ids"], tokenizer, 64, device))
             if last or (epoch + 1) % config["eval_every"] == 0:
                 if shown is None:
-                    from showcase_core.store import Store
-
                     sentences = Store.open(config["root"]).read_table(config["targets"], ["pic_ids", "entities"])
                     entities = photo_entities(sentences.column("pic_ids").to_pylist(),
                                               sentences.column("entities").to_pylist())
@@ -120,95 +135,98 @@ def train_loop(config: dict) -> None:
                 metrics["val_bleu4"] = bleu(texts, subset.targets, 4)
                 trained.model.train()
         state = {**state, "epoch": epoch, "history": state["history"] + [metrics]}
-        harness.progress(f"train_pc2l {config['variant']}", epoch, config["epochs"], metrics)
+        harness.progress(f"train_pc2l {config['variant']}", epoch, config["epochs"], metrics, every=config["log_every"])
         harness.report_epoch(trained, metrics, state, config)
 
 
-def main(argv: list[str] | None = None) -> int:
-    from showcase_core.generation.entities import swapped_negatives
-    from showcase_core.generation.model import save_pc2l
+def prepare(store, encoder_id: str, cfg: Settings) -> dict:
+    """Driver side, once for all variants: the examples, the tokenizer, the token ids and the swapped negatives."""
     from showcase_core.generation.data import encode_targets
-    from showcase_core.generation.tokenizer import load_pretrained_tokenizer, tokenizer_json, train_tokenizer
-    from showcase_core.generation.training import VARIANTS, loss_weights
+    from showcase_core.generation.entities import swapped_negatives
+    from showcase_core.generation.tokenizer import load_pretrained_tokenizer, train_tokenizer
 
-    cfg = parse_args("train_pc2l", DEFAULTS, argv)
-    harness.check_training_settings(cfg)
-    variants = [v.strip() for v in cfg["variants"].split(",") if v.strip()]
-    if not variants or set(variants) - set(VARIANTS):
-        raise UserError(f"--variants must list some of {', '.join(VARIANTS)}, got {cfg['variants']!r}")
-    if cfg["epochs"] < 1 or cfg["batch_size"] < 2 or cfg["max_length"] < 8 or cfg["d_model"] % cfg["heads"]:
-        raise UserError("--epochs >= 1, --batch-size >= 2 (contrastive losses need in-batch negatives), "
-                        "--max-length >= 8, and --d-model divisible by --heads")
-    if cfg["targets"] not in ("sentences", "distilled"):
-        raise UserError(f"--targets must be sentences or distilled, got {cfg['targets']!r}")
-    store = open_store(cfg["root"])
-    encoder_id = resolve_encoder_id(store, cfg["encoder"])
-    run_id = new_run_id()
-    report = new_report("train_pc2l", cfg, run_id)
-    timer = Timer()
-    with timer("prepare"):
+    try:
+        splits, skipped = load_generation_examples(store, encoder_id, cfg.targets, ("train", "val"), cfg.max_photos,
+                                                   cfg.max_history)
+    except StoreError as e:
+        raise UserError(f"{e}; train_pc2l needs ingested tables, embeddings and the {cfg.targets} table") from None
+    if len(splits["train"]) < cfg.batch_size:
+        raise UserError(f"{len(splits['train'])} training examples, fewer than one batch of {cfg.batch_size}")
+    if cfg.gpt2_path:
         try:
-            splits, skipped = load_examples(store.root, encoder_id, cfg["targets"], ("train", "val"),
-                                            cfg["max_photos"], cfg["max_history"])
-        except StoreError as e:
-            raise UserError(f"{e}; train_pc2l needs ingested tables, embeddings and the {cfg['targets']} table") from None
-        if len(splits["train"]) < cfg["batch_size"]:
-            raise UserError(f"{len(splits['train'])} training examples, fewer than one batch of {cfg['batch_size']}")
-        if cfg["gpt2_path"]:
-            try:
-                tokenizer = load_pretrained_tokenizer(cfg["gpt2_path"])
-            except OSError as e:
-                raise UserError(f"--gpt2-path {cfg['gpt2_path']}: {str(e).splitlines()[0]}") from None
-        else:
-            tokenizer = train_tokenizer(splits["train"].targets, cfg["vocab_size"])
-        train_ids = encode_targets(tokenizer, splits["train"].targets, cfg["max_length"])
-        val_ids = encode_targets(tokenizer, splits["val"].targets, cfg["max_length"])
-        negatives, vocabulary = swapped_negatives(splits["train"].targets, seed=cfg["seed"])
-        swapped_ids = [encode_targets(tokenizer, [n], cfg["max_length"])[0] if n else None for n in negatives]
-    print(f"[train_pc2l] {len(splits['train']):,} train / {len(splits['val']):,} val examples; "
-          f"{len(vocabulary):,} entities for swapped negatives ({sum(n is not None for n in negatives):,} targets "
-          f"have one); prepared in {timer.timings['prepare']:.1f}s", file=sys.stderr, flush=True)
-    dim = int(splits["train"].photos.shape[2])
-    model_config = {**{k: cfg[k] for k in MODEL_KEYS}, "clip_dim": dim, "vocab_size": len(tokenizer),
-                    "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
-                    "pad_token_id": tokenizer.pad_token_id}
-    start_ray()
-    models = {}
-    for variant in variants:
-        run_name = f"{cfg['run_name'] or 'train_pc2l-' + run_id}-{variant.replace('+', '_')}"
-        loop_config = {k: cfg[k] for k in ("epochs", "batch_size", "lr", "weight_decay", "tau", "alpha", "eval_every",
-                                           "eval_examples", "seed", "contrastive_warmup")}
-        loop_config.update(root=store.root, encoder_id=encoder_id, targets=cfg["targets"], variant=variant,
-                           weights=loss_weights(variant, cfg["lambda_ccl"], cfg["lambda_pcl"]), model=model_config,
-                           tokenizer_json=tokenizer_json(tokenizer), train_ids=train_ids, val_ids=val_ids,
-                           swapped_ids=swapped_ids)
-        with timer(f"fit_{variant}"):
-            result = harness.fit("train_pc2l", store, run_name, train_loop, loop_config, cfg)
-        if result.error is not None:
-            raise RuntimeError(f"training the {variant} generator failed: {result.error}")
-        state_dict, extra = harness.load_checkpoint_state(result.checkpoint)
-        from showcase_core.generation.model import PC2L
+            tokenizer = load_pretrained_tokenizer(cfg.gpt2_path)
+        except OSError as e:
+            raise UserError(f"--gpt2-path {cfg.gpt2_path}: {str(e).splitlines()[0]}") from None
+    else:
+        tokenizer = train_tokenizer(splits["train"].targets, cfg.vocab_size)
+    negatives, vocabulary = swapped_negatives(splits["train"].targets, seed=cfg.seed)
+    return {"splits": splits, "skipped": skipped, "tokenizer": tokenizer, "vocabulary": vocabulary,
+            "train_ids": encode_targets(tokenizer, splits["train"].targets, cfg.max_length),
+            "val_ids": encode_targets(tokenizer, splits["val"].targets, cfg.max_length),
+            "swapped_ids": [encode_targets(tokenizer, [n], cfg.max_length)[0] if n else None for n in negatives]}
 
-        model = PC2L(model_config)
-        model.load_state_dict(state_dict)
-        history = extra["history"]
-        final = {k: v for k, v in history[-1].items() if k.startswith("val_")}
-        card = {"name": "pc2l", "version": run_id, "variant": variant, "created_at": utc_now(), "run_name": run_name,
-                "encoder_id": encoder_id, "targets": cfg["targets"],
-                "training": {k: v for k, v in loop_config.items() if k not in ("train_ids", "val_ids", "swapped_ids",
-                                                                               "tokenizer_json")},
-                "examples": {"train": len(splits["train"]), "val": len(splits["val"]), "skipped": skipped},
-                "metrics": final, "history": history, "resumed_after_epochs": extra.get("resumed_after_epochs", []),
-                "parameters": sum(p.numel() for p in model.parameters()), "versions": versions()}
-        uri = store.uri("models", "pc2l", run_id, variant.replace("+", "_"))
-        save_pc2l(model, tokenizer, uri, card)
-        models[variant] = {"uri": uri, "metrics": final, "seconds": timer.timings[f"fit_{variant}"]}
-        print(f"[train_pc2l] {variant}: " + " ".join(f"{k}={v:.4g}" for k, v in final.items()), flush=True)
-    store.write_json("models/pc2l/_LATEST.json", {"version": run_id, "encoder_id": encoder_id,
-                                                  "models": {v: m["uri"] for v, m in models.items()},
-                                                  "published_at": utc_now()})
+
+def model_config(cfg: Settings, data: dict) -> dict:
+    tokenizer = data["tokenizer"]
+    return {**cfg.pick(*MODEL_KEYS), "clip_dim": int(data["splits"]["train"].photos.shape[2]),
+            "vocab_size": len(tokenizer), "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
+
+
+def fit_variant(store, cfg: Settings, run_id: str, encoder_id: str, data: dict, variant: str, timer: Timer) -> dict:
+    """Train one variant on Ray Train workers; save it with its model card."""
+    from showcase_core.generation.model import PC2L, save_pc2l
+    from showcase_core.generation.tokenizer import tokenizer_json
+    from showcase_core.generation.training import loss_weights
+
+    run_name = f"{cfg.run_name or 'train_pc2l-' + run_id}-{variant.replace('+', '_')}"
+    training = {**cfg.pick("epochs", "batch_size", "lr", "weight_decay", "tau", "alpha", "eval_every",
+                           "eval_examples", "seed", "contrastive_warmup"),
+                "root": store.root, "encoder_id": encoder_id, "targets": cfg.targets, "variant": variant,
+                "weights": loss_weights(variant, cfg.lambda_ccl, cfg.lambda_pcl), "model": model_config(cfg, data)}
+    loop_config = {**training, "tokenizer_json": tokenizer_json(data["tokenizer"]),
+                   **{k: data[k] for k in ("train_ids", "val_ids", "swapped_ids")}}
+    with timer(f"fit_{variant}"):
+        result = harness.fit("train_pc2l", store, run_name, train_loop, loop_config, cfg)
+    if result.error is not None:
+        raise RuntimeError(f"training the {variant} generator failed: {result.error}")
+    state_dict, extra = harness.load_checkpoint_state(result.checkpoint)
+    model = PC2L(training["model"])
+    model.load_state_dict(state_dict)
+    history = extra["history"]
+    final = {k: v for k, v in history[-1].items() if k.startswith("val_")}
+    splits = data["splits"]
+    card = {"name": "pc2l", "version": run_id, "variant": variant, "created_at": utc_now(), "run_name": run_name,
+            "encoder_id": encoder_id, "targets": cfg.targets, "training": training,
+            "examples": {"train": len(splits["train"]), "val": len(splits["val"]), "skipped": data["skipped"]},
+            "metrics": final, "history": history, "resumed_after_epochs": extra.get("resumed_after_epochs", []),
+            "parameters": sum(p.numel() for p in model.parameters()), "versions": versions()}
+    uri = store.uri("models", "pc2l", run_id, variant.replace("+", "_"))
+    save_pc2l(model, data["tokenizer"], uri, card)
+    print(f"[train_pc2l] {variant}: " + " ".join(f"{k}={v:.4g}" for k, v in final.items()), flush=True)
+    return {"uri": uri, "metrics": final, "seconds": timer.timings[f"fit_{variant}"]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_args("train_pc2l", Settings, argv)
+    store = open_store(cfg.root)
+    encoder_id = registry.resolve_encoder_id(store, cfg.encoder)
+    run_id, timer = new_run_id(), Timer()
+    report = new_report("train_pc2l", cfg, run_id)
+    with timer("prepare"):
+        data = prepare(store, encoder_id, cfg)
+    splits = data["splits"]
+    print(f"[train_pc2l] {len(splits['train']):,} train / {len(splits['val']):,} val examples; "
+          f"{len(data['vocabulary']):,} entities for swapped negatives "
+          f"({sum(n is not None for n in data['swapped_ids']):,} targets have one); "
+          f"prepared in {timer.timings['prepare']:.1f}s", file=sys.stderr, flush=True)
+    start_ray()
+    models = {v: fit_variant(store, cfg, run_id, encoder_id, data, v, timer) for v in cfg.variants.split(",")}
+    registry.publish(store, "pc2l", run_id, store.uri("models", "pc2l", run_id), encoder_id,
+                     variants={v: m["uri"] for v, m in models.items()},
+                     metrics={v: m["metrics"] for v, m in models.items()}, extra={"targets": cfg.targets})
     report.update(counts={"train_examples": len(splits["train"]), "val_examples": len(splits["val"]),
-                          "skipped": skipped, "entity_vocabulary": len(vocabulary)},
+                          "skipped": data["skipped"], "entity_vocabulary": len(data["vocabulary"])},
                   models=models, encoder_id=encoder_id, timings_s=timer.timings, versions=versions(),
                   finished_at=utc_now())
     print(f"models: {store.uri('models', 'pc2l', run_id)}; report: {store.write_report('train_pc2l', run_id, report)}")

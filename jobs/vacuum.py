@@ -12,33 +12,39 @@ from __future__ import annotations
 import sys
 
 from showcase_core import tables as delta
-from showcase_core.store import new_run_id, utc_now
+from showcase_core.store import Store, new_run_id, utc_now
 
-from .common import Timer, UserError, new_report, open_store, parse_args, run, versions
-
-DEFAULTS = {
-    "root": None,
-    "keep_days": 7.0,  # retention: versions and uncommitted files younger than this are kept
-    "optimize": False,  # also compact small files (bin-packing) before vacuuming
-    "dry_run": False,  # list what would be removed, change nothing
-}
+from .common import JobSettings, Timer, new_report, open_store, parse_args, run, setting, versions
 
 
-def main(argv: list[str] | None = None) -> int:
-    cfg = parse_args("vacuum", DEFAULTS, argv)
-    if cfg["keep_days"] < 0:
-        raise UserError(f"--keep-days must be >= 0, got {cfg['keep_days']}")
-    store = open_store(cfg["root"])
-    run_id = new_run_id()
-    report, timer = new_report("vacuum", cfg, run_id), Timer()
+class Settings(JobSettings):
+    """Delta maintenance of every table under ROOT: checkpoints, optional compaction, old and orphaned files."""
+
+    keep_days: float = setting(7.0, "retention in days: versions and uncommitted files younger than this are kept",
+                               ge=0)
+    optimize: bool = setting(False, "also compact small files (bin-packing) before vacuuming")
+    dry_run: bool = setting(False, "list what would be removed, change nothing")
+
+
+def maintain_tables(store: Store, cfg: Settings, timer: Timer) -> list[dict]:
+    """Maintain each table in turn; one line per table."""
     results = []
     for rel in delta.find_tables(store):
         with timer(rel):
-            results.append(delta.maintain(store, rel, round(cfg["keep_days"] * 24), cfg["optimize"], cfg["dry_run"]))
-        r = results[-1]
+            r = delta.maintain(store, rel, round(cfg.keep_days * 24), cfg.optimize, cfg.dry_run)
+        results.append(r)
         print(f"[vacuum] {rel}: version {r['version_before']} -> {r['version_after']}, "
-              f"{r['files_removed']} files {'would be ' if cfg['dry_run'] else ''}removed"
+              f"{r['files_removed']} files {'would be ' if cfg.dry_run else ''}removed"
               + (f", compacted {r['compacted']}" if r["compacted"] else ""), flush=True)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_args("vacuum", Settings, argv)
+    store = open_store(cfg.root)
+    run_id, timer = new_run_id(), Timer()
+    report = new_report("vacuum", cfg, run_id)
+    results = maintain_tables(store, cfg, timer)
     report.update(tables=results, counts={"tables": len(results), "files_removed": sum(r["files_removed"] for r in results)},
                   timings_s=timer.timings, versions=versions(), finished_at=utc_now())
     print(f"[vacuum] {len(results)} tables; report: {store.write_report('vacuum', run_id, report)}")

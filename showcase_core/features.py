@@ -242,12 +242,35 @@ class FeaturesError(Exception):
     """No feature tables for the encoder, or they were built with settings that do not fit. One line."""
 
 
+def write_meta(store, encoder_id: str, meta: dict) -> None:
+    """Written last, after both tables are committed: readers trust the versions it names."""
+    store.write_json(f"{features_dir(encoder_id)}/{META}", meta)
+
+
 def read_meta(store, encoder_id: str) -> dict:
     rel = f"{features_dir(encoder_id)}/{META}"
     if not store.exists(rel):
         raise FeaturesError(f"no feature tables for encoder {encoder_id} under {store.root} "
                             f"(run `showcase features --root {store.root} --encoder {encoder_id}`)")
     return store.read_json(rel)
+
+
+def meta_for(store, encoder_id: str, generator_uri: str | None) -> dict:
+    """The feature tables' metadata, checked against the generator (its history must fit in the tables')."""
+    import json
+    import posixpath
+
+    from .store import filesystem_for, read_text
+
+    meta = read_meta(store, encoder_id)
+    if generator_uri:
+        fs, base = filesystem_for(generator_uri)
+        config = json.loads(read_text(fs, posixpath.join(base, "config.json")))
+        wanted = config.get("model", config).get("max_history", 0)
+        if wanted > meta["max_history"]:
+            raise FeaturesError(f"the generator reads {wanted} history reviews but the feature tables keep "
+                                f"{meta['max_history']}: rerun `showcase features --max-history {wanted}`")
+    return meta
 
 
 def _as_rows(table: pa.Table, key: str, dim: int) -> dict[str, dict]:

@@ -23,12 +23,21 @@ def save_model_files(uri: str, state_dict: dict, config: dict, card: dict) -> No
     write_bytes_atomic(fs, posixpath.join(base, "card.json"), json.dumps(card, indent=2, sort_keys=True).encode())
 
 
-def load_model_files(uri: str, what: str) -> tuple[dict, dict]:
-    """(config, state dict) of a saved model; StoreError naming ``what`` when it is not there."""
+def load_model_config(uri: str, what: str) -> dict:
+    """The config of a saved model, without its weights; StoreError naming ``what`` when it is not there."""
     fs, base = filesystem_for(uri)
     try:
         with fs.open_input_stream(posixpath.join(base, "config.json")) as f:
-            config = json.loads(f.read())
+            return json.loads(f.read())
+    except FileNotFoundError:
+        raise StoreError(f"no {what} at {uri} (expected config.json and model.pt)") from None
+
+
+def load_model_files(uri: str, what: str) -> tuple[dict, dict]:
+    """(config, state dict) of a saved model; StoreError naming ``what`` when it is not there."""
+    config = load_model_config(uri, what)
+    fs, base = filesystem_for(uri)
+    try:
         with fs.open_input_stream(posixpath.join(base, "model.pt")) as f:
             state = torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True)
     except FileNotFoundError:

@@ -284,3 +284,22 @@ class ShowcaseAssembler:
                          "encoder_id": self.dpp_config.get("encoder_id", ""), "dpp_model": self.dpp_uri,
                          "generator_model": self.generator_uri, "run_id": run_id, "generated_at": generated_at})
         return rows
+
+
+def resolve_models(store, dpp_modality: str, generator_variant: str | None) -> dict:
+    """The latest DPP's ``dpp_modality`` model and PC²L's ``generator_variant`` (None: images only), on one encoder
+    whose embeddings are there; checked before anything loads (``registry.RegistryError`` otherwise)."""
+    from . import registry
+
+    dpp = registry.latest(store, "dpp")
+    dpp_uri = dpp.variant(dpp_modality)
+    generator_uri = None
+    if generator_variant:
+        pc2l = registry.latest(store, "pc2l")
+        generator_uri = pc2l.variant(generator_variant)
+        if pc2l.encoder_id != dpp.encoder_id:
+            raise registry.RegistryError(f"the DPP uses encoder {dpp.encoder_id} but PC2L uses {pc2l.encoder_id}: "
+                                         "retrain one on the same embeddings")
+    registry.check_files(dpp_uri, generator_uri)
+    registry.encoder(store, dpp.encoder_id)
+    return {"dpp": dpp_uri, "generator": generator_uri, "encoder_id": dpp.encoder_id}

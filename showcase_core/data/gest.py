@@ -325,3 +325,60 @@ def detect_format(head: bytes, name: str) -> str | None:
     if b'"business_id"' in first:
         return "raw"
     return None
+
+
+# -- annotation files -------------------------------------------------------------------------------------------
+
+LABEL_COLUMNS = ("review_id", "sentence", "pic_id", "label")
+
+
+class AnnotationError(Exception):
+    """An annotation file that is missing or cannot be parsed at all. One line, naming the file."""
+
+
+def read_labels(uri: str, reviews, images):
+    """An annotation file of (sentence, photo, label) rows -> (pairs, quarantine rows).
+
+    The file is Parquet (``.parquet``) or JSON lines of rows ``review_id, sentence, pic_id, label`` (0/1) and
+    optionally ``split``; without a split a pair takes its review's. ``reviews`` (review_id, split) and ``images``
+    (image_id, review_id) are the accepted tables: a row naming an unknown review, a photo not of its review, a label
+    that is not 0/1, or missing a field is quarantined with its reason. The pairs table has the columns
+    ``sentence_id`` (``<review_id>#<sentence>``), ``text``, ``image_id``, ``label`` (int8) and ``split``.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ..store import filesystem_for, read_text
+
+    fs, path = filesystem_for(uri)
+    try:
+        if path.endswith(".parquet"):
+            rows = pq.read_table(path, filesystem=fs).to_pylist()
+        else:
+            rows = [json.loads(line) for line in read_text(fs, path).splitlines() if line.strip()]
+    except FileNotFoundError:
+        raise AnnotationError(f"{uri}: no such file") from None
+    except (json.JSONDecodeError, pa.ArrowInvalid) as e:
+        raise AnnotationError(f"{uri}: cannot be read ({str(e).splitlines()[0]})") from None
+    split_of = dict(zip(reviews.column("review_id").to_pylist(), reviews.column("split").to_pylist()))
+    photos = set(zip(images.column("image_id").to_pylist(), images.column("review_id").to_pylist()))
+    out, bad = {"sentence_id": [], "text": [], "image_id": [], "label": [], "split": []}, []
+    for n, row in enumerate(rows):
+        missing = [c for c in LABEL_COLUMNS if row.get(c) is None]
+        if missing:
+            bad.append(quarantine_row(uri, f"row {n}", "missing_field", missing[0], f"field {missing[0]!r} is missing",
+                                      row))
+        elif row["review_id"] not in split_of:
+            bad.append(quarantine_row(uri, f"row {n}", "unknown_review", "review_id",
+                                      f"review {row['review_id']} is not among the accepted reviews", row))
+        elif (row["pic_id"], row["review_id"]) not in photos:
+            bad.append(quarantine_row(uri, f"row {n}", "photo_missing", "pic_id",
+                                      f"photo {row['pic_id']} is not a photo of review {row['review_id']}", row))
+        elif row["label"] not in (0, 1, True, False):
+            bad.append(quarantine_row(uri, f"row {n}", "out_of_range", "label", "label must be 0 or 1", row))
+        else:
+            for key, value in (("sentence_id", f"{row['review_id']}#{row['sentence']}"), ("text", row["sentence"]),
+                               ("image_id", row["pic_id"]), ("label", int(row["label"])),
+                               ("split", row.get("split") or split_of[row["review_id"]])):
+                out[key].append(value)
+    return pa.table({**out, "label": pa.array(out["label"], pa.int8())}), bad

@@ -162,9 +162,6 @@ class ClipEncoder:
             z = self.model.encode_text(tokens)
         return torch.nn.functional.normalize(z.float(), dim=-1).cpu().numpy()
 
-    def encode_image_bytes(self, images: list[bytes]) -> np.ndarray:
-        return self.encode_pixels(np.stack([decode_and_resize(b, self.image_size) for b in images]))
-
 
 def build_model(arch: str, model_cfg: dict) -> torch.nn.Module:
     cfg = json.loads(json.dumps(model_cfg))

@@ -1,7 +1,8 @@
 """Contrastive (CLIP) training on (photo, sentence) pairs, and held-out retrieval recall.
 
 Pairs come from the ``sentences`` table (a sentence and each photo it describes) joined to ``images``. The loss is
-open_clip's symmetric InfoNCE (``open_clip.loss.ClipLoss``) over the batch.
+open_clip's symmetric InfoNCE (``open_clip.loss.ClipLoss``) over the batch; with several ranks, over the global batch
+(every rank's features gathered with their gradients, ``clip_loss``).
 
 Held-out image->text Recall@1 (``retrieval_recall``) ranks every held-out sentence for every held-out photo:
 - ``exact``: a hit when the top sentence is one labelled as describing that photo; random = mean share of such
@@ -19,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ..distributed import common_length, rank_and_world
 from ..torch_compat import ensure_torchvision
 
 ensure_torchvision()
@@ -51,34 +53,40 @@ def lr_at(step: int, total: int, base: float, warmup: int) -> float:
     return base * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def train_epoch(model: torch.nn.Module, pixels: np.ndarray, tokens: torch.Tensor, optimizer: torch.optim.Optimizer,
-                batch_size: int, epoch: int, seed: int, step: int, total_steps: int, base_lr: float,
-                warmup_steps: int, device: torch.device, loss_fn=None) -> tuple[float, int]:
-    """One pass over the (pixels[i], tokens[i]) pairs in a seeded shuffle. Returns (mean loss, next step)."""
+def clip_loss(across_ranks: bool = True) -> open_clip.loss.ClipLoss:
+    """ClipLoss over the global batch: every rank gathers all ranks' features with gradients and computes the same
+    loss, so the data-parallel average of the ranks' gradients is the global batch's gradient (see
+    showcase_core.distributed). With one process, or ``across_ranks=False``, the plain in-batch loss."""
+    rank, world = rank_and_world() if across_ranks else (0, 1)
+    return open_clip.loss.ClipLoss(local_loss=False, gather_with_grad=True, rank=rank, world_size=world)
+
+
+def train_epoch(model: torch.nn.Module, step, pixels: np.ndarray, tokens: torch.Tensor, batch_size: int, epoch: int,
+                seed: int, global_step: int, total_steps: int, base_lr: float, warmup_steps: int,
+                device: torch.device, loss_fn=None) -> tuple[float, int]:
+    """One pass over the (pixels[i], tokens[i]) pairs in a seeded shuffle; ``step(loss, lr)`` does backward + update
+    at the schedule's lr. Every rank takes as many pairs as the rank with the fewest. Returns (mean loss, next
+    global step)."""
     from .clip import pixels_to_tensor
 
-    loss_fn = loss_fn or open_clip.loss.ClipLoss()
-    order = np.random.default_rng([seed, epoch]).permutation(len(pixels))
+    loss_fn = loss_fn or clip_loss()
+    order = np.random.default_rng([seed, epoch]).permutation(len(pixels))[:common_length(len(pixels), device)]
     model.train()
     losses = []
     for start in range(0, len(order) - 1, batch_size):
         idx = order[start:start + batch_size]
         if len(idx) < 2:
             break
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, total_steps, base_lr, warmup_steps)
         images = pixels_to_tensor(pixels[idx]).to(device)
         image_features, text_features, logit_scale = model(images, tokens[torch.from_numpy(idx)].to(device))[:3]
         loss = loss_fn(image_features, text_features, logit_scale)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        step(loss, lr_at(global_step, total_steps, base_lr, warmup_steps))
         unwrapped = model.module if hasattr(model, "module") else model
         with torch.no_grad():  # CLIP keeps the temperature at most 100
             unwrapped.logit_scale.clamp_(0, math.log(100))
         losses.append(float(loss.detach()))
-        step += 1
-    return (float(np.mean(losses)) if losses else float("nan")), step
+        global_step += 1
+    return (float(np.mean(losses)) if losses else float("nan")), global_step
 
 
 def retrieval_recall(image_emb: np.ndarray, image_ids: list[str], text_emb: np.ndarray, sentence_ids: list[str],

@@ -137,3 +137,12 @@ def collate(examples: GenerationExamples, idx, target_ids: list[list[int]], toke
         batch["swapped_ids"], batch["swapped_mask"] = sequences([swapped_ids[i] or [] for i in idx])
         batch["has_swap"] = torch.tensor(has)
     return batch
+
+
+def load_generation_examples(store, encoder_id: str, targets: str, splits, max_photos: int, max_history: int):
+    """``build_generation_examples`` over ROOT's tables and an encoder's embeddings (train_pc2l and evaluate)."""
+    from ..encoders.embed import read_embeddings
+
+    return build_generation_examples(store.read_table("reviews"), store.read_table(targets),
+                                     read_embeddings(store, encoder_id, "images"),
+                                     read_embeddings(store, encoder_id, "texts"), splits, max_photos, max_history)

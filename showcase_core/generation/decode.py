@@ -43,11 +43,11 @@ def generate(model, tokenizer, photos, photo_mask, history, history_mask, num_be
     memory, memory_mask = model.encode(tensor(photos, torch.float32), tensor(photo_mask, torch.bool),
                                        tensor(history, torch.float32), tensor(history_mask, torch.bool))
     start = torch.full((memory.shape[0], 1), tokenizer.bos_token_id, dtype=torch.long, device=device)
+    beam = {"early_stopping": True, "length_penalty": length_penalty} if num_beams > 1 else {}  # beam-search flags only
     out = model.decoder.generate(
         input_ids=start, attention_mask=torch.ones_like(start), encoder_hidden_states=memory,
         encoder_attention_mask=memory_mask.long(), num_beams=num_beams, do_sample=False, use_cache=True,
         max_new_tokens=max_new_tokens or model.config["max_length"], eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, early_stopping=True, no_repeat_ngram_size=no_repeat_ngram_size or None,
-        length_penalty=length_penalty)
+        pad_token_id=tokenizer.pad_token_id, no_repeat_ngram_size=no_repeat_ngram_size or None, **beam)
     return [sentence_budget(t.strip(), max_sentences) for t in tokenizer.batch_decode(out[:, 1:],
                                                                                      skip_special_tokens=True)]

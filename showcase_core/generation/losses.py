@@ -1,7 +1,8 @@
 """PC²L's contrastive losses (paper §4.3, eqs. 7-10).
 
 s_ij = cos(H̃^X_i, H̃^Y_j) / τ between the pooled, projected source modality X of example i and the target
-explanation Y of example j in the mini-batch; the other examples' targets are the negatives K.
+explanation Y of example j in the mini-batch; the other examples' targets are the negatives K. With several ranks the
+mini-batch is the global one: ``pc2l_loss`` gathers every rank's rows (showcase_core.distributed) before these.
 
 - ``info_nce``: eq. 7, -log exp(s_ii) / (exp(s_ii) + Σ_{j∈K} w_ij exp(s_ij) + exp(s_i,ent)), averaged over the
   rows that take part. Computed as a log-sum-exp for stability.

@@ -51,14 +51,20 @@ def build_decoder(config: dict):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     if config.get("decoder_config"):  # a saved model: rebuild exactly the decoder it was trained with
-        return GPT2LMHeadModel(GPT2Config.from_dict(config["decoder_config"]))
-    if config["gpt2_path"]:
-        return GPT2LMHeadModel.from_pretrained(config["gpt2_path"], add_cross_attention=True, local_files_only=True)
-    return GPT2LMHeadModel(GPT2Config(
-        vocab_size=config["vocab_size"], n_positions=config["max_length"] + 1, n_embd=config["d_model"],
-        n_layer=config["decoder_layers"], n_head=config["heads"], add_cross_attention=True,
-        resid_pdrop=config["dropout"], embd_pdrop=config["dropout"], attn_pdrop=config["dropout"],
-        bos_token_id=config["bos_token_id"], eos_token_id=config["eos_token_id"], pad_token_id=config["pad_token_id"]))
+        decoder = GPT2LMHeadModel(GPT2Config.from_dict(config["decoder_config"]))
+    elif config["gpt2_path"]:
+        decoder = GPT2LMHeadModel.from_pretrained(config["gpt2_path"], add_cross_attention=True, local_files_only=True)
+    else:
+        decoder = GPT2LMHeadModel(GPT2Config(
+            vocab_size=config["vocab_size"], n_positions=config["max_length"] + 1, n_embd=config["d_model"],
+            n_layer=config["decoder_layers"], n_head=config["heads"], add_cross_attention=True,
+            resid_pdrop=config["dropout"], embd_pdrop=config["dropout"], attn_pdrop=config["dropout"],
+            bos_token_id=config["bos_token_id"], eos_token_id=config["eos_token_id"]))
+    # No pad id in the decoder's own config. Ours is BOS/EOS (one token), which starts every sequence generate()
+    # decodes; generate() drops the all-ones attention mask it is given, and GPT-2 then warns on every decode that the
+    # inputs "may be padded". Training passes its attention mask, and generate() its pad_token_id (decode.py).
+    decoder.config.pad_token_id = None
+    return decoder
 
 
 class PC2L(nn.Module):
@@ -124,19 +130,27 @@ class PC2L(nn.Module):
         return result
 
 
-def pc2l_loss(model_out: dict, batch: dict, lambda_ccl: float, lambda_pcl: float, tau: float, alpha: float) -> dict:
-    """L = CE + λ1·CCL + λ2·PCL (eq. 11); a λ of 0 skips that loss. Returns every component (tensors)."""
+def pc2l_loss(model_out: dict, batch: dict, lambda_ccl: float, lambda_pcl: float, tau: float, alpha: float,
+              across_ranks: bool = True) -> dict:
+    """L = CE + λ1·CCL + λ2·PCL (eq. 11); a λ of 0 skips that loss. Returns every component (tensors).
+
+    CE is this rank's; the contrastive losses take their rows and negatives from every rank's batch (gathered with
+    gradients, ``across_ranks``), the same global value on each rank, so the data-parallel average of the gradients
+    is the global batch's (showcase_core.distributed). One process: the plain in-batch losses."""
+    from ..distributed import gather_rows
     from .losses import info_nce, personality_weights
 
+    gather = gather_rows if across_ranks else (lambda x: x)
     zero = model_out["ce"] * 0.0
     ccl = pcl = zero
+    target = gather(model_out["target"]) if lambda_ccl or lambda_pcl else None
     if lambda_ccl:
-        ccl = info_nce(model_out["photo"], model_out["target"], tau, extra=model_out.get("swapped"),
-                       extra_mask=batch.get("has_swap"))
+        ccl = info_nce(gather(model_out["photo"]), target, tau, extra=gather(model_out.get("swapped")),
+                       extra_mask=gather(batch.get("has_swap")))
     if lambda_pcl:
-        has_history = batch["history_mask"].any(dim=1)
-        weights = personality_weights(masked_mean(batch["history"], batch["history_mask"]), alpha)
-        pcl = info_nce(model_out["history"], model_out["target"], tau, weights=weights, row_mask=has_history)
+        has_history = gather(batch["history_mask"].any(dim=1))
+        weights = personality_weights(gather(masked_mean(batch["history"], batch["history_mask"])), alpha)
+        pcl = info_nce(gather(model_out["history"]), target, tau, weights=weights, row_mask=has_history)
     return {"loss": model_out["ce"] + lambda_ccl * ccl + lambda_pcl * pcl, "ce": model_out["ce"], "ccl": ccl,
             "pcl": pcl}
 

@@ -11,6 +11,7 @@ import math
 import numpy as np
 import torch
 
+from ..distributed import common_length
 from .data import GenerationExamples, collate
 from .model import pc2l_loss
 
@@ -29,8 +30,9 @@ def _to(batch: dict, device) -> dict:
 def train_epoch(forward, step, examples: GenerationExamples, target_ids, swapped_ids, tokenizer, batch_size: int,
                 epoch: int, seed: int, weights: tuple[float, float], tau: float, alpha: float, device="cpu") -> dict:
     """One pass in a seeded order. ``forward(batch)`` is the (wrapped) model; ``step(loss)`` does backward + update.
+    Every rank takes as many examples as the rank with the fewest (the contrastive losses gather equal batches).
     Returns the mean of each loss component over the epoch's batches."""
-    order = np.random.default_rng([seed, epoch]).permutation(len(examples))
+    order = np.random.default_rng([seed, epoch]).permutation(len(examples))[:common_length(len(examples), device)]
     totals = {"loss": 0.0, "ce": 0.0, "ccl": 0.0, "pcl": 0.0}
     batches = 0
     for start in range(0, len(order), batch_size):

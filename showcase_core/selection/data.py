@@ -114,3 +114,12 @@ def batch_tensors(data: SelectionData, ex: Examples, idx: np.ndarray, modality: 
     t = lambda a, dt=torch.float32: torch.as_tensor(a, dtype=dt, device=device)  # noqa: E731
     profile = profile_input(t(ex.profile_img[idx]), t(ex.profile_text[idx]), modality)
     return profile, t(photos), t(mask, torch.bool), t(y, torch.long), t(y >= 0, torch.bool)
+
+
+def load_selection_data(store, encoder_id: str, max_ground: int, splits=("train", "val", "test")) -> SelectionData:
+    """``build_selection_data`` over ROOT's tables and an encoder's embeddings (what train_dpp and evaluate read)."""
+    from ..encoders.embed import read_embeddings
+
+    return build_selection_data(store.read_table("reviews"), store.read_table("images"),
+                                read_embeddings(store, encoder_id, "images"), read_embeddings(store, encoder_id, "texts"),
+                                splits=splits, max_ground=max_ground)

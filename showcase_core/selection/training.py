@@ -5,17 +5,20 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..distributed import common_length
 from ..metrics.ranking import div_at_k, precision_recall_f1_at_k
 from .data import Examples, SelectionData, batch_tensors
 from .greedy import greedy_map
 from .kernel import DPPKernel, dpp_log_likelihood
 
 
-def train_epoch(model: DPPKernel, data: SelectionData, ex: Examples, optimizer, batch_size: int, epoch: int,
-                seed: int, device="cpu") -> float:
-    """One pass maximising the DPP log-likelihood; returns the mean negative log-likelihood per example."""
+def train_epoch(model: DPPKernel, step, data: SelectionData, ex: Examples, batch_size: int, epoch: int, seed: int,
+                device="cpu") -> float:
+    """One pass maximising the DPP log-likelihood; ``step(loss)`` does backward + update. Every rank takes as many
+    examples as the rank with the fewest (the same batches on every rank). Returns the mean negative log-likelihood
+    per example."""
     module = model.module if hasattr(model, "module") else model
-    order = np.random.default_rng([seed, epoch]).permutation(len(ex))
+    order = np.random.default_rng([seed, epoch]).permutation(len(ex))[:common_length(len(ex), device)]
     model.train()
     total, count = 0.0, 0
     for start in range(0, len(order), batch_size):
@@ -23,9 +26,7 @@ def train_epoch(model: DPPKernel, data: SelectionData, ex: Examples, optimizer, 
         profile, photos, mask, y, y_mask = batch_tensors(data, ex, idx, module.modality, device)
         L = model(profile, photos, mask)
         loss = -dpp_log_likelihood(L, mask, y, y_mask).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        step(loss)
         total += float(loss.detach()) * len(idx)
         count += len(idx)
     return total / max(count, 1)

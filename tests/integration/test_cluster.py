@@ -35,6 +35,7 @@ CLUSTER = os.path.join(REPO, "cluster")
 RAY = os.path.join(os.path.dirname(sys.executable), "ray")
 GPU = "nvidia.com/gpu"
 FUTURE_STAGES = {"train_pc2l", "nightly", "serve"}  # announced by their issues (some may be built by now)
+PER_RUN = {"nightly": ["--candidates", "s3://bucket/candidates/", "--date", "2026-01-31"]}
 LOCAL_ONLY = {"make_world", "demo"}  # stages that only make sense on one machine: no cluster config
 with open(os.path.join(CLUSTER, "kuberay", "Dockerfile")) as _f:  # where the image puts the checkout
     IMAGE_WORKDIR = re.search(r"^WORKDIR (\S+)", _f.read(), re.M).group(1)
@@ -310,18 +311,15 @@ def test_config_is_accepted_by_its_job(path, tmp_path, monkeypatch):
     assert "root" not in from_file  # ROOT is per environment: given on the command line
     if stage_exists(stage):
         module = importlib.import_module(f"jobs.{stage}")
-        settings = parse_args(stage, module.DEFAULTS, ["--root", str(tmp_path), "--config", path])
+        per_run = PER_RUN.get(stage, [])  # what a run gives on its command line (a RayCronJob: the date)
+        settings = parse_args(stage, module.Settings, ["--root", str(tmp_path), "--config", path, *per_run])
         for key, value in from_file.items():
-            default = module.DEFAULTS[key]
-            assert default is None or type(settings[key]) is type(default), key
-            assert settings[key] == (value if default is None else type(default)(value)), key
-        if "num_workers" in module.DEFAULTS:
-            harness.check_training_settings(settings)
-    else:  # not built yet: settings named as the jobs name theirs, the harness's with the harness's types
+            assert getattr(settings, key) == value, key  # the declaration's type, the file's value
+    else:  # not built yet: settings named as the jobs name theirs, the harness's valid for the harness
         assert stage in FUTURE_STAGES, f"{path}: no jobs.{stage} and not an announced stage"
         assert all(re.fullmatch(r"[a-z][a-z0-9_]*", key) for key in from_file), path
-        assert all(type(v) is type(harness.TRAINING_DEFAULTS[k]) for k, v in from_file.items()
-                   if k in harness.TRAINING_DEFAULTS), path
+        shared = {k: v for k, v in from_file.items() if k in harness.TrainingSettings.model_fields}
+        harness.TrainingSettings.model_validate({"root": str(tmp_path), **shared})
     if from_file.get("deepspeed_config"):  # DeepSpeed's batch per GPU is the job's batch per worker
         with open(from_file["deepspeed_config"]) as f:
             assert json.load(f)["train_micro_batch_size_per_gpu"] == from_file["batch_size"], path

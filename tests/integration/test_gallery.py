@@ -195,7 +195,7 @@ def test_gallery_n_takes_the_first_showcases_in_order(local_root, capsys):
 
 @pytest.mark.parametrize("args, message", [
     ([], "no showcases published"),
-    (["--n", "0"], "--n must be at least 1"),
+    (["--n", "0"], "--n: input should be greater than or equal to 1"),
     (["--date", "2020-01-01"], "not published"),
     (["--date", "../x"], "YYYY-MM-DD"),
 ])

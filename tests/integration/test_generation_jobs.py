@@ -6,8 +6,9 @@ import json
 import pyarrow.fs as pafs
 import pytest
 
-from jobs import distill, embed, evaluate, train_dpp, train_pc2l
+from jobs import distill, embed, evaluate, harness, train_dpp, train_pc2l
 from jobs.common import run
+from showcase_core import registry
 from showcase_core.data import schema
 from showcase_core.encoders.clip import load_encoder
 from showcase_core.generation.decode import generate
@@ -75,13 +76,13 @@ def test_train_pc2l_ablation_and_evaluate_generation(embedded_root):
     store = Store.open(root)
     assert run("train_dpp", train_dpp.main, ["--root", root, "--encoder", encoder_id, "--epochs", "2",
                                              "--modalities", "img+text", "--cpus-per-worker", "1"]) == 0
-    if not store.exists("models/alignment/_LATEST.json"):
+    if not registry.is_published(store, "alignment"):
         assert run("distill", distill.main, ["--root", root, "--encoder", encoder_id, "--epochs", "2"]) == 0
     assert run("train_pc2l", train_pc2l.main, ["--root", root, "--encoder", encoder_id, "--epochs", "2",
                                                "--variants", "ce,pc2l", "--eval-every", "2", *SMALL_MODEL]) == 0
-    latest = store.read_json("models/pc2l/_LATEST.json")
-    assert sorted(latest["models"]) == ["ce", "pc2l"]
-    for variant, uri in latest["models"].items():
+    latest = registry.latest(store, "pc2l")
+    assert sorted(latest.variants) == ["ce", "pc2l"] and latest.encoder_id == encoder_id
+    for variant, uri in latest.variants.items():
         card = json.loads(read_text(*filesystem_for(uri + "/card.json")))
         history = card["history"]
         assert [h["epoch"] for h in history] == [0, 1]
@@ -132,7 +133,7 @@ def test_train_pc2l_bad_settings_exit_2(embedded_root, tmp_path):
     assert run("train_pc2l", train_pc2l.main, ["--root", str(tmp_path / "empty"), "--encoder", encoder_id]) == 2
 
 
-def test_train_pc2l_deepspeed_on_cpu_resumes_with_checkpoints_on_s3(seaweed, ray_local, tiny_world):
+def test_train_pc2l_deepspeed_on_cpu_resumes_with_checkpoints_on_s3(seaweed, ray_local, tiny_world, monkeypatch):
     """DeepSpeed (ZeRO-1, gloo on CPU), the worker hard-exits after epoch 1's checkpoint, the run resumes from it;
     ROOT (checkpoints and model) on the SeaweedFS S3 server."""
     world, _ = tiny_world
@@ -140,11 +141,12 @@ def test_train_pc2l_deepspeed_on_cpu_resumes_with_checkpoints_on_s3(seaweed, ray
     assert run("embed", embed.main, ["--root", root, "--clip-model", "showcase-tiny"]) == 0
     encoder_id = load_encoder(model="showcase-tiny").encoder_id
     args = ["--root", root, "--encoder", encoder_id, "--epochs", "3", "--variants", "pc2l", "--eval-every", "3",
-            "--deepspeed-config", "cluster/deepspeed/cpu_zero1.json", "--fault-exit-after-epoch", "1",
-            "--run-name", "pc2l-ds-crash", *SMALL_MODEL]
+            "--deepspeed-config", "cluster/deepspeed/cpu_zero1.json", "--run-name", "pc2l-ds-crash", *SMALL_MODEL]
+    monkeypatch.setenv(harness.FAULT_ENV, "1")
     assert run("train_pc2l", train_pc2l.main, args) == 0
+    monkeypatch.delenv(harness.FAULT_ENV)
     store = Store.open(root)
-    uri = store.read_json("models/pc2l/_LATEST.json")["models"]["pc2l"]
+    uri = registry.latest(store, "pc2l").variant("pc2l")
     assert uri.startswith("s3://")
     card = json.loads(read_text(*filesystem_for(uri + "/card.json")))
     # one restart, from the last checkpoint Ray Train had registered when the worker died (epoch 1's, or epoch 0's

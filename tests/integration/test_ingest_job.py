@@ -84,9 +84,10 @@ def cli(*args, env=None, timeout=60):
 
 @pytest.mark.parametrize("args, message", [
     (["--gest", "/nonexistent/filter_all_t.json"], "--gest /nonexistent/filter_all_t.json: no such file"),
-    (["--format", "yelp"], "--format must be one of"),
+    (["--format", "yelp"], "--format: input should be 'auto', 's2', 'raw' or 'googlelocal' (got 'yelp')"),
     (["--colour", "red"], "unknown setting --colour"),
-    (["--chunk-mb", "lots"], "--chunk-mb: expected float"),
+    (["--chunk-mb", "lots"], "--chunk-mb: input should be a valid number, unable to parse string as a number (got 'lots')"),
+    (["--chunk-mb", "0"], "--chunk-mb: input should be greater than 0 (got '0')"),
     (["--images", "/nonexistent/images"], "--images /nonexistent/images: no such directory"),
 ])
 def test_bad_config_exits_2_with_one_line(tiny_world, tmp_path, args, message):

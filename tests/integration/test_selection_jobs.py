@@ -7,8 +7,10 @@ import os
 import pyarrow.fs as pafs
 import pytest
 
-from jobs import evaluate, train_dpp
+from jobs import evaluate, harness, train_dpp
 from jobs.common import run
+from showcase_core import registry
+from showcase_core.selection.data import load_selection_data
 from showcase_core.selection.kernel import load_dpp
 from showcase_core.selection.training import evaluate_picks, select
 from showcase_core.store import Store
@@ -27,16 +29,19 @@ def latest_report(store: Store, stage: str) -> dict:
     return json.loads(store.fs.open_input_stream(paths[-1]).read())
 
 
-def test_train_dpp_resumes_after_a_crashed_worker_and_evaluate_writes_table_3(embedded_root):
+def test_train_dpp_resumes_after_a_crashed_worker_and_evaluate_writes_table_3(embedded_root, monkeypatch):
     root, encoder_id = embedded_root
+    monkeypatch.setenv(harness.FAULT_ENV, "2")
     args = ["--root", root, "--encoder", encoder_id, "--epochs", "6", "--batch-size", "16", "--eval-every", "3",
-            "--checkpoint-every", "1", "--modalities", "img,text,img+text", "--fault-exit-after-epoch", "2",
+            "--checkpoint-every", "1", "--modalities", "img,text,img+text",
             "--cpus-per-worker", "1", "--run-name", "dpp-crash"]
     assert run("train_dpp", train_dpp.main, args) == 0
     store = Store.open(root)
-    latest = store.read_json("models/dpp/_LATEST.json")
-    assert sorted(latest["models"]) == ["img", "img+text", "text"] and latest["encoder_id"] == encoder_id
-    for modality, uri in latest["models"].items():
+    monkeypatch.delenv(harness.FAULT_ENV)
+    latest = registry.latest(store, "dpp")
+    assert sorted(latest.variants) == ["img", "img+text", "text"] and latest.encoder_id == encoder_id
+    assert sorted(latest.metrics) == sorted(latest.variants)
+    for modality, uri in latest.variants.items():
         model, config = load_dpp(uri)
         assert config["modality"] == modality and config["encoder_id"] == encoder_id
         card = json.loads(open(os.path.join(uri, "card.json")).read())
@@ -45,11 +50,11 @@ def test_train_dpp_resumes_after_a_crashed_worker_and_evaluate_writes_table_3(em
         evaluated = {h["epoch"] + 1: h["val_f1"] for h in card["history"] if "val_f1" in h}
         assert sorted(evaluated) == [3, 6]
         assert card["metrics"]["val_f1"] == max(evaluated.values()) == evaluated[card["selected_epoch"]]
-        val = train_dpp.load_selection_data(root, encoder_id, 128, ("val",))
+        val = load_selection_data(store, encoder_id, 128, ("val",))
         scores = evaluate_picks(val, val.splits["val"], select(model, val, val.splits["val"]))
         assert scores["f1"] == pytest.approx(card["metrics"]["val_f1"], abs=1e-9)
     # the fault fired once per run name (one per modality), and each run resumed from a checkpoint
-    crash_card = json.loads(open(os.path.join(latest["models"]["img"], "card.json")).read())
+    crash_card = json.loads(open(os.path.join(latest.variant("img"), "card.json")).read())
     assert len(crash_card["resumed_after_epochs"]) == 1
 
     assert run("evaluate", evaluate.main, ["--root", root, "--stage", "selection"]) == 0

@@ -21,7 +21,7 @@ from jobs.common import run
 from showcase_core import read_showcases
 from showcase_core.data.schema import SHOWCASES
 from showcase_core.encoders.clip import load_encoder
-from showcase_core.showcase import publication
+from showcase_core.showcase import publication, resolve_models
 from showcase_core.store import Store
 from tests.conftest import SMALL_BUCKETS
 from tests.integration.test_nightly import train_models, write_candidates
@@ -106,7 +106,7 @@ def test_healthz(service, root):
     assert body["tables"]["features"] == {k: v["version"] for k, v in meta["tables"].items()}
     assert body["tables"]["showcases"] == publication(store, DATE)["version"]
     assert set(body["cache"]) == {"published", "users", "businesses"}
-    assert body["models"] == nightly.resolve_models(Store.open(root), nightly.DEFAULTS)
+    assert body["models"] == resolve_models(Store.open(root), "img+text", "pc2l")
     assert body["settings"]["batching"] is True and body["settings"]["max_batch_size"] == 16
 
 
@@ -354,7 +354,7 @@ def test_cli_fails_fast_with_one_line(root, tmp_path, capsys):
     cases = [
         (["--root", str(tmp_path / "nowhere")], "does not exist"),
         (["--root", str(tmp_path)], "no trained dpp model"),
-        (["--root", root, "--max-pairs", "0"], "--max-pairs must be >= 1"),
+        (["--root", root, "--max-pairs", "0"], "--max-pairs: input should be greater than or equal to 1 (got '0')"),
         (["--root", root, "--batching", "maybe"], "--batching"),
         (["--root", root, "--min-replicas", "3", "--max-replicas", "2"], "--min-replicas"),
         (["--root", root, "--generator-variant", "gpt5"], "no 'gpt5' variant"),

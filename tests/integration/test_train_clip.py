@@ -4,8 +4,9 @@ import json
 
 import pyarrow.fs as pafs
 
-from jobs import ingest, train_clip
+from jobs import harness, ingest, train_clip
 from jobs.common import run
+from showcase_core import registry
 from showcase_core.encoders.clip import load_encoder
 from showcase_core.store import Store
 from tests.conftest import world_on_s3
@@ -16,12 +17,14 @@ def report(store: Store, stage: str) -> dict:
     return json.loads(store.fs.open_input_stream(sorted(i.path for i in infos)[-1]).read())
 
 
-def test_a_crashed_worker_resumes_from_its_checkpoint_and_the_model_is_saved(ray_local, tiny_world, tmp_path):
+def test_a_crashed_worker_resumes_from_its_checkpoint_and_the_model_is_saved(ray_local, tiny_world, tmp_path,
+                                                                            monkeypatch):
     world, _ = tiny_world
+    monkeypatch.setenv(harness.FAULT_ENV, "1")
     root = str(tmp_path / "root")
     assert run("ingest", ingest.main, ["--root", root, "--gest", f"{world}/filter_all_t.json"]) == 0
     args = ["--root", root, "--epochs", "4", "--batch-size", "32", "--eval-every", "2",
-            "--fault-exit-after-epoch", "1", "--cpus-per-worker", "1", "--run-name", "crash-test"]
+            "--cpus-per-worker", "1", "--run-name", "crash-test"]
     assert run("train_clip", train_clip.main, args) == 0
     store = Store.open(root)
     r = report(store, "train_clip")
@@ -32,10 +35,11 @@ def test_a_crashed_worker_resumes_from_its_checkpoint_and_the_model_is_saved(ray
     assert r["history"][-1]["loss"] < r["history"][0]["loss"]
     assert 0 <= r["metrics"]["heldout_recall_at_1_exact"] <= 1 and r["metrics"]["heldout_photos"] > 0
     assert "heldout_recall_at_1_entity" in r["metrics"]
-    latest = store.read_json("models/clip/_LATEST.json")
-    card = json.loads(open(f"{latest['uri']}/card.json").read())
-    assert card["data"]["tables"]["sentences"]["rows"] > 0 and card["metrics"] == r["metrics"]
-    assert load_encoder(checkpoint=latest["uri"]).encoder_id == latest["encoder_id"] == card["encoder_id"]
+    latest = registry.latest(store, "clip")
+    card = json.loads(open(f"{latest.uri}/card.json").read())
+    assert card["data"]["tables"]["sentences"]["rows"] > 0 and card["metrics"] == r["metrics"] == latest.metrics
+    assert latest.data_fingerprint == card["data"] and latest.version == r["run_id"]
+    assert load_encoder(checkpoint=latest.uri).encoder_id == latest.encoder_id == card["encoder_id"]
     # checkpoints of the run live under ROOT/checkpoints/train_clip/<run name>
     assert store.exists("checkpoints/train_clip/crash-test")
 
@@ -46,9 +50,9 @@ def test_checkpoints_and_model_on_s3(ray_local, seaweed, tiny_world):
     bucket = root.split("/")[2]
     assert run("train_clip", train_clip.main, ["--root", root, "--epochs", "2", "--cpus-per-worker", "1"]) == 0
     store = Store.open(root)
-    latest = store.read_json("models/clip/_LATEST.json")
-    assert latest["uri"].startswith(f"s3://{bucket}/root/models/clip/")
-    assert load_encoder(checkpoint=latest["uri"]).encoder_id == latest["encoder_id"]
+    latest = registry.latest(store, "clip")
+    assert latest.uri.startswith(f"s3://{bucket}/root/models/clip/")
+    assert load_encoder(checkpoint=latest.uri).encoder_id == latest.encoder_id
     runs = store.fs.get_file_info(pafs.FileSelector(store.path("checkpoints/train_clip")))
     assert runs and all(r.type == pafs.FileType.Directory for r in runs)
 

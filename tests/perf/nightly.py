@@ -33,6 +33,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from embed import prepare  # noqa: E402
 from measure import run_sampled  # noqa: E402
 
+from showcase_core import registry  # noqa: E402
+
 
 def job(*args: str) -> None:
     t = time.monotonic()
@@ -52,17 +54,18 @@ def trained_root(workdir: str) -> tuple[str, str]:
     job("jobs.embed", "--root", root, "--clip-model", "showcase-tiny", "--threads-per-actor", "2")
     if not store.exists(f"features/{encoder_id}/_FEATURES.json"):
         job("jobs.features", "--root", root, "--encoder", encoder_id)
-    if not store.exists("models/dpp/_LATEST.json"):
+    if not registry.is_published(store, "dpp"):
         job("jobs.train_dpp", "--root", root, "--encoder", encoder_id, "--epochs", "1", "--modalities", "img+text",
             "--batch-size", "256")
-    if not store.exists("models/pc2l/_LATEST.json"):
+    if not registry.is_published(store, "pc2l"):
         # the generator is trained on the mini world (one epoch of the large one is ~3k steps on 2 cores); it reads
-        # the same showcase-tiny features, so the large ROOT's _LATEST points at it
+        # the same showcase-tiny features, so the large ROOT's registry points at it
         mini = prepare(workdir, "mini")
         job("jobs.embed", "--root", mini, "--clip-model", "showcase-tiny", "--threads-per-actor", "2")
         job("jobs.train_pc2l", "--root", mini, "--encoder", encoder_id, "--epochs", "2", "--variants", "pc2l",
             "--eval-every", "100")
-        store.write_json("models/pc2l/_LATEST.json", Store.open(mini).read_json("models/pc2l/_LATEST.json"))
+        trained = registry.latest(Store.open(mini), "pc2l")
+        registry.publish(store, "pc2l", trained.version, trained.uri, trained.encoder_id, variants=trained.variants)
     return root, encoder_id
 
 
@@ -88,13 +91,12 @@ def naive_rate(root: str, pairs: list[dict]) -> float:
     from showcase_core.store import Store
 
     store = Store.open(root)
-    dpp = store.read_json("models/dpp/_LATEST.json")
-    pc2l = store.read_json("models/pc2l/_LATEST.json")
-    lookup = FeatureLookup(store, dpp["encoder_id"])
+    dpp, pc2l = registry.latest(store, "dpp"), registry.latest(store, "pc2l")
+    lookup = FeatureLookup(store, dpp.encoder_id)
     import torch
 
     torch.set_num_threads(2)
-    assembler = ShowcaseAssembler(dpp["models"]["img+text"], pc2l["models"]["pc2l"])
+    assembler = ShowcaseAssembler(dpp.variant("img+text"), pc2l.variant("pc2l"))
     good, _ = check_pairs(pairs, lookup.rows("users", [p["user_id"] for p in pairs]),
                           lookup.rows("businesses", [p["business_id"] for p in pairs]), lookup.dim,
                           assembler.max_history)

@@ -37,6 +37,7 @@ import pyarrow.parquet as pq
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, REPO)
 
+from showcase_core import registry  # noqa: E402
 from showcase_core import tables as delta  # noqa: E402
 from showcase_core.data.schema import IMAGES, REVIEWS  # noqa: E402
 from showcase_core.store import Store  # noqa: E402
@@ -96,7 +97,7 @@ def build_store(root: str, photos: int, users: int, businesses: int, dim: int, s
         delta.commit(store, f"embeddings/{ENCODER}/{kind}", files[f"emb_{kind}"], None, run_id="synthetic",
                      stage="embed")
     store.record_run("ingest", "synthetic", versions)
-    store.write_json(f"embeddings/{ENCODER}/_ENCODER.json", {"encoder_id": ENCODER, "spec": {"synthetic": True}})
+    registry.publish_encoder(store, ENCODER, {"synthetic": True})
     save_models(store, dim)
     return {"reviews": len(pairs), "photos": photos, "users": users, "businesses": businesses,
             "reviewed": np.unique(review_business)}  # a business nobody reviewed is unknown to the nightly
@@ -113,13 +114,13 @@ def save_models(store: Store, dim: int) -> None:
     dpp = DPPKernel(dim)
     uri = store.uri("models", "dpp", "synthetic", "img+text")
     save_dpp(dpp.state_dict(), {**dpp.config(), "encoder_id": ENCODER}, uri, {"name": "dpp", "untrained": True})
-    store.write_json("models/dpp/_LATEST.json", {"encoder_id": ENCODER, "models": {"img+text": uri}})
+    registry.publish(store, "dpp", "synthetic", uri, ENCODER, variants={"img+text": uri})
     tokenizer = train_tokenizer(["the ramen was great and the staff kind"] * 50, vocab_size=400)
     config = {**DEFAULT_CONFIG, "clip_dim": dim, "d_model": 32, "heads": 2, "encoder_layers": 1, "decoder_layers": 1,
               "vocab_size": len(tokenizer), "max_length": 16}
     uri = store.uri("models", "pc2l", "synthetic", "pc2l")
     save_pc2l(PC2L(config), tokenizer, uri, {"name": "pc2l", "untrained": True})
-    store.write_json("models/pc2l/_LATEST.json", {"encoder_id": ENCODER, "models": {"pc2l": uri}})
+    registry.publish(store, "pc2l", "synthetic", uri, ENCODER, variants={"pc2l": uri})
 
 
 def write_candidates(folder: str, n: int, world: dict, seed: int) -> dict:

@@ -9,8 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
+from jobs import harness
 from showcase_core.encoders.clip import EncoderError, decode_and_resize, load_encoder, save_encoder
-from showcase_core.encoders.training import clip_pairs, retrieval_recall, train_epoch
+from showcase_core.encoders.training import clip_pairs, lr_at, retrieval_recall, train_epoch
 
 
 def jpeg(w, h, color=(200, 30, 30), fmt="JPEG") -> bytes:
@@ -101,9 +102,12 @@ def test_a_few_contrastive_steps_lower_the_loss():
     pixels = np.stack([decode_and_resize(jpeg(64, 64, c), enc.image_size) for c in colours])
     tokens = enc.tokenizer([f"colour {c}" for c in colours])
     opt = torch.optim.AdamW(enc.model.parameters(), lr=1e-3)
+    step = harness.optimizer_step(harness.Trained(enc.model, opt))
     losses = []
-    step = 0
+    global_step = 0
     for epoch in range(12):
-        loss, step = train_epoch(enc.model, pixels, tokens, opt, 16, epoch, 0, step, 12, 1e-3, 1, torch.device("cpu"))
+        loss, global_step = train_epoch(enc.model, step, pixels, tokens, 16, epoch, 0, global_step, 12, 1e-3, 1,
+                                        torch.device("cpu"))
         losses.append(loss)
+    assert global_step == 12 and opt.param_groups[0]["lr"] == lr_at(11, 12, 1e-3, 1)  # step sets the schedule's lr
     assert losses[-1] < losses[0] * 0.8, losses

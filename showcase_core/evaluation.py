@@ -1,0 +1,162 @@
+"""The paper's evaluation procedures on loaded data, and the paper's numbers each is shown next to.
+
+- ``selection_rows``: Table 3, personalized image selection: the random baseline and each DPP modality's K picks,
+  Prec/Recall/F1/Div@K;
+- ``dataset_diversity``: Table 1's visual diversity in three levels (Intra-Business, Inter-User, Intra-User;
+  Appendix B) over the CLIP image embeddings of the photos;
+- ``showcase_photos`` + ``generation_table``: Table 2/4, explanations: each PC²L variant decoding from the DPP's K
+  picks and the user's history, scored against the ground-truth explanations, and ground truth itself for the
+  reference-free metrics; with Figure 6's length histograms and keyword coverage.
+
+Reading the store and the registry is the caller's (jobs.evaluate); this module neither reads ROOT nor uses Ray.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+PAPER_TABLE3 = {  # Table 3 of the paper, in %
+    "random": {"precision": 4.87, "recall": 6.14, "f1": 5.43, "div": 30.24},
+    "img": {"precision": 25.21, "recall": 34.05, "f1": 28.97, "div": 17.12},
+    "text": {"precision": 15.28, "recall": 20.58, "f1": 17.54, "div": 18.68},
+    "img+text": {"precision": 25.21, "recall": 34.37, "f1": 29.09, "div": 17.07},
+}
+PAPER_TABLE4 = {  # Table 4 of the paper (%): its baseline is CE only; its CCL / PCL rows add vanilla CL for the other
+    "ce": {"bleu1": 7.96, "distinct2": 25.90, "clip_align": 82.50},  # modality, which ours leave out
+    "pc2l": {"bleu1": 10.40, "distinct2": 28.58, "clip_align": 85.31},
+}
+PAPER_DIVERSITY = {"intra_business": 0.39}  # Gest's, the one figure the paper's text gives (§3.2)
+PAPER_PHI = {"auc": 0.97, "f1": 0.71}  # the explanation classifier Φ on held-out pairs (§3.3)
+
+GENERATION_ORDER = ("ce", "ce+ccl", "ce+pcl", "pc2l")
+# (row key, metric name) of every column of the generation table, in order
+GENERATION_COLUMNS = [("bleu1", "BLEU-1"), ("bleu4", "BLEU-4"), ("meteor", "METEOR"), ("nist", "NIST"),
+                      ("distinct1", "Distinct-1"), ("distinct2", "Distinct-2"), ("clip_align", "CLIP-Align"),
+                      ("clip_score", "CLIP-Score"), ("bertscore", "BERTScore"), ("grounding", "grounding"),
+                      ("repeats", "repeats a sentence"), ("sentences", "sentences")]
+DECODE_BATCH = 64  # examples decoded together
+
+
+def _in_order(names, order) -> list[str]:
+    """Names in the paper's order, unknown ones last."""
+    order = list(order)
+    return sorted(names, key=lambda n: order.index(n) if n in order else len(order))
+
+
+def selection_rows(data, examples, dpp_uris: dict[str, str], k: int, seed: int) -> list[dict]:
+    """Table 3: the random baseline and each DPP modality (its saved model at ``dpp_uris[modality]``) picking K of
+    each example's ground set, scored against the user's photos; each row with the paper's numbers."""
+    from .selection.kernel import load_dpp
+    from .selection.training import evaluate_picks, random_baseline, select
+
+    rows = {"random": random_baseline(data, examples, k, seed)}
+    for modality in _in_order(dpp_uris, PAPER_TABLE3):
+        model, _ = load_dpp(dpp_uris[modality])
+        rows[modality] = evaluate_picks(data, examples, select(model, data, examples, k), k)
+    return [{"method": name, **row, "paper": PAPER_TABLE3.get(name)} for name, row in rows.items()]
+
+
+def dataset_diversity(images: pa.Table, image_embeddings: pa.Table) -> dict:
+    """Visual diversity of the embedded photos (``images``: image_id, user_id, business_id; ``image_embeddings``:
+    id, embedding): per level the pooled div, its photo pairs and groups with the paper's figure, the per-group values
+    (``groups``, for histograms) and the number of photos embedded."""
+    from .metrics.diversity import visual_diversity
+    from .selection.data import embedding_matrix
+
+    ids, matrix = embedding_matrix(image_embeddings)
+    row_of = {i: n for n, i in enumerate(ids)}
+    keep = [(row_of[i], u, b) for i, u, b in zip(*(images.column(c).to_pylist()
+                                                  for c in ("image_id", "user_id", "business_id"))) if i in row_of]
+    levels = visual_diversity(matrix[[k[0] for k in keep]], [k[2] for k in keep], [k[1] for k in keep])
+    return {"photos_embedded": len(keep),
+            "diversity": {level: {"div": d["div"], "pairs": d["pairs"], "groups": len(d["groups"]),
+                                  "paper": PAPER_DIVERSITY.get(level)} for level, d in levels.items()},
+            "groups": {level: d["groups"] for level, d in levels.items()}}
+
+
+def best_modality(modalities) -> str:
+    """The DPP modality the generator's photos come from: img+text, else img, else text."""
+    return next(m for m in ("img+text", "img", "text") if m in modalities)
+
+
+def showcase_photos(dpp, data, selection, examples, k: int) -> list[list[str]]:
+    """The photos each generation example is explained from at inference: the DPP's K picks for its (user,
+    business) in ``selection`` (Examples of ``data``), or the example's own photos when the DPP has no example."""
+    from .selection.training import select
+
+    picks = select(dpp, data, selection, k)
+    picked = {(u, b): [data.photo_ids[p] for p in row if p >= 0]
+              for u, b, row in zip(selection.user_ids, selection.business_ids, picks)}
+    return [picked.get((u, b)) or pics for u, b, pics in zip(examples.user_ids, examples.business_ids,
+                                                              examples.photo_ids)]
+
+
+def generation_table(examples, photo_lists: list[list[str]], data, generators: dict[str, str], encoder, phi,
+                     sentences: pa.Table, beams: int, decoding: dict) -> dict:
+    """Table 2/4: each PC²L variant (its saved model at ``generators[variant]``) decoding (beam search, ``decoding``
+    as showcase_core.generation.decode.generate takes it) from ``photo_lists`` (feature vectors from ``data``) and
+    the examples' history, scored against their targets with text, CLIP (``encoder``, ``phi``) and grounding
+    metrics; ``sentences`` (pic_ids, entities) tells the entities each photo shows. Returns rows (a last one of
+    ground truth), ten samples, the length histograms and the keyword coverage of pc2l and ce."""
+    from .data.alignment import split_sentences
+    from .generation.data import pack
+    from .generation.model import load_pc2l
+    from .metrics.grounding import photo_entities
+    from .metrics.keywords import keyword_coverage, length_histogram
+    from .metrics.text import distinct_n, repetition
+
+    row_of = {p: i for i, p in enumerate(data.photo_ids)}
+    vectors = [[data.photo_vecs[row_of[p]] for p in pics] for pics in photo_lists]
+    entities = photo_entities(sentences.column("pic_ids").to_pylist(), sentences.column("entities").to_pylist())
+    context = {"shown": [set().union(*(entities.get(p, set()) for p in pics)) for pics in photo_lists],
+               "image_sets": [np.stack(v) for v in vectors], "encoder": encoder, "phi": phi}
+    refs = examples.targets
+    rows, outputs = [], {}
+    for variant in _in_order(generators, GENERATION_ORDER):
+        model, tokenizer, config = load_pc2l(generators[variant])
+        photos, photo_mask = pack(vectors, config["max_photos"], data.photo_vecs.shape[1])
+        hyps = []
+        for start in range(0, len(examples), DECODE_BATCH):
+            sl = slice(start, start + DECODE_BATCH)
+            hyps += _generate(model, tokenizer, photos[sl], photo_mask[sl], examples.history[sl],
+                              examples.history_mask[sl], beams, decoding)
+        rows.append({"method": variant, **_generation_scores(hyps, refs, context, split_sentences),
+                     "paper": PAPER_TABLE4.get(variant)})
+        outputs[variant] = hyps
+    rows.append({"method": "ground truth", "distinct1": 100 * distinct_n(refs, 1), "distinct2": 100 * distinct_n(refs, 2),
+                 "grounding": _grounding(refs, context["shown"]), **repetition(refs)})
+    compared = {"pc2l" if "pc2l" in outputs else next(iter(outputs)), "ce" if "ce" in outputs else None} - {None}
+    samples = [{"review_id": r, "photos": p, "reference": ref, **{v: outputs[v][i] for v in outputs}}
+               for i, (r, p, ref) in enumerate(zip(examples.review_ids, photo_lists, refs)) if i < 10]
+    return {"examples": len(examples), "rows": rows, "samples": samples,
+            "lengths": {"ground truth": length_histogram(refs), **{v: length_histogram(h) for v, h in outputs.items()}},
+            "keyword_coverage": {v: keyword_coverage(outputs[v], refs) for v in compared}}
+
+
+def _generate(model, tokenizer, photos, photo_mask, history, history_mask, beams: int, decoding: dict) -> list[str]:
+    from .generation.decode import generate
+
+    return generate(model, tokenizer, photos, photo_mask, history, history_mask, num_beams=beams, **decoding)
+
+
+def _grounding(texts: list[str], shown: list[set]) -> float:
+    from .metrics.grounding import grounding_rate
+
+    return grounding_rate(texts, shown)["rate"]
+
+
+def _generation_scores(hyps: list[str], refs: list[str], context: dict, split_sentences) -> dict:
+    """Every metric of one variant's explanations (%, except the shares grounding and repeats)."""
+    from .metrics.embedding import clip_align, clip_score
+    from .metrics.text import bertscore, repetition, text_metrics
+
+    sentence_sets = [context["encoder"].encode_texts(split_sentences(h)) if split_sentences(h) else np.zeros((0, 1))
+                     for h in hyps]
+    scores = text_metrics(hyps, refs)
+    return {**{key: scores[name] for key, name in GENERATION_COLUMNS if name in scores},
+            "meteor_mode": scores["meteor_mode"],
+            "clip_align": 100 * clip_align(context["image_sets"], sentence_sets, context["phi"])["score"],
+            "clip_score": 100 * clip_score(context["image_sets"], sentence_sets)["score"],
+            "bertscore": 100 * bertscore(hyps, refs)["f1"], "grounding": _grounding(hyps, context["shown"]),
+            **repetition(hyps)}
