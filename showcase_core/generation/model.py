@@ -64,6 +64,7 @@ def build_decoder(config: dict):
     # decodes; generate() drops the all-ones attention mask it is given, and GPT-2 then warns on every decode that the
     # inputs "may be padded". Training passes its attention mask, and generate() its pad_token_id (decode.py).
     decoder.config.pad_token_id = None
+    decoder.loss_type = "ForCausalLM"  # GPT-2 sets none, and transformers warns once per process before defaulting to it
     return decoder
 
 
