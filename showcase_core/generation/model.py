@@ -141,7 +141,9 @@ def pc2l_loss(model_out: dict, batch: dict, lambda_ccl: float, lambda_pcl: float
     from ..distributed import gather_rows
     from .losses import info_nce, personality_weights
 
-    gather = gather_rows if across_ranks else (lambda x: x)
+    def gather(x):
+        return gather_rows(x) if across_ranks else x
+
     zero = model_out["ce"] * 0.0
     ccl = pcl = zero
     target = gather(model_out["target"]) if lambda_ccl or lambda_pcl else None
