@@ -248,11 +248,11 @@ def progress(stage: str, epoch: int, epochs: int, metrics: dict, every: int = 1)
     (``--log-every``) and the last."""
     import ray.train
 
-    shown = epoch == 0 or epoch == epochs - 1 or (epoch + 1) % max(1, every) == 0
-    if shown and ray.train.get_context().get_world_rank() == 0:
-        shown = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()
-                         if k != "epoch")
-        print(f"[{stage}] epoch {epoch + 1}/{epochs} {shown}", flush=True)
+    due = epoch == 0 or epoch == epochs - 1 or (epoch + 1) % max(1, every) == 0
+    if due and ray.train.get_context().get_world_rank() == 0:
+        values = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()
+                          if k != "epoch")
+        print(f"[{stage}] epoch {epoch + 1}/{epochs} {values}", flush=True)
 
 
 def load_checkpoint_state(checkpoint) -> tuple[dict, dict]:
