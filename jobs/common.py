@@ -137,13 +137,9 @@ class _Errors(logging.StreamHandler):
         super().__init__()
         self.setLevel(logging.ERROR)
 
-    @property
-    def stream(self):
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, _):
-        pass
+    def emit(self, record):
+        self.stream = sys.stderr  # the current one (a redirect or a test's capture), not the one at start-up
+        super().emit(record)
 
 
 # libraries whose logger prints on a console handler of its own instead of propagating to the root: module -> logger
