@@ -67,6 +67,8 @@ class Settings(ShowcaseSettings):
                                                          "a null explanation)")
     pairs_per_part: int = setting(2048, "about this many pairs per unit of work (one output file, the unit of "
                                         "resuming)", ge=1)
+    units_per_wave: int = setting(256, "units of work per Ray Data pass: the driver's and the shuffles' memory "
+                                       "grows with a pass, not with the candidates", ge=1)
     batch_size: int = setting(256, "pairs per DPP and generation batch inside a writer", ge=1)
     actors: int = setting(0, "writers: 0 = one per GPU, or one per CPU on a CPU-only cluster", ge=0)
     use_gpu: bool = setting(False, "a GPU per writer even when none is up yet (autoscaling from zero)")
@@ -132,8 +134,10 @@ def check_candidate_schema(uri: str, schema: pa.Schema) -> list[str]:
     return [c for c in PAIRS.names if c in schema.names]
 
 
-def key_pairs(batch: pa.Table, columns: list[str], units: int, groups: int, done: list[int]) -> pa.Table:
-    """Candidates in the PAIRS layout with their unit and user group; pairs of units already written dropped."""
+def key_pairs(batch: pa.Table, columns: list[str], units: int, groups: int, wave: tuple[int, int],
+              done: list[int]) -> pa.Table:
+    """Candidates in the PAIRS layout with their unit and user group: only those of the wave's units [lo, hi), and
+    none of the units already written."""
     n = batch.num_rows
     out = {}
     for name, kind in zip(PAIRS.names, PAIRS.types):
@@ -141,7 +145,7 @@ def key_pairs(batch: pa.Table, columns: list[str], units: int, groups: int, done
     out["user_id"], out["business_id"] = (pc.fill_null(out[c], "") for c in ("user_id", "business_id"))
     unit = F.bucket_of(out["business_id"].to_pylist(), units)
     table = pa.table({**out, "unit": unit, "group": F.bucket_of(out["user_id"].to_pylist(), groups)})
-    return table.filter(pa.array(~np.isin(unit, done))) if done else table
+    return table.filter(pa.array((unit >= wave[0]) & (unit < wave[1]) & ~np.isin(unit, done)))
 
 
 def attach_profiles(group: pa.Table, root: str, encoder_id: str, meta: dict, with_history: bool) -> pa.Table:
@@ -279,7 +283,8 @@ def plan_units(store, cfg: Settings, run_id: str) -> dict:
     columns = check_candidate_schema(cfg.candidates, schema)
     user_buckets, business_buckets = (int(meta["tables"][k]["buckets"]) for k in ("users", "businesses"))
     units = business_buckets * F.buckets_for(candidate_rows, business_buckets * cfg.pairs_per_part)
-    groups = user_buckets * F.buckets_for(candidate_rows, user_buckets * cfg.pairs_per_part)
+    wave_rows = candidate_rows * min(units, cfg.units_per_wave) // units  # about a wave's pairs (units are balanced)
+    groups = user_buckets * F.buckets_for(wave_rows, user_buckets * cfg.pairs_per_part)
     done_before = {unit: posixpath.basename(path) for unit, path in list_run_parts(store, cfg.date, run_id).items()}
     planned = {int(PART.match(name)["units"]) for name in done_before.values()}
     if planned - {units}:
@@ -290,15 +295,21 @@ def plan_units(store, cfg: Settings, run_id: str) -> dict:
         first = pq.read_table(store.path(TABLE, f"dt={cfg.date}", next(iter(done_before.values()))),
                               filesystem=store.fs, columns=["generated_at"])
         generated_at = first.column("generated_at")[0].as_py() if first.num_rows else generated_at
-    print(f"[nightly] {cfg.date}: {candidate_rows:,} candidates in {units} units ({len(done_before)} already written "
-          f"by run {run_id}); features {meta['run_id']}", file=sys.stderr, flush=True)
+    waves = [(lo, min(lo + cfg.units_per_wave, units)) for lo in range(0, units, cfg.units_per_wave)]
+    waves = [(lo, hi) for lo, hi in waves if any(u not in done_before for u in range(lo, hi))]
+    print(f"[nightly] {cfg.date}: {candidate_rows:,} candidates in {units} units, {len(waves)} waves to run "
+          f"({len(done_before)} units already written by run {run_id}); features {meta['run_id']}", file=sys.stderr,
+          flush=True)
     return {"models": models, "meta": meta, "paths": paths, "fs": candidates_fs, "rows": candidate_rows,
-            "columns": columns, "units": units, "groups": groups, "done_before": done_before,
+            "columns": columns, "units": units, "groups": groups, "waves": waves, "done_before": done_before,
             "generated_at": generated_at}
 
 
 def write_units(store, cfg: Settings, run_id: str, plan: dict, records: dict, extras: dict) -> None:
-    """Ray Data: key the pairs, attach profiles by user group, write each business unit's files; collect records."""
+    """Ray Data, one pass per wave of units: key the pairs, attach profiles by user group, write each business
+    unit's files; collect their add records. A pass's shuffles and executor state (driver and aggregators) hold
+    that wave's pairs and units only, so memory does not grow with the candidates; the cost is a read of the
+    candidates' columns per wave."""
     import ray
 
     models = plan["models"]
@@ -307,33 +318,35 @@ def write_units(store, cfg: Settings, run_id: str, plan: dict, records: dict, ex
     actors, resources, device = actor_plan(cfg.use_gpu, cfg.actors, cpus)
     if device == "cpu":  # half a CPU each: writers holding every CPU would starve the reads, profiles and shuffles
         resources = {"num_cpus": 0.5}  # (of this run, or of another nightly on the same cluster) before them
-    # one shuffle partition per group and per unit: map_groups runs one task per partition and emits its output when
-    # the task ends, so partitions of many units would write them all in one task, with no progress in between
-    written = (ray.data.read_parquet(plan["paths"], filesystem=plan["fs"]).select_columns(plan["columns"])
-               .map_batches(key_pairs, batch_format="pyarrow",
-                            fn_kwargs={"columns": plan["columns"], "units": plan["units"], "groups": plan["groups"],
-                                       "done": sorted(plan["done_before"])})
-               .groupby("group", num_partitions=min(plan["groups"], MAX_PARTITIONS)).map_groups(
-                   attach_profiles, batch_format="pyarrow",
-                   fn_kwargs={"root": store.root, "encoder_id": models["encoder_id"], "meta": plan["meta"],
-                              "with_history": bool(models["generator"])})
-               .groupby("unit", num_partitions=min(plan["units"], MAX_PARTITIONS)).map_groups(
-                   ShowcaseWriter, batch_format="pyarrow",
-                   compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
-                   fn_constructor_kwargs={"root": store.root, "date": cfg.date, "encoder_id": models["encoder_id"],
-                                          "meta": plan["meta"], "units": plan["units"], "models": models, "k": cfg.k,
-                                          "beams": cfg.beams, "batch_size": cfg.batch_size, "run_id": run_id,
-                                          "generated_at": plan["generated_at"], "device": device,
-                                          "decoding": cfg.decoding()},
-                   **resources))
-    progress = Progress("nightly", "pairs", plan["rows"])
-    for batch in written.iter_batches(batch_size=None, batch_format="pyarrow"):
-        for record in batch.to_pylist():
-            records[(record["table"], int(record["unit"]))] = {k: record[k] for k in delta.RECORD_KEYS}
-            extras["cold_start"] += int(record["cold_start"])
-            for reason, n in json.loads(record["reasons"]).items():
-                extras["reasons"][reason] = extras["reasons"].get(reason, 0) + n
-        progress.update(sum(int(r["rows"]) for r in records.values()))
+    writer_kwargs = {"root": store.root, "date": cfg.date, "encoder_id": models["encoder_id"], "meta": plan["meta"],
+                     "units": plan["units"], "models": models, "k": cfg.k, "beams": cfg.beams,
+                     "batch_size": cfg.batch_size, "run_id": run_id, "generated_at": plan["generated_at"],
+                     "device": device, "decoding": cfg.decoding()}
+    progress, accounted = Progress("nightly", "pairs", plan["rows"]), sum(int(r["rows"]) for r in records.values())
+    progress.update(accounted)
+    for wave in plan["waves"]:
+        # one shuffle partition per group and per unit: map_groups runs one task per partition and emits its output
+        # when the task ends, so partitions of many units would write them all in one task, with no progress between
+        written = (ray.data.read_parquet(plan["paths"], filesystem=plan["fs"]).select_columns(plan["columns"])
+                   .map_batches(key_pairs, batch_format="pyarrow",
+                                fn_kwargs={"columns": plan["columns"], "units": plan["units"], "groups": plan["groups"],
+                                           "wave": wave, "done": sorted(plan["done_before"])})
+                   .groupby("group", num_partitions=min(plan["groups"], MAX_PARTITIONS)).map_groups(
+                       attach_profiles, batch_format="pyarrow",
+                       fn_kwargs={"root": store.root, "encoder_id": models["encoder_id"], "meta": plan["meta"],
+                                  "with_history": bool(models["generator"])})
+                   .groupby("unit", num_partitions=min(wave[1] - wave[0], MAX_PARTITIONS)).map_groups(
+                       ShowcaseWriter, batch_format="pyarrow",
+                       compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
+                       fn_constructor_kwargs=writer_kwargs, **resources))
+        for batch in written.iter_batches(batch_size=None, batch_format="pyarrow"):
+            for record in batch.to_pylist():
+                records[(record["table"], int(record["unit"]))] = {k: record[k] for k in delta.RECORD_KEYS}
+                extras["cold_start"] += int(record["cold_start"])
+                for reason, n in json.loads(record["reasons"]).items():
+                    extras["reasons"][reason] = extras["reasons"].get(reason, 0) + n
+                accounted += int(record["rows"])  # a showcase or a quarantined pair: a candidate accounted for
+            progress.update(accounted)
 
 
 def publish(store, cfg: Settings, run_id: str, generation: int, plan: dict, records: dict, report: dict,
