@@ -1,0 +1,103 @@
+"""AlignRec (Liu et al., CIKM 2024) on CLIP content: LightGCN over IDs plus content over an item-item graph,
+trained with BPR and three alignments.
+
+Item content is two vectors per business in CLIP space: ``image`` (mean of its photos) and ``text`` (mean of its
+reviews), from train interactions (and owner photos) only. Here, as in the paper's notation:
+
+- p_I = MLP_I(image), p_T = MLP_T(text): the projected modalities; c = (p_I + p_T) / 2 the item's content.
+- c̃ = c + S c, with S the item-item kNN graph (k = 10) from the raw content (``graph.item_knn_graph``).
+- h_u, h_i: LightGCN over the train user-item graph (the ID side). A cold item has no ID to learn (no train
+  interaction): its h_i is zero and it is scored by its content alone.
+- user = h_u + mean of c̃ over the user's train items; item = h_i + c̃_i; score = user · item.
+- loss = BPR(user, item+, item-) + λ_reg L2(ego) + w_ICA · InfoNCE(p_I, p_T) (inter-content: an item's image and
+  text agree, in-batch negatives) + w_CCA · InfoNCE(c̃, h) (content ↔ ID, τ = 0.2 as the released code's default)
+  + w_UIA · InfoNCE(user, item+) (user ↔ item).
+
+The paper's pretrained BEiT-3 content encoder is replaced by the project's CLIP towers (their image and text
+already share one space, so ICA acts on the projections). The weights w_* and τ_ICA, τ_UIA are settings; the
+defaults are this project's (the paper tunes them per dataset).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from .graph import item_knn_graph
+from .lightgcn import LightGCN
+from .losses import bpr_loss, info_nce, l2_penalty
+
+DEFAULTS = {"dim": 64, "layers": 2, "reg": 1e-4, "knn": 10, "ica_weight": 0.1, "cca_weight": 0.1, "uia_weight": 0.1,
+            "ica_tau": 0.2, "cca_tau": 0.2, "uia_tau": 0.2}
+
+
+def projector(inputs: int, dim: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(inputs, dim), nn.LeakyReLU(), nn.Linear(dim, dim))
+
+
+def user_item_mean(user: np.ndarray, item: np.ndarray, users: int, items: int) -> torch.Tensor:
+    """[U, I] sparse: row u averages u's train items."""
+    u, i = torch.as_tensor(user, dtype=torch.long), torch.as_tensor(item, dtype=torch.long)
+    counts = torch.zeros(users).index_add_(0, u, torch.ones(len(u))).clamp_min(1)
+    return torch.sparse_coo_tensor(torch.stack([u, i]), 1.0 / counts[u], (users, items),
+                                   check_invariants=False).coalesce()
+
+
+class AlignRec(nn.Module):
+    trainable = True
+
+    def __init__(self, users: int, items: int, adjacency: torch.Tensor, train_user: np.ndarray,
+                 train_item: np.ndarray, image: torch.Tensor, text: torch.Tensor, cold: torch.Tensor, **settings):
+        super().__init__()
+        cfg = {**DEFAULTS, **settings}
+        self.cfg = cfg
+        self.ids = LightGCN(users, items, adjacency, cfg["dim"], cfg["layers"], cfg["reg"])
+        self.project_image = projector(image.shape[1], cfg["dim"])
+        self.project_text = projector(text.shape[1], cfg["dim"])
+        self.register_buffer("image", image.float())
+        self.register_buffer("text", text.float())
+        self.register_buffer("warm", ~cold.bool())
+        self.register_buffer("item_graph", item_knn_graph(torch.cat([image, text], dim=1), cfg["knn"]))
+        self.register_buffer("user_items", user_item_mean(train_user, train_item, users, items))
+
+    def forward(self) -> dict:
+        """Every user's and item's parts: h (IDs), p_I, p_T (projected modalities), c̃_I, c̃_T (each propagated over
+        the item graph; c̃ is their mean, S being linear) and the user representation."""
+        h_user, h_item = self.ids.propagate()
+        p_image, p_text = self.project_image(self.image), self.project_text(self.text)
+        c_image = p_image + torch.sparse.mm(self.item_graph, p_image)
+        c_text = p_text + torch.sparse.mm(self.item_graph, p_text)
+        c_tilde = (c_image + c_text) / 2
+        user = h_user + torch.sparse.mm(self.user_items, c_tilde)
+        return {"user": user, "h_user": h_user, "h_item": h_item * self.warm[:, None], "p_image": p_image,
+                "p_text": p_text, "c_image": c_image, "c_text": c_text, "c_tilde": c_tilde}
+
+    def items(self, out: dict, index: torch.Tensor | None = None) -> torch.Tensor:
+        """The item representation h_i + c̃_i of ``index`` (all items when None)."""
+        item = out["h_item"] + out["c_tilde"]
+        return item if index is None else item[index]
+
+    @torch.no_grad()
+    def representations(self) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.forward()
+        return out["user"], self.items(out)
+
+    def loss(self, users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        cfg, out = self.cfg, self.forward()
+        user, positive, negative = out["user"][users], self.items(out, positives), self.items(out, negatives)
+        bpr = bpr_loss(user, positive, negative)
+        ego = self.ids.embedding.weight
+        reg = l2_penalty(cfg["reg"], ego[users], ego[self.ids.users + positives], ego[self.ids.users + negatives])
+        batch_items = torch.unique(positives)
+        ica = info_nce(out["p_image"][batch_items], out["p_text"][batch_items], cfg["ica_tau"])
+        cca = info_nce(out["c_tilde"][batch_items], out["h_item"][batch_items], cfg["cca_tau"])
+        uia = info_nce(user, positive, cfg["uia_tau"])
+        total = bpr + reg + cfg["ica_weight"] * ica + cfg["cca_weight"] * cca + cfg["uia_weight"] * uia
+        extra, parts = self.extra_loss(out, batch_items)
+        parts = {"bpr": bpr, "ica": ica, "cca": cca, "uia": uia, **parts}
+        return total + extra, {name: float(value.detach()) if torch.is_tensor(value) else value
+                               for name, value in parts.items()}
+
+    def extra_loss(self, out: dict, batch_items: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        return torch.zeros(()), {}

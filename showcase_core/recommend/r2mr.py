@@ -1,0 +1,130 @@
+"""R2MR's modality reviewer (KDD 2025) on top of AlignRec: trust an item's good modalities, fall back to its ID
+where a modality is poor.
+
+- Users decoupled into K factors: P_j = reshape(h_j W_u) ∈ R^{K×d}, W_u ∈ R^{d×Kd}.
+- Quality of modality m ∈ {I (photos), T (reviews)} of item i, over N_i (its train users):
+  s_i^m = mean_{j ∈ N_i, k ≤ K} σ(ẽ_i^m · p_j^k), ẽ_i^m = c̃_i^m W_m (the modality's propagated content, projected).
+  Exact over all of N_i for ranking and for the reviewer's report; a training step estimates it from
+  ``sampled_users`` users of N_i drawn with replacement (the same expectation, bounded cost). An item with no train
+  user (a cold item) is reviewed against the mean user factors.
+- States by a threshold η: high (both above), disparity (exactly one), low (both below): ``quality_states``.
+- Fusion: item = Σ_m [s_i^m c̃_i^m + (1 - s_i^m) h_i] (the paper concatenates the two modality terms and scores
+  them against [u ‖ u]; the sum is the same score). Cold items have h_i = 0.
+- Rewriter: the paper trains a VQGAN-style generator; here two small MLPs (photos → reviews, reviews → photos)
+  trained with a cosine loss on the batch's high-quality items. For a disparity item the poor modality is replaced
+  by the one rewritten from its good modality when the reviewer scores the rewrite higher (at ranking time).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .alignrec import AlignRec, projector
+
+LOW, DISPARITY, HIGH = 0, 1, 2
+EXACT_CHUNK = 65536
+DEFAULTS = {"factors": 4, "eta": 0.5, "sampled_users": 8, "rewrite_weight": 0.1}
+
+
+def quality_states(score_image: torch.Tensor, score_text: torch.Tensor, eta: float) -> torch.Tensor:
+    """LOW, DISPARITY or HIGH per item from its two modality scores."""
+    above = (score_image > eta).long() + (score_text > eta).long()
+    return above  # 0 = LOW, 1 = DISPARITY, 2 = HIGH
+
+
+def factor_scores(factors: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
+    """mean_k σ(content · factors[..., k, :]): factors [..., K, d], content [..., d] -> [...]."""
+    return torch.sigmoid((factors * content[..., None, :]).sum(-1)).mean(-1)
+
+
+class R2MR(AlignRec):
+    def __init__(self, users: int, items: int, adjacency: torch.Tensor, train_user: np.ndarray,
+                 train_item: np.ndarray, image: torch.Tensor, text: torch.Tensor, cold: torch.Tensor, **settings):
+        own = {k: settings.pop(k, v) for k, v in DEFAULTS.items()}
+        super().__init__(users, items, adjacency, train_user, train_item, image, text, cold, **settings)
+        self.cfg.update(own)
+        d, k = self.cfg["dim"], own["factors"]
+        self.user_factors = nn.Linear(d, k * d, bias=False)  # W_u
+        self.review = nn.ModuleDict({"image": nn.Linear(d, d, bias=False), "text": nn.Linear(d, d, bias=False)})
+        self.rewrite = nn.ModuleDict({"image": projector(d, d), "text": projector(d, d)})  # into that modality
+        order = np.argsort(train_item, kind="stable")
+        self.register_buffer("item_users", torch.as_tensor(np.asarray(train_user)[order], dtype=torch.long))
+        indptr = np.searchsorted(np.asarray(train_item)[order], np.arange(items + 1))
+        self.register_buffer("item_indptr", torch.as_tensor(indptr, dtype=torch.long))
+
+    def factors(self, h_user: torch.Tensor) -> torch.Tensor:
+        return self.user_factors(h_user).view(h_user.shape[0], self.cfg["factors"], self.cfg["dim"])
+
+    def scores(self, out: dict, modality: str, index: torch.Tensor, content: torch.Tensor | None = None,
+               exact: bool = False) -> torch.Tensor:
+        """s^m of the items ``index`` ([n]); ``content`` overrides their c̃^m (a rewrite being reviewed)."""
+        content = out[f"c_{modality}"][index] if content is None else content
+        projected = self.review[modality](content)
+        factors = self.factors(out["h_user"])  # [U, K, d]
+        start, end = self.item_indptr[index], self.item_indptr[index + 1]
+        degree = end - start
+        result = factor_scores(factors.mean(0), projected)  # the mean user: the cold items' score
+        if exact:  # every (item, user) interaction, in chunks: O(chunk * K * d) at a time
+            rows = torch.repeat_interleave(torch.arange(len(index), device=degree.device), degree)
+            first = torch.repeat_interleave(torch.cumsum(degree, 0) - degree, degree)
+            positions = start[rows] + torch.arange(len(rows), device=degree.device) - first
+            sums = torch.zeros(len(index), device=degree.device)
+            for at in range(0, len(rows), EXACT_CHUNK):
+                r, users = rows[at:at + EXACT_CHUNK], self.item_users[positions[at:at + EXACT_CHUNK]]
+                sums = sums.index_add(0, r, factor_scores(factors[users], projected[r]))
+            return torch.where(degree > 0, sums / degree.clamp_min(1), result)
+        m = self.cfg["sampled_users"]
+        draw = start[:, None] + (torch.rand(len(index), m, device=degree.device) * degree[:, None]).long()
+        users = self.item_users[draw.clamp_max(max(len(self.item_users) - 1, 0))]  # [n, m]
+        sampled = factor_scores(factors[users], projected[:, None, :].expand(-1, m, -1)).mean(-1)
+        return torch.where(degree > 0, sampled, result)
+
+    def fuse(self, out: dict, index: torch.Tensor, s_image: torch.Tensor, s_text: torch.Tensor,
+             c_image: torch.Tensor, c_text: torch.Tensor) -> torch.Tensor:
+        h = out["h_item"][index]
+        return (s_image[:, None] * c_image + (1 - s_image[:, None]) * h
+                + s_text[:, None] * c_text + (1 - s_text[:, None]) * h)
+
+    def items(self, out: dict, index: torch.Tensor | None = None) -> torch.Tensor:
+        if index is None:
+            return self.review_items(out)["item"]
+        s_image, s_text = self.scores(out, "image", index), self.scores(out, "text", index)
+        return self.fuse(out, index, s_image, s_text, out["c_image"][index], out["c_text"][index])
+
+    @torch.no_grad()
+    def review_items(self, out: dict | None = None) -> dict:
+        """Every item's exact scores, states, the rewrites kept, and its fused representation."""
+        out = out or self.forward()
+        index = torch.arange(out["c_image"].shape[0], device=out["c_image"].device)
+        content = {m: out[f"c_{m}"].clone() for m in ("image", "text")}
+        s = {m: self.scores(out, m, index, exact=True) for m in ("image", "text")}
+        states = quality_states(s["image"], s["text"], self.cfg["eta"])
+        rewritten = {}
+        for poor, good in (("image", "text"), ("text", "image")):
+            rows = torch.nonzero((states == DISPARITY) & (s[poor] <= self.cfg["eta"])).flatten()
+            if len(rows):
+                candidate = self.rewrite[poor](content[good][rows])
+                s_new = self.scores(out, poor, rows, candidate, exact=True)
+                better = s_new > s[poor][rows]
+                content[poor][rows[better]] = candidate[better]
+                s[poor][rows[better]] = s_new[better]
+                rewritten[poor] = rows[better]
+        item = self.fuse(out, index, s["image"], s["text"], content["image"], content["text"])
+        return {"item": item, "score_image": s["image"], "score_text": s["text"], "states": states,
+                "rewritten": rewritten}
+
+    def extra_loss(self, out: dict, batch_items: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """The rewriter's cosine loss on the batch's high-quality items (the reviewer's scores held fixed)."""
+        with torch.no_grad():
+            s_image, s_text = self.scores(out, "image", batch_items), self.scores(out, "text", batch_items)
+            high = quality_states(s_image, s_text, self.cfg["eta"]) == HIGH
+        if not high.any():
+            return torch.zeros(()), {"rewrite": 0.0}
+        rows = batch_items[high]
+        image, text = out["c_image"][rows].detach(), out["c_text"][rows].detach()
+        loss = (2 - F.cosine_similarity(self.rewrite["image"](text), image).mean()
+                - F.cosine_similarity(self.rewrite["text"](image), text).mean())
+        return self.cfg["rewrite_weight"] * loss, {"rewrite": float(loss)}

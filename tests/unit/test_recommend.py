@@ -1,0 +1,216 @@
+"""The recommenders' parts on hand-made inputs: the split, the graphs, the losses, the reviewer, ranking, metrics."""
+
+import math
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from showcase_core.metrics.recommend import ranking_metrics
+from showcase_core.recommend import training
+from showcase_core.recommend.alignrec import AlignRec
+from showcase_core.recommend.bprmf import BPRMF
+from showcase_core.recommend.graph import item_knn_graph, user_item_adjacency
+from showcase_core.recommend.interactions import TEST, TRAIN, VAL, build_interactions
+from showcase_core.recommend.lightgcn import LightGCN
+from showcase_core.recommend.losses import bpr_loss
+from showcase_core.recommend.popularity import Popularity
+from showcase_core.recommend.r2mr import DISPARITY, HIGH, LOW, R2MR, factor_scores, quality_states
+
+
+def reviews(rows):
+    return pa.table({"user_id": [r[0] for r in rows], "business_id": [r[1] for r in rows],
+                     "rating": [float(r[2]) for r in rows], "time_ms": pa.array([r[3] for r in rows], pa.int64())})
+
+
+def split_of(x, user, item):
+    u, i = x.users.index(user), x.items.index(item)
+    return int(x.split[(x.user == u) & (x.item == i)][0])
+
+
+def test_leave_one_out_split_by_time_with_repeats_collapsed_and_short_users_in_train():
+    rows = [("a", "x", 1, 10), ("a", "y", 2, 20), ("a", "z", 3, 30), ("a", "x", 4, 50),  # x again, latest
+            ("b", "x", 5, 1), ("b", "y", 1, 2)]
+    x = build_interactions(reviews(rows), cold_fraction=0.0)
+    assert len(x.user) == 5  # a's two reviews of x are one interaction
+    assert [split_of(x, "a", b) for b in ("y", "z", "x")] == [TRAIN, VAL, TEST]
+    assert x.rating[(x.user == 0) & (x.item == x.items.index("x"))].tolist() == [4.0]  # the latest review's
+    assert [split_of(x, "b", b) for b in ("x", "y")] == [TRAIN, TRAIN]  # fewer than 3 interactions
+
+
+def test_split_does_not_depend_on_row_order_and_unknown_times_are_seeded():
+    rng = np.random.default_rng(0)
+    rows = [(f"u{u}", f"b{b}", 4, None) for u in range(30) for b in rng.choice(40, 5, replace=False)]
+    first = build_interactions(reviews(rows), 0.1, seed=3)
+    again = build_interactions(reviews([rows[i] for i in rng.permutation(len(rows))]), 0.1, seed=3)
+    key = lambda x: sorted(zip(np.array(x.users)[x.user], np.array(x.items)[x.item], x.split))  # noqa: E731
+    assert key(first) == key(again)
+    other_seed = build_interactions(reviews(rows), 0.1, seed=4)
+    assert key(first) != key(other_seed)
+
+
+def test_cold_items_are_test_only_and_about_the_fraction_asked():
+    rows = [(f"u{u}", f"b{b}", 4, u * 100 + b) for u in range(50) for b in range(0, 200, 7)]
+    x = build_interactions(reviews(rows), cold_fraction=0.25, seed=1)
+    assert 0.1 < x.cold.mean() < 0.4
+    assert set(x.split[x.cold[x.item]].tolist()) == {TEST}
+    warm_test = x.split[~x.cold[x.item]] == TEST
+    assert warm_test.sum() == 50 and (x.split[~x.cold[x.item]] == VAL).sum() == 50  # one of each per user
+
+
+def test_empty_ids_are_refused_with_the_field_named():
+    with pytest.raises(ValueError, match="empty business_id"):
+        build_interactions(reviews([("a", "", 4, 1)]))
+
+
+def test_bpr_loss_is_softplus_of_the_negative_margin():
+    user, pos, neg = torch.tensor([[1.0, 0.0]]), torch.tensor([[2.0, 0.0]]), torch.tensor([[0.0, 3.0]])
+    assert bpr_loss(user, pos, neg).item() == pytest.approx(math.log(1 + math.exp(-2.0)))
+
+
+def test_lightgcn_propagation_is_the_mean_of_normalised_layers():
+    user, item = np.array([0, 0, 1]), np.array([0, 1, 1])
+    adjacency = user_item_adjacency(user, item, 2, 2)
+    a = np.zeros((4, 4))
+    for u, i in zip(user, item):
+        a[u, 2 + i] = a[2 + i, u] = 1
+    d = a.sum(1) ** -0.5
+    norm = d[:, None] * a * d[None, :]
+    assert np.allclose(adjacency.to_dense().numpy(), norm)
+    model = LightGCN(2, 2, adjacency, dim=3, layers=2)
+    e0 = model.embedding.weight.detach().numpy()
+    expected = (e0 + norm @ e0 + norm @ norm @ e0) / 3
+    users, items = model.propagate()
+    assert np.allclose(torch.cat([users, items]).detach().numpy(), expected, atol=1e-6)
+
+
+def test_item_knn_graph_keeps_k_neighbours_never_itself():
+    content = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9], [0.0, 0.0]])
+    graph = item_knn_graph(content, k=1).to_dense()
+    assert graph.diagonal().abs().sum() == 0
+    assert graph[0, 1] > 0 and graph[2, 3] > 0 and graph[0, 2] == 0  # nearest neighbour only (and its reverse)
+    assert graph[4].abs().sum() == 0 and graph[:, 4].abs().sum() == 0  # no content, no neighbours
+
+
+def tiny_alignrec(cls=AlignRec, **settings):
+    user, item = np.array([0, 1, 1, 2]), np.array([0, 1, 2, 0])
+    image = torch.eye(4)[:, :4]
+    cold = torch.tensor([False, False, False, True])
+    model = cls(3, 4, user_item_adjacency(user, item, 3, 4), user, item, image, image.clone(), cold, dim=4,
+                **settings)
+    return model, user, item
+
+
+def test_inter_content_alignment_on_identical_orthogonal_modalities():
+    model, _, _ = tiny_alignrec(ica_weight=1.0)
+    for tower in (model.project_image, model.project_text):  # identity projections: p_I = p_T = the content
+        for layer in (tower[0], tower[2]):
+            layer.weight.data = torch.eye(4)
+            layer.bias.data.zero_()
+    _, parts = model.loss(torch.tensor([0, 1]), torch.tensor([0, 1]), torch.tensor([2, 2]))
+    # two items, orthogonal one-hot content, τ = 0.2: each row -log(e^5 / (e^5 + e^0))
+    assert parts["ica"] == pytest.approx(math.log(1 + math.exp(-5.0)), rel=1e-5)
+
+
+def test_a_cold_item_is_scored_by_its_content_not_its_id():
+    model, _, _ = tiny_alignrec()
+    _, items = model.representations()
+    model.ids.embedding.weight.data[3 + 3] += 5.0  # the cold item's (untrained) ID embedding
+    _, again = model.representations()
+    assert torch.allclose(items[3], again[3])
+    model.image[3] = torch.tensor([0.0, 1.0, 0.0, 0.0])
+    _, moved = model.representations()
+    assert not torch.allclose(items[3], moved[3])
+
+
+def test_reviewer_score_is_the_mean_over_users_and_factors_of_the_sigmoid():
+    model, user, item = tiny_alignrec(R2MR, factors=2)
+    out = model.forward()
+    factors = model.factors(out["h_user"]).detach().numpy()  # [U, K, d]
+    projected = model.review["image"](out["c_image"]).detach().numpy()
+    got = model.scores(out, "image", torch.arange(4), exact=True).detach().numpy()
+    sigmoid = lambda z: 1 / (1 + np.exp(-z))  # noqa: E731
+    for i in range(3):  # warm items: over their train users
+        users = user[item == i]
+        assert got[i] == pytest.approx(np.mean([sigmoid(factors[j] @ projected[i]).mean() for j in users]), rel=1e-5)
+    assert got[3] == pytest.approx(sigmoid(factors.mean(0) @ projected[3]).mean(), rel=1e-5)  # cold: the mean user
+    sampled = np.mean([model.scores(out, "image", torch.arange(4)).detach().numpy() for _ in range(300)], axis=0)
+    assert np.allclose(sampled, got, atol=0.02)  # a training step's estimate has the same expectation
+
+
+def test_quality_states_and_fusion_extremes():
+    states = quality_states(torch.tensor([0.7, 0.7, 0.2, 0.1]), torch.tensor([0.6, 0.2, 0.9, 0.3]), 0.5)
+    assert states.tolist() == [HIGH, DISPARITY, DISPARITY, LOW]
+    model, _, _ = tiny_alignrec(R2MR)
+    out = model.forward()
+    index = torch.tensor([0, 1])
+    ones, zeros = torch.ones(2), torch.zeros(2)
+    content = model.fuse(out, index, ones, ones, out["c_image"][index], out["c_text"][index])
+    assert torch.allclose(content, out["c_image"][index] + out["c_text"][index])  # trusted: content only
+    ids = model.fuse(out, index, zeros, zeros, out["c_image"][index], out["c_text"][index])
+    assert torch.allclose(ids, 2 * out["h_item"][index])  # poor: the ID only
+    assert torch.allclose(factor_scores(torch.zeros(1, 3, 2), torch.ones(1, 2)), torch.tensor([0.5]))
+
+
+def test_top_n_equals_brute_force_and_never_returns_an_excluded_item():
+    gen = torch.Generator().manual_seed(0)
+    users, items = torch.randn(7, 5, generator=gen), torch.randn(30, 5, generator=gen)
+    exclude = [np.array([3, 4]), np.array([], np.int64), *[np.arange(i) for i in range(5)]]
+    scores, top = training.top_n(users, items, 6, exclude)
+    brute = users.numpy() @ items.numpy().T
+    for u in range(7):
+        brute[u, exclude[u]] = -np.inf
+        assert top[u].tolist() == np.argsort(-brute[u], kind="stable")[:6].tolist()
+        assert not set(top[u].tolist()) & set(exclude[u].tolist())
+
+
+def test_ranking_metrics_on_a_hand_made_ranking():
+    top = np.array([[5, 2, 9], [1, 0, 3], [4, 4, 4]])
+    held = [np.array([2, 7]), np.array([8]), np.array([], np.int64)]  # the third user has nothing held out
+    m = ranking_metrics(top, held, ks=(2, 3))
+    assert m["users"] == 2
+    assert m["recall@2"] == pytest.approx((1 / 2 + 0) / 2)
+    assert m["precision@3"] == pytest.approx((1 / 3 + 0) / 2)
+    ideal = 1 + 1 / math.log2(3)
+    assert m["ndcg@2"] == pytest.approx(((1 / math.log2(3)) / ideal + 0) / 2)
+
+
+def test_negatives_avoid_the_users_train_items_and_cold_items():
+    user, item = np.repeat(np.arange(4), 3), np.array([0, 1, 2, 1, 2, 3, 2, 3, 4, 0, 4, 5])
+    codes = training.train_sets(user, item, 8)
+    warm = np.array([True] * 7 + [False])
+    negatives = training.sample_negatives(np.repeat(np.arange(4), 500), codes, 8, warm, np.random.default_rng(0))
+    for u in range(4):
+        drawn = set(negatives[u * 500:(u + 1) * 500].tolist())
+        assert not drawn & set(item[user == u].tolist()) and 7 not in drawn
+
+
+def test_bpr_mf_learns_a_planted_taste_that_popularity_cannot_see():
+    rng = np.random.default_rng(0)
+    taste = rng.integers(0, 4, 200)
+    rows = [(f"u{u:03d}", f"b{b:03d}", 4, t) for u in range(200)
+            for t, b in enumerate(rng.choice(np.arange(taste[u], 60, 4), 6, replace=False))]
+    x = build_interactions(reviews(rows), cold_fraction=0.0)
+    tu, ti = x.pairs(TRAIN)
+    codes, warm = training.train_sets(tu, ti, len(x.items)), ~x.cold
+    torch.manual_seed(0)
+    model = BPRMF(len(x.users), len(x.items), dim=8)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.02)
+
+    def step(loss):
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    first = training.train_epoch(model, step, tu, ti, codes, warm, 128, 0, 0)["bpr"]
+    for epoch in range(1, 25):
+        last = training.train_epoch(model, step, tu, ti, codes, warm, 128, epoch, 0)["bpr"]
+    assert last < first / 2
+    recall = {}
+    for name, m in (("bprmf", model), ("popularity", Popularity(len(x.users), len(x.items), ti))):
+        with torch.no_grad():
+            users, items = m.representations()
+        _, top = training.top_n(users, items, 10, x.by_user(TRAIN))
+        recall[name] = ranking_metrics(top.numpy(), x.by_user(TEST), ks=(10,))["recall@10"]
+    assert recall["bprmf"] > 2 * recall["popularity"]
