@@ -18,6 +18,8 @@ STAGES = {
     "train_dpp": "train the DPP kernel models (img / text / img+text) for image-set selection (Ray Train)",
     "distill": "train the explanation classifier Φ; optionally distill explanation sentences from reviews",
     "train_pc2l": "train the PC²L explanation generator and its ablations (Ray Train, DeepSpeed optional)",
+    "train_recommender": "train the candidate recommenders (popularity, BPR-MF, LightGCN, AlignRec, R2MR; Ray Train)",
+    "recommend": "each user's top-N businesses by a trained recommender: the candidates table ROOT/candidates",
     "evaluate": "evaluation reports: dataset (Table 1, visual diversity), selection (Table 3), generation (Table 2/4)",
     "nightly": "showcases for every candidate pair of a date, committed once to the Delta table ROOT/showcases",
     "serve": "a Ray Serve HTTP endpoint for fresh showcases (and the newest date's precomputed ones)",

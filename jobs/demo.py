@@ -4,8 +4,9 @@ Stages run in order, each through its own job entry point, and the first failure
 make_world (mini, local) -> ingest (prints the Table-1 summary) -> train_clip (the small CLIP, from scratch; prints
 held-out Recall@1) -> embed (every photo and text) -> features (the nightly's and Serve's lookups) -> train_dpp
 (img, text, img+text) -> distill (the explanation classifier Φ, held-out AUC/F1) -> train_pc2l (ce and pc2l, 25
-epochs) -> nightly (showcases for the test-split pairs, published under ROOT/showcases) -> gallery (an HTML page of
-them) -> evaluate all (Table 1 + visual diversity, Table 3, Table 2/4 + Figure 6 plots) -> where everything is.
+epochs) -> train_recommender (popularity, BPR-MF, LightGCN, AlignRec, R2MR) -> recommend (each user's top 5, the
+candidates table) -> nightly (showcases for those candidates, published under ROOT/showcases) -> gallery (an HTML
+page of them) -> evaluate all (Table 1 + visual diversity, Table 3, Table 2/4 + Figure 6 plots) -> where everything is.
 """
 
 from __future__ import annotations
@@ -14,19 +15,21 @@ import datetime as dt
 import sys
 from typing import Literal
 
-import pyarrow.compute as pc
 from pydantic import field_validator
 
 from showcase_core import registry
 from showcase_core.data.world import SIZES
 from showcase_core.store import Store
 
-from . import distill, embed, evaluate, features, gallery, ingest, make_world, nightly, train_clip, train_dpp, train_pc2l
+from . import (distill, embed, evaluate, features, gallery, ingest, make_world, nightly, recommend, train_clip, train_dpp,
+               train_pc2l, train_recommender)
 from .common import JobSettings, parse_args, run, setting
 
 # the baseline and the full method, a checkpoint every 5 epochs (`showcase train_pc2l` alone trains all four
 # ablation variants)
 PC2L_ARGS = ["--variants", "ce,pc2l", "--epochs", "25", "--checkpoint-every", "5"]
+# the mini world has ~1,000 train interactions: batches of 256 (MMRec's 2048 would be one step an epoch)
+RECOMMENDER_ARGS = ["--epochs", "40", "--batch-size", "256", "--log-every", "20"]
 
 
 class Settings(JobSettings):
@@ -54,14 +57,6 @@ def stage(name: str, main, argv: list[str]) -> None:
         raise SystemExit(code)
 
 
-def write_test_pairs(store: Store) -> str:
-    """The test split's (user, business) pairs as the nightly's candidates; their URI."""
-    reviews = store.read_table("reviews", ["user_id", "business_id", "split"])
-    test_pairs = reviews.filter(pc.equal(reviews.column("split"), "test")).select(["user_id", "business_id"])
-    store.write_parquet("candidates/demo-test-pairs.parquet", test_pairs)
-    return store.uri("candidates", "demo-test-pairs.parquet")
-
-
 def print_where(store: Store, date: str) -> None:
     """Where every output of the demo is."""
     clip = registry.latest(store, "clip")
@@ -70,6 +65,7 @@ def print_where(store: Store, date: str) -> None:
           f"\n  DPP:        {registry.latest(store, 'dpp').variant('img+text')}"
           f"\n  Φ:          {registry.latest(store, 'alignment').uri}"
           f"\n  PC²L:       {registry.latest(store, 'pc2l').variant('pc2l')}"
+          f"\n  recommender: {registry.latest(store, 'recommender').uri} (candidates: {store.uri('candidates')})"
           f"\n  showcases:  {store.uri('showcases')} (Delta, dt={date}; read with polars.read_delta or read_showcases)"
           f"\n  gallery:    {store.uri('reports', 'gallery', date, 'index.html')}"
           f"\n  reports:    {store.uri('reports')}")
@@ -86,9 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     stage("train_dpp", train_dpp.main, ["--root", root])
     stage("distill", distill.main, ["--root", root])
     stage("train_pc2l", train_pc2l.main, ["--root", root, *PC2L_ARGS])
-    store = Store.open(root)
-    candidates, date = write_test_pairs(store), dt.date.today().isoformat()
-    stage("nightly", nightly.main, ["--root", root, "--candidates", candidates, "--date", date, "--force", "true"])
+    store, date = Store.open(root), dt.date.today().isoformat()
+    stage("train_recommender", train_recommender.main, ["--root", root, *RECOMMENDER_ARGS])
+    stage("recommend", recommend.main, ["--root", root, "--date", date, "--top-n", "5", "--force", "true"])
+    stage("nightly", nightly.main, ["--root", root, "--candidates", "latest", "--date", date, "--force", "true"])
     stage("gallery", gallery.main, ["--root", root, "--date", date, "--n", "50"])
     stage("evaluate", evaluate.main, ["--root", root, "--stage", "all"])
     print_where(store, date)

@@ -3,7 +3,8 @@
 A streaming pipeline on Ray Data; the driver plans and commits and never holds the candidates, users or photos:
 
 1. Candidates (Parquet file or directory, or a Delta table, local or s3://: ``user_id``, ``business_id``, optional
-   ``score`` and ``rank``) are read in blocks. Each pair gets its unit of work, a stable hash bucket of its business
+   ``score`` and ``rank``; ``latest``: the date's partition of ``ROOT/candidates``, written by jobs.recommend) are
+   read in blocks, once per wave of ``--units-per-wave`` units (step 3's units). Each pair gets its unit of work, a stable hash bucket of its business
    (``unit``, one of N = businesses buckets x a multiple sized so a unit holds about ``--pairs-per-part`` pairs),
    and a user group (the same for the user); pairs of units this run already wrote are dropped here (resume).
 2. Grouped by user group, each group reads its users' rows by key from the feature table
@@ -20,8 +21,11 @@ A streaming pipeline on Ray Data; the driver plans and commits and never holds t
 Joins are on ids only: ground sets never travel with pairs (a business's is read once per unit), and the rows that
 cross the shuffle carry a pair's two profile vectors and its history for the generator.
 
-Memory: the driver holds one add record per unit (O(units)); a profile task holds one user group and the users rows
-it read; a writer actor holds the models, one unit's pairs and the ground sets of that unit's businesses.
+Memory: the driver holds one add record per unit (O(units)) and the executor state of one wave (Ray Data's per-task
+and per-partition state grows with the partitions of a pass: measured, about 85 KB of driver RSS per unit in one
+pass, hence the waves); a shuffle aggregator holds a share of one wave's pairs; a profile task holds one user group
+and the users rows it read; a writer actor holds the models, one unit's pairs and the ground sets of that unit's
+businesses.
 
 Exactly once: a unit's files are named by the run, the unit and N, so a retried unit (a killed worker) replaces its
 own files and a rerun with the same ``--run-id`` (a killed driver) skips the units already written. The driver
@@ -59,7 +63,8 @@ class Settings(ShowcaseSettings):
     """Write the showcases of every candidate pair for one date, committed once (resumable, exactly once)."""
 
     candidates: str = setting("", "Parquet file or directory, or a Delta table, with user_id, business_id[, score, "
-                                  "rank]; local or s3://")
+                                  "rank]; local or s3://; latest = the date's partition of ROOT/candidates "
+                                  "(jobs.recommend)")
     date: str = setting("", "the date partition to write, YYYY-MM-DD")
     run_id: str = setting("", "reuse a run id to resume that run after a failure (empty: a new one)")
     force: bool = setting(False, "replace a date that is already published")
@@ -96,8 +101,9 @@ PROFILED = pa.schema([*PAIRS, ("unit", pa.int64()), ("reason", pa.string()), ("h
                       ("history", pa.list_(pa.list_(pa.float32())))])
 
 
-def candidate_source(uri: str) -> tuple[list[str], object, int, pa.Schema]:
-    """(file paths, filesystem, rows, schema) of the candidates, from Parquet footers or the Delta log only."""
+def candidate_source(uri: str, date: str | None = None) -> tuple[list[str], object, int, pa.Schema]:
+    """(file paths, filesystem, rows, schema) of the candidates, from Parquet footers or the Delta log only; of the
+    ``dt = date`` partition only when ``date`` is given (the candidates table jobs.recommend writes)."""
     import pyarrow.dataset as ds
 
     fs, path = filesystem_for(uri)
@@ -112,9 +118,15 @@ def candidate_source(uri: str) -> tuple[list[str], object, int, pa.Schema]:
             from showcase_core.tables import storage_options
 
             table = DeltaTable(uri, storage_options=storage_options(uri))
-            paths = [filesystem_for(u)[1] for u in table.file_uris()]
+            filters = [("dt", "=", date)] if date else None
+            paths = [filesystem_for(u)[1] for u in table.file_uris(file_pruning_predicate=filters)]
             schema = pa.schema(table.schema().to_arrow())
             actions = pa.table(table.get_add_actions(flatten=True))
+            if date and actions.num_rows:
+                actions = actions.filter(pc.equal(actions.column("partition.dt"), date))
+            if date and not actions.num_rows:
+                raise UserError(f"--candidates latest: no candidates for {date} in {uri} (run `showcase recommend "
+                                f"--date {date}`)")
             rows = int(pc.sum(actions.column("num_records")).as_py() or 0) if actions.num_rows else 0
             return paths, fs, rows, schema
         dataset = ds.dataset(path, filesystem=fs, format="parquet", exclude_invalid_files=False)
@@ -279,7 +291,11 @@ def plan_units(store, cfg: Settings, run_id: str) -> dict:
     """Models, features, candidates and the units of work; the units an earlier attempt of this run wrote."""
     models = resolve_models(store, cfg.dpp_modality, cfg.generator_variant if cfg.generator == "pc2l" else None)
     meta = F.meta_for(store, models["encoder_id"], models["generator"])
-    paths, candidates_fs, candidate_rows, schema = candidate_source(cfg.candidates)
+    latest = cfg.candidates == "latest"  # the date's partition of the candidates table jobs.recommend writes
+    candidates = store.uri("candidates") if latest else cfg.candidates
+    if latest and not delta.exists(store, "candidates"):
+        raise UserError(f"--candidates latest: no candidates table at {candidates} (run `showcase recommend`)")
+    paths, candidates_fs, candidate_rows, schema = candidate_source(candidates, cfg.date if latest else None)
     columns = check_candidate_schema(cfg.candidates, schema)
     user_buckets, business_buckets = (int(meta["tables"][k]["buckets"]) for k in ("users", "businesses"))
     units = business_buckets * F.buckets_for(candidate_rows, business_buckets * cfg.pairs_per_part)

@@ -84,5 +84,10 @@ SHOWCASES = pa.schema(
 )
 
 # Candidate pairs the nightly could not showcase, and why (the showcases_quarantine table, partitioned by dt).
+# The candidate pairs jobs.recommend writes (partitioned by dt) and jobs.nightly --candidates latest reads.
+CANDIDATES = pa.schema([("user_id", pa.string()), ("business_id", pa.string()), ("score", pa.float64()),
+                        ("rank", pa.int64()), ("model", pa.string()), ("cold_start_user", pa.bool_()),
+                        ("cold_start_item", pa.bool_()), ("dt", pa.string())])
+
 SHOWCASES_QUARANTINE = pa.schema([("user_id", pa.string()), ("business_id", pa.string()), ("reason", pa.string()),
                                   ("detail", pa.string()), ("run_id", pa.string()), ("dt", pa.string())])

@@ -61,7 +61,7 @@ class AlignRec(nn.Module):
         self.register_buffer("item_graph", item_knn_graph(torch.cat([image, text], dim=1), cfg["knn"]))
         self.register_buffer("user_items", user_item_mean(train_user, train_item, users, items))
 
-    def forward(self) -> dict:
+    def parts(self) -> dict:
         """Every user's and item's parts: h (IDs), p_I, p_T (projected modalities), c̃_I, c̃_T (each propagated over
         the item graph; c̃ is their mean, S being linear) and the user representation."""
         h_user, h_item = self.ids.propagate()
@@ -80,11 +80,13 @@ class AlignRec(nn.Module):
 
     @torch.no_grad()
     def representations(self) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.forward()
+        out = self.parts()
         return out["user"], self.items(out)
 
-    def loss(self, users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        cfg, out = self.cfg, self.forward()
+    def forward(self, users: torch.Tensor, positives: torch.Tensor,
+                negatives: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """The training loss of a batch of (user, positive, negative) and its parts."""
+        cfg, out = self.cfg, self.parts()
         user, positive, negative = out["user"][users], self.items(out, positives), self.items(out, negatives)
         bpr = bpr_loss(user, positive, negative)
         ego = self.ids.embedding.weight

@@ -22,7 +22,9 @@ class BPRMF(nn.Module):
     def representations(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.user.weight, self.item.weight
 
-    def loss(self, users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    def forward(self, users: torch.Tensor, positives: torch.Tensor,
+                negatives: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """The training loss of a batch of (user, positive, negative) and its parts."""
         u, p, n = self.user(users), self.item(positives), self.item(negatives)
         bpr = bpr_loss(u, p, n)
         return bpr + l2_penalty(self.reg, u, p, n), {"bpr": float(bpr.detach())}

@@ -32,7 +32,9 @@ class LightGCN(nn.Module):
     def representations(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.propagate()
 
-    def loss(self, users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    def forward(self, users: torch.Tensor, positives: torch.Tensor,
+                negatives: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """The training loss of a batch of (user, positive, negative) and its parts."""
         u_all, i_all = self.propagate()
         bpr = bpr_loss(u_all[users], i_all[positives], i_all[negatives])
         ego = self.embedding.weight

@@ -97,7 +97,7 @@ class R2MR(AlignRec):
     @torch.no_grad()
     def review_items(self, out: dict | None = None) -> dict:
         """Every item's exact scores, states, the rewrites kept, and its fused representation."""
-        out = out or self.forward()
+        out = out or self.parts()
         index = torch.arange(out["c_image"].shape[0], device=out["c_image"].device)
         content = {m: out[f"c_{m}"].clone() for m in ("image", "text")}
         s = {m: self.scores(out, m, index, exact=True) for m in ("image", "text")}
@@ -127,4 +127,4 @@ class R2MR(AlignRec):
         image, text = out["c_image"][rows].detach(), out["c_text"][rows].detach()
         loss = (2 - F.cosine_similarity(self.rewrite["image"](text), image).mean()
                 - F.cosine_similarity(self.rewrite["text"](image), text).mean())
-        return self.cfg["rewrite_weight"] * loss, {"rewrite": float(loss)}
+        return self.cfg["rewrite_weight"] * loss, {"rewrite": float(loss.detach())}

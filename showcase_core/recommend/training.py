@@ -43,7 +43,7 @@ def train_epoch(model, step, user: np.ndarray, item: np.ndarray, codes: np.ndarr
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
         negatives = sample_negatives(user[idx], codes, items, warm, rng)
-        loss, parts = model.loss(torch.as_tensor(user[idx]), torch.as_tensor(item[idx]), torch.as_tensor(negatives))
+        loss, parts = model(torch.as_tensor(user[idx]), torch.as_tensor(item[idx]), torch.as_tensor(negatives))
         step(loss)
         for name, value in {"loss": float(loss.detach()), **parts}.items():
             totals[name] = totals.get(name, 0.0) + value
@@ -55,11 +55,35 @@ def train_epoch(model, step, user: np.ndarray, item: np.ndarray, codes: np.ndarr
 def top_n(user_vectors: torch.Tensor, item_vectors: torch.Tensor, n: int,
           exclude: list[np.ndarray] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(scores [B, n], item indices [B, n]) for a block of users; ``exclude[b]`` item indices never returned.
-    Fewer than n allowed items: the rest have score -inf."""
+    Where fewer than n items are allowed (or there are fewer than n), the rest are index -1 with score -inf."""
     scores = user_vectors.float() @ item_vectors.float().T
     if exclude is not None:
         rows = np.repeat(np.arange(len(exclude)), [len(e) for e in exclude])
         cols = np.concatenate(exclude) if len(rows) else np.zeros(0, np.int64)
         scores[torch.as_tensor(rows, dtype=torch.long), torch.as_tensor(cols, dtype=torch.long)] = -float("inf")
     top = scores.topk(min(n, scores.shape[1]), dim=1)
-    return top.values, top.indices
+    values, indices = top.values, torch.where(torch.isneginf(top.values), -1, top.indices)
+    if indices.shape[1] < n:
+        pad = n - indices.shape[1]
+        values = torch.cat([values, torch.full((len(values), pad), -float("inf"))], dim=1)
+        indices = torch.cat([indices, torch.full((len(indices), pad), -1, dtype=indices.dtype)], dim=1)
+    return values, indices
+
+
+@torch.no_grad()
+def evaluate(model, x, split: int, scorable: np.ndarray, ks=(10, 20), block: int = 4096) -> dict:
+    """MMRec's full ranking on ``split`` (VAL or TEST): every item the model can score (``scorable``) ranked, the
+    user's train items masked; users in blocks of ``block`` (the score matrix of one block at a time). A held-out
+    item the model cannot score counts as a miss."""
+    from ..metrics.recommend import ranking_metrics
+
+    model.eval()
+    users, items = model.representations()
+    train, held = x.by_user(0), x.by_user(split)
+    never = np.flatnonzero(~scorable)
+    tops = []
+    for start in range(0, len(x.users), block):
+        stop = min(start + block, len(x.users))
+        _, top = top_n(users[start:stop], items, max(ks), [np.union1d(t, never) for t in train[start:stop]])
+        tops.append(top.cpu().numpy())
+    return ranking_metrics(np.concatenate(tops), held, ks)

@@ -35,7 +35,8 @@ CLUSTER = os.path.join(REPO, "cluster")
 RAY = os.path.join(os.path.dirname(sys.executable), "ray")
 GPU = "nvidia.com/gpu"
 FUTURE_STAGES = {"train_pc2l", "nightly", "serve"}  # announced by their issues (some may be built by now)
-PER_RUN = {"nightly": ["--candidates", "s3://bucket/candidates/", "--date", "2026-01-31"]}
+PER_RUN = {"nightly": ["--candidates", "s3://bucket/candidates/", "--date", "2026-01-31"],
+           "recommend": ["--date", "2026-01-31"]}
 LOCAL_ONLY = {"make_world", "demo"}  # stages that only make sense on one machine: no cluster config
 with open(os.path.join(CLUSTER, "kuberay", "Dockerfile")) as _f:  # where the image puts the checkout
     IMAGE_WORKDIR = re.search(r"^WORKDIR (\S+)", _f.read(), re.M).group(1)

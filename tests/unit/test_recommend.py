@@ -108,7 +108,7 @@ def test_inter_content_alignment_on_identical_orthogonal_modalities():
         for layer in (tower[0], tower[2]):
             layer.weight.data = torch.eye(4)
             layer.bias.data.zero_()
-    _, parts = model.loss(torch.tensor([0, 1]), torch.tensor([0, 1]), torch.tensor([2, 2]))
+    _, parts = model(torch.tensor([0, 1]), torch.tensor([0, 1]), torch.tensor([2, 2]))
     # two items, orthogonal one-hot content, τ = 0.2: each row -log(e^5 / (e^5 + e^0))
     assert parts["ica"] == pytest.approx(math.log(1 + math.exp(-5.0)), rel=1e-5)
 
@@ -126,7 +126,7 @@ def test_a_cold_item_is_scored_by_its_content_not_its_id():
 
 def test_reviewer_score_is_the_mean_over_users_and_factors_of_the_sigmoid():
     model, user, item = tiny_alignrec(R2MR, factors=2)
-    out = model.forward()
+    out = model.parts()
     factors = model.factors(out["h_user"]).detach().numpy()  # [U, K, d]
     projected = model.review["image"](out["c_image"]).detach().numpy()
     got = model.scores(out, "image", torch.arange(4), exact=True).detach().numpy()
@@ -143,7 +143,7 @@ def test_quality_states_and_fusion_extremes():
     states = quality_states(torch.tensor([0.7, 0.7, 0.2, 0.1]), torch.tensor([0.6, 0.2, 0.9, 0.3]), 0.5)
     assert states.tolist() == [HIGH, DISPARITY, DISPARITY, LOW]
     model, _, _ = tiny_alignrec(R2MR)
-    out = model.forward()
+    out = model.parts()
     index = torch.tensor([0, 1])
     ones, zeros = torch.ones(2), torch.zeros(2)
     content = model.fuse(out, index, ones, ones, out["c_image"][index], out["c_text"][index])
@@ -214,3 +214,9 @@ def test_bpr_mf_learns_a_planted_taste_that_popularity_cannot_see():
         _, top = training.top_n(users, items, 10, x.by_user(TRAIN))
         recall[name] = ranking_metrics(top.numpy(), x.by_user(TEST), ks=(10,))["recall@10"]
     assert recall["bprmf"] > 2 * recall["popularity"]
+
+
+def test_top_n_pads_with_minus_one_when_fewer_items_are_allowed():
+    scores, top = training.top_n(torch.ones(1, 2), torch.ones(3, 2), 5, [np.array([1])])
+    assert top.tolist() == [[0, 2, -1, -1, -1]] or top.tolist() == [[2, 0, -1, -1, -1]]
+    assert torch.isneginf(scores[0, 2:]).all()

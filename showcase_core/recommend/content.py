@@ -1,0 +1,60 @@
+"""Item content for the multimodal recommenders: per business, the mean CLIP photo vector and the mean CLIP text
+vector of its train interactions only (a val or test user's photos and words never reach an item's content).
+
+It is read from the users feature table (``features/<encoder_id>/users``, showcase_core.features): each user row
+holds, per business the user reviewed, the sum and count of their photo and text vectors, which is exactly one
+interaction's content. The table is streamed in batches and summed per item.
+
+Memory: the train interactions' codes (O(interactions)) and two [items, dim] sums; never a photo-level table.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .. import tables as delta
+from ..features import features_dir
+from .interactions import TRAIN, Interactions
+
+COLUMNS = ["user_id", "businesses", "photo_sums", "photo_counts", "text_sums", "text_counts"]
+
+
+def _entries(batch: pa.RecordBatch, x: Interactions) -> tuple[np.ndarray, np.ndarray]:
+    """(user index, item index) of every (user, business) entry of the batch, in the order of the flattened lists;
+    -1 where the id is not among the interactions."""
+    businesses = batch.column("businesses")
+    parents = np.asarray(pc.list_parent_indices(businesses))
+    user = np.asarray(pc.fill_null(pc.index_in(batch.column("user_id"), value_set=pa.array(x.users)), -1))[parents]
+    item = np.asarray(pc.fill_null(pc.index_in(pc.list_flatten(businesses), value_set=pa.array(x.items)), -1))
+    return user, item
+
+
+def _sums(column: pa.Array, dim: int) -> np.ndarray:
+    values = pc.list_flatten(pc.list_flatten(column))
+    return np.asarray(values, np.float32).reshape(-1, dim)
+
+
+def item_content(store, encoder_id: str, x: Interactions, dim: int, batch_size: int = 8192) -> dict:
+    """{"image": [I, dim], "text": [I, dim], "photos": [I], "texts": [I]}: mean vectors (zeros where an item has none
+    in train) and the counts they average."""
+    items = len(x.items)
+    tu, ti = x.pairs(TRAIN)
+    train = np.unique(tu.astype(np.int64) * items + ti)
+    sums = {"image": np.zeros((items, dim)), "text": np.zeros((items, dim))}
+    counts = {"image": np.zeros(items), "text": np.zeros(items)}
+    for batch in delta.iter_batches(store, features_dir(encoder_id, "users"), columns=COLUMNS,
+                                    batch_size=batch_size):
+        user, item = _entries(batch, x)
+        code = user.astype(np.int64) * items + item
+        known = (user >= 0) & (item >= 0)
+        at = np.minimum(np.searchsorted(train, code), max(len(train) - 1, 0))
+        keep = known & (train[at] == code) if len(train) else np.zeros(len(code), bool)
+        for kind, prefix in (("image", "photo"), ("text", "text")):
+            vectors = _sums(batch.column(f"{prefix}_sums"), dim)
+            n = np.asarray(pc.list_flatten(batch.column(f"{prefix}_counts")), np.float64)
+            np.add.at(sums[kind], item[keep], vectors[keep])
+            np.add.at(counts[kind], item[keep], n[keep])
+    out = {kind: (sums[kind] / np.maximum(counts[kind], 1)[:, None]).astype(np.float32) for kind in sums}
+    return {**out, "photos": counts["image"].astype(np.int64), "texts": counts["text"].astype(np.int64)}

@@ -1,0 +1,102 @@
+"""train_recommender -> recommend -> nightly --candidates latest on the tiny world, ROOT on local disk and on
+SeaweedFS S3: the models are published, the candidates table is read by Polars and deltalake with no project code,
+no user is recommended a business they reviewed, and the nightly accounts for every candidate of the date."""
+
+import polars as pl
+import pytest
+from deltalake import DeltaTable
+
+from jobs import embed, features, nightly, recommend, train_dpp, train_recommender
+from jobs.common import run
+from showcase_core import registry
+from showcase_core.encoders.clip import load_encoder
+from showcase_core.store import Store
+from showcase_core.tables import storage_options
+from tests.conftest import SMALL_BUCKETS, copy_root, world_on_s3
+
+DATE = "2026-11-27"
+TRAIN = ["--epochs", "2", "--batch-size", "16", "--eval-every", "1", "--cpus-per-worker", "1", "--dim", "8"]
+
+
+def train(root: str, encoder_id: str, models: str) -> None:
+    assert run("train_dpp", train_dpp.main, ["--root", root, "--encoder", encoder_id, "--epochs", "1",
+                                             "--modalities", "img+text", "--cpus-per-worker", "1"]) == 0
+    assert run("train_recommender", train_recommender.main, ["--root", root, "--encoder", encoder_id,
+                                                             "--models", models, *TRAIN]) == 0
+
+
+@pytest.fixture(scope="module")
+def local_root(tiny_embedded, tmp_path_factory):
+    template, encoder_id = tiny_embedded
+    root = copy_root(template, tmp_path_factory, "recommend")
+    train(root, encoder_id, "popularity,r2mr")  # r2mr: AlignRec, LightGCN and the reviewer in one
+    return root
+
+
+@pytest.fixture(scope="module")
+def s3_root(seaweed, ray_local, tiny_world):
+    world, _ = tiny_world
+    root = world_on_s3(seaweed, world, "recommend")
+    encoder_id = load_encoder(model="showcase-tiny").encoder_id
+    assert run("embed", embed.main, ["--root", root, "--clip-model", "showcase-tiny"]) == 0
+    assert run("features", features.main, ["--root", root, "--encoder", encoder_id, *SMALL_BUCKETS]) == 0
+    train(root, encoder_id, "popularity")  # the S3 paths are the same for every model: the cheapest
+    return root
+
+
+@pytest.fixture(params=["local", "s3"])
+def any_root(request):
+    return request.getfixturevalue("local_root" if request.param == "local" else "s3_root")
+
+
+def read_candidates(root: str) -> pl.DataFrame:
+    """The candidates table as an outside reader sees it: deltalake + Polars, no project code."""
+    uri = f"{root}/candidates"
+    table = DeltaTable(uri, storage_options=storage_options(root))
+    return pl.from_arrow(table.to_pyarrow_table(filters=[("dt", "=", DATE)]))
+
+
+def test_recommend_writes_top_n_of_unseen_businesses_and_the_nightly_explains_them(any_root, capsys):
+    store = Store.open(any_root)
+    entry = registry.latest(store, "recommender")
+    model = "r2mr" if "r2mr" in entry.variants else "popularity"
+    assert 0.0 <= entry.metrics[model]["test_recall@20"] <= 1.0 and entry.metrics[model]["val_users"] > 0
+    assert run("recommend", recommend.main, ["--root", any_root, "--date", DATE, "--top-n", "3",
+                                             "--users-per-block", "5", "--model", model]) == 0
+    candidates = read_candidates(any_root)
+    reviews = pl.from_arrow(store.read_table("reviews", ["user_id", "business_id"])).unique()
+    assert candidates.height > 0
+    assert candidates.join(reviews, on=["user_id", "business_id"], how="inner").height == 0  # never a reviewed one
+    per_user = candidates.group_by("user_id").agg(pl.len().alias("n"), pl.col("rank").sort().alias("ranks"))
+    assert per_user["n"].max() <= 3
+    assert all(ranks == list(range(1, len(ranks) + 1)) for ranks in per_user["ranks"].to_list())
+    assert set(candidates["model"].unique().to_list()) <= {model, "popularity"}
+    assert candidates.filter(pl.col("cold_start_user"))["model"].unique().to_list() in ([], ["popularity"])
+    # every user with something left to recommend gets candidates (8 businesses: some reviewed them nearly all)
+    assert per_user.height >= 0.8 * reviews["user_id"].n_unique()
+    capsys.readouterr()
+    assert run("recommend", recommend.main, ["--root", any_root, "--date", DATE, "--model", model]) == 0  # no-op
+    assert "already written" in capsys.readouterr().out
+    assert read_candidates(any_root).height == candidates.height
+    assert run("nightly", nightly.main, ["--root", any_root, "--candidates", "latest", "--date", DATE,
+                                         "--generator", "none", "--force", "true"]) == 0
+    showcases = pl.from_arrow(DeltaTable(f"{any_root}/showcases", storage_options=storage_options(any_root))
+                              .to_pyarrow_table(filters=[("dt", "=", DATE)]))
+    quarantined = pl.from_arrow(DeltaTable(f"{any_root}/showcases_quarantine",
+                                           storage_options=storage_options(any_root))
+                                .to_pyarrow_table(filters=[("dt", "=", DATE)]))
+    assert showcases.height + quarantined.height == candidates.height
+    assert showcases.select("user_id", "business_id").unique().height == showcases.height
+
+
+def test_nightly_latest_without_candidates_for_the_date_exits_2_in_one_line(local_root, capsys):
+    code = run("nightly", nightly.main, ["--root", local_root, "--candidates", "latest", "--date", "2001-01-01",
+                                         "--generator", "none"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "no candidates" in err[0], err
+
+
+def test_recommend_refuses_a_model_that_was_not_trained(local_root, capsys):
+    code = run("recommend", recommend.main, ["--root", local_root, "--date", DATE, "--model", "bprmf"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and "train_recommender --models bprmf" in err[-1], err
