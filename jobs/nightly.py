@@ -37,7 +37,6 @@ is a no-op without ``--force``; a run that finds its generation committed by ano
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import posixpath
 import sys
@@ -52,6 +51,7 @@ from pydantic import field_validator
 from showcase_core import features as F
 from showcase_core import tables as delta
 from showcase_core.data.schema import SHOWCASES, SHOWCASES_QUARANTINE
+from showcase_core.settings import iso_date
 from showcase_core.showcase import PART, QUARANTINE_TABLE, TABLE, resolve_models
 from showcase_core.store import filesystem_for, new_run_id, utc_now
 
@@ -88,10 +88,7 @@ class Settings(ShowcaseSettings):
     @field_validator("date")
     @classmethod
     def _iso_date(cls, value: str) -> str:
-        try:
-            return dt.date.fromisoformat(value).isoformat()
-        except ValueError:
-            raise ValueError(f"--date must be YYYY-MM-DD, got {value!r}") from None
+        return iso_date("date", value)
 
 
 PAIRS = pa.schema([("user_id", pa.string()), ("business_id", pa.string()), ("score", pa.float64()),

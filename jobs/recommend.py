@@ -14,7 +14,6 @@ Memory: the driver holds one add record per block; an actor the item matrix and 
 
 from __future__ import annotations
 
-import datetime as dt
 import sys
 
 import pyarrow as pa
@@ -24,6 +23,7 @@ from showcase_core import registry
 from showcase_core import tables as delta
 from showcase_core.data.schema import CANDIDATES
 from showcase_core.recommend.data import MODELS
+from showcase_core.settings import iso_date
 from showcase_core.store import filesystem_for, new_run_id, utc_now
 
 from .common import (JobSettings, Progress, Timer, UserError, actor_plan, new_report, open_store, parse_args, run,
@@ -46,10 +46,7 @@ class Settings(JobSettings):
     @field_validator("date")
     @classmethod
     def _iso_date(cls, value: str) -> str:
-        try:
-            return dt.date.fromisoformat(value).isoformat()
-        except ValueError:
-            raise ValueError(f"--date must be YYYY-MM-DD, got {value!r}") from None
+        return iso_date("date", value)
 
     @field_validator("model")
     @classmethod

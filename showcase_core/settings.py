@@ -34,6 +34,16 @@ def comma_list(name: str, value: str, allowed) -> list[str]:
     return items
 
 
+def iso_date(name: str, value: str) -> str:
+    """A YYYY-MM-DD setting, normalised (for a field validator)."""
+    import datetime as dt
+
+    try:
+        return dt.date.fromisoformat(value).isoformat()
+    except ValueError:
+        raise ValueError(f"{flag(name)} must be YYYY-MM-DD, got {value!r}") from None
+
+
 def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 

@@ -66,17 +66,26 @@ SMALL_BUCKETS = ["--users-per-bucket", "16", "--photos-per-bucket", "48"]
 def tiny_embedded(ray_local, tiny_world, tmp_path_factory):
     """The tiny world ingested and embedded with the (untrained) showcase-tiny CLIP, once per session: (ROOT,
     encoder_id). Tests that write models or showcases take their own copy with ``copy_root``."""
-    from jobs import embed, features, ingest
+    from jobs import ingest
     from jobs.common import run
-    from showcase_core.encoders.clip import load_encoder
 
     world, _ = tiny_world
     root = str(tmp_path_factory.mktemp("tiny-embedded") / "root")
     assert run("ingest", ingest.main, ["--root", root, "--gest", f"{world}/filter_all_t.json"]) == 0
+    return root, embed_with_features(root)
+
+
+def embed_with_features(root: str) -> str:
+    """Embed an ingested ROOT with the (untrained) showcase-tiny CLIP and build its feature tables (small buckets);
+    returns the encoder id."""
+    from jobs import embed, features
+    from jobs.common import run
+    from showcase_core.encoders.clip import load_encoder
+
     assert run("embed", embed.main, ["--root", root, "--clip-model", "showcase-tiny"]) == 0
     encoder_id = load_encoder(model="showcase-tiny").encoder_id
     assert run("features", features.main, ["--root", root, "--encoder", encoder_id, *SMALL_BUCKETS]) == 0
-    return root, encoder_id
+    return encoder_id
 
 
 def copy_root(template: str, tmp_path_factory, name: str) -> str:

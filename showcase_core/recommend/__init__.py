@@ -6,5 +6,8 @@
   modality reviewer on top of AlignRec.
 - ``training``: BPR sampling and one training epoch of any of them; ``rank``: exact top-N with masks.
 
+Graphs, content and index buffers are rebuilt from the data (``data.build_model``), so they are not in a model's state
+dict or its checkpoints: those hold the learned parameters only.
+
 Metrics (Recall, NDCG, Precision @K under full ranking) are in ``showcase_core.metrics.recommend``.
 """

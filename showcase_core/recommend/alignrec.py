@@ -55,11 +55,11 @@ class AlignRec(nn.Module):
         self.ids = LightGCN(users, items, adjacency, cfg["dim"], cfg["layers"], cfg["reg"])
         self.project_image = projector(image.shape[1], cfg["dim"])
         self.project_text = projector(text.shape[1], cfg["dim"])
-        self.register_buffer("image", image.float())
-        self.register_buffer("text", text.float())
-        self.register_buffer("warm", ~cold.bool())
-        self.register_buffer("item_graph", item_knn_graph(torch.cat([image, text], dim=1), cfg["knn"]))
-        self.register_buffer("user_items", user_item_mean(train_user, train_item, users, items))
+        self.register_buffer("image", image.float(), persistent=False)
+        self.register_buffer("text", text.float(), persistent=False)
+        self.register_buffer("warm", ~cold.bool(), persistent=False)
+        self.register_buffer("item_graph", item_knn_graph(torch.cat([image, text], dim=1), cfg["knn"]), persistent=False)
+        self.register_buffer("user_items", user_item_mean(train_user, train_item, users, items), persistent=False)
 
     def parts(self) -> dict:
         """Every user's and item's parts: h (IDs), p_I, p_T (projected modalities), c̃_I, c̃_T (each propagated over

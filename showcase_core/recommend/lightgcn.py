@@ -18,7 +18,7 @@ class LightGCN(nn.Module):
         self.users, self.items, self.layers, self.reg = users, items, layers, reg
         self.embedding = nn.Embedding(users + items, dim)
         nn.init.normal_(self.embedding.weight, std=0.1)
-        self.register_buffer("adjacency", adjacency)
+        self.register_buffer("adjacency", adjacency, persistent=False)
 
     def propagate(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(users [U, d], items [I, d]) after L layers, averaged over layers."""

@@ -13,7 +13,7 @@ class Popularity(torch.nn.Module):
     def __init__(self, users: int, items: int, train_item: np.ndarray):
         super().__init__()
         counts = np.bincount(train_item, minlength=items).astype(np.float32)
-        self.register_buffer("counts", torch.as_tensor(counts))
+        self.register_buffer("counts", torch.as_tensor(counts), persistent=False)
         self.users = users
 
     def representations(self) -> tuple[torch.Tensor, torch.Tensor]:

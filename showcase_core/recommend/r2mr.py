@@ -51,9 +51,9 @@ class R2MR(AlignRec):
         self.review = nn.ModuleDict({"image": nn.Linear(d, d, bias=False), "text": nn.Linear(d, d, bias=False)})
         self.rewrite = nn.ModuleDict({"image": projector(d, d), "text": projector(d, d)})  # into that modality
         order = np.argsort(train_item, kind="stable")
-        self.register_buffer("item_users", torch.as_tensor(np.asarray(train_user)[order], dtype=torch.long))
+        self.register_buffer("item_users", torch.as_tensor(np.asarray(train_user)[order], dtype=torch.long), persistent=False)
         indptr = np.searchsorted(np.asarray(train_item)[order], np.arange(items + 1))
-        self.register_buffer("item_indptr", torch.as_tensor(indptr, dtype=torch.long))
+        self.register_buffer("item_indptr", torch.as_tensor(indptr, dtype=torch.long), persistent=False)
 
     def factors(self, h_user: torch.Tensor) -> torch.Tensor:
         return self.user_factors(h_user).view(h_user.shape[0], self.cfg["factors"], self.cfg["dim"])
@@ -121,8 +121,8 @@ class R2MR(AlignRec):
         with torch.no_grad():
             s_image, s_text = self.scores(out, "image", batch_items), self.scores(out, "text", batch_items)
             high = quality_states(s_image, s_text, self.cfg["eta"]) == HIGH
-        if not high.any():
-            return torch.zeros(()), {"rewrite": 0.0}
+        if not high.any():  # nothing to learn from; the rewriters still take part (DDP reduces every parameter)
+            return sum(p.sum() for p in self.rewrite.parameters()) * 0.0, {"rewrite": 0.0}
         rows = batch_items[high]
         image, text = out["c_image"][rows].detach(), out["c_text"][rows].detach()
         loss = (2 - F.cosine_similarity(self.rewrite["image"](text), image).mean()

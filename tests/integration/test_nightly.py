@@ -13,15 +13,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from jobs import embed, features, nightly, train_dpp, train_pc2l, vacuum
+from jobs import nightly, train_dpp, train_pc2l, vacuum
 from jobs.common import run
 from showcase_core import read_showcases
 from showcase_core.data.schema import SHOWCASES
-from showcase_core.encoders.clip import load_encoder
 from showcase_core import tables as delta
 from showcase_core.showcase import publication, published_dates
 from showcase_core.store import Store
-from tests.conftest import SMALL_BUCKETS, copy_root, world_on_s3
+from tests.conftest import copy_root, embed_with_features, world_on_s3
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SMALL_PC2L = ["--variants", "pc2l", "--epochs", "1", "--d-model", "32", "--heads", "2", "--encoder-layers", "1",
@@ -47,9 +46,7 @@ def trained_root(tiny_embedded, tmp_path_factory):
 def s3_trained_root(seaweed, ray_local, tiny_world):
     world, _ = tiny_world
     root = world_on_s3(seaweed, world, "nightly")
-    encoder_id = load_encoder(model="showcase-tiny").encoder_id
-    assert run("embed", embed.main, ["--root", root, "--clip-model", "showcase-tiny"]) == 0
-    assert run("features", features.main, ["--root", root, "--encoder", encoder_id, *SMALL_BUCKETS]) == 0
+    encoder_id = embed_with_features(root)
     train_models(root, encoder_id)
     return root
 

@@ -6,13 +6,12 @@ import polars as pl
 import pytest
 from deltalake import DeltaTable
 
-from jobs import embed, features, nightly, recommend, train_dpp, train_recommender
+from jobs import nightly, recommend, train_dpp, train_recommender
 from jobs.common import run
 from showcase_core import registry
-from showcase_core.encoders.clip import load_encoder
 from showcase_core.store import Store
 from showcase_core.tables import storage_options
-from tests.conftest import SMALL_BUCKETS, copy_root, world_on_s3
+from tests.conftest import copy_root, embed_with_features, world_on_s3
 
 DATE = "2026-11-27"
 TRAIN = ["--epochs", "2", "--batch-size", "16", "--eval-every", "1", "--cpus-per-worker", "1", "--dim", "8"]
@@ -37,9 +36,7 @@ def local_root(tiny_embedded, tmp_path_factory):
 def s3_root(seaweed, ray_local, tiny_world):
     world, _ = tiny_world
     root = world_on_s3(seaweed, world, "recommend")
-    encoder_id = load_encoder(model="showcase-tiny").encoder_id
-    assert run("embed", embed.main, ["--root", root, "--clip-model", "showcase-tiny"]) == 0
-    assert run("features", features.main, ["--root", root, "--encoder", encoder_id, *SMALL_BUCKETS]) == 0
+    encoder_id = embed_with_features(root)
     train(root, encoder_id, "popularity")  # the S3 paths are the same for every model: the cheapest
     return root
 

@@ -15,15 +15,14 @@ import psutil
 import pytest
 from ray import serve
 
-from jobs import embed, features, ingest, nightly
+from jobs import ingest, nightly
 from jobs import serve as serve_job
 from jobs.common import run
 from showcase_core import read_showcases
 from showcase_core.data.schema import SHOWCASES
-from showcase_core.encoders.clip import load_encoder
 from showcase_core.showcase import publication, resolve_models
 from showcase_core.store import Store
-from tests.conftest import SMALL_BUCKETS
+from tests.conftest import embed_with_features
 from tests.integration.test_nightly import train_models, write_candidates
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -61,9 +60,7 @@ def root(ray_local, tiny_world, tmp_path_factory):
         f.write(b"\xff\xd8 not a jpeg")  # there, so ingest keeps the review; undecodable, so embed quarantines it
     root = str(tmp_path_factory.mktemp("serve") / "root")
     assert run("ingest", ingest.main, ["--root", root, "--gest", f"{world}/filter_all_t.json"]) == 0
-    assert run("embed", embed.main, ["--root", root, "--clip-model", "showcase-tiny"]) == 0
-    encoder_id = load_encoder(model="showcase-tiny").encoder_id
-    assert run("features", features.main, ["--root", root, "--encoder", encoder_id, *SMALL_BUCKETS]) == 0
+    encoder_id = embed_with_features(root)
     train_models(root, encoder_id)
     reviews = Store.open(root).read_table("reviews", ["user_id", "business_id"]).to_pylist()
     published = [{"user_id": r["user_id"], "business_id": r["business_id"], "score": 0.5} for r in reviews[:2]]
