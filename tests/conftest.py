@@ -94,3 +94,37 @@ def copy_root(template: str, tmp_path_factory, name: str) -> str:
     root = str(tmp_path_factory.mktemp(name) / "root")
     shutil.copytree(template, root)
     return root
+
+
+SMALL_PC2L = ["--variants", "pc2l", "--epochs", "1", "--d-model", "32", "--heads", "2", "--encoder-layers", "1",
+              "--decoder-layers", "1", "--vocab-size", "400", "--batch-size", "16", "--cpus-per-worker", "1",
+              "--max-length", "16"]
+
+
+def train_models(root: str, encoder_id: str) -> None:
+    """The smallest DPP (img+text) and PC²L a nightly can run with, one epoch each."""
+    from jobs import train_dpp, train_pc2l
+    from jobs.common import run
+
+    assert run("train_dpp", train_dpp.main, ["--root", root, "--encoder", encoder_id, "--epochs", "1",
+                                             "--modalities", "img+text", "--cpus-per-worker", "1"]) == 0
+    assert run("train_pc2l", train_pc2l.main, ["--root", root, "--encoder", encoder_id, *SMALL_PC2L]) == 0
+
+
+@pytest.fixture(scope="session")
+def trained_root(tiny_embedded, tmp_path_factory):
+    """A copy of the tiny embedded ROOT with small DPP and PC²L models (the nightly's and the recommender's tests)."""
+    template, encoder_id = tiny_embedded
+    root = copy_root(template, tmp_path_factory, "nightly")
+    train_models(root, encoder_id)
+    return root
+
+
+@pytest.fixture(scope="session")
+def s3_trained_root(seaweed, ray_local, tiny_world):
+    """The same on the SeaweedFS S3 server."""
+    world, _ = tiny_world
+    root = world_on_s3(seaweed, world, "nightly")
+    encoder_id = embed_with_features(root)
+    train_models(root, encoder_id)
+    return root

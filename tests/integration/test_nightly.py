@@ -13,44 +13,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from jobs import nightly, train_dpp, train_pc2l, vacuum
+from jobs import nightly, vacuum
 from jobs.common import run
 from showcase_core import read_showcases
 from showcase_core.data.schema import SHOWCASES
 from showcase_core import tables as delta
 from showcase_core.showcase import publication, published_dates
 from showcase_core.store import Store
-from tests.conftest import copy_root, embed_with_features, world_on_s3
+from tests.conftest import copy_root  # the fixtures trained_root and s3_trained_root are in conftest too
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SMALL_PC2L = ["--variants", "pc2l", "--epochs", "1", "--d-model", "32", "--heads", "2", "--encoder-layers", "1",
-              "--decoder-layers", "1", "--vocab-size", "400", "--batch-size", "16", "--cpus-per-worker", "1",
-              "--max-length", "16"]
-
-
-def train_models(root: str, encoder_id: str) -> None:
-    assert run("train_dpp", train_dpp.main, ["--root", root, "--encoder", encoder_id, "--epochs", "1",
-                                             "--modalities", "img+text", "--cpus-per-worker", "1"]) == 0
-    assert run("train_pc2l", train_pc2l.main, ["--root", root, "--encoder", encoder_id, *SMALL_PC2L]) == 0
-
-
-@pytest.fixture(scope="module")
-def trained_root(tiny_embedded, tmp_path_factory):
-    template, encoder_id = tiny_embedded
-    root = copy_root(template, tmp_path_factory, "nightly")
-    train_models(root, encoder_id)
-    return root
-
-
-@pytest.fixture(scope="module")
-def s3_trained_root(seaweed, ray_local, tiny_world):
-    world, _ = tiny_world
-    root = world_on_s3(seaweed, world, "nightly")
-    encoder_id = embed_with_features(root)
-    train_models(root, encoder_id)
-    return root
-
-
 @pytest.fixture(params=["local", "s3"])
 def any_root(request):
     """The trained ROOT on local disk, then on the SeaweedFS S3 server."""

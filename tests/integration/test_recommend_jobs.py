@@ -6,39 +6,33 @@ import polars as pl
 import pytest
 from deltalake import DeltaTable
 
-from jobs import nightly, recommend, train_dpp, train_recommender
+from jobs import nightly, recommend, train_recommender
 from jobs.common import run
 from showcase_core import registry
+from showcase_core.encoders.clip import load_encoder
 from showcase_core.store import Store
 from showcase_core.tables import storage_options
-from tests.conftest import copy_root, embed_with_features, world_on_s3
 
 DATE = "2026-11-27"
 TRAIN = ["--epochs", "2", "--batch-size", "16", "--eval-every", "1", "--cpus-per-worker", "1", "--dim", "8"]
 
 
-def train(root: str, encoder_id: str, models: str) -> None:
-    assert run("train_dpp", train_dpp.main, ["--root", root, "--encoder", encoder_id, "--epochs", "1",
-                                             "--modalities", "img+text", "--cpus-per-worker", "1"]) == 0
+def train_recommenders(root: str, models: str) -> str:
+    encoder_id = load_encoder(model="showcase-tiny").encoder_id  # the embeddings of trained_root (no trained CLIP)
     assert run("train_recommender", train_recommender.main, ["--root", root, "--encoder", encoder_id,
                                                              "--models", models, *TRAIN]) == 0
-
-
-@pytest.fixture(scope="module")
-def local_root(tiny_embedded, tmp_path_factory):
-    template, encoder_id = tiny_embedded
-    root = copy_root(template, tmp_path_factory, "recommend")
-    train(root, encoder_id, "popularity,r2mr")  # r2mr: AlignRec, LightGCN and the reviewer in one
     return root
 
 
 @pytest.fixture(scope="module")
-def s3_root(seaweed, ray_local, tiny_world):
-    world, _ = tiny_world
-    root = world_on_s3(seaweed, world, "recommend")
-    encoder_id = embed_with_features(root)
-    train(root, encoder_id, "popularity")  # the S3 paths are the same for every model: the cheapest
-    return root
+def local_root(trained_root):
+    """The nightly tests' trained ROOT (their dates are older than DATE), with recommenders."""
+    return train_recommenders(trained_root, "r2mr")  # AlignRec, LightGCN and the reviewer in one model
+
+
+@pytest.fixture(scope="module")
+def s3_root(s3_trained_root):
+    return train_recommenders(s3_trained_root, "popularity")  # the S3 paths are the same for every model
 
 
 @pytest.fixture(params=["local", "s3"])

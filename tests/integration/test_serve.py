@@ -22,8 +22,8 @@ from showcase_core import read_showcases
 from showcase_core.data.schema import SHOWCASES
 from showcase_core.showcase import publication, resolve_models
 from showcase_core.store import Store
-from tests.conftest import embed_with_features
-from tests.integration.test_nightly import train_models, write_candidates
+from tests.conftest import embed_with_features, train_models
+from tests.integration.test_nightly import write_candidates
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DATE = "2026-11-21"
