@@ -4,9 +4,10 @@ A streaming pipeline on Ray Data; the driver plans and commits and never holds t
 
 1. Candidates (Parquet file or directory, or a Delta table, local or s3://: ``user_id``, ``business_id``, optional
    ``score`` and ``rank``; ``latest``: the date's partition of ``ROOT/candidates``, written by jobs.recommend) are
-   read in blocks, once per wave of ``--units-per-wave`` units (step 3's units). Each pair gets its unit of work, a stable hash bucket of its business
-   (``unit``, one of N = businesses buckets x a multiple sized so a unit holds about ``--pairs-per-part`` pairs),
-   and a user group (the same for the user); pairs of units this run already wrote are dropped here (resume).
+   read in blocks, once per wave of ``--units-per-wave`` units. Each pair gets its unit of work, a stable hash bucket
+   of its business (``unit``, one of N = businesses buckets x a multiple sized so a unit holds about
+   ``--pairs-per-part`` pairs), and a user group (the same for the user); only the pairs of the wave's units are kept,
+   and those of units this run already wrote are dropped (resume).
 2. Grouped by user group, each group reads its users' rows by key from the feature table
    ``features/<encoder_id>/users`` (one bucket partition) and attaches each pair's profile
    (showcase_core.features.profile: never the target business). Empty ids (``missing_field``), repeats of a pair
@@ -72,8 +73,8 @@ class Settings(ShowcaseSettings):
                                                          "a null explanation)")
     pairs_per_part: int = setting(2048, "about this many pairs per unit of work (one output file, the unit of "
                                         "resuming)", ge=1)
-    units_per_wave: int = setting(256, "units of work per Ray Data pass: the driver's and the shuffles' memory "
-                                       "grows with a pass, not with the candidates", ge=1)
+    units_per_wave: int = setting(256, "units of work per Ray Data pass (bounds the executor's per-unit state and "
+                                       "the pairs a pass's shuffles hold)", ge=1)
     batch_size: int = setting(256, "pairs per DPP and generation batch inside a writer", ge=1)
     actors: int = setting(0, "writers: 0 = one per GPU, or one per CPU on a CPU-only cluster", ge=0)
     use_gpu: bool = setting(False, "a GPU per writer even when none is up yet (autoscaling from zero)")
