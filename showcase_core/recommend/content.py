@@ -21,13 +21,13 @@ from .interactions import TRAIN, Interactions
 COLUMNS = ["user_id", "businesses", "photo_sums", "photo_counts", "text_sums", "text_counts"]
 
 
-def _entries(batch: pa.RecordBatch, x: Interactions) -> tuple[np.ndarray, np.ndarray]:
+def _entries(batch: pa.RecordBatch, users: pa.Array, items: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """(user index, item index) of every (user, business) entry of the batch, in the order of the flattened lists;
-    -1 where the id is not among the interactions."""
+    -1 where the id is not among ``users`` / ``items`` (the interactions' ids)."""
     businesses = batch.column("businesses")
     parents = np.asarray(pc.list_parent_indices(businesses))
-    user = np.asarray(pc.fill_null(pc.index_in(batch.column("user_id"), value_set=pa.array(x.users)), -1))[parents]
-    item = np.asarray(pc.fill_null(pc.index_in(pc.list_flatten(businesses), value_set=pa.array(x.items)), -1))
+    user = np.asarray(pc.fill_null(pc.index_in(batch.column("user_id"), value_set=users), -1))[parents]
+    item = np.asarray(pc.fill_null(pc.index_in(pc.list_flatten(businesses), value_set=items), -1))
     return user, item
 
 
@@ -44,9 +44,10 @@ def item_content(store, encoder_id: str, x: Interactions, dim: int, batch_size: 
     train = np.unique(tu.astype(np.int64) * items + ti)
     sums = {"image": np.zeros((items, dim)), "text": np.zeros((items, dim))}
     counts = {"image": np.zeros(items), "text": np.zeros(items)}
+    user_ids, item_ids = pa.array(x.users, pa.string()), pa.array(x.items, pa.string())  # once, not per batch
     for batch in delta.iter_batches(store, features_dir(encoder_id, "users"), columns=COLUMNS,
                                     batch_size=batch_size):
-        user, item = _entries(batch, x)
+        user, item = _entries(batch, user_ids, item_ids)
         code = user.astype(np.int64) * items + item
         known = (user >= 0) & (item >= 0)
         at = np.minimum(np.searchsorted(train, code), max(len(train) - 1, 0))
