@@ -6,7 +6,8 @@ held-out Recall@1) -> embed (every photo and text) -> features (the nightly's an
 (img, text, img+text) -> distill (the explanation classifier Φ, held-out AUC/F1) -> train_pc2l (ce and pc2l, 25
 epochs) -> train_recommender (popularity, BPR-MF, LightGCN, AlignRec, R2MR) -> recommend (each user's top 5, the
 candidates table) -> nightly (showcases for those candidates, published under ROOT/showcases) -> gallery (an HTML
-page of them) -> evaluate all (Table 1 + visual diversity, Table 3, Table 2/4 + Figure 6 plots) -> where everything is.
+page of them) -> evaluate all (Table 1 + visual diversity, Table 3, Table 2/4 + Figure 6 plots, the recommenders over
+3 seeds with the reviewer checked against the world's planted low-quality businesses) -> where everything is.
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     stage("recommend", recommend.main, ["--root", root, "--date", date, "--top-n", "5", "--force", "true"])
     stage("nightly", nightly.main, ["--root", root, "--candidates", "latest", "--date", date, "--force", "true"])
     stage("gallery", gallery.main, ["--root", root, "--date", date, "--n", "50"])
-    stage("evaluate", evaluate.main, ["--root", root, "--stage", "all"])
+    stage("evaluate", evaluate.main, ["--root", root, "--stage", "all", "--world", world])
     print_where(store, date)
     return 0
 

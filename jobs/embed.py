@@ -1,9 +1,10 @@
 """Embed every photo and text with CLIP: ``python -m jobs.embed --root ROOT [--encoder latest|URI] [--clip-model NAME]``.
 
 Ray Data: todo lists (ids not embedded yet) -> read + decode + resize photos in CPU tasks -> a CLIP actor pool (one
-GPU per actor when the cluster has GPUs) that writes Parquet parts under ``ROOT/embeddings/<encoder_id>/``. Texts
-(review texts, history reviews, aligned sentences) go straight to a text actor pool. The driver commits the data files
-the actors return into the Delta tables ``embeddings/<encoder_id>/{images,texts,quarantine}`` every
+GPU per actor when the cluster has GPUs) that writes Parquet parts under ``ROOT/embeddings/<encoder_id>/``. Photos are
+the reviews' and the businesses' owner photos (``tables/owner_photos``, when ingest published one), into one table.
+Texts (review texts, history reviews, aligned sentences) go straight to a text actor pool. The driver commits the
+data files the actors return into the Delta tables ``embeddings/<encoder_id>/{images,texts,quarantine}`` every
 ``--commit-every-files`` files or ``--commit-every-s`` seconds, so progress is visible; rerunning skips what is
 committed. The encoder is published in the registry once its embeddings are committed.
 """
@@ -145,12 +146,18 @@ def write_todo(store: Store, rel_dir: str, rows_iter, rows_per_file: int) -> int
 
 
 def image_rows(store: Store, skip: set[str]):
+    """The reviews' photos, then the businesses' owner photos (when ingest published them)."""
     seen = set(skip)
-    for batch in store.iter_table_batches("images", ["image_id", "uri"]):
-        for image_id, uri in zip(batch.column("image_id").to_pylist(), batch.column("uri").to_pylist()):
-            if image_id not in seen:
-                seen.add(image_id)
-                yield {"id": image_id, "uri": uri}
+    for table in ("images", "owner_photos"):
+        try:
+            for batch in store.iter_table_batches(table, ["image_id", "uri"]):
+                for image_id, uri in zip(batch.column("image_id").to_pylist(), batch.column("uri").to_pylist()):
+                    if image_id not in seen:
+                        seen.add(image_id)
+                        yield {"id": image_id, "uri": uri}
+        except StoreError:
+            if table == "images":
+                raise
 
 
 def text_rows(store: Store, skip: set[str]):

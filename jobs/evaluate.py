@@ -5,6 +5,11 @@
   with a histogram per level (PNG).
 - ``selection``: the paper's Table 3: random / img / text / img+text (the latest DPP models), Prec/Recall/F1/Div@K.
 - ``generation``: Table 2/4: every variant of the latest PC²L explaining the DPP's K picks, with Figure 6's plots.
+- ``recommend``: the candidate recommenders (showcase_core.recommend.evaluation): every model of the latest published
+  ``recommender`` retrained here for each of ``--recommender-seeds`` with that version's settings, MMRec's full
+  ranking (train items masked), Recall/NDCG/Precision @10 and @20 on val and test as mean ± sd over the seeds, the
+  long tail and the cold items, and, given the synthetic world (``--world``), Recall@20 on the businesses with a
+  planted poor modality and R2MR's reviewer AUC against the planted flags; a bar plot.
 
 The procedures are ``showcase_core.evaluation``'s; this job reads the store and the registry, and writes each stage's
 Markdown (+ PNG) under ``ROOT/reports/evaluate/<run>/``; the run's JSON report holds every number.
@@ -12,8 +17,12 @@ Markdown (+ PNG) under ``ROOT/reports/evaluate/<run>/``; the run's JSON report h
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 from typing import Literal
+
+from pydantic import field_validator
 
 from showcase_core import evaluation, registry
 from showcase_core.data.schema import SPLITS
@@ -22,12 +31,14 @@ from showcase_core.store import Store, StoreError, new_run_id, utc_now, write_by
 
 from .common import DecodingSettings, UserError, new_report, open_store, parse_args, run, setting, versions
 
-STAGES = ("dataset", "selection", "generation")
+STAGES = ("dataset", "selection", "generation", "recommend")
+RECOMMENDER_ORDER = ["alignrec", "lightgcn", "bprmf", "popularity"]  # the issue's expected test Recall@20 order
 ALL_PHOTOS = 10**9  # no cap on a ground set: the evaluation ranks every photo of the business
 
 
 class Settings(DecodingSettings):
-    """Evaluation reports: dataset (Table 1, visual diversity), selection (Table 3), generation (Table 2/4)."""
+    """Evaluation reports: dataset (Table 1, visual diversity), selection (Table 3), generation (Table 2/4),
+    recommend (the candidate recommenders)."""
 
     stage: Literal[("all", *STAGES)] = setting("all", "which report (all: every one)")
     split: Literal[SPLITS] = setting("test", "the split evaluated")
@@ -35,6 +46,18 @@ class Settings(DecodingSettings):
     seed: int = setting(0, "seed of the random baseline's picks")
     encoder: str = setting("latest", "the dataset report's image embeddings: latest (the latest trained CLIP's) or "
                                      "an encoder id")
+    recommender_seeds: str = setting("0,1,2", "the recommend report's seeds: each model is retrained once per seed "
+                                              "(the split's cold items and the initialisation follow the seed)")
+    world: str = setting("", "the synthetic world's directory (make_world --out): its world.json's planted "
+                             "low-quality businesses give the recommend report's reviewer AUC (empty: none)")
+
+    @field_validator("recommender_seeds")
+    @classmethod
+    def _seeds(cls, value: str) -> str:
+        seeds = [s.strip() for s in value.split(",") if s.strip()]
+        if not seeds or not all(s.lstrip("-").isdigit() for s in seeds):
+            raise ValueError(f"--recommender-seeds must be comma-separated integers, got {value!r}")
+        return ",".join(seeds)
 
 
 # -- dataset: Table 1 and visual diversity ----------------------------------------------------------------------
@@ -215,6 +238,120 @@ def generation_markdown(table: dict) -> str:
     return "\n".join(lines)
 
 
+# -- recommend: the candidate recommenders ------------------------------------------------------------------------
+
+def world_low_quality(world: str) -> dict | None:
+    """The planted low-quality businesses of a synthetic world (None without --world)."""
+    if not world:
+        return None
+    path = world if world.endswith(".json") else os.path.join(world, "world.json")
+    try:
+        with open(path) as f:
+            planted = json.load(f).get("low_quality")
+    except (OSError, ValueError) as e:
+        raise UserError(f"--world {world}: cannot read {path}: {e}") from None
+    if planted is None:
+        raise UserError(f"--world {world}: {path} has no low_quality (drawn before planting existed; redraw it)")
+    return planted
+
+
+def recommend_table(store: Store, cfg: Settings) -> dict:
+    from showcase_core.recommend.data import load_recommender_data
+    from showcase_core.recommend.evaluation import evaluate_seed, order_met, summarize
+
+    entry = registry.latest(store, "recommender")
+    models = list(entry.variants)
+    try:
+        training = store.read_json(f"models/recommender/{entry.version}/{models[0]}/card.json")["training"]
+    except (StoreError, KeyError) as e:
+        raise UserError(f"recommender {entry.version}: no model card with its training settings ({e})") from None
+    low_quality = world_low_quality(cfg.world)
+    seeds = [int(s) for s in cfg.recommender_seeds.split(",")]
+    per_seed = []
+    for seed in seeds:
+        try:
+            data = load_recommender_data(store, entry.encoder_id, training["cold_fraction"], seed)
+        except StoreError as e:
+            raise UserError(f"{e}; the recommend report needs the reviews table and the users feature table") from None
+
+        def progress(name, seed, metrics):
+            print(f"[evaluate] recommend seed {seed}: {name} test Recall@20 {metrics['test']['recall@20']:.4f}",
+                  flush=True)
+
+        per_seed.append(evaluate_seed(data, models, training, seed, low_quality, progress))
+    summary = summarize(per_seed)
+    order = [m for m in RECOMMENDER_ORDER if m in summary]
+    return {"recommender_version": entry.version, "encoder_id": entry.encoder_id, "seeds": seeds,
+            "training": {k: training[k] for k in ("epochs", "batch_size", "lr", "eval_every", "cold_fraction")},
+            "planted": {k: len(v) for k, v in low_quality.items()} if low_quality else None,
+            "models": summary, "per_seed": per_seed, "order": order_met(summary, order)}
+
+
+def recommend_report(store: Store, cfg: Settings) -> tuple[dict, str, dict]:
+    table = recommend_table(store, cfg)
+    return table, recommend_markdown(table), recommend_plots(table)
+
+
+def _mean_sd(cell: dict, scale: float = 100.0) -> str:
+    if cell["mean"] is None:
+        return "-"
+    return f"{scale * cell['mean']:.2f} ± {scale * cell['sd']:.2f}"
+
+
+def recommend_markdown(table: dict) -> str:
+    models, seeds = table["models"], table["seeds"]
+    metrics = [f"{name}@{k}" for k in (10, 20) for name in ("recall", "ndcg", "precision")]
+    lines = [f"Candidate recommenders: full ranking of every business, train items masked (MMRec's protocol); in %, "
+             f"mean ± sd over seeds {', '.join(map(str, seeds))} (each model retrained per seed with recommender "
+             f"{table['recommender_version']}'s settings: {table['training']['epochs']} epochs, batch "
+             f"{table['training']['batch_size']}, the best val Recall@20 of every {table['training']['eval_every']} "
+             "epochs kept)."]
+    for split in ("val", "test"):
+        lines += ["", f"{split}:", "", "| model | " + " | ".join(metrics) + " |", "|---|" + "---:|" * len(metrics)]
+        for name, m in models.items():
+            lines.append(f"| {name} | " + " | ".join(_mean_sd(m[split][k]) for k in metrics) + " |")
+    subsets = [("test_long_tail", "long tail"), ("test_cold", "cold items"), ("test_planted", "planted poor modality")]
+    subsets = [(k, n) for k, n in subsets if all(k in m for m in models.values())]
+    lines += ["", "test Recall@20 on subsets of the held-out items (users with one there; counts from seed "
+                  f"{seeds[0]}):", "", "| model | " + " | ".join(n for _, n in subsets) + " |",
+              "|---|" + "---:|" * len(subsets)]
+    for name, m in models.items():
+        lines.append(f"| {name} | " + " | ".join(_mean_sd(m[k]["recall@20"]) for k, _ in subsets) + " |")
+    first = next(iter(table["per_seed"][0].values()))
+    lines.append("\nusers: " + ", ".join(f"{n} {first[k]['users']:,}" for k, n in [("test", "test")] + subsets) + ".")
+    for name, m in models.items():
+        if "reviewer" in m:
+            r = m["reviewer"]
+            auc = lambda key: f"{r[key]['mean']:.3f} ± {r[key]['sd']:.3f}" if key in r else "-"  # noqa: E731
+            lines.append(f"\n{name}'s modality reviewer against the planted flags ({table['planted']}): AUC photos "
+                         f"{auc('auc_image')}, reviews {auc('auc_text')} (1 - quality score vs poor modality, warm "
+                         "items).")
+    if table["order"]:
+        checks = [f"{o['better']} > {o['worse']} by {100 * o['gap']:.2f} (sd {100 * o['sd']:.2f}): "
+                  f"{'met' if o['met'] else 'NOT met'}" for o in table["order"]]
+        lines.append("\nExpected order of test Recall@20, each by more than one sd: " + "; ".join(checks) + ".")
+    return "\n".join(lines)
+
+
+def recommend_plots(table: dict) -> dict[str, bytes]:
+    """Test Recall@20 and NDCG@20 per model, mean with sd error bars."""
+    import numpy as np
+
+    plt = _pyplot()
+    models = table["models"]
+    names = list(models)
+    fig, ax = plt.subplots(figsize=(6, 3.4), dpi=100)
+    width = 0.38
+    for i, key in enumerate(("recall@20", "ndcg@20")):
+        means = [100 * models[n]["test"][key]["mean"] for n in names]
+        sds = [100 * models[n]["test"][key]["sd"] for n in names]
+        ax.bar(np.arange(len(names)) + i * width, means, width, yerr=sds, capsize=3, label=key)
+    ax.set(xticks=np.arange(len(names)) + width / 2, xticklabels=names, ylabel="%",
+           title=f"Recommenders on test (mean ± sd, {len(table['seeds'])} seeds)")
+    ax.legend(fontsize=8)
+    return {"recommenders.png": _png(fig)}
+
+
 # -- plots ------------------------------------------------------------------------------------------------------
 
 def _pyplot():
@@ -263,7 +400,8 @@ def generation_plots(table: dict) -> dict[str, bytes]:
     return out
 
 
-REPORTS = {"dataset": dataset_report, "selection": selection_report, "generation": generation_report}
+REPORTS = {"dataset": dataset_report, "selection": selection_report, "generation": generation_report,
+           "recommend": recommend_report}
 
 
 def write_outputs(store: Store, run_id: str, stage: str, markdown: str, files: dict[str, bytes]) -> dict[str, str]:

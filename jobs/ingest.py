@@ -13,10 +13,12 @@ import sys
 from typing import Literal
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from showcase_core.data.gest import FORMATS, REASONS, detect_format
+from showcase_core.data.owner_photos import read_owner_photos
 from showcase_core.data.schema import QUARANTINE
 from showcase_core.data.sentences import read_sentences
 from showcase_core.data.ingest import ORDER, commit_ingest, drops_of_chunk, finalize_chunk, list_photo_ids, plan_chunks, \
@@ -38,12 +40,15 @@ class Settings(JobSettings):
     images: str = setting("", "where photos live as <pic_id>.jpg (empty: images/ beside the Gest file)")
     sentences: str = setting("auto", "the aligned-sentences JSONL (auto: sentences.jsonl beside the Gest file if "
                                      "there; none: no sentences table)")
+    owner_photos: str = setting("auto", "the owner-photos JSONL (business_id, pic_id; photos under --images) "
+                                        "(auto: owner_photos.jsonl beside the Gest file if there; none: no "
+                                        "owner_photos table)")
     seed: int = setting(0, "seed of the train/val/test split of reviews")
     chunk_mb: float = setting(64.0, "MiB of the input per parallel validation task", gt=0)
 
 
 def _check_inputs(cfg: Settings) -> tuple[str, str, str, str | None]:
-    """Resolve (source, format, images, sentences) or fail with one line; touches only metadata.
+    """Resolve (source, format, images, sentences, owner photos) or fail with one line; touches only metadata.
 
     Local paths come back absolute: Ray tasks and later jobs open them from other working directories.
     """
@@ -78,19 +83,22 @@ def _check_inputs(cfg: Settings) -> tuple[str, str, str, str | None]:
         raise UserError(f"--images {images}: no such directory (photos are read from <images>/<pic_id>.jpg)")
     if not images.startswith("s3://"):
         images = ipath  # absolute: the tables are read by other processes, from other directories
-    sentences = cfg.sentences
-    beside = join_uri(source.rsplit("/", 1)[0] if "/" in source else ".", "sentences.jsonl")
-    if sentences == "auto":
-        sentences = beside if fs.get_file_info(filesystem_for(beside)[1]).type == pafs.FileType.File else None
-    elif sentences in ("", "none"):
-        sentences = None
-    else:
-        sfs, spath = filesystem_for(sentences)
-        if sfs.get_file_info(spath).type != pafs.FileType.File:
-            raise UserError(f"--sentences {sentences}: no such file")
-        if not sentences.startswith("s3://"):
-            sentences = spath
-    return source, fmt, images, sentences
+    folder = source.rsplit("/", 1)[0] if "/" in source else "."
+    sentences = _sidecar(fs, "--sentences", cfg.sentences, join_uri(folder, "sentences.jsonl"))
+    owner_photos = _sidecar(fs, "--owner-photos", cfg.owner_photos, join_uri(folder, "owner_photos.jsonl"))
+    return source, fmt, images, sentences, owner_photos
+
+
+def _sidecar(fs, flag: str, value: str, beside: str) -> str | None:
+    """A sidecar file's URI: ``auto`` the one beside the Gest file when there, ``none`` (or empty) none."""
+    if value == "auto":
+        return beside if fs.get_file_info(filesystem_for(beside)[1]).type == pafs.FileType.File else None
+    if value in ("", "none"):
+        return None
+    sfs, spath = filesystem_for(value)
+    if sfs.get_file_info(spath).type != pafs.FileType.File:
+        raise UserError(f"{flag} {value}: no such file")
+    return value if value.startswith("s3://") else spath
 
 
 def _ingest_sentences(store: Store, run_id: str, uri: str, parts: dict) -> dict:
@@ -110,6 +118,22 @@ def _ingest_sentences(store: Store, run_id: str, uri: str, parts: dict) -> dict:
                                               f"part-{run_id}-sentences.parquet"))
     return {"sentences_out": result["table"].num_rows, "sentences_quarantined": len(result["quarantine"]),
             "sentence_photo_refs_removed": result["photo_refs_removed"]}
+
+
+def _ingest_owner_photos(store: Store, run_id: str, uri: str, parts: dict, present: set[str], images: str) -> dict:
+    """Validate the owner-photos file against the businesses of the reviews just written; add its data files."""
+    businesses: set[str] = set()
+    for p in parts["reviews"]:
+        table = pq.read_table(store.path("tables/reviews", p["path"]), filesystem=store.fs, columns=["business_id"])
+        businesses.update(pc.unique(table.column("business_id")).to_pylist())
+    with open_binary(uri) as stream:
+        result = read_owner_photos(stream, uri, businesses, present, images)
+    parts["owner_photos"] = [write_file(store, "tables/owner_photos", result["table"], f"part-{run_id}-00000.parquet")]
+    if result["quarantine"]:
+        parts["quarantine"].append(write_file(store, "tables/quarantine",
+                                              pa.Table.from_pylist(result["quarantine"], schema=QUARANTINE),
+                                              f"part-{run_id}-owner-photos.parquet"))
+    return {"owner_photos_out": result["table"].num_rows, "owner_photos_quarantined": len(result["quarantine"])}
 
 
 def stage_chunks(store, staging: str, run_id: str, cfg: Settings, inputs: dict, timer: Timer) -> dict:
@@ -154,10 +178,10 @@ def stage_chunks(store, staging: str, run_id: str, cfg: Settings, inputs: dict, 
         for result in ray.get([finalize.remote(i, drops_of_chunk(drops, i)) for i in range(len(chunks))]):
             for name in parts:  # in chunk order, so parts keep the input's order
                 parts[name].append(result[name])
-    return {"parts": parts, "records": records}
+    return {"parts": parts, "records": records, "present": present_ref}
 
 
-def ingest_counts(store, record: dict, records_in: int, sentence_counts: dict) -> tuple[dict, dict]:
+def ingest_counts(store, record: dict, records_in: int, sidecar_counts: dict) -> tuple[dict, dict]:
     """The report's counts (every input record is a review out or a quarantined record) and the reasons."""
     quarantined: dict[str, int] = {}
     for batch in store.iter_table_batches("quarantine", ["reason"]):
@@ -168,29 +192,36 @@ def ingest_counts(store, record: dict, records_in: int, sentence_counts: dict) -
               "quarantined": tables["quarantine"]["rows"],
               # photo_missing rows are photos, not records
               "records_quarantined": tables["quarantine"]["rows"] - quarantined.get("photo_missing", 0)
-              - sentence_counts.get("sentences_quarantined", 0),
-              "quarantined_by_reason": dict(sorted(quarantined.items())), **sentence_counts}
+              - sidecar_counts.get("sentences_quarantined", 0) - sidecar_counts.get("owner_photos_quarantined", 0),
+              "quarantined_by_reason": dict(sorted(quarantined.items())), **sidecar_counts}
     return counts, quarantined
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_args("ingest", Settings, argv)
-    source, fmt, images, sentences = _check_inputs(cfg)
+    source, fmt, images, sentences, owner_photos = _check_inputs(cfg)
     store = open_store(cfg.root)
     run_id, timer = new_run_id(), Timer()
     report = new_report("ingest", cfg, run_id)
-    report["inputs"] = {"gest": source, "format": fmt, "images": images, "sentences": sentences}
+    report["inputs"] = {"gest": source, "format": fmt, "images": images, "sentences": sentences,
+                        "owner_photos": owner_photos}
     staging = f"tables/_staging/{run_id}"
     start_ray()
     staged = stage_chunks(store, staging, run_id, cfg, report["inputs"], timer)
-    sentence_counts = {}
+    sidecar_counts = {}
     if sentences:
         with timer("sentences"):
-            sentence_counts = _ingest_sentences(store, run_id, sentences, staged["parts"])
+            sidecar_counts.update(_ingest_sentences(store, run_id, sentences, staged["parts"]))
+    if owner_photos:
+        import ray
+
+        with timer("owner_photos"):
+            sidecar_counts.update(_ingest_owner_photos(store, run_id, owner_photos, staged["parts"],
+                                                       ray.get(staged["present"]), images))
     with timer("publish"):
         record = commit_ingest(store, run_id, staged["parts"], {"source": source, "format": fmt, "images": images})
         store.delete_dir(staging)
-    counts, quarantined = ingest_counts(store, record, staged["records"], sentence_counts)
+    counts, quarantined = ingest_counts(store, record, staged["records"], sidecar_counts)
     summary = dataset_summary(store)
     report.update(counts=counts, summary=summary, reason_codes={k: REASONS[k] for k in quarantined},
                   outputs={name: {"uri": store.uri("tables", name), **t} for name, t in record["tables"].items()},

@@ -25,6 +25,8 @@ class Settings(SettingsBase):
     seed: int = setting(0, "seed of everything drawn")
     plant_bad: bool = setting(True, "add malformed records of every kind ingest quarantines")
     workers: int = setting(0, "processes drawing photos (0: one per CPU)", ge=0)
+    low_quality: float = setting(0.1, "share of businesses with noise-only photos, and another with filler-only "
+                                      "reviews (listed in world.json)", ge=0, le=0.5)
 
     @field_validator("out")
     @classmethod
@@ -47,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         progress.update(done)
 
     summary = make_world(out, cfg.size, cfg.seed, plant_bad=cfg.plant_bad, workers=cfg.workers or None,
-                         progress=report)
+                         progress=report, low_quality=cfg.low_quality)
     summary["seconds"] = round(time.monotonic() - started, 2)
     print(json.dumps(summary))
     print(f"world written to {out}", file=sys.stderr)

@@ -312,10 +312,10 @@ def read(store: Store, rel: str, version: int | None = None, columns: list[str] 
 
 
 def iter_batches(store: Store, rel: str, version: int | None = None, columns: list[str] | None = None,
-                 batch_size: int = 65536):
-    """Stream a version of a table batch by batch (memory: one batch)."""
+                 batch_size: int = 65536, filter=None):
+    """Stream a version of a table batch by batch (memory: one batch); ``filter`` a pyarrow dataset expression."""
     dataset = open_table(store, rel, version).to_pyarrow_dataset()
-    yield from dataset.to_batches(columns=columns, batch_size=batch_size)
+    yield from dataset.to_batches(columns=columns, batch_size=batch_size, filter=filter)
 
 
 def file_uris(store: Store, rel: str, version: int | None = None) -> list[str]:

@@ -40,6 +40,9 @@ REASONS = {
     "all_photos_missing": "none of the review's photos is under the images root",
     "single_review_user": "Gest-s1 rule: the user has only one usable review",
     "unknown_review": "an aligned sentence of a review that is not among the accepted reviews",
+    "unknown_business": "an owner photo of a business that no accepted review names",
+    "owner_photo_missing": "an owner photo that is not under the images root",
+    "duplicate_photo": "an owner photo whose id appeared earlier in the owner-photos file",
 }
 
 MAX_RECORD_CHARS = 2000

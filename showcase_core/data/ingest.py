@@ -190,7 +190,7 @@ def finalize_chunk(store: Store, staging: str, index: int, run_id: str, drops: p
 
 
 TABLE_SCHEMAS = {"reviews": schema.REVIEWS, "images": schema.IMAGES, "quarantine": schema.QUARANTINE,
-                 "sentences": schema.SENTENCES}
+                 "sentences": schema.SENTENCES, "owner_photos": schema.OWNER_PHOTOS}
 
 
 def commit_ingest(store: Store, run_id: str, files: dict[str, list[dict]], details: dict) -> dict:

@@ -34,6 +34,9 @@ IMAGES = pa.schema(
 )
 
 # Review sentences aligned with the photos they describe (the world's sidecar, or jobs.distill on real Gest).
+OWNER_PHOTOS = pa.schema([("image_id", pa.string()), ("business_id", pa.string()),
+                          ("uri", pa.string())])  # a business's own photos, apart from the reviews
+
 SENTENCES = pa.schema(
     [
         ("sentence_id", pa.string()),  # "<review_id>#<sentence_index>"

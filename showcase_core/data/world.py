@@ -7,6 +7,7 @@
     OUT/images/<pic_id>.jpg   procedurally drawn photos
     OUT/sentences.jsonl       sidecar: each review sentence, the photos it describes and the entities it names
     OUT/photos.jsonl          sidecar: the entities each photo shows
+    OUT/owner_photos.jsonl    each business's own photos (business_id, pic_id, entities), also under images/
     OUT/world.json            entities, businesses, users (taste, style), sizes, and the planted bad records
 
 The signals:
@@ -23,6 +24,14 @@ The signals:
   random F1@3 at picking them).
 - Each review has one sentence per photo naming the photo's entities, in the user's style, mixed with generic
   filler sentences; ``sentences.jsonl`` records which sentence describes which photo (fillers describe none).
+- Planted low-quality modalities (``low_quality`` of the businesses each, default 10%; disjoint; listed in
+  world.json's ``low_quality``): ``noise_photos`` businesses' review photos show nothing (random background and
+  noise, no entity, no photographer's style), ``filler_reviews`` businesses' reviews are generic filler sentences
+  only. Their ids are drawn from a stream of their own, so every other draw of the world is the same with or
+  without them; the sidecars stay true (a noise photo shows no entity and no sentence describes it).
+
+- Owner photos: every business publishes ``OWNER_PHOTOS`` photos of dishes of its menu on a neutral background,
+  apart from the reviews (what a cold business is recommended from).
 
 The same seed gives the same bytes: every photo is drawn from its own generator seeded by (seed, photo index).
 """
@@ -73,6 +82,9 @@ MENU_EXTRA = (2, 4)  # dishes from other cuisines on a menu
 AFFINITY_POWER = 1.0  # reviewers are drawn by affinity**power (+ REVIEWER_MIX): how alike a business's reviewers are
 REVIEWER_MIX = 0.05
 PHOTO_NOISE = 0.01  # added to taste when picking what to photograph: lower = users photograph their taste more
+
+OWNER_PHOTOS = 3  # per business: dishes of its menu
+OWNER_BACKGROUND = (232, 232, 226)  # a neutral, light backdrop
 
 SIZES = {
     # businesses, users, reviews per business (low, high), photo side in pixels
@@ -234,7 +246,17 @@ def _finish(style: dict, sentences: list[str]) -> str:
     return text.lower() if style["lowercase"] else text
 
 
-def build_world(size: str, seed: int) -> dict:
+def plant_low_quality(businesses: list[dict], share: float, seed: int) -> dict[str, list[str]]:
+    """Disjoint sets of ``round(share * businesses)`` ids each: noise photos, filler-only reviews."""
+    if not 0 <= share <= 0.5:
+        raise ValueError(f"low_quality must be within [0, 0.5] (a share of the businesses per kind), got {share}")
+    n = int(round(share * len(businesses)))
+    order = np.random.default_rng([seed, 2]).permutation(len(businesses))
+    ids = [businesses[i]["business_id"] for i in order]
+    return {"noise_photos": sorted(ids[:n]), "filler_reviews": sorted(ids[n:2 * n])}
+
+
+def build_world(size: str, seed: int, low_quality: float = 0.1) -> dict:
     """Everything about the world except the photo pixels, deterministically from the seed."""
     if size not in SIZES:
         raise ValueError(f"unknown world size {size!r} (choose from {', '.join(SIZES)})")
@@ -273,6 +295,9 @@ def build_world(size: str, seed: int) -> dict:
     for bi, b in enumerate(businesses):
         menus[bi, [ENTITY_BY_NAME[m].index for m in b["menu"]]] = 1.0
     affinity = taste_matrix @ menus.T + 0.02  # users x businesses
+    planted = plant_low_quality(businesses, low_quality, seed)
+    noise, filler = set(planted["noise_photos"]), set(planted["filler_reviews"])
+    filler_rng = np.random.default_rng([seed, 3])
 
     reviews, photos = [], []
     for bi, b in enumerate(businesses):
@@ -298,6 +323,14 @@ def build_world(size: str, seed: int) -> dict:
             main_of = {p["pic_id"]: p["entities"][0] for p in photos[-len(pics):]}
             for s in sentences:
                 s["pic_ids"] = [pid for pid, m in main_of.items() if m in s["entities"]]
+            if b["business_id"] in noise:  # the photos show nothing: no entity, a random background
+                for p in photos[-len(pics):]:
+                    p["entities"], p["background"] = [], None
+                for s in sentences:
+                    s["pic_ids"] = []
+            if b["business_id"] in filler:  # generic words only
+                sentences = [{"text": str(filler_rng.choice(FILLERS)), "pic_ids": [], "entities": []}
+                             for _ in sentences]
             for _ in range(int(rng.integers(1, 3))):
                 at = int(rng.integers(0, len(sentences) + 1))
                 sentences.insert(at, {"text": str(rng.choice(FILLERS)), "pic_ids": [], "entities": []})
@@ -308,13 +341,20 @@ def build_world(size: str, seed: int) -> dict:
                 "pics": pics, "sentences": sentences,
                 "split": str(rng.choice(["train", "val", "test"], p=[0.8, 0.1, 0.1])),
             })
+    owner_rng = np.random.default_rng([seed, 4])
+    owner_photos = []
+    for bi, b in enumerate(businesses):
+        dishes = [m for m in b["menu"] if ENTITY_BY_NAME[m].kind == "dish"]
+        for k, dish in enumerate(owner_rng.choice(dishes, size=min(OWNER_PHOTOS, len(dishes)), replace=False)):
+            owner_photos.append({"pic_id": f"o{bi:05d}-{k}", "business_id": b["business_id"], "entities": [str(dish)],
+                                 "index": len(photos) + len(owner_photos), "background": list(OWNER_BACKGROUND)})
     for r in reviews:
         r["review_text"] = _finish(users[int(r["user_id"][1:])]["style"], [s["text"] for s in r["sentences"]])
         # the sidecar keeps the sentences exactly as they appear in review_text
         for s, final in zip(r["sentences"], _split_sentences(r["review_text"], len(r["sentences"]))):
             s["text"] = final
     return {"size": size, "seed": seed, "side": cfg["side"], "businesses": businesses, "users": users,
-            "reviews": reviews, "photos": photos}
+            "reviews": reviews, "photos": photos, "owner_photos": owner_photos, "low_quality": planted}
 
 
 def _split_sentences(text: str, n: int) -> list[str]:
@@ -358,9 +398,9 @@ def s2_record(review: dict, history: list[list[str]]) -> dict:
 
 
 def make_world(out_dir: str, size: str = "mini", seed: int = 0, plant_bad: bool = True,
-               workers: int | None = None, progress=None) -> dict:
+               workers: int | None = None, progress=None, low_quality: float = 0.1) -> dict:
     """Write the world to ``out_dir`` (local). Returns a summary with the counts ingest should find."""
-    world = build_world(size, seed)
+    world = build_world(size, seed, low_quality)
     os.makedirs(os.path.join(out_dir, "images"), exist_ok=True)
     key = lambda r: f"{r['user_id']}_{r['business_id']}"  # noqa: E731
 
@@ -396,7 +436,13 @@ def make_world(out_dir: str, size: str = "mini", seed: int = 0, plant_bad: bool 
         for p in world["photos"]:
             f.write(json.dumps({"pic_id": p["pic_id"], "entities": p["entities"]}) + "\n")
 
-    jobs = [(p["index"], p["pic_id"], p["entities"], tuple(p["background"])) for p in world["photos"]]
+    with open(os.path.join(out_dir, "owner_photos.jsonl"), "w") as f:
+        for p in world["owner_photos"]:
+            f.write(json.dumps({"business_id": p["business_id"], "pic_id": p["pic_id"],
+                                "entities": p["entities"]}) + "\n")
+
+    jobs = [(p["index"], p["pic_id"], p["entities"], tuple(p["background"]) if p["background"] else None)
+            for p in world["photos"] + world["owner_photos"]]
     batches = [jobs[i:i + 500] for i in range(0, len(jobs), 500)]
     images_dir = os.path.join(out_dir, "images")
     args = [(seed, world["side"], images_dir, b) for b in batches]
@@ -416,17 +462,19 @@ def make_world(out_dir: str, size: str = "mini", seed: int = 0, plant_bad: bool 
 
     summary = {
         "size": size, "seed": seed,
-        "reviews": len(world["reviews"]), "photos": len(world["photos"]),
+        "reviews": len(world["reviews"]), "photos": len(world["photos"]), "owner_photos": len(world["owner_photos"]),
         "users": len({r["user_id"] for r in world["reviews"]}),
         "businesses": len({r["business_id"] for r in world["reviews"]}),
         "splits": {k: len([r for r in world["reviews"] if r["split"] == k]) for k in splits},
         "planted_bad": expectations,
+        "low_quality": {kind: len(ids) for kind, ids in world["low_quality"].items()},
     }
     meta = {
         "summary": summary,
         "entities": [e.__dict__ for e in ENTITIES],
         "businesses": world["businesses"],
         "users": world["users"],
+        "low_quality": world["low_quality"],
     }
     with open(os.path.join(out_dir, "world.json"), "w") as f:
         json.dump(meta, f, indent=1)

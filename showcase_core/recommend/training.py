@@ -71,19 +71,25 @@ def top_n(user_vectors: torch.Tensor, item_vectors: torch.Tensor, n: int,
 
 
 @torch.no_grad()
-def evaluate(model, x, split: int, scorable: np.ndarray, ks=(10, 20), block: int = 4096) -> dict:
-    """MMRec's full ranking on ``split`` (VAL or TEST): every item the model can score (``scorable``) ranked, the
-    user's train items masked; users in blocks of ``block`` (the score matrix of one block at a time). A held-out
-    item the model cannot score counts as a miss."""
-    from ..metrics.recommend import ranking_metrics
-
+def rank(model, x, scorable: np.ndarray, n: int, block: int = 4096) -> np.ndarray:
+    """[users, n] item indices: MMRec's full ranking, every item the model can score (``scorable``) ranked for every
+    user, the user's train items masked (-1 where fewer than n are left); users in blocks of ``block`` (the score
+    matrix of one block at a time)."""
     model.eval()
     users, items = model.representations()
-    train, held = x.by_user(0), x.by_user(split)
+    train = x.by_user(0)
     never = np.flatnonzero(~scorable)
     tops = []
     for start in range(0, len(x.users), block):
         stop = min(start + block, len(x.users))
-        _, top = top_n(users[start:stop], items, max(ks), [np.union1d(t, never) for t in train[start:stop]])
+        _, top = top_n(users[start:stop], items, n, [np.union1d(t, never) for t in train[start:stop]])
         tops.append(top.cpu().numpy())
-    return ranking_metrics(np.concatenate(tops), held, ks)
+    return np.concatenate(tops)
+
+
+def evaluate(model, x, split: int, scorable: np.ndarray, ks=(10, 20)) -> dict:
+    """Recall, NDCG and Precision @ks on ``split`` (VAL or TEST) of ``rank``'s ranking. A held-out item the model
+    cannot score counts as a miss."""
+    from ..metrics.recommend import ranking_metrics
+
+    return ranking_metrics(rank(model, x, scorable, max(ks)), x.by_user(split), ks)

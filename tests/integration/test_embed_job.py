@@ -47,21 +47,24 @@ def test_embed_everything_then_a_rerun_does_nothing(ray_local, tiny_world, tmp_p
     assert run("embed", embed.main, ["--root", root, *TINY, "--batch-size", "16"]) == 0
     store = Store.open(root)
     images = read_embeddings(store, encoder_id, "images")
-    assert sorted(images.column("id").to_pylist()) == sorted(store.read_table("images").column("image_id").to_pylist())
+    photo_ids = [t.column("image_id").to_pylist() for t in (store.read_table("images"), store.read_table("owner_photos"))]
+    assert sorted(images.column("id").to_pylist()) == sorted(photo_ids[0] + photo_ids[1])  # reviews' and owners'
+    assert len(photo_ids[1]) == summary["owner_photos"] > 0
     texts = read_embeddings(store, encoder_id, "texts").column("id").to_pylist()
     reviews = store.read_table("reviews").column("review_id").to_pylist()
     assert {f"review:{r}" for r in reviews} <= set(texts)
     assert sum(t.startswith("sentence:") for t in texts) == store.read_table("sentences").num_rows
     assert len(texts) == len(set(texts))
     report = last_report(store)
-    assert report["counts"]["this_run"]["images"]["embedded"] == summary["photos"]
+    photos = summary["photos"] + summary["owner_photos"]
+    assert report["counts"]["this_run"]["images"]["embedded"] == photos
     assert report["counts"]["stored"]["images"]["duplicate_ids"] == 0
 
     assert run("embed", embed.main, ["--root", root, *TINY]) == 0
     again = last_report(store)["counts"]["this_run"]
     assert again["images"]["todo"] == 0 and again["texts"]["todo"] == 0
-    assert again["images"]["already_done"] == summary["photos"]
-    assert read_embeddings(store, encoder_id, "images").num_rows == summary["photos"]
+    assert again["images"]["already_done"] == photos
+    assert read_embeddings(store, encoder_id, "images").num_rows == photos
 
 
 def committed_version(store: Store, rel: str) -> int:
@@ -70,6 +73,7 @@ def committed_version(store: Store, rel: str) -> int:
 
 def test_a_killed_driver_resumes_from_its_commits_without_doubling(ray_local, tiny_world, tmp_path, encoder_id):
     world, summary = tiny_world
+    photos = summary["photos"] + summary["owner_photos"]
     root = ingested(tmp_path, world)
     store, images = Store.open(root), f"embeddings/{encoder_id}/images"
     proc = subprocess.Popen([sys.executable, "-m", "jobs.embed", "--root", root, *TINY, "--kinds", "images",
@@ -81,12 +85,12 @@ def test_a_killed_driver_resumes_from_its_commits_without_doubling(ray_local, ti
     proc.kill()
     out, _ = proc.communicate(timeout=60)
     committed = read_embeddings(store, encoder_id, "images").num_rows  # progress is visible while it runs
-    assert 0 < committed < summary["photos"], f"killed too late ({committed} committed):\n" + out[-2000:]
+    assert 0 < committed < photos, f"killed too late ({committed} committed):\n" + out[-2000:]
     assert run("embed", embed.main, ["--root", root, *TINY, "--kinds", "images", "--batch-size", "8"]) == 0
     counts = last_report(store)["counts"]["this_run"]["images"]
-    assert counts["already_done"] == committed and counts["todo"] == summary["photos"] - committed
+    assert counts["already_done"] == committed and counts["todo"] == photos - committed
     ids = read_embeddings(store, encoder_id, "images").column("id").to_pylist()
-    assert len(ids) == len(set(ids)) == summary["photos"]
+    assert len(ids) == len(set(ids)) == photos
 
 
 def test_corrupt_and_missing_photos_go_to_quarantine(ray_local, tiny_world, tmp_path, encoder_id):
@@ -101,7 +105,7 @@ def test_corrupt_and_missing_photos_go_to_quarantine(ray_local, tiny_world, tmp_
     store = Store.open(root)
     report = last_report(store)
     assert report["counts"]["quarantined_by_reason"] == {"undecodable": 1, "photo_missing": 1}
-    assert report["counts"]["this_run"]["images"]["embedded"] == summary["photos"] - 2
+    assert report["counts"]["this_run"]["images"]["embedded"] == summary["photos"] + summary["owner_photos"] - 2
     embedded = set(read_embeddings(store, encoder_id, "images").column("id").to_pylist())
     assert names[0][:-4] not in embedded and names[1][:-4] not in embedded
 
@@ -119,7 +123,7 @@ def mini_root(tmp_path_factory, ray_local):
 
 def test_a_killed_actor_loses_and_duplicates_nothing(mini_root, encoder_id):
     store = Store.open(mini_root)
-    expected = set(store.read_table("images").column("image_id").to_pylist())
+    expected = {i for t in ("images", "owner_photos") for i in store.read_table(t).column("image_id").to_pylist()}
     proc = subprocess.Popen([sys.executable, "-m", "jobs.embed", "--root", mini_root, *TINY, "--kinds", "images",
                              "--batch-size", "16", "--decode-batch-size", "16", "--todo-file-rows", "256",
                              "--commit-every-files", "2"],
@@ -152,7 +156,7 @@ def test_embed_with_root_on_s3(ray_local, seaweed, tiny_world, encoder_id):
     bucket = root.split("/")[2]
     assert run("embed", embed.main, ["--root", root, *TINY]) == 0
     store = Store.open(root)
-    assert read_embeddings(store, encoder_id, "images").num_rows == summary["photos"]
+    assert read_embeddings(store, encoder_id, "images").num_rows == summary["photos"] + summary["owner_photos"]
     assert delta.file_uris(store, f"embeddings/{encoder_id}/texts")[0].startswith(f"s3://{bucket}/root/embeddings/")
 
 

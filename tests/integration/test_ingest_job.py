@@ -11,7 +11,7 @@ import pytest
 
 from jobs import ingest
 from jobs.common import run
-from showcase_core.store import Store
+from showcase_core.store import Store, StoreError
 from tests.conftest import world_on_s3
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -45,6 +45,42 @@ def test_ingest_s2_world_to_local_root(ray_local, tiny_world, tmp_path):
     # images point at real files
     uri = store.read_table("images").column("uri")[0].as_py()
     assert os.path.exists(uri)
+
+
+def test_owner_photos_are_ingested_and_their_bad_rows_quarantined(ray_local, tiny_world, tmp_path):
+    world, summary = tiny_world
+    owners = tmp_path / "owners.jsonl"
+    lines = open(f"{world}/owner_photos.jsonl").read().splitlines()
+    first = json.loads(lines[0])
+    bad = [json.dumps({"business_id": "bnowhere", "pic_id": first["pic_id"]}),  # unknown_business
+           json.dumps({"business_id": first["business_id"], "pic_id": "onever"}),  # owner_photo_missing
+           lines[0],  # duplicate_photo
+           json.dumps({"business_id": first["business_id"], "pic_id": 7}),  # wrong_type
+           json.dumps({"pic_id": first["pic_id"]}),  # missing_field
+           '{"business_id": "b00000", "pic_'.strip()]  # unparseable
+    owners.write_text("\n".join(lines + bad) + "\n")
+    root = str(tmp_path / "root")
+    assert run("ingest", ingest.main, ["--root", root, "--gest", f"{world}/filter_all_t.json", "--images",
+                                       f"{world}/images", "--owner-photos", str(owners)]) == 0
+    store = Store.open(root)
+    table = store.read_table("owner_photos")
+    assert table.num_rows == summary["owner_photos"] == len(lines)
+    assert sorted(table.column("image_id").to_pylist()) == sorted(json.loads(line)["pic_id"] for line in lines)
+    assert all(os.path.exists(u) for u in table.column("uri").to_pylist())
+    counts = report_of(store)["counts"]
+    assert counts["owner_photos_out"] == len(lines) and counts["owner_photos_quarantined"] == len(bad)
+    assert counts["records_quarantined"] == len(summary["planted_bad"])  # reviews' records, not owner photos
+    quarantined = counts["quarantined_by_reason"]
+    for reason in ("unknown_business", "owner_photo_missing", "duplicate_photo", "wrong_type", "unparseable"):
+        assert quarantined.get(reason, 0) >= 1, reason
+    details = store.read_table("quarantine").to_pylist()
+    assert any(d["reason"] == "unknown_business" and "bnowhere" in d["detail"] for d in details)
+
+    again = str(tmp_path / "again")  # none: no table, and readers say so
+    assert run("ingest", ingest.main, ["--root", again, "--gest", f"{world}/filter_all_t.json",
+                                       "--owner-photos", "none"]) == 0
+    with pytest.raises(StoreError, match="owner_photos"):
+        Store.open(again).read_table("owner_photos")
 
 
 def test_ingest_raw_in_parallel_chunks_applies_gest_s1(ray_local, tiny_world, tmp_path):

@@ -17,17 +17,18 @@ DATE = "2026-11-27"
 TRAIN = ["--epochs", "2", "--batch-size", "16", "--eval-every", "1", "--cpus-per-worker", "1", "--dim", "8"]
 
 
-def train_recommenders(root: str, models: str) -> str:
+def train_recommenders(root: str, models: str, *extra: str) -> str:
     encoder_id = load_encoder(model="showcase-tiny").encoder_id  # the embeddings of trained_root (no trained CLIP)
     assert run("train_recommender", train_recommender.main, ["--root", root, "--encoder", encoder_id,
-                                                             "--models", models, *TRAIN]) == 0
+                                                             "--models", models, *TRAIN, *extra]) == 0
     return root
 
 
 @pytest.fixture(scope="module")
 def local_root(trained_root):
     """The nightly tests' trained ROOT (their dates are older than DATE), with recommenders."""
-    return train_recommenders(trained_root, "r2mr")  # AlignRec, LightGCN and the reviewer in one model
+    # AlignRec, LightGCN and the reviewer in one model; 2 of the 8 businesses cold
+    return train_recommenders(trained_root, "r2mr", "--cold-fraction", "0.3")
 
 
 @pytest.fixture(scope="module")
@@ -91,3 +92,48 @@ def test_recommend_refuses_a_model_that_was_not_trained(local_root, capsys):
     code = run("recommend", recommend.main, ["--root", local_root, "--date", DATE, "--model", "bprmf"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and "train_recommender --models bprmf" in err[-1], err
+
+
+def test_cold_businesses_are_scored_from_their_owner_photos_alone(local_root):
+    store = Store.open(local_root)
+    entry = registry.latest(store, "recommender")
+    items = pl.read_parquet(f"{entry.variant('r2mr')}/items.parquet")
+    cold = items.filter(pl.col("cold"))
+    assert cold.height == 2 and cold["popularity"].to_list() == [0, 0]  # no train interaction: no ID, no reviews
+    assert cold["scorable"].all()  # their owner photos are their content
+
+    from showcase_core.recommend.data import load_recommender_data
+
+    data = load_recommender_data(store, entry.encoder_id, 0.3, 0)
+    owners = store.read_table("owner_photos", ["business_id"]).column("business_id").to_pylist()
+    for index in map(data.interactions.items.index, cold["business_id"].to_list()):
+        assert owners.count(data.interactions.items[index]) == 3 and abs(data.image[index]).sum() > 0
+        assert not data.text[index].any()  # no review of a cold business reaches its content
+
+
+def test_evaluate_recommend_reports_every_model_over_seeds_with_the_reviewer_auc(local_root, tiny_world):
+    import json
+
+    import pyarrow.fs as pafs
+
+    from jobs import evaluate
+
+    world, _ = tiny_world
+    assert run("evaluate", evaluate.main, ["--root", local_root, "--stage", "recommend", "--recommender-seeds",
+                                           "0,1", "--world", world]) == 0
+    store = Store.open(local_root)
+    latest = sorted(i.path for i in store.fs.get_file_info(pafs.FileSelector(store.path("reports/evaluate")))
+                    if i.path.endswith(".json"))[-1]
+    report = json.loads(store.fs.open_input_stream(latest).read())
+    table = report["recommend"]
+    assert table["seeds"] == [0, 1] and len(table["per_seed"]) == 2 and table["planted"] == {
+        "noise_photos": 1, "filler_reviews": 1}
+    r2mr = table["models"]["r2mr"]
+    for split in ("val", "test", "test_long_tail", "test_cold", "test_planted"):
+        cell = r2mr[split]["recall@20"]
+        assert len(cell["values"]) == 2 and 0 <= cell["mean"] <= 1 and cell["sd"] >= 0
+        assert abs(cell["mean"] - sum(cell["values"]) / 2) < 1e-12
+    assert 0 <= r2mr["reviewer"]["auc_image"]["mean"] <= 1
+    markdown = open(report["outputs"]["recommend"]["recommend.md"]).read()
+    assert "| r2mr |" in markdown and "reviewer" in markdown and " ± " in markdown
+    assert open(report["outputs"]["recommend"]["recommenders.png"], "rb").read(4) == b"\x89PNG"

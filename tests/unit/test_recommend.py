@@ -220,3 +220,51 @@ def test_top_n_pads_with_minus_one_when_fewer_items_are_allowed():
     scores, top = training.top_n(torch.ones(1, 2), torch.ones(3, 2), 5, [np.array([1])])
     assert top.tolist() == [[0, 2, -1, -1, -1]] or top.tolist() == [[2, 0, -1, -1, -1]]
     assert torch.isneginf(scores[0, 2:]).all()
+
+
+def planted_taste_data(users=200, items=60, seed=0):
+    from showcase_core.recommend.data import RecommenderData
+
+    rng = np.random.default_rng(seed)
+    taste = rng.integers(0, 4, users)
+    rows = [(f"u{u:03d}", f"b{b:03d}", 4, t) for u in range(users)
+            for t, b in enumerate(rng.choice(np.arange(taste[u], items, 4), 6, replace=False))]
+    x = build_interactions(reviews(rows), cold_fraction=0.1)
+    return RecommenderData(x, np.zeros((len(x.items), 4), np.float32), np.zeros((len(x.items), 4), np.float32), 4)
+
+
+def test_evaluation_keeps_the_best_checked_epoch_and_splits_the_held_out_items():
+    from showcase_core.recommend import evaluation
+
+    data = planted_taste_data()
+    x = data.interactions
+    settings = {"dim": 8, "reg": 1e-4}
+    model, kept = evaluation.fit("bprmf", data, settings, epochs=12, batch_size=128, lr=0.02, eval_every=4, seed=0)
+    assert kept["epoch"] in (3, 7, 11)
+    again = training.evaluate(model, x, VAL, data.scorable("bprmf"))["recall@20"]
+    assert again == pytest.approx(kept["val_recall@20"])  # the kept weights are the ones that scored it
+    tail = evaluation.long_tail(data)
+    popularity = np.bincount(data.train[1], minlength=len(x.items))
+    assert not (tail & x.cold).any() and tail.sum() == (~x.cold).sum() - round(0.2 * (~x.cold).sum())
+    assert popularity[tail].max() <= popularity[~x.cold & ~tail].min()  # the head is the most popular
+    metrics = evaluation.model_metrics(model, "bprmf", data, planted=None)
+    assert metrics["test_cold"]["recall@20"] == 0.0 and metrics["test_cold"]["users"] > 0  # no content, no ID
+    assert metrics["test_long_tail"]["users"] <= metrics["test"]["users"]
+    popular, _ = evaluation.fit("popularity", data, settings, 12, 128, 0.02, 4, 0)
+    assert metrics["test"]["recall@20"] > evaluation.model_metrics(popular, "popularity", data, None)["test"][
+        "recall@20"]
+
+
+def test_summary_over_seeds_and_the_order_check():
+    from showcase_core.recommend.evaluation import order_met, summarize
+
+    per_seed = [{"a": {"test": {"recall@20": v}}, "b": {"test": {"recall@20": w}}}
+                for v, w in ((0.30, 0.20), (0.32, 0.21), (0.28, 0.25))]
+    summary = summarize(per_seed)
+    cell = summary["a"]["test"]["recall@20"]
+    assert cell["mean"] == pytest.approx(0.30) and cell["sd"] == pytest.approx(0.02) and len(cell["values"]) == 3
+    check = order_met(summary, ["a", "b"])[0]
+    assert check["gap"] == pytest.approx(0.30 - 0.22) and check["met"]  # 0.08 > max(0.02, sd of b = 0.0265)
+    close = summarize([{"a": {"test": {"recall@20": v}}, "b": {"test": {"recall@20": v - 0.001}}}
+                       for v in (0.1, 0.2, 0.3)])
+    assert not order_met(close, ["a", "b"])[0]["met"]  # a gap inside one sd is not an order

@@ -6,7 +6,7 @@ from collections import Counter
 import numpy as np
 from PIL import Image
 
-from showcase_core.data.world import ENTITIES, build_world, make_world
+from showcase_core.data.world import ENTITIES, FILLERS, build_world, make_world
 
 
 def tree_digest(root: str) -> dict:
@@ -36,7 +36,7 @@ def test_entities_have_distinct_visual_signatures():
 
 
 def test_users_photograph_what_they_like():
-    world = build_world("mini", seed=0)
+    world = build_world("mini", seed=0, low_quality=0.0)
     favourites = {u["user_id"]: set(u["favourites"]) for u in world["users"]}
     photo_main = {p["pic_id"]: p["entities"][0] for p in world["photos"]}
     menu = {b["business_id"]: b["menu"] for b in world["businesses"]}
@@ -54,7 +54,7 @@ def test_users_photograph_what_they_like():
 
 
 def test_mini_world_shape_matches_the_issue():
-    world = build_world("mini", seed=0)
+    world = build_world("mini", seed=0, low_quality=0.0)
     per_business = Counter()
     photo_of = {p["pic_id"] for p in world["photos"]}
     for r in world["reviews"]:
@@ -70,7 +70,7 @@ def test_mini_world_shape_matches_the_issue():
 
 def test_sidecar_labels_which_sentence_describes_which_photo(tmp_path):
     out = str(tmp_path / "w")
-    make_world(out, "tiny", seed=1)
+    make_world(out, "tiny", seed=1, low_quality=0.0)
     with open(os.path.join(out, "filter_all_t.json")) as f:
         splits = json.load(f)
     texts: dict[str, dict] = {}
@@ -104,6 +104,52 @@ def test_photos_are_jpegs_of_the_configured_size(tmp_path):
     out = str(tmp_path / "w")
     summary = make_world(out, "tiny", seed=0)
     names = os.listdir(os.path.join(out, "images"))
-    assert len(names) == summary["photos"]
+    assert len(names) == summary["photos"] + summary["owner_photos"]
+    assert summary["owner_photos"] == 3 * 8  # three per business
     with Image.open(os.path.join(out, "images", sorted(names)[0])) as im:
         assert im.format == "JPEG" and im.size == (64, 64)
+
+
+def test_planted_low_quality_businesses_have_uninformative_photos_or_words(tmp_path):
+    plain, planted = build_world("mini", seed=0, low_quality=0.0), build_world("mini", seed=0)
+    noise, filler = (set(planted["low_quality"][k]) for k in ("noise_photos", "filler_reviews"))
+    assert len(noise) == len(filler) == 8 and not noise & filler  # 10% of 80 each, disjoint
+    assert plain["low_quality"] == {"noise_photos": [], "filler_reviews": []}
+    business_of = {p: r["business_id"] for r in planted["reviews"] for p in r["pics"]}
+    for before, after in zip(plain["photos"], planted["photos"]):
+        if business_of[after["pic_id"]] in noise:
+            assert after["entities"] == [] and after["background"] is None
+        else:  # every other draw of the world is unchanged
+            assert after == before
+    for before, after in zip(plain["reviews"], planted["reviews"]):
+        assert (after["user_id"], after["business_id"], after["rating"]) == \
+               (before["user_id"], before["business_id"], before["rating"])
+        if after["business_id"] in filler:
+            assert all(s["text"].rstrip(".!").lower().endswith(tuple(FILLERS)) and not s["pic_ids"]
+                       for s in after["sentences"])
+            assert not any(e.name in after["review_text"].lower() for e in ENTITIES)
+        elif after["business_id"] in noise:
+            assert after["review_text"] == before["review_text"]
+            assert all(not s["pic_ids"] for s in after["sentences"])
+        else:
+            assert after == before
+    out = str(tmp_path / "w")
+    summary = make_world(out, "tiny", seed=0)
+    with open(os.path.join(out, "world.json")) as f:
+        recorded = json.load(f)["low_quality"]
+    assert summary["low_quality"] == {"noise_photos": 1, "filler_reviews": 1}
+    assert recorded == build_world("tiny", seed=0)["low_quality"]
+
+
+def test_owner_photos_show_dishes_of_the_menu_apart_from_the_reviews(tmp_path):
+    out = str(tmp_path / "w")
+    make_world(out, "tiny", seed=0)
+    world = build_world("tiny", seed=0)
+    menus = {b["business_id"]: set(b["menu"]) for b in world["businesses"]}
+    with open(os.path.join(out, "owner_photos.jsonl")) as f:
+        owners = [json.loads(line) for line in f]
+    review_photos = {p for r in world["reviews"] for p in r["pics"]}
+    assert len(owners) == 24 and len({o["pic_id"] for o in owners}) == 24
+    for o in owners:
+        assert o["pic_id"] not in review_photos and set(o["entities"]) <= menus[o["business_id"]]
+        assert os.path.exists(os.path.join(out, "images", o["pic_id"] + ".jpg"))

@@ -1,0 +1,152 @@
+"""The recommenders' evaluation (``jobs.evaluate --stage recommend``): every model retrained per seed, MMRec's full
+ranking on val and test, the long-tail and cold-item splits, and R2MR's reviewer against planted truth.
+
+- ``fit``: one model on one seed's data, in this process (plain Adam, the train job's settings): the epoch with the
+  best val Recall@20 among the checked ones is kept, as ``jobs.train_recommender`` keeps it.
+- ``model_metrics``: one ranking of every user (train items masked, only scorable items) scored against several
+  held-out sets: val, test, and test restricted to the long tail (warm items outside the most popular
+  ``HEAD_SHARE`` by train interactions), to the cold items, and to the businesses with a planted poor modality.
+- ``reviewer_auc``: how well R2MR's quality scores flag the planted modalities: ROC AUC of ``1 - s^m`` against the
+  "modality m is poor" flag, over the items the reviewer sees users of (warm items).
+- ``summarize``: mean and sample sd over seeds of every number.
+
+Memory: one seed's interactions and content (O(interactions + items × dim)) and one model at a time.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..metrics.recommend import ranking_metrics
+from .data import RecommenderData, build_model
+from .interactions import TEST, VAL
+from .training import rank, train_epoch, train_sets
+
+HEAD_SHARE = 0.2  # the most popular items by train interactions; the rest of the warm items are the long tail
+KS = (10, 20)
+
+
+def fit(name: str, data: RecommenderData, settings: dict, epochs: int, batch_size: int, lr: float,
+        eval_every: int, seed: int) -> tuple[torch.nn.Module, dict]:
+    """(the model at its kept epoch, {"epoch": kept epoch, "val_recall@20": its value})."""
+    x = data.interactions
+    torch.manual_seed(seed)
+    model = build_model(name, data, settings)
+    if not getattr(model, "trainable", True):
+        return model, {"epoch": 0}
+    scorable = data.scorable(name)
+    tu, ti = data.train
+    codes, warm = train_sets(tu, ti, len(x.items)), ~x.cold
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+
+    def step(loss):
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    best = {"epoch": -1, "val_recall@20": -1.0, "state": None}
+    for epoch in range(epochs):
+        train_epoch(model, step, tu, ti, codes, warm, batch_size, epoch, seed)
+        if epoch == epochs - 1 or (epoch + 1) % eval_every == 0:
+            top = rank(model, x, scorable, max(KS))
+            recall = ranking_metrics(top, x.by_user(VAL), KS)["recall@20"]
+            if recall > best["val_recall@20"]:
+                best = {"epoch": epoch, "val_recall@20": recall,
+                        "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+    model.load_state_dict(best.pop("state"))
+    return model, best
+
+
+def long_tail(data: RecommenderData) -> np.ndarray:
+    """[I] bool: warm items outside the HEAD_SHARE most popular (by train interactions)."""
+    x = data.interactions
+    popularity = np.bincount(data.train[1], minlength=len(x.items))
+    warm = np.flatnonzero(~x.cold)
+    head = warm[np.argsort(-popularity[warm], kind="stable")[:int(round(HEAD_SHARE * len(warm)))]]
+    tail = ~x.cold
+    tail[head] = False
+    return tail
+
+
+def model_metrics(model, name: str, data: RecommenderData, planted: np.ndarray | None) -> dict:
+    """{"val": {...}, "test": {...}, "test_long_tail": {...}, "test_cold": {...}[, "test_planted": {...}]}."""
+    x = data.interactions
+    scorable = data.scorable(name)
+    top_val = rank(model, x, scorable, max(KS))
+    test = x.by_user(TEST)
+    out = {"val": ranking_metrics(top_val, x.by_user(VAL), KS), "test": ranking_metrics(top_val, test, KS)}
+    subsets = {"test_long_tail": long_tail(data), "test_cold": x.cold}
+    if planted is not None:
+        subsets["test_planted"] = planted
+    for key, mask in subsets.items():
+        out[key] = ranking_metrics(top_val, [h[mask[h]] for h in test], KS)
+    return out
+
+
+def reviewer_auc(model, data: RecommenderData, noise_photos: np.ndarray, filler_reviews: np.ndarray) -> dict:
+    """ROC AUC of the reviewer's 1 - s^image against noise photos and of 1 - s^text against filler reviews (warm
+    items), and the share of each planted set the reviewer puts below η."""
+    from sklearn.metrics import roc_auc_score
+
+    review = model.review_items()
+    warm = ~data.interactions.cold
+    eta = model.cfg["eta"]
+    out = {}
+    for modality, flags in (("image", noise_photos), ("text", filler_reviews)):
+        score = review[f"score_{modality}"].cpu().numpy()
+        labels = flags[warm]
+        if 0 < labels.sum() < len(labels):
+            out[f"auc_{modality}"] = float(roc_auc_score(labels, 1 - score[warm]))
+        out[f"poor_below_eta_{modality}"] = float(np.mean(score[flags & warm] <= eta)) if (flags & warm).any() else None
+        out[f"others_below_eta_{modality}"] = float(np.mean(score[~flags & warm] <= eta))
+    return out
+
+
+def planted_flags(data: RecommenderData, low_quality: dict | None) -> dict[str, np.ndarray] | None:
+    """The world's planted businesses as [I] bool flags over the interactions' items (None: no truth given)."""
+    if low_quality is None:
+        return None
+    items = data.interactions.items
+    return {kind: np.isin(items, low_quality.get(kind, [])) for kind in ("noise_photos", "filler_reviews")}
+
+
+def evaluate_seed(data: RecommenderData, models: list[str], training: dict, seed: int,
+                  low_quality: dict | None, progress=None) -> dict:
+    """Every model fitted on one seed's data and measured: {model: metrics}."""
+    flags = planted_flags(data, low_quality)
+    planted = (flags["noise_photos"] | flags["filler_reviews"]) if flags else None
+    out = {}
+    for name in models:
+        model, kept = fit(name, data, training["settings"], training["epochs"], training["batch_size"],
+                          training["lr"], training["eval_every"], seed)
+        out[name] = {**model_metrics(model, name, data, planted), "kept_epoch": kept["epoch"]}
+        if flags is not None and hasattr(model, "review_items"):
+            out[name]["reviewer"] = reviewer_auc(model, data, flags["noise_photos"], flags["filler_reviews"])
+        if progress:
+            progress(name, seed, out[name])
+    return out
+
+
+def summarize(per_seed: list[dict]) -> dict:
+    """Nested dicts of numbers (one per seed, the same keys) -> the same nesting of {"mean", "sd", "values"}."""
+    first = per_seed[0]
+    if isinstance(first, dict):
+        return {k: summarize([s[k] for s in per_seed]) for k in first if all(k in s for s in per_seed)}
+    values = [float(v) for v in per_seed if v is not None]
+    if not values:
+        return {"mean": None, "sd": None, "values": []}
+    sd = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+    return {"mean": float(np.mean(values)), "sd": sd, "values": values}
+
+
+def order_met(summary: dict, order: list[str], key: str = "recall@20", split: str = "test") -> list[dict]:
+    """For each neighbour pair a > b of ``order``: is mean(a) - mean(b) more than the larger of their sds?"""
+    out = []
+    for a, b in zip(order, order[1:]):
+        sa, sb = summary[a][split][key], summary[b][split][key]
+        gap = sa["mean"] - sb["mean"]
+        out.append({"better": a, "worse": b, "gap": gap, "sd": max(sa["sd"], sb["sd"]),
+                    "met": bool(gap > max(sa["sd"], sb["sd"]))})
+    return out
+
