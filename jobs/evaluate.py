@@ -240,19 +240,22 @@ def generation_markdown(table: dict) -> str:
 
 # -- recommend: the candidate recommenders ------------------------------------------------------------------------
 
-def world_low_quality(world: str) -> dict | None:
-    """The planted low-quality businesses of a synthetic world (None without --world)."""
+def load_world(world: str) -> dict | None:
+    """A synthetic world's world.json (None without --world): its entities, users' tastes, menus and planted
+    low-quality businesses."""
     if not world:
         return None
     path = world if world.endswith(".json") else os.path.join(world, "world.json")
     try:
         with open(path) as f:
-            planted = json.load(f).get("low_quality")
+            meta = json.load(f)
     except (OSError, ValueError) as e:
         raise UserError(f"--world {world}: cannot read {path}: {e}") from None
-    if planted is None:
-        raise UserError(f"--world {world}: {path} has no low_quality (drawn before planting existed; redraw it)")
-    return planted
+    missing = [k for k in ("low_quality", "entities", "users", "businesses") if k not in meta]
+    if missing:
+        raise UserError(f"--world {world}: {path} has no {', '.join(missing)} (drawn by an older make_world; redraw "
+                        "it)")
+    return meta
 
 
 def recommend_table(store: Store, cfg: Settings) -> dict:
@@ -265,7 +268,7 @@ def recommend_table(store: Store, cfg: Settings) -> dict:
         training = store.read_json(f"models/recommender/{entry.version}/{models[0]}/card.json")["training"]
     except (StoreError, KeyError) as e:
         raise UserError(f"recommender {entry.version}: no model card with its training settings ({e})") from None
-    low_quality = world_low_quality(cfg.world)
+    world = load_world(cfg.world)
     seeds = [int(s) for s in cfg.recommender_seeds.split(",")]
     per_seed = []
     for seed in seeds:
@@ -278,12 +281,12 @@ def recommend_table(store: Store, cfg: Settings) -> dict:
             print(f"[evaluate] recommend seed {seed}: {name} test Recall@20 {metrics['test']['recall@20']:.4f}",
                   flush=True)
 
-        per_seed.append(evaluate_seed(data, models, training, seed, low_quality, progress))
+        per_seed.append(evaluate_seed(data, models, training, seed, world, progress))
     summary = summarize(per_seed)
     order = [m for m in RECOMMENDER_ORDER if m in summary]
     return {"recommender_version": entry.version, "encoder_id": entry.encoder_id, "seeds": seeds,
             "training": {k: training[k] for k in ("epochs", "batch_size", "lr", "eval_every", "cold_fraction")},
-            "planted": {k: len(v) for k, v in low_quality.items()} if low_quality else None,
+            "planted": {k: len(v) for k, v in world["low_quality"].items()} if world else None,
             "models": summary, "per_seed": per_seed, "order": order_met(summary, order)}
 
 
@@ -305,7 +308,8 @@ def recommend_markdown(table: dict) -> str:
              f"mean ± sd over seeds {', '.join(map(str, seeds))} (each model retrained per seed with recommender "
              f"{table['recommender_version']}'s settings: {table['training']['epochs']} epochs, batch "
              f"{table['training']['batch_size']}, the best val Recall@20 of every {table['training']['eval_every']} "
-             "epochs kept)."]
+             "epochs kept). random: the exact expectation of a uniformly random ranking; oracle (with --world): the "
+             "ranking by the world's own taste × menu affinity, the ceiling of what the data can teach."]
     for split in ("val", "test"):
         lines += ["", f"{split}:", "", "| model | " + " | ".join(metrics) + " |", "|---|" + "---:|" * len(metrics)]
         for name, m in models.items():

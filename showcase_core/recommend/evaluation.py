@@ -8,6 +8,10 @@ ranking on val and test, the long-tail and cold-item splits, and R2MR's reviewer
   ``HEAD_SHARE`` by train interactions), to the cold items, and to the businesses with a planted poor modality.
 - ``reviewer_auc``: how well R2MR's quality scores flag the planted modalities: ROC AUC of ``1 - s^m`` against the
   "modality m is poor" flag, over the items the reviewer sees users of (warm items).
+- Two reference rows, per seed on the same split: ``random``, the exact expectation of a uniformly random ranking
+  of the businesses a user has not reviewed in train; and, given the synthetic world, ``oracle``: the ranking by the
+  world's own affinity (the user's true taste · the business's menu, what the world draws reviewers by), the ceiling
+  of what a model could learn.
 - ``summarize``: mean and sample sd over seeds of every number.
 
 Memory: one seed's interactions and content (O(interactions + items × dim)) and one model at a time.
@@ -20,8 +24,8 @@ import torch
 
 from ..metrics.recommend import ranking_metrics
 from .data import RecommenderData, build_model
-from .interactions import TEST, VAL
-from .training import rank, train_epoch, train_sets
+from .interactions import TEST, TRAIN, VAL
+from .training import rank, top_n, train_epoch, train_sets
 
 HEAD_SHARE = 0.2  # the most popular items by train interactions; the rest of the warm items are the long tail
 KS = (10, 20)
@@ -70,17 +74,70 @@ def long_tail(data: RecommenderData) -> np.ndarray:
 
 
 def model_metrics(model, name: str, data: RecommenderData, planted: np.ndarray | None) -> dict:
-    """{"val": {...}, "test": {...}, "test_long_tail": {...}, "test_cold": {...}[, "test_planted": {...}]}."""
+    """{"val": {...}, "test": {...}, "test_long_tail": {...}, "test_cold": {...}[, "test_planted": {...}]}: one ranking
+    (``rank``) scored against each held-out set."""
+    top = rank(model, data.interactions, data.scorable(name), max(KS))
+    return {key: ranking_metrics(top, held, KS) for key, held in held_out_sets(data, planted).items()}
+
+
+def held_out_sets(data: RecommenderData, planted: np.ndarray | None) -> dict[str, list[np.ndarray]]:
+    """Per user the held-out items of val, test and test's subsets (long tail, cold, planted)."""
     x = data.interactions
-    scorable = data.scorable(name)
-    top_val = rank(model, x, scorable, max(KS))
     test = x.by_user(TEST)
-    out = {"val": ranking_metrics(top_val, x.by_user(VAL), KS), "test": ranking_metrics(top_val, test, KS)}
+    out = {"val": x.by_user(VAL), "test": test}
     subsets = {"test_long_tail": long_tail(data), "test_cold": x.cold}
     if planted is not None:
         subsets["test_planted"] = planted
-    for key, mask in subsets.items():
-        out[key] = ranking_metrics(top_val, [h[mask[h]] for h in test], KS)
+    out.update({key: [h[mask[h]] for h in test] for key, mask in subsets.items()})
+    return out
+
+
+def expected_random(train: list[np.ndarray], held: list[np.ndarray], items: int, ks=KS) -> dict:
+    """The exact expectation of ranking_metrics for a uniformly random order of the items a user has no train
+    interaction with: a held-out item is at each rank with probability 1 / |candidates|."""
+    keep = [u for u, h in enumerate(held) if len(h)]
+    out = {"users": len(keep)}
+    discounts = 1.0 / np.log2(np.arange(2, max(ks) + 2))
+    for k in ks:
+        recall, precision, ndcg = [], [], []
+        for u in keep:
+            candidates = items - len(train[u])
+            hit = len(held[u]) / candidates  # P(the item at a given rank is held out)
+            recall.append(min(k, candidates) / candidates)
+            precision.append(hit * min(k, candidates) / k)
+            ndcg.append(hit * discounts[:min(k, candidates)].sum() / discounts[:min(k, len(held[u]))].sum())
+        for name, values in (("recall", recall), ("ndcg", ndcg), ("precision", precision)):
+            out[f"{name}@{k}"] = float(np.mean(values)) if values else 0.0
+    return out
+
+
+def world_affinity(data: RecommenderData, world: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(users [U, E], items [I, E]): the world's taste weights and menus over its entities; their product is the
+    affinity the world draws each business's reviewers by."""
+    x = data.interactions
+    entity = {e["name"]: i for i, e in enumerate(world["entities"])}
+    taste = {u["user_id"]: u["taste"] for u in world["users"]}
+    menu = {b["business_id"]: b["menu"] for b in world["businesses"]}
+    users, items = torch.zeros(len(x.users), len(entity)), torch.zeros(len(x.items), len(entity))
+    for row, user in enumerate(x.users):
+        for name, weight in taste.get(user, {}).items():
+            users[row, entity[name]] = weight
+    for row, business in enumerate(x.items):
+        items[row, [entity[name] for name in menu.get(business, [])]] = 1.0
+    return users, items
+
+
+def reference_metrics(data: RecommenderData, planted: np.ndarray | None, world: dict | None,
+                      block: int = 4096) -> dict:
+    """{"random": ..., "oracle": ...} (oracle only with the world), with the models' keys."""
+    x = data.interactions
+    held, train = held_out_sets(data, planted), x.by_user(TRAIN)
+    out = {"random": {key: expected_random(train, h, len(x.items)) for key, h in held.items()}}
+    if world is not None:
+        users, items = world_affinity(data, world)
+        top = np.concatenate([top_n(users[at:at + block], items, max(KS), train[at:at + block])[1].numpy()
+                              for at in range(0, len(x.users), block)])
+        out["oracle"] = {key: ranking_metrics(top, h, KS) for key, h in held.items()}
     return out
 
 
@@ -103,20 +160,21 @@ def reviewer_auc(model, data: RecommenderData, noise_photos: np.ndarray, filler_
     return out
 
 
-def planted_flags(data: RecommenderData, low_quality: dict | None) -> dict[str, np.ndarray] | None:
-    """The world's planted businesses as [I] bool flags over the interactions' items (None: no truth given)."""
-    if low_quality is None:
+def planted_flags(data: RecommenderData, world: dict | None) -> dict[str, np.ndarray] | None:
+    """The world's planted low-quality businesses as [I] bool flags over the interactions' items (None: no world)."""
+    if world is None:
         return None
     items = data.interactions.items
-    return {kind: np.isin(items, low_quality.get(kind, [])) for kind in ("noise_photos", "filler_reviews")}
+    return {kind: np.isin(items, world["low_quality"].get(kind, [])) for kind in ("noise_photos", "filler_reviews")}
 
 
 def evaluate_seed(data: RecommenderData, models: list[str], training: dict, seed: int,
-                  low_quality: dict | None, progress=None) -> dict:
-    """Every model fitted on one seed's data and measured: {model: metrics}."""
-    flags = planted_flags(data, low_quality)
+                  world: dict | None, progress=None) -> dict:
+    """Every model fitted on one seed's data and measured, and the reference rows: {model: metrics}. ``world``: the
+    synthetic world's world.json (entities, users, businesses, low_quality) or None."""
+    flags = planted_flags(data, world)
     planted = (flags["noise_photos"] | flags["filler_reviews"]) if flags else None
-    out = {}
+    out = reference_metrics(data, planted, world)
     for name in models:
         model, kept = fit(name, data, training["settings"], training["epochs"], training["batch_size"],
                           training["lr"], training["eval_every"], seed)

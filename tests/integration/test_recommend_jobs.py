@@ -134,6 +134,9 @@ def test_evaluate_recommend_reports_every_model_over_seeds_with_the_reviewer_auc
         assert len(cell["values"]) == 2 and 0 <= cell["mean"] <= 1 and cell["sd"] >= 0
         assert abs(cell["mean"] - sum(cell["values"]) / 2) < 1e-12
     assert 0 <= r2mr["reviewer"]["auc_image"]["mean"] <= 1
+    random, oracle = table["models"]["random"]["test"], table["models"]["oracle"]["test"]  # the reference rows
+    assert 0 < random["recall@20"]["mean"] <= 1 and random["users"]["mean"] == r2mr["test"]["users"]["mean"]
+    assert oracle["recall@20"]["mean"] >= random["recall@20"]["mean"]  # the world's own taste beats chance
     markdown = open(report["outputs"]["recommend"]["recommend.md"]).read()
-    assert "| r2mr |" in markdown and "reviewer" in markdown and " ± " in markdown
+    assert "| r2mr |" in markdown and "| oracle |" in markdown and "reviewer" in markdown and " ± " in markdown
     assert open(report["outputs"]["recommend"]["recommenders.png"], "rb").read(4) == b"\x89PNG"

@@ -268,3 +268,18 @@ def test_summary_over_seeds_and_the_order_check():
     close = summarize([{"a": {"test": {"recall@20": v}}, "b": {"test": {"recall@20": v - 0.001}}}
                        for v in (0.1, 0.2, 0.3)])
     assert not order_met(close, ["a", "b"])[0]["met"]  # a gap inside one sd is not an order
+
+
+def test_expected_random_ranking_matches_its_definition():
+    from showcase_core.recommend.evaluation import expected_random
+
+    train, held = [np.array([0, 1]), np.array([], np.int64)], [np.array([5]), np.array([2, 3])]
+    out = expected_random(train, held, items=10, ks=(5, 20))
+    # user 0: 8 candidates, 1 held out; user 1: 10 candidates, 2 held out
+    assert out["recall@5"] == pytest.approx((5 / 8 + 5 / 10) / 2)
+    assert out["precision@5"] == pytest.approx((1 / 8 + 2 / 10) / 2)
+    assert out["recall@20"] == pytest.approx(1.0)  # every candidate is ranked within 20
+    rng = np.random.default_rng(0)
+    draws = [ranking_metrics(np.array([rng.permutation(np.setdiff1d(np.arange(10), t))[:5] for t in train]), held,
+                             ks=(5,))["ndcg@5"] for _ in range(4000)]
+    assert out["ndcg@5"] == pytest.approx(np.mean(draws), abs=0.01)
