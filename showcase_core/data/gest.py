@@ -81,6 +81,30 @@ def quarantine_row(source: str, position: str, reason: str, field: str | None, d
 
 # -- field validation -------------------------------------------------------------------------------
 
+def read_json_lines(stream: IO[bytes], source: str, check) -> tuple[list, list[dict]]:
+    """A sidecar JSON-lines file, record by record: ``check(obj)`` turns a JSON object into a row or raises
+    RecordError. Returns (rows, quarantine rows); a line that is not JSON, not an object or fails the check is
+    quarantined with its byte position."""
+    rows, bad, offset = [], [], 0
+    for line in stream:
+        position = f"byte {offset}"
+        offset += len(line)
+        text = line.strip()
+        if not text:
+            continue
+        try:
+            obj = json.loads(text)
+            if not isinstance(obj, dict):
+                raise RecordError("wrong_type", None, "record must be a JSON object")
+            rows.append(check(obj))
+        except json.JSONDecodeError as e:
+            bad.append(quarantine_row(source, position, "unparseable", None, f"invalid JSON: {e}",
+                                      text.decode("utf-8", "replace")))
+        except RecordError as e:
+            bad.append(quarantine_row(source, position, e.reason, e.field, e.detail, text.decode("utf-8", "replace")))
+    return rows, bad
+
+
 def _field(obj: dict, name: str):
     value = obj.get(name)
     if value is None:

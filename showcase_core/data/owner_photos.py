@@ -11,52 +11,36 @@ user's own photos.
 
 from __future__ import annotations
 
-import json
 from typing import IO
 
 import pyarrow as pa
 
 from ..store import join_uri
 from . import schema
-from .gest import RecordError, quarantine_row
+from .gest import RecordError, read_json_lines
 
 
 def read_owner_photos(stream: IO[bytes], source: str, businesses: set[str], present: set[str],
                       images_uri: str) -> dict:
     """Validate an owner-photos JSON-lines stream: {"table": OWNER_PHOTOS table, "quarantine": rows}."""
-    rows, bad, seen = [], [], set()
+    seen: set[str] = set()
     prefix = join_uri(images_uri, "")
-    offset = 0
-    for line in stream:
-        position = f"byte {offset}"
-        offset += len(line)
-        text = line.strip()
-        if not text:
-            continue
-        try:
-            obj = json.loads(text)
-            if not isinstance(obj, dict):
-                raise RecordError("wrong_type", None, "record must be a JSON object")
-            for name in ("business_id", "pic_id"):
-                if obj.get(name) is None:
-                    raise RecordError("missing_field", name, f"field {name!r} is missing")
-                if not isinstance(obj[name], str) or not obj[name]:
-                    raise RecordError("wrong_type", name, f"field {name!r} must be a non-empty string")
-            business, pic = obj["business_id"], obj["pic_id"]
-            if business not in businesses:
-                raise RecordError("unknown_business", "business_id",
-                                  f"business {business} has no accepted review")
-            if pic not in present:
-                raise RecordError("owner_photo_missing", "pic_id", f"photo {pic}.jpg is not under {images_uri}")
-            if pic in seen:
-                raise RecordError("duplicate_photo", "pic_id", f"photo {pic} appeared earlier in the file")
-        except json.JSONDecodeError as e:
-            bad.append(quarantine_row(source, position, "unparseable", None, f"invalid JSON: {e}",
-                                      text.decode("utf-8", "replace")))
-            continue
-        except RecordError as e:
-            bad.append(quarantine_row(source, position, e.reason, e.field, e.detail, text.decode("utf-8", "replace")))
-            continue
+
+    def check(obj: dict) -> dict:
+        for name in ("business_id", "pic_id"):
+            if obj.get(name) is None:
+                raise RecordError("missing_field", name, f"field {name!r} is missing")
+            if not isinstance(obj[name], str) or not obj[name]:
+                raise RecordError("wrong_type", name, f"field {name!r} must be a non-empty string")
+        business, pic = obj["business_id"], obj["pic_id"]
+        if business not in businesses:
+            raise RecordError("unknown_business", "business_id", f"business {business} has no accepted review")
+        if pic not in present:
+            raise RecordError("owner_photo_missing", "pic_id", f"photo {pic}.jpg is not under {images_uri}")
+        if pic in seen:
+            raise RecordError("duplicate_photo", "pic_id", f"photo {pic} appeared earlier in the file")
         seen.add(pic)
-        rows.append({"image_id": pic, "business_id": business, "uri": f"{prefix}{pic}.jpg"})
+        return {"image_id": pic, "business_id": business, "uri": f"{prefix}{pic}.jpg"}
+
+    rows, bad = read_json_lines(stream, source, check)
     return {"table": pa.Table.from_pylist(rows, schema=schema.OWNER_PHOTOS), "quarantine": bad}

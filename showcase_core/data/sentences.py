@@ -8,13 +8,12 @@ have (any more) are removed from the sentence and counted.
 
 from __future__ import annotations
 
-import json
 from typing import IO
 
 import pyarrow as pa
 
 from . import schema
-from .gest import RecordError, quarantine_row
+from .gest import RecordError, read_json_lines
 
 
 def read_sentences(stream: IO[bytes], source: str, reviews: dict[str, tuple[str, set[str]]]) -> dict:
@@ -22,44 +21,31 @@ def read_sentences(stream: IO[bytes], source: str, reviews: dict[str, tuple[str,
 
     Returns {"table": SENTENCES table, "quarantine": list of rows, "photo_refs_removed": int}.
     """
-    rows, bad, removed = [], [], 0
-    offset = 0
-    for line in stream:
-        position = f"byte {offset}"
-        offset += len(line)
-        text = line.strip()
-        if not text:
-            continue
-        try:
-            obj = json.loads(text)
-            if not isinstance(obj, dict):
-                raise RecordError("wrong_type", None, "record must be a JSON object")
-            review_id, index, sentence = obj.get("review_id"), obj.get("sentence_index"), obj.get("text")
-            for name, value, kind in (("review_id", review_id, str), ("sentence_index", index, int), ("text", sentence, str)):
-                if value is None:
-                    raise RecordError("missing_field", name, f"field {name!r} is missing")
-                if not isinstance(value, kind) or isinstance(value, bool):
-                    raise RecordError("wrong_type", name, f"field {name!r} must be {kind.__name__}")
-            pics, entities = obj.get("pic_ids") or [], obj.get("entities") or []
-            if not (isinstance(pics, list) and all(isinstance(p, str) for p in pics)):
-                raise RecordError("wrong_type", "pic_ids", "field 'pic_ids' must be a list of photo ids")
-            if not (isinstance(entities, list) and all(isinstance(e, str) for e in entities)):
-                raise RecordError("wrong_type", "entities", "field 'entities' must be a list of strings")
-            if not sentence.strip():
-                raise RecordError("empty_text", "text", "field 'text' is empty")
-            if review_id not in reviews:
-                raise RecordError("unknown_review", "review_id", f"review {review_id} is not among the accepted reviews")
-        except json.JSONDecodeError as e:
-            bad.append(quarantine_row(source, position, "unparseable", None, f"invalid JSON: {e}",
-                                      text.decode("utf-8", "replace")))
-            continue
-        except RecordError as e:
-            bad.append(quarantine_row(source, position, e.reason, e.field, e.detail, text.decode("utf-8", "replace")))
-            continue
+    removed = 0
+
+    def check(obj: dict) -> dict:
+        nonlocal removed
+        review_id, index, sentence = obj.get("review_id"), obj.get("sentence_index"), obj.get("text")
+        for name, value, kind in (("review_id", review_id, str), ("sentence_index", index, int), ("text", sentence, str)):
+            if value is None:
+                raise RecordError("missing_field", name, f"field {name!r} is missing")
+            if not isinstance(value, kind) or isinstance(value, bool):
+                raise RecordError("wrong_type", name, f"field {name!r} must be {kind.__name__}")
+        pics, entities = obj.get("pic_ids") or [], obj.get("entities") or []
+        if not (isinstance(pics, list) and all(isinstance(p, str) for p in pics)):
+            raise RecordError("wrong_type", "pic_ids", "field 'pic_ids' must be a list of photo ids")
+        if not (isinstance(entities, list) and all(isinstance(e, str) for e in entities)):
+            raise RecordError("wrong_type", "entities", "field 'entities' must be a list of strings")
+        if not sentence.strip():
+            raise RecordError("empty_text", "text", "field 'text' is empty")
+        if review_id not in reviews:
+            raise RecordError("unknown_review", "review_id", f"review {review_id} is not among the accepted reviews")
         split, accepted = reviews[review_id]
         kept = [p for p in pics if p in accepted]
         removed += len(pics) - len(kept)
-        rows.append({"sentence_id": f"{review_id}#{index}", "review_id": review_id, "sentence_index": index,
-                     "text": sentence.strip(), "pic_ids": kept, "entities": entities, "split": split})
+        return {"sentence_id": f"{review_id}#{index}", "review_id": review_id, "sentence_index": index,
+                "text": sentence.strip(), "pic_ids": kept, "entities": entities, "split": split}
+
+    rows, bad = read_json_lines(stream, source, check)
     return {"table": pa.Table.from_pylist(rows, schema=schema.SENTENCES), "quarantine": bad,
             "photo_refs_removed": removed}
