@@ -47,7 +47,7 @@ class Settings(JobSettings):
     chunk_mb: float = setting(64.0, "MiB of the input per parallel validation task", gt=0)
 
 
-def _check_inputs(cfg: Settings) -> tuple[str, str, str, str | None]:
+def _check_inputs(cfg: Settings) -> tuple[str, str, str, str | None, str | None]:
     """Resolve (source, format, images, sentences, owner photos) or fail with one line; touches only metadata.
 
     Local paths come back absolute: Ray tasks and later jobs open them from other working directories.
