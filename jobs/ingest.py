@@ -120,20 +120,38 @@ def _ingest_sentences(store: Store, run_id: str, uri: str, parts: dict) -> dict:
             "sentence_photo_refs_removed": result["photo_refs_removed"]}
 
 
-def _ingest_owner_photos(store: Store, run_id: str, uri: str, parts: dict, present: set[str], images: str) -> dict:
-    """Validate the owner-photos file against the businesses of the reviews just written; add its data files."""
-    businesses: set[str] = set()
-    for p in parts["reviews"]:
-        table = pq.read_table(store.path("tables/reviews", p["path"]), filesystem=store.fs, columns=["business_id"])
-        businesses.update(pc.unique(table.column("business_id")).to_pylist())
-    with open_binary(uri) as stream:
-        result = read_owner_photos(stream, uri, businesses, present, images)
-    parts["owner_photos"] = [write_file(store, "tables/owner_photos", result["table"], f"part-{run_id}-00000.parquet")]
-    if result["quarantine"]:
-        parts["quarantine"].append(write_file(store, "tables/quarantine",
-                                              pa.Table.from_pylist(result["quarantine"], schema=QUARANTINE),
-                                              f"part-{run_id}-owner-photos.parquet"))
-    return {"owner_photos_out": result["table"].num_rows, "owner_photos_quarantined": len(result["quarantine"])}
+def _ingest_owner_photos(store: Store, run_id: str, uri: str, parts: dict, present_ref, images: str) -> dict:
+    """Validate the owner-photos file against the businesses of the reviews just written and the photos present; add
+    its data files. It runs as one Ray task beside the present-photo ids (``present_ref``, O(photos)), so the driver
+    holds only the counts."""
+    import ray
+
+    root, review_paths = store.root, [p["path"] for p in parts["reviews"]]
+
+    @ray.remote
+    def validate(present: set[str]) -> dict:
+        task_store = Store.open(root)
+        businesses: set[str] = set()
+        for path in review_paths:  # one data file's business_id column at a time
+            table = pq.read_table(task_store.path("tables/reviews", path), filesystem=task_store.fs,
+                                  columns=["business_id"])
+            businesses.update(pc.unique(table.column("business_id")).to_pylist())
+        with open_binary(uri) as stream:
+            result = read_owner_photos(stream, uri, businesses, present, images)
+        files = {"owner_photos": write_file(task_store, "tables/owner_photos", result["table"],
+                                            f"part-{run_id}-00000.parquet")}
+        if result["quarantine"]:
+            files["quarantine"] = write_file(task_store, "tables/quarantine",
+                                             pa.Table.from_pylist(result["quarantine"], schema=QUARANTINE),
+                                             f"part-{run_id}-owner-photos.parquet")
+        return {"files": files, "counts": {"owner_photos_out": result["table"].num_rows,
+                                           "owner_photos_quarantined": len(result["quarantine"])}}
+
+    done = ray.get(validate.remote(present_ref))
+    parts["owner_photos"] = [done["files"]["owner_photos"]]
+    if "quarantine" in done["files"]:
+        parts["quarantine"].append(done["files"]["quarantine"])
+    return done["counts"]
 
 
 def stage_chunks(store, staging: str, run_id: str, cfg: Settings, inputs: dict, timer: Timer) -> dict:
@@ -213,11 +231,9 @@ def main(argv: list[str] | None = None) -> int:
         with timer("sentences"):
             sidecar_counts.update(_ingest_sentences(store, run_id, sentences, staged["parts"]))
     if owner_photos:
-        import ray
-
         with timer("owner_photos"):
             sidecar_counts.update(_ingest_owner_photos(store, run_id, owner_photos, staged["parts"],
-                                                       ray.get(staged["present"]), images))
+                                                       staged["present"], images))
     with timer("publish"):
         record = commit_ingest(store, run_id, staged["parts"], {"source": source, "format": fmt, "images": images})
         store.delete_dir(staging)
