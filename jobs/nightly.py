@@ -22,11 +22,13 @@ A streaming pipeline on Ray Data; the driver plans and commits and never holds t
 Joins are on ids only: ground sets never travel with pairs (a business's is read once per unit), and the rows that
 cross the shuffle carry a pair's two profile vectors and its history for the generator.
 
-Memory: the driver holds one add record per unit (O(units)) and the executor state of one wave (Ray Data's per-task
-and per-partition state grows with the partitions of a pass: measured, about 85 KB of driver RSS per unit in one
-pass, hence the waves); a shuffle aggregator holds a share of one wave's pairs; a profile task holds one user group
-and the users rows it read; a writer actor holds the models, one unit's pairs and the ground sets of that unit's
-businesses.
+Memory: the driver holds one add record per unit (O(units)). Each wave's Ray Data pass runs in a worker process of
+its own beside the driver (``run_wave``, a fresh process per wave), which holds that pass's executor state (Ray
+Data's per-task and per-partition state grows with the partitions of a pass: about 85 KB of RSS per unit in one
+pass, hence the waves; and the native memory a process running passes keeps, which grew the driver with the pairs
+when the passes ran there); a shuffle aggregator holds a share of one wave's pairs; a profile task holds one user
+group and the users rows it read; a writer actor holds the models, one unit's pairs and the ground sets of that
+unit's businesses.
 
 Exactly once: a unit's files are named by the run, the unit and N, so a retried unit (a killed worker) replaces its
 own files and a rerun with the same ``--run-id`` (a killed driver) skips the units already written. The driver
@@ -320,11 +322,11 @@ def plan_units(store, cfg: Settings, run_id: str) -> dict:
 
 
 def write_units(store, cfg: Settings, run_id: str, plan: dict, records: dict, extras: dict) -> None:
-    """Ray Data, one pass per wave of units: key the pairs, attach profiles by user group, write each business
-    unit's files; collect their add records. A pass's shuffles and executor state (driver and aggregators) hold
-    that wave's pairs and units only, so memory does not grow with the candidates; the cost is a read of the
-    candidates' columns per wave."""
+    """One pass per wave of units, each run by ``run_wave`` in a Ray worker process of its own (beside the driver,
+    one process per wave): the driver only collects the units' add records, streamed back as the units finish, so
+    its memory is O(units) whatever the pairs, and a pass's executor state goes with the process that ran it."""
     import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     models = plan["models"]
     start_ray()
@@ -336,31 +338,47 @@ def write_units(store, cfg: Settings, run_id: str, plan: dict, records: dict, ex
                      "units": plan["units"], "models": models, "k": cfg.k, "beams": cfg.beams,
                      "batch_size": cfg.batch_size, "run_id": run_id, "generated_at": plan["generated_at"],
                      "device": device, "decoding": cfg.decoding()}
+    source = {k: plan[k] for k in ("paths", "fs", "columns", "units", "groups")} | {"done": sorted(plan["done_before"])}
+    # no CPU of its own (its passes' tasks take theirs), on the driver's node (an autoscaler's worker node may go),
+    # a fresh process per wave (max_calls=1: the pass's native state goes with it), no retry: a failed wave fails
+    # the run, which resumes with its --run-id from the units written so far
+    wave_task = ray.remote(num_cpus=0, max_calls=1, max_retries=0, num_returns="streaming")(run_wave).options(
+        scheduling_strategy=NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True))
     progress, accounted = Progress("nightly", "pairs", plan["rows"]), sum(int(r["rows"]) for r in records.values())
     progress.update(accounted)
     for wave in plan["waves"]:
-        # one shuffle partition per group and per unit: map_groups runs one task per partition and emits its output
-        # when the task ends, so partitions of many units would write them all in one task, with no progress between
-        written = (ray.data.read_parquet(plan["paths"], filesystem=plan["fs"]).select_columns(plan["columns"])
-                   .map_batches(key_pairs, batch_format="pyarrow",
-                                fn_kwargs={"columns": plan["columns"], "units": plan["units"], "groups": plan["groups"],
-                                           "wave": wave, "done": sorted(plan["done_before"])})
-                   .groupby("group", num_partitions=min(plan["groups"], MAX_PARTITIONS)).map_groups(
-                       attach_profiles, batch_format="pyarrow",
-                       fn_kwargs={"root": store.root, "encoder_id": models["encoder_id"], "meta": plan["meta"],
-                                  "with_history": bool(models["generator"])})
-                   .groupby("unit", num_partitions=min(wave[1] - wave[0], MAX_PARTITIONS)).map_groups(
-                       ShowcaseWriter, batch_format="pyarrow",
-                       compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
-                       fn_constructor_kwargs=writer_kwargs, **resources))
-        for batch in written.iter_batches(batch_size=None, batch_format="pyarrow"):
-            for record in batch.to_pylist():
+        for ref in wave_task.remote(source, wave, store.root, models, plan["meta"], writer_kwargs, actors, resources):
+            for record in ray.get(ref).to_pylist():
                 records[(record["table"], int(record["unit"]))] = {k: record[k] for k in delta.RECORD_KEYS}
                 extras["cold_start"] += int(record["cold_start"])
                 for reason, n in json.loads(record["reasons"]).items():
                     extras["reasons"][reason] = extras["reasons"].get(reason, 0) + n
                 accounted += int(record["rows"])  # a showcase or a quarantined pair: a candidate accounted for
             progress.update(accounted)
+
+
+def run_wave(source: dict, wave: tuple[int, int], root: str, models: dict, meta: dict, writer_kwargs: dict,
+             actors: int, resources: dict):
+    """One Ray Data pass over the candidates for the units [lo, hi) of a wave: key the pairs, attach profiles by
+    user group, write each business unit's files; yields the units' add records as they finish. A pass's shuffles
+    and executor state hold that wave's pairs and units only."""
+    import ray
+
+    ray.data.DataContext.get_current().enable_progress_bars = False  # the driver prints the run's progress
+    # one shuffle partition per group and per unit: map_groups runs one task per partition and emits its output when
+    # the task ends, so partitions of many units would write them all in one task, with no progress between
+    written = (ray.data.read_parquet(source["paths"], filesystem=source["fs"]).select_columns(source["columns"])
+               .map_batches(key_pairs, batch_format="pyarrow",
+                            fn_kwargs={"columns": source["columns"], "units": source["units"],
+                                       "groups": source["groups"], "wave": wave, "done": source["done"]})
+               .groupby("group", num_partitions=min(source["groups"], MAX_PARTITIONS)).map_groups(
+                   attach_profiles, batch_format="pyarrow",
+                   fn_kwargs={"root": root, "encoder_id": models["encoder_id"], "meta": meta,
+                              "with_history": bool(models["generator"])})
+               .groupby("unit", num_partitions=min(wave[1] - wave[0], MAX_PARTITIONS)).map_groups(
+                   ShowcaseWriter, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
+                   fn_constructor_kwargs=writer_kwargs, **resources))
+    yield from written.iter_batches(batch_size=None, batch_format="pyarrow")
 
 
 def publish(store, cfg: Settings, run_id: str, generation: int, plan: dict, records: dict, report: dict,
