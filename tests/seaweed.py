@@ -68,15 +68,31 @@ class SeaweedS3:
             self.process.kill()
 
 
-def start(workdir: str, timeout: float = 60) -> SeaweedS3:
-    """Start master + volume + filer + S3 on free ports; return once a bucket can be created."""
+def start(workdir: str, timeout: float = 60, attempts: int = 3) -> SeaweedS3:
+    """Start master + volume + filer + S3 on free ports; return once a bucket can be created. A port taken between
+    the choice and SeaweedFS's bind (another process on the machine, e.g. a Ray worker, got it first) is a fresh try
+    on new ports, ``attempts`` times at most."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return _start_once(workdir, timeout, attempt)
+        except _PortTaken:
+            if attempt == attempts:
+                raise RuntimeError(f"SeaweedFS could not bind its ports in {attempts} tries; see "
+                                   f"{os.path.join(workdir, 'weed.log')}") from None
+
+
+class _PortTaken(Exception):
+    pass
+
+
+def _start_once(workdir: str, timeout: float, attempt: int) -> SeaweedS3:
     os.makedirs(workdir, exist_ok=True)
     master, volume, filer, s3 = _free_ports(4)
     config = os.path.join(workdir, "s3.json")
     with open(config, "w") as f:
         json.dump({"identities": [{"name": "tests", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
                                    "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}, f)
-    data = os.path.join(workdir, "data")
+    data = os.path.join(workdir, "data" if attempt == 1 else f"data-{attempt}")  # none of a failed try's state
     os.makedirs(data, exist_ok=True)
     log_path = os.path.join(workdir, "weed.log")
     cmd = [weed_binary(), "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
@@ -90,6 +106,9 @@ def start(workdir: str, timeout: float = 60) -> SeaweedS3:
     probe = f"ready-{os.getpid()}"
     while True:
         if process.poll() is not None:
+            with open(log_path, errors="replace") as f:
+                if "address already in use" in f.read():
+                    raise _PortTaken()
             raise RuntimeError(f"SeaweedFS exited with {process.returncode}; see {log_path}")
         try:
             fs = server.filesystem()
