@@ -102,10 +102,12 @@ def read_photos(uris: list[str], size: int) -> tuple[np.ndarray, list[int], list
     return (np.stack(pixels) if pixels else empty), ok, errors
 
 
-def pixels_to_tensor(pixels: np.ndarray) -> torch.Tensor:
-    """uint8 [B, H, W, 3] -> normalised float32 [B, 3, H, W]."""
-    x = torch.from_numpy(np.ascontiguousarray(pixels)).float().div_(255.0)
-    x = (x - torch.from_numpy(CLIP_MEAN)) / torch.from_numpy(CLIP_STD)
+def pixels_to_tensor(pixels, device: str | torch.device = "cpu") -> torch.Tensor:
+    """uint8 [B, H, W, 3] (numpy or a tensor, e.g. a pinned batch) -> normalised float32 [B, 3, H, W] on ``device``.
+    The uint8 pixels move, a quarter of float32's bytes, and are normalised there."""
+    x = pixels if torch.is_tensor(pixels) else torch.from_numpy(np.ascontiguousarray(pixels))
+    x = x.to(device, non_blocking=True).float().div_(255.0)
+    x = (x - torch.as_tensor(CLIP_MEAN, device=x.device)) / torch.as_tensor(CLIP_STD, device=x.device)
     return x.permute(0, 3, 1, 2).contiguous()
 
 
@@ -140,7 +142,8 @@ class ClipEncoder:
         self.model.to(self.device)
         return self
 
-    def _autocast(self):
+    def autocast(self):
+        """bf16 autocast on CUDA; none on the CPU."""
         if self.device.type == "cuda":
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return torch.autocast("cpu", enabled=False)
@@ -149,8 +152,8 @@ class ClipEncoder:
     def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 [B, H, W, 3] (already ``decode_and_resize``d) -> float32 [B, D], L2-normalised."""
         self.model.eval()
-        x = pixels_to_tensor(pixels).to(self.device, non_blocking=True)
-        with self._autocast():
+        x = pixels_to_tensor(pixels, self.device)
+        with self.autocast():
             z = self.model.encode_image(x)
         return torch.nn.functional.normalize(z.float(), dim=-1).cpu().numpy()
 
@@ -158,7 +161,7 @@ class ClipEncoder:
     def encode_texts(self, texts: list[str]) -> np.ndarray:
         self.model.eval()
         tokens = self.tokenizer(list(texts)).to(self.device)
-        with self._autocast():
+        with self.autocast():
             z = self.model.encode_text(tokens)
         return torch.nn.functional.normalize(z.float(), dim=-1).cpu().numpy()
 

@@ -77,7 +77,7 @@ def train_epoch(model: torch.nn.Module, step, pixels: np.ndarray, tokens: torch.
         idx = order[start:start + batch_size]
         if len(idx) < 2:
             break
-        images = pixels_to_tensor(pixels[idx]).to(device)
+        images = pixels_to_tensor(pixels[idx], device)
         image_features, text_features, logit_scale = model(images, tokens[torch.from_numpy(idx)].to(device))[:3]
         loss = loss_fn(image_features, text_features, logit_scale)
         step(loss, lr_at(global_step, total_steps, base_lr, warmup_steps))

@@ -15,7 +15,8 @@ of the large store. It prints, as measured in this run:
   1,000 fresh lookups and 1,000 published lookups);
 - the check: every good pair exactly once in the showcases, every bad pair in the quarantine with its reason.
 
-Peak RSS is sampled every 0.2 s with psutil (processes by pid for the driver, by command line for Ray workers).
+Peak RSS is sampled every 0.2 s with psutil (processes by pid for the driver, by command line for Ray workers: the
+writers, the wave runners that run the nightly's Ray Data passes, and any Ray worker).
 """
 
 from __future__ import annotations
@@ -156,7 +157,7 @@ class PeakRSS:
     """Peak RSS (bytes) of a process and, separately, of Ray workers whose command line names a class."""
 
     def __init__(self, pid: int):
-        self.pid, self.driver, self.workers, self.writers, self._stop = pid, 0, 0, 0, False
+        self.pid, self.driver, self.workers, self.writers, self.waves, self._stop = pid, 0, 0, 0, 0, False
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
@@ -173,6 +174,8 @@ class PeakRSS:
                     self.workers = max(self.workers, rss)
                 if "ShowcaseWriter" in cmd:
                     self.writers = max(self.writers, rss)
+                if "run_wave" in cmd:  # the nightly's process that runs one wave's Ray Data pass
+                    self.waves = max(self.waves, rss)
             time.sleep(0.2)
 
     def stop(self):
@@ -329,8 +332,8 @@ def main() -> int:
             results[(name, generator, n)] = peak
             lines.append(f"nightly {name} store, --generator {generator}, {expected['rows']:,} candidates: {seconds:.0f} s "
                          f"({n / seconds:.0f} pairs/s end to end), driver peak RSS {peak.driver / 2**20:.0f} MiB, largest "
-                         f"ShowcaseWriter {peak.writers / 2**20:.0f} MiB, largest Ray worker {peak.workers / 2**20:.0f} "
-                         f"MiB; {said}")
+                         f"ShowcaseWriter {peak.writers / 2**20:.0f} MiB, largest wave runner {peak.waves / 2**20:.0f} MiB, "
+                         f"largest Ray worker {peak.workers / 2**20:.0f} MiB; {said}")
             print(lines[-1], flush=True)
         if name == "large":
             lines.append(serve_rss(root))
