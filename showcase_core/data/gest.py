@@ -43,10 +43,19 @@ REASONS = {
     "unknown_business": "an owner photo of a business that no accepted review names",
     "owner_photo_missing": "an owner photo that is not under the images root",
     "duplicate_photo": "an owner photo whose id appeared earlier in the owner-photos file",
+    "invalid_unicode": "an id holds a lone UTF-16 surrogate (e.g. a cut emoji), which UTF-8 cannot store",
 }
 
 MAX_RECORD_CHARS = 2000
 _SAFE_ID = re.compile(r"[^A-Za-z0-9_\-.]")
+# JSON's \ud800-\udfff escapes, unpaired, decode to code points UTF-8 cannot encode: in text they become U+FFFD (the
+# review is kept, the broken character marked); an id holding one is quarantined (it could not survive byte for byte)
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def storable(text: str) -> str:
+    """``text`` with each lone UTF-16 surrogate replaced by U+FFFD, so that Arrow and Parquet can store it."""
+    return _LONE_SURROGATE.sub("\ufffd", text)
 
 
 @dataclass
@@ -69,6 +78,7 @@ def quarantine_row(source: str, position: str, reason: str, field: str | None, d
             record = json.dumps(record, ensure_ascii=False, default=str)
         except (TypeError, ValueError):
             record = repr(record)
+    record = storable(record)
     return {
         "source": source,
         "position": position,
@@ -119,6 +129,8 @@ def _id(obj: dict, name: str) -> str:
     value = str(value).strip()
     if not value:
         raise RecordError("missing_field", name, f"field {name!r} is empty")
+    if _LONE_SURROGATE.search(value):
+        raise RecordError("invalid_unicode", name, f"field {name!r} holds a lone UTF-16 surrogate")
     return value
 
 
@@ -141,7 +153,7 @@ def _text(obj: dict, name: str, null_is_empty: bool = False) -> str:
         raise RecordError("wrong_type", name, f"field {name!r} must be a string, got {type(value).__name__}")
     if not value.strip():
         raise RecordError("empty_text", name, f"field {name!r} is empty")
-    return value.strip()
+    return storable(value.strip())
 
 
 def pic_id_from_url(url: str) -> str:
@@ -191,7 +203,7 @@ def _history(obj: dict, name: str = "history_reviews") -> list[dict]:
     for i, item in enumerate(value):
         if not (isinstance(item, (list, tuple)) and len(item) == 2 and all(isinstance(x, str) for x in item)):
             raise RecordError("wrong_type", name, f"{name}[{i}] must be [review_key, text]")
-        out.append({"review_id": item[0], "text": item[1]})
+        out.append({"review_id": storable(item[0]), "text": storable(item[1])})
     return out
 
 

@@ -141,3 +141,21 @@ def test_detect_format():
     assert detect_format(json.dumps({"user_id": "1", "gmap_id": "g"}).encode() + b"\n", "x.json") == "googlelocal"
     assert detect_format(json.dumps(RAW).encode() + b"\n", "x.json") == "raw"
     assert detect_format(b"hello", "x.txt") is None
+
+
+def test_a_lone_surrogate_in_text_is_kept_as_a_replacement_character_and_in_an_id_is_quarantined():
+    import pyarrow as pa
+
+    from showcase_core.data.schema import QUARANTINE, REVIEWS
+
+    base = {"user_id": "u1", "gmap_id": "g1", "rating": 5, "pics": [{"url": ["https://h/p/pic1=w1"]}], "time": 1}
+    lines = [json.dumps({**base, "text": "great \ud800 ramen \ud83d\ude00"}),  # a cut emoji, then a whole one
+             json.dumps({**base, "user_id": "u\udc00x", "text": "fine"})]
+    assert "\\ud800" in lines[0]  # json.dumps escapes it, as the data's ASCII-escaped JSON does
+    kept, bad = list(iter_jsonl(io.BytesIO(("\n".join(lines) + "\n").encode()), "g.json", "googlelocal"))
+    assert kept.review["review_text"] == "great \ufffd ramen \U0001f600"
+    assert bad.review is None and bad.bad["reason"] == "invalid_unicode" and bad.bad["field"] == "user_id"
+    review = {**kept.review, "history": [], "pic_ids": kept.review["pic_ids"]}
+    pa.Table.from_pylist([review], schema=REVIEWS)  # both now encode: no UnicodeEncodeError in a writer
+    pa.Table.from_pylist([bad.bad], schema=QUARANTINE)
+    assert "\ufffd" in bad.bad["record"]

@@ -115,3 +115,19 @@ def test_plan_drops_keeps_the_first_duplicate_and_drops_single_users():
     assert got == {9: "duplicate_review", 1: "single_review_user", (1 << 40) + 2: "single_review_user"}
     assert drops_of_chunk(drops, 1).column(ORDER).to_pylist() == [(1 << 40) + 2]
     assert dict(zip(*[c.to_pylist() for c in plan_drops(keys, "s2").columns])) == {9: "duplicate_review"}
+
+
+def test_a_google_local_text_with_a_lone_surrogate_is_ingested_not_a_crash(tiny, tmp_path):
+    world, _ = tiny
+    pics = sorted(f[:-4] for f in os.listdir(f"{world}/images") if f.endswith(".jpg"))[:3]
+    lines = [{"user_id": "u1", "gmap_id": f"g{i}", "rating": 4, "time": 1000 + i,
+              "text": "the broth \ud83d was rich" if i == 0 else "good noodles",
+              "pics": [{"url": [f"https://lh5.googleusercontent.com/p/{pics[i]}=w150-h150"]}]} for i in range(2)]
+    lines.append({**lines[1], "user_id": "u\udbff", "gmap_id": "g9", "pics": [{"url": [f"https://h/p/{pics[2]}=w1"]}]})
+    source = tmp_path / "review-local.json"
+    source.write_text("".join(json.dumps(line) + "\n" for line in lines))  # ASCII-escaped, as the real files
+    store, _ = ingest_without_ray(str(tmp_path / "root"), str(source), "googlelocal", f"{world}/images", 1 << 20)
+    texts = sorted(store.read_table("reviews").column("review_text").to_pylist())
+    assert texts == ["good noodles", "the broth \ufffd was rich"]
+    quarantine = store.read_table("quarantine").to_pylist()
+    assert [(q["reason"], q["field"]) for q in quarantine] == [("invalid_unicode", "user_id")]
