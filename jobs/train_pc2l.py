@@ -200,7 +200,9 @@ def fit_variant(store, cfg: Settings, run_id: str, encoder_id: str, data: dict, 
             "encoder_id": encoder_id, "targets": cfg.targets, "training": training,
             "examples": {"train": len(splits["train"]), "val": len(splits["val"]), "skipped": data["skipped"]},
             "metrics": final, "history": history, "resumed_after_epochs": extra.get("resumed_after_epochs", []),
-            "parameters": sum(p.numel() for p in model.parameters()), "versions": versions()}
+            "parameters": sum(p.numel() for p in model.parameters()), "versions": versions(),
+            # the decoder as built: with --gpt2-path its shape is that directory's, not the --d-model etc. settings
+            "decoder": {k: getattr(model.decoder.config, k) for k in ("n_layer", "n_embd", "n_head", "vocab_size")}}
     uri = store.uri("models", "pc2l", run_id, variant.replace("+", "_"))
     save_pc2l(model, data["tokenizer"], uri, card)
     print(f"[train_pc2l] {variant}: " + " ".join(f"{k}={v:.4g}" for k, v in final.items()), flush=True)

@@ -340,6 +340,7 @@ class Head:
     env: dict  # the environment for Ray CLI commands against it (its auth token; RAY_ADDRESS is not in it)
     temp_dir: str
     token: str
+    process: subprocess.Popen  # `ray start --block`
 
 
 def _processes_of(temp_dir: str, start: psutil.Process | None) -> dict[int, psutil.Process]:
@@ -383,7 +384,23 @@ def _stop(start: subprocess.Popen, temp_dir: str) -> None:
 
 @pytest.fixture
 def head_node(tmp_path):
-    """``ray start --head`` on free 127.0.0.1 ports with its own temp dir and auth token; stopped afterwards."""
+    """``ray start --head`` on free 127.0.0.1 ports with its own temp dir and auth token; stopped afterwards. A head
+    that times out registering its raylet (Ray waits 30 s, which a machine loaded by other work can exceed) is
+    started once more, on new ports."""
+    for attempt in (1, 2):
+        head, start = _start_head(tmp_path / f"ray-start-{attempt}.log")
+        if head is not None:
+            break
+        assert attempt == 1 and "timed out during startup" in start, start
+    try:
+        yield head
+    finally:
+        _stop(head.process, head.temp_dir)
+        shutil.rmtree(head.temp_dir, ignore_errors=True)
+
+
+def _start_head(log_path) -> tuple[Head | None, str]:
+    """(the running head, "") or (None, why it exited) when ``ray start`` exits before the head is up."""
     temp_dir = tempfile.mkdtemp(prefix="rc-")  # short, not under tmp_path: Ray's socket paths have a length limit
     token = secrets.token_hex(32)
     env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
@@ -393,7 +410,6 @@ def head_node(tmp_path):
                                             "object-manager-port", "dashboard-agent-listen-port",
                                             "dashboard-agent-grpc-port", "runtime-env-agent-port",
                                             "metrics-export-port")}
-    log_path = tmp_path / "ray-start.log"
     with open(log_path, "w") as log:
         start = subprocess.Popen(
             [RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1", "--include-dashboard=true",
@@ -404,7 +420,10 @@ def head_node(tmp_path):
     try:
         deadline = time.monotonic() + 120  # a loaded 2-core machine takes 15-40 s
         while True:
-            assert start.poll() is None, f"ray start exited {start.returncode}:\n{log_path.read_text()[-3000:]}"
+            if start.poll() is not None:
+                _stop(start, temp_dir)
+                shutil.rmtree(temp_dir, ignore_errors=True)
+                return None, f"ray start exited {start.returncode}:\n{log_path.read_text()[-3000:]}"
             assert time.monotonic() < deadline, f"the head did not come up:\n{log_path.read_text()[-3000:]}"
             if "Ray runtime started" in log_path.read_text():
                 try:
@@ -412,14 +431,14 @@ def head_node(tmp_path):
                                                      headers={"Authorization": f"Bearer {token}"})
                     with urllib.request.urlopen(request, timeout=5) as response:
                         if response.status == 200:
-                            break
+                            return Head(address, env, temp_dir, token, start), ""
                 except OSError:
                     pass
             time.sleep(0.5)
-        yield Head(address, env, temp_dir, token)
-    finally:
+    except BaseException:
         _stop(start, temp_dir)
         shutil.rmtree(temp_dir, ignore_errors=True)
+        raise
 
 
 def test_ray_job_submit_runs_ingest_on_a_local_cluster(head_node, tiny_world, tmp_path):

@@ -15,7 +15,8 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 README = os.path.join(REPO, "README.md")
 BEGIN, END = "<!-- settings reference: generated from the declarations -->", "<!-- end of the settings reference -->"
-RAYS_OWN = {"--address", "--no-wait", "--runtime-env", "--working-dir", "--head", "--num-cpus", "--port", "--block"}
+RAYS_OWN = {"--address", "--no-wait", "--runtime-env", "--working-dir", "--head", "--num-cpus", "--port", "--block",
+            "--entrypoint-num-gpus"}
 
 
 def declarations() -> dict:

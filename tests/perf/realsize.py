@@ -12,8 +12,9 @@ Not part of ``make perf`` (a few minutes here). It makes the tiny world, ingests
    (``jobs.train_pc2l --gpt2-path DIR --epochs 1``, a batch of half the training examples);
 4. runs ``jobs.nightly`` with that PC²L on ``--pairs`` test pairs.
 
-It prints one line per job (photos/s, step time, pairs/s, the peak RSS of the job's driver and of its largest Ray
-worker) and, with ``--json FILE``, writes them as JSON. ``tests/integration/test_realsize.py`` runs it in ``make test``.
+It checks what came out (512-d ViT-B-32 embeddings of every photo, a PC²L whose decoder is the directory's GPT-2
+small, an explanation for every pair) and prints one line per job: photos/s, step time, pairs/s, and the peak RSS of
+the job's driver and of its largest Ray worker. With ``--json FILE`` it also writes them as JSON.
 """
 
 from __future__ import annotations
@@ -92,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     import pyarrow.parquet as pq
 
     from showcase_core.data.world import make_world
+    from showcase_core.encoders.embed import read_embeddings
+    from showcase_core.showcase import read_showcases
     from showcase_core.store import Store
 
     work = args.work or tempfile.mkdtemp(prefix="realsize-")
@@ -122,11 +125,14 @@ def main(argv: list[str] | None = None) -> int:
     epoch = card["history"][0]
     steps = math.ceil(epoch["examples"] / batch)
     figures["train_pc2l"].update(parameters=card["parameters"], batch=batch, steps=steps,
-                                 step_s=round(epoch["seconds"] / steps, 2),
-                                 decoder={k: card["training"]["model"].get(k) for k in ("d_model", "gpt2_path")})
+                                 step_s=round(epoch["seconds"] / steps, 2), decoder=card["decoder"])
+    assert card["decoder"] == {"n_layer": 12, "n_embd": 768, "n_head": 12, "vocab_size": 50257}, card["decoder"]
+    assert card["training"]["model"]["gpt2_path"] == gpt2
 
-    test = reviews.filter(pa.compute.equal(reviews.column("split"), "test"))
-    pairs = sorted(set(zip(test.column("user_id").to_pylist(), test.column("business_id").to_pylist())))[:args.pairs]
+    # candidates: each user with each business, users in turn, up to --pairs (the nightly explains any known pair)
+    users, businesses = sorted(set(reviews.column("user_id").to_pylist())), sorted(set(reviews.column("business_id")
+                                                                                        .to_pylist()))
+    pairs = [(u, b) for i in range(len(businesses)) for u in users for b in businesses[i:i + 1]][:args.pairs]
     candidates = os.path.join(work, "candidates.parquet")
     pq.write_table(pa.table({"user_id": [u for u, _ in pairs], "business_id": [b for _, b in pairs]}), candidates)
     out = job("nightly", ["--root", root, "--candidates", candidates, "--date", "2026-01-01"], figures)
@@ -134,12 +140,21 @@ def main(argv: list[str] | None = None) -> int:
     rate = re.search(r"published ([\d,]+) showcases for \S+ \(([\d.]+) pairs/s\)", said)
     figures["nightly"].update(pairs=len(pairs), showcases=int(rate[1].replace(",", "")) if rate else None,
                               pairs_per_s=float(rate[2]) if rate else None)
+    published = read_showcases(root, "2026-01-01", columns=["explanation"])
+    assert published.num_rows == figures["nightly"]["showcases"] == len(pairs), (published.num_rows, len(pairs))
+    assert all(published.column("explanation").to_pylist()), "a showcase without an explanation"
+    images = read_embeddings(Store.open(root), encoder_id, "images")
+    assert images.num_rows == images_expected(summary) and len(images.column("embedding")[0]) == 512  # ViT-B-32's
     for name, values in figures.items():
         print(f"{name}: " + ", ".join(f"{k} {v}" for k, v in values.items()), flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(figures, f, indent=1)
     return 0
+
+
+def images_expected(summary: dict) -> int:
+    return summary["photos"] + summary["owner_photos"]
 
 
 def count_train_examples(root: str, encoder_id: str) -> int:
