@@ -10,7 +10,7 @@ from __future__ import annotations
 END = "<|endoftext|>"
 
 
-def _wrap(tokenizer_object):
+def wrap_tokenizer(tokenizer_object):
     from transformers import PreTrainedTokenizerFast
 
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer_object, bos_token=END, eos_token=END, pad_token=END)
@@ -26,7 +26,7 @@ def train_tokenizer(texts, vocab_size: int = 2000):
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[END],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(texts, trainer)
-    return _wrap(tok)
+    return wrap_tokenizer(tok)
 
 
 def tokenizer_json(tokenizer) -> str:
@@ -36,7 +36,7 @@ def tokenizer_json(tokenizer) -> str:
 def tokenizer_from_json(text: str):
     from tokenizers import Tokenizer
 
-    return _wrap(Tokenizer.from_str(text))
+    return wrap_tokenizer(Tokenizer.from_str(text))
 
 
 def load_pretrained_tokenizer(path: str):

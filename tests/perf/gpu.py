@@ -202,7 +202,7 @@ def stand_in_tokenizer(vocab_size: int, end_id: int):
     wraps its own (BOS = EOS = padding)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
-    from showcase_core.generation.tokenizer import END, _wrap
+    from showcase_core.generation.tokenizer import END, wrap_tokenizer
 
     vocab = {f"w{i}": i for i in range(vocab_size)}
     vocab[END] = end_id
@@ -210,7 +210,7 @@ def stand_in_tokenizer(vocab_size: int, end_id: int):
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=END))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
-    return _wrap(tok)
+    return wrap_tokenizer(tok)
 
 
 def pc2l_model(clip_dim: int, device, max_length: int):
