@@ -1,6 +1,7 @@
 """Train the DPP kernel model: ``python -m jobs.train_dpp --root ROOT [--modalities img,text,img+text]``.
 
-One model per modality through the shared Ray Train harness. Each is saved under
+One model per modality, all trained side by side in one run of the shared Ray Train harness (one worker group, the
+same batches; their parameters are disjoint, so each learns as if trained alone). Each is saved under
 ``ROOT/models/dpp/<version>/<modality>/`` (weights, config, model card with validation metrics) and published in the
 registry. Examples, profiles and ground sets: showcase_core.selection.data.
 """
@@ -48,12 +49,12 @@ class Settings(harness.TrainingSettings):
 
 
 def train_loop(config: dict) -> None:
-    """Runs on every Ray Train worker."""
+    """Runs on every Ray Train worker: every modality's kernel in one worker group, on the same batches."""
     import numpy as np
     import ray.train
     import torch
 
-    from showcase_core.selection.kernel import DPPKernel
+    from showcase_core.selection.kernel import DPPKernel, KernelSet
     from showcase_core.selection.training import evaluate_picks, select, train_epoch
 
     ctx = ray.train.get_context()
@@ -62,27 +63,36 @@ def train_loop(config: dict) -> None:
                                ("train", "val"))
     train = data.splits["train"]
     train = train.take(np.arange(rank, len(train), world))
-    torch.manual_seed(config["seed"])
-    model = DPPKernel(data.photo_vecs.shape[1], config["modality"], config["delta"])
-    trained = harness.prepare(model, lambda params: torch.optim.AdamW(params, lr=config["lr"],
-                                                                    weight_decay=config["weight_decay"]), config)
+    kernels = {}
+    for modality in config["modalities"]:  # each initialised as if trained alone
+        torch.manual_seed(config["seed"])
+        kernels[modality] = DPPKernel(data.photo_vecs.shape[1], modality, config["delta"])
+    trained = harness.prepare(KernelSet(kernels), lambda params: torch.optim.AdamW(
+        params, lr=config["lr"], weight_decay=config["weight_decay"]), config)
     device = ray.train.torch.get_device()
     step = harness.optimizer_step(trained)
-    state = harness.restore(trained) or {"epoch": -1, "history": []}
+    state = harness.restore(trained) or {"epoch": -1, "history": [], "best": {}}
     for epoch in range(state["epoch"] + 1, config["epochs"]):
         t0 = time.monotonic()
         nll = train_epoch(trained.model, step, data, train, config["batch_size"], epoch, config["seed"], device)
-        metrics = {"epoch": epoch, "nll": nll, "seconds": round(time.monotonic() - t0, 3), "examples": len(train)}
+        per_modality = {m: {"nll": v} for m, v in nll.items()}
         last = epoch == config["epochs"] - 1
         if rank == 0 and len(data.splits["val"]) and (last or (epoch + 1) % config["eval_every"] == 0):
-            picks = select(trained.module, data, data.splits["val"], 3, device=device)
-            scores = evaluate_picks(data, data.splits["val"], picks)
-            metrics.update({f"val_{k}": v for k, v in scores.items()})
-            if scores["f1"] > state.get("best", {}).get("val_f1", -1.0):
-                weights = {k: v.detach().cpu().clone() for k, v in trained.module.state_dict().items()}
-                state["best"] = {"epoch": epoch, "val_f1": scores["f1"], "model": weights}
-        state = {**state, "epoch": epoch, "history": state["history"] + [metrics]}
-        harness.progress(f"train_dpp {config['modality']}", epoch, config["epochs"], metrics, every=config["log_every"])
+            for modality, kernel in trained.module.kernels.items():
+                scores = evaluate_picks(data, data.splits["val"], select(kernel, data, data.splits["val"], 3,
+                                                                         device=device))
+                per_modality[modality].update({f"val_{k}": v for k, v in scores.items()})
+                if scores["f1"] > state["best"].get(modality, {}).get("val_f1", -1.0):
+                    weights = {k: v.detach().cpu().clone() for k, v in kernel.state_dict().items()}
+                    state["best"] = {**state["best"], modality: {"epoch": epoch, "val_f1": scores["f1"],
+                                                                 "model": weights}}
+        seconds = round(time.monotonic() - t0, 3)
+        entry = {"epoch": epoch, "seconds": seconds, "examples": len(train), "modalities": per_modality}
+        state = {**state, "epoch": epoch, "history": state["history"] + [entry]}
+        metrics = {"epoch": epoch, "seconds": seconds, "examples": len(train),
+                   **{f"{m}/{k}": v for m, values in per_modality.items() for k, v in values.items()}}
+        shown = {k: v for k, v in metrics.items() if not k.endswith(("_precision", "_recall", "_examples", "_div"))}
+        harness.progress("train_dpp", epoch, config["epochs"], shown, every=config["log_every"])
         harness.report_epoch(trained, metrics, state, config)
 
 
@@ -97,30 +107,44 @@ def check_data(store, encoder_id: str, cfg: Settings) -> dict:
     return {"train_examples": len(data.splits["train"]), "skipped": data.skipped, "dim": int(data.photo_vecs.shape[1])}
 
 
-def fit_modality(store, cfg: Settings, run_id: str, encoder_id: str, dim: int, modality: str, timer: Timer) -> dict:
-    """Train one modality's kernel; save it with its card (the epoch with the best val F1@3, else the last)."""
-    from showcase_core.selection.kernel import save_dpp
-
-    run_name = f"{cfg.run_name or 'train_dpp-' + run_id}-{modality.replace('+', '_')}"
+def fit_kernels(store, cfg: Settings, run_id: str, encoder_id: str, dim: int, timer: Timer) -> dict:
+    """Train every modality's kernel in one Ray Train run; save each with its card (the epoch with its best val F1@3,
+    else the last). Returns {modality: {"uri", "metrics", "examples"}}."""
+    modalities = cfg.modalities.split(",")
+    run_name = cfg.run_name or f"train_dpp-{run_id}"
     loop_config = {**cfg.pick("epochs", "batch_size", "lr", "weight_decay", "delta", "max_ground", "eval_every",
-                              "seed"), "root": store.root, "encoder_id": encoder_id, "modality": modality}
-    with timer(f"fit_{modality}"):
+                              "seed"), "root": store.root, "encoder_id": encoder_id, "modalities": modalities}
+    with timer("fit"):
         result = harness.fit("train_dpp", store, run_name, train_loop, loop_config, cfg)
     if result.error is not None:
-        raise RuntimeError(f"training the {modality} DPP failed: {result.error}")
+        raise RuntimeError(f"training the DPP kernels ({', '.join(modalities)}) failed: {result.error}")
     state_dict, extra = harness.load_checkpoint_state(result.checkpoint)
-    history, best = extra["history"], extra.get("best")
+    return {m: save_kernel(store, run_id, run_name, encoder_id, dim, m, cfg.delta, state_dict, extra, loop_config)
+            for m in modalities}
+
+
+def save_kernel(store, run_id: str, run_name: str, encoder_id: str, dim: int, modality: str, delta: float,
+                state_dict: dict, extra: dict, loop_config: dict) -> dict:
+    """One modality's kernel out of the trained set: its best checked epoch's weights (else the last's) and its card."""
+    from showcase_core.selection.kernel import save_dpp
+
+    prefix = f"kernels.{modality}."
+    history = [{"epoch": h["epoch"], "seconds": h["seconds"], "examples": h["examples"], **h["modalities"][modality]}
+               for h in extra["history"]]
+    best = extra["best"].get(modality)
     if best is not None:
-        state_dict = best["model"]
-    selected = next(h for h in history if h["epoch"] == best["epoch"]) if best is not None else history[-1]
+        weights = best["model"]
+        selected = next(h for h in history if h["epoch"] == best["epoch"])
+    else:
+        weights = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+        selected = history[-1]
     final = {k: v for k, v in selected.items() if k.startswith("val_")}
     card = {"name": "dpp", "version": run_id, "modality": modality, "created_at": utc_now(), "run_name": run_name,
-            "encoder_id": encoder_id, "training": loop_config, "metrics": final, "history": history,
-            "selected_epoch": selected["epoch"] + 1,
+            "encoder_id": encoder_id, "training": {**loop_config, "modality": modality}, "metrics": final,
+            "history": history, "selected_epoch": selected["epoch"] + 1,
             "resumed_after_epochs": extra.get("resumed_after_epochs", []), "versions": versions()}
     uri = store.uri("models", "dpp", run_id, modality)
-    save_dpp(state_dict, {"embed_dim": dim, "modality": modality, "delta": cfg.delta,
-                          "encoder_id": encoder_id}, uri, card)
+    save_dpp(weights, {"embed_dim": dim, "modality": modality, "delta": delta, "encoder_id": encoder_id}, uri, card)
     print(f"[train_dpp] {modality}: val F1@3 {final.get('val_f1', float('nan')):.4f} "
           f"(P {final.get('val_precision', float('nan')):.4f}, R {final.get('val_recall', float('nan')):.4f}) "
           f"at epoch {selected['epoch'] + 1} of {len(history)}", flush=True)
@@ -135,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     run_id, timer = new_run_id(), Timer()
     report = new_report("train_dpp", cfg, run_id)
     start_ray()
-    models = {m: fit_modality(store, cfg, run_id, encoder_id, data["dim"], m, timer) for m in cfg.modalities.split(",")}
+    models = fit_kernels(store, cfg, run_id, encoder_id, data["dim"], timer)
     registry.publish(store, "dpp", run_id, store.uri("models", "dpp", run_id), encoder_id,
                      variants={m: v["uri"] for m, v in models.items()},
                      metrics={m: v["metrics"] for m, v in models.items()})

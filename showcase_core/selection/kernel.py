@@ -75,6 +75,22 @@ class DPPKernel(nn.Module):
         return q[:, :, None] * similarity * q[:, None, :] + self.delta * eye * mask[:, :, None]
 
 
+class KernelSet(nn.Module):
+    """Several modalities' kernels trained side by side on the same batches (one worker group, one optimizer).
+
+    Their parameters are disjoint, so the gradient of the summed loss is each kernel's own gradient, and AdamW updates
+    each parameter from its own gradient alone: each kernel follows the same steps as when trained by itself.
+    """
+
+    def __init__(self, kernels: dict[str, DPPKernel]):
+        super().__init__()
+        self.kernels = nn.ModuleDict(kernels)
+
+    def forward(self, profiles: dict[str, torch.Tensor], photos: torch.Tensor, mask: torch.Tensor) -> dict:
+        """{modality: L [B, M, M]} for the profile inputs given, one per modality."""
+        return {m: self.kernels[m](profile, photos, mask) for m, profile in profiles.items()}
+
+
 def logdet_pd(matrix: torch.Tensor) -> torch.Tensor:
     chol, info = torch.linalg.cholesky_ex(matrix)
     if bool((info > 0).any()):  # not numerically PD: fall back to the slower, more forgiving route

@@ -9,27 +9,31 @@ from ..distributed import common_length
 from ..metrics.ranking import div_at_k, precision_recall_f1_at_k
 from .data import Examples, SelectionData, batch_tensors
 from .greedy import greedy_map
-from .kernel import DPPKernel, dpp_log_likelihood
+from .kernel import DPPKernel, KernelSet, dpp_log_likelihood
 
 
-def train_epoch(model: DPPKernel, step, data: SelectionData, ex: Examples, batch_size: int, epoch: int, seed: int,
-                device="cpu") -> float:
-    """One pass maximising the DPP log-likelihood; ``step(loss)`` does backward + update. Every rank takes as many
-    examples as the rank with the fewest (the same batches on every rank). Returns the mean negative log-likelihood
-    per example."""
+def train_epoch(model: KernelSet, step, data: SelectionData, ex: Examples, batch_size: int, epoch: int, seed: int,
+                device="cpu") -> dict[str, float]:
+    """One pass maximising the DPP log-likelihood of every kernel of the set, on the same batches; ``step(loss)`` does
+    backward + update of their summed loss. Every rank takes as many examples as the rank with the fewest (the same
+    batches on every rank). Returns each modality's mean negative log-likelihood per example."""
     module = model.module if hasattr(model, "module") else model
+    modalities = list(module.kernels)
     order = np.random.default_rng([seed, epoch]).permutation(len(ex))[:common_length(len(ex), device)]
     model.train()
-    total, count = 0.0, 0
+    totals, count = dict.fromkeys(modalities, 0.0), 0
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
-        profile, photos, mask, y, y_mask = batch_tensors(data, ex, idx, module.modality, device)
-        L = model(profile, photos, mask)
-        loss = -dpp_log_likelihood(L, mask, y, y_mask).mean()
-        step(loss)
-        total += float(loss.detach()) * len(idx)
+        profiles = {}
+        for modality in modalities:  # the photos, mask and targets are the same for every modality
+            profiles[modality], photos, mask, y, y_mask = batch_tensors(data, ex, idx, modality, device)
+        kernels = model(profiles, photos, mask)
+        losses = {m: -dpp_log_likelihood(L, mask, y, y_mask).mean() for m, L in kernels.items()}
+        step(sum(losses.values()))
+        for m, loss in losses.items():
+            totals[m] += float(loss.detach()) * len(idx)
         count += len(idx)
-    return total / max(count, 1)
+    return {m: total / max(count, 1) for m, total in totals.items()}
 
 
 @torch.no_grad()

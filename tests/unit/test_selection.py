@@ -5,7 +5,9 @@ import torch
 from showcase_core.metrics.ranking import div_at_k, precision_recall_f1_at_k
 from showcase_core.selection import greedy_map
 from showcase_core.selection.greedy import naive_greedy
-from showcase_core.selection.kernel import DPPKernel, dpp_log_likelihood
+from showcase_core.selection.data import Examples, SelectionData
+from showcase_core.selection.kernel import DPPKernel, KernelSet, dpp_log_likelihood
+from showcase_core.selection.training import train_epoch
 
 
 def random_kernels(gen, B, M, rank, jitter=0.0):
@@ -87,6 +89,52 @@ def test_gradients_reach_both_mlps_and_training_raises_the_likelihood():
         opt.step()
         first = first if first is not None else float(loss)
     assert float(loss) < first - 0.5
+
+
+def small_selection_data(n: int = 24, photos: int = 40, dim: int = 8) -> SelectionData:
+    rng = np.random.default_rng(3)
+    ground = np.full((n, 6), -1, np.int32)
+    y_pos = np.full((n, 2), -1, np.int32)
+    for i in range(n):
+        size = int(rng.integers(2, 7))
+        ground[i, :size] = rng.choice(photos, size, replace=False)
+        y_pos[i, :1 + i % 2] = [0, 1][:1 + i % 2]  # the first one or two photos of the ground set
+    ex = Examples(ground, y_pos, rng.normal(size=(n, dim)).astype(np.float32),
+                  rng.normal(size=(n, dim)).astype(np.float32), np.ones(n, bool),
+                  [f"u{i}" for i in range(n)], [f"b{i}" for i in range(n)])
+    return SelectionData([f"p{i}" for i in range(photos)], rng.normal(size=(photos, dim)).astype(np.float32),
+                         {"train": ex})
+
+
+def adamw_step(model):
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
+
+    def step(loss):
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return step
+
+
+def test_kernels_trained_side_by_side_learn_exactly_as_each_trained_alone():
+    data = small_selection_data()
+    ex = data.splits["train"]
+
+    def fresh(modality):
+        torch.manual_seed(0)
+        return DPPKernel(8, modality)
+
+    together = KernelSet({m: fresh(m) for m in ("img", "text", "img+text")})
+    step = adamw_step(together)
+    joint = [train_epoch(together, step, data, ex, 5, epoch, 0) for epoch in range(3)]
+    for modality in ("img", "text", "img+text"):
+        alone = KernelSet({modality: fresh(modality)})
+        step = adamw_step(alone)
+        losses = [train_epoch(alone, step, data, ex, 5, epoch, 0)[modality] for epoch in range(3)]
+        assert losses == [epoch[modality] for epoch in joint]
+        assert losses[-1] < losses[0]
+        for name, value in alone.kernels[modality].state_dict().items():
+            assert torch.equal(value, together.kernels[modality].state_dict()[name]), (modality, name)
 
 
 def test_mlp_shapes_follow_the_paper_for_512_dimensional_clip():
