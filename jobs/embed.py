@@ -23,6 +23,7 @@ from pydantic import field_validator
 
 from showcase_core import registry
 from showcase_core import tables as delta
+from showcase_core.encoders.photos import MAX_PHOTO_BYTES, MAX_PHOTO_PIXELS
 from showcase_core.settings import comma_list
 from showcase_core.store import Store, StoreError, new_run_id, utc_now
 from showcase_core.tables import IncrementalCommit
@@ -44,6 +45,10 @@ class Settings(JobSettings):
     batch_size: int = setting(256, "photos or texts per CLIP forward", ge=1)
     decode_batch_size: int = setting(256, "photos per decode batch", ge=1)
     decode_threads: int = setting(2, "threads per decode task (PIL releases the GIL)", ge=1)
+    max_photo_bytes: int = setting(MAX_PHOTO_BYTES, "a photo file over this size is quarantined (too_large) unread "
+                                                    "beyond it", ge=1)
+    max_photo_pixels: int = setting(MAX_PHOTO_PIXELS, "a photo of more pixels (width x height, from its header) is "
+                                                      "quarantined (too_many_pixels) undecoded", ge=1)
     decode_cpus: float = setting(1.0, "CPUs per decode task (equal to a CPU actor's one CPU, Ray fuses decoding into "
                                       "the actor; GPU actors never fuse)", gt=0)
     todo_file_rows: int = setting(2048, "ids per todo file: the unit of parallel decoding", ge=1)
@@ -204,7 +209,9 @@ def kind_pipeline(plan: Plan, kind: str, todo: int):
     ds = ray.data.read_parquet(plan.store.path(f"{plan.staging}/{kind}"),
                                filesystem=plan.store.fs).repartition(-(-todo // cfg.todo_file_rows))
     if kind == "images":
-        ds = ds.map_batches(decode_photos, fn_kwargs={"size": plan.image_size, "threads": cfg.decode_threads},
+        ds = ds.map_batches(decode_photos, fn_kwargs={"size": plan.image_size, "threads": cfg.decode_threads,
+                                                      "max_bytes": cfg.max_photo_bytes,
+                                                      "max_pixels": cfg.max_photo_pixels},
                             batch_size=cfg.decode_batch_size, num_cpus=cfg.decode_cpus)
     embedder_args = {"root": plan.store.root, "encoder_spec": plan.worker_spec, "encoder_id": plan.encoder_id,
                      "threads": cfg.threads_per_actor}

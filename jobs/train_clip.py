@@ -40,7 +40,8 @@ def train_loop(config: dict) -> None:
     import ray.train
     import torch
 
-    from showcase_core.encoders.clip import load_encoder, read_photos
+    from showcase_core.encoders.clip import load_encoder
+    from showcase_core.encoders.photos import read_photos
     from showcase_core.encoders.training import clip_pairs, train_epoch
 
     ctx = ray.train.get_context()
@@ -85,7 +86,7 @@ def _held_out_recall(encoder, module, held_out) -> dict:
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from showcase_core.encoders.clip import read_photos
+    from showcase_core.encoders.photos import read_photos
     from showcase_core.encoders.training import retrieval_recall
 
     encoder.model = module

@@ -14,7 +14,6 @@ mix under ``ROOT/embeddings/<encoder_id>/``.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import posixpath
 from dataclasses import dataclass, field
@@ -27,10 +26,9 @@ ensure_torchvision()
 
 import open_clip  # noqa: E402
 import torch  # noqa: E402
-from PIL import Image  # noqa: E402
 
 from ..model_files import load_model_files, save_model_files  # noqa: E402
-from ..store import StoreError, filesystem_for, uri_path  # noqa: E402
+from ..store import StoreError  # noqa: E402
 
 CLIP_MEAN = np.array(open_clip.OPENAI_DATASET_MEAN, np.float32)
 CLIP_STD = np.array(open_clip.OPENAI_DATASET_STD, np.float32)
@@ -47,59 +45,6 @@ NAMED_CONFIGS = {
 
 class EncoderError(Exception):
     """The encoder cannot be loaded as configured (one line)."""
-
-
-def decode_and_resize(data: bytes, size: int) -> np.ndarray:
-    """JPEG/PNG bytes -> uint8 [size, size, 3]: RGB, shorter side resized to ``size``, centre crop (CLIP style).
-
-    Raises ValueError for bytes that are not a decodable image.
-    """
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.draft("RGB", (size, size))  # JPEG: decode at a reduced scale when the photo is much larger
-            im = im.convert("RGB")
-            w, h = im.size
-            scale = size / min(w, h)
-            nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-            im = im.resize((nw, nh), Image.BICUBIC)
-            left, top = (nw - size) // 2, (nh - size) // 2
-            return np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.uint8)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise ValueError(f"not a decodable image: {str(e).splitlines()[0][:160] if str(e) else type(e).__name__}") from None
-
-
-def read_photo(uri: str, size: int, filesystems: dict) -> tuple[np.ndarray | None, str, str]:
-    """Read and ``decode_and_resize`` one photo (local or s3://): (pixels, "", "") or (None, reason, detail) with a
-    reason of showcase_core.encoders.embed.EMBED_REASONS. ``filesystems`` caches one filesystem per kind of URI."""
-    kind, path = uri_path(uri)
-    if kind not in filesystems:
-        filesystems[kind] = filesystem_for(uri)[0]
-    try:
-        with filesystems[kind].open_input_stream(path) as f:
-            data = f.read()
-    except FileNotFoundError:
-        return None, "photo_missing", f"no file at {uri}"
-    except OSError as e:
-        return None, "read_error", str(e).splitlines()[0][:200]
-    try:
-        return decode_and_resize(data, size), "", ""
-    except ValueError as e:
-        return None, "undecodable", str(e)[:200]
-
-
-def read_photos(uris: list[str], size: int) -> tuple[np.ndarray, list[int], list[str]]:
-    """Read and decode photos. Returns (uint8 [n_ok, size, size, 3], ok indices, "uri: detail" of the others)."""
-    pixels, ok, errors = [], [], []
-    filesystems: dict = {}
-    for i, uri in enumerate(uris):
-        px, _, detail = read_photo(uri, size, filesystems)
-        if px is None:
-            errors.append(f"{uri}: {detail}")
-        else:
-            pixels.append(px)
-            ok.append(i)
-    empty = np.zeros((0, size, size, 3), np.uint8)
-    return (np.stack(pixels) if pixels else empty), ok, errors
 
 
 def pixels_to_tensor(pixels, device: str | torch.device = "cpu") -> torch.Tensor:

@@ -28,8 +28,12 @@ EMBED_QUARANTINE = pa.schema([("id", pa.string()), ("uri", pa.string()), ("reaso
                               ("detail", pa.string())])
 EMBED_REASONS = {
     "photo_missing": "no file at the photo's uri",
-    "undecodable": "the bytes are not a decodable image",
     "read_error": "the photo could not be read (I/O error)",
+    "too_large": "the file is larger than --max-photo-bytes",
+    "not_an_image": "no image format reads the bytes (a text file named .jpg; a signature followed by garbage)",
+    "too_many_pixels": "width x height is over --max-photo-pixels (a decompression bomb), read from the header",
+    "truncated": "the image file ends before its pixels do",
+    "undecodable": "the image could not be decoded (corrupt data, an unsupported variant)",
 }
 
 
@@ -79,15 +83,19 @@ def read_embeddings(store: Store, encoder_id: str, kind: str) -> pa.Table:
     return table.cast(embeddings_schema(pc.list_value_length(table["embedding"].chunk(0))[0].as_py()))
 
 
-def decode_photos(batch: dict, size: int, threads: int = 2) -> dict:
+def decode_photos(batch: dict, size: int, threads: int = 2, max_bytes: int | None = None,
+                  max_pixels: int | None = None) -> dict:
     """CPU step: {"id", "uri"} -> {"id", "uri", "pixels" uint8 [n, size, size, 3], "reason", "detail"}.
 
     Reading and decoding run on ``threads`` threads (PIL and pyarrow release the GIL). A photo that cannot be read or
-    decoded keeps its row (zero pixels) with a reason, so it reaches quarantine.
+    decoded, or is over the byte or pixel limit (showcase_core.encoders.clip's defaults when None), keeps its row
+    (zero pixels) with a reason, so it reaches quarantine.
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    from .clip import read_photo
+    from .photos import MAX_PHOTO_BYTES, MAX_PHOTO_PIXELS, read_photo
+
+    limits = {"max_bytes": max_bytes or MAX_PHOTO_BYTES, "max_pixels": max_pixels or MAX_PHOTO_PIXELS}
 
     n = len(batch["id"])
     pixels = np.zeros((n, size, size, 3), np.uint8)
@@ -96,7 +104,7 @@ def decode_photos(batch: dict, size: int, threads: int = 2) -> dict:
     filesystems: dict = {}
     uris = [str(u) for u in batch["uri"]]
     with ThreadPoolExecutor(max(1, threads)) as pool:
-        for i, (px, reason, detail) in enumerate(pool.map(lambda u: read_photo(u, size, filesystems), uris)):
+        for i, (px, reason, detail) in enumerate(pool.map(lambda u: read_photo(u, size, filesystems, **limits), uris)):
             if px is None:
                 reasons[i], details[i] = reason, detail
             else:

@@ -18,6 +18,7 @@ from showcase_core.encoders.clip import load_encoder
 from showcase_core import tables as delta
 from showcase_core.encoders.embed import read_embeddings
 from showcase_core.store import Store
+from tests import photo_files
 from tests.conftest import world_on_s3
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -93,21 +94,32 @@ def test_a_killed_driver_resumes_from_its_commits_without_doubling(ray_local, ti
     assert len(ids) == len(set(ids)) == photos
 
 
-def test_corrupt_and_missing_photos_go_to_quarantine(ray_local, tiny_world, tmp_path, encoder_id):
+def test_hostile_and_missing_photos_go_to_quarantine_and_other_formats_are_embedded(ray_local, tiny_world, tmp_path,
+                                                                                   encoder_id):
     world, summary = tiny_world
     images = tmp_path / "images"
     shutil.copytree(f"{world}/images", images)
     root = ingested(tmp_path, world, str(images))
-    names = sorted(os.listdir(images))
-    (images / names[0]).write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
-    (images / names[1]).unlink()
-    assert run("embed", embed.main, ["--root", root, *TINY, "--kinds", "images"]) == 0
+    names = sorted(os.listdir(images))  # each a photo of a review, replaced after ingest
+    planted = {"not_an_image": photo_files.text_file(), "too_many_pixels": photo_files.png_bomb(),
+               "truncated": photo_files.truncated_jpeg(), "undecodable": photo_files.corrupt_png(),
+               "too_large": photo_files.cmyk_jpeg() + b"\0" * 300_000}  # valid, but over the byte limit below
+    valid = [photo_files.cmyk_jpeg(), photo_files.grey16_png(), photo_files.webp(), photo_files.animated_gif(),
+             photo_files.transparent_png()]
+    for name, data in zip(names, [*planted.values(), *valid]):
+        (images / name).write_bytes(data)
+    (images / names[len(planted) + len(valid)]).unlink()
+    assert run("embed", embed.main, ["--root", root, *TINY, "--kinds", "images", "--max-photo-bytes", "200000"]) == 0
     store = Store.open(root)
     report = last_report(store)
-    assert report["counts"]["quarantined_by_reason"] == {"undecodable": 1, "photo_missing": 1}
-    assert report["counts"]["this_run"]["images"]["embedded"] == summary["photos"] + summary["owner_photos"] - 2
+    assert report["counts"]["quarantined_by_reason"] == {**dict.fromkeys(planted, 1), "photo_missing": 1}
+    assert report["counts"]["this_run"]["images"]["embedded"] == summary["photos"] + summary["owner_photos"] - 6
     embedded = set(read_embeddings(store, encoder_id, "images").column("id").to_pylist())
-    assert names[0][:-4] not in embedded and names[1][:-4] not in embedded
+    ids = [name[:-4] for name in names]
+    assert not embedded & set(ids[:len(planted)] + [ids[len(planted) + len(valid)]])
+    assert set(ids[len(planted):len(planted) + len(valid)]) <= embedded
+    quarantine = {r["id"]: r["reason"] for r in delta.read(store, f"embeddings/{encoder_id}/quarantine").to_pylist()}
+    assert quarantine == {**dict(zip(ids, planted)), ids[len(planted) + len(valid)]: "photo_missing"}
 
 
 @pytest.fixture(scope="module")

@@ -52,7 +52,8 @@ def prepare(workdir: str, size: str) -> str:
 def model_only(root: str, clip_model: str, threads: int, batch_size: int, photos: int = 2048) -> tuple[float, str]:
     import torch
 
-    from showcase_core.encoders.clip import decode_and_resize, load_encoder
+    from showcase_core.encoders.clip import load_encoder
+    from showcase_core.encoders.photos import decode_and_resize
     from showcase_core.store import Store
 
     torch.set_num_threads(threads)

@@ -117,7 +117,7 @@ class JpegFiles:
     def __getitem__(self, index: int):
         import torch
 
-        from showcase_core.encoders.clip import decode_and_resize
+        from showcase_core.encoders.photos import decode_and_resize
 
         with open(self.paths[index % len(self.paths)], "rb") as f:
             return torch.from_numpy(decode_and_resize(f.read(), self.size).copy())  # a writable array

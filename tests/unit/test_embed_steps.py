@@ -23,7 +23,7 @@ def test_decode_photos_marks_missing_and_corrupt_photos(tmp_path):
              "uri": np.array([str(tmp_path / "a.jpg"), str(tmp_path / "bad.jpg"), str(tmp_path / "gone.jpg")], object)}
     out = decode_photos(batch, 16)
     assert out["pixels"].shape == (3, 16, 16, 3)
-    assert list(out["reason"]) == ["", "undecodable", "photo_missing"]
+    assert list(out["reason"]) == ["", "not_an_image", "photo_missing"]  # a JPEG signature, then no JPEG
     assert out["pixels"][0].mean() > 20 and out["pixels"][1].max() == 0
 
 

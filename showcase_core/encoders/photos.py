@@ -1,0 +1,122 @@
+"""Reading and decoding photos for CLIP: any image format PIL reads, to 8-bit RGB at the model's size, with limits.
+
+Every failure is a reason code (showcase_core.encoders.embed.EMBED_REASONS), never an exception out of a batch: one
+hostile file (a decompression bomb, a text file named .jpg, a truncated upload) is quarantined and the job goes on.
+PIL and numpy only (no torch), so decoding workers stay light.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image
+
+from ..store import filesystem_for, uri_path
+
+# what one photo may be before it is decoded (embed's --max-photo-bytes and --max-photo-pixels): a decompression bomb
+# (a few KB of PNG declaring 100,000 x 100,000 pixels) is refused from its header, before any pixel is decoded, and a
+# file is read up to the byte limit and no further, so one decoding thread holds at most the byte limit plus one
+# photo of the pixel limit (x4 bytes) however hostile the folder is
+MAX_PHOTO_BYTES = 32 * 2**20
+MAX_PHOTO_PIXELS = 64_000_000
+
+
+class PhotoError(ValueError):
+    """A photo that cannot be embedded: ``reason`` is one of showcase_core.encoders.embed.EMBED_REASONS."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason = reason
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Any decoded mode -> 8-bit RGB: 16-bit and 32-bit greyscale scaled (not clipped) to 8 bits, transparency
+    composited on white, CMYK, palette and greyscale converted. An animation's current frame (the first, as opened)."""
+    if im.mode.startswith("I;16") or im.mode in ("I", "F"):
+        values = np.asarray(im, dtype=np.float32)
+        top = 65535.0 if im.mode.startswith("I;16") or float(values.max(initial=0)) > 255 else 255.0
+        im = Image.fromarray(np.clip(values * (255.0 / top), 0, 255).astype(np.uint8), "L")
+    if im.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (im.mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        im = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    return im.convert("RGB")
+
+
+def decode_and_resize(data: bytes, size: int, max_pixels: int = MAX_PHOTO_PIXELS) -> np.ndarray:
+    """Image bytes (JPEG, PNG, WebP, GIF, ...) -> uint8 [size, size, 3]: RGB (``to_rgb``), shorter side resized to
+    ``size``, centre crop (CLIP style).
+
+    Raises PhotoError: ``not_an_image`` (no image format recognised), ``too_many_pixels`` (width x height over
+    ``max_pixels``, from the header alone), ``truncated``, ``undecodable`` (any other decoding failure).
+    """
+    try:
+        im = Image.open(io.BytesIO(data))
+    except Image.UnidentifiedImageError:
+        raise PhotoError("not_an_image", "no image format recognised in the bytes") from None
+    except Image.DecompressionBombError as e:
+        raise PhotoError("too_many_pixels", str(e).splitlines()[0][:160]) from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise PhotoError("undecodable", _first_line(e)) from None
+    with im:
+        w, h = im.size
+        if w * h > max_pixels:
+            raise PhotoError("too_many_pixels", f"{w} x {h} pixels is over the limit of {max_pixels:,}")
+        try:
+            im.draft("RGB", (size, size))  # JPEG: decode at a reduced scale when the photo is much larger
+            im = to_rgb(im)
+        except OSError as e:
+            reason = "truncated" if "truncated" in str(e) else "undecodable"
+            raise PhotoError(reason, _first_line(e)) from None
+        except (SyntaxError, ValueError, Image.DecompressionBombError) as e:
+            raise PhotoError("undecodable", _first_line(e)) from None
+        w, h = im.size
+        if not w or not h:
+            raise PhotoError("undecodable", f"{w} x {h} pixels")
+        scale = size / min(w, h)
+        nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+        im = im.resize((nw, nh), Image.BICUBIC)
+        left, top = (nw - size) // 2, (nh - size) // 2
+        return np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.uint8)
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+
+
+def read_photo(uri: str, size: int, filesystems: dict, max_bytes: int = MAX_PHOTO_BYTES,
+               max_pixels: int = MAX_PHOTO_PIXELS) -> tuple[np.ndarray | None, str, str]:
+    """Read and ``decode_and_resize`` one photo (local or s3://): (pixels, "", "") or (None, reason, detail) with a
+    reason of showcase_core.encoders.embed.EMBED_REASONS. At most ``max_bytes`` + 1 bytes are read (``too_large``
+    beyond). ``filesystems`` caches one filesystem per kind of URI."""
+    kind, path = uri_path(uri)
+    if kind not in filesystems:
+        filesystems[kind] = filesystem_for(uri)[0]
+    try:
+        with filesystems[kind].open_input_stream(path) as f:
+            data = f.read(max_bytes + 1)
+    except FileNotFoundError:
+        return None, "photo_missing", f"no file at {uri}"
+    except OSError as e:
+        return None, "read_error", str(e).splitlines()[0][:200]
+    if len(data) > max_bytes:
+        return None, "too_large", f"over the limit of {max_bytes:,} bytes"
+    try:
+        return decode_and_resize(data, size, max_pixels), "", ""
+    except PhotoError as e:
+        return None, e.reason, str(e)[:200]
+
+
+def read_photos(uris: list[str], size: int) -> tuple[np.ndarray, list[int], list[str]]:
+    """Read and decode photos. Returns (uint8 [n_ok, size, size, 3], ok indices, "uri: detail" of the others)."""
+    pixels, ok, errors = [], [], []
+    filesystems: dict = {}
+    for i, uri in enumerate(uris):
+        px, _, detail = read_photo(uri, size, filesystems)
+        if px is None:
+            errors.append(f"{uri}: {detail}")
+        else:
+            pixels.append(px)
+            ok.append(i)
+    empty = np.zeros((0, size, size, 3), np.uint8)
+    return (np.stack(pixels) if pixels else empty), ok, errors

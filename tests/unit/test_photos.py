@@ -1,0 +1,78 @@
+"""Photo decoding for CLIP: unusual but valid formats are embedded, hostile files get a reason and nothing else."""
+
+import time
+
+import numpy as np
+import pytest
+
+from showcase_core.encoders.embed import EMBED_REASONS, decode_photos
+from showcase_core.encoders.photos import PhotoError, decode_and_resize, read_photo
+from tests import photo_files
+
+
+@pytest.mark.parametrize("data, colour", [
+    (photo_files.cmyk_jpeg(), (255, 0, 0)),
+    (photo_files.webp(), (0, 160, 0)),
+    (photo_files.animated_gif(), (255, 0, 0)),  # the first frame, not the blue second one
+    (photo_files.grey16_png(32768), (128, 128, 128)),  # scaled from 16 bits, not clipped to white
+    (photo_files.grey16_png(1000), (4, 4, 4)),
+], ids=["cmyk-jpeg", "webp", "animated-gif", "16-bit-png-mid", "16-bit-png-dark"])
+def test_valid_photos_in_other_formats_decode_to_rgb(data, colour):
+    px = decode_and_resize(data, 16)
+    assert px.shape == (16, 16, 3) and px.dtype == np.uint8
+    assert np.abs(px.reshape(-1, 3).mean(0) - colour).max() < 12, px.reshape(-1, 3).mean(0)
+
+
+def test_transparency_is_composited_on_white():
+    px = decode_and_resize(photo_files.transparent_png(), 40)
+    assert (px[:, :18] > 245).all()  # transparent black: white, not black
+    assert np.abs(px[:, 22:].reshape(-1, 3).mean(0) - (0, 0, 255)).max() < 8
+
+
+@pytest.mark.parametrize("data, reason", [
+    (photo_files.png_bomb(), "too_many_pixels"),  # past PIL's own bomb check too
+    (photo_files.png_bomb(9_000, 9_000), "too_many_pixels"),  # 81 M: under PIL's check, over ours
+    (photo_files.truncated_jpeg(), "truncated"),
+    (photo_files.text_file(), "not_an_image"),
+    (b"", "not_an_image"),
+    (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "not_an_image"),  # a signature, then garbage: no format reads it
+    (photo_files.corrupt_png(), "undecodable"),  # a header PIL reads, pixel data it cannot
+], ids=["bomb-10G", "bomb-81M", "truncated", "text", "empty", "png-garbage", "corrupt-png"])
+def test_hostile_photos_raise_their_reason_without_decoding(data, reason):
+    started = time.monotonic()
+    with pytest.raises(PhotoError) as caught:
+        decode_and_resize(data, 32)
+    assert caught.value.reason == reason and reason in EMBED_REASONS
+    assert time.monotonic() - started < 2  # a bomb is refused from its header, not decoded
+
+
+def test_the_pixel_limit_is_a_setting():
+    data = photo_files.webp()  # 64 x 48 = 3,072 pixels
+    assert decode_and_resize(data, 16, max_pixels=3072).shape == (16, 16, 3)
+    with pytest.raises(PhotoError, match="64 x 48 pixels is over the limit of 3,071"):
+        decode_and_resize(data, 16, max_pixels=3071)
+
+
+def test_read_photo_stops_at_the_byte_limit_and_names_missing_files(tmp_path):
+    path = tmp_path / "p.jpg"
+    path.write_bytes(photo_files.cmyk_jpeg())
+    size = path.stat().st_size
+    assert read_photo(str(path), 16, {}, max_bytes=size)[1] == ""
+    px, reason, detail = read_photo(str(path), 16, {}, max_bytes=size - 1)
+    assert px is None and reason == "too_large" and f"{size - 1:,} bytes" in detail
+    assert read_photo(str(tmp_path / "gone.jpg"), 16, {})[1] == "photo_missing"
+
+
+def test_a_batch_with_every_kind_of_file_keeps_every_row(tmp_path):
+    files = {"cmyk": photo_files.cmyk_jpeg(), "grey16": photo_files.grey16_png(), "webp": photo_files.webp(),
+             "gif": photo_files.animated_gif(), "alpha": photo_files.transparent_png(),
+             "bomb": photo_files.png_bomb(), "cut": photo_files.truncated_jpeg(), "text": photo_files.text_file()}
+    for name, data in files.items():
+        (tmp_path / f"{name}.jpg").write_bytes(data)  # every name ends .jpg, as ingest expects
+    names = [*files, "missing"]
+    out = decode_photos({"id": np.array(names, object),
+                         "uri": np.array([str(tmp_path / f"{n}.jpg") for n in names], object)}, 16)
+    assert dict(zip(names, out["reason"])) == {
+        "cmyk": "", "grey16": "", "webp": "", "gif": "", "alpha": "", "bomb": "too_many_pixels", "cut": "truncated",
+        "text": "not_an_image", "missing": "photo_missing"}
+    assert (out["pixels"][5:] == 0).all() and (out["pixels"][:5].reshape(5, -1).max(1) > 0).all()
