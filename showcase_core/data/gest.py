@@ -43,7 +43,10 @@ REASONS = {
     "unknown_business": "an owner photo of a business that no accepted review names",
     "owner_photo_missing": "an owner photo that is not under the images root",
     "duplicate_photo": "an owner photo whose id appeared earlier in the owner-photos file",
-    "invalid_unicode": "an id holds a lone UTF-16 surrogate (e.g. a cut emoji), which UTF-8 cannot store",
+    "invalid_unicode": "an id holds a lone UTF-16 surrogate (e.g. a cut emoji), which UTF-8 cannot store, or bytes "
+                       "that are not UTF-8 (U+FFFD)",
+    "unsafe_photo_id": "a photo id that is a path or a URL (/, \\, :, . or ..), which could name a file outside "
+                       "the images root",
 }
 
 MAX_RECORD_CHARS = 2000
@@ -51,6 +54,17 @@ _SAFE_ID = re.compile(r"[^A-Za-z0-9_\-.]")
 # JSON's \ud800-\udfff escapes, unpaired, decode to code points UTF-8 cannot encode: in text they become U+FFFD (the
 # review is kept, the broken character marked); an id holding one is quarantined (it could not survive byte for byte)
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+# a photo is read from <images>/<pic_id>.jpg: an id with a separator, a drive or scheme colon, or a dot name could
+# point elsewhere ("../../etc/x", "/abs", "s3://other-bucket/x"), so it is refused, not rewritten
+_UNSAFE_PHOTO_ID = re.compile(r"[/\\:]|^\.{1,2}$")
+
+
+def check_photo_id(pic: str, field: str) -> str:
+    """``pic`` if it names a file directly under the images root; else RecordError ``unsafe_photo_id``."""
+    if _UNSAFE_PHOTO_ID.search(pic):
+        raise RecordError("unsafe_photo_id", field, f"{field} {pic[:80]!r} is a path or a URL, not a photo id "
+                                                    "(photos are <images>/<pic_id>.jpg)")
+    return pic
 
 
 def storable(text: str) -> str:
@@ -76,6 +90,8 @@ def quarantine_row(source: str, position: str, reason: str, field: str | None, d
     if not isinstance(record, str):
         try:
             record = json.dumps(record, ensure_ascii=False, default=str)
+        except RecursionError:  # parsed (ijson builds any depth) but too deep to write back
+            record = f"<a JSON {type(record).__name__} nested too deeply to show>"
         except (TypeError, ValueError):
             record = repr(record)
     record = storable(record)
@@ -91,6 +107,17 @@ def quarantine_row(source: str, position: str, reason: str, field: str | None, d
 
 # -- field validation -------------------------------------------------------------------------------
 
+def loads_line(text: bytes):
+    """One JSON line -> its value; RecordError ``unparseable`` for invalid JSON, invalid UTF-8 or nesting deeper than
+    the parser's recursion limit."""
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RecordError("unparseable", None, f"invalid JSON: {str(e).splitlines()[0][:200]}") from None
+    except RecursionError:
+        raise RecordError("unparseable", None, "invalid JSON: nested deeper than the parser's limit") from None
+
+
 def read_json_lines(stream: IO[bytes], source: str, check) -> tuple[list, list[dict]]:
     """A sidecar JSON-lines file, record by record: ``check(obj)`` turns a JSON object into a row or raises
     RecordError. Returns (rows, quarantine rows); a line that is not JSON, not an object or fails the check is
@@ -103,13 +130,10 @@ def read_json_lines(stream: IO[bytes], source: str, check) -> tuple[list, list[d
         if not text:
             continue
         try:
-            obj = json.loads(text)
+            obj = loads_line(text)
             if not isinstance(obj, dict):
                 raise RecordError("wrong_type", None, "record must be a JSON object")
             rows.append(check(obj))
-        except json.JSONDecodeError as e:
-            bad.append(quarantine_row(source, position, "unparseable", None, f"invalid JSON: {e}",
-                                      text.decode("utf-8", "replace")))
         except RecordError as e:
             bad.append(quarantine_row(source, position, e.reason, e.field, e.detail, text.decode("utf-8", "replace")))
     return rows, bad
@@ -126,11 +150,12 @@ def _id(obj: dict, name: str) -> str:
     value = _field(obj, name)
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise RecordError("wrong_type", name, f"field {name!r} must be a string id, got {type(value).__name__}")
-    value = str(value).strip()
-    if not value:
+    value = str(value)  # as given, byte for byte: white space around an id is part of it
+    if not value.strip():
         raise RecordError("missing_field", name, f"field {name!r} is empty")
-    if _LONE_SURROGATE.search(value):
-        raise RecordError("invalid_unicode", name, f"field {name!r} holds a lone UTF-16 surrogate")
+    if _LONE_SURROGATE.search(value) or "\ufffd" in value:
+        raise RecordError("invalid_unicode", name, f"field {name!r} holds a lone UTF-16 surrogate or a character "
+                                                   "that could not be decoded")
     return value
 
 
@@ -185,7 +210,7 @@ def _pics(obj: dict, name: str = "pics", null_is_empty: bool = False) -> list[st
                 pic = pic_id_from_url(urls[0])
         if not pic or not pic.strip():
             raise RecordError("wrong_type", name, f"{name}[{i}] is not a photo id, {{'id': ...}} or {{'url': [...]}}")
-        pic = _SAFE_ID.sub("_", pic.strip())
+        pic = _SAFE_ID.sub("_", check_photo_id(pic.strip(), f"{name}[{i}]"))
         if pic not in ids:
             ids.append(pic)
     if not ids:
@@ -274,9 +299,55 @@ def _normalise(source: str, position: str, obj, normalise, *args) -> Parsed:
 
 # -- readers ----------------------------------------------------------------------------------------
 
+UTF8_BOM = b"\xef\xbb\xbf"
+
+
+# a \\uXXXX escape of a UTF-16 surrogate that is not half of a pair (an even run of backslashes before it, so the
+# backslash is not itself escaped): ijson's C parser fails on one and with it the rest of the file
+_LONE_SURROGATE_ESCAPE = re.compile(
+    r"(?<!\\)((?:\\\\)*)(?:\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
+    r"|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2})")
+
+
+class _RepairedStream:
+    """A Gest-s2 byte stream as ijson can parse all of it: without a leading UTF-8 byte-order mark (some Windows
+    editors write one), invalid UTF-8 decoded as U+FFFD, and lone-surrogate escapes (a cut emoji) written as U+FFFD's
+    escape. In a text that is the replacement character, as in the JSON-lines readers; an id that holds one is
+    quarantined as ``invalid_unicode``. One read's bytes (plus the rest of a string a read cut) are held at a time."""
+
+
+    def __init__(self, stream: IO[bytes], read_size: int = 1 << 16):
+        import codecs
+
+        self.stream, self.read_size = stream, read_size
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.text, self.out, self.first, self.done = "", b"", True, False
+
+    def _fill(self) -> None:
+        data = self.stream.read(self.read_size)
+        if self.first:
+            data, self.first = data.removeprefix(UTF8_BOM), False
+        self.done = not data
+        self.text += self.decoder.decode(data, final=self.done)
+        # up to the last quote, comma, colon or white space: an escape (or a pair of them, or a run of backslashes)
+        # holds none of these, so none is cut in two; the rest waits for the next read
+        cut = len(self.text) if self.done else max(self.text.rfind(c) for c in '",: \n') + 1
+        ready, self.text = self.text[:cut], self.text[cut:]
+        self.out += _LONE_SURROGATE_ESCAPE.sub(lambda m: m.group(1) + "\\ufffd", ready).encode("utf-8")
+
+    def read(self, size: int = -1) -> bytes:
+        if size == 0:  # ijson reads 0 bytes first, to learn whether the stream gives bytes or text
+            return b""
+        while not self.done and (size is None or size < 0 or len(self.out) < size):
+            self._fill()
+        size = len(self.out) if size is None or size < 0 else size
+        chunk, self.out = self.out[:size], self.out[size:]
+        return chunk
+
+
 def iter_s2(stream: IO[bytes], source: str) -> Iterator[Parsed]:
     """Stream a Gest-s2 ``{"train": [...], "val": [...], "test": [...]}`` file record by record."""
-    events = ijson.parse(stream, use_float=True)
+    events = ijson.parse(_RepairedStream(stream), use_float=True)
     counts: dict[str, int] = {}
     last = "start of file"
     try:
@@ -341,10 +412,10 @@ def iter_jsonl(stream: IO[bytes], source: str, fmt: str, start: int = 0, end: in
             continue
         position = f"byte {offset}"
         try:
-            obj = json.loads(text)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            yield Parsed(position, bad=quarantine_row(source, position, "unparseable", None,
-                                                      f"invalid JSON: {e}", text.decode("utf-8", "replace")))
+            obj = loads_line(text)
+        except RecordError as e:
+            yield Parsed(position, bad=quarantine_row(source, position, e.reason, None, e.detail,
+                                                      text.decode("utf-8", "replace")))
             continue
         yield _normalise(source, position, obj, normalise)
 
@@ -355,7 +426,7 @@ def detect_format(head: bytes, name: str) -> str | None:
         return "s2"
     if name.endswith("image_review_all.json"):
         return "raw"
-    stripped = head.lstrip()
+    stripped = head.removeprefix(UTF8_BOM).lstrip()
     if stripped.startswith(b"{") and re.match(rb'\{\s*"(train|val|test)"\s*:\s*\[', stripped):
         return "s2"
     first = stripped.split(b"\n", 1)[0]

@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from ..store import join_uri
 from . import schema
-from .gest import RecordError, read_json_lines
+from .gest import RecordError, check_photo_id, read_json_lines
 
 
 def read_owner_photos(stream: IO[bytes], source: str, businesses: set[str], present: set[str],
@@ -32,7 +32,7 @@ def read_owner_photos(stream: IO[bytes], source: str, businesses: set[str], pres
                 raise RecordError("missing_field", name, f"field {name!r} is missing")
             if not isinstance(obj[name], str) or not obj[name]:
                 raise RecordError("wrong_type", name, f"field {name!r} must be a non-empty string")
-        business, pic = obj["business_id"], obj["pic_id"]
+        business, pic = obj["business_id"], check_photo_id(obj["pic_id"], "pic_id")
         if business not in businesses:
             raise RecordError("unknown_business", "business_id", f"business {business} has no accepted review")
         if pic not in present:

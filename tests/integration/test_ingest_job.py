@@ -57,6 +57,7 @@ def test_owner_photos_are_ingested_and_their_bad_rows_quarantined(ray_local, tin
            lines[0],  # duplicate_photo
            json.dumps({"business_id": first["business_id"], "pic_id": 7}),  # wrong_type
            json.dumps({"pic_id": first["pic_id"]}),  # missing_field
+           json.dumps({"business_id": first["business_id"], "pic_id": "../" + first["pic_id"]}),  # unsafe_photo_id
            '{"business_id": "b00000", "pic_'.strip()]  # unparseable
     owners.write_text("\n".join(lines + bad) + "\n")
     root = str(tmp_path / "root")
@@ -71,7 +72,8 @@ def test_owner_photos_are_ingested_and_their_bad_rows_quarantined(ray_local, tin
     assert counts["owner_photos_out"] == len(lines) and counts["owner_photos_quarantined"] == len(bad)
     assert counts["records_quarantined"] == len(summary["planted_bad"])  # reviews' records, not owner photos
     quarantined = counts["quarantined_by_reason"]
-    for reason in ("unknown_business", "owner_photo_missing", "duplicate_photo", "wrong_type", "unparseable"):
+    for reason in ("unknown_business", "owner_photo_missing", "duplicate_photo", "wrong_type", "unparseable",
+                   "unsafe_photo_id"):
         assert quarantined.get(reason, 0) >= 1, reason
     details = store.read_table("quarantine").to_pylist()
     assert any(d["reason"] == "unknown_business" and "bnowhere" in d["detail"] for d in details)

@@ -49,6 +49,13 @@ def test_pics_accept_ids_id_objects_and_urls(pics, expected):
     assert item.review["pic_ids"] == expected
 
 
+@pytest.mark.parametrize("pic", ["../../etc/passwd", "/abs/photo", "s3://other-bucket/x", "C:\\photos\\x",
+                                 "a/b", "..", ".", {"id": "../x"}, {"url": "https://host/p/.."}])
+def test_a_photo_id_that_could_leave_the_images_root_is_refused(pic):
+    item = one(iter_s2(s2_bytes({"train": [dict(GOOD, pics=["fine", pic])]}), "f"))
+    assert item.review is None and item.bad["reason"] == "unsafe_photo_id" and item.bad["field"] == "pics[1]"
+
+
 def test_pic_id_from_url_strips_size_suffix_and_unsafe_characters():
     assert pic_id_from_url("https://lh5.googleusercontent.com/p/AF1Qip-Ab_c=w150-h150-k-no-p") == "AF1Qip-Ab_c"
     assert pic_id_from_url("https://host/a/b/we%20ird?x=1") == "we_20ird"
