@@ -15,7 +15,9 @@ Rows have the SHOWCASES fields (showcase_core.data.schema). A mistake in the req
 wrong-typed fields and ids over 256 characters 422; a pair that cannot get a showcase 404 with check_pairs' reason code
 (``reason``: ``unknown_user``, ``unknown_business``, ``no_photos``; every failing pair is under ``errors``; a pair
 repeated in one request is 422 ``duplicate_pair``), and a list is answered all or nothing; more than ``max_pairs``
-pairs (or a body too large to hold them) 413. Unknown routes and methods get 404/405 in the same shape.
+pairs (or a body too large to hold them) 413. Unknown routes and methods get 404/405 in the same shape. With
+``--api-token-env``, a call without that bearer token is 401 (``/healthz`` stays open); with ``--rate-limit-per-s``, a
+client over its rate is 429 with ``Retry-After`` (``guard``, before any route).
 
 Each replica loads the models once (its constructor) and nothing of the world: a fresh pair's features are looked up
 by key in the feature tables (showcase_core.features.FeatureLookup: the one bucket partition of the id, the row groups
@@ -37,17 +39,20 @@ replica come from the config (cluster/configs/serve.yaml; a RayService's serveCo
 """
 
 import asyncio
+import hmac
+import math
 import os
 import signal
 import socket
 import sys
 import time
+from collections import OrderedDict
 from typing import Annotated
 
 from fastapi import FastAPI, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -82,6 +87,13 @@ class Settings(ShowcaseSettings):
     max_ongoing_requests: int = setting(16, "requests a replica takes at once (its batch queue included)", ge=1)
     num_cpus: float = setting(1.0, "CPUs per replica (also its torch threads)", ge=0)
     num_gpus: float = setting(0.0, "GPUs per replica; the models run on CUDA when > 0", ge=0)
+    api_token_env: str = setting("", "an environment variable holding a bearer token every API call must carry "
+                                     "(Authorization: Bearer TOKEN; /healthz stays open), for a deployment without an "
+                                     "authenticating ingress; empty = no token")
+    rate_limit_per_s: float = setting(0.0, "requests a second one client (IP address) may make of one replica, in "
+                                           "bursts of --rate-limit-burst; over it 429 with Retry-After. 0 = no limit",
+                                      ge=0)
+    rate_limit_burst: int = setting(200, "the requests a client may make at once before the rate applies", ge=1)
 
     @model_validator(mode="after")
     def _replica_bounds(self):
@@ -89,10 +101,18 @@ class Settings(ShowcaseSettings):
             raise ValueError(f"need --min-replicas <= --max-replicas, got {self.min_replicas} and {self.max_replicas}")
         return self
 
+    @field_validator("api_token_env")
+    @classmethod
+    def _token_is_set(cls, name: str) -> str:
+        if name and not os.environ.get(name):  # the replicas read it from the same environment (or runtime_env)
+            raise ValueError(f"the environment variable {name} is not set or empty (export {name}=<token>)")
+        return name
+
 
 # what a replica needs (scaling settings change without a restart)
 REPLICA_SETTINGS = ("k", "beams", *DECODING, "max_pairs", "batching", "max_batch_size", "batch_wait_timeout_s",
-                    "precomputed", "cache_rows", "refresh_s", "num_cpus", "num_gpus")
+                    "precomputed", "cache_rows", "refresh_s", "num_cpus", "num_gpus", "api_token_env",
+                    "rate_limit_per_s", "rate_limit_burst")
 
 
 def deployment_options(cfg: Settings) -> dict:
@@ -144,8 +164,8 @@ class ShowcaseRequest(BaseModel):
         return self
 
 
-def error(status: int, message: str, field: str | None = None, **extra) -> JSONResponse:
-    return JSONResponse({"error": message, "field": field, **extra}, status_code=status)
+def error(status: int, message: str, field: str | None = None, headers: dict | None = None, **extra) -> JSONResponse:
+    return JSONResponse({"error": message, "field": field, **extra}, status_code=status, headers=headers)
 
 
 def field_name(loc) -> str | None:
@@ -190,6 +210,48 @@ async def limit_body(request: Request, call_next):
     return await call_next(request)
 
 
+class RateLimiter:
+    """A token bucket per client: ``rate`` requests a second in bursts of up to ``burst``. The ``clients`` most recent
+    clients are remembered (a bounded map: an unseen client starts with a full bucket)."""
+
+    def __init__(self, rate: float, burst: int, clients: int = 10000):
+        self.rate, self.burst, self.clients = rate, burst, clients
+        self.buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # client -> (tokens, when)
+
+    def take(self, client: str, now: float | None = None) -> float:
+        """Spend one request of ``client``'s: 0 if allowed, else the seconds until it would be."""
+        now = time.monotonic() if now is None else now
+        tokens, when = self.buckets.pop(client, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + (now - when) * self.rate)
+        wait = 0.0 if tokens >= 1 else (1 - tokens) / self.rate
+        self.buckets[client] = (tokens - 1 if wait == 0 else tokens, now)
+        if len(self.buckets) > self.clients:
+            self.buckets.popitem(last=False)
+        return wait
+
+
+OPEN_PATHS = ("/healthz",)  # health probes carry no token and are never rate limited
+
+
+@app.middleware("http")
+async def guard(request: Request, call_next):
+    """The bearer token (when --api-token-env names one) and the per-client rate limit, before any route runs."""
+    if request.url.path not in OPEN_PATHS:
+        token = getattr(request.app.state, "api_token", "")
+        if token:
+            scheme, _, given = request.headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+                return error(401, "this API needs its bearer token: Authorization: Bearer <token>",
+                             headers={"WWW-Authenticate": "Bearer"})
+        limiter = getattr(request.app.state, "rate_limiter", None)
+        if limiter is not None:
+            wait = limiter.take(request.client.host if request.client else "")
+            if wait > 0:
+                return error(429, f"over the rate limit of {limiter.rate:g} requests a second; retry in {wait:.2f} s",
+                             headers={"Retry-After": str(math.ceil(wait))})
+    return await call_next(request)
+
+
 NOT_FOUND = {"unknown_user": "user_id", "unknown_business": "business_id", "no_photos": "business_id"}
 
 
@@ -218,6 +280,12 @@ class Showcases:
         self._alone = asyncio.Lock()
         self.assembled = {"calls": 0, "requests": 0, "pairs": 0, "largest_batch": 0, "seconds": 0.0}  # for /healthz
         app.state.max_body_bytes = 4096 + self.max_pairs * (2 * MAX_ID_CHARS * 4 + 64)  # ids of 4-byte characters
+        app.state.api_token = os.environ.get(options["api_token_env"], "") if options["api_token_env"] else ""
+        if options["api_token_env"] and not app.state.api_token:
+            raise RuntimeError(f"the environment variable {options['api_token_env']} is not set or empty on this "
+                               "replica's node (set it there, or in the runtime_env's env_vars)")
+        app.state.rate_limiter = RateLimiter(options["rate_limit_per_s"], options["rate_limit_burst"]) \
+            if options["rate_limit_per_s"] > 0 else None
 
     def refresh_features(self) -> None:
         """Follow a rebuild of the feature tables (a newer _FEATURES.json), at most every refresh_s seconds."""

@@ -33,7 +33,8 @@ COLOURS = [(255, 0, 255), (0, 255, 255), (255, 255, 0), (255, 0, 0), (0, 255, 0)
            (128, 0, 255), (0, 128, 255), (255, 0, 128), (128, 255, 0), (0, 255, 128)]
 CELL = 160 * 160  # CSS size of one photo in the page
 PLACEHOLDER = (208, 208, 208)  # .missing background
-EVIL = 'Great <b>tacos</b> & "salsa" <script>document.body.innerHTML="";document.body.style.background="#f0f"</script>'
+EVIL = ('Great <b>tacos</b> & "salsa" <script>document.body.innerHTML="";document.body.style.background="#f0f"</script>'
+        '<img src=x onerror="document.body.style.background=\'#f0f\'">')  # inert, or the page turns magenta
 
 
 def jpeg(colour, size=(400, 300)) -> bytes:
@@ -149,7 +150,8 @@ def test_gallery_html_has_ids_photos_escaped_text_and_placeholders(local_gallery
     # the explanation is shown escaped: no live markup from the data
     assert "&lt;script&gt;document.body.innerHTML=&quot;&quot;" in page
     assert "&lt;b&gt;tacos&lt;/b&gt; &amp; &quot;salsa&quot;" in page
-    assert "<script" not in page and "<b>" not in page
+    assert "<script" not in page and "<b>" not in page and "<img src=x" not in page and "onerror=\"" not in page
+    assert "&lt;img src=x onerror=&quot;document.body.style.background=&#x27;#f0f&#x27;&quot;&gt;" in page
     assert "The patio at dusk &amp; the tacos." in page
     # each embedded photo: a downscaled JPEG of its own colour, captioned with its id and score
     embedded = re.findall(r'<img src="data:image/jpeg;base64,([A-Za-z0-9+/=]+)" alt="(p\d\w)" title="([^"]+)">', page)
