@@ -167,6 +167,19 @@ def _wait_for_parts(store, date, run_id, n, proc, deadline):
     return False
 
 
+def _settled_parts(store, date, run_id, quiet_s: float = 3.0, deadline_s: float = 90.0) -> dict:
+    """The run's parts once no new one has appeared for ``quiet_s``: a killed driver's wave task (a Ray task it owns)
+    may finish the part it is writing before Ray notices the owner is gone and stops it."""
+    parts, quiet_since, deadline = nightly.list_run_parts(store, date, run_id), time.monotonic(), \
+        time.monotonic() + deadline_s
+    while time.monotonic() - quiet_since < quiet_s and time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = nightly.list_run_parts(store, date, run_id)
+        if now != parts:
+            parts, quiet_since = now, time.monotonic()
+    return parts
+
+
 def test_a_killed_worker_still_yields_every_pair_once(any_root):
     trained_root = any_root
     store = Store.open(trained_root)
@@ -231,7 +244,7 @@ def test_a_killed_run_never_resumed_is_invisible_and_vacuum_removes_it(trained_r
     proc.send_signal(signal.SIGKILL)
     out, _ = proc.communicate(timeout=60)
     assert reached, "the driver finished or failed before two parts were written:\n" + out[-3000:]
-    left = nightly.list_run_parts(store, "2026-11-25", "abandoned")
+    left = _settled_parts(store, "2026-11-25", "abandoned")
     assert len(left) >= 2 and "2026-11-25" not in published_dates(store)
     assert read_elsewhere(trained_root, "2026-11-25") == ([], [])  # the parts sit in dt=2026-11-25/, unseen
     assert run("vacuum", vacuum.main, ["--root", trained_root, "--keep-days", "1"]) == 0
