@@ -302,8 +302,8 @@ def _normalise(source: str, position: str, obj, normalise, *args) -> Parsed:
 UTF8_BOM = b"\xef\xbb\xbf"
 
 
-# a \\uXXXX escape of a UTF-16 surrogate that is not half of a pair (an even run of backslashes before it, so the
-# backslash is not itself escaped): ijson's C parser fails on one and with it the rest of the file
+# the JSON escape of a UTF-16 surrogate (\\ud800 to \\udfff) that is not half of a pair, after an even run of
+# backslashes (so its own backslash is not escaped): ijson's C parser fails on one, and with it the rest of the file
 _LONE_SURROGATE_ESCAPE = re.compile(
     r"(?<!\\)((?:\\\\)*)(?:\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
     r"|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2})")
@@ -314,7 +314,6 @@ class _RepairedStream:
     editors write one), invalid UTF-8 decoded as U+FFFD, and lone-surrogate escapes (a cut emoji) written as U+FFFD's
     escape. In a text that is the replacement character, as in the JSON-lines readers; an id that holds one is
     quarantined as ``invalid_unicode``. One read's bytes (plus the rest of a string a read cut) are held at a time."""
-
 
     def __init__(self, stream: IO[bytes], read_size: int = 1 << 16):
         import codecs

@@ -23,6 +23,7 @@ import pyarrow as pa
 from .. import tables as delta
 from ..store import Store, StoreError
 from ..tables import write_file
+from .photos import MAX_PHOTO_BYTES, MAX_PHOTO_PIXELS
 
 EMBED_QUARANTINE = pa.schema([("id", pa.string()), ("uri", pa.string()), ("reason", pa.string()),
                               ("detail", pa.string())])
@@ -83,19 +84,17 @@ def read_embeddings(store: Store, encoder_id: str, kind: str) -> pa.Table:
     return table.cast(embeddings_schema(pc.list_value_length(table["embedding"].chunk(0))[0].as_py()))
 
 
-def decode_photos(batch: dict, size: int, threads: int = 2, max_bytes: int | None = None,
-                  max_pixels: int | None = None) -> dict:
+def decode_photos(batch: dict, size: int, threads: int = 2, max_bytes: int = MAX_PHOTO_BYTES,
+                  max_pixels: int = MAX_PHOTO_PIXELS) -> dict:
     """CPU step: {"id", "uri"} -> {"id", "uri", "pixels" uint8 [n, size, size, 3], "reason", "detail"}.
 
     Reading and decoding run on ``threads`` threads (PIL and pyarrow release the GIL). A photo that cannot be read or
-    decoded, or is over the byte or pixel limit (showcase_core.encoders.clip's defaults when None), keeps its row
-    (zero pixels) with a reason, so it reaches quarantine.
+    decoded, or is over the byte or pixel limit, keeps its row (zero pixels) with a reason, so it reaches quarantine.
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    from .photos import MAX_PHOTO_BYTES, MAX_PHOTO_PIXELS, read_photo
+    from .photos import read_photo
 
-    limits = {"max_bytes": max_bytes or MAX_PHOTO_BYTES, "max_pixels": max_pixels or MAX_PHOTO_PIXELS}
 
     n = len(batch["id"])
     pixels = np.zeros((n, size, size, 3), np.uint8)
@@ -104,7 +103,8 @@ def decode_photos(batch: dict, size: int, threads: int = 2, max_bytes: int | Non
     filesystems: dict = {}
     uris = [str(u) for u in batch["uri"]]
     with ThreadPoolExecutor(max(1, threads)) as pool:
-        for i, (px, reason, detail) in enumerate(pool.map(lambda u: read_photo(u, size, filesystems, **limits), uris)):
+        read = lambda u: read_photo(u, size, filesystems, max_bytes, max_pixels)  # noqa: E731
+        for i, (px, reason, detail) in enumerate(pool.map(read, uris)):
             if px is None:
                 reasons[i], details[i] = reason, detail
             else:

@@ -55,7 +55,7 @@ def decode_and_resize(data: bytes, size: int, max_pixels: int = MAX_PHOTO_PIXELS
     except Image.UnidentifiedImageError:
         raise PhotoError("not_an_image", "no image format recognised in the bytes") from None
     except Image.DecompressionBombError as e:
-        raise PhotoError("too_many_pixels", str(e).splitlines()[0][:160]) from None
+        raise PhotoError("too_many_pixels", _first_line(e)) from None
     except (OSError, SyntaxError, ValueError) as e:
         raise PhotoError("undecodable", _first_line(e)) from None
     with im:

@@ -49,9 +49,9 @@ def test_the_token_bucket_refills_at_its_rate_and_forgets_old_clients():
     assert "a" not in limiter.buckets and limiter.take("a", now=0.5) == 0.0
 
 
-def test_a_token_variable_that_is_not_set_is_a_settings_error(monkeypatch):
+def test_a_token_variable_that_is_not_set_is_a_settings_error(monkeypatch, tmp_path):
     monkeypatch.delenv("SHOWCASE_NO_SUCH_TOKEN", raising=False)
     with pytest.raises(ValueError, match="SHOWCASE_NO_SUCH_TOKEN is not set"):
-        serve.Settings(root="/tmp/x", api_token_env="SHOWCASE_NO_SUCH_TOKEN")
+        serve.Settings(root=str(tmp_path), api_token_env="SHOWCASE_NO_SUCH_TOKEN")
     monkeypatch.setenv("SHOWCASE_NO_SUCH_TOKEN", "t")
-    assert serve.Settings(root="/tmp/x", api_token_env="SHOWCASE_NO_SUCH_TOKEN").api_token_env
+    assert serve.Settings(root=str(tmp_path), api_token_env="SHOWCASE_NO_SUCH_TOKEN").api_token_env
