@@ -1,14 +1,17 @@
 """Fresh showcases over HTTP: ``python -m jobs.serve --root ROOT [--config cluster/configs/serve.yaml] [--port 8000]``.
 
-A Ray Serve application (deployment ``Showcases``, FastAPI ingress) over the same assembly code as the nightly job:
+A Ray Serve application over the same assembly code as the nightly job: an HTTP ingress (deployment ``Showcases``,
+FastAPI; no models) that calls a model deployment (``ShowcaseModel``: the models, the feature and published lookups):
 
   POST /v1/showcases                       {"user_id", "business_id"} -> one showcase, or {"pairs": [...]} (at most
                                            ``max_pairs``) -> {"showcases": [...]} in the order given; always computed
                                            now ("source": "fresh")
   GET  /v1/showcases/{user_id}/{business_id}   the row of the newest published date ("source": "precomputed", "date"), else
                                            computed now ("source": "fresh")
-  GET  /healthz                            200 with the models, the newest published date, this replica's settings and how its
-                                           assemble calls went (calls, requests, pairs, largest batch, seconds)
+  GET  /healthz                            200 with the models, the newest published date, the table versions, the cache
+                                           sizes, the settings and how one model replica's assemble calls went (calls,
+                                           requests, pairs, largest batch, seconds), and the ingress replica's calls and
+                                           retries; 503 when no model replica answers
 
 Rows have the SHOWCASES fields (showcase_core.data.schema). A mistake in the request is a 4xx with a JSON body
 ``{"error": "...", "field": ...}``: malformed JSON 400; a body that is not JSON (Content-Type) 415; missing, extra or
@@ -19,9 +22,17 @@ pairs (or a body too large to hold them) 413. Unknown routes and methods get 404
 ``--api-token-env``, a call without that bearer token is 401 (``/healthz`` stays open); with ``--rate-limit-per-s``, a
 client over its rate is 429 with ``Retry-After`` (``guard``, before any route).
 
-Each replica loads the models once (its constructor) and nothing of the world: a fresh pair's features are looked up
-by key in the feature tables (showcase_core.features.FeatureLookup: the one bucket partition of the id, the row groups
-of its id range), and a GET of a published pair reads its row by key from the newest date of the showcases table
+Losing a model replica fails no request: every call is idempotent (a fresh showcase is a pure function of the pair and
+the models; a GET reads), so a call whose model replica dies (``ActorDiedError``) or cannot be reached
+(``ActorUnavailableError``) is sent again, to another replica, up to ``model_retries`` times with doubling backoff; only
+then is it a 503 with ``Retry-After``. Serve's router stops routing to a replica once a call to it fails so. A replica
+that is stopped (scale-down, redeploy, node drain) takes no new requests and finishes those it has, for up to
+``graceful_shutdown_s``. The ingress holds no state, so losing an ingress replica loses only the requests inside it
+(README: what a deployment puts in front so that those are retried too).
+
+Each model replica loads the models once (its constructor) and nothing of the world: a fresh pair's features are looked
+up by key in the feature tables (showcase_core.features.FeatureLookup: the one bucket partition of the id, the row
+groups of its id range), and a GET of a published pair reads its row by key from the newest date of the showcases table
 (showcase_core.showcase.PublishedShowcases: the one file of its business's unit, the row groups of its keys). Each
 keeps an LRU cache of at most ``cache_rows`` rows in front; replica memory is the models plus these caches, whatever
 the number of users, photos or published pairs. The table versions are checked at most every ``refresh_s`` seconds:
@@ -33,8 +44,9 @@ for at most ``batch_wait_timeout_s`` and ``ShowcaseAssembler.assemble`` runs onc
 registry names as the latest when the app is built, so every replica of a deployment serves the same ones; redeploy
 to pick up new ones.
 
-Autoscaling (min_replicas, max_replicas, target_ongoing_requests), max_ongoing_requests and the resources of a
-replica come from the config (cluster/configs/serve.yaml; a RayService's serveConfigV2 overrides them there).
+The model replicas' autoscaling (min_replicas, max_replicas, target_ongoing_requests), max_ongoing_requests and
+resources, and the ingress's (ingress_replicas, ingress_num_cpus, ingress_max_ongoing_requests) come from the config
+(cluster/configs/serve.yaml; a RayService's serveConfigV2 overrides them there).
 ``build_app(args)`` is the entry for ``serve run jobs.serve:build_app root=... config=...`` and the RayService.
 """
 
@@ -47,13 +59,14 @@ import socket
 import sys
 import time
 from collections import OrderedDict
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import FastAPI, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 from ray import serve
+from ray.exceptions import RayActorError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from showcase_core.features import meta_for
@@ -64,7 +77,8 @@ from showcase_core.store import Store, new_run_id, utc_now
 from .common import ShowcaseSettings, UserError, open_store, parse_args, run, setting, start_ray
 
 APP_NAME = "showcases"
-DEPLOYMENT = "Showcases"
+INGRESS = "Showcases"  # the HTTP routes, the guard and the retries; no models
+MODEL = "ShowcaseModel"  # the models and the lookups
 MAX_ID_CHARS = 256
 
 
@@ -81,17 +95,29 @@ class Settings(ShowcaseSettings):
     cache_rows: int = setting(10000, "rows each replica caches per lookup (users, businesses, published pairs); "
                                      "0 = none", ge=0)
     refresh_s: float = setting(10.0, "seconds between a replica's checks for a newer date or feature tables", ge=0)
-    min_replicas: int = setting(1, "autoscaling: replicas at least", ge=0)
-    max_replicas: int = setting(1, "autoscaling: replicas at most", ge=1)
-    target_ongoing_requests: float = setting(4.0, "autoscaling: requests in flight per replica it aims for", gt=0)
-    max_ongoing_requests: int = setting(16, "requests a replica takes at once (its batch queue included)", ge=1)
-    num_cpus: float = setting(1.0, "CPUs per replica (also its torch threads)", ge=0)
-    num_gpus: float = setting(0.0, "GPUs per replica; the models run on CUDA when > 0", ge=0)
+    min_replicas: int = setting(1, "autoscaling: model replicas at least (2 or more: losing one fails no request)",
+                                ge=0)
+    max_replicas: int = setting(1, "autoscaling: model replicas at most", ge=1)
+    target_ongoing_requests: float = setting(4.0, "autoscaling: requests in flight per model replica it aims for", gt=0)
+    max_ongoing_requests: int = setting(16, "requests a model replica takes at once (its batch queue included)", ge=1)
+    num_cpus: float = setting(1.0, "CPUs per model replica (also its torch threads)", ge=0)
+    num_gpus: float = setting(0.0, "GPUs per model replica; the models run on CUDA when > 0", ge=0)
+    ingress_replicas: int = setting(1, "replicas of the HTTP ingress (no models: it checks requests, calls the model "
+                                       "replicas and retries)", ge=1)
+    ingress_num_cpus: float = setting(0.25, "CPUs per ingress replica", ge=0)
+    ingress_max_ongoing_requests: int = setting(256, "requests an ingress replica takes at once (each waits on a model "
+                                                     "replica)", ge=1)
+    model_retries: int = setting(3, "times a call is sent again when its model replica died or could not be reached "
+                                    "(calls are idempotent); then 503", ge=0)
+    retry_backoff_s: float = setting(0.1, "seconds before the first retry, doubling for each next one", ge=0)
+    graceful_shutdown_s: float = setting(20.0, "seconds a stopping replica (scale-down, redeploy, node drain) keeps "
+                                               "answering the requests it has", gt=0)
     api_token_env: str = setting("", "an environment variable holding a bearer token every API call must carry "
                                      "(Authorization: Bearer TOKEN; /healthz stays open), for a deployment without an "
                                      "authenticating ingress; empty = no token")
-    rate_limit_per_s: float = setting(0.0, "requests a second one client (IP address) may make of one replica, in "
-                                           "bursts of --rate-limit-burst; over it 429 with Retry-After. 0 = no limit",
+    rate_limit_per_s: float = setting(0.0, "requests a second one client (IP address) may make of one ingress "
+                                           "replica, in bursts of --rate-limit-burst; over it 429 with Retry-After. "
+                                           "0 = no limit",
                                       ge=0)
     rate_limit_burst: int = setting(200, "the requests a client may make at once before the rate applies", ge=1)
 
@@ -109,25 +135,35 @@ class Settings(ShowcaseSettings):
         return name
 
 
-# what a replica needs (scaling settings change without a restart)
-REPLICA_SETTINGS = ("k", "beams", *DECODING, "max_pairs", "batching", "max_batch_size", "batch_wait_timeout_s",
-                    "precomputed", "cache_rows", "refresh_s", "num_cpus", "num_gpus", "api_token_env",
-                    "rate_limit_per_s", "rate_limit_burst")
+# what each kind of replica needs (scaling settings change without a restart)
+MODEL_SETTINGS = ("k", "beams", *DECODING, "batching", "max_batch_size", "batch_wait_timeout_s", "precomputed",
+                  "cache_rows", "refresh_s", "num_cpus", "num_gpus")
+INGRESS_SETTINGS = ("max_pairs", "api_token_env", "rate_limit_per_s", "rate_limit_burst", "model_retries",
+                    "retry_backoff_s")
 
 
-def deployment_options(cfg: Settings) -> dict:
-    return {"name": DEPLOYMENT, "max_ongoing_requests": cfg.max_ongoing_requests,
+def model_options(cfg: Settings) -> dict:
+    return {"name": MODEL, "max_ongoing_requests": cfg.max_ongoing_requests,
             "autoscaling_config": {"min_replicas": cfg.min_replicas, "max_replicas": cfg.max_replicas,
                                    "target_ongoing_requests": cfg.target_ongoing_requests},
-            "ray_actor_options": {"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus}}
+            "ray_actor_options": {"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus},
+            "graceful_shutdown_timeout_s": cfg.graceful_shutdown_s}
+
+
+def ingress_options(cfg: Settings) -> dict:
+    return {"name": INGRESS, "num_replicas": cfg.ingress_replicas,
+            "max_ongoing_requests": cfg.ingress_max_ongoing_requests,
+            "ray_actor_options": {"num_cpus": cfg.ingress_num_cpus},
+            "graceful_shutdown_timeout_s": cfg.graceful_shutdown_s}
 
 
 def app_for(cfg: Settings):
-    """The bound application for settings: models resolved (and checked) now, loaded by each replica."""
+    """The bound application for settings: models resolved (and checked) now, loaded by each model replica."""
     store = open_store(cfg.root, writable=False)  # a serving role may not write to ROOT
     models = resolve_models(store, cfg.dpp_modality, cfg.generator_variant)
     meta_for(store, models["encoder_id"], models["generator"])  # the feature tables are there and fit
-    return Showcases.options(**deployment_options(cfg)).bind(store.root, models, cfg.pick(*REPLICA_SETTINGS))
+    model = ShowcaseModel.options(**model_options(cfg)).bind(store.root, models, cfg.pick(*MODEL_SETTINGS))
+    return Showcases.options(**ingress_options(cfg)).bind(model, cfg.pick(*INGRESS_SETTINGS))
 
 
 def build_app(args: dict):
@@ -149,10 +185,13 @@ class Pair(BaseModel):
 class ShowcaseRequest(BaseModel):
     """One pair (user_id, business_id) or a list of them (pairs)."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
-    user_id: Id | None = None
-    business_id: Id | None = None
-    pairs: list[Pair] | None = Field(default=None, min_length=1)
+    # the two forms, for the OpenAPI schema (one_form checks them); null is no id (given keys must be strings or a list)
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"oneOf": [
+        {"required": ["user_id", "business_id"], "not": {"required": ["pairs"]}},
+        {"required": ["pairs"], "not": {"anyOf": [{"required": ["user_id"]}, {"required": ["business_id"]}]}}]})
+    user_id: Id = None
+    business_id: Id = None
+    pairs: list[Pair] = Field(default=None, min_length=1, json_schema_extra={"uniqueItems": True})  # maxItems: __init__
 
     @model_validator(mode="after")
     def one_form(self):
@@ -162,6 +201,54 @@ class ShowcaseRequest(BaseModel):
         if self.pairs is None and (self.user_id is None or self.business_id is None):
             raise ValueError("give user_id and business_id, or pairs: [{user_id, business_id}, ...]")
         return self
+
+
+class Showcase(BaseModel):
+    """A showcase row as the API returns it: the SHOWCASES fields, and where it came from (documents the 200s for the
+    OpenAPI schema; rows are returned as they are, not through this model)."""
+
+    user_id: str
+    business_id: str
+    image_ids: list[str]
+    image_uris: list[str]
+    image_scores: list[float]
+    explanation: str | None
+    images_only: bool
+    cold_start: bool
+    candidate_score: float | None
+    candidate_rank: int | None
+    encoder_id: str
+    dpp_model: str
+    generator_model: str | None
+    run_id: str
+    generated_at: str
+    dt: str | None
+    source: Literal["fresh", "precomputed"]
+    date: str | None = Field(None, description="the published date (precomputed rows only)")
+
+
+class ShowcaseList(BaseModel):
+    showcases: list[Showcase]
+
+
+class ErrorBody(BaseModel):
+    """Every 4xx and 5xx: what went wrong, the request field it is about (or null), and for pairs that cannot get a
+    showcase the reason code and every failing pair."""
+
+    error: str
+    field: str | None
+    reason: str | None = None
+    errors: list[dict] | None = None
+
+
+def answers(*statuses: int) -> dict:
+    """The error statuses a route returns, for its OpenAPI responses (401 and 429 come from ``guard``, 413 from
+    ``limit_body``, 503 when no model replica answers)."""
+    what = {400: "malformed JSON", 401: "no or a wrong bearer token (--api-token-env)", 404: "a pair that cannot get a "
+            "showcase (reason: unknown_user, unknown_business, no_photos)", 413: "too many pairs, or a body too large",
+            415: "a body that is not JSON", 422: "missing, extra or wrong-typed fields; ids too long; a repeated pair",
+            429: "over the rate limit (--rate-limit-per-s)", 503: "no model replica answered (retries included)"}
+    return {status: {"model": ErrorBody, "description": what[status]} for status in statuses}
 
 
 def error(status: int, message: str, field: str | None = None, headers: dict | None = None, **extra) -> JSONResponse:
@@ -255,16 +342,39 @@ async def guard(request: Request, call_next):
 NOT_FOUND = {"unknown_user": "user_id", "unknown_business": "business_id", "no_photos": "business_id"}
 
 
-@serve.deployment(name=DEPLOYMENT)
-@serve.ingress(app)
-class Showcases:
+def refused(bad: list[dict], where: str = "") -> JSONResponse:
+    """The 4xx for a request some of whose pairs cannot get a showcase (check_pairs' rows for them)."""
+    listed = [{**{k: v for k, v in row.items() if k != "index"},
+               "field": f"{where}[{row['index']}]" if where else None} for row in bad]
+    for row in listed:
+        if row["reason"] in NOT_FOUND:
+            row["field"] = f"{row['field']}.{NOT_FOUND[row['reason']]}" if row["field"] else NOT_FOUND[row["reason"]]
+    status = 404 if all(row["reason"] in NOT_FOUND for row in listed) else 422  # else a repeated pair
+    first = next(row for row in listed if status == 404 or row["reason"] not in NOT_FOUND)
+    return error(status, f"{first['reason']}: {first['detail']} (user_id {first['user_id']!r}, business_id "
+                 f"{first['business_id']!r})", first["field"], reason=first["reason"], errors=listed)
+
+
+class ModelUnavailable(Exception):
+    """No model replica answered a call, retries included."""
+
+
+@app.exception_handler(ModelUnavailable)
+async def unavailable(request: Request, exc: ModelUnavailable) -> JSONResponse:
+    return error(503, str(exc), headers={"Retry-After": "1"})
+
+
+@serve.deployment(name=MODEL)
+class ShowcaseModel:
+    """The models and the lookups: fresh rows for checked pairs, published rows by key, and its health."""
+
     def __init__(self, root: str, models: dict, options: dict):
         import torch
 
         from showcase_core.showcase import PublishedShowcases, ShowcaseAssembler
 
         self.models, self.options = models, options
-        self.max_pairs, self.batching = options["max_pairs"], options["batching"]
+        self.batching = options["batching"]
         device = "cuda" if options["num_gpus"] > 0 and torch.cuda.is_available() else "cpu"
         torch.set_num_threads(max(1, int(options["num_cpus"])))
         self.store = Store.open(root)
@@ -279,13 +389,6 @@ class Showcases:
         self._assemble_batch.set_batch_wait_timeout_s(options["batch_wait_timeout_s"])
         self._alone = asyncio.Lock()
         self.assembled = {"calls": 0, "requests": 0, "pairs": 0, "largest_batch": 0, "seconds": 0.0}  # for /healthz
-        app.state.max_body_bytes = 4096 + self.max_pairs * (2 * MAX_ID_CHARS * 4 + 64)  # ids of 4-byte characters
-        app.state.api_token = os.environ.get(options["api_token_env"], "") if options["api_token_env"] else ""
-        if options["api_token_env"] and not app.state.api_token:
-            raise RuntimeError(f"the environment variable {options['api_token_env']} is not set or empty on this "
-                               "replica's node (set it there, or in the runtime_env's env_vars)")
-        app.state.rate_limiter = RateLimiter(options["rate_limit_per_s"], options["rate_limit_burst"]) \
-            if options["rate_limit_per_s"] > 0 else None
 
     def refresh_features(self) -> None:
         """Follow a rebuild of the feature tables (a newer _FEATURES.json), at most every refresh_s seconds."""
@@ -330,44 +433,20 @@ class Showcases:
         businesses = self.features.rows("businesses", [p["business_id"] for p in pairs])
         return check_pairs(pairs, users, businesses, self.features.dim, self.assembler.max_history)
 
-    async def fresh(self, pairs: list[dict], where: str = "") -> list[dict] | JSONResponse:
-        """Rows computed now for the pairs, or the 4xx for the pairs that cannot get one (all or nothing)."""
+    async def fresh(self, pairs: list[dict]) -> dict:
+        """{"rows": the pairs' rows, computed now} or {"refused": check_pairs' rows for those that cannot get one}."""
         good, bad = await asyncio.to_thread(self._check, pairs)
         if bad:
-            listed = [{**{k: v for k, v in row.items() if k != "index"},
-                       "field": f"{where}[{row['index']}]" if where else None} for row in bad]
-            for row in listed:
-                if row["reason"] in NOT_FOUND:
-                    row["field"] = f"{row['field']}.{NOT_FOUND[row['reason']]}" if row["field"] else \
-                        NOT_FOUND[row["reason"]]
-            status = 404 if all(row["reason"] in NOT_FOUND for row in listed) else 422  # else a repeated pair
-            first = next(row for row in listed if status == 404 or row["reason"] not in NOT_FOUND)
-            return error(status, f"{first['reason']}: {first['detail']} (user_id {first['user_id']!r}, business_id "
-                         f"{first['business_id']!r})", first["field"], reason=first["reason"], errors=listed)
+            return {"refused": bad}
         rows = await (self._assemble_batch(good) if self.batching else self._assemble_alone(good))
-        return [{**row, "source": "fresh"} for row in rows]
+        return {"rows": [{**row, "source": "fresh"} for row in rows]}
 
-    @app.post("/v1/showcases")
-    async def create(self, body: ShowcaseRequest):
-        if body.pairs is None:
-            rows = await self.fresh([{"user_id": body.user_id, "business_id": body.business_id}])
-            return rows if isinstance(rows, JSONResponse) else rows[0]
-        if len(body.pairs) > self.max_pairs:
-            return error(413, f"{len(body.pairs)} pairs in one request; at most {self.max_pairs}", "pairs")
-        rows = await self.fresh([p.model_dump() for p in body.pairs], "pairs")
-        return rows if isinstance(rows, JSONResponse) else {"showcases": rows}
-
-    @app.get("/v1/showcases/{user_id}/{business_id}")
-    async def lookup(self, user_id: Annotated[str, Path(max_length=MAX_ID_CHARS)],
-                     business_id: Annotated[str, Path(max_length=MAX_ID_CHARS)]):
+    async def published_row(self, user_id: str, business_id: str) -> dict | None:
+        """The pair's row of the newest published date, or None."""
         row = await asyncio.to_thread(self.published.get, user_id, business_id) if self.published else None
-        if row is not None:
-            return {**row, "source": "precomputed", "date": row["dt"]}
-        rows = await self.fresh([{"user_id": user_id, "business_id": business_id}])
-        return rows if isinstance(rows, JSONResponse) else rows[0]
+        return None if row is None else {**row, "source": "precomputed", "date": row["dt"]}
 
-    @app.get("/healthz")
-    async def healthz(self):
+    async def health(self) -> dict:
         published = self.published
         if published:
             await asyncio.to_thread(published.refresh)
@@ -381,6 +460,78 @@ class Showcases:
                 "assembled": self.assembled}
 
 
+@serve.deployment(name=INGRESS)
+@serve.ingress(app)
+class Showcases:
+    """The HTTP API: checks each request, calls the model replicas (retrying a call whose replica died) and answers."""
+
+    def __init__(self, model, options: dict):
+        self.model, self.options = model, options  # model: a DeploymentHandle to ShowcaseModel
+        self.max_pairs = options["max_pairs"]
+        self.calls = {"calls": 0, "retried": 0, "unavailable": 0}  # for /healthz
+        # ids of characters JSON writes as \uXXXX\uXXXX (12 bytes each: an astral character, ASCII-escaped)
+        app.state.max_body_bytes = 4096 + self.max_pairs * (2 * MAX_ID_CHARS * 12 + 64)
+        request = app.openapi()["components"]["schemas"]["ShowcaseRequest"]  # the served schema states the limit
+        request["properties"]["pairs"]["maxItems"] = self.max_pairs
+        app.state.api_token = os.environ.get(options["api_token_env"], "") if options["api_token_env"] else ""
+        if options["api_token_env"] and not app.state.api_token:
+            raise RuntimeError(f"the environment variable {options['api_token_env']} is not set or empty on this "
+                               "replica's node (set it there, or in the runtime_env's env_vars)")
+        app.state.rate_limiter = RateLimiter(options["rate_limit_per_s"], options["rate_limit_burst"]) \
+            if options["rate_limit_per_s"] > 0 else None
+
+    async def call(self, method: str, *args):
+        """The model replicas' answer to an idempotent call, sent again (to another replica: the router drops one whose
+        call failed so) when the replica died with it or could not be reached, up to model_retries times."""
+        retries, backoff = self.options["model_retries"], self.options["retry_backoff_s"]
+        self.calls["calls"] += 1
+        for attempt in range(retries + 1):
+            try:
+                return await getattr(self.model, method).remote(*args)
+            except RayActorError as e:  # ActorDiedError, ActorUnavailableError: the replica, not the request
+                if attempt == retries:
+                    self.calls["unavailable"] += 1
+                    raise ModelUnavailable(f"no model replica answered ({attempt + 1} tries; last: "
+                                           f"{type(e).__name__}); retry shortly") from None
+                self.calls["retried"] += 1
+                await asyncio.sleep(backoff * 2 ** attempt)
+
+    async def fresh(self, pairs: list[dict], where: str = "") -> list[dict] | JSONResponse:
+        """Rows computed now for the pairs, or the 4xx for the pairs that cannot get one (all or nothing)."""
+        answer = await self.call("fresh", pairs)
+        return refused(answer["refused"], where) if "refused" in answer else answer["rows"]
+
+    @app.post("/v1/showcases", responses={200: {"model": Showcase | ShowcaseList,
+                                                "description": "one showcase, or {showcases: [...]} for pairs"},
+                                          **answers(400, 401, 404, 413, 415, 422, 429, 503)})
+    async def create(self, body: ShowcaseRequest):
+        if body.pairs is None:
+            rows = await self.fresh([{"user_id": body.user_id, "business_id": body.business_id}])
+            return rows if isinstance(rows, JSONResponse) else rows[0]
+        if len(body.pairs) > self.max_pairs:
+            return error(413, f"{len(body.pairs)} pairs in one request; at most {self.max_pairs}", "pairs")
+        rows = await self.fresh([p.model_dump() for p in body.pairs], "pairs")
+        return rows if isinstance(rows, JSONResponse) else {"showcases": rows}
+
+    @app.get("/v1/showcases/{user_id}/{business_id}", responses={200: {"model": Showcase, "description": "the "
+                                                                   "published row, else one computed now"},
+                                                               **answers(401, 404, 413, 422, 429, 503)})
+    async def lookup(self, user_id: Annotated[str, Path(max_length=MAX_ID_CHARS)],
+                     business_id: Annotated[str, Path(max_length=MAX_ID_CHARS)]):
+        row = await self.call("published_row", user_id, business_id)
+        if row is not None:
+            return row
+        rows = await self.fresh([{"user_id": user_id, "business_id": business_id}])
+        return rows if isinstance(rows, JSONResponse) else rows[0]
+
+    @app.get("/healthz", responses=answers(503))
+    async def healthz(self):
+        model = await self.call("health")  # one model replica's view (each has its own caches and counts)
+        context = serve.get_replica_context()
+        return {**model, "settings": {**model["settings"], **self.options},
+                "ingress": {"replica": context.replica_tag, "pid": os.getpid(), **self.calls}}
+
+
 # -- python -m jobs.serve -----------------------------------------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> int:
@@ -390,11 +541,14 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         replicas = max(cfg.min_replicas, 1)
-        for what, key, have in (("CPU", "num_cpus", os.cpu_count() or 1), ("GPU", "num_gpus", torch.cuda.device_count())):
-            wanted = getattr(cfg, key)
-            if wanted * replicas > have:
-                raise UserError(f"{replicas} replica(s) x --{key.replace('_', '-')} {wanted:g} need "
-                                f"{wanted * replicas:g} {what}, this machine has {have}")
+        cpus = replicas * cfg.num_cpus + cfg.ingress_replicas * cfg.ingress_num_cpus
+        if cpus > (os.cpu_count() or 1):
+            raise UserError(f"{replicas} model replica(s) x --num-cpus {cfg.num_cpus:g} and {cfg.ingress_replicas} "
+                            f"ingress replica(s) x --ingress-num-cpus {cfg.ingress_num_cpus:g} need {cpus:g} CPU, this "
+                            f"machine has {os.cpu_count()}")
+        if cfg.num_gpus * replicas > torch.cuda.device_count():
+            raise UserError(f"{replicas} model replica(s) x --num-gpus {cfg.num_gpus:g} need "
+                            f"{cfg.num_gpus * replicas:g} GPU, this machine has {torch.cuda.device_count()}")
         with socket.socket() as s:
             try:
                 s.bind((cfg.host, cfg.port))

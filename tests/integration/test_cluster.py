@@ -238,6 +238,9 @@ def test_kuberay_manifests_carry_what_kuberay_requires():
     for app in serve_config["applications"]:
         assert app["import_path"] and app["route_prefix"].startswith("/"), name
         for deployment in app["deployments"]:
+            if "autoscaling_config" not in deployment:  # a fixed number of replicas
+                assert deployment["num_replicas"] >= 1, name
+                continue
             autoscaling = deployment["autoscaling_config"]
             assert 1 <= autoscaling["min_replicas"] <= autoscaling["max_replicas"], name
             assert autoscaling["target_ongoing_requests"] > 0, name
@@ -280,11 +283,17 @@ def test_gpu_groups_can_hold_what_each_job_asks_for():
     [(name, service)] = of_kind("RayService")
     serve = load(os.path.join(CLUSTER, "configs", "serve.yaml"))
     [app] = yaml.safe_load(service["spec"]["serveConfigV2"])["applications"]
-    [deployment] = app["deployments"]
-    assert deployment["autoscaling_config"] == {k: serve[k] for k in ("min_replicas", "max_replicas",
-                                                                      "target_ongoing_requests")}
-    assert deployment["ray_actor_options"]["num_gpus"] == serve["num_gpus"]
-    assert deployment["max_ongoing_requests"] == serve["max_ongoing_requests"]
+    deployments = {d["name"]: d for d in app["deployments"]}
+    assert set(deployments) == {"Showcases", "ShowcaseModel"}, name  # jobs.serve's INGRESS and MODEL
+    model, ingress = deployments["ShowcaseModel"], deployments["Showcases"]
+    assert model["autoscaling_config"] == {k: serve[k] for k in ("min_replicas", "max_replicas",
+                                                                 "target_ongoing_requests")}
+    assert serve["min_replicas"] >= 2  # losing a model replica fails no request only where another is up
+    assert model["ray_actor_options"] == {"num_cpus": serve["num_cpus"], "num_gpus": serve["num_gpus"]}
+    assert model["max_ongoing_requests"] == serve["max_ongoing_requests"]
+    assert ingress["num_replicas"] == serve["ingress_replicas"] >= 2
+    assert ingress["max_ongoing_requests"] == serve["ingress_max_ongoing_requests"]
+    assert ingress["ray_actor_options"] == {"num_cpus": serve["ingress_num_cpus"]}
     gpus = sum(g["maxReplicas"] * gpus_of(g) for g in service["spec"]["rayClusterSpec"]["workerGroupSpecs"])
     assert gpus >= serve["max_replicas"] * serve["num_gpus"], name
 

@@ -1,6 +1,7 @@
 """jobs.serve over real HTTP on 127.0.0.1, in the session's local Ray: health, fresh POSTs (one pair and a list),
 precomputed vs fresh GETs after a nightly publish, every kind of bad input answered with a JSON 4xx, a bounded load
-test (500 requests, 32 in flight) batched and unbatched, and a replica SIGKILLed mid-load."""
+test (500 requests, 32 in flight) batched and unbatched, and a locust load (2,000 requests, 64 users) with a model
+replica SIGKILLed mid-run and at steady state: not one failed request."""
 
 import asyncio
 import json
@@ -8,11 +9,17 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
+import sys
+import threading
 import time
 
 import httpx
 import psutil
+import hypothesis
 import pytest
+import schemathesis
+from schemathesis import GenerationMode
 from ray import serve
 
 from jobs import ingest, nightly
@@ -31,6 +38,9 @@ LATER_DATE = "2026-11-22"  # published while the service runs
 NO_PHOTOS = "b-nopix"  # a business whose only photo cannot be decoded: reviewed, but nothing to show
 SETTINGS = {"config": os.path.join(REPO, "cluster", "configs", "serve.yaml"),  # the cluster's, sized for this machine
             "num_gpus": 0, "num_cpus": 0.5, "min_replicas": 1, "max_replicas": 1, "max_pairs": 4,
+            # one ingress replica (its /healthz counts are the ingress's), taking no CPU: it only routes, and the
+            # nightly of test 4 needs the local Ray's other CPUs
+            "ingress_replicas": 1, "ingress_num_cpus": 0,
             # one replica takes all 32 requests of the load test: requests beyond replicas x max_ongoing_requests wait
             # in the proxy, which retries with backoff and serves several times fewer requests/s
             "max_ongoing_requests": 32, "max_batch_size": 16, "batch_wait_timeout_s": 0.01, "refresh_s": 1}
@@ -182,7 +192,7 @@ def test_bad_input_gets_a_json_4xx(service, pairs):
         ("form-encoded", "POST", url, {"data": pair}, 415, None, None),
         ("no business_id", "POST", url, {"json": {"user_id": user}}, 422, None, None),
         ("number id", "POST", url, {"json": {"user_id": user, "business_id": 7}}, 422, "business_id", None),
-        ("null id", "POST", url, {"json": {"user_id": None, "business_id": business}}, 422, None, None),
+        ("null id", "POST", url, {"json": {"user_id": None, "business_id": business}}, 422, "user_id", None),
         ("empty id", "POST", url, {"json": {"user_id": "", "business_id": business}}, 422, "user_id", None),
         ("unknown key", "POST", url, {"json": {**pair, "user": user}}, 422, "user", None),
         ("both forms", "POST", url, {"json": {**pair, "pairs": [pair]}}, 422, None, None),
@@ -225,6 +235,36 @@ def test_bad_input_gets_a_json_4xx(service, pairs):
             if reason:
                 assert body["reason"] == reason and body["errors"], (what, body)
         assert client.post(url, json=pair).status_code == 200  # and it still answers
+
+
+SCHEMA_EXAMPLES = int(os.environ.get("SHOWCASE_FUZZ_EXAMPLES", "100"))  # per operation and mode
+
+
+def test_the_api_answers_as_its_schema_says(service):
+    """Requests generated from the live service's own OpenAPI schema, valid and invalid, each answered and checked by
+    schemathesis: no 5xx, every status declared, every body of its declared schema, invalid requests refused with a
+    4xx. (schemathesis's pytest plugin does not run under pytest 9, so hypothesis drives each operation here.)"""
+    # a request over the limits is refused with 413 (too many pairs, a body too large), as the schema declares
+    config = schemathesis.config.SchemathesisConfig.from_dict({"checks": {"negative_data_rejection": {
+        "expected-statuses": ["400", "401", "404", "405", "413", "415", "422", "429"]}}})
+    schema = schemathesis.openapi.from_url(f"{service}/openapi.json", config=config)
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert {(op.method.upper(), op.path) for op in operations} == {
+        ("POST", "/v1/showcases"), ("GET", "/v1/showcases/{user_id}/{business_id}"), ("GET", "/healthz")}
+    statuses = {}
+    for operation in operations:
+        takes_input = any(key in operation.definition.raw for key in ("parameters", "requestBody"))
+        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE) if takes_input else (GenerationMode.POSITIVE,):
+            @hypothesis.given(case=operation.as_strategy(generation_mode=mode))
+            @hypothesis.settings(max_examples=SCHEMA_EXAMPLES, deadline=None, database=None,
+                                 suppress_health_check=list(hypothesis.HealthCheck))
+            def answered_as_declared(case):
+                response = case.call_and_validate()
+                statuses.setdefault(case.operation.label, set()).add(response.status_code)
+
+            answered_as_declared()
+    print(f"\n[serve] schemathesis, statuses by operation: {statuses}")
+    assert all(s < 500 for codes in statuses.values() for s in codes), statuses
 
 
 async def load(url: str, pairs: list[tuple[str, str]], n: int = LOAD_REQUESTS, concurrency: int = CONCURRENCY,
@@ -304,13 +344,47 @@ def replica_pids(url: str, want: int, deadline: float) -> set[int]:
 
 
 def running_replicas() -> int:
-    status = serve.status().applications[serve_job.APP_NAME].deployments[serve_job.DEPLOYMENT]
+    status = serve.status().applications[serve_job.APP_NAME].deployments[serve_job.MODEL]
     return status.replica_states.get("RUNNING", 0)
 
 
-def test_a_killed_replica_recovers(service, root, pairs, capsys):
+LOCUST_REQUESTS, LOCUST_USERS = 2000, 64
+
+
+def locust_load(url: str, pairs: list[tuple[str, str]], out, during=None, requests: int = LOCUST_REQUESTS) -> dict:
+    """``requests`` fresh POSTs from LOCUST_USERS locust users (tests/serve_locustfile.py, headless, a subprocess);
+    ``during(proc)`` runs while it does. -> its report: requests, failed, failures by message, p50/p99, requests/s."""
+    (out / "pairs.json").write_text(json.dumps(pairs))
+    env = {**os.environ, "SHOWCASE_LOAD_PAIRS": str(out / "pairs.json"), "SHOWCASE_LOAD_REQUESTS": str(requests),
+           "SHOWCASE_LOAD_REPORT": str(out / "report.json")}
+    command = [sys.executable, "-m", "locust", "-f", os.path.join(REPO, "tests", "serve_locustfile.py"), "--headless",
+               "-u", str(LOCUST_USERS), "-r", str(LOCUST_USERS), "--host", url, "--only-summary", "--run-time", "300s",
+               "--stop-timeout", "60", "--loglevel", "WARNING"]
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = []
+    reader = threading.Thread(target=lambda: log.extend(proc.stdout), daemon=True)
+    reader.start()
+    try:
+        if during:
+            during(proc)
+        proc.wait(timeout=400)
+    finally:
+        proc.kill()
+    reader.join(timeout=10)
+    with open(out / "report.json") as f:
+        return {**json.load(f), "log": "".join(log)[-3000:]}
+
+
+def locust_figures(name: str, result: dict) -> str:
+    return (f"[serve] locust, {name}: {result['requests']} requests from {LOCUST_USERS} users: {result['failed']} "
+            f"failed, p50 {result['p50_ms']:.0f} ms, p99 {result['p99_ms']:.0f} ms, {result['rps']:.1f} requests/s")
+
+
+def test_a_killed_model_replica_fails_no_request(service, root, pairs, tmp_path, capsys):
+    """2,000 requests from 64 locust users with one of two model replicas SIGKILLed a quarter of the way in: every
+    request answered 200 (the ingress sends a call whose replica died to the other), then the same at steady state."""
     _, others = pairs
-    two = {"root": root, **SETTINGS, "min_replicas": 2, "max_replicas": 2, "max_ongoing_requests": CONCURRENCY // 2}
+    two = {"root": root, **SETTINGS, "min_replicas": 2, "max_replicas": 2, "max_ongoing_requests": 32}
     serve.run(serve_job.build_app(two), name=serve_job.APP_NAME, route_prefix="/")  # same replica args: scales up
     deadline = time.monotonic() + 120
     while running_replicas() < 2 and time.monotonic() < deadline:
@@ -319,32 +393,60 @@ def test_a_killed_replica_recovers(service, root, pairs, capsys):
     assert len(pids) == 2, pids
     victim = min(pids)
     process = psutil.Process(victim)
-    assert f"ServeReplica:{serve_job.APP_NAME}:{serve_job.DEPLOYMENT}" in " ".join(process.cmdline())
+    assert f"ServeReplica:{serve_job.APP_NAME}:{serve_job.MODEL}" in " ".join(process.cmdline())
     killed = []
 
-    def kill():
-        os.kill(victim, signal.SIGKILL)
-        killed.append(time.monotonic())
+    def kill_a_quarter_in(proc):
+        """SIGKILL the victim once the ingress has taken a quarter of the requests."""
+        while proc.poll() is None:
+            calls = httpx.get(f"{service}/healthz", timeout=30).json()["ingress"]["calls"]
+            if calls - before >= LOCUST_REQUESTS // 4:
+                os.kill(victim, signal.SIGKILL)
+                killed.append(calls - before)
+                return
+            time.sleep(0.2)
 
-    result = asyncio.run(load(service, others, after=(LOAD_REQUESTS // 4, kill)))
+    before = httpx.get(f"{service}/healthz", timeout=30).json()["ingress"]["calls"]
+    result = locust_load(service, others, tmp_path, during=kill_a_quarter_in)
+    health = httpx.get(f"{service}/healthz", timeout=30).json()
     with capsys.disabled():
-        print(f"\n{figures('a replica SIGKILLed after 125 answers', result)}; failures: {result['errors'][:3]}",
-              flush=True)
-    assert killed, "the load ended before the replica was killed"
-    assert result["n"] == LOAD_REQUESTS  # the run completed
-    failed = LOAD_REQUESTS - result["statuses"].get(200, 0)
-    # only what was inside the killed replica may fail (at most its max_ongoing_requests), and never as a 4xx
-    assert failed <= two["max_ongoing_requests"], result
-    assert not any(isinstance(s, int) and 400 <= s < 500 for s in result["statuses"]), result
-    # and the deployment heals: two replicas again (one new), and every request answered
+        print(f"\n{locust_figures('a model replica SIGKILLed', result)}; killed after {killed} calls; the ingress "
+              f"retried {health['ingress']['retried']} calls", flush=True)
+    assert killed, ("the load ended before the replica was killed", result["log"])
+    assert result["requests"] == LOCUST_REQUESTS, result
+    assert result["failed"] == 0 and not result["failures"], (result["failures"], result["log"])
+    assert health["ingress"]["retried"] >= 1 and health["ingress"]["unavailable"] == 0, health["ingress"]
+    # and the deployment heals: two replicas again (one new)
     deadline = time.monotonic() + 120
     while running_replicas() < 2 and time.monotonic() < deadline:
         time.sleep(0.5)
     assert running_replicas() == 2
     after = replica_pids(service, 2, deadline)
     assert victim not in after and len(after) == 2, after
-    again = asyncio.run(load(service, others, n=64))
-    assert again["statuses"] == {200: 64}, again
+
+    steady = locust_load(service, others, tmp_path)
+    with capsys.disabled():
+        print(locust_figures("steady state", steady), flush=True)
+    assert steady["requests"] == LOCUST_REQUESTS and steady["failed"] == 0, (steady["failures"], steady["log"])
+
+    # a scale-down mid-load: the replica Serve stops finishes the requests it has (graceful shutdown)
+    scaled = []
+
+    def scale_down(proc):
+        start = httpx.get(f"{service}/healthz", timeout=30).json()["ingress"]["calls"]
+        while proc.poll() is None:
+            if httpx.get(f"{service}/healthz", timeout=30).json()["ingress"]["calls"] - start >= 100:
+                serve.run(serve_job.build_app({**two, "min_replicas": 1, "max_replicas": 1}), name=serve_job.APP_NAME,
+                          route_prefix="/")
+                scaled.append(running_replicas())
+                return
+            time.sleep(0.2)
+
+    drained = locust_load(service, others, tmp_path, during=scale_down, requests=LOCUST_REQUESTS // 4)
+    with capsys.disabled():
+        print(locust_figures("scaled from 2 model replicas to 1", drained), flush=True)
+    assert scaled == [1], ("the load ended before the scale-down", drained["log"])
+    assert drained["requests"] == LOCUST_REQUESTS // 4 and drained["failed"] == 0, (drained["failures"], drained["log"])
 
 
 def test_cli_fails_fast_with_one_line(root, tmp_path, capsys):

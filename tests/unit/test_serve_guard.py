@@ -55,3 +55,9 @@ def test_a_token_variable_that_is_not_set_is_a_settings_error(monkeypatch, tmp_p
         serve.Settings(root=str(tmp_path), api_token_env="SHOWCASE_NO_SUCH_TOKEN")
     monkeypatch.setenv("SHOWCASE_NO_SUCH_TOKEN", "t")
     assert serve.Settings(root=str(tmp_path), api_token_env="SHOWCASE_NO_SUCH_TOKEN").api_token_env
+
+
+def test_the_documented_row_has_the_showcases_fields():
+    from showcase_core.data.schema import SHOWCASES
+
+    assert set(serve.Showcase.model_fields) == set(SHOWCASES.names) | {"source", "date"}
