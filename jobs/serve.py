@@ -25,7 +25,8 @@ client over its rate is 429 with ``Retry-After`` (``guard``, before any route).
 Losing a model replica fails no request: every call is idempotent (a fresh showcase is a pure function of the pair and
 the models; a GET reads), so a call whose model replica dies (``ActorDiedError``) or cannot be reached
 (``ActorUnavailableError``) is sent again, to another replica, up to ``model_retries`` times with doubling backoff; only
-then is it a 503 with ``Retry-After``. Serve's router stops routing to a replica once a call to it fails so. A replica
+then is it a 503 with ``Retry-After`` (a request that kills its replica itself is retried too, so it can take down
+model_retries + 1 replicas). Serve's router stops routing to a replica once a call to it fails so. A replica
 that is stopped (scale-down, redeploy, node drain) takes no new requests and finishes those it has, for up to
 ``graceful_shutdown_s``. The ingress holds no state, so losing an ingress replica loses only the requests inside it
 (README: what a deployment puts in front so that those are retried too).

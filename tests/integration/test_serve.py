@@ -1,7 +1,8 @@
 """jobs.serve over real HTTP on 127.0.0.1, in the session's local Ray: health, fresh POSTs (one pair and a list),
 precomputed vs fresh GETs after a nightly publish, every kind of bad input answered with a JSON 4xx, a bounded load
-test (500 requests, 32 in flight) batched and unbatched, and a locust load (2,000 requests, 64 users) with a model
-replica SIGKILLed mid-run and at steady state: not one failed request."""
+test (500 requests, 32 in flight) batched and unbatched, and locust loads (64 users; 600 requests, or
+SHOWCASE_LOAD_REQUESTS) with a model replica SIGKILLed mid-run, at steady state and through a scale-down: not one failed
+request."""
 
 import asyncio
 import json
@@ -348,7 +349,8 @@ def running_replicas() -> int:
     return status.replica_states.get("RUNNING", 0)
 
 
-LOCUST_REQUESTS, LOCUST_USERS = 2000, 64
+# make test sends 600 requests per load; SHOWCASE_LOAD_REQUESTS=2000 is the issue's full load (see the README)
+LOCUST_REQUESTS, LOCUST_USERS = int(os.environ.get("SHOWCASE_LOAD_REQUESTS", "600")), 64
 
 
 def locust_load(url: str, pairs: list[tuple[str, str]], out, during=None, requests: int = LOCUST_REQUESTS) -> dict:
@@ -381,8 +383,9 @@ def locust_figures(name: str, result: dict) -> str:
 
 
 def test_a_killed_model_replica_fails_no_request(service, root, pairs, tmp_path, capsys):
-    """2,000 requests from 64 locust users with one of two model replicas SIGKILLed a quarter of the way in: every
-    request answered 200 (the ingress sends a call whose replica died to the other), then the same at steady state."""
+    """LOCUST_REQUESTS from 64 locust users with one of two model replicas SIGKILLed a quarter of the way in: every
+    request answered 200 (the ingress sends a call whose replica died to the other); then the same at steady state,
+    and half as many through a scale-down to one replica."""
     _, others = pairs
     two = {"root": root, **SETTINGS, "min_replicas": 2, "max_replicas": 2, "max_ongoing_requests": 32}
     serve.run(serve_job.build_app(two), name=serve_job.APP_NAME, route_prefix="/")  # same replica args: scales up
@@ -435,18 +438,18 @@ def test_a_killed_model_replica_fails_no_request(service, root, pairs, tmp_path,
     def scale_down(proc):
         start = httpx.get(f"{service}/healthz", timeout=30).json()["ingress"]["calls"]
         while proc.poll() is None:
-            if httpx.get(f"{service}/healthz", timeout=30).json()["ingress"]["calls"] - start >= 100:
+            if httpx.get(f"{service}/healthz", timeout=30).json()["ingress"]["calls"] - start >= LOCUST_REQUESTS // 8:
                 serve.run(serve_job.build_app({**two, "min_replicas": 1, "max_replicas": 1}), name=serve_job.APP_NAME,
                           route_prefix="/")
                 scaled.append(running_replicas())
                 return
             time.sleep(0.2)
 
-    drained = locust_load(service, others, tmp_path, during=scale_down, requests=LOCUST_REQUESTS // 4)
+    drained = locust_load(service, others, tmp_path, during=scale_down, requests=LOCUST_REQUESTS // 2)
     with capsys.disabled():
         print(locust_figures("scaled from 2 model replicas to 1", drained), flush=True)
     assert scaled == [1], ("the load ended before the scale-down", drained["log"])
-    assert drained["requests"] == LOCUST_REQUESTS // 4 and drained["failed"] == 0, (drained["failures"], drained["log"])
+    assert drained["requests"] == LOCUST_REQUESTS // 2 and drained["failed"] == 0, (drained["failures"], drained["log"])
 
 
 def test_cli_fails_fast_with_one_line(root, tmp_path, capsys):

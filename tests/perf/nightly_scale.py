@@ -277,9 +277,9 @@ def serve_replica_rss(root: str, env: dict, users: int, businesses: int, request
             found += r.status_code == 200 and r.json()["source"] == "precomputed"
         lookup = (time.monotonic() - started) / max(1, len(published))
         replicas = [q for q in psutil.process_iter(["cmdline", "memory_info"])
-                    if "ServeReplica:showcases:Showcases" in " ".join(q.info["cmdline"] or [])]
+                    if "ServeReplica:showcases:ShowcaseModel" in " ".join(q.info["cmdline"] or [])]
         rss = max(q.info["memory_info"].rss for q in replicas) / 2**20 if replicas else float("nan")
-        return (f"Serve replica after {requests:,} fresh POSTs (statuses {statuses}, {fresh * 1000:.0f} ms each) and "
+        return (f"Serve model replica after {requests:,} fresh POSTs (statuses {statuses}, {fresh * 1000:.0f} ms each) and "
                 f"{len(published):,} GETs of published pairs ({found:,} precomputed, {lookup * 1000:.0f} ms each): RSS "
                 f"{rss:.0f} MiB")
     finally:
