@@ -470,7 +470,8 @@ class Showcases:
         self.model, self.options = model, options  # model: a DeploymentHandle to ShowcaseModel
         self.max_pairs = options["max_pairs"]
         self.calls = {"calls": 0, "retried": 0, "unavailable": 0}  # for /healthz
-        # ids of characters JSON writes as \uXXXX\uXXXX (12 bytes each: an astral character, ASCII-escaped)
+        # room for ids whose every character takes 12 bytes: ASCII-escaped JSON spells an astral character as two
+        # six-byte surrogate escapes
         app.state.max_body_bytes = 4096 + self.max_pairs * (2 * MAX_ID_CHARS * 12 + 64)
         request = app.openapi()["components"]["schemas"]["ShowcaseRequest"]  # the served schema states the limit
         request["properties"]["pairs"]["maxItems"] = self.max_pairs
