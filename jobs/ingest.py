@@ -103,14 +103,19 @@ def _sidecar(fs, flag: str, value: str, beside: str) -> str | None:
 
 def _ingest_sentences(store: Store, run_id: str, uri: str, parts: dict) -> dict:
     """Validate the aligned-sentences file against the reviews just written; add its data files."""
-    accepted = {}
+    accepted, text_less = {}, set()
     for p in parts["reviews"]:
         table = pq.read_table(store.path("tables/reviews", p["path"]), filesystem=store.fs,
-                              columns=["review_id", "split", "pic_ids"])
-        for review_id, split, pics in zip(*(table.column(c).to_pylist() for c in ("review_id", "split", "pic_ids"))):
-            accepted[review_id] = (split, set(pics))
+                              columns=["review_id", "split", "pic_ids", "review_text"])
+        for review_id, split, pics, has_text in zip(*(table.column(c).to_pylist() for c in ("review_id", "split",
+                                                                                             "pic_ids")),
+                                                    table.column("review_text").is_valid().to_pylist()):
+            if has_text:
+                accepted[review_id] = (split, set(pics))
+            else:
+                text_less.add(review_id)
     with open_binary(uri) as stream:
-        result = read_sentences(stream, uri, accepted)
+        result = read_sentences(stream, uri, accepted, text_less)
     parts["sentences"] = [write_file(store, "tables/sentences", result["table"], f"part-{run_id}-00000.parquet")]
     if result["quarantine"]:
         parts["quarantine"].append(write_file(store, "tables/quarantine",
@@ -239,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         store.delete_dir(staging)
     counts, quarantined = ingest_counts(store, record, staged["records"], sidecar_counts)
     summary = dataset_summary(store)
+    counts["reviews_without_text"] = summary["reviews_without_text"]  # kept for their photos; no text target
     report.update(counts=counts, summary=summary, reason_codes={k: REASONS[k] for k in quarantined},
                   outputs={name: {"uri": store.uri("tables", name), **t} for name, t in record["tables"].items()},
                   timings_s=timer.timings, versions=versions(), finished_at=utc_now())

@@ -32,14 +32,16 @@ REASONS = {
     "wrong_type": "a field, or the record itself, has the wrong JSON type",
     "missing_field": "a required field is absent or null",
     "out_of_range": "a rating outside 0..5",
-    "empty_text": "the review text is empty or only whitespace",
+    "empty_text": "the review text is empty or only whitespace (Gest-s2, the explanation dataset, needs a text)",
     "no_photos": "the review lists no photos",
+    "no_text_or_photos": "the review has neither a text nor a photo (Gest-raw, Google Local)",
     "unknown_split": "a Gest-s2 top-level key other than train/val/test",
     "duplicate_review": "a second review by the same user of the same business (the first one is kept)",
     "photo_missing": "a listed photo is not under the images root (the review keeps its other photos)",
     "all_photos_missing": "none of the review's photos is under the images root",
     "single_review_user": "Gest-s1 rule: the user has only one usable review",
     "unknown_review": "an aligned sentence of a review that is not among the accepted reviews",
+    "text_less_review": "an aligned sentence of a review that was kept without its text",
     "unknown_business": "an owner photo of a business that no accepted review names",
     "owner_photo_missing": "an owner photo that is not under the images root",
     "duplicate_photo": "an owner photo whose id appeared earlier in the owner-photos file",
@@ -168,16 +170,19 @@ def _rating(obj: dict, name: str = "rating") -> float:
     return float(value)
 
 
-def _text(obj: dict, name: str, null_is_empty: bool = False) -> str:
-    value = obj.get(name)
-    if value is None:
-        if null_is_empty and name in obj:
-            raise RecordError("empty_text", name, f"field {name!r} is null")
+def _text(obj: dict, name: str, optional: bool = False) -> str | None:
+    """The review text, stripped. ``optional`` (Gest-raw, Google Local): a null, empty or blank text is None, a
+    text-less review whose photos still count; the field itself must be there. Gest-s2 needs a text."""
+    if name not in obj:
         raise RecordError("missing_field", name, f"field {name!r} is missing")
-    if not isinstance(value, str):
+    value = obj[name]
+    if value is not None and not isinstance(value, str):
         raise RecordError("wrong_type", name, f"field {name!r} must be a string, got {type(value).__name__}")
-    if not value.strip():
-        raise RecordError("empty_text", name, f"field {name!r} is empty")
+    if value is None or not value.strip():
+        if optional:
+            return None
+        raise RecordError("missing_field" if value is None else "empty_text", name,
+                          f"field {name!r} is {'null' if value is None else 'empty'}")
     return storable(value.strip())
 
 
@@ -240,17 +245,26 @@ def _object(obj) -> dict:
     return obj
 
 
+def _photos_of(obj: dict, name: str, text: str | None, null_is_empty: bool = False) -> list[str]:
+    """The review's photo ids; a review with neither a text nor a photo is ``no_text_or_photos``."""
+    if text is None and name in obj and (obj[name] is None or obj[name] == []):
+        raise RecordError("no_text_or_photos", name, f"field {name!r} is {'null' if obj[name] is None else 'empty'} "
+                                                     "and the review has no text")
+    return _pics(obj, name, null_is_empty)
+
+
 def _gest_review(obj, split: str | None, history: list[dict]) -> dict:
-    """The fields Gest-s2 and Gest-raw share."""
+    """The fields Gest-s2 and Gest-raw share. Gest-raw (``split`` None) keeps a text-less review with photos."""
     user, business = _id(obj, "user_id"), _id(obj, "business_id")
+    rating, text = _rating(obj), _text(obj, "review_text", optional=split is None)
     return {
         "review_id": f"{user}_{business}",
         "user_id": user,
         "business_id": business,
-        "rating": _rating(obj),
-        "review_text": _text(obj, "review_text"),
+        "rating": rating,
+        "review_text": text,
         "split": split,
-        "pic_ids": _pics(obj),
+        "pic_ids": _photos_of(obj, "pics", text),
         "history": history,
         "time_ms": None,
     }
@@ -268,6 +282,7 @@ def normalize_raw(obj) -> dict:
 def normalize_googlelocal(obj) -> dict:
     obj = _object(obj)
     user, business = _id(obj, "user_id"), _id(obj, "gmap_id")
+    text = _text(obj, "text", optional=True)
     when = obj.get("time")
     if when is not None and (isinstance(when, bool) or not isinstance(when, int)):
         raise RecordError("wrong_type", "time", f"field 'time' must be integer milliseconds, got {type(when).__name__}")
@@ -276,9 +291,9 @@ def normalize_googlelocal(obj) -> dict:
         "user_id": user,
         "business_id": business,
         "rating": _rating(obj),
-        "review_text": _text(obj, "text", null_is_empty=True),
+        "review_text": text,
         "split": None,
-        "pic_ids": _pics(obj, null_is_empty=True),
+        "pic_ids": _photos_of(obj, "pics", text, null_is_empty=True),
         "history": [],
         "time_ms": when,
     }

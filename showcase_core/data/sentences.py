@@ -2,8 +2,9 @@
 
 Source: JSON lines of ``{"review_id", "sentence_index", "text", "pic_ids", "entities"}`` (the synthetic world's
 ``sentences.jsonl``; for real Gest data ``jobs.distill`` produces the same table). Each row is checked against the
-accepted reviews: a sentence of an unknown review is quarantined (``unknown_review``); photo ids the review does not
-have (any more) are removed from the sentence and counted.
+accepted reviews: a sentence of an unknown review is quarantined (``unknown_review``), one of a review kept without
+its text (Gest-raw, Google Local) too (``text_less_review``); photo ids the review does not have (any more) are removed
+from the sentence and counted.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ from . import schema
 from .gest import RecordError, read_json_lines
 
 
-def read_sentences(stream: IO[bytes], source: str, reviews: dict[str, tuple[str, set[str]]]) -> dict:
-    """Validate a sentences JSON-lines stream against {review_id: (split, accepted pic ids)}.
+def read_sentences(stream: IO[bytes], source: str, reviews: dict[str, tuple[str, set[str]]],
+                   text_less: frozenset[str] | set[str] = frozenset()) -> dict:
+    """Validate a sentences JSON-lines stream against {review_id: (split, accepted pic ids)} of the reviews with a
+    text and the ids of those without one.
 
     Returns {"table": SENTENCES table, "quarantine": list of rows, "photo_refs_removed": int}.
     """
@@ -38,6 +41,8 @@ def read_sentences(stream: IO[bytes], source: str, reviews: dict[str, tuple[str,
             raise RecordError("wrong_type", "entities", "field 'entities' must be a list of strings")
         if not sentence.strip():
             raise RecordError("empty_text", "text", "field 'text' is empty")
+        if review_id in text_less:
+            raise RecordError("text_less_review", "review_id", f"review {review_id} was kept without its text")
         if review_id not in reviews:
             raise RecordError("unknown_review", "review_id", f"review {review_id} is not among the accepted reviews")
         split, accepted = reviews[review_id]

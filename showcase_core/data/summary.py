@@ -11,12 +11,13 @@ def dataset_summary(store: Store) -> dict:
     """Counts over the published reviews and images, streamed part by part (constant memory)."""
     users: set[str] = set()
     businesses: set[str] = set()
-    reviews = words = 0
+    reviews = words = without_text = 0
     splits: dict[str, int] = {}
     for batch in store.iter_table_batches("reviews", ["user_id", "business_id", "review_text", "split"]):
         users.update(batch.column("user_id").to_pylist())
         businesses.update(batch.column("business_id").to_pylist())
         reviews += batch.num_rows
+        without_text += batch.column("review_text").null_count  # text-less reviews with photos (Gest-raw, Google)
         words += pc.sum(pc.list_value_length(pc.utf8_split_whitespace(batch.column("review_text")))).as_py() or 0
         for split, n in zip(*pc.value_counts(batch.column("split")).flatten()):
             splits[split.as_py()] = splits.get(split.as_py(), 0) + n.as_py()
@@ -26,7 +27,8 @@ def dataset_summary(store: Store) -> dict:
         "reviews": reviews,
         "users": len(users),
         "businesses": len(businesses),
-        "avg_review_words": round(words / reviews, 2) if reviews else 0.0,
+        "reviews_without_text": without_text,
+        "avg_review_words": round(words / (reviews - without_text), 2) if reviews > without_text else 0.0,
         "photos_per_review": round(photos / reviews, 2) if reviews else 0.0,
         "splits": dict(sorted(splits.items())),
     }
@@ -41,6 +43,8 @@ def summary_markdown(summary: dict, quarantined: dict | None = None) -> str:
         "",
         "splits: " + ", ".join(f"{k} {v:,}" for k, v in summary["splits"].items()),
     ]
+    if summary.get("reviews_without_text"):
+        lines.append(f"kept without text (their photos count): {summary['reviews_without_text']:,} reviews")
     if quarantined:
         lines.append("quarantined: " + ", ".join(f"{k} {v:,}" for k, v in sorted(quarantined.items())))
     return "\n".join(lines)

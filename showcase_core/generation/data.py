@@ -1,4 +1,4 @@
-"""PC²L examples: one per review that has an explanation (Gest-s2 style).
+"""PC²L examples: one per review that has an explanation (Gest-s2 style); a review kept without its text is none.
 
 - target: the review's sentences that describe at least one of its photos (the ``sentences`` table: the world's
   sidecar; or ``distilled``: Φ's picks on real data), in review order, joined by spaces;
@@ -69,14 +69,17 @@ def build_generation_examples(reviews: pa.Table, sentences: pa.Table, image_emb:
                                         for c in ("review_id", "sentence_index", "text", "pic_ids"))):
         if pics:
             explained.setdefault(rid, []).append((index, text, pics))
-    rows = reviews.select(["review_id", "user_id", "business_id", "split", "pic_ids"]).to_pylist()
+    rows = reviews.select(["review_id", "user_id", "business_id", "split", "pic_ids", "review_text"]).to_pylist()
 
     out, skipped = {}, {}
     for split in splits:
         built = {k: [] for k in ("review_ids", "user_ids", "business_ids", "photo_ids", "photos", "history", "targets")}
-        skipped[split] = {"no_explanation": 0, "no_embedded_photo": 0}
+        skipped[split] = {"no_text": 0, "no_explanation": 0, "no_embedded_photo": 0}
         for r in rows:
             if r["split"] != split:
+                continue
+            if r["review_text"] is None:  # kept for its photos (Gest-raw, Google Local): never a text target
+                skipped[split]["no_text"] += 1
                 continue
             parts = sorted(explained.get(r["review_id"], []))
             if not parts:

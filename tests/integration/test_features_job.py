@@ -27,7 +27,11 @@ def nightly_inputs(store, encoder_id, pairs):
 
 
 def test_the_nightly_reads_exactly_what_training_computes(tiny_embedded):
-    root, encoder_id = tiny_embedded
+    check_training_equals_serving(*tiny_embedded)
+
+
+def check_training_equals_serving(root: str, encoder_id: str) -> None:
+    """Every pair's profile, history and ground set from the feature tables equal the training loaders' numbers."""
     store = Store.open(root)
     reviews, images = store.read_table("reviews"), store.read_table("images")
     image_emb, text_emb = read_embeddings(store, encoder_id, "images"), read_embeddings(store, encoder_id, "texts")

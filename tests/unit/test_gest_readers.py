@@ -105,14 +105,40 @@ RAW = {"business_id": "b1", "user_id": "u1", "rating": 4, "review_text": "Nice t
 
 
 def test_raw_jsonl_positions_are_byte_offsets_and_bad_lines_are_quarantined():
-    lines = [json.dumps(RAW), "{not json", json.dumps(dict(RAW, user_id="u2", review_text="")), ""]
+    lines = [json.dumps(RAW), "{not json", json.dumps(dict(RAW, user_id="u2", rating=9)), ""]
     data = ("\n".join(lines) + "\n").encode()
     items = list(iter_jsonl(io.BytesIO(data), "raw.json", "raw"))
     assert [i.position for i in items] == ["byte 0", f"byte {len(lines[0]) + 1}",
                                            f"byte {len(lines[0]) + len(lines[1]) + 2}"]
     assert items[0].review["pic_ids"] == ["pic1"] and items[0].review["split"] is None
     assert items[1].bad["reason"] == "unparseable" and "{not json" in items[1].bad["record"]
-    assert items[2].bad["reason"] == "empty_text"
+    assert items[2].bad["reason"] == "out_of_range"
+
+
+@pytest.mark.parametrize("fmt, record, text_field", [("raw", RAW, "review_text"),
+                                                     ("googlelocal", {"user_id": "101", "gmap_id": "0x1:0x2",
+                                                                      "rating": 4, "text": "Good.", "time": 1,
+                                                                      "pics": [{"url": ["https://h/p/pic1=w1"]}]},
+                                                      "text")])
+def test_a_text_less_review_with_photos_is_kept_and_one_with_neither_is_quarantined(fmt, record, text_field):
+    rows = [dict(record, user_id=f"u{i}", **{text_field: text}) for i, text in enumerate([None, "", "  \n "])]
+    rows += [dict(record, user_id="u3", **{text_field: None, "pics": []}),
+             dict(record, user_id="u4", **{text_field: None, "pics": None}),
+             {k: v for k, v in dict(record, user_id="u5").items() if k != text_field},
+             dict(record, user_id="u6", **{text_field: "no photos"}, pics=[])]
+    items = list(iter_jsonl(io.BytesIO("\n".join(json.dumps(r) for r in rows).encode()), "f", fmt))
+    kept = [i.review for i in items[:3]]
+    assert [r["review_text"] for r in kept] == [None, None, None]
+    assert [r["pic_ids"] for r in kept] == [["pic1"]] * 3
+    assert [i.bad["reason"] for i in items[3:]] == ["no_text_or_photos", "no_text_or_photos", "missing_field",
+                                                    "no_photos"]
+    assert items[3].bad["field"] == "pics" and "no text" in items[3].bad["detail"]
+
+
+def test_gest_s2_still_needs_a_text():
+    for text, reason in ((None, "missing_field"), ("", "empty_text")):
+        item = one(iter_s2(s2_bytes({"train": [dict(GOOD, review_text=text)]}), "f"))
+        assert item.review is None and item.bad["reason"] == reason
 
 
 def test_jsonl_chunks_cover_every_line_exactly_once():
@@ -132,13 +158,14 @@ def test_google_local_reviews():
     good = {"user_id": "101", "name": "Ann", "time": 1620000000000, "rating": 5, "text": "Great pho.",
             "pics": [{"url": ["https://lh5.googleusercontent.com/p/AF1Qip1=w150"]}], "resp": None,
             "gmap_id": "0x80c2c:0x1"}
-    rows = [good, dict(good, text=None), dict(good, pics=None), dict(good, time="yesterday"), dict(good, gmap_id=None)]
+    rows = [good, dict(good, text=None, pics=None), dict(good, pics=None), dict(good, time="yesterday"),
+            dict(good, gmap_id=None)]
     data = "\n".join(json.dumps(r) for r in rows).encode()
     items = list(iter_jsonl(io.BytesIO(data), "g.json", "googlelocal"))
     r = items[0].review
     assert (r["review_id"], r["business_id"], r["time_ms"], r["pic_ids"]) == ("101_0x80c2c:0x1", "0x80c2c:0x1",
                                                                            1620000000000, ["AF1Qip1"])
-    assert [i.bad["reason"] for i in items[1:]] == ["empty_text", "no_photos", "wrong_type", "missing_field"]
+    assert [i.bad["reason"] for i in items[1:]] == ["no_text_or_photos", "no_photos", "wrong_type", "missing_field"]
 
 
 def test_detect_format():
