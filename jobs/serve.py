@@ -121,6 +121,9 @@ class Settings(ShowcaseSettings):
                                            "0 = no limit",
                                       ge=0)
     rate_limit_burst: int = setting(200, "the requests a client may make at once before the rate applies", ge=1)
+    trusted_proxies: int = setting(0, "proxies in front of Serve that append the caller to X-Forwarded-For (a load "
+                                      "balancer: 1); the rate limit keys on the address they saw. 0 = the connection's "
+                                      "own address", ge=0)
 
     @model_validator(mode="after")
     def _replica_bounds(self):
@@ -139,8 +142,8 @@ class Settings(ShowcaseSettings):
 # what each kind of replica needs (scaling settings change without a restart)
 MODEL_SETTINGS = ("k", "beams", *DECODING, "batching", "max_batch_size", "batch_wait_timeout_s", "precomputed",
                   "cache_rows", "refresh_s", "num_cpus", "num_gpus")
-INGRESS_SETTINGS = ("max_pairs", "api_token_env", "rate_limit_per_s", "rate_limit_burst", "model_retries",
-                    "retry_backoff_s")
+INGRESS_SETTINGS = ("max_pairs", "api_token_env", "rate_limit_per_s", "rate_limit_burst", "trusted_proxies",
+                    "model_retries", "retry_backoff_s")
 
 
 def model_options(cfg: Settings) -> dict:
@@ -318,6 +321,17 @@ class RateLimiter:
         return wait
 
 
+def client_of(request: Request, trusted_proxies: int) -> str:
+    """Who is calling: the connection's address, or behind ``trusted_proxies`` proxies the address the outermost of
+    them saw (the entry that many from the right of X-Forwarded-For; entries left of it are the caller's own claims,
+    never trusted). Fewer entries than proxies: the leftmost."""
+    direct = request.client.host if request.client else ""
+    if trusted_proxies <= 0:
+        return direct
+    hops = [h.strip() for value in request.headers.getlist("x-forwarded-for") for h in value.split(",") if h.strip()]
+    return hops[-min(trusted_proxies, len(hops))] if hops else direct
+
+
 OPEN_PATHS = ("/healthz",)  # health probes carry no token and are never rate limited
 
 
@@ -333,7 +347,7 @@ async def guard(request: Request, call_next):
                              headers={"WWW-Authenticate": "Bearer"})
         limiter = getattr(request.app.state, "rate_limiter", None)
         if limiter is not None:
-            wait = limiter.take(request.client.host if request.client else "")
+            wait = limiter.take(client_of(request, getattr(request.app.state, "trusted_proxies", 0)))
             if wait > 0:
                 return error(429, f"over the rate limit of {limiter.rate:g} requests a second; retry in {wait:.2f} s",
                              headers={"Retry-After": str(math.ceil(wait))})
@@ -481,6 +495,7 @@ class Showcases:
                                "replica's node (set it there, or in the runtime_env's env_vars)")
         app.state.rate_limiter = RateLimiter(options["rate_limit_per_s"], options["rate_limit_burst"]) \
             if options["rate_limit_per_s"] > 0 else None
+        app.state.trusted_proxies = options["trusted_proxies"]
 
     async def call(self, method: str, *args):
         """The model replicas' answer to an idempotent call, sent again (to another replica: the router drops one whose

@@ -11,7 +11,7 @@ from jobs import serve
 def client():
     state = serve.app.state
     yield TestClient(serve.app, raise_server_exceptions=False)  # /healthz runs, and fails outside a replica
-    state.api_token, state.rate_limiter = "", None
+    state.api_token, state.rate_limiter, state.trusted_proxies = "", None, 0
 
 
 def test_the_bearer_token_is_required_and_compared_whole(client):
@@ -37,6 +37,34 @@ def test_a_client_over_the_rate_gets_429_with_retry_after(client):
     limited = client.get("/v1/nothing-here")
     assert limited.headers["retry-after"] == "2" and "rate limit" in limited.json()["error"]
     assert client.get("/healthz").status_code != 429
+
+
+def test_behind_a_trusted_proxy_each_forwarded_client_has_its_own_bucket(client):
+    serve.app.state.rate_limiter = serve.RateLimiter(rate=0.5, burst=1)
+
+    def code(forwarded: str) -> int:
+        return client.get("/v1/nothing-here", headers={"X-Forwarded-For": forwarded}).status_code
+
+    assert [code("203.0.113.7"), code("203.0.113.7")] == [404, 429]  # no proxy trusted: one bucket, the balancer's
+    serve.app.state.rate_limiter = serve.RateLimiter(rate=0.5, burst=1)
+    serve.app.state.trusted_proxies = 1
+    assert [code("203.0.113.7"), code("203.0.113.8"), code("203.0.113.7")] == [404, 404, 429]
+    # what a caller writes itself (left of the proxy's entry) cannot buy it a fresh bucket
+    assert code("198.51.100.1, 203.0.113.8") == 429 and code("forged, 203.0.113.7") == 429
+
+
+def test_the_client_is_read_from_the_right_of_x_forwarded_for():
+    from starlette.requests import Request
+
+    def request(*forwarded: str) -> Request:
+        return Request({"type": "http", "client": ("10.0.0.9", 5000),
+                        "headers": [(b"x-forwarded-for", f.encode()) for f in forwarded]})
+
+    assert serve.client_of(request("1.1.1.1, 2.2.2.2"), 0) == "10.0.0.9"
+    assert serve.client_of(request("1.1.1.1, 2.2.2.2"), 1) == "2.2.2.2"
+    assert serve.client_of(request("1.1.1.1", "2.2.2.2, 3.3.3.3"), 2) == "2.2.2.2"  # repeated headers: one list
+    assert serve.client_of(request("1.1.1.1"), 3) == "1.1.1.1"
+    assert serve.client_of(request(), 1) == "10.0.0.9"
 
 
 def test_the_token_bucket_refills_at_its_rate_and_forgets_old_clients():
