@@ -46,26 +46,34 @@ class SeaweedS3:
     endpoint: str
     process: subprocess.Popen
     log_path: str
+    command: list[str]
 
     @property
     def env(self) -> dict:
         return {"AWS_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": ACCESS_KEY,
                 "AWS_SECRET_ACCESS_KEY": SECRET_KEY, "AWS_REGION": "us-east-1"}
 
-    def filesystem(self) -> pafs.S3FileSystem:
+    def filesystem(self, **options) -> pafs.S3FileSystem:
         return pafs.S3FileSystem(endpoint_override=self.endpoint.split("://")[1], scheme="http",
                                  access_key=ACCESS_KEY, secret_key=SECRET_KEY, region="us-east-1",
-                                 allow_bucket_creation=True, allow_bucket_deletion=True)
+                                 allow_bucket_creation=True, allow_bucket_deletion=True, **options)
 
     def create_bucket(self, name: str) -> None:
         self.filesystem().create_dir(name)
 
-    def stop(self) -> None:
+    def stop(self, grace_s: float = 10) -> None:
+        """SIGTERM, then SIGKILL after ``grace_s`` (SeaweedFS takes about 10 s to finish on SIGTERM)."""
         self.process.terminate()
         try:
-            self.process.wait(10)
+            self.process.wait(grace_s)
         except subprocess.TimeoutExpired:
             self.process.kill()
+
+    def restart(self, timeout: float = 60) -> None:
+        """Start the stopped server again: same ports, same data (an outage, not a new server)."""
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        _wait_ready(self, timeout)
 
 
 def start(workdir: str, timeout: float = 60, attempts: int = 3) -> SeaweedS3:
@@ -98,10 +106,18 @@ def _start_once(workdir: str, timeout: float, attempt: int) -> SeaweedS3:
     cmd = [weed_binary(), "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
            "-master.telemetry=false", "-s3", f"-s3.config={config}",
            f"-master.port={master}", f"-volume.port={volume}", f"-filer.port={filer}", f"-s3.port={s3}",
-           "-s3.port.iceberg=0", "-s3.port.lance=0", "-volume.max=0", "-master.volumeSizeLimitMB=64"]
-    log = open(log_path, "wb")
-    process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    server = SeaweedS3(f"http://127.0.0.1:{s3}", process, log_path)
+           "-s3.port.iceberg=0", "-s3.port.lance=0", "-volume.max=0", "-master.volumeSizeLimitMB=64",
+           "-master.electionTimeout=1s"]  # a restarted master (the outage tests) leads again in ~2 s, not ~17 s
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    server = SeaweedS3(f"http://127.0.0.1:{s3}", process, log_path, cmd)
+    _wait_ready(server, timeout)
+    return server
+
+
+def _wait_ready(server: SeaweedS3, timeout: float) -> None:
+    """Return once an object can be written and deleted; _PortTaken if a port was taken before the server bound it."""
+    process, log_path = server.process, server.log_path
     deadline = time.monotonic() + timeout
     probe = f"ready-{os.getpid()}"
     while True:
@@ -110,13 +126,14 @@ def _start_once(workdir: str, timeout: float, attempt: int) -> SeaweedS3:
                 if "address already in use" in f.read():
                     raise _PortTaken()
             raise RuntimeError(f"SeaweedFS exited with {process.returncode}; see {log_path}")
-        try:
-            fs = server.filesystem()
+        try:  # one try per probe (no backoff of its own), so readiness is seen within half a second
+            fs = server.filesystem(connect_timeout=1, request_timeout=2,
+                                   retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=1))
             fs.create_dir(probe)
             with fs.open_output_stream(f"{probe}/x") as out:
                 out.write(b"x")
             fs.delete_dir(probe)
-            return server
+            return
         except OSError:
             if time.monotonic() > deadline:
                 server.stop()
