@@ -375,8 +375,8 @@ def _stop(start: subprocess.Popen, temp_dir: str) -> None:
         procs = _processes_of(temp_dir, None)
     if start.poll() is None:
         start.send_signal(signal.SIGTERM)  # `ray start --block` stops the processes it started and exits
-        try:
-            start.wait(timeout=30)
+        try:  # 2 s when idle; after the training jobs of test_run_logs it took ~30 s, so not waited for: killed
+            start.wait(timeout=8)
         except subprocess.TimeoutExpired:
             start.kill()
             start.wait()
@@ -384,7 +384,7 @@ def _stop(start: subprocess.Popen, temp_dir: str) -> None:
     for proc in procs.values():  # workers and anything else it left
         with contextlib.suppress(psutil.Error):
             proc.terminate()
-    _, alive = psutil.wait_procs(list(procs.values()), timeout=10)
+    _, alive = psutil.wait_procs(list(procs.values()), timeout=5)
     for proc in alive:
         with contextlib.suppress(psutil.Error):
             proc.kill()

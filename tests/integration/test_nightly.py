@@ -180,8 +180,9 @@ def _settled_parts(store, date, run_id, quiet_s: float = 3.0, deadline_s: float 
     return parts
 
 
-def test_a_killed_worker_still_yields_every_pair_once(any_root):
-    trained_root = any_root
+def test_a_killed_worker_still_yields_every_pair_once(s3_trained_root):
+    """On S3 (local ROOT: writers killed at random times, and a lost node, in test_faults.py)."""
+    trained_root = s3_trained_root
     store = Store.open(trained_root)
     pairs, _, _ = candidate_pairs(trained_root, cross=4)
     candidates = write_remote_candidates(store, pairs)
