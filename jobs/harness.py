@@ -157,11 +157,16 @@ def prepare(model, optimizer_fn, config: dict) -> Trained:
         model = model.to(device)
         # deepspeed.initialize reuses the process group Ray Train created (gloo on CPU, NCCL on GPU): torch.distributed
         # is already initialised, so DeepSpeed wraps it instead of starting its own
-        engine, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer_fn(model.parameters()),
+        engine, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer_fn(trainable(model)),
                                                        config=config["deepspeed"])
         return Trained(engine, optimizer, engine)
     model = ray.train.torch.prepare_model(model)
-    return Trained(model, optimizer_fn(model.parameters()))
+    return Trained(model, optimizer_fn(trainable(model)))
+
+
+def trainable(model) -> list:
+    """The parameters that learn (a frozen pretrained decoder's do not: the optimizer holds no state for them)."""
+    return [p for p in model.parameters() if p.requires_grad]
 
 
 def optimizer_step(trained: Trained):

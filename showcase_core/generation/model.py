@@ -5,7 +5,8 @@
   -> [H^V; H^R].
 - Decoder: ``transformers.GPT2LMHeadModel`` with ``add_cross_attention=True`` attending to [H^V; H^R]. Either a
   small GPT-2 built from the config (the embedded default, trained from scratch) or a local GPT-2 directory
-  (``gpt2_path``; the paper's GPT-2 small) whose new cross-attention layers start untrained.
+  (``gpt2_path``; the paper's GPT-2 small) whose new cross-attention layers start untrained. Or (``decoder``
+  ``smollm2-135m``) the pretrained SmolLM2 with zero-gated cross-attention blocks inserted (generation.smollm).
 - φ_V, φ_R, φ_Y: two fully connected layers with a ReLU between, over the masked mean of H^V, H^R and the decoder's
   last hidden states H^Y.
 """
@@ -22,6 +23,10 @@ DEFAULT_CONFIG = {
     "encoder_layers": 3,
     "decoder_layers": 3,  # the paper: 12 (GPT-2 small)
     "gpt2_path": "",  # a local GPT-2 model directory; empty = a small GPT-2 from this config
+    "decoder": "gpt2",  # gpt2 (the two lines above) or smollm2-135m (pretrained; generation.smollm)
+    "cross_attention_layers": 4,  # smollm2-135m: gated cross-attention blocks before its top N layers
+    "train_lm": False,  # smollm2-135m: fine-tune the pretrained LM too (False: frozen, only the new parts learn)
+    "lora_rank": 0,  # smollm2-135m: LoRA adapters of this rank on its attention (peft); 0 = none
     "vocab_size": 2000,
     "max_length": 64,  # target tokens, end token included
     "max_photos": 5,
@@ -45,6 +50,10 @@ def _head(d: int, out: int) -> nn.Sequential:
 
 
 def build_decoder(config: dict):
+    if config.get("decoder") == "smollm2-135m":
+        from .smollm import build_smollm_decoder
+
+        return build_smollm_decoder(config)
     from ..torch_compat import ensure_torchvision
 
     ensure_torchvision()
@@ -53,7 +62,10 @@ def build_decoder(config: dict):
     if config.get("decoder_config"):  # a saved model: rebuild exactly the decoder it was trained with
         decoder = GPT2LMHeadModel(GPT2Config.from_dict(config["decoder_config"]))
     elif config["gpt2_path"]:
-        decoder = GPT2LMHeadModel.from_pretrained(config["gpt2_path"], add_cross_attention=True, local_files_only=True)
+        from ..weights import local_weights  # an s3:// directory: copied once per node into the weights cache
+
+        decoder = GPT2LMHeadModel.from_pretrained(local_weights(config["gpt2_path"]), add_cross_attention=True,
+                                                  local_files_only=True)
     else:
         decoder = GPT2LMHeadModel(GPT2Config(
             vocab_size=config["vocab_size"], n_positions=config["max_length"] + 1, n_embd=config["d_model"],
@@ -73,7 +85,9 @@ class PC2L(nn.Module):
         super().__init__()
         self.config = {**DEFAULT_CONFIG, **config}
         self.decoder = build_decoder(self.config)
-        d = self.decoder.config.n_embd
+        d = self.decoder.config.hidden_size
+        if d % self.config["heads"]:
+            raise ValueError(f"the decoder's width {d} is not divisible by heads={self.config['heads']}")
         self.config["d_model"] = d
         # W^V, W^R, each followed by a LayerNorm. CLIP features are unit vectors, so a bare projection gives entries
         # near 0.05 that a modality embedding of nn.Embedding's N(0, 1) init drowns: the decoder then learns to read the

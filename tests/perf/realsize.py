@@ -126,7 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     steps = math.ceil(epoch["examples"] / batch)
     figures["train_pc2l"].update(parameters=card["parameters"], batch=batch, steps=steps,
                                  step_s=round(epoch["seconds"] / steps, 2), decoder=card["decoder"])
-    assert card["decoder"] == {"n_layer": 12, "n_embd": 768, "n_head": 12, "vocab_size": 50257}, card["decoder"]
+    shape = {k: card["decoder"][k] for k in ("num_hidden_layers", "hidden_size", "num_attention_heads", "vocab_size")}
+    assert shape == {"num_hidden_layers": 12, "hidden_size": 768, "num_attention_heads": 12, "vocab_size": 50257}, \
+        card["decoder"]
     assert card["training"]["model"]["gpt2_path"] == gpt2
 
     # candidates: each user with each business, users in turn, up to --pairs (the nightly explains any known pair)
