@@ -19,15 +19,18 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
 import sys
 from typing import Literal
+
+import pyarrow.fs as pafs
 
 from pydantic import field_validator
 
 from showcase_core import evaluation, registry
 from showcase_core.data.schema import SPLITS
 from showcase_core.evaluation import GENERATION_COLUMNS, PAPER_PHI
-from showcase_core.store import Store, StoreError, new_run_id, utc_now, write_bytes_atomic
+from showcase_core.store import Store, StoreError, filesystem_for, new_run_id, read_text, utc_now, write_bytes_atomic
 
 from .common import DecodingSettings, UserError, new_report, open_store, parse_args, run, setting, versions
 
@@ -50,6 +53,9 @@ class Settings(DecodingSettings):
                                               "(the split's cold items and the initialisation follow the seed)")
     world: str = setting("", "the synthetic world's directory (make_world --out): its world.json's planted "
                              "low-quality businesses give the recommend report's reviewer AUC (empty: none)")
+    compare: str = setting("", "the generation report: more PC²L versions (ROOT/models/pc2l/<version>, comma-"
+                               "separated) scored in the same table on the same photos, by the latest's CLIP and Φ; "
+                               "rows that differ only in their seed are summarised as mean ± sd")
 
     @field_validator("recommender_seeds")
     @classmethod
@@ -200,11 +206,67 @@ def generation_table(store: Store, cfg: Settings) -> dict:
     photo_lists = evaluation.showcase_photos(load_dpp(dpp.variant(modality))[0], data, data.splits[cfg.split],
                                              examples, cfg.k)
     encoder = load_encoder(**registry.encoder(store, pc2l.encoder_id).extra["spec"], device="cpu")
-    table = evaluation.generation_table(examples, photo_lists, data, pc2l.variants, encoder,
+    generators, inputs, groups = dict(pc2l.variants), {}, {}
+    if cfg.compare:
+        generators, groups = compared_generators(store, pc2l, cfg.compare.split(","))
+        for name, uri in generators.items():
+            config = load_model_config(uri, "PC2L model")
+            other = json.loads(read_text(*filesystem_for(posixpath.join(uri, "card.json"))))["encoder_id"]
+            if other != pc2l.encoder_id:  # the same photos and history, as that encoder's features
+                inputs[name] = other_encoder_inputs(store, other, targets, cfg.split, examples, photo_lists, config)
+    table = evaluation.generation_table(examples, photo_lists, data, generators, encoder,
                                         load_classifier(phi.uri)[0], store.read_table(targets, ["pic_ids", "entities"]),
-                                        cfg.beams, cfg.decoding())
+                                        cfg.beams, cfg.decoding(), inputs)
+    for row in table["rows"]:
+        row["group"] = groups.get(row["method"], row["method"])
     return {"split": cfg.split, "beams": cfg.beams, "k": cfg.k, "photos_from": f"DPP {modality} picks (K={cfg.k})",
-            "pc2l_version": pc2l.version, **table}
+            "pc2l_version": pc2l.version, "scorer": pc2l.encoder_id, **table}
+
+
+def compared_generators(store: Store, latest, versions: list[str]) -> tuple[dict, dict]:
+    """{row name: model URI} of every variant of the latest PC²L and of ``versions``, named by variant, decoder,
+    encoder (when not the latest's) and seed; and {row name: its group, the name without the seed}."""
+    generators, groups = {}, {}
+    for version in [latest.version] + [v.strip() for v in versions if v.strip() and v.strip() != latest.version]:
+        base = store.uri("models", "pc2l", version)
+        fs, path = filesystem_for(base)
+        variants = sorted(posixpath.basename(i.path) for i in fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+                          if i.type == pafs.FileType.Directory)
+        if not variants:
+            raise UserError(f"--compare {version}: no PC2L model at {base}")
+        for variant in variants:
+            uri = posixpath.join(base, variant)
+            card = json.loads(read_text(*filesystem_for(posixpath.join(uri, "card.json"))))
+            decoder = card["training"]["model"].get("decoder", "gpt2")
+            group = f"{card['variant']} · {decoder}" + ("" if card["encoder_id"] == latest.encoder_id
+                                                         else f" · {card['encoder_id'].split('-')[0]}")
+            name = f"{group} · seed {card['training']['seed']}"
+            if name in generators:
+                name = f"{name} ({version})"
+            generators[name], groups[name] = uri, group
+    return generators, groups
+
+
+def other_encoder_inputs(store: Store, encoder_id: str, targets: str, split: str, examples, photo_lists, config):
+    """The examples' photos (``photo_lists``) and history as encoder ``encoder_id``'s features: (photo vector lists,
+    history [N, H, C], history mask [N, H])."""
+    from showcase_core.encoders.embed import read_embeddings
+    from showcase_core.generation.data import load_generation_examples
+    from showcase_core.selection.data import embedding_matrix
+
+    own, _ = load_generation_examples(store, encoder_id, targets, (split,), config["max_photos"], config["max_history"])
+    at = {r: i for i, r in enumerate(own[split].review_ids)}
+    missing = [r for r in examples.review_ids if r not in at]
+    if missing:
+        raise UserError(f"encoder {encoder_id} has no {split} example of review {missing[0]} (and "
+                        f"{len(missing) - 1} more): embed with it first")
+    rows = [at[r] for r in examples.review_ids]
+    ids, matrix = embedding_matrix(read_embeddings(store, encoder_id, "images"))
+    row_of = {p: i for i, p in enumerate(ids)}
+    vectors = [[matrix[row_of[p]] for p in pics if p in row_of] for pics in photo_lists]
+    if not all(vectors):
+        raise UserError(f"encoder {encoder_id} has embedded none of the photos of some {split} examples: embed with it")
+    return vectors, own[split].history[rows], own[split].history_mask[rows]
 
 
 def generation_report(store: Store, cfg: Settings) -> tuple[dict, str, dict]:
@@ -230,12 +292,36 @@ def generation_markdown(table: dict) -> str:
                 cells.append(f"{value} ({paper[key]:.2f})" if key in paper else value)
         lines.append(f"| {row['method']} | " + " | ".join(cells) + " |")
     models = [r for r in table["rows"] if r["method"] != "ground truth"]
+    lines += seed_summary(models)
     for key, name in (("bleu1", "BLEU-1"), ("clip_align", "CLIP-Align"), ("grounding", "grounding")):
         order = " > ".join(r["method"] for r in sorted(models, key=lambda r: r[key], reverse=True))
         lines.append(f"\n{name} order here: {order}.")
     lines.append("\nIn the paper PC²L is best on every metric of Table 4. METEOR here has no WordNet synonym stage "
                  "(a lower bound); BERTScore uses all-MiniLM-L6-v2, not the paper's RoBERTa-large.")
     return "\n".join(lines)
+
+
+def seed_summary(rows: list[dict]) -> list[str]:
+    """Markdown lines: mean ± sd (over seeds) of every column, for each group of rows that differ only in the seed."""
+    import numpy as np
+
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(row.get("group", row["method"]), []).append(row)
+    if all(len(members) < 2 for members in groups.values()):
+        return []
+    lines = ["", "Over seeds (mean ± sd; n rows):", "",
+             "| method | n | " + " | ".join(name for _, name in GENERATION_COLUMNS) + " |",
+             "|---|---:|" + "---:|" * len(GENERATION_COLUMNS)]
+    for group, members in groups.items():
+        cells = []
+        for key, _ in GENERATION_COLUMNS:
+            values = np.array([m[key] for m in members if m.get(key) is not None], float)
+            digits = 3 if key in ("grounding", "repeats") else 2
+            cells.append("-" if not len(values) else f"{values.mean():.{digits}f} ± "
+                         f"{values.std(ddof=1) if len(values) > 1 else 0.0:.{digits}f}")
+        lines.append(f"| {group} | {len(members)} | " + " | ".join(cells) + " |")
+    return lines
 
 
 # -- recommend: the candidate recommenders ------------------------------------------------------------------------

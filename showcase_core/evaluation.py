@@ -93,12 +93,14 @@ def showcase_photos(dpp, data, selection, examples, k: int) -> list[list[str]]:
 
 
 def generation_table(examples, photo_lists: list[list[str]], data, generators: dict[str, str], encoder, phi,
-                     sentences: pa.Table, beams: int, decoding: dict) -> dict:
+                     sentences: pa.Table, beams: int, decoding: dict, inputs: dict | None = None) -> dict:
     """Table 2/4: each PC²L variant (its saved model at ``generators[variant]``) decoding (beam search, ``decoding``
     as showcase_core.generation.decode.generate takes it) from ``photo_lists`` (feature vectors from ``data``) and
     the examples' history, scored against their targets with text, CLIP (``encoder``, ``phi``) and grounding
-    metrics; ``sentences`` (pic_ids, entities) tells the entities each photo shows. Returns rows (a last one of
-    ground truth), ten samples, the length histograms and the keyword coverage of pc2l and ce."""
+    metrics; ``sentences`` (pic_ids, entities) tells the entities each photo shows. A generator of another encoder
+    reads the same photos and history as that encoder's features: ``inputs[name]`` = (photo vector lists, history,
+    history mask), the scorer stays one. Returns rows (a last one of ground truth), ten samples, the length
+    histograms and the keyword coverage of pc2l and ce."""
     from .data.alignment import split_sentences
     from .generation.data import pack
     from .generation.model import load_pc2l
@@ -115,12 +117,13 @@ def generation_table(examples, photo_lists: list[list[str]], data, generators: d
     rows, outputs = [], {}
     for variant in _in_order(generators, GENERATION_ORDER):
         model, tokenizer, config = load_pc2l(generators[variant])
-        photos, photo_mask = pack(vectors, config["max_photos"], data.photo_vecs.shape[1])
+        own, history, history_mask = (inputs or {}).get(variant, (vectors, examples.history, examples.history_mask))
+        photos, photo_mask = pack(own, config["max_photos"], own[0][0].shape[0])
         hyps = []
         for start in range(0, len(examples), DECODE_BATCH):
             sl = slice(start, start + DECODE_BATCH)
-            hyps += _generate(model, tokenizer, photos[sl], photo_mask[sl], examples.history[sl],
-                              examples.history_mask[sl], beams, decoding)
+            hyps += _generate(model, tokenizer, photos[sl], photo_mask[sl], history[sl], history_mask[sl], beams,
+                              decoding)
         rows.append({"method": variant, **_generation_scores(hyps, refs, context, split_sentences),
                      "paper": PAPER_TABLE4.get(variant)})
         outputs[variant] = hyps

@@ -108,6 +108,22 @@ def test_train_pc2l_ablation_and_evaluate_generation(embedded_root):
             if not outputs[name].startswith("/") else open(outputs[name], "rb").read()
         assert data[:4] == b"\x89PNG" if name.endswith(".png") else b"| pc2l |" in data
 
+    # another seed, compared in one table with the first version's variants: same photos, one scorer, mean ± sd
+    first = latest.version
+    assert run("train_pc2l", train_pc2l.main, ["--root", root, "--encoder", encoder_id, "--epochs", "1",
+                                               "--variants", "pc2l", "--seed", "1", *SMALL_MODEL]) == 0
+    assert run("evaluate", evaluate.main, ["--root", root, "--stage", "generation", "--compare", first]) == 0
+    report = _reports(store, "evaluate")[-1]
+    rows = report["generation"]["rows"]
+    assert [r["method"] for r in rows] == ["pc2l · gpt2 · seed 1", "ce · gpt2 · seed 0", "pc2l · gpt2 · seed 0",
+                                           "ground truth"], [r["method"] for r in rows]
+    assert [r["group"] for r in rows[:3]] == ["pc2l · gpt2", "ce · gpt2", "pc2l · gpt2"]
+    assert report["generation"]["scorer"] == encoder_id
+    markdown = open(report["outputs"]["generation"]["generation.md"]).read()
+    summary = markdown.split("Over seeds")[1]
+    assert "| pc2l · gpt2 | 2 |" in summary and "| ce · gpt2 | 1 |" in summary
+    assert run("evaluate", evaluate.main, ["--root", root, "--stage", "generation", "--compare", "nope"]) == 2
+
 
 def test_evaluate_dataset_report_with_diversity_plots(embedded_root):
     root, encoder_id = embedded_root
