@@ -10,9 +10,8 @@ import sys
 import threading
 import time
 
-from jobs import ingest
-from jobs.common import run
 from showcase_core import read_showcases
+from showcase_core import tables as delta
 from showcase_core.encoders.clip import load_encoder
 from showcase_core.encoders.embed import read_embeddings
 from showcase_core.store import Store
@@ -59,6 +58,8 @@ def test_an_s3_outage_mid_embed_is_retried_and_loses_or_doubles_nothing(ray_loca
     assert proc.returncode == 0, f"{events}\n" + out[-3000:]
     ids = read_embeddings(store, encoder_id, "images").column("id").to_pylist()
     assert len(ids) == len(set(ids)) == summary["photos"] + summary["owner_photos"], events
+    bucket = root.split("/")[2]  # photos read from S3, embeddings written there
+    assert delta.file_uris(store, images)[0].startswith(f"s3://{bucket}/root/embeddings/")
     texts = read_embeddings(store, encoder_id, "texts").column("id").to_pylist()
     assert len(texts) == len(set(texts)) and {f"review:{r}" for r in store.read_table("reviews").column(
         "review_id").to_pylist()} <= set(texts)

@@ -9,14 +9,15 @@ import torch
 from jobs import nightly, train_pc2l
 from jobs.common import run
 from showcase_core import read_showcases, registry
-from showcase_core.generation import smollm
+from showcase_core.generation import smollm  # sets up torchvision before transformers is imported
 from showcase_core.generation.model import load_pc2l
 from showcase_core.store import Store
 from tests.conftest import copy_root
 from tests.integration.test_nightly import candidate_pairs, good_keys, keys_of, write_candidates
+from transformers import LlamaForCausalLM  # noqa: E402, I001
 
 
-def test_the_nightly_writes_showcases_with_the_smollm2_decoder(trained_root, tmp_path_factory, tmp_path, capsys):
+def test_the_nightly_writes_showcases_with_the_smollm2_decoder(trained_root, tmp_path_factory, tmp_path):
     root = copy_root(trained_root, tmp_path_factory, "smollm")
     store = Store.open(root)
     encoder_id = registry.latest(store, "pc2l").encoder_id
@@ -32,8 +33,14 @@ def test_the_nightly_writes_showcases_with_the_smollm2_decoder(trained_root, tmp
     # a frozen LM: the blocks, projections, MMA and φ heads learn, a small share of the parameters
     assert card["decoder"]["trainable_parameters"] < 0.2 * card["parameters"]
     assert sorted(model.decoder.cross_blocks) == ["28", "29"]
-    # the trained decoder is still SmolLM2 where no block was inserted: its embeddings are the package's
-    converted = smollm.cross_attending(smollm.converted_dir(), 2)
+    # with its gates at 0 the decoder is exactly SmolLM2: the same logits as the plain LM
+    plain = LlamaForCausalLM.from_pretrained(smollm.converted_dir()).eval()
+    converted = smollm.cross_attending(smollm.converted_dir(), 2).eval()
+    ids = torch.tensor([tokenizer("The ramen was great.")["input_ids"]])
+    with torch.no_grad():
+        assert torch.equal(converted(input_ids=ids, encoder_hidden_states=torch.randn(1, 4, smollm.WIDTH)).logits,
+                           plain(input_ids=ids).logits)
+    # the trained decoder is still SmolLM2 where no block was inserted (frozen): its embeddings are the package's
     assert torch.equal(model.decoder.model.embed_tokens.weight, converted.model.embed_tokens.weight)
     assert tokenizer.decode(tokenizer("The ramen was great.")["input_ids"]) == "The ramen was great."
 
