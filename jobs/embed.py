@@ -39,8 +39,10 @@ class Settings(JobSettings):
     """Embed every photo and text with CLIP (a Ray Data actor pool); a rerun skips what is committed."""
 
     encoder: str = setting("latest", "the CLIP to embed with: latest (the latest trained CLIP) or a checkpoint URI")
-    clip_model: str = setting("", "an open_clip model name (or a small named config) instead of a trained checkpoint")
-    clip_pretrained: str = setting("", "the open_clip pretrained tag of --clip-model (empty: random weights)")
+    clip_model: str = setting("", "an open_clip model name (or a small named config, or pretrained-towers with "
+                                  "untrained projections) instead of a trained checkpoint")
+    clip_pretrained: str = setting("", "the open_clip pretrained tag or weights file (local or s3://) of --clip-model "
+                                       "(empty: random weights)")
     kinds: str = setting(",".join(KINDS), f"what to embed, comma-separated: some of {', '.join(KINDS)}")
     batch_size: int = setting(256, "photos or texts per CLIP forward", ge=1)
     decode_batch_size: int = setting(256, "photos per decode batch", ge=1)

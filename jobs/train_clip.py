@@ -22,8 +22,11 @@ from .common import Timer, UserError, new_report, open_store, parse_args, run, s
 class Settings(harness.TrainingSettings):
     """Train (or fine-tune) the CLIP encoder on (photo, sentence) pairs through the Ray Train harness."""
 
-    clip_model: str = setting("showcase-tiny", "an open_clip model name (ViT-B-32, ...) or a named small config")
-    clip_pretrained: str = setting("", "open_clip pretrained tag or a local weights file; empty = from scratch")
+    clip_model: str = setting("showcase-tiny", "an open_clip model name (ViT-B-32, ...), a named small config, or "
+                                               "pretrained-towers (frozen EfficientNet-Lite0 + MiniLM, trained "
+                                               "projections)")
+    clip_pretrained: str = setting("", "open_clip pretrained tag or a weights file (local or s3://); empty = from "
+                                       "scratch")
     clip_checkpoint: str = setting("", "start from a saved model instead (ROOT/models/clip/<version>)")
     epochs: int = setting(10, "passes over the training pairs", ge=1)
     batch_size: int = setting(32, "pairs per step and rank (in-batch negatives: at least 2)", ge=2)
@@ -50,18 +53,24 @@ def train_loop(config: dict) -> None:
     sentences, images = store.read_table("sentences"), store.read_table("images")
     pairs = clip_pairs(sentences, images, ("train",))
     pairs = pairs.take(np.arange(rank, pairs.num_rows, world))  # this worker's shard
-    encoder = load_encoder(model=config["clip_model"] or None, pretrained=config["clip_pretrained"] or None,
-                           checkpoint=config["clip_checkpoint"] or None, device="cpu")
-    pixels, ok, errors = read_photos(pairs.column("uri").to_pylist(), encoder.image_size)
-    if pairs.num_rows and not ok:
-        raise RuntimeError(f"none of {pairs.num_rows} training photos could be read, e.g. {errors[0]}")
-    all_texts = pairs.column("text").to_pylist()
-    tokens = encoder.tokenizer([all_texts[i] for i in ok])  # pairs whose photo is unreadable are left out
-
-    trained = harness.prepare(encoder.model, lambda params: torch.optim.AdamW(
-        params, lr=config["lr"], weight_decay=config["weight_decay"]), config)
     device = ray.train.torch.get_device()
-    steps_per_epoch = max(1, len(pixels) // config["batch_size"] + 1)
+    # on the training device from the start: the pretrained towers compute their features there
+    encoder = load_encoder(model=config["clip_model"] or None, pretrained=config["clip_pretrained"] or None,
+                           checkpoint=config["clip_checkpoint"] or None, device=str(device))
+    uris, all_texts = pairs.column("uri").to_pylist(), pairs.column("text").to_pylist()
+    photos = sorted(set(uris))  # each photo read (and, for the towers, encoded) once however many pairs it is in
+    pixels, ok, errors = read_photos(photos, encoder.image_size)
+    if pairs.num_rows and not ok:
+        raise RuntimeError(f"none of {len(photos)} training photos could be read, e.g. {errors[0]}")
+    row_of = {photos[i]: row for row, i in enumerate(ok)}
+    keep = [j for j, uri in enumerate(uris) if uri in row_of]  # pairs whose photo is unreadable are left out
+    image_inputs, text_inputs = encoder.training_inputs(pixels, [all_texts[j] for j in keep])
+    del pixels  # the towers' features replace the photos; a CLIP's photos are copied into one row per pair below
+    image_inputs = image_inputs[np.array([row_of[uris[j]] for j in keep], dtype=np.int64)]  # one row per pair
+
+    trained = harness.prepare(encoder.trainable_module, lambda params: torch.optim.AdamW(
+        params, lr=config["lr"], weight_decay=config["weight_decay"]), config)
+    steps_per_epoch = max(1, len(image_inputs) // config["batch_size"] + 1)
     total = steps_per_epoch * config["epochs"]
     step = harness.optimizer_step(trained)
     state = harness.restore(trained) or {"epoch": -1, "step": 0, "history": []}
@@ -69,11 +78,12 @@ def train_loop(config: dict) -> None:
     held_out = clip_pairs(sentences, images, ("val", "test")) if rank == 0 else None
     for epoch in range(state["epoch"] + 1, config["epochs"]):
         t0 = time.monotonic()
-        loss, global_step = train_epoch(trained.model, step, pixels, tokens, config["batch_size"], epoch,
+        loss, global_step = train_epoch(trained.model, step, image_inputs, text_inputs, config["batch_size"], epoch,
                                         config["seed"], state["step"], total, config["lr"],
-                                        int(total * config["warmup_fraction"]), device)
+                                        int(total * config["warmup_fraction"]), device,
+                                        image_batch=encoder.image_batch)
         metrics = {"epoch": epoch, "loss": loss, "seconds": round(time.monotonic() - t0, 2),
-                   "pairs": len(pixels), "unreadable_photos": len(errors)}
+                   "pairs": len(image_inputs), "unreadable_photos": len(errors)}
         last = epoch == config["epochs"] - 1
         if rank == 0 and held_out is not None and held_out.num_rows and (last or (epoch + 1) % config["eval_every"] == 0):
             metrics.update(_held_out_recall(encoder, trained.module, held_out))
@@ -89,7 +99,7 @@ def _held_out_recall(encoder, module, held_out) -> dict:
     from showcase_core.encoders.photos import read_photos
     from showcase_core.encoders.training import retrieval_recall
 
-    encoder.model = module
+    encoder.trainable_module = module
     photo_ids = sorted(set(held_out.column("image_id").to_pylist()))
     sentence_ids = sorted(set(held_out.column("sentence_id").to_pylist()))
     uri_of = dict(zip(held_out.column("image_id").to_pylist(), held_out.column("uri").to_pylist()))
@@ -139,7 +149,7 @@ def fit(store, cfg: Settings, run_id: str, encoder, fingerprint: dict, timer: Ti
     if result.error is not None:
         raise RuntimeError(f"training failed: {result.error}")
     model_state, extra = harness.load_checkpoint_state(result.checkpoint)
-    encoder.model.load_state_dict(model_state)
+    encoder.trainable_module.load_state_dict(model_state)
     encoder.refresh_id()
     history = extra["history"]
     final = {k: v for k, v in history[-1].items() if k.startswith("heldout_")}

