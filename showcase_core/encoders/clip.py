@@ -65,6 +65,13 @@ def pixels_to_tensor(pixels, device: str | torch.device = "cpu") -> torch.Tensor
     return x.permute(0, 3, 1, 2).contiguous()
 
 
+def autocast_on(device: torch.device):
+    """bf16 autocast on CUDA; none on the CPU (every encoder's forward)."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
 def weights_fingerprint(model: torch.nn.Module) -> str:
     h = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
@@ -114,10 +121,7 @@ class ClipEncoder:
         return self
 
     def autocast(self):
-        """bf16 autocast on CUDA; none on the CPU."""
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return torch.autocast("cpu", enabled=False)
+        return autocast_on(self.device)
 
     @torch.no_grad()
     def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:

