@@ -41,7 +41,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", required=True, help="a ROOT that make demo built")
     parser.add_argument("--seeds", default="1,2", help="more seeds of the small decoder (the demo's is seed 0)")
-    parser.add_argument("--smollm-epochs", type=int, default=6, help="epochs of the SmolLM2 decoder (each variant)")
+    parser.add_argument("--smollm-epochs", type=int, default=16, help="epochs of the SmolLM2 decoder (each variant; "
+                                                                        "about a minute each on 2 cores)")
+    parser.add_argument("--smollm-lr", default="1e-3", help="its learning rate (only the new parts learn)")
     parser.add_argument("--smollm-args", default="", help="more train_pc2l flags for the SmolLM2 decoder")
     parser.add_argument("--skip", default="", help="comma-separated: towers, smollm, seeds (already trained)")
     parser.add_argument("--versions", default="", help="PC²L versions trained by a skipped step, to compare too")
@@ -60,7 +62,7 @@ def main() -> int:
     if "smollm" not in skip:
         stage(timings, "train_pc2l smollm2", train_pc2l.main, [
             "--root", args.root, "--encoder", clip.encoder_id, "--variants", "ce,pc2l", "--decoder", "smollm2-135m",
-            "--epochs", str(args.smollm_epochs), "--max-length", "32", "--lr", "1e-4", "--cross-attention-layers", "4",
+            "--epochs", str(args.smollm_epochs), "--max-length", "32", "--lr", args.smollm_lr, "--cross-attention-layers", "4",
             "--checkpoint-every", "2", "--eval-every", str(args.smollm_epochs), *args.smollm_args.split()])
         versions.append(registry.latest(store, "pc2l").version)
     for seed in ([] if "seeds" in skip else [s for s in args.seeds.split(",") if s]):
