@@ -1,13 +1,14 @@
 """The embedded default end to end: ``make demo`` (or ``showcase demo --root ROOT``).
 
-Stages run in order, each through its own job entry point, and the first failure stops the chain:
-make_world (mini, local) -> ingest (prints the Table-1 summary) -> train_clip (the small CLIP, from scratch; prints
-held-out Recall@1) -> embed (every photo and text) -> features (the nightly's and Serve's lookups) -> train_dpp
-(img, text, img+text) -> distill (the explanation classifier Φ, held-out AUC/F1) -> train_pc2l (ce and pc2l, 25
-epochs; ``--decoder smollm2-135m``: the pretrained decoder, 8 epochs) -> train_recommender (popularity, BPR-MF,
-LightGCN, AlignRec, R2MR) -> recommend (each user's top 5, the candidates table) -> nightly (showcases for those
-candidates, published under ROOT/showcases) -> gallery (an HTML page of them) -> evaluate all (Table 1 + visual diversity, Table 3, Table 2/4 + Figure 6 plots, the recommenders over
-3 seeds with the reviewer checked against the world's planted low-quality businesses) -> where everything is.
+Stages run in order, each through its own job entry point, and the first failure stops the chain: make_world (mini,
+local) -> ingest (prints the Table-1 summary) -> train_clip (the small CLIP, from scratch; prints held-out Recall@1)
+-> embed (every photo and text) -> features (the nightly's and Serve's lookups) -> train_dpp (img, text, img+text) ->
+distill (the explanation classifier Φ, held-out AUC/F1) -> train_pc2l (ce and pc2l, 25 epochs; ``--decoder
+smollm2-135m``: the pretrained decoder, 8 epochs) -> train_recommender (popularity, BPR-MF, LightGCN, AlignRec, R2MR)
+-> recommend (each user's top 5, the candidates table) -> nightly (showcases for those candidates, published under
+ROOT/showcases) -> gallery (an HTML page of them) -> evaluate all (Table 1 + visual diversity, Table 3, Table 2/4 +
+Figure 6 plots, the recommenders over 3 seeds with the reviewer checked against the world's planted low-quality
+businesses) -> where everything is.
 """
 
 from __future__ import annotations
