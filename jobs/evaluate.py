@@ -239,7 +239,7 @@ def compared_generators(store: Store, latest, versions: list[str]) -> tuple[dict
             card = json.loads(read_text(*filesystem_for(posixpath.join(uri, "card.json"))))
             decoder = card["training"]["model"].get("decoder", "gpt2")
             group = f"{card['variant']} · {decoder}" + ("" if card["encoder_id"] == latest.encoder_id
-                                                         else f" · {card['encoder_id'].split('-')[0]}")
+                                                         else f" · {card['encoder_id'].rsplit('-', 1)[0]}")
             name = f"{group} · seed {card['training']['seed']}"
             if name in generators:
                 name = f"{name} ({version})"
