@@ -47,10 +47,14 @@ def main() -> int:
     parser.add_argument("--smollm-args", default="", help="more train_pc2l flags for the SmolLM2 decoder")
     parser.add_argument("--skip", default="", help="comma-separated: towers, smollm, seeds (already trained)")
     parser.add_argument("--versions", default="", help="PC²L versions trained by a skipped step, to compare too")
+    parser.add_argument("--ruler", default="", help="the encoder of the small decoder's seeds and SmolLM2 (default: "
+                                                    "the latest PC²L's, the demo's CLIP)")
+    parser.add_argument("--smollm-encoder", default="", help="the SmolLM2 decoder's encoder (default: the ruler)")
     args = parser.parse_args()
     store, timings, skip = Store.open(args.root), {}, set(filter(None, args.skip.split(",")))
-    clip = registry.latest(store, "clip")  # the demo's from-scratch CLIP: the ruler
-    versions = [registry.latest(store, "pc2l").version] + [v for v in args.versions.split(",") if v]
+    demo = registry.latest(store, "pc2l")  # the demo's: its encoder, the from-scratch CLIP, is the ruler
+    ruler = args.ruler or demo.encoder_id  # (train_clip's towers become the latest CLIP: never ask the registry's)
+    versions = [demo.version] + [v for v in args.versions.split(",") if v]
     if "towers" not in skip:
         stage(timings, "train_clip towers", train_clip.main, ["--root", args.root, "--clip-model", "pretrained-towers"])
         towers = registry.latest(store, "clip")
@@ -61,12 +65,13 @@ def main() -> int:
         versions.append(registry.latest(store, "pc2l").version)
     if "smollm" not in skip:
         stage(timings, "train_pc2l smollm2", train_pc2l.main, [
-            "--root", args.root, "--encoder", clip.encoder_id, "--variants", "ce,pc2l", "--decoder", "smollm2-135m",
-            "--epochs", str(args.smollm_epochs), "--max-length", "32", "--lr", args.smollm_lr, "--cross-attention-layers", "4",
-            "--checkpoint-every", "2", "--eval-every", str(args.smollm_epochs), *args.smollm_args.split()])
+            "--root", args.root, "--encoder", args.smollm_encoder or ruler, "--variants", "ce,pc2l",
+            "--decoder", "smollm2-135m", "--epochs", str(args.smollm_epochs), "--max-length", "32",
+            "--lr", args.smollm_lr, "--cross-attention-layers", "4", "--checkpoint-every", "2",
+            "--eval-every", str(args.smollm_epochs), *args.smollm_args.split()])
         versions.append(registry.latest(store, "pc2l").version)
     for seed in ([] if "seeds" in skip else [s for s in args.seeds.split(",") if s]):
-        stage(timings, f"train_pc2l seed {seed}", train_pc2l.main, ["--root", args.root, "--encoder", clip.encoder_id,
+        stage(timings, f"train_pc2l seed {seed}", train_pc2l.main, ["--root", args.root, "--encoder", ruler,
                                                                     *PC2L_ARGS, "--seed", seed])
         versions.append(registry.latest(store, "pc2l").version)
     latest = registry.latest(store, "pc2l")
