@@ -47,6 +47,8 @@ def test_eight_writers_racing_on_one_app_id_have_exactly_one_winner(s3_store):
                 outcome[i] = "won"
             except delta.LostRace as e:
                 outcome[i] = e.winner
+            except Exception as e:  # shown in the assertion below (a thread's exception is otherwise only printed)
+                outcome[i] = f"{type(e).__name__}: {e}"
 
         race(8, writer)
         winners = [i for i, o in outcome.items() if o == "won"]
