@@ -15,7 +15,7 @@ from showcase_core import tables as delta
 from showcase_core.encoders.clip import load_encoder
 from showcase_core.encoders.embed import read_embeddings
 from showcase_core.store import Store
-from tests.conftest import world_on_s3
+from tests.conftest import copy_root, world_on_s3
 from tests.integration.test_embed_job import committed_version
 from tests.integration.test_nightly import (candidate_pairs, good_keys, keys_of, write_candidates,
                                             write_remote_candidates)
@@ -83,7 +83,9 @@ def test_an_s3_outage_mid_nightly_is_retried_and_loses_or_doubles_nothing(seawee
     print("nightly outage:", json.dumps(events))
 
 
-def test_a_lost_node_and_randomly_killed_writers_still_yield_every_pair_once(trained_root, tmp_path):
+def test_a_lost_node_and_randomly_killed_writers_still_yield_every_pair_once(trained_root, tmp_path,
+                                                                            tmp_path_factory):
+    trained_root = copy_root(trained_root, tmp_path_factory, "chaos")  # test_nightly reads the newest date of its own
     pairs, _, _ = candidate_pairs(trained_root, cross=4)
     candidates = write_candidates(tmp_path / "candidates.parquet", pairs)
     date = "2026-11-28"
