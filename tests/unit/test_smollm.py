@@ -1,5 +1,5 @@
 """The pretrained-decoder path of PC²L (showcase_core.generation.smollm) on a tiny random Llama saved the way the
-converted SmolLM2 is (the real weights are exercised by tests/integration/test_smollm_nightly.py): zero gates are the
+converted SmolLM2 is (the real weights are exercised by tests/integration/test_pretrained_nightly.py): zero gates are the
 plain LM, training lowers the loss and moves only what it should, save/load round trips, beam 1 is greedy."""
 
 import numpy as np
