@@ -1,5 +1,5 @@
 """The nightly on a three-node local Ray cluster (``ray.cluster_utils.Cluster``) that loses a worker node mid-run
-while its ShowcaseWriter actors are killed at random times; prints one JSON line of what happened.
+while its ShowcaseWriter actors are killed at random points of its progress; prints one JSON line of what happened.
 
 ``python tests/nightly_chaos.py ROOT CANDIDATES DATE RUN_ID [--kills N] [--seed S]``. A script of its own, since a
 process holds one Ray instance and the test session's is a single node. The job runs as ``python -m jobs.nightly``
@@ -19,6 +19,7 @@ import time
 
 import psutil
 
+PAIRS_PER_PART = 2  # many small parts: the job lasts long enough for a node loss and the kills after it
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
@@ -63,13 +64,17 @@ def main() -> int:
     cluster.wait_for_nodes()
     env = {**os.environ, "RAY_ADDRESS": cluster.address}
     job = subprocess.Popen([sys.executable, "-m", "jobs.nightly", "--root", args.root, "--candidates", args.candidates,
-                            "--date", args.date, "--run-id", args.run_id, "--pairs-per-part", "8", "--batch-size", "4"],
+                            "--date", args.date, "--run-id", args.run_id, "--pairs-per-part", str(PAIRS_PER_PART),
+                            "--batch-size", "2"],
                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     store, events, started = Store.open(args.root), [], time.monotonic()
+
+    def parts_written() -> int:
+        return len(list_run_parts(store, args.date, args.run_id))
+
     try:
         deadline = started + args.timeout
-        while job.poll() is None and time.monotonic() < deadline and len(list_run_parts(store, args.date,
-                                                                                          args.run_id)) < 1:
+        while job.poll() is None and time.monotonic() < deadline and parts_written() < 1:
             time.sleep(0.2)
         # the lost node: a worker node holding a writer (waited for a while; else either one)
         hosting = started + 60
@@ -80,15 +85,20 @@ def main() -> int:
         had = len(writers(node_processes(victim)))
         cluster.remove_node(victim, allow_graceful=False)
         events.append({"at_s": round(time.monotonic() - started, 1), "event": "node_removed", "writers_on_it": had})
-        kills = 0
+        # each kill at a random point of the job's progress (1-3 more parts written), of whichever writer is alive
+        # then: driven by progress, not the clock, so a fast machine cannot finish the job before the kills
+        kills, parts = 0, parts_written()
+        due = parts + rng.randint(1, 3)
         while kills < args.kills and job.poll() is None and time.monotonic() < deadline:
-            time.sleep(rng.uniform(0.5, 3.0))  # at random times, whichever writer is alive then
+            time.sleep(0.1)
             live = writers()
-            if live:
+            if live and parts_written() >= due:
                 pid = rng.choice(live)
                 os.kill(pid, signal.SIGKILL)
                 kills += 1
-                events.append({"at_s": round(time.monotonic() - started, 1), "event": "writer_killed", "pid": pid})
+                events.append({"at_s": round(time.monotonic() - started, 1), "event": "writer_killed", "pid": pid,
+                               "parts_written": parts_written()})
+                due = parts_written() + rng.randint(1, 3)
         try:
             out, _ = job.communicate(timeout=max(1.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
