@@ -86,7 +86,7 @@ def test_an_s3_outage_mid_nightly_is_retried_and_loses_or_doubles_nothing(seawee
 def test_a_lost_node_and_randomly_killed_writers_still_yield_every_pair_once(trained_root, tmp_path,
                                                                             tmp_path_factory):
     trained_root = copy_root(trained_root, tmp_path_factory, "chaos")  # test_nightly reads the newest date of its own
-    pairs, _, _ = candidate_pairs(trained_root, cross=10)  # ~60 parts of 2 pairs
+    pairs, _, _ = candidate_pairs(trained_root, cross=4)  # ~37 parts of 2 pairs
     candidates = write_candidates(tmp_path / "candidates.parquet", pairs)
     date = "2026-11-28"
     proc = subprocess.run([sys.executable, "tests/nightly_chaos.py", trained_root, candidates, date, "chaos",
