@@ -19,7 +19,6 @@ import glob
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,24 +28,7 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from measure import run_sampled  # noqa: E402
-
-
-def prepare(workdir: str, size: str) -> str:
-    from jobs import make_world
-    from jobs.common import run
-
-    world, root = os.path.join(workdir, f"world-{size}"), os.path.join(workdir, f"root-{size}")
-    if not os.path.exists(os.path.join(world, "world.json")):
-        t = time.monotonic()
-        assert run("make_world", make_world.main, ["--out", world, "--size", size]) == 0
-        print(f"world {size}: made in {time.monotonic() - t:.0f}s", flush=True)
-    if not os.path.exists(os.path.join(root, "runs", "ingest.json")):
-        proc = subprocess.run([sys.executable, "-m", "jobs.ingest", "--root", root, "--gest",
-                               os.path.join(world, "filter_all_t.json")], cwd=REPO, capture_output=True, text=True)
-        if proc.returncode:
-            raise SystemExit(proc.stdout + proc.stderr)
-    return root
+from measure import prepare, run_sampled  # noqa: E402
 
 
 def model_only(root: str, clip_model: str, threads: int, batch_size: int, photos: int = 2048) -> tuple[float, str]:

@@ -22,22 +22,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from measure import run_sampled  # noqa: E402
-
-
-def prepare(workdir: str, size: str) -> str:
-    """A world of ``size`` in ``workdir``, ingested (each reused when already there); returns ROOT."""
-    world, root = os.path.join(workdir, f"world-{size}"), os.path.join(workdir, f"root-{size}")
-    if not os.path.exists(os.path.join(world, "world.json")):
-        made = run_sampled(["jobs.make_world", "--out", world, "--size", size], tree=False)
-        if made["returncode"]:
-            raise SystemExit("".join(made["lines"][-20:]))
-    if not os.path.exists(os.path.join(root, "runs", "ingest.json")):
-        ingested = run_sampled(["jobs.ingest", "--root", root, "--gest", os.path.join(world, "filter_all_t.json")],
-                               tree=False)
-        if ingested["returncode"]:
-            raise SystemExit("".join(ingested["lines"][-20:]))
-    return root
+from measure import prepare, run_sampled  # noqa: E402
 
 
 def trained_parameters(encoder: str) -> int:

@@ -44,3 +44,19 @@ def run_sampled(args: list[str], every: float = 0.2, tree: bool = True) -> dict:
         time.sleep(every)
     reader.join(5)
     return {"returncode": proc.returncode, "lines": lines, "wall": time.monotonic() - started, **peaks}
+
+
+def prepare(workdir: str, size: str) -> str:
+    """A world of ``size`` in ``workdir``, ingested (each reused when already there); returns ROOT."""
+    world, root = os.path.join(workdir, f"world-{size}"), os.path.join(workdir, f"root-{size}")
+    if not os.path.exists(os.path.join(world, "world.json")):
+        made = run_sampled(["jobs.make_world", "--out", world, "--size", size], tree=False)
+        if made["returncode"]:
+            raise SystemExit("".join(made["lines"][-20:]))
+        print(f"world {size}: made in {made['wall']:.0f}s", flush=True)
+    if not os.path.exists(os.path.join(root, "runs", "ingest.json")):
+        ingested = run_sampled(["jobs.ingest", "--root", root, "--gest", os.path.join(world, "filter_all_t.json")],
+                               tree=False)
+        if ingested["returncode"]:
+            raise SystemExit("".join(ingested["lines"][-20:]))
+    return root

@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from embed import prepare  # noqa: E402
+from measure import prepare  # noqa: E402
 from measure import run_sampled  # noqa: E402
 
 from showcase_core import registry  # noqa: E402
