@@ -87,12 +87,11 @@ def main() -> int:
         events.append({"at_s": round(time.monotonic() - started, 1), "event": "node_removed", "writers_on_it": had})
         # each kill at a random point of the job's progress (1-3 more parts written), of whichever writer is alive
         # then: driven by progress, not the clock, so a fast machine cannot finish the job before the kills
-        kills, parts = 0, parts_written()
-        due = parts + rng.randint(1, 3)
+        kills, due = 0, parts_written() + rng.randint(1, 3)
         while kills < args.kills and job.poll() is None and time.monotonic() < deadline:
             time.sleep(0.1)
-            live = writers()
-            if live and parts_written() >= due:
+            live = writers() if parts_written() >= due else []
+            if live:
                 pid = rng.choice(live)
                 os.kill(pid, signal.SIGKILL)
                 kills += 1
