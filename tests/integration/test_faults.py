@@ -86,7 +86,7 @@ def test_an_s3_outage_mid_nightly_is_retried_and_loses_or_doubles_nothing(seawee
 def test_a_lost_node_and_randomly_killed_writers_still_yield_every_pair_once(trained_root, tmp_path,
                                                                             tmp_path_factory):
     trained_root = copy_root(trained_root, tmp_path_factory, "chaos")  # test_nightly reads the newest date of its own
-    pairs, _, _ = candidate_pairs(trained_root, cross=4)  # ~37 parts of 2 pairs
+    pairs, _, _ = candidate_pairs(trained_root, cross=4)
     candidates = write_candidates(tmp_path / "candidates.parquet", pairs)
     date = "2026-11-28"
     proc = subprocess.run([sys.executable, "tests/nightly_chaos.py", trained_root, candidates, date, "chaos",
@@ -94,8 +94,9 @@ def test_a_lost_node_and_randomly_killed_writers_still_yield_every_pair_once(tra
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["returncode"] == 0, json.dumps(result["events"]) + "\n" + result["output_tail"]
-    assert result["events"][0]["event"] == "node_removed", result["events"]
-    assert [e["event"] for e in result["events"][1:]] == ["writer_killed"] * 2, result["events"]
+    told = json.dumps(result["events"]) + f" (job done at {result['wall_s']} s)\n" + result["output_tail"][-1500:]
+    assert result["events"][0]["event"] == "node_removed" and result["events"][0]["writers_on_it"] >= 1, told
+    assert [e["event"] for e in result["events"][1:]] == ["writer_killed"] * 2, told
     keys = keys_of(read_showcases(trained_root, date=date))
     assert len(keys) == len(set(keys)) and set(keys) == good_keys(pairs), result["events"]
     print("chaos:", json.dumps(result["events"]), f"{result['wall_s']} s")
