@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import posixpath
+import time
 
 import torch
 
@@ -25,21 +26,30 @@ def save_model_files(uri: str, state_dict: dict, config: dict, card: dict) -> No
 
 def load_model_config(uri: str, what: str) -> dict:
     """The config of a saved model, without its weights; StoreError naming ``what`` when it is not there."""
-    fs, base = filesystem_for(uri)
-    try:
-        with fs.open_input_stream(posixpath.join(base, "config.json")) as f:
-            return json.loads(f.read())
-    except FileNotFoundError:
-        raise StoreError(f"no {what} at {uri} (expected config.json and model.pt)") from None
+    return json.loads(_read(uri, "config.json", what))
 
 
 def load_model_files(uri: str, what: str) -> tuple[dict, dict]:
     """(config, state dict) of a saved model; StoreError naming ``what`` when it is not there."""
     config = load_model_config(uri, what)
-    fs, base = filesystem_for(uri)
-    try:
-        with fs.open_input_stream(posixpath.join(base, "model.pt")) as f:
-            state = torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise StoreError(f"no {what} at {uri} (expected config.json and model.pt)") from None
+    state = torch.load(io.BytesIO(_read(uri, "model.pt", what)), map_location="cpu", weights_only=True)
     return config, state
+
+
+# a read that fails mid-stream (an S3 restart: "Failed to flush response stream") is not retried by the AWS SDK;
+# these waits (1+2+4+8+15 s) ride a short outage like the tables' retries, then the error stands
+RETRY_WAITS_S = (1, 2, 4, 8, 15)
+
+
+def _read(uri: str, name: str, what: str) -> bytes:
+    fs, base = filesystem_for(uri)
+    for wait in (*RETRY_WAITS_S, None):
+        try:
+            with fs.open_input_stream(posixpath.join(base, name)) as f:
+                return f.read()
+        except FileNotFoundError:
+            raise StoreError(f"no {what} at {uri} (expected config.json and model.pt)") from None
+        except OSError:
+            if wait is None:
+                raise
+            time.sleep(wait)
