@@ -31,7 +31,8 @@ group and the users rows it read; a writer actor holds the models, one unit's pa
 unit's businesses.
 
 Exactly once: a unit's files are named by the run, the unit and N, so a retried unit (a killed worker) replaces its
-own files and a rerun with the same ``--run-id`` (a killed driver) skips the units already written. The driver
+own files, a wave whose pass lost a node (or a Ray Data actor it could not restart) runs again for its units not
+yet written, and a rerun with the same ``--run-id`` (a killed driver) skips the units already written. The driver
 checks that the units' showcases and quarantined pairs add up to the candidate rows, then commits the date's
 quarantine and its showcases, each in one Delta transaction that replaces the date's partition, under the
 application transaction ``<table>/dt=DATE`` with the publish generation (1, +1 per ``--force``). A committed date
@@ -253,6 +254,7 @@ class ShowcaseWriter:
 
 
 MAX_PARTITIONS = 4096  # shuffle partitions at most (beyond it a partition holds several groups or units)
+WAVE_ATTEMPTS = 3  # passes over a wave lost to the cluster (a node, or a Ray Data actor that cannot restart) at most
 SHOWCASE_ROW_GROUP = 256  # rows per row group of a showcases file: a lookup of one pair decodes one of them
 
 
@@ -330,31 +332,64 @@ def write_units(store, cfg: Settings, run_id: str, plan: dict, records: dict, ex
 
     models = plan["models"]
     start_ray()
-    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    actors, resources, device = actor_plan(cfg.use_gpu, cfg.actors, cpus)
-    if device == "cpu":  # half a CPU each: writers holding every CPU would starve the reads, profiles and shuffles
-        resources = {"num_cpus": 0.5}  # (of this run, or of another nightly on the same cluster) before them
+    device = writer_pool(cfg)[2]
     writer_kwargs = {"root": store.root, "date": cfg.date, "encoder_id": models["encoder_id"], "meta": plan["meta"],
                      "units": plan["units"], "models": models, "k": cfg.k, "beams": cfg.beams,
                      "batch_size": cfg.batch_size, "run_id": run_id, "generated_at": plan["generated_at"],
                      "device": device, "decoding": cfg.decoding()}
-    source = {k: plan[k] for k in ("paths", "fs", "columns", "units", "groups")} | {"done": sorted(plan["done_before"])}
+    source = {k: plan[k] for k in ("paths", "fs", "columns", "units", "groups")}
     # no CPU of its own (its passes' tasks take theirs), on the driver's node (an autoscaler's worker node may go),
-    # a fresh process per wave (max_calls=1: the pass's native state goes with it), no retry: a failed wave fails
-    # the run, which resumes with its --run-id from the units written so far
+    # a fresh process per wave (max_calls=1: the pass's native state goes with it), no retry by Ray: the loop below
+    # runs a wave lost to the cluster again for its units not yet written; any other failure fails the run, which
+    # resumes with its --run-id from the units written so far
     wave_task = ray.remote(num_cpus=0, max_calls=1, max_retries=0, num_returns="streaming")(run_wave).options(
         scheduling_strategy=NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True))
-    progress, accounted = Progress("nightly", "pairs", plan["rows"]), sum(int(r["rows"]) for r in records.values())
-    progress.update(accounted)
+    progress = Progress("nightly", "pairs", plan["rows"])
+    progress.update(sum(int(r["rows"]) for r in records.values()))
     for wave in plan["waves"]:
-        for ref in wave_task.remote(source, wave, store.root, models, plan["meta"], writer_kwargs, actors, resources):
-            for record in ray.get(ref).to_pylist():
-                records[(record["table"], int(record["unit"]))] = {k: record[k] for k in delta.RECORD_KEYS}
-                extras["cold_start"] += int(record["cold_start"])
-                for reason, n in json.loads(record["reasons"]).items():
-                    extras["reasons"][reason] = extras["reasons"].get(reason, 0) + n
-                accounted += int(record["rows"])  # a showcase or a quarantined pair: a candidate accounted for
-            progress.update(accounted)
+        for attempt in range(1, WAVE_ATTEMPTS + 1):
+            done = sorted(set(plan["done_before"]) | units_done(records))  # this wave's earlier attempts' units too
+            actors, resources, _ = writer_pool(cfg)  # of the cluster as it is now (a lost node's CPUs are gone)
+            try:
+                for ref in wave_task.remote(source | {"done": done}, wave, store.root, models, plan["meta"],
+                                            writer_kwargs, actors, resources):
+                    add_records(ray.get(ref).to_pylist(), records, extras)
+                    progress.update(sum(int(r["rows"]) for r in records.values()))
+                break
+            except Exception as err:  # a node, or a Ray Data actor a pass cannot restart, went away
+                if attempt == WAVE_ATTEMPTS or not (isinstance(err, WaveLost) or lost_to_the_cluster(err)):
+                    raise
+                left = sum(1 for u in range(*wave) if u not in set(done) | units_done(records))
+                print(f"[nightly] units [{wave[0]}, {wave[1]}): the pass lost a node or an actor "
+                      f"({str(err).strip().splitlines()[-1][:200]}); running its {left} units not yet written again "
+                      f"(attempt {attempt + 1} of {WAVE_ATTEMPTS})", file=sys.stderr, flush=True)
+
+
+def writer_pool(cfg: Settings) -> tuple[int, dict, str]:
+    """(most writers, resources per writer, torch device) for the cluster's resources now."""
+    import ray
+
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    actors, resources, device = actor_plan(cfg.use_gpu, cfg.actors, cpus)
+    if device == "cpu":  # half a CPU each: writers holding every CPU would starve the reads, profiles and shuffles
+        # (of this run, or of another nightly on the same cluster) before them; on a single CPU the one writer
+        # reserves none, since the pass's reads and shuffles take a whole CPU each and would wait for it forever
+        resources = {"num_cpus": 0.5 if cpus >= 2 else 0}
+    return actors, resources, device
+
+
+def units_done(records: dict) -> set[int]:
+    """The units whose two files (showcases and quarantine) are written and accounted for."""
+    return {unit for (table, unit) in records if table == TABLE and (QUARANTINE_TABLE, unit) in records}
+
+
+def add_records(batch: list[dict], records: dict, extras: dict) -> None:
+    """Keep the add records a wave streamed back (a unit's two files) and count their cold starts and reasons."""
+    for record in batch:
+        records[(record["table"], int(record["unit"]))] = {k: record[k] for k in delta.RECORD_KEYS}
+        extras["cold_start"] += int(record["cold_start"])
+        for reason, n in json.loads(record["reasons"]).items():
+            extras["reasons"][reason] = extras["reasons"].get(reason, 0) + n
 
 
 def run_wave(source: dict, wave: tuple[int, int], root: str, models: dict, meta: dict, writer_kwargs: dict,
@@ -378,7 +413,34 @@ def run_wave(source: dict, wave: tuple[int, int], root: str, models: dict, meta:
                .groupby("unit", num_partitions=min(wave[1] - wave[0], MAX_PARTITIONS)).map_groups(
                    ShowcaseWriter, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
                    fn_constructor_kwargs=writer_kwargs, **resources))
-    yield from written.iter_batches(batch_size=None, batch_format="pyarrow")
+    try:
+        yield from written.iter_batches(batch_size=None, batch_format="pyarrow")
+    except Exception as err:  # Ray Data wraps its tasks' failures in an exception the caller cannot unpickle
+        lost = lost_to_the_cluster(err)
+        if lost:
+            raise WaveLost(f"{lost} in the pass over units [{wave[0]}, {wave[1]})") from None
+        raise
+
+
+class WaveLost(RuntimeError):
+    """A wave's pass failed because the cluster lost a node, or an actor of the pass that could not be restarted."""
+
+
+def lost_to_the_cluster(err: BaseException | None) -> str | None:
+    """The name of Ray's error for a lost node, actor, worker or object when an exception, or one it was raised
+    from, is one; else None."""
+    import ray.exceptions as rex
+
+    lost, seen = (rex.ActorDiedError, rex.NodeDiedError, rex.WorkerCrashedError, rex.ObjectLostError), set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        for kind in lost:
+            # a Ray Data task's RayTaskError(ActorDiedError) may reach the pass unpickled: its text names the class
+            if isinstance(err, kind) or isinstance(getattr(err, "cause", None), kind) or (
+                    isinstance(err, rex.UnserializableException) and f"ray.exceptions.{kind.__name__}: " in str(err)):
+                return kind.__name__
+        err = err.__cause__ or err.__context__
+    return None
 
 
 def publish(store, cfg: Settings, run_id: str, generation: int, plan: dict, records: dict, report: dict,

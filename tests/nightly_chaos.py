@@ -3,7 +3,8 @@ while its ShowcaseWriter actors are killed at random times; prints one JSON line
 
 ``python tests/nightly_chaos.py ROOT CANDIDATES DATE RUN_ID [--kills N] [--seed S]``. A script of its own, since a
 process holds one Ray instance and the test session's is a single node. The job runs as ``python -m jobs.nightly``
-with RAY_ADDRESS set to the cluster's head, as a submitted job would; the head node (the driver's) stays.
+with RAY_ADDRESS set to the cluster's head, as a submitted job would. The head node (the driver's) stays and has no
+CPU for work, as on a production cluster, so every task and writer runs on the two worker nodes, one of which goes.
 """
 
 from __future__ import annotations
@@ -53,13 +54,14 @@ def main() -> int:
     parser.add_argument("--kills", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=400)
+    parser.add_argument("--log", help="a file for the job's whole output (the JSON line holds its tail)")
     args = parser.parse_args()
     from ray.cluster_utils import Cluster
     from showcase_core.store import Store
     from jobs.nightly import list_run_parts
 
     rng = random.Random(args.seed)
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
     workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
     cluster.wait_for_nodes()
     env = {**os.environ, "RAY_ADDRESS": cluster.address}
@@ -76,12 +78,11 @@ def main() -> int:
         deadline = started + args.timeout
         # the lost node: a worker node as soon as it holds a writer (mid-run: the writers load their models, then
         # write parts; on this tiny input the parts all follow within seconds, so nothing waits for a part)
-        hosting = started + 120
-        while job.poll() is None and time.monotonic() < hosting and not any(writers(node_processes(n))
-                                                                            for n in workers):
+        hosting, counts = started + 120, [0] * len(workers)
+        while job.poll() is None and time.monotonic() < hosting and not any(counts):
             time.sleep(0.05)
-        victim = max(workers, key=lambda n: len(writers(node_processes(n))))
-        had = len(writers(node_processes(victim)))
+            counts = [len(writers(node_processes(n))) for n in workers]
+        victim, had = max(zip(workers, counts), key=lambda pair: pair[1])
         cluster.remove_node(victim, allow_graceful=False)
         events.append({"at_s": round(time.monotonic() - started, 1), "event": "node_removed", "writers_on_it": had,
                        "parts_written": parts_written()})
@@ -103,6 +104,9 @@ def main() -> int:
             out, _ = job.communicate()
     finally:
         cluster.shutdown()
+    if args.log:
+        with open(args.log, "w") as f:
+            f.write(out)
     print(json.dumps({"returncode": job.returncode, "events": events, "wall_s": round(time.monotonic() - started, 1),
                       "output_tail": out[-3000:]}))
     return 0
