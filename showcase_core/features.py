@@ -310,8 +310,7 @@ class FeatureLookup:
             from . import tables as delta
 
             version = self.meta["tables"][kind]["version"]
-            self._datasets[kind] = delta.open_table(self.store, features_dir(self.encoder_id, kind),
-                                                    version).to_pyarrow_dataset()
+            self._datasets[kind] = delta.dataset(self.store, features_dir(self.encoder_id, kind), version)
         return self._datasets[kind]
 
     def rows(self, kind: str, ids) -> dict[str, dict]:

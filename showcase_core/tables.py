@@ -311,14 +311,27 @@ def read(store: Store, rel: str, version: int | None = None, columns: list[str] 
          filters: list | None = None) -> pa.Table:
     """A whole version of a table (default: the newest) as Arrow: use for small tables and slices by partition."""
     table = open_table(store, rel, version)
-    return table.to_pyarrow_table(columns=columns, filters=filters)
+    return table.to_pyarrow_table(columns=columns, filters=filters, filesystem=table_files(store, rel))
+
+
+def dataset(store: Store, rel: str, version: int | None = None):
+    """A version of a table as a pyarrow dataset (nothing read yet)."""
+    return open_table(store, rel, version).to_pyarrow_dataset(filesystem=table_files(store, rel))
+
+
+def table_files(store: Store, rel: str):
+    """The table's folder on the store's own pyarrow filesystem, for deltalake's pyarrow datasets to read through.
+    deltalake's default (a Python filesystem over its Rust object store) leaves threads that abort the process at
+    exit ("terminate called without an active exception", about one exit in two here; delta-rs issue 2184)."""
+    import pyarrow.fs as pafs
+
+    return pafs.SubTreeFileSystem(store.path(rel), store.fs)
 
 
 def iter_batches(store: Store, rel: str, version: int | None = None, columns: list[str] | None = None,
                  batch_size: int = 65536, filter=None):
     """Stream a version of a table batch by batch (memory: one batch); ``filter`` a pyarrow dataset expression."""
-    dataset = open_table(store, rel, version).to_pyarrow_dataset()
-    yield from dataset.to_batches(columns=columns, batch_size=batch_size, filter=filter)
+    yield from dataset(store, rel, version).to_batches(columns=columns, batch_size=batch_size, filter=filter)
 
 
 def file_uris(store: Store, rel: str, version: int | None = None) -> list[str]:

@@ -70,6 +70,22 @@ def test_read_showcases_reads_the_newest_date_and_any_engine_agrees(tmp_path):
         read_showcases(store.root, date="2026-11-20", version=1)
 
 
+def test_a_process_that_read_showcases_exits_cleanly(tmp_path):
+    """deltalake's own filesystem for pyarrow left threads that aborted about one reading process in two at exit."""
+    import subprocess
+    import sys
+
+    store = Store.open(str(tmp_path / "root"))
+    row = {f.name: None for f in SHOWCASES}
+    row.update(user_id="u1", business_id="b1", image_ids=["p1"], explanation="Great ramen.", cold_start=False,
+               images_only=False)
+    _publish(store, "2026-11-21", [row])
+    reader = f"from showcase_core import read_showcases; assert read_showcases({store.root!r}).num_rows == 1"
+    for _ in range(6):
+        proc = subprocess.run([sys.executable, "-c", reader], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0 and "terminate called" not in proc.stderr, (proc.returncode, proc.stderr[-500:])
+
+
 def test_published_rows_are_found_by_key_in_their_unit_and_a_new_date_is_noticed(tmp_path):
     from showcase_core.features import bucket_of
     from showcase_core.showcase import PublishedShowcases, part_name
