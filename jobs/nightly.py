@@ -349,6 +349,8 @@ def write_units(store, cfg: Settings, run_id: str, plan: dict, records: dict, ex
     for wave in plan["waves"]:
         for attempt in range(1, WAVE_ATTEMPTS + 1):
             done = sorted(set(plan["done_before"]) | units_done(records))  # this wave's earlier attempts' units too
+            if attempt > 1 and set(range(*wave)) <= set(done):
+                break  # the pass failed after its last unit came back
             actors, resources, _ = writer_pool(cfg)  # of the cluster as it is now (a lost node's CPUs are gone)
             try:
                 for ref in wave_task.remote(source | {"done": done}, wave, store.root, models, plan["meta"],
