@@ -8,11 +8,10 @@ from __future__ import annotations
 import io
 import json
 import posixpath
-import time
 
 import torch
 
-from .store import StoreError, filesystem_for, write_bytes_atomic
+from .store import StoreError, filesystem_for, read_bytes, write_bytes_atomic
 
 
 def save_model_files(uri: str, state_dict: dict, config: dict, card: dict) -> None:
@@ -36,20 +35,9 @@ def load_model_files(uri: str, what: str) -> tuple[dict, dict]:
     return config, state
 
 
-# a read that fails mid-stream (an S3 restart: "Failed to flush response stream") is not retried by the AWS SDK;
-# these waits (1+2+4+8+15 s) ride a short outage like the tables' retries, then the error stands
-RETRY_WAITS_S = (1, 2, 4, 8, 15)
-
-
 def _read(uri: str, name: str, what: str) -> bytes:
     fs, base = filesystem_for(uri)
-    for wait in (*RETRY_WAITS_S, None):
-        try:
-            with fs.open_input_stream(posixpath.join(base, name)) as f:
-                return f.read()
-        except FileNotFoundError:
-            raise StoreError(f"no {what} at {uri} (expected config.json and model.pt)") from None
-        except OSError:
-            if wait is None:
-                raise
-            time.sleep(wait)
+    try:
+        return read_bytes(fs, posixpath.join(base, name))  # read again when it fails mid-stream (an S3 restart)
+    except FileNotFoundError:
+        raise StoreError(f"no {what} at {uri} (expected config.json and model.pt)") from None

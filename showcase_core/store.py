@@ -21,6 +21,7 @@ import io
 import json
 import os
 import posixpath
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -91,9 +92,28 @@ def exists(fs: pafs.FileSystem, path: str) -> bool:
     return fs.get_file_info(path).type != pafs.FileType.NotFound
 
 
+# a read that fails mid-stream (an S3 restart: "Failed to flush response stream") is not retried by the AWS SDK;
+# these waits (1+2+4+8+15 s) ride a short outage like the tables' retries, then the error stands
+RETRY_WAITS_S = (1, 2, 4, 8, 15)
+
+
+def read_bytes(fs: pafs.FileSystem, path: str) -> bytes:
+    """A whole small object, read again after each wait of RETRY_WAITS_S when the read fails; FileNotFoundError at
+    once."""
+    for wait in (*RETRY_WAITS_S, None):
+        try:
+            with fs.open_input_stream(path) as f:
+                return f.read()
+        except FileNotFoundError:
+            raise
+        except OSError:
+            if wait is None:
+                raise
+            time.sleep(wait)
+
+
 def read_text(fs: pafs.FileSystem, path: str) -> str:
-    with fs.open_input_stream(path) as f:
-        return f.read().decode("utf-8")
+    return read_bytes(fs, path).decode("utf-8")
 
 
 def write_bytes_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
