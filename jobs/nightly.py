@@ -362,6 +362,7 @@ def write_units(store, cfg: Settings, run_id: str, plan: dict, records: dict, ex
                 if attempt == WAVE_ATTEMPTS or not (isinstance(err, WaveLost) or lost_to_the_cluster(err)):
                     raise
                 left = sum(1 for u in range(*wave) if u not in set(done) | units_done(records))
+                extras["passes_rerun"] += 1
                 print(f"[nightly] units [{wave[0]}, {wave[1]}): the pass lost a node or an actor "
                       f"({str(err).strip().splitlines()[-1][:200]}); running its {left} units not yet written again "
                       f"(attempt {attempt + 1} of {WAVE_ATTEMPTS})", file=sys.stderr, flush=True)
@@ -490,7 +491,8 @@ def main(argv: list[str] | None = None) -> int:
         out = publish(store, cfg, run_id, generation, plan, records, report, timer)
     counts = {"candidates": plan["rows"], "showcases": out["showcases"], "quarantined": out["quarantined"],
               "quarantined_by_reason": extras["reasons"], "units": plan["units"], "parts": out["parts"],
-              "parts_resumed": len(plan["done_before"]), "cold_start": extras["cold_start"]}
+              "parts_resumed": len(plan["done_before"]), "cold_start": extras["cold_start"],
+              "passes_rerun": extras["passes_rerun"]}
     report.update(status="published", date=cfg.date, counts=counts, models=plan["models"], generation=generation,
                   features=plan["meta"]["run_id"], table={"uri": store.uri(TABLE), "version": out["version"]},
                   replaced_run_id=publisher, timings_s=timer.timings, versions=versions(), finished_at=utc_now())
@@ -504,7 +506,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def resume_records(store, date: str, done_before: dict) -> tuple[dict, dict]:
     """The add records and counts of the units an earlier attempt wrote: {(table, unit): record}, extras."""
-    records, extras, partition = {}, {"cold_start": 0, "reasons": {}}, {"dt": date}
+    records, extras, partition = {}, {"cold_start": 0, "reasons": {}, "passes_rerun": 0}, {"dt": date}
     for unit, name in done_before.items():
         records[(TABLE, unit)] = delta.file_record(store, TABLE, name, partition)
         records[(QUARANTINE_TABLE, unit)] = delta.file_record(store, QUARANTINE_TABLE, name, partition)
