@@ -344,24 +344,26 @@ def write_units(store, cfg: Settings, run_id: str, plan: dict, records: dict, ex
     # resumes with its --run-id from the units written so far
     wave_task = ray.remote(num_cpus=0, max_calls=1, max_retries=0, num_returns="streaming")(run_wave).options(
         scheduling_strategy=NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True))
-    progress = Progress("nightly", "pairs", plan["rows"])
-    progress.update(sum(int(r["rows"]) for r in records.values()))
+    progress, accounted = Progress("nightly", "pairs", plan["rows"]), sum(int(r["rows"]) for r in records.values())
+    progress.update(accounted)
     for wave in plan["waves"]:
         for attempt in range(1, WAVE_ATTEMPTS + 1):
-            done = sorted(set(plan["done_before"]) | units_done(records))  # this wave's earlier attempts' units too
-            if attempt > 1 and set(range(*wave)) <= set(done):
+            finished = set(plan["done_before"]) | units_done(records)  # by an earlier run, or pass over this wave
+            done = [unit for unit in range(*wave) if unit in finished]
+            if attempt > 1 and len(done) == wave[1] - wave[0]:
                 break  # the pass failed after its last unit came back
             actors, resources, _ = writer_pool(cfg)  # of the cluster as it is now (a lost node's CPUs are gone)
             try:
                 for ref in wave_task.remote(source | {"done": done}, wave, store.root, models, plan["meta"],
                                             writer_kwargs, actors, resources):
-                    add_records(ray.get(ref).to_pylist(), records, extras)
-                    progress.update(sum(int(r["rows"]) for r in records.values()))
+                    accounted += add_records(ray.get(ref).to_pylist(), records, extras)
+                    progress.update(accounted)
                 break
             except Exception as err:  # a node, or a Ray Data actor a pass cannot restart, went away
                 if attempt == WAVE_ATTEMPTS or not (isinstance(err, WaveLost) or lost_to_the_cluster(err)):
                     raise
-                left = sum(1 for u in range(*wave) if u not in set(done) | units_done(records))
+                finished = set(plan["done_before"]) | units_done(records)
+                left = sum(1 for unit in range(*wave) if unit not in finished)
                 extras["passes_rerun"] += 1
                 print(f"[nightly] units [{wave[0]}, {wave[1]}): the pass lost a node or an actor "
                       f"({str(err).strip().splitlines()[-1][:200]}); running its {left} units not yet written again "
@@ -386,13 +388,15 @@ def units_done(records: dict) -> set[int]:
     return {unit for (table, unit) in records if table == TABLE and (QUARANTINE_TABLE, unit) in records}
 
 
-def add_records(batch: list[dict], records: dict, extras: dict) -> None:
-    """Keep the add records a wave streamed back (a unit's two files) and count their cold starts and reasons."""
+def add_records(batch: list[dict], records: dict, extras: dict) -> int:
+    """Keep the add records a wave streamed back (a unit's two files) and count their cold starts and reasons;
+    returns the candidates they account for (a showcase or a quarantined pair each)."""
     for record in batch:
         records[(record["table"], int(record["unit"]))] = {k: record[k] for k in delta.RECORD_KEYS}
         extras["cold_start"] += int(record["cold_start"])
         for reason, n in json.loads(record["reasons"]).items():
             extras["reasons"][reason] = extras["reasons"].get(reason, 0) + n
+    return sum(int(record["rows"]) for record in batch)
 
 
 def run_wave(source: dict, wave: tuple[int, int], root: str, models: dict, meta: dict, writer_kwargs: dict,
