@@ -97,19 +97,25 @@ def exists(fs: pafs.FileSystem, path: str) -> bool:
 RETRY_WAITS_S = (1, 2, 4, 8, 15)
 
 
-def read_bytes(fs: pafs.FileSystem, path: str) -> bytes:
-    """A whole small object, read again after each wait of RETRY_WAITS_S when the read fails; FileNotFoundError at
-    once."""
+def retrying(call, retry=lambda err: True):
+    """``call()``, called again after each wait of RETRY_WAITS_S while it raises an OSError that ``retry`` accepts;
+    then the error stands."""
     for wait in (*RETRY_WAITS_S, None):
         try:
-            with fs.open_input_stream(path) as f:
-                return f.read()
-        except FileNotFoundError:
-            raise
-        except OSError:
-            if wait is None:
+            return call()
+        except OSError as err:
+            if wait is None or not retry(err):
                 raise
             time.sleep(wait)
+
+
+def read_bytes(fs: pafs.FileSystem, path: str) -> bytes:
+    """A whole small object, read again when the read fails mid-stream; FileNotFoundError at once."""
+    def read_once() -> bytes:
+        with fs.open_input_stream(path) as f:
+            return f.read()
+
+    return retrying(read_once, retry=lambda err: not isinstance(err, FileNotFoundError))
 
 
 def read_text(fs: pafs.FileSystem, path: str) -> str:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .store import RETRY_WAITS_S, Store, StoreError, uri_path, write_bytes_atomic
+from .store import Store, StoreError, retrying, uri_path, write_bytes_atomic
 
 DELTA_LOG = "_delta_log"
 # commits that change no data: a reader pinned to an older version may follow them to the newest one
@@ -203,18 +203,15 @@ def commit(store: Store, rel: str, files: list[dict], schema: pa.Schema | None, 
     ``schema`` None takes the first file's schema.
 
     A commit with ``app_id`` that fails on the network (an OSError: a connection reset as S3 comes back, which
-    delta-rs's own retries do not repeat for a conditional PUT) is tried again after each wait of RETRY_WAITS_S:
+    delta-rs's own retries do not repeat for a conditional PUT) is tried again (``store.retrying``):
     the app id makes that safe, since a commit that landed though its call failed is then found and is a no-op.
     """
-    for wait in (*RETRY_WAITS_S, None):
-        try:
-            return _commit_once(store, rel, files, schema, run_id=run_id, stage=stage, app_id=app_id,
-                                app_version=app_version, partition_by=partition_by, replace=replace,
-                                overwrite=overwrite, reads=reads, metadata=metadata)
-        except OSError:
-            if not app_id or wait is None:
-                raise
-            time.sleep(wait)
+    def commit_once() -> Committed:
+        return _commit_once(store, rel, files, schema, run_id=run_id, stage=stage, app_id=app_id,
+                            app_version=app_version, partition_by=partition_by, replace=replace, overwrite=overwrite,
+                            reads=reads, metadata=metadata)
+
+    return retrying(commit_once) if app_id else commit_once()
 
 
 def _commit_once(store: Store, rel: str, files: list[dict], schema: pa.Schema | None, *, run_id: str, stage: str,
