@@ -46,7 +46,9 @@ class Settings(JobSettings):
     kinds: str = setting(",".join(KINDS), f"what to embed, comma-separated: some of {', '.join(KINDS)}")
     batch_size: int = setting(256, "photos or texts per CLIP forward", ge=1)
     decode_batch_size: int = setting(256, "photos per decode batch", ge=1)
-    decode_threads: int = setting(2, "threads per decode task (PIL releases the GIL)", ge=1)
+    decode_threads: int = setting(1, "threads per decode call (PIL releases the GIL)", ge=1)
+    calls_per_actor: int = setting(2, "batches an actor works on at once: one decodes (or tokenises) while another "
+                                      "is in the model, which runs one batch at a time", ge=1)
     max_photo_bytes: int = setting(MAX_PHOTO_BYTES, "a photo file over this size is quarantined (too_large) unread "
                                                     "beyond it", ge=1)
     max_photo_pixels: int = setting(MAX_PHOTO_PIXELS, "a photo of more pixels (width x height, from its header) is "
@@ -218,7 +220,10 @@ def kind_pipeline(plan: Plan, kind: str, todo: int):
     embedder_args = {"root": plan.store.root, "encoder_spec": plan.worker_spec, "encoder_id": plan.encoder_id,
                      "threads": cfg.threads_per_actor}
     return ds.map_batches(ImageEmbedder if kind == "images" else TextEmbedder, fn_constructor_kwargs=embedder_args,
-                          batch_size=cfg.batch_size, compute=ray.data.ActorPoolStrategy(size=plan.actors),
+                          batch_size=cfg.batch_size,
+                          compute=ray.data.ActorPoolStrategy(size=plan.actors,
+                                                             max_concurrent_calls_per_actor=cfg.calls_per_actor,
+                                                             enable_true_multi_threading=cfg.calls_per_actor > 1),
                           **plan.resources)
 
 

@@ -571,7 +571,7 @@ def main(argv: list[str] | None = None) -> int:
                 s.bind((cfg.host, cfg.port))
             except OSError as e:
                 raise UserError(f"cannot listen on {cfg.host}:{cfg.port}: {e.strerror}") from None
-    start_ray()
+    start_ray(state_api=True)
     serve.start(http_options={"host": cfg.host, "port": cfg.port})
     serve.run(application, name=APP_NAME, route_prefix="/", blocking=False)  # returns once the replicas are up
     print(f"[serve] showcases at http://{cfg.host}:{cfg.port}/v1/showcases (health: /healthz); Ctrl-C stops",

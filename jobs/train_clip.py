@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     fingerprint, encoder = check_inputs(store, cfg)
     run_id, timer = new_run_id(), Timer()
     report = new_report("train_clip", cfg, run_id)
-    start_ray()
+    start_ray(state_api=True)
     model = fit(store, cfg, run_id, encoder, fingerprint, timer)
     registry.publish(store, "clip", run_id, model["uri"], encoder.encoder_id, data_fingerprint=fingerprint,
                      metrics=model["metrics"])

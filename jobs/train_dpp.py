@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     data = check_data(store, encoder_id, cfg)
     run_id, timer = new_run_id(), Timer()
     report = new_report("train_dpp", cfg, run_id)
-    start_ray()
+    start_ray(state_api=True)
     models = fit_kernels(store, cfg, run_id, encoder_id, data["dim"], timer)
     registry.publish(store, "dpp", run_id, store.uri("models", "dpp", run_id), encoder_id,
                      variants={m: v["uri"] for m, v in models.items()},

@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{len(data['vocabulary']):,} entities for swapped negatives "
           f"({sum(n is not None for n in data['swapped_ids']):,} targets have one); "
           f"prepared in {timer.timings['prepare']:.1f}s", file=sys.stderr, flush=True)
-    start_ray()
+    start_ray(state_api=True)
     models = {v: fit_variant(store, cfg, run_id, encoder_id, data, v, timer) for v in cfg.variants.split(",")}
     registry.publish(store, "pc2l", run_id, store.uri("models", "pc2l", run_id), encoder_id,
                      variants={v: m["uri"] for v, m in models.items()},

@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     encoder_id = registry.resolve_encoder_id(store, cfg.encoder)
     run_id, timer = new_run_id(), Timer()
     report = new_report("train_recommender", cfg, run_id)
-    start_ray()
+    start_ray(state_api=True)
     models = {name: fit_model(store, cfg, run_id, encoder_id, name, timer) for name in cfg.models.split(",")}
     registry.publish(store, "recommender", run_id, store.uri("models", "recommender", run_id), encoder_id,
                      variants={m: v["uri"] for m, v in models.items()},

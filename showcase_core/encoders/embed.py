@@ -114,7 +114,13 @@ def decode_photos(batch: dict, size: int, threads: int = 2, max_bytes: int = MAX
 
 
 class _Embedder:
+    """Holds the encoder. Calls may run on several threads at once (jobs.embed's ``--calls-per-actor``): decoding,
+    tokenising and writing overlap, and ``_model_lock`` lets one batch at a time into the model, whose own threads
+    use the actor's CPUs (or its GPU)."""
+
     def __init__(self, root: str, encoder_spec: dict, encoder_id: str, threads: int = 0):
+        import threading
+
         import torch
 
         from .clip import load_encoder
@@ -127,6 +133,15 @@ class _Embedder:
             raise RuntimeError(f"encoder loaded as {self.encoder.encoder_id}, expected {encoder_id}")
         self.encoder_id = encoder_id
         self.schema = None
+        self._model_lock = threading.Lock()
+
+    def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        with self._model_lock:
+            return self.encoder.encode_pixels(pixels)
+
+    def encode_texts(self, texts: list[str]) -> np.ndarray:
+        with self._model_lock:
+            return self.encoder.encode_texts(texts)
 
     def _write(self, kind: str, ids: list[str], vectors: np.ndarray) -> dict:
         """Write one embeddings data file; returns its add record with the table kind."""
@@ -152,7 +167,7 @@ class ImageEmbedder(_Embedder):
         good_ids = [i for i, b in zip(ids, bad) if not b]
         files = []
         if good_ids:
-            files.append(self._write("images", good_ids, self.encoder.encode_pixels(batch["pixels"][~bad])))
+            files.append(self._write("images", good_ids, self.encode_pixels(batch["pixels"][~bad])))
         if bad.any():
             rows = [{"id": i, "uri": str(u), "reason": str(r), "detail": str(d)}
                     for i, u, r, d, b in zip(ids, batch["uri"], batch["reason"], batch["detail"], bad) if b]
@@ -167,4 +182,4 @@ class TextEmbedder(_Embedder):
 
     def __call__(self, batch: dict) -> dict:
         ids = [str(i) for i in batch["id"]]
-        return file_rows([self._write("texts", ids, self.encoder.encode_texts([str(t) for t in batch["text"]]))])
+        return file_rows([self._write("texts", ids, self.encode_texts([str(t) for t in batch["text"]]))])

@@ -62,3 +62,45 @@ def test_embedders_write_idempotent_parts_and_quarantine(tmp_path):
     assert done_ids(store, enc_id, ("images", "quarantine")) == {"a", "b", "x"}
     assert done_ids(store, enc_id, ("texts",)) == {"review:r1"}
     assert not [n for n in os.listdir(tmp_path / "root" / "embeddings" / enc_id / "images") if ".tmp" in n]
+
+
+def test_concurrent_calls_enter_the_model_one_at_a_time_and_match_sequential_calls(tmp_path):
+    """jobs.embed runs --calls-per-actor batches on one embedder at once: decoding overlaps, the model does not."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    enc_id = load_encoder(model="showcase-tiny").encoder_id
+    images = ImageEmbedder(str(tmp_path / "root"), {"model": "showcase-tiny", "device": "cpu"}, enc_id)
+    inside, most, guard = [0], [0], threading.Lock()
+    forward = images.encoder.encode_pixels
+
+    def counted(pixels):
+        with guard:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        try:
+            threading.Event().wait(0.02)  # hold the model long enough for another call to try to enter it
+            return forward(pixels)
+        finally:
+            with guard:
+                inside[0] -= 1
+
+    images.encoder.encode_pixels = counted
+    rng = np.random.default_rng(0)
+    batches = [{"id": np.array([f"p{b}-{i}" for i in range(4)], object), "uri": np.array(["u"] * 4, object),
+                "pixels": rng.integers(0, 255, (4, 64, 64, 3), dtype=np.uint8), "reason": np.array([""] * 4, object),
+                "detail": np.array([""] * 4, object)} for b in range(6)]
+    sequential = [images(b) for b in batches]
+    with ThreadPoolExecutor(3) as pool:
+        concurrent = list(pool.map(images, batches))
+    assert most[0] == 1
+    assert [list(c["path"]) for c in concurrent] == [list(s["path"]) for s in sequential]
+    assert [forward(b["pixels"]).tobytes() for b in batches] == [
+        np.stack(read_parquet_vectors(tmp_path / "root" / "embeddings" / enc_id / "images" / c["path"][0])).tobytes()
+        for c in concurrent]
+
+
+def read_parquet_vectors(path):
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path).column("embedding").to_numpy(zero_copy_only=False)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from showcase_core.encoders.embed import EMBED_REASONS, decode_photos
+from showcase_core.encoders import photos
 from showcase_core.encoders.photos import PhotoError, decode_and_resize, read_photo
 from tests import photo_files
 
@@ -53,11 +54,14 @@ def test_the_pixel_limit_is_a_setting():
         decode_and_resize(data, 16, max_pixels=3071)
 
 
-def test_read_photo_stops_at_the_byte_limit_and_names_missing_files(tmp_path):
+@pytest.mark.parametrize("chunk", [1 << 20, 7])  # one read, or many chunks with a short last one
+def test_read_photo_stops_at_the_byte_limit_and_names_missing_files(tmp_path, monkeypatch, chunk):
+    monkeypatch.setattr(photos, "READ_CHUNK_BYTES", chunk)
     path = tmp_path / "p.jpg"
     path.write_bytes(photo_files.cmyk_jpeg())
     size = path.stat().st_size
-    assert read_photo(str(path), 16, {}, max_bytes=size)[1] == ""
+    px, reason, _ = read_photo(str(path), 16, {}, max_bytes=size)
+    assert reason == "" and np.array_equal(px, decode_and_resize(path.read_bytes(), 16))
     px, reason, detail = read_photo(str(path), 16, {}, max_bytes=size - 1)
     assert px is None and reason == "too_large" and f"{size - 1:,} bytes" in detail
     assert read_photo(str(tmp_path / "gone.jpg"), 16, {})[1] == "photo_missing"
