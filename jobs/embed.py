@@ -47,7 +47,7 @@ class Settings(JobSettings):
     batch_size: int = setting(256, "photos or texts per CLIP forward", ge=1)
     decode_batch_size: int = setting(256, "photos per decode batch", ge=1)
     decode_threads: int = setting(1, "threads per decode call (PIL releases the GIL)", ge=1)
-    calls_per_actor: int = setting(2, "batches an actor works on at once: one decodes (or tokenises) while another "
+    calls_per_actor: int = setting(2, "batches an actor works on at once: one is read and decoded while another "
                                       "is in the model, which runs one batch at a time", ge=1)
     max_photo_bytes: int = setting(MAX_PHOTO_BYTES, "a photo file over this size is quarantined (too_large) unread "
                                                     "beyond it", ge=1)

@@ -114,8 +114,8 @@ def decode_photos(batch: dict, size: int, threads: int = 2, max_bytes: int = MAX
 
 
 class _Embedder:
-    """Holds the encoder. Calls may run on several threads at once (jobs.embed's ``--calls-per-actor``): decoding,
-    tokenising and writing overlap, and ``_model_lock`` lets one batch at a time into the model, whose own threads
+    """Holds the encoder. Calls may run on several threads at once (jobs.embed's ``--calls-per-actor``): decoding
+    and writing overlap, and ``_model_lock`` lets one batch at a time into the model, whose own threads
     use the actor's CPUs (or its GPU)."""
 
     def __init__(self, root: str, encoder_spec: dict, encoder_id: str, threads: int = 0):
