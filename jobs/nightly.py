@@ -44,6 +44,7 @@ from __future__ import annotations
 import json
 import posixpath
 import sys
+import time
 from typing import Literal
 
 import numpy as np
@@ -209,6 +210,7 @@ class ShowcaseWriter:
     def __call__(self, group: pa.Table) -> pa.Table:
         from showcase_core.showcase import QUARANTINE_TABLE, TABLE, PairInputs, part_name, quarantine_row
 
+        started, before = time.perf_counter(), dict(self.assembler.seconds)
         unit = int(group.column("unit")[0].as_py())
         group = group.take(pc.sort_indices(group, [("business_id", "ascending"), ("user_id", "ascending")]))
         reasons = group.column("reason").to_pylist()
@@ -236,9 +238,10 @@ class ShowcaseWriter:
                                      row["score"], row["rank"]))
         if len({(p.user_id, p.business_id) for p in inputs}) != len(inputs):
             raise RuntimeError(f"unit {unit} of run {self.run_id} holds a pair twice")  # step 2 keeps one of each
-        made = []
+        made, assembling = [], time.perf_counter()
         for start in range(0, len(inputs), self.batch_size):
             made += self.assembler.assemble(inputs[start:start + self.batch_size], self.run_id, self.generated_at)
+        writing = time.perf_counter()
         name, partition = part_name(self.run_id, unit, self.units), {"dt": self.date}
         quarantine = pa.Table.from_pylist([{**q, "run_id": self.run_id, "dt": self.date} for q in quarantined],
                                           schema=SHOWCASES_QUARANTINE)
@@ -248,9 +251,11 @@ class ShowcaseWriter:
         by_reason: dict[str, int] = {}
         for q in quarantined:
             by_reason[q["reason"]] = by_reason.get(q["reason"], 0) + 1
+        seconds = {"inputs": assembling - started, **{k: v - before[k] for k, v in self.assembler.seconds.items()},
+                   "write": time.perf_counter() - writing}
         columns = delta.record_columns(records, unit=[unit, unit], table=[QUARANTINE_TABLE, TABLE])
         return pa.table({**columns, "cold_start": [0, sum(r["cold_start"] for r in made)],
-                         "reasons": [json.dumps(by_reason), "{}"]})
+                         "reasons": [json.dumps(by_reason), "{}"], "seconds": ["{}", json.dumps(seconds)]})
 
 
 MAX_PARTITIONS = 4096  # shuffle partitions at most (beyond it a partition holds several groups or units)
@@ -396,6 +401,8 @@ def add_records(batch: list[dict], records: dict, extras: dict) -> int:
         extras["cold_start"] += int(record["cold_start"])
         for reason, n in json.loads(record["reasons"]).items():
             extras["reasons"][reason] = extras["reasons"].get(reason, 0) + n
+        for phase, seconds in json.loads(record["seconds"]).items():
+            extras["writer_seconds"][phase] = extras["writer_seconds"].get(phase, 0.0) + seconds
     return sum(int(record["rows"]) for record in batch)
 
 
@@ -497,20 +504,27 @@ def main(argv: list[str] | None = None) -> int:
               "quarantined_by_reason": extras["reasons"], "units": plan["units"], "parts": out["parts"],
               "parts_resumed": len(plan["done_before"]), "cold_start": extras["cold_start"],
               "passes_rerun": extras["passes_rerun"]}
+    # the writers' own time by phase over this run's units (all writers together; the rest of a pass is reading,
+    # profiles and shuffles in Ray Data tasks)
+    writer_seconds = {phase: round(s, 3) for phase, s in extras["writer_seconds"].items()}
     report.update(status="published", date=cfg.date, counts=counts, models=plan["models"], generation=generation,
                   features=plan["meta"]["run_id"], table={"uri": store.uri(TABLE), "version": out["version"]},
-                  replaced_run_id=publisher, timings_s=timer.timings, versions=versions(), finished_at=utc_now())
+                  replaced_run_id=publisher, timings_s=timer.timings, writer_seconds=writer_seconds,
+                  versions=versions(), finished_at=utc_now())
     seconds = timer.timings.get("showcases")
     rate = f" ({out['showcases'] / seconds:.1f} pairs/s)" if seconds and not plan["done_before"] else ""
     print(f"[nightly] published {out['showcases']:,} showcases for {cfg.date}{rate}: {store.uri(TABLE)} version "
           f"{out['version']}; quarantined {out['quarantined']:,} {extras['reasons'] or ''}; "
           f"report: {store.write_report('nightly', run_id, report)}", flush=True)
+    if writer_seconds:
+        print("[nightly] writers' time: " + ", ".join(f"{phase} {s:,.1f}s" for phase, s in writer_seconds.items()),
+              flush=True)
     return 0
 
 
 def resume_records(store, date: str, done_before: dict) -> tuple[dict, dict]:
     """The add records and counts of the units an earlier attempt wrote: {(table, unit): record}, extras."""
-    records, extras, partition = {}, {"cold_start": 0, "reasons": {}, "passes_rerun": 0}, {"dt": date}
+    records, extras, partition = {}, {"cold_start": 0, "reasons": {}, "passes_rerun": 0, "writer_seconds": {}}, {"dt": date}
     for unit, name in done_before.items():
         records[(TABLE, unit)] = delta.file_record(store, TABLE, name, partition)
         records[(QUARANTINE_TABLE, unit)] = delta.file_record(store, QUARANTINE_TABLE, name, partition)

@@ -11,6 +11,7 @@ any engine that reads Delta (Spark, Trino, Athena, DuckDB, Polars) reads the sam
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -232,6 +233,7 @@ class ShowcaseAssembler:
         if generator_uri:
             self.generator, self.tokenizer, self.generator_config = load_pc2l(generator_uri, device)
         self.dpp_uri, self.generator_uri = dpp_uri, generator_uri
+        self.seconds = {"dpp": 0.0, "generation": 0.0}  # where assemble's time went, summed over calls
 
     @property
     def max_history(self) -> int:
@@ -248,6 +250,7 @@ class ShowcaseAssembler:
 
         if not pairs:
             return []
+        started = time.perf_counter()
         width = max(len(p.ground.image_ids) for p in pairs)
         dim = pairs[0].ground.vectors.shape[1]
         photos = np.zeros((len(pairs), width, dim), np.float32)
@@ -263,6 +266,8 @@ class ShowcaseAssembler:
             picks = greedy_map(L.double(), self.k, t(mask, torch.bool)).cpu().numpy()
             quality = self.dpp.quality(profile_in, t(photos)).cpu().numpy()
         picked = [[int(j) for j in row if j >= 0] for row in picks]
+        generating = time.perf_counter()
+        self.seconds["dpp"] += generating - started
         texts = [None] * len(pairs)
         if self.generator is not None:
             cfg = self.generator_config
@@ -272,6 +277,7 @@ class ShowcaseAssembler:
                                          cfg["max_history"], dim)
             texts = generate(self.generator, self.tokenizer, photo_feats, photo_mask, hist_feats, hist_mask,
                              num_beams=self.num_beams, **self.decoding)
+        self.seconds["generation"] += time.perf_counter() - generating
         rows = []
         for i, (p, rows_i, text) in enumerate(zip(pairs, picked, texts)):
             rows.append({"user_id": p.user_id, "business_id": p.business_id,

@@ -118,6 +118,9 @@ def test_nightly_publishes_quarantines_and_reruns(trained_root, tmp_path):
     report = store.read_json(f"reports/nightly/{published['run_id']}.json")
     assert report["counts"]["quarantined_by_reason"] == bad
     assert report["counts"]["cold_start"] == len(cold)
+    # where the writers' time went, every phase measured (generation and the DPP ran for every unit)
+    assert set(report["writer_seconds"]) == {"inputs", "dpp", "generation", "write"}
+    assert report["writer_seconds"]["generation"] > 0 and all(s >= 0 for s in report["writer_seconds"].values())
     quarantine = delta.read(store, "showcases_quarantine", filters=[("dt", "=", "2026-11-21")]).to_pylist()
     assert sorted(q["reason"] for q in quarantine) == sorted(bad)
     # every commit names its run and the table versions it read
