@@ -108,8 +108,9 @@ def start_ray(state_api: bool = False) -> None:
     ray.init(address=address, log_to_driver=True, logging_level="INFO", logging_format=_LOG_FORMAT,
              runtime_env={"env_vars": env_vars} if env_vars else None, **local)
     node = getattr(ray._private.worker, "_global_node", None)
-    where = (f"cluster {address}" if not local else f"local instance (dashboard http://127.0.0.1:{local['dashboard_port']})"
-             if state_api else "local instance")
+    where = f"cluster {address}" if not local else "local instance"
+    if local and state_api:
+        where += f" (dashboard http://127.0.0.1:{local['dashboard_port']})"
     print(f"[ray] {where}; Ray's logs: {node.get_logs_dir_path() if node else '?'}; the libraries': {log_file}",
           file=sys.stderr, flush=True)
 

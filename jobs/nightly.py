@@ -524,7 +524,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def resume_records(store, date: str, done_before: dict) -> tuple[dict, dict]:
     """The add records and counts of the units an earlier attempt wrote: {(table, unit): record}, extras."""
-    records, extras, partition = {}, {"cold_start": 0, "reasons": {}, "passes_rerun": 0, "writer_seconds": {}}, {"dt": date}
+    records, partition = {}, {"dt": date}
+    extras = {"cold_start": 0, "reasons": {}, "passes_rerun": 0, "writer_seconds": {}}
     for unit, name in done_before.items():
         records[(TABLE, unit)] = delta.file_record(store, TABLE, name, partition)
         records[(QUARANTINE_TABLE, unit)] = delta.file_record(store, QUARANTINE_TABLE, name, partition)
