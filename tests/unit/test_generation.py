@@ -9,11 +9,12 @@ import torch
 
 from showcase_core.generation import entities
 from showcase_core.generation.data import GenerationExamples, collate, encode_targets, pack
-from showcase_core.generation.decode import generate
+from showcase_core.generation.decode import beam_search, generate
 from showcase_core.generation.losses import info_nce, personality_weights
 from showcase_core.generation.model import PC2L, load_pc2l, pc2l_loss, save_pc2l
 from showcase_core.generation.tokenizer import train_tokenizer
 from showcase_core.store import StoreError
+from tests.beam_reference import transformers_beam_search
 
 TEXTS = ["the pad thai was great!", "loved the ramen and the gyoza.", "cozy place, the curry was spicy.",
          "the gyoza were crispy.", "great ramen, rich broth.", "the curry was mild but the pad thai was hot."]
@@ -151,6 +152,31 @@ def test_beam_1_is_greedy_and_batching_does_not_change_outputs():
     alone = [generate(model, tok, *(a[i:i + 1] for a in (ex.photos, ex.photo_mask, ex.history, ex.history_mask)),
                       num_beams=2, max_new_tokens=12)[0] for i in range(len(ex))]
     assert beam2 == alone
+
+
+@pytest.mark.parametrize("num_beams, no_repeat_ngram_size, length_penalty", [(2, 3, 1.0), (1, 3, 1.0), (3, 0, 0.5),
+                                                                              (2, 2, 2.0)])
+def test_beam_search_is_transformers_generate_while_rows_leave_the_batch(num_beams, no_repeat_ngram_size,
+                                                                         length_penalty):
+    tok, ex, model = _tiny(n=24)
+    ids = encode_targets(tok, ex.targets, 64)
+    opt = torch.optim.AdamW(model.parameters(), 3e-3)
+    model.train()
+    for _ in range(12):  # a little training: rows end at different lengths, some at the step limit
+        loss = model(collate(ex, range(len(ex)), ids, tok))["ce"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        memory, mask = model.encode(*(torch.as_tensor(a) for a in (ex.photos, ex.photo_mask, ex.history,
+                                                                    ex.history_mask)))
+        args = (model.decoder, memory, mask, tok.bos_token_id, tok.eos_token_id, num_beams, 16,
+                no_repeat_ngram_size, length_penalty)
+        ours, reference = beam_search(*args), transformers_beam_search(*args)
+    assert ours == reference
+    lengths = {len(row) for row in ours}
+    assert len(lengths) > 2 and min(lengths) < 16, lengths  # rows left the batch at several steps
 
 
 def test_decoding_blocks_a_repeated_sentence_the_model_learned():

@@ -13,9 +13,10 @@ ensure_torchvision()
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
 from showcase_core.generation import smollm  # noqa: E402
-from showcase_core.generation.decode import generate  # noqa: E402
+from showcase_core.generation.decode import beam_search, generate  # noqa: E402
 from showcase_core.generation.model import PC2L, load_pc2l, pc2l_loss, save_pc2l  # noqa: E402
 from showcase_core.generation.tokenizer import train_tokenizer  # noqa: E402
+from tests.beam_reference import transformers_beam_search  # noqa: E402
 
 CLIP_DIM = 16
 
@@ -125,6 +126,14 @@ def test_save_load_round_trip_and_beam_one_is_greedy(pc2l_config, tiny_llama, tm
     for k, v in model.state_dict().items():
         assert torch.equal(v, loaded.state_dict()[k]), k
     assert generate(model, tokenizer, *inputs, num_beams=2) == generate(loaded, loaded_tokenizer, *inputs, num_beams=2)
+    with torch.no_grad():  # the Llama path's cache (no cross-attention cache) is decoded as transformers' generate does
+        memory, memory_mask = model.encode(*inputs)
+        # the random model never ends a row; a token it does write, taken as the end token, ends rows at several steps
+        end = beam_search(model.decoder, memory, memory_mask, tokenizer.bos_token_id, tokenizer.eos_token_id, 1, 12)[1][3]
+        for beams in (2, 3):
+            args = (model.decoder, memory, memory_mask, tokenizer.bos_token_id, end, beams, 12, 3, 1.0)
+            ours = beam_search(*args)
+            assert ours == transformers_beam_search(*args) and len({len(row) for row in ours}) > 1, ours
     # beam 1 (generate, with the KV cache) = a greedy loop that recomputes the whole prefix at every step
     with torch.no_grad():
         memory, memory_mask = model.encode(*inputs)
