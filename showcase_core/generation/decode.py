@@ -107,9 +107,9 @@ def beam_search(decoder, memory: torch.Tensor, memory_mask: torch.Tensor, bos: i
         running = torch.gather(candidates, 1, pick[:, :, None].expand(n, num_beams, length))
         beam_source = torch.gather(source, 1, pick)  # (n, num_beams): which running beam each continues
         done = is_finished.all(dim=1) | (step == max_new_tokens - 1)
-        for i in done.nonzero().flatten().tolist():
-            row = finished[i, 0, 1:].tolist()
-            best[int(active[i])] = row[:row.index(eos) + 1] if eos in row else row
+        ended = done.nonzero().flatten()
+        for i, row in zip(active[ended].tolist(), finished[ended, 0, 1:].tolist()):  # each row's best hypothesis
+            best[i] = row[:row.index(eos) + 1] if eos in row else row
         if bool(done.all()):
             break
         stay = (~done).nonzero().flatten()
