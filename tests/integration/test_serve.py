@@ -382,6 +382,31 @@ def locust_figures(name: str, result: dict) -> str:
             f"failed, p50 {result['p50_ms']:.0f} ms, p99 {result['p99_ms']:.0f} ms, {result['rps']:.1f} requests/s")
 
 
+def cpu_ns(pid: int) -> int:
+    """The process's CPU time so far in nanoseconds, all its threads (/proc schedstat: ns, where cpu_times has ticks)."""
+    total = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except (FileNotFoundError, ProcessLookupError):  # a thread that ended meanwhile
+            pass
+    return total
+
+
+def wait_until_busy(pid: int, seconds: float, window_s: float = 0.002) -> bool:
+    """Return as soon as the process ran for most of the last ``window_s`` (a model replica inside a batch), or after
+    ``seconds``; True when it was busy."""
+    deadline, last = time.monotonic() + seconds, cpu_ns(pid)
+    while time.monotonic() < deadline:
+        time.sleep(window_s)
+        now = cpu_ns(pid)
+        if now - last >= 0.75 * window_s * 1e9:
+            return True
+        last = now
+    return False
+
+
 def test_a_killed_model_replica_fails_no_request(service, root, pairs, tmp_path, capsys):
     """LOCUST_REQUESTS from 64 locust users with one of two model replicas SIGKILLed a quarter of the way in: every
     request answered 200 (the ingress sends a call whose replica died to the other); then the same at steady state,
@@ -400,10 +425,12 @@ def test_a_killed_model_replica_fails_no_request(service, root, pairs, tmp_path,
     killed = []
 
     def kill_a_quarter_in(proc):
-        """SIGKILL the victim once the ingress has taken a quarter of the requests."""
+        """SIGKILL the victim once the ingress has taken a quarter of the requests, at a moment it is computing (so it
+        dies with calls in flight: a replica between batches, when the ingress is the bottleneck, has none)."""
         while proc.poll() is None:
             calls = httpx.get(f"{service}/healthz", timeout=30).json()["ingress"]["calls"]
             if calls - before >= LOCUST_REQUESTS // 4:
+                wait_until_busy(victim, seconds=30)
                 os.kill(victim, signal.SIGKILL)
                 killed.append(calls - before)
                 return
