@@ -72,9 +72,9 @@ def build_decoder(config: dict):
             n_layer=config["decoder_layers"], n_head=config["heads"], add_cross_attention=True,
             resid_pdrop=config["dropout"], embd_pdrop=config["dropout"], attn_pdrop=config["dropout"],
             bos_token_id=config["bos_token_id"], eos_token_id=config["eos_token_id"]))
-    # No pad id in the decoder's own config. Ours is BOS/EOS (one token), which starts every sequence generate()
-    # decodes; generate() drops the all-ones attention mask it is given, and GPT-2 then warns on every decode that the
-    # inputs "may be padded". Training passes its attention mask, and generate() its pad_token_id (decode.py).
+    # No pad id in the decoder's own config. Ours is BOS/EOS (one token), which starts every decoded sequence; with it
+    # set, GPT-2 warns on every decode that the inputs "may be padded". Training and decode.beam_search pass their
+    # attention masks.
     decoder.config.pad_token_id = None
     decoder.loss_type = "ForCausalLM"  # GPT-2 sets none, and transformers warns once per process before defaulting to it
     return decoder

@@ -172,7 +172,7 @@ def build_smollm_decoder(config: dict):
     if not config.get("train_lm"):
         for name, p in decoder.named_parameters():
             p.requires_grad = name.startswith("cross_blocks.") or "lora_" in name
-    decoder.config.pad_token_id = None  # as the GPT-2 decoder: generate() gets it, training passes attention masks
+    decoder.config.pad_token_id = None  # as the GPT-2 decoder: training and decoding pass attention masks
     decoder.loss_type = "ForCausalLM"
     return decoder
 
