@@ -91,7 +91,7 @@ def beam_search(decoder, memory: torch.Tensor, memory_mask: torch.Tensor, bos: i
         summed = (log_probs.view(n, width, vocab) + running_scores[:, :, None]).view(n, width * vocab)
         top_scores, top = torch.topk(summed, keep)
         source, token = top // vocab, top % vocab
-        candidates = torch.gather(running, 1, source[:, :, None].expand(n, keep, length)).clone()
+        candidates = torch.gather(running, 1, source[:, :, None].expand(n, keep, length))  # a new tensor
         candidates[:, :, cur] = token
         ends = (token == eos) | (step == max_new_tokens - 1)
         # hypotheses that end here join the finished ones unless the row already has num_beams of them
