@@ -2,8 +2,8 @@
 tests/perf/realsize.py, which measures them): a ViT-B-32 checkpoint file written by open_clip, loaded by
 ``embed --clip-model ViT-B-32 --clip-pretrained FILE``; a GPT-2 small directory (12 layers, width 768, 12 heads,
 vocabulary 50,257, with a byte-level BPE tokenizer trained on the world beside it), loaded by
-``train_pc2l --gpt2-path DIR`` for two optimizer steps, then by the nightly for 20 pairs. Random weights: shapes,
-memory and the configuration path are what is checked here, not quality."""
+``train_pc2l --gpt2-path DIR`` for two optimizer steps, then by the nightly for 20 pairs. Random weights: the shapes
+and the configuration path are what is checked here, not quality."""
 
 import glob
 import json
@@ -59,7 +59,8 @@ def test_vit_b_32_embeds_and_gpt2_small_trains_and_writes_showcases(trained_root
     assert math.ceil(card["history"][0]["examples"] / batch) == 2
 
     pairs, _, _ = candidate_pairs(root)
-    good = {(p["user_id"], p["business_id"]): p for p in pairs if (p["user_id"], p["business_id"]) in good_keys(pairs)}
+    known = good_keys(pairs)
+    good = {(p["user_id"], p["business_id"]): p for p in pairs if (p["user_id"], p["business_id"]) in known}
     pairs = list(good.values())[:20]
     candidates = write_candidates(tmp_path / "c.parquet", pairs)
     assert run("nightly", nightly.main, ["--root", root, "--candidates", candidates, "--date", "2026-12-01"]) == 0
