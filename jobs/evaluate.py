@@ -179,8 +179,10 @@ def selection_markdown(table: dict) -> str:
 
 # -- generation: Table 2/4 and Figure 6 --------------------------------------------------------------------------
 
-def generation_table(store: Store, cfg: Settings) -> dict:
-    """The latest PC²L's variants explaining the latest DPP's K picks of the split's examples."""
+def generation_inputs(store: Store, cfg: Settings) -> dict:
+    """What the generation report decodes from and scores with, for the latest PC²L: its encoder's ``cfg.split``
+    examples, the latest DPP's K picks for each (``photo_lists``, feature vectors in ``data``), the scorer (that
+    encoder, Φ) and the sentences' entities. tests/perf/gpu_ablation.py exports and scores with the same."""
     from showcase_core.data.alignment import load_classifier
     from showcase_core.encoders.clip import load_encoder
     from showcase_core.generation.data import load_generation_examples
@@ -205,7 +207,18 @@ def generation_table(store: Store, cfg: Settings) -> dict:
     modality = evaluation.best_modality(dpp.variants)
     photo_lists = evaluation.showcase_photos(load_dpp(dpp.variant(modality))[0], data, data.splits[cfg.split],
                                              examples, cfg.k)
-    encoder = load_encoder(**registry.encoder(store, pc2l.encoder_id).extra["spec"], device="cpu")
+    return {"pc2l": pc2l, "config": config, "targets": targets, "examples": examples, "data": data,
+            "photo_lists": photo_lists, "modality": modality,
+            "encoder": load_encoder(**registry.encoder(store, pc2l.encoder_id).extra["spec"], device="cpu"),
+            "phi": load_classifier(phi.uri)[0], "sentences": store.read_table(targets, ["pic_ids", "entities"])}
+
+
+def generation_table(store: Store, cfg: Settings) -> dict:
+    """The latest PC²L's variants explaining the latest DPP's K picks of the split's examples."""
+    from showcase_core.model_files import load_model_config
+
+    given = generation_inputs(store, cfg)
+    pc2l, examples, photo_lists = given["pc2l"], given["examples"], given["photo_lists"]
     generators, inputs, groups = dict(pc2l.variants), {}, {}
     if cfg.compare:
         generators, groups = compared_generators(store, pc2l, cfg.compare.split(","))
@@ -213,14 +226,14 @@ def generation_table(store: Store, cfg: Settings) -> dict:
             config = load_model_config(uri, "PC2L model")
             other = json.loads(read_text(*filesystem_for(posixpath.join(uri, "card.json"))))["encoder_id"]
             if other != pc2l.encoder_id:  # the same photos and history, as that encoder's features
-                inputs[name] = other_encoder_inputs(store, other, targets, cfg.split, examples, photo_lists, config)
-    table = evaluation.generation_table(examples, photo_lists, data, generators, encoder,
-                                        load_classifier(phi.uri)[0], store.read_table(targets, ["pic_ids", "entities"]),
-                                        cfg.beams, cfg.decoding(), inputs)
+                inputs[name] = other_encoder_inputs(store, other, given["targets"], cfg.split, examples, photo_lists,
+                                                    config)
+    table = evaluation.generation_table(examples, photo_lists, given["data"], generators, given["encoder"],
+                                        given["phi"], given["sentences"], cfg.beams, cfg.decoding(), inputs)
     for row in table["rows"]:
         row["group"] = groups.get(row["method"], row["method"])
-    return {"split": cfg.split, "beams": cfg.beams, "k": cfg.k, "photos_from": f"DPP {modality} picks (K={cfg.k})",
-            "pc2l_version": pc2l.version, "scorer": pc2l.encoder_id, **table}
+    return {"split": cfg.split, "beams": cfg.beams, "k": cfg.k, "photos_from": f"DPP {given['modality']} picks "
+            f"(K={cfg.k})", "pc2l_version": pc2l.version, "scorer": pc2l.encoder_id, **table}
 
 
 def compared_generators(store: Store, latest, versions: list[str]) -> tuple[dict, dict]:

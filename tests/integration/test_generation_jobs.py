@@ -2,6 +2,7 @@
 worker and S3 checkpoints on SeaweedFS) and jobs.evaluate --stage generation|dataset, on the tiny world."""
 
 import json
+import math
 
 import pyarrow.fs as pafs
 import pytest
@@ -179,3 +180,72 @@ def test_train_pc2l_deepspeed_on_cpu_resumes_with_checkpoints_on_s3(seaweed, ray
     out = generate(model, tokenizer, photos, mask, np.zeros((2, 10, model.config["clip_dim"]), np.float32),
                    np.zeros((2, 10), bool), num_beams=2, max_new_tokens=8)
     assert len(out) == 2 and all(isinstance(t, str) for t in out)
+
+
+def test_gpu_ablation_script_prepared_here_runs_as_the_lent_machine_and_is_scored_here(embedded_root, tmp_path):
+    """tests/perf/gpu_ablation.py end to end on the tiny world: --prepare here; the dry run as the lent machine
+    (tests/lent_machine.py: no Ray, deltalake or spaCy; gguf only from the carry folder), the GGUF's two halves joined
+    and converted into an empty weights cache; --score here in one table with the ROOT's own PC²L."""
+    import subprocess
+    import sys
+
+    from tests.lent_machine import REPO, run_as_lent_machine
+
+    root, encoder_id = embedded_root
+    store = Store.open(root)
+    if not registry.is_published(store, "dpp"):
+        assert run("train_dpp", train_dpp.main, ["--root", root, "--encoder", encoder_id, "--epochs", "1",
+                                                 "--modalities", "img+text", "--cpus-per-worker", "1"]) == 0
+    if not registry.is_published(store, "alignment"):
+        assert run("distill", distill.main, ["--root", root, "--encoder", encoder_id, "--epochs", "2"]) == 0
+    if not registry.is_published(store, "pc2l"):
+        assert run("train_pc2l", train_pc2l.main, ["--root", root, "--encoder", encoder_id, "--epochs", "1",
+                                                   "--variants", "pc2l", *SMALL_MODEL]) == 0
+    script, folder = "tests/perf/gpu_ablation.py", tmp_path / "ablation"
+    prepared = subprocess.run([sys.executable, script, "--prepare", str(folder), "--root", root], cwd=REPO,
+                              capture_output=True, text=True, timeout=300)
+    assert prepared.returncode == 0, prepared.stderr[-3000:]
+
+    def mib(path):
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
+
+    assert mib(folder / "weights-1") < 60 and mib(folder / "weights-2") + mib(folder / "carry") < 60  # a run: 64
+    meta = json.loads((folder / "carry" / "bundle" / "meta.json").read_text())
+    assert len(meta["negatives"]) == len(meta["targets"]["train"]) and any(meta["negatives"])
+    assert len(meta["test_review_ids"]) == len(meta["targets"]["test"]) > 0
+
+    joined, swapped = tmp_path / "smollm2.gguf", tmp_path / "swapped.gguf"
+    first, second = (folder / "weights-1" / "part").read_bytes(), (folder / "weights-2" / "part").read_bytes()
+    joined.write_bytes(first + second)
+    swapped.write_bytes(second + first)
+    bundle, out = str(folder / "carry" / "bundle"), tmp_path / "out"
+    args = ["--bundle", bundle, "--out", str(out), "--dry-run"]
+    wrong = run_as_lent_machine(folder / "carry", {"gguf"}, script, args, {"SHOWCASE_SMOLLM2_GGUF": str(swapped)})
+    assert wrong.returncode != 0 and "join weights-1 and weights-2 in that order" in wrong.stderr.splitlines()[-1]
+    ran = run_as_lent_machine(folder / "carry", {"gguf"}, script, args,
+                              {"SHOWCASE_SMOLLM2_GGUF": str(joined), "SHOWCASE_WEIGHTS_CACHE": str(tmp_path / "w")})
+    assert ran.returncode == 0, ran.stdout[-2000:] + ran.stderr[-4000:]
+    lines = [line for line in ran.stdout.splitlines() if line.strip()]
+    assert len(lines) == 1 and json.loads(lines[0])["dry_run"] is True, ran.stdout
+    assert (tmp_path / "w").is_dir()  # converted from the carried GGUF here, not found in a cache
+    done = json.loads((out / "generations.json").read_text())
+    assert [r["variant"] for r in done["runs"]] == ["ce", "ce+ccl", "ce+pcl", "pc2l"]
+    for r in done["runs"]:
+        last = r["history"][-1]
+        assert len(r["texts"]) == done["examples"]["test"] == 4 and math.isfinite(last["val_ce"])
+        assert (last["ccl"] > 0) == ("ccl" in r["variant"] or r["variant"] == "pc2l")
+        assert (last["pcl"] > 0) == ("pcl" in r["variant"] or r["variant"] == "pc2l")
+        assert 0 < r["trainable_params"] < r["params"] / 5  # the LM is frozen: blocks, LoRA, MMA, heads learn
+
+    scored = subprocess.run([sys.executable, script, "--score", str(out), "--root", root, "--report",
+                             str(tmp_path / "table.json")], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert scored.returncode == 0, scored.stderr[-3000:]
+    table = json.loads((tmp_path / "table.json").read_text())
+    methods = [r["method"] for r in table["rows"]]
+    own = [m for m in methods if m.endswith("(here)")]
+    assert own and methods[len(own):] == [f"{v} · smollm2-135m · seed 0" for v in ("ce", "ce+ccl", "ce+pcl", "pc2l")] \
+        + ["ground truth"], methods
+    assert table["examples"] == 4 and table["scorer"] == encoder_id
+    for row in table["rows"][:-1]:
+        assert 0 <= row["clip_align"] <= 100 and 0 <= row["grounding"] <= 1 and "bleu1" in row
+    assert "| ce+pcl · smollm2-135m · seed 0 |" in scored.stdout

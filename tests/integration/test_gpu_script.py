@@ -1,6 +1,6 @@
-"""tests/perf/gpu.py --dry-run, as the lent GPU machine would run it: the carry folder that ``--build-carry`` makes
-holds the only open_clip, ftfy and wcwidth the script may import, and Ray, deltalake, DeepSpeed, pydantic, spaCy
-and polars (absent there) cannot be imported at all."""
+"""tests/perf/gpu.py --dry-run, as the lent GPU machine would run it (tests/lent_machine.py): the carry folder that
+``--build-carry`` makes holds the only open_clip, ftfy and wcwidth the script may import, and Ray, deltalake,
+DeepSpeed, pydantic, spaCy and polars (absent there) cannot be imported at all."""
 
 from __future__ import annotations
 
@@ -9,32 +9,7 @@ import os
 import subprocess
 import sys
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-# run in the child before the script: what the lent machine lacks cannot be imported, what is carried only from DIR
-GUARD = r'''
-import importlib.abc, importlib.machinery, os, runpy, sys
-carry = os.path.realpath(sys.argv[1])
-ABSENT = {"ray", "deltalake", "deepspeed", "pydantic", "pydantic_core", "spacy", "polars"}
-CARRIED = {"open_clip", "ftfy", "wcwidth"}
-
-class LentMachine(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path, target=None):
-        top = name.split(".")[0]
-        if top in CARRIED and "." not in name:
-            spec = importlib.machinery.PathFinder.find_spec(name, path)
-            if spec is None or not os.path.realpath(spec.origin).startswith(carry + os.sep):
-                raise ImportError(f"{name} must come from the carry folder, found {spec and spec.origin}")
-            return spec
-        return None
-
-# as if not installed: importing one raises ModuleNotFoundError and importlib.util.find_spec answers None
-# (transformers probes for deepspeed that way)
-sys.modules.update(dict.fromkeys(ABSENT))
-sys.meta_path.insert(0, LentMachine())
-sys.argv = [sys.argv[2], *sys.argv[3:]]
-runpy.run_path(sys.argv[0], run_name="__main__")
-'''
+from tests.lent_machine import REPO, run_as_lent_machine
 
 
 def test_gpu_script_dry_run_works_from_the_carry_folder(tmp_path):
@@ -46,9 +21,7 @@ def test_gpu_script_dry_run_works_from_the_carry_folder(tmp_path):
     assert size < 64 * 2**20, f"the carry folder is {size / 2**20:.1f} MiB, over the device tool's 64 MiB"
     assert {"open_clip", "ftfy", "wcwidth"} <= {p.name for p in carry.iterdir()}
 
-    env = {**os.environ, "PYTHONPATH": str(carry)}
-    ran = subprocess.run([sys.executable, "-c", GUARD, str(carry), "tests/perf/gpu.py", "--dry-run"], cwd=REPO,
-                         env=env, capture_output=True, text=True, timeout=600)
+    ran = run_as_lent_machine(carry, {"open_clip", "ftfy", "wcwidth"}, "tests/perf/gpu.py", ["--dry-run"])
     assert ran.returncode == 0, ran.stdout[-2000:] + ran.stderr[-4000:]
     lines = [line for line in ran.stdout.splitlines() if line.strip()]
     assert len(lines) == 1, ran.stdout  # one JSON line and nothing else on stdout

@@ -65,13 +65,13 @@ SIZES = {  # (GPU run, dry run)
 }
 
 
-def build_carry(folder: str) -> int:
-    """Copy the installed files of ``CARRY`` (packages and their .dist-info, not scripts) into ``folder``: what
-    ``PYTHONPATH=folder`` needs on a machine without them. Prints and returns the bytes copied."""
+def build_carry(folder: str, names: tuple[str, ...] = CARRY) -> int:
+    """Copy the installed files of the distributions ``names`` (packages and their .dist-info, not scripts) into
+    ``folder``: what ``PYTHONPATH=folder`` needs on a machine without them. Prints and returns the bytes copied."""
     from importlib import metadata
 
     total = 0
-    for name in CARRY:
+    for name in names:
         dist = metadata.distribution(name)
         site = str(dist.locate_file(""))
         for rel in dist.files or []:
@@ -85,7 +85,7 @@ def build_carry(folder: str) -> int:
             os.makedirs(os.path.dirname(target), exist_ok=True)
             shutil.copyfile(source, target)
             total += os.path.getsize(source)
-    print(f"carry folder {folder}: {', '.join(CARRY)} ({total / 2**20:.1f} MiB)", file=sys.stderr)
+    print(f"carry folder {folder}: {', '.join(names)} ({total / 2**20:.1f} MiB)", file=sys.stderr)
     return total
 
 

