@@ -163,6 +163,9 @@ def load_encoder(model: str | None = None, pretrained: str | None = None, checkp
 
         encoder = load_towers(pretrained)
     elif model in NAMED_CONFIGS:
+        if pretrained:
+            raise EncoderError(f"{model} has no pretrained weights (pretrained={pretrained!r}): it starts from random "
+                               "weights and train_clip trains it; load a trained one by its checkpoint")
         cfg = NAMED_CONFIGS[model]
         with torch.random.fork_rng():
             torch.manual_seed(0)  # the same initial weights in every process (and so the same encoder_id)

@@ -65,6 +65,8 @@ def test_bad_encoder_configs_raise_one_line_errors(tmp_path):
         load_encoder(checkpoint=str(tmp_path / "missing"))
     with pytest.raises(EncoderError, match="no CLIP configured"):
         load_encoder()
+    with pytest.raises(EncoderError, match="showcase-tiny has no pretrained weights"):  # never silently ignored
+        load_encoder(model="showcase-tiny", pretrained=str(tmp_path / "weights.pt"))
 
 
 def test_retrieval_recall_by_hand():
