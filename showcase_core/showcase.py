@@ -262,9 +262,11 @@ class ShowcaseAssembler:
         with torch.no_grad():
             profile_in = profile_input(t(np.stack([p.profile.photo for p in pairs])),
                                        t(np.stack([p.profile.text for p in pairs])), self.dpp.modality)
-            L = self.dpp(profile_in, t(photos), t(mask, torch.bool))
-            picks = greedy_map(L.double(), self.k, t(mask, torch.bool)).cpu().numpy()
-            quality = self.dpp.quality(profile_in, t(photos)).cpu().numpy()
+            photos_in, mask_in = t(photos), t(mask, torch.bool)
+            quality_in = self.dpp.quality(profile_in, photos_in)  # the kernel's q, and the image scores reported
+            L = self.dpp.kernel(quality_in, photos_in, mask_in)
+            picks = greedy_map(L.double(), self.k, mask_in).cpu().numpy()
+            quality = quality_in.cpu().numpy()
         picked = [[int(j) for j in row if j >= 0] for row in picks]
         generating = time.perf_counter()
         self.seconds["dpp"] += generating - started

@@ -68,7 +68,11 @@ class DPPKernel(nn.Module):
 
     def forward(self, profile: torch.Tensor, photos: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The kernel L [B, M, M]; padded items (mask False) get zero rows/columns."""
-        q = self.quality(profile, photos) * mask
+        return self.kernel(self.quality(profile, photos), photos, mask)
+
+    def kernel(self, quality: torch.Tensor, photos: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """L [B, M, M] from the photos' quality q [B, M] (``quality``'s; a caller that reports q computes it once)."""
+        q = quality * mask
         g = nn.functional.normalize(self.diversity(photos), dim=-1)
         similarity = g @ g.transpose(1, 2)
         eye = torch.eye(photos.shape[1], dtype=photos.dtype, device=photos.device)
