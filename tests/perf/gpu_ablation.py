@@ -25,7 +25,8 @@ package registry, and a run carries 64 MiB at most. So the work is split three w
    nothing. It decodes the test examples with the library's beam search and the nightly's decoding settings.
    ``$OUT/generations.json`` is rewritten after each variant, so a run stopped at its limit still returns what it
    finished. Defaults: 20 epochs, max length 64, gated cross-attention before the top 8 layers, LoRA rank 16 on
-   the frozen LM, lr 1e-3. About 5 minutes on an H100-class GPU (estimate; not measured yet).
+   the frozen LM, lr 1e-3. Its time on a GPU has not been measured yet (no GPU was lent so far): pass ``--epochs``
+   to fit a device run's 10 minutes, and every finished variant is in ``generations.json`` even if a run is cut.
 3. Here: ``python tests/perf/gpu_ablation.py --score DIR --root ROOT`` (DIR holds the run's ``generations.json``). It
    scores every GPU variant, plus the ROOT's latest PC²L decoded here, in one Table 2/4 with one ruler: the latest
    PC²L's CLIP and Φ, the same photos and references, as evaluate does. It prints the Markdown, and with
