@@ -25,7 +25,7 @@ from showcase_core.store import Store
 
 from . import (distill, embed, evaluate, features, gallery, ingest, make_world, nightly, recommend, train_clip, train_dpp,
                train_pc2l, train_recommender)
-from .common import JobSettings, parse_args, run, setting
+from .common import JobSettings, parse_args, run, setting, start_ray
 
 # the baseline and the full method, a checkpoint every 5 epochs (`showcase train_pc2l` alone trains all four
 # ablation variants)
@@ -84,6 +84,10 @@ def main(argv: list[str] | None = None) -> int:
     cfg = parse_args("demo", Settings, argv)
     world, root = cfg.world, cfg.root
     stage("make_world", make_world.main, ["--out", world, "--size", cfg.size, "--seed", str(cfg.seed)])
+    # every stage runs on this process's one Ray instance, so it is started as the training stages need it: with the
+    # State API (started by ingest, the first, it would have none, and each training run's placement-group cleaner
+    # would warn every second for the rest of the demo)
+    start_ray(state_api=True)
     stage("ingest", ingest.main, ["--root", root, "--gest", f"{world}/filter_all_t.json"])
     stage("train_clip", train_clip.main, ["--root", root])
     stage("embed", embed.main, ["--root", root, "--threads-per-actor", str(cfg.threads)])
