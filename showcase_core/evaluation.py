@@ -6,7 +6,8 @@
   Appendix B) over the CLIP image embeddings of the photos;
 - ``showcase_photos`` + ``generation_table``: Table 2/4, explanations: each PC²L variant decoding from the DPP's K
   picks and the user's history, scored against the ground-truth explanations, and ground truth itself for the
-  reference-free metrics; with Figure 6's length histograms and keyword coverage.
+  reference-free metrics; with Figure 6's length histograms and keyword coverage. ``score_generations`` is its
+  scoring half, for explanations written elsewhere (tests/perf/gpu_ablation.py's GPU runs).
 
 Reading the store and the registry is the caller's (jobs.evaluate); this module neither reads ROOT nor uses Ray.
 """
