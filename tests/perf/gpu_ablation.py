@@ -163,7 +163,10 @@ def check_weights(meta: dict) -> None:
     """The GGUF file the run converts is the one exported (two halves joined in the right order)."""
     from showcase_core.generation import smollm
 
-    path, want = smollm.gguf_path(), meta["gguf"]
+    try:
+        path, want = smollm.gguf_path(), meta["gguf"]
+    except smollm.MissingWeights as e:  # neither $SHOWCASE_SMOLLM2_GGUF nor the package
+        raise SystemExit(f"gpu_ablation.py: {e}") from None
     if os.path.getsize(path) != want["bytes"] or sha256(path) != want["sha256"]:
         raise SystemExit(f"gpu_ablation.py: {path} is not the exported {want['file']} ({want['bytes']:,} bytes, "
                          f"sha256 {want['sha256'][:12]}…): join weights-1 and weights-2 in that order")
