@@ -30,6 +30,12 @@ The signals:
   only. Their ids are drawn from a stream of their own, so every other draw of the world is the same with or
   without them; the sidecars stay true (a noise photo shows no entity and no sentence describes it).
 
+- Place and popularity (sizes with ``areas`` / ``popularity_sigma``; ``large``): users and businesses live in one
+  of several areas, a user outside the business's area is drawn at ``AREA_LEAK`` of the weight
+  (``reviewer_weights``), and an area's businesses take their ambience from ``AREA_AMBIENCE`` items of its own, so
+  the photos show the place; a business's review count is scaled by its lognormal popularity. Both come from
+  streams of their own, so a size without them draws exactly what it drew before they existed.
+
 - Owner photos: every business publishes ``OWNER_PHOTOS`` photos of dishes of its menu on a neutral background,
   apart from the reviews (what a cold business is recommended from).
 
@@ -90,8 +96,14 @@ SIZES = {
     # businesses, users, reviews per business (low, high), photo side in pixels
     "tiny": dict(businesses=8, users=24, reviews=(5, 8), side=64),
     "mini": dict(businesses=80, users=260, reviews=(9, 14), side=96),
-    "large": dict(businesses=3300, users=9000, reviews=(11, 15), side=96),
+    # large also has a place and a popularity: 30 areas (a reviewer comes from the business's own area, or from
+    # elsewhere at AREA_LEAK of the weight), each with its own 3 ambience items, and a lognormal popularity (σ 0.5)
+    # that scales a business's review count (at least 3)
+    "large": dict(businesses=3300, users=4500, reviews=(11, 15), side=96, areas=30, popularity_sigma=0.5,
+                  min_reviews=3),
 }
+AREA_LEAK = 0.02  # a reviewer's draw weight for a business outside their area, against 1 inside
+AREA_AMBIENCE = 3  # ambience items an area's businesses draw from (a business has 2-3 of them)
 
 
 @dataclass(frozen=True)
@@ -256,6 +268,14 @@ def plant_low_quality(businesses: list[dict], share: float, seed: int) -> dict[s
     return {"noise_photos": sorted(ids[:n]), "filler_reviews": sorted(ids[n:2 * n])}
 
 
+def reviewer_weights(taste: np.ndarray, menus: np.ndarray, user_area: np.ndarray,
+                     business_area: np.ndarray) -> np.ndarray:
+    """[users, businesses]: the weight a business draws each user as a reviewer by (normalised per business):
+    (taste · menu + 0.02)^AFFINITY_POWER + REVIEWER_MIX, times AREA_LEAK where the user lives in another area."""
+    affinity = (taste @ menus.T + 0.02) ** AFFINITY_POWER + REVIEWER_MIX
+    return affinity * np.where(user_area[:, None] == business_area[None, :], 1.0, AREA_LEAK)
+
+
 def build_world(size: str, seed: int, low_quality: float = 0.1) -> dict:
     """Everything about the world except the photo pixels, deterministically from the seed."""
     if size not in SIZES:
@@ -265,6 +285,16 @@ def build_world(size: str, seed: int, low_quality: float = 0.1) -> dict:
     n_ent = len(ENTITIES)
     cuisines = list(CUISINES)
 
+    areas = cfg.get("areas", 1)
+    area_rng = np.random.default_rng([seed, 6])  # a stream of its own: a world without areas draws the same
+    business_area = area_rng.integers(0, areas, cfg["businesses"])
+    area_ambience = [[str(a) for a in area_rng.choice(AMBIENCE, size=AREA_AMBIENCE, replace=False)]
+                     for _ in range(areas)] if areas > 1 else [AMBIENCE]
+    popularity = np.ones(cfg["businesses"])
+    if cfg.get("popularity_sigma"):
+        popularity = np.random.default_rng([seed, 5]).lognormal(0.0, cfg["popularity_sigma"], cfg["businesses"])
+        popularity /= popularity.mean()
+
     businesses = []
     for b in range(cfg["businesses"]):
         cuisine = cuisines[b % len(cuisines)] if b < len(cuisines) else str(rng.choice(cuisines))
@@ -272,8 +302,10 @@ def build_world(size: str, seed: int, low_quality: float = 0.1) -> dict:
         # a couple of dishes from other cuisines (fusion menus), so one menu serves several tastes
         others = [d for c, ds in CUISINES.items() if c != cuisine for d in ds]
         dishes += [str(d) for d in rng.choice(others, size=int(rng.integers(MENU_EXTRA[0], MENU_EXTRA[1] + 1)), replace=False)]
-        amb = [str(a) for a in rng.choice(AMBIENCE, size=int(rng.integers(2, 4)), replace=False)]
-        businesses.append({"business_id": f"b{b:05d}", "cuisine": cuisine, "menu": dishes + amb})
+        pool = area_ambience[business_area[b]]
+        amb = [str(a) for a in rng.choice(pool, size=min(int(rng.integers(2, 4)), len(pool)), replace=False)]
+        businesses.append({"business_id": f"b{b:05d}", "cuisine": cuisine, "menu": dishes + amb,
+                           "area": int(business_area[b]), "popularity": round(float(popularity[b]), 4)})
 
     users = []
     taste_matrix = np.zeros((cfg["users"], n_ent))
@@ -290,11 +322,14 @@ def build_world(size: str, seed: int, low_quality: float = 0.1) -> dict:
             "taste": {ENTITIES[i].name: round(float(w), 4) for i, w in zip(favs, weights)},
             "style": _style(rng),
         })
+    user_area = area_rng.integers(0, areas, cfg["users"])
+    for user, area in zip(users, user_area):
+        user["area"] = int(area)
 
     menus = np.zeros((len(businesses), n_ent))
     for bi, b in enumerate(businesses):
         menus[bi, [ENTITY_BY_NAME[m].index for m in b["menu"]]] = 1.0
-    affinity = taste_matrix @ menus.T + 0.02  # users x businesses
+    draw_weight = reviewer_weights(taste_matrix, menus, user_area, business_area)  # users x businesses
     planted = plant_low_quality(businesses, low_quality, seed)
     noise, filler = set(planted["noise_photos"]), set(planted["filler_reviews"])
     filler_rng = np.random.default_rng([seed, 3])
@@ -302,7 +337,8 @@ def build_world(size: str, seed: int, low_quality: float = 0.1) -> dict:
     reviews, photos = [], []
     for bi, b in enumerate(businesses):
         n_rev = int(rng.integers(cfg["reviews"][0], cfg["reviews"][1] + 1))
-        p = affinity[:, bi] ** AFFINITY_POWER + REVIEWER_MIX
+        n_rev = max(cfg.get("min_reviews", 1), int(round(n_rev * popularity[bi])))
+        p = draw_weight[:, bi]
         reviewers = rng.choice(len(users), size=min(n_rev, len(users)), replace=False, p=p / p.sum())
         menu_idx = np.flatnonzero(menus[bi])
         for u in reviewers:

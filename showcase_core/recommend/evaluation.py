@@ -10,8 +10,8 @@ ranking on val and test, the long-tail and cold-item splits, and R2MR's reviewer
   "modality m is poor" flag, over the items the reviewer sees users of (warm items).
 - Two reference rows, per seed on the same split: ``random``, the exact expectation of a uniformly random ranking
   of the businesses a user has not reviewed in train; and, given the synthetic world, ``oracle``: the ranking by the
-  world's own affinity (the user's true taste · the business's menu, what the world draws reviewers by), the ceiling
-  of what a model could learn.
+  world's own chance that the user reviews the business (true taste · menu, area and popularity: how the world draws
+  reviewers), the ceiling of what a model could learn.
 - ``summarize``: mean and sample sd over seeds of every number.
 
 Memory: one seed's interactions and content (O(interactions + items × dim)) and one model at a time.
@@ -25,7 +25,7 @@ import torch
 from ..metrics.recommend import ranking_metrics
 from .data import RecommenderData, build_model
 from .interactions import TEST, TRAIN, VAL
-from .training import rank, top_n, train_epoch, train_sets
+from .training import rank, top_scores, train_epoch, train_sets
 
 HEAD_SHARE = 0.2  # the most popular items by train interactions; the rest of the warm items are the long tail
 KS = (10, 20)
@@ -111,32 +111,47 @@ def expected_random(train: list[np.ndarray], held: list[np.ndarray], items: int,
     return out
 
 
-def world_affinity(data: RecommenderData, world: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """(users [U, E], items [I, E]): the world's taste weights and menus over its entities; their product is the
-    affinity the world draws each business's reviewers by."""
+def oracle_ranking(data: RecommenderData, world: dict, n: int, block: int = 4096) -> np.ndarray:
+    """[users, n] item indices (train items masked): each user's businesses by the world's own chance that the user
+    reviews them, which is how the world draws reviewers: a business's popularity × the user's reviewer weight
+    (``world.reviewer_weights``: taste · menu and area) / the business's total weight over all the world's users.
+    Worlds made before areas and popularity have one area and popularity 1. Memory: O(block × items)."""
+    from ..data.world import reviewer_weights
+
     x = data.interactions
     entity = {e["name"]: i for i, e in enumerate(world["entities"])}
-    taste = {u["user_id"]: u["taste"] for u in world["users"]}
-    menu = {b["business_id"]: b["menu"] for b in world["businesses"]}
-    users, items = torch.zeros(len(x.users), len(entity)), torch.zeros(len(x.items), len(entity))
-    for row, user in enumerate(x.users):
-        for name, weight in taste.get(user, {}).items():
-            users[row, entity[name]] = weight
-    for row, business in enumerate(x.items):
-        items[row, [entity[name] for name in menu.get(business, [])]] = 1.0
-    return users, items
+    row_of = {u["user_id"]: row for row, u in enumerate(world["users"])}
+    taste = np.zeros((len(world["users"]), len(entity)))
+    for row, user in enumerate(world["users"]):
+        for name, weight in user["taste"].items():
+            taste[row, entity[name]] = weight
+    user_area = np.array([u.get("area", 0) for u in world["users"]])
+    business = {b["business_id"]: b for b in world["businesses"]}
+    menus = np.zeros((len(x.items), len(entity)))
+    for row, business_id in enumerate(x.items):
+        menus[row, [entity[name] for name in business[business_id]["menu"]]] = 1.0
+    business_area = np.array([business[b].get("area", 0) for b in x.items])
+    popularity = np.array([business[b].get("popularity", 1.0) for b in x.items])
+    total = sum(reviewer_weights(taste[at:at + block], menus, user_area[at:at + block], business_area).sum(0)
+                for at in range(0, len(taste), block))
+    scale = popularity / total
+    rows = np.array([row_of[u] for u in x.users])
+    train = x.by_user(TRAIN)
+    tops = []
+    for at in range(0, len(rows), block):
+        chosen = rows[at:at + block]
+        scores = reviewer_weights(taste[chosen], menus, user_area[chosen], business_area) * scale
+        tops.append(top_scores(torch.as_tensor(scores), n, train[at:at + block])[1].numpy())
+    return np.concatenate(tops)
 
 
-def reference_metrics(data: RecommenderData, planted: np.ndarray | None, world: dict | None,
-                      block: int = 4096) -> dict:
+def reference_metrics(data: RecommenderData, planted: np.ndarray | None, world: dict | None) -> dict:
     """{"random": ..., "oracle": ...} (oracle only with the world), with the models' keys."""
     x = data.interactions
     held, train = held_out_sets(data, planted), x.by_user(TRAIN)
     out = {"random": {key: expected_random(train, h, len(x.items)) for key, h in held.items()}}
     if world is not None:
-        users, items = world_affinity(data, world)
-        top = np.concatenate([top_n(users[at:at + block], items, max(KS), train[at:at + block])[1].numpy()
-                              for at in range(0, len(x.users), block)])
+        top = oracle_ranking(data, world, max(KS))
         out["oracle"] = {key: ranking_metrics(top, h, KS) for key, h in held.items()}
     return out
 

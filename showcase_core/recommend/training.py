@@ -5,7 +5,7 @@
 - ``train_epoch``: one pass over the train interactions in shuffled mini-batches; ``step(loss)`` does backward +
   update (the harness's optimizer step). Returns the mean of each loss part.
 - ``top_n``: exact top-N of users × all items by matrix product and ``torch.topk``, with a mask of items to
-  exclude per user; one block of users at a time.
+  exclude per user; one block of users at a time (``top_scores``: the same from a block's score matrix).
 """
 
 from __future__ import annotations
@@ -56,7 +56,12 @@ def top_n(user_vectors: torch.Tensor, item_vectors: torch.Tensor, n: int,
           exclude: list[np.ndarray] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(scores [B, n], item indices [B, n]) for a block of users; ``exclude[b]`` item indices never returned.
     Where fewer than n items are allowed (or there are fewer than n), the rest are index -1 with score -inf."""
-    scores = user_vectors.float() @ item_vectors.float().T
+    return top_scores(user_vectors.float() @ item_vectors.float().T, n, exclude)
+
+
+@torch.no_grad()
+def top_scores(scores: torch.Tensor, n: int, exclude: list[np.ndarray] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``top_n`` of a block's score matrix [B, items] (changed in place where ``exclude`` masks)."""
     if exclude is not None:
         rows = np.repeat(np.arange(len(exclude)), [len(e) for e in exclude])
         cols = np.concatenate(exclude) if len(rows) else np.zeros(0, np.int64)

@@ -153,3 +153,27 @@ def test_owner_photos_show_dishes_of_the_menu_apart_from_the_reviews(tmp_path):
     for o in owners:
         assert o["pic_id"] not in review_photos and set(o["entities"]) <= menus[o["business_id"]]
         assert os.path.exists(os.path.join(out, "images", o["pic_id"] + ".jpg"))
+
+
+def test_areas_and_popularity_shape_who_reviews_what(monkeypatch):
+    from scipy.stats import spearmanr
+
+    from showcase_core.data import world as world_module
+
+    monkeypatch.setitem(world_module.SIZES, "areas", dict(businesses=120, users=400, reviews=(9, 13), side=64,
+                                                          areas=4, popularity_sigma=0.5, min_reviews=3))
+    world = build_world("areas", seed=0, low_quality=0.0)
+    area_of_user = {u["user_id"]: u["area"] for u in world["users"]}
+    business = {b["business_id"]: b for b in world["businesses"]}
+    assert {u["area"] for u in world["users"]} == {b["area"] for b in world["businesses"]} == {0, 1, 2, 3}
+    at_home = np.mean([area_of_user[r["user_id"]] == business[r["business_id"]]["area"] for r in world["reviews"]])
+    assert at_home > 0.85, at_home  # a reviewer from elsewhere weighs AREA_LEAK (0.02) of one from the area
+    ambience = {name for name in world_module.AMBIENCE}
+    for area in range(4):  # an area's businesses share its few ambience items, which the photos and menus show
+        shown = {m for b in world["businesses"] if b["area"] == area for m in b["menu"] if m in ambience}
+        assert 2 <= len(shown) <= world_module.AREA_AMBIENCE
+    reviews = Counter(r["business_id"] for r in world["reviews"])
+    counts = [reviews[b["business_id"]] for b in world["businesses"]]
+    assert min(counts) >= 3
+    assert spearmanr([b["popularity"] for b in world["businesses"]], counts).statistic > 0.7
+    assert np.std(counts) / np.mean(counts) > 0.35  # a lognormal skew, not 9-13 reviews each
