@@ -62,9 +62,10 @@ def owner_photo_sums(store, encoder_id: str, item_ids: pa.Array, dim: int,
 
 
 def item_content(store, encoder_id: str, x: Interactions, dim: int, batch_size: int = 8192) -> dict:
-    """{"image": [I, dim], "text": [I, dim], "photos": [I], "texts": [I], "owner_photos": [I]}: mean vectors (zeros
-    where an item has none) and the counts they average (``owner_photos``: those an item without train photos
-    used)."""
+    """{"image": [I, dim], "text": [I, dim], "owner": [I, dim], "photos": [I], "texts": [I], "owner_photos": [I]}:
+    mean vectors (zeros where an item has none) and the counts they average (``owner_photos``: those an item without
+    train photos used). ``owner`` is every item's owner-photo mean, warm or cold: the one content a cold item and a
+    warm one both have, drawn alike (what a cold item's neighbours are found by)."""
     items = len(x.items)
     tu, ti = x.pairs(TRAIN)
     train = np.unique(tu.astype(np.int64) * items + ti)
@@ -84,10 +85,11 @@ def item_content(store, encoder_id: str, x: Interactions, dim: int, batch_size: 
             np.add.at(sums[kind], item[keep], vectors[keep])
             np.add.at(counts[kind], item[keep], n[keep])
     owner_sums, owner_counts = owner_photo_sums(store, encoder_id, item_ids, dim, batch_size)
+    owner = (owner_sums / np.maximum(owner_counts, 1)[:, None]).astype(np.float32)
     use_owner = counts["image"] == 0
     owner_counts = np.where(use_owner, owner_counts, 0)
     sums["image"][use_owner] = owner_sums[use_owner]
     out = {kind: (sums[kind] / np.maximum(counts[kind] + (owner_counts if kind == "image" else 0), 1)[:, None]
                   ).astype(np.float32) for kind in sums}
-    return {**out, "photos": counts["image"].astype(np.int64), "texts": counts["text"].astype(np.int64),
+    return {**out, "owner": owner, "photos": counts["image"].astype(np.int64), "texts": counts["text"].astype(np.int64),
             "owner_photos": owner_counts.astype(np.int64)}

@@ -32,6 +32,7 @@ class RecommenderData:
     image: np.ndarray  # [I, D] mean photo vector of the item's train interactions (zeros: none)
     text: np.ndarray  # [I, D] mean text vector
     dim: int
+    owner: np.ndarray | None = None  # [I, D] mean owner-photo vector of every item (None: no owner photos)
 
     def scorable(self, model_name: str) -> np.ndarray:
         """[I] bool: items the model can score. A warm item always; a cold item (no train interaction, so no
@@ -49,7 +50,8 @@ def load_recommender_data(store, encoder_id: str, cold_fraction: float, seed: in
     x = build_interactions(reviews, cold_fraction, seed)
     dim = int(read_meta(store, encoder_id)["dim"])  # FeaturesError (run jobs.features) when there are none
     content = item_content(store, encoder_id, x, dim)
-    return RecommenderData(x, content["image"], content["text"], dim)
+    owner = content["owner"] if content["owner"].any() else None
+    return RecommenderData(x, content["image"], content["text"], dim, owner)
 
 
 def build_model(name: str, data: RecommenderData, settings: dict) -> torch.nn.Module:
@@ -65,10 +67,11 @@ def build_model(name: str, data: RecommenderData, settings: dict) -> torch.nn.Mo
     if name == "lightgcn":
         return LightGCN(users, items, adjacency, settings["dim"], settings["layers"], settings["reg"])
     content = (torch.as_tensor(data.image), torch.as_tensor(data.text), torch.as_tensor(x.cold))
+    owner = None if data.owner is None else torch.as_tensor(data.owner)
     if name == "alignrec":
-        return AlignRec(users, items, adjacency, tu, ti, *content, **settings)
+        return AlignRec(users, items, adjacency, tu, ti, *content, owner=owner, **settings)
     if name == "r2mr":
-        return R2MR(users, items, adjacency, tu, ti, *content, **settings)
+        return R2MR(users, items, adjacency, tu, ti, *content, owner=owner, **settings)
     raise ValueError(f"unknown recommender {name!r} (choose from {', '.join(MODELS)})")
 
 

@@ -9,7 +9,7 @@ where a modality is poor.
   user (a cold item) is reviewed against the mean user factors.
 - States by a threshold η: high (both above), disparity (exactly one), low (both below): ``quality_states``.
 - Fusion: item = Σ_m [s_i^m c̃_i^m + (1 - s_i^m) h_i] (the paper concatenates the two modality terms and scores
-  them against [u ‖ u]; the sum is the same score). Cold items have h_i = 0.
+  them against [u ‖ u]; the sum is the same score). A cold item's h_i is its warm neighbours' mean (AlignRec).
 - Rewriter: the paper trains a VQGAN-style generator; here two small MLPs (photos → reviews, reviews → photos)
   trained with a cosine loss on the batch's high-quality items. For a disparity item the poor modality is replaced
   by the one rewritten from its good modality when the reviewer scores the rewrite higher (at ranking time).
@@ -42,9 +42,10 @@ def factor_scores(factors: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
 
 class R2MR(AlignRec):
     def __init__(self, users: int, items: int, adjacency: torch.Tensor, train_user: np.ndarray,
-                 train_item: np.ndarray, image: torch.Tensor, text: torch.Tensor, cold: torch.Tensor, **settings):
+                 train_item: np.ndarray, image: torch.Tensor, text: torch.Tensor, cold: torch.Tensor,
+                 owner: torch.Tensor | None = None, **settings):
         own = {k: settings.pop(k, v) for k, v in DEFAULTS.items()}
-        super().__init__(users, items, adjacency, train_user, train_item, image, text, cold, **settings)
+        super().__init__(users, items, adjacency, train_user, train_item, image, text, cold, owner, **settings)
         self.cfg.update(own)
         d, k = self.cfg["dim"], own["factors"]
         self.user_factors = nn.Linear(d, k * d, bias=False)  # W_u

@@ -124,6 +124,29 @@ def test_a_cold_item_is_scored_by_its_content_not_its_id():
     assert not torch.allclose(items[3], moved[3])
 
 
+def test_content_gates_the_item_id_and_a_cold_item_takes_its_warm_neighbours_id():
+    user, item = np.array([0, 1, 1, 2]), np.array([0, 1, 2, 0])
+    content = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.95, 0.05]])  # item 3 (cold) is like 0 and 1
+    cold = torch.tensor([False, False, False, True])
+    model = AlignRec(3, 4, user_item_adjacency(user, item, 3, 4), user, item, content, content.clone(), cold,
+                     dim=4, knn=2)
+    out = model.parts()
+    h_user, h_item = model.ids.propagate()
+    assert torch.allclose(out["h_item"][:3], h_item[:3])
+    assert torch.allclose(out["h_item"][3], (h_item[0] + h_item[1]) / 2)  # not its own untrained ID, nor item 2's
+    ego = model.ids.embedding.weight[3:].detach().clone()
+    ego[3] = (ego[0] + ego[1]) / 2
+    gated = ego * torch.sigmoid(model.project_image(content))
+    expected = gated + model.item_graph.to_dense() @ gated
+    assert torch.allclose(out["c_image"], expected, atol=1e-6)
+    assert torch.allclose(out["user"][0], h_user[0] + out["c_tilde"][0], atol=1e-6)  # user 0's one train item
+    owner = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.1, 1.0], [0.05, 1.0]])  # by owner photos, 3 is like 1 and 2
+    model = AlignRec(3, 4, user_item_adjacency(user, item, 3, 4), user, item, content, content.clone(), cold,
+                     owner=owner, dim=4, knn=2)
+    _, h_item = model.ids.propagate()
+    assert torch.allclose(model.parts()["h_item"][3], (h_item[1] + h_item[2]) / 2)
+
+
 def test_reviewer_score_is_the_mean_over_users_and_factors_of_the_sigmoid():
     model, user, item = tiny_alignrec(R2MR, factors=2)
     out = model.parts()
@@ -283,3 +306,30 @@ def test_expected_random_ranking_matches_its_definition():
     draws = [ranking_metrics(np.array([rng.permutation(np.setdiff1d(np.arange(10), t))[:5] for t in train]), held,
                              ks=(5,))["ndcg@5"] for _ in range(4000)]
     assert out["ndcg@5"] == pytest.approx(np.mean(draws), abs=0.01)
+
+
+def test_oracle_ranks_by_the_worlds_own_chance_of_a_review():
+    from types import SimpleNamespace
+
+    from showcase_core.recommend.evaluation import oracle_ranking
+
+    world = {
+        "entities": [{"name": "A"}, {"name": "B"}],
+        "users": [{"user_id": "u0", "taste": {"A": 1.0}, "area": 0}, {"user_id": "u1", "taste": {"A": 1.0}, "area": 1},
+                  {"user_id": "u2", "taste": {"B": 1.0}, "area": 0}],
+        "businesses": [{"business_id": "b0", "menu": ["A"], "area": 0, "popularity": 1.0},
+                       {"business_id": "b1", "menu": ["A"], "area": 1, "popularity": 1.0},
+                       {"business_id": "b2", "menu": ["B"], "area": 0, "popularity": 1.0},
+                       {"business_id": "b3", "menu": ["A"], "area": 0, "popularity": 3.0}],
+    }
+    nothing = [np.zeros(0, np.int64)] * 2
+    x = SimpleNamespace(users=np.array(["u0", "u2"]), items=np.array(["b0", "b1", "b2", "b3"]),
+                        by_user=lambda split: nothing)
+    top = oracle_ranking(SimpleNamespace(interactions=x), world, 4)
+    # u0 likes A at home: the popular b3, then b0; b2 (B, at home) has u2 to draw instead; b1 is in another area
+    assert top[0].tolist() == [3, 0, 2, 1]
+    assert top[1][0] == 2  # u2: the only B business
+    world_without_places = {**world, "users": [{k: v for k, v in u.items() if k != "area"} for u in world["users"]],
+                            "businesses": [{k: v for k, v in b.items() if k not in ("area", "popularity")}
+                                           for b in world["businesses"]]}
+    assert set(oracle_ranking(SimpleNamespace(interactions=x), world_without_places, 4)[0][:3]) == {0, 1, 3}
