@@ -33,7 +33,8 @@ The signals:
 - Place and popularity (sizes with ``areas`` / ``popularity_sigma``; ``large``): users and businesses live in one
   of several areas, a user outside the business's area is drawn at ``AREA_LEAK`` of the weight
   (``reviewer_weights``), and an area's businesses take their ambience from ``AREA_AMBIENCE`` items of its own, so
-  the photos show the place; a business's review count is scaled by its lognormal popularity. Both come from
+  the photos show the place, and so does one more owner photo, of the room (its ambience items); a business's
+  review count is scaled by its lognormal popularity. Both come from
   streams of their own, so a size without them draws exactly what it drew before they existed.
 
 - Owner photos: every business publishes ``OWNER_PHOTOS`` photos of dishes of its menu on a neutral background,
@@ -381,8 +382,11 @@ def build_world(size: str, seed: int, low_quality: float = 0.1) -> dict:
     owner_photos = []
     for bi, b in enumerate(businesses):
         dishes = [m for m in b["menu"] if ENTITY_BY_NAME[m].kind == "dish"]
-        for k, dish in enumerate(owner_rng.choice(dishes, size=min(OWNER_PHOTOS, len(dishes)), replace=False)):
-            owner_photos.append({"pic_id": f"o{bi:05d}-{k}", "business_id": b["business_id"], "entities": [str(dish)],
+        shown = [[str(d)] for d in owner_rng.choice(dishes, size=min(OWNER_PHOTOS, len(dishes)), replace=False)]
+        if areas > 1:  # where the place matters, the owner also shows the room: its ambience items
+            shown.append([m for m in b["menu"] if ENTITY_BY_NAME[m].kind == "ambience"][:3])
+        for k, entities in enumerate(shown):
+            owner_photos.append({"pic_id": f"o{bi:05d}-{k}", "business_id": b["business_id"], "entities": entities,
                                  "index": len(photos) + len(owner_photos), "background": list(OWNER_BACKGROUND)})
     for r in reviews:
         r["review_text"] = _finish(users[int(r["user_id"][1:])]["style"], [s["text"] for s in r["sentences"]])

@@ -177,3 +177,6 @@ def test_areas_and_popularity_shape_who_reviews_what(monkeypatch):
     assert min(counts) >= 3
     assert spearmanr([b["popularity"] for b in world["businesses"]], counts).statistic > 0.7
     assert np.std(counts) / np.mean(counts) > 0.35  # a lognormal skew, not 9-13 reviews each
+    for b in world["businesses"]:  # the owner's last photo is of the room: the place shows without any review
+        room = [p for p in world["owner_photos"] if p["business_id"] == b["business_id"]][-1]["entities"]
+        assert room and set(room) == {m for m in b["menu"] if m in ambience}
