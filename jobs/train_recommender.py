@@ -48,6 +48,8 @@ class Settings(harness.TrainingSettings):
     factors: int = setting(4, "R2MR: user factors K", ge=1)
     eta: float = setting(0.5, "R2MR: quality threshold η", gt=0, lt=1)
     sampled_users: int = setting(8, "R2MR: users per item a training step reviews it with", ge=1)
+    review_weight: float = setting(0.1, "R2MR: weight of the reviewer's loss (each modality alone tells a user's "
+                                   "item from a random one)", ge=0)
     cold_fraction: float = setting(0.1, "share of businesses held out as cold items (all their interactions test)",
                                    ge=0, lt=1)
     eval_every: int = setting(5, "epochs between val Recall@20 checks; the best checked epoch is kept", ge=1)
@@ -61,7 +63,7 @@ class Settings(harness.TrainingSettings):
 
     def model_settings(self) -> dict:
         return self.pick("dim", "layers", "reg", "knn", "ica_weight", "cca_weight", "uia_weight", "cca_tau",
-                         "ica_tau", "uia_tau", "factors", "eta", "sampled_users")
+                         "ica_tau", "uia_tau", "factors", "eta", "sampled_users", "review_weight")
 
 
 def train_loop(config: dict) -> None:

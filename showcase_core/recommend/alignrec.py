@@ -7,8 +7,8 @@ reviews), from train interactions (and owner photos) only. Here, as in the paper
 - p_I = MLP_I(image), p_T = MLP_T(text): the projected modalities.
 - h_u, h_i: LightGCN over the train user-item graph (the ID side); e_i the item's own (layer-0) ID embedding.
 - The content view of modality m, as the released code builds it: g^m = e_i ⊙ σ(p_m) (the content decides which
-  parts of the item's ID embedding count), then c̃^m = g^m + S g^m, with S the item-item kNN graph (k = 10) from the
-  raw content (``graph.item_knn_graph``); c̃ = (c̃^I + c̃^T) / 2. Content enters as a gate on IDs, so it cannot
+  parts of the item's ID embedding count), then c̃^m = g^m + S g^m, with S the item-item kNN graph (k = 10) from all
+  the item's content: review photos, review text and owner photos, each unit length (``graph.item_knn_graph``); c̃ = (c̃^I + c̃^T) / 2. Content enters as a gate on IDs, so it cannot
   outweigh them: a first version that added the projected content itself (user = h_u + mean c̃, item = h_i + c̃_i)
   ranked by content alone on a world whose signal is local (Recall@20 1.0 where LightGCN had 9.9).
 - A cold item has no ID to learn (no train interaction): its e_i and h_i are the mean of its k warm neighbours'
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .graph import item_knn_graph
@@ -76,7 +77,9 @@ class AlignRec(nn.Module):
         self.register_buffer("image", image.float(), persistent=False)
         self.register_buffer("text", text.float(), persistent=False)
         self.register_buffer("warm", ~cold.bool(), persistent=False)
-        self.register_buffer("item_graph", item_knn_graph(torch.cat([image, text], dim=1), cfg["knn"]), persistent=False)
+        everything = [image, text] + ([] if owner is None else [owner])  # each block unit length: equal weights
+        content = torch.cat([F.normalize(block.float(), dim=-1) for block in everything], dim=1)
+        self.register_buffer("item_graph", item_knn_graph(content, cfg["knn"]), persistent=False)
         # a cold item's neighbours by owner photos, which warm and cold items both have (its review content is
         # owner photos alone, unlike any warm item's); the content graph where no owner photos were published
         imputation = self.item_graph if owner is None else item_knn_graph(owner, cfg["knn"])
@@ -94,7 +97,7 @@ class AlignRec(nn.Module):
         c_text = self.content_view(ego_item, p_text)
         c_tilde = (c_image + c_text) / 2
         user = h_user + torch.sparse.mm(self.user_items, c_tilde)
-        return {"user": user, "h_user": h_user, "h_item": h_item, "p_image": p_image,
+        return {"user": user, "h_user": h_user, "h_item": h_item, "ego_item": ego_item, "p_image": p_image,
                 "p_text": p_text, "c_image": c_image, "c_text": c_text, "c_tilde": c_tilde}
 
     def impute(self, item_vectors: torch.Tensor) -> torch.Tensor:
@@ -130,10 +133,11 @@ class AlignRec(nn.Module):
         cca = info_nce(out["c_tilde"][batch_items], out["h_item"][batch_items], cfg["cca_tau"])
         uia = info_nce(user, positive, cfg["uia_tau"])
         total = bpr + reg + cfg["ica_weight"] * ica + cfg["cca_weight"] * cca + cfg["uia_weight"] * uia
-        extra, parts = self.extra_loss(out, batch_items)
+        extra, parts = self.extra_loss(out, users, positives, negatives)
         parts = {"bpr": bpr, "ica": ica, "cca": cca, "uia": uia, **parts}
         return total + extra, {name: float(value.detach()) if torch.is_tensor(value) else value
                                for name, value in parts.items()}
 
-    def extra_loss(self, out: dict, batch_items: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    def extra_loss(self, out: dict, users: torch.Tensor, positives: torch.Tensor,
+                   negatives: torch.Tensor) -> tuple[torch.Tensor, dict]:
         return torch.zeros(()), {}

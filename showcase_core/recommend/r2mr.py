@@ -3,16 +3,24 @@ where a modality is poor.
 
 - Users decoupled into K factors: P_j = reshape(h_j W_u) ∈ R^{K×d}, W_u ∈ R^{d×Kd}.
 - Quality of modality m ∈ {I (photos), T (reviews)} of item i, over N_i (its train users):
-  s_i^m = mean_{j ∈ N_i, k ≤ K} σ(ẽ_i^m · p_j^k), ẽ_i^m = c̃_i^m W_m (the modality's propagated content, projected).
+  s_i^m = mean_{j ∈ N_i, k ≤ K} σ(ẽ_i^m · p_j^k), ẽ_i^m = e_i^m W_m: the modality's content as given (the mean CLIP
+  vector), projected, as in the paper (not AlignRec's view c̃^m, which is the item's ID gated by the content and
+  would score an item well whatever its photos show).
   Exact over all of N_i for ranking and for the reviewer's report; a training step estimates it from
   ``sampled_users`` users of N_i drawn with replacement (the same expectation, bounded cost). An item with no train
   user (a cold item) is reviewed against the mean user factors.
+- Training: the scores are trained end to end through the fusion, and by ``review_loss``: each modality alone should
+  tell a user's item from a random one (binary cross-entropy of mean_k σ(ẽ^m · p^k)), with the users' factors
+  taken from ID embeddings that only the ranking trains. Through the fusion alone the reviewer barely learned (every
+  score about 0.5), and with gradients into the users, a cluster of identical noise photos became a group ID that
+  its visitors' embeddings remembered (photo AUC below 0.5). Weight ``review_weight``.
 - States by a threshold η: high (both above), disparity (exactly one), low (both below): ``quality_states``.
 - Fusion: item = Σ_m [s_i^m c̃_i^m + (1 - s_i^m) h_i] (the paper concatenates the two modality terms and scores
   them against [u ‖ u]; the sum is the same score). A cold item's h_i is its warm neighbours' mean (AlignRec).
-- Rewriter: the paper trains a VQGAN-style generator; here two small MLPs (photos → reviews, reviews → photos)
-  trained with a cosine loss on the batch's high-quality items. For a disparity item the poor modality is replaced
-  by the one rewritten from its good modality when the reviewer scores the rewrite higher (at ranking time).
+- Rewriter: the paper trains a VQGAN-style generator; here two small MLPs (photos → reviews, reviews → photos, on
+  the CLIP content) trained with a cosine loss on the batch's high-quality items. For a disparity item the
+  poor modality's content is replaced by the one rewritten from its good modality when the reviewer scores the rewrite
+  higher, and its view c̃ is rebuilt from it (at ranking time).
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ from .alignrec import AlignRec, projector
 
 LOW, DISPARITY, HIGH = 0, 1, 2
 EXACT_CHUNK = 65536
-DEFAULTS = {"factors": 4, "eta": 0.5, "sampled_users": 8, "rewrite_weight": 0.1}
+DEFAULTS = {"factors": 4, "eta": 0.5, "sampled_users": 8, "rewrite_weight": 0.1, "review_weight": 0.1}
 
 
 def quality_states(score_image: torch.Tensor, score_text: torch.Tensor, eta: float) -> torch.Tensor:
@@ -49,20 +57,26 @@ class R2MR(AlignRec):
         self.cfg.update(own)
         d, k = self.cfg["dim"], own["factors"]
         self.user_factors = nn.Linear(d, k * d, bias=False)  # W_u
-        self.review = nn.ModuleDict({"image": nn.Linear(d, d, bias=False), "text": nn.Linear(d, d, bias=False)})
-        self.rewrite = nn.ModuleDict({"image": projector(d, d), "text": projector(d, d)})  # into that modality
+        dims = {"image": image.shape[1], "text": text.shape[1]}
+        self.review = nn.ModuleDict({m: nn.Linear(dims[m], d, bias=False) for m in dims})  # W_m on raw content
+        self.rewrite = nn.ModuleDict({"image": projector(dims["text"], dims["image"]),  # into that modality
+                                      "text": projector(dims["image"], dims["text"])})
         order = np.argsort(train_item, kind="stable")
         self.register_buffer("item_users", torch.as_tensor(np.asarray(train_user)[order], dtype=torch.long), persistent=False)
         indptr = np.searchsorted(np.asarray(train_item)[order], np.arange(items + 1))
         self.register_buffer("item_indptr", torch.as_tensor(indptr, dtype=torch.long), persistent=False)
+
+    def raw(self, modality: str) -> torch.Tensor:
+        """[I, D_m]: every item's content of the modality as given (the mean CLIP vector)."""
+        return self.image if modality == "image" else self.text
 
     def factors(self, h_user: torch.Tensor) -> torch.Tensor:
         return self.user_factors(h_user).view(h_user.shape[0], self.cfg["factors"], self.cfg["dim"])
 
     def scores(self, out: dict, modality: str, index: torch.Tensor, content: torch.Tensor | None = None,
                exact: bool = False) -> torch.Tensor:
-        """s^m of the items ``index`` ([n]); ``content`` overrides their c̃^m (a rewrite being reviewed)."""
-        content = out[f"c_{modality}"][index] if content is None else content
+        """s^m of the items ``index`` ([n]); ``content`` overrides their p^m (a rewrite being reviewed)."""
+        content = self.raw(modality)[index] if content is None else content
         projected = self.review[modality](content)
         factors = self.factors(out["h_user"])  # [U, K, d]
         start, end = self.item_indptr[index], self.item_indptr[index + 1]
@@ -99,25 +113,49 @@ class R2MR(AlignRec):
     def review_items(self, out: dict | None = None) -> dict:
         """Every item's exact scores, states, the rewrites kept, and its fused representation."""
         out = out or self.parts()
-        index = torch.arange(out["c_image"].shape[0], device=out["c_image"].device)
-        content = {m: out[f"c_{m}"].clone() for m in ("image", "text")}
+        index = torch.arange(out["p_image"].shape[0], device=out["p_image"].device)
+        content = {m: self.raw(m).clone() for m in ("image", "text")}
         s = {m: self.scores(out, m, index, exact=True) for m in ("image", "text")}
         states = quality_states(s["image"], s["text"], self.cfg["eta"])
         rewritten = {}
         for poor, good in (("image", "text"), ("text", "image")):
             rows = torch.nonzero((states == DISPARITY) & (s[poor] <= self.cfg["eta"])).flatten()
             if len(rows):
-                candidate = self.rewrite[poor](content[good][rows])
+                candidate = self.rewrite[poor](self.raw(good)[rows])
                 s_new = self.scores(out, poor, rows, candidate, exact=True)
                 better = s_new > s[poor][rows]
                 content[poor][rows[better]] = candidate[better]
                 s[poor][rows[better]] = s_new[better]
                 rewritten[poor] = rows[better]
-        item = self.fuse(out, index, s["image"], s["text"], content["image"], content["text"])
+        project = {"image": self.project_image, "text": self.project_text}
+        views = {m: self.content_view(out["ego_item"], project[m](content[m])) if m in rewritten else out[f"c_{m}"]
+                 for m in ("image", "text")}
+        item = self.fuse(out, index, s["image"], s["text"], views["image"], views["text"])
         return {"item": item, "score_image": s["image"], "score_text": s["text"], "states": states,
                 "rewritten": rewritten}
 
-    def extra_loss(self, out: dict, batch_items: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    def extra_loss(self, out: dict, users: torch.Tensor, positives: torch.Tensor,
+                   negatives: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        review = self.review_loss(out, users, positives, negatives)
+        rewrite, parts = self.rewrite_loss(out, torch.unique(positives))
+        return self.cfg["review_weight"] * review + rewrite, {"review": float(review.detach()), **parts}
+
+    def review_loss(self, out: dict, users: torch.Tensor, positives: torch.Tensor,
+                    negatives: torch.Tensor) -> torch.Tensor:
+        """Each modality on its own should tell a user's item from a random one: binary cross-entropy of the
+        reviewer's mean_k σ(ẽ^m · p^k) on (user, positive) against (user, negative). The users' factors come from
+        ID embeddings the ranking learns (detached here), so a modality cannot score well by making users remember
+        which items share its content (a cluster of identical noise photos would otherwise act as a group ID)."""
+        factors = self.factors(out["h_user"][users].detach())  # [B, K, d]
+        loss = torch.zeros(())
+        for modality in ("image", "text"):
+            content = self.review[modality](self.raw(modality))
+            positive = factor_scores(factors, content[positives]).clamp(1e-6, 1 - 1e-6)
+            negative = factor_scores(factors, content[negatives]).clamp(1e-6, 1 - 1e-6)
+            loss = loss - (torch.log(positive) + torch.log(1 - negative)).mean()
+        return loss
+
+    def rewrite_loss(self, out: dict, batch_items: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """The rewriter's cosine loss on the batch's high-quality items (the reviewer's scores held fixed)."""
         with torch.no_grad():
             s_image, s_text = self.scores(out, "image", batch_items), self.scores(out, "text", batch_items)
@@ -125,7 +163,7 @@ class R2MR(AlignRec):
         if not high.any():  # nothing to learn from; the rewriters still take part (DDP reduces every parameter)
             return sum(p.sum() for p in self.rewrite.parameters()) * 0.0, {"rewrite": 0.0}
         rows = batch_items[high]
-        image, text = out["c_image"][rows].detach(), out["c_text"][rows].detach()
+        image, text = self.image[rows], self.text[rows]
         loss = (2 - F.cosine_similarity(self.rewrite["image"](text), image).mean()
                 - F.cosine_similarity(self.rewrite["text"](image), text).mean())
         return self.cfg["rewrite_weight"] * loss, {"rewrite": float(loss.detach())}

@@ -151,7 +151,7 @@ def test_reviewer_score_is_the_mean_over_users_and_factors_of_the_sigmoid():
     model, user, item = tiny_alignrec(R2MR, factors=2)
     out = model.parts()
     factors = model.factors(out["h_user"]).detach().numpy()  # [U, K, d]
-    projected = model.review["image"](out["c_image"]).detach().numpy()
+    projected = model.review["image"](model.image).detach().numpy()  # the photos' own content, not the ID
     got = model.scores(out, "image", torch.arange(4), exact=True).detach().numpy()
     sigmoid = lambda z: 1 / (1 + np.exp(-z))  # noqa: E731
     for i in range(3):  # warm items: over their train users
@@ -160,6 +160,24 @@ def test_reviewer_score_is_the_mean_over_users_and_factors_of_the_sigmoid():
     assert got[3] == pytest.approx(sigmoid(factors.mean(0) @ projected[3]).mean(), rel=1e-5)  # cold: the mean user
     sampled = np.mean([model.scores(out, "image", torch.arange(4)).detach().numpy() for _ in range(300)], axis=0)
     assert np.allclose(sampled, got, atol=0.02)  # a training step's estimate has the same expectation
+
+
+def test_reviewer_loss_is_the_cross_entropy_of_each_modality_alone_and_leaves_the_ids_alone():
+    model, _, _ = tiny_alignrec(R2MR, factors=2)
+    out = model.parts()
+    users, positives, negatives = torch.tensor([0, 1]), torch.tensor([0, 1]), torch.tensor([2, 0])
+    loss = model.review_loss(out, users, positives, negatives)
+    factors = model.factors(out["h_user"][users]).detach()
+    expected = 0.0
+    for m in ("image", "text"):
+        content = model.review[m](model.raw(m)).detach()
+        s = lambda items: torch.sigmoid((factors * content[items][:, None, :]).sum(-1)).mean(-1)  # noqa: E731
+        expected += -(torch.log(s(positives)) + torch.log(1 - s(negatives))).mean()
+    assert float(loss.detach()) == pytest.approx(float(expected), rel=1e-5)
+    loss.backward()
+    assert model.ids.embedding.weight.grad is None  # users are learnt by the ranking alone
+    assert model.review["image"].weight.grad.abs().sum() > 0 and model.user_factors.weight.grad.abs().sum() > 0
+    assert model.project_text[0].weight.grad is None  # a probe of the content: the ranking's view is left alone
 
 
 def test_quality_states_and_fusion_extremes():
