@@ -8,9 +8,10 @@ reviews), from train interactions (and owner photos) only. Here, as in the paper
 - h_u, h_i: LightGCN over the train user-item graph (the ID side); e_i the item's own (layer-0) ID embedding.
 - The content view of modality m, as the released code builds it: g^m = e_i ⊙ σ(p_m) (the content decides which
   parts of the item's ID embedding count), then c̃^m = g^m + S g^m, with S the item-item kNN graph (k = 10) from all
-  the item's content: review photos, review text and owner photos, each unit length (``graph.item_knn_graph``); c̃ = (c̃^I + c̃^T) / 2. Content enters as a gate on IDs, so it cannot
-  outweigh them: a first version that added the projected content itself (user = h_u + mean c̃, item = h_i + c̃_i)
-  ranked by content alone on a world whose signal is local (Recall@20 1.0 where LightGCN had 9.9).
+  of the item's content: review photos, review text and owner photos, each unit length (``graph.item_knn_graph``);
+  c̃ = (c̃^I + c̃^T) / 2. Content enters as a gate on IDs, so it cannot outweigh them. A first version added the
+  projected content itself (user = h_u + mean c̃, item = h_i + c̃_i); on a world whose reviews follow place, with a
+  content that carried taste only, it ranked by content alone (Recall@20 1.0 where LightGCN had 9.9).
 - A cold item has no ID to learn (no train interaction): its e_i and h_i are the mean of its k warm neighbours'
   (``impute``), so its score is on the warm items' scale and comes from the items it resembles. The neighbours are
   found by owner photos, which every business publishes (``owner``); a cold item's review content is owner photos
@@ -101,7 +102,8 @@ class AlignRec(nn.Module):
                 "p_text": p_text, "c_image": c_image, "c_text": c_text, "c_tilde": c_tilde}
 
     def impute(self, item_vectors: torch.Tensor) -> torch.Tensor:
-        """A warm item keeps its vector; a cold one (no ID learnt) takes the mean of its warm content neighbours'."""
+        """A warm item keeps its vector; a cold one (no ID learnt) takes the mean of its warm neighbours' (found by
+        owner photos where there are any)."""
         return torch.where(self.warm[:, None], item_vectors, torch.sparse.mm(self.warm_neighbours, item_vectors))
 
     def content_view(self, ego_item: torch.Tensor, projected: torch.Tensor) -> torch.Tensor:

@@ -19,8 +19,8 @@ where a modality is poor.
   them against [u ‖ u]; the sum is the same score). A cold item's h_i is its warm neighbours' mean (AlignRec).
 - Rewriter: the paper trains a VQGAN-style generator; here two small MLPs (photos → reviews, reviews → photos, on
   the CLIP content) trained with a cosine loss on the batch's high-quality items. For a disparity item the
-  poor modality's content is replaced by the one rewritten from its good modality when the reviewer scores the rewrite
-  higher, and its view c̃ is rebuilt from it (at ranking time).
+  poor modality's content is replaced by the one rewritten from its good modality when the reviewer scores the
+  rewrite higher, and its view c̃ is rebuilt from it (at ranking time).
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ class R2MR(AlignRec):
 
     def scores(self, out: dict, modality: str, index: torch.Tensor, content: torch.Tensor | None = None,
                exact: bool = False) -> torch.Tensor:
-        """s^m of the items ``index`` ([n]); ``content`` overrides their p^m (a rewrite being reviewed)."""
+        """s^m of the items ``index`` ([n]); ``content`` overrides their content e^m (a rewrite being reviewed)."""
         content = self.raw(modality)[index] if content is None else content
         projected = self.review[modality](content)
         factors = self.factors(out["h_user"])  # [U, K, d]
@@ -149,9 +149,9 @@ class R2MR(AlignRec):
         factors = self.factors(out["h_user"][users].detach())  # [B, K, d]
         loss = torch.zeros(())
         for modality in ("image", "text"):
-            content = self.review[modality](self.raw(modality))
-            positive = factor_scores(factors, content[positives]).clamp(1e-6, 1 - 1e-6)
-            negative = factor_scores(factors, content[negatives]).clamp(1e-6, 1 - 1e-6)
+            review, content = self.review[modality], self.raw(modality)
+            positive = factor_scores(factors, review(content[positives])).clamp(1e-6, 1 - 1e-6)
+            negative = factor_scores(factors, review(content[negatives])).clamp(1e-6, 1 - 1e-6)
             loss = loss - (torch.log(positive) + torch.log(1 - negative)).mean()
         return loss
 
