@@ -380,6 +380,8 @@ def recommend_table(store: Store, cfg: Settings) -> dict:
             print(f"[evaluate] recommend seed {seed}: {name} test Recall@20 {metrics['test']['recall@20']:.4f}",
                   flush=True)
 
+        if world is not None and not per_seed:
+            check_world_describes(world, data.interactions, cfg.world)
         per_seed.append(evaluate_seed(data, models, training, seed, world, progress))
     summary = summarize(per_seed)
     order = [m for m in RECOMMENDER_ORDER if m in summary]
@@ -387,6 +389,17 @@ def recommend_table(store: Store, cfg: Settings) -> dict:
             "training": {k: training[k] for k in ("epochs", "batch_size", "lr", "eval_every", "cold_fraction")},
             "planted": {k: len(v) for k, v in world["low_quality"].items()} if world else None,
             "models": summary, "per_seed": per_seed, "order": order_met(summary, order)}
+
+
+def check_world_describes(world: dict, interactions, path: str) -> None:
+    """UserError unless the world knows every user and business the reviews have (the oracle ranks by their taste,
+    menu and area): a --world that is not the one the ROOT was ingested from."""
+    for kind, ids, known in (("user", interactions.users, world["users"]),
+                             ("business", interactions.items, world["businesses"])):
+        unknown = sorted(set(ids) - {entry[f"{kind}_id"] for entry in known})
+        if unknown:
+            raise UserError(f"--world {path}: it does not describe {len(unknown)} {kind}(s) of the reviews, e.g. "
+                            f"{unknown[0]!r} (is it the world this ROOT was ingested from?)")
 
 
 def recommend_report(store: Store, cfg: Settings) -> tuple[dict, str, dict]:

@@ -34,8 +34,8 @@ The signals:
   of several areas, a user outside the business's area is drawn at ``AREA_LEAK`` of the weight
   (``reviewer_weights``), and an area's businesses take their ambience from ``AREA_AMBIENCE`` items of its own, so
   the photos show the place, and so does one more owner photo, of the room (its ambience items); a business's
-  review count is scaled by its lognormal popularity. Both come from
-  streams of their own, so a size without them draws exactly what it drew before they existed.
+  review count is scaled by its lognormal popularity. Both come from streams of their own, so a size without them
+  draws exactly what it drew before they existed.
 
 - Owner photos: every business publishes ``OWNER_PHOTOS`` photos of dishes of its menu on a neutral background,
   apart from the reviews (what a cold business is recommended from).

@@ -351,3 +351,15 @@ def test_oracle_ranks_by_the_worlds_own_chance_of_a_review():
                             "businesses": [{k: v for k, v in b.items() if k not in ("area", "popularity")}
                                            for b in world["businesses"]]}
     assert set(oracle_ranking(SimpleNamespace(interactions=x), world_without_places, 4)[0][:3]) == {0, 1, 3}
+
+
+def test_a_world_that_does_not_describe_the_reviews_is_one_line_naming_an_id():
+    from types import SimpleNamespace
+
+    from jobs.common import UserError
+    from jobs.evaluate import check_world_describes
+
+    world = {"users": [{"user_id": "u0"}, {"user_id": "u1"}], "businesses": [{"business_id": "b0"}]}
+    check_world_describes(world, SimpleNamespace(users=["u0", "u1"], items=["b0"]), "W")  # a superset is fine
+    with pytest.raises(UserError, match=r"--world W: it does not describe 1 business\(s\) of the reviews, e.g. 'b7'"):
+        check_world_describes(world, SimpleNamespace(users=["u1"], items=["b0", "b7"]), "W")
