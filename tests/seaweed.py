@@ -106,7 +106,11 @@ def _start_once(workdir: str, timeout: float, attempt: int) -> SeaweedS3:
     cmd = [weed_binary(), "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
            "-master.telemetry=false", "-s3", f"-s3.config={config}",
            f"-master.port={master}", f"-volume.port={volume}", f"-filer.port={filer}", f"-s3.port={s3}",
-           "-s3.port.iceberg=0", "-s3.port.lance=0", "-volume.max=0", "-master.volumeSizeLimitMB=64",
+           "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.volumeSizeLimitMB=64",
+           # a shared disk running low (CI's ran at 0.6% free) must not fail the tests: by default a volume server
+           # turns read-only below 1% free and sizes its slots by free space (7 volumes per new bucket), so the
+           # reserve is a fixed 10 MiB and the slots a fixed count (volumes are not preallocated)
+           "-volume.minFreeSpace=10MiB", "-volume.max=1000",
            "-master.electionTimeout=1s"]  # a restarted master (the outage tests) leads again in ~2 s, not ~17 s
     with open(log_path, "wb") as log:
         process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
