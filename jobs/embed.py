@@ -46,9 +46,11 @@ class Settings(JobSettings):
     kinds: str = setting(",".join(KINDS), f"what to embed, comma-separated: some of {', '.join(KINDS)}")
     batch_size: int = setting(256, "photos or texts per CLIP forward", ge=1)
     decode_batch_size: int = setting(256, "photos per decode batch", ge=1)
-    decode_threads: int = setting(1, "threads per decode call (PIL releases the GIL)", ge=1)
-    calls_per_actor: int = setting(2, "batches an actor works on at once: one is read and decoded while another "
-                                      "is in the model, which runs one batch at a time", ge=1)
+    decode_threads: int = setting(0, "threads per decode call (PIL releases the GIL; 0: the machine's CPUs where "
+                                     "decoding runs in a CPU actor between its batches, 1 in a decode task)", ge=0)
+    calls_per_actor: int = setting(0, "batches an actor works on at once (0: 2 on a GPU, one read and decoded while "
+                                      "another is in the model; 1 on CPUs, where decoding beside the model's threads "
+                                      "slows both)", ge=0)
     max_photo_bytes: int = setting(MAX_PHOTO_BYTES, "a photo file over this size is quarantined (too_large) unread "
                                                     "beyond it", ge=1)
     max_photo_pixels: int = setting(MAX_PHOTO_PIXELS, "a photo of more pixels (width x height, from its header) is "
@@ -79,6 +81,8 @@ class Plan:
     worker_spec: dict
     actors: int
     resources: dict
+    calls_per_actor: int
+    decode_threads: int  # 0: every CPU of the machine it runs on
     staging: str
     committers: dict
     peak_rss: int = 0
@@ -128,8 +132,14 @@ def make_plan(store: Store, cfg: Settings, spec: dict, encoder_id: str, image_si
                                           app_id=f"embed/{run_id}/{kind}", every_files=cfg.commit_every_files,
                                           every_s=cfg.commit_every_s, reads=reads)
                   for kind in TABLES}
-    return Plan(store, cfg, encoder_id, image_size, {**spec, "device": device}, actors, resources,
-                f"embeddings/{encoder_id}/_staging/{run_id}", committers, psutil.Process().memory_info().rss)
+    # on CPUs a batch is decoded on all the actor's cores, then embedded on all of them: on 2 cores, decoding beside
+    # the model (two calls at once) made the whole job 0.75x the model alone and this 0.80x (tests/perf/embed.py)
+    on_gpu = device != "cpu"
+    calls = cfg.calls_per_actor or (2 if on_gpu else 1)
+    decode_threads = cfg.decode_threads or (1 if on_gpu else 0)
+    return Plan(store, cfg, encoder_id, image_size, {**spec, "device": device}, actors, resources, calls,
+                decode_threads, f"embeddings/{encoder_id}/_staging/{run_id}", committers,
+                psutil.Process().memory_info().rss)
 
 
 def write_todo(store: Store, rel_dir: str, rows_iter, rows_per_file: int) -> int:
@@ -213,7 +223,7 @@ def kind_pipeline(plan: Plan, kind: str, todo: int):
     ds = ray.data.read_parquet(plan.store.path(f"{plan.staging}/{kind}"),
                                filesystem=plan.store.fs).repartition(-(-todo // cfg.todo_file_rows))
     if kind == "images":
-        ds = ds.map_batches(decode_photos, fn_kwargs={"size": plan.image_size, "threads": cfg.decode_threads,
+        ds = ds.map_batches(decode_photos, fn_kwargs={"size": plan.image_size, "threads": plan.decode_threads,
                                                       "max_bytes": cfg.max_photo_bytes,
                                                       "max_pixels": cfg.max_photo_pixels},
                             batch_size=cfg.decode_batch_size, num_cpus=cfg.decode_cpus)
@@ -221,9 +231,12 @@ def kind_pipeline(plan: Plan, kind: str, todo: int):
                      "threads": cfg.threads_per_actor}
     return ds.map_batches(ImageEmbedder if kind == "images" else TextEmbedder, fn_constructor_kwargs=embedder_args,
                           batch_size=cfg.batch_size,
+                          # one block more in flight than the actor works on: its input is fetched meanwhile, and
+                          # the actor never waits for the next (idle 18% of the time with one call, one in flight)
                           compute=ray.data.ActorPoolStrategy(size=plan.actors,
-                                                             max_concurrent_calls_per_actor=cfg.calls_per_actor,
-                                                             enable_true_multi_threading=cfg.calls_per_actor > 1),
+                                                             max_concurrent_calls_per_actor=plan.calls_per_actor,
+                                                             max_tasks_in_flight_per_actor=plan.calls_per_actor + 1,
+                                                             enable_true_multi_threading=plan.calls_per_actor > 1),
                           **plan.resources)
 
 

@@ -16,6 +16,7 @@ skips every id that already has a committed row (``done_ids``).
 from __future__ import annotations
 
 import hashlib
+import os
 
 import numpy as np
 import pyarrow as pa
@@ -88,13 +89,14 @@ def decode_photos(batch: dict, size: int, threads: int = 2, max_bytes: int = MAX
                   max_pixels: int = MAX_PHOTO_PIXELS) -> dict:
     """CPU step: {"id", "uri"} -> {"id", "uri", "pixels" uint8 [n, size, size, 3], "reason", "detail"}.
 
-    Reading and decoding run on ``threads`` threads (PIL and pyarrow release the GIL). A photo that cannot be read or
+    Reading and decoding run on ``threads`` threads (PIL and pyarrow release the GIL; 0: one per CPU this process may
+    use); with one, inline (a pool of
+    one thread handed each photo across threads: 5% of the embed actor's samples). A photo that cannot be read or
     decoded, or is over the byte or pixel limit, keeps its row (zero pixels) with a reason, so it reaches quarantine.
     """
     from concurrent.futures import ThreadPoolExecutor
 
     from .photos import read_photo
-
 
     n = len(batch["id"])
     pixels = np.zeros((n, size, size, 3), np.uint8)
@@ -102,9 +104,10 @@ def decode_photos(batch: dict, size: int, threads: int = 2, max_bytes: int = MAX
     details = np.array([""] * n, dtype=object)
     filesystems: dict = {}
     uris = [str(u) for u in batch["uri"]]
-    with ThreadPoolExecutor(max(1, threads)) as pool:
-        read = lambda u: read_photo(u, size, filesystems, max_bytes, max_pixels)  # noqa: E731
-        for i, (px, reason, detail) in enumerate(pool.map(read, uris)):
+    threads = threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    read = lambda u: read_photo(u, size, filesystems, max_bytes, max_pixels)  # noqa: E731
+    with ThreadPoolExecutor(threads) as pool:  # no thread starts before the pool's first submit
+        for i, (px, reason, detail) in enumerate(pool.map(read, uris) if threads > 1 else map(read, uris)):
             if px is None:
                 reasons[i], details[i] = reason, detail
             else:

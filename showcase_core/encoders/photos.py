@@ -16,13 +16,10 @@ from ..store import filesystem_for, uri_path
 
 # what one photo may be before it is decoded (embed's --max-photo-bytes and --max-photo-pixels): a decompression bomb
 # (a few KB of PNG declaring 100,000 x 100,000 pixels) is refused from its header, before any pixel is decoded, and a
-# file is read up to the byte limit and no further, so one decoding thread holds at most the byte limit plus one
+# file over the byte limit is not read (its size comes with opening it), so one decoding thread holds at most the byte limit plus one
 # photo of the pixel limit (x4 bytes) however hostile the folder is
 MAX_PHOTO_BYTES = 32 * 2**20
 MAX_PHOTO_PIXELS = 64_000_000
-# a photo is read in chunks of this size: one read of the byte limit allocates (and frees) a 32 MiB buffer per photo,
-# which cost 13% of the embed actor's time next to the model's threads (py-spy, tests/perf/embed.py --size large)
-READ_CHUNK_BYTES = 1 << 20
 
 
 class PhotoError(ValueError):
@@ -87,35 +84,28 @@ def _first_line(e: Exception) -> str:
     return str(e).splitlines()[0][:160] if str(e) else type(e).__name__
 
 
-def read_at_most(stream, limit: int) -> bytes:
-    """The stream's bytes up to ``limit``, in chunks of READ_CHUNK_BYTES."""
-    chunks, size = [], 0
-    while size < limit:
-        chunk = stream.read(min(READ_CHUNK_BYTES, limit - size))
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size += len(chunk)
-    return b"".join(chunks)
-
-
 def read_photo(uri: str, size: int, filesystems: dict, max_bytes: int = MAX_PHOTO_BYTES,
                max_pixels: int = MAX_PHOTO_PIXELS) -> tuple[np.ndarray | None, str, str]:
     """Read and ``decode_and_resize`` one photo (local or s3://): (pixels, "", "") or (None, reason, detail) with a
-    reason of showcase_core.encoders.embed.EMBED_REASONS. At most ``max_bytes`` + 1 bytes are read (``too_large``
-    beyond). ``filesystems`` caches one filesystem per kind of URI."""
+    reason of showcase_core.encoders.embed.EMBED_REASONS. A file over ``max_bytes`` is not read (``too_large``).
+    ``filesystems`` caches one filesystem per kind of URI.
+
+    The file's size comes with opening it (a stat, or S3's HEAD, which opening a stream makes too), so a photo is
+    one read of exactly its bytes: reading in chunks of 1 MiB allocated and freed a buffer per photo, 5% of the embed
+    actor's samples next to the model's threads (py-spy, tests/perf/embed.py --size large)."""
     kind, path = uri_path(uri)
     if kind not in filesystems:
         filesystems[kind] = filesystem_for(uri)[0]
     try:
-        with filesystems[kind].open_input_stream(path) as f:
-            data = read_at_most(f, max_bytes + 1)
+        with filesystems[kind].open_input_file(path) as f:
+            nbytes = f.size()
+            if nbytes > max_bytes:
+                return None, "too_large", f"over the limit of {max_bytes:,} bytes"
+            data = f.read(nbytes)
     except FileNotFoundError:
         return None, "photo_missing", f"no file at {uri}"
     except OSError as e:
         return None, "read_error", str(e).splitlines()[0][:200]
-    if len(data) > max_bytes:
-        return None, "too_large", f"over the limit of {max_bytes:,} bytes"
     try:
         return decode_and_resize(data, size, max_pixels), "", ""
     except PhotoError as e:

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from showcase_core.encoders.embed import EMBED_REASONS, decode_photos
-from showcase_core.encoders import photos
 from showcase_core.encoders.photos import PhotoError, decode_and_resize, read_photo
 from tests import photo_files
 
@@ -54,9 +53,7 @@ def test_the_pixel_limit_is_a_setting():
         decode_and_resize(data, 16, max_pixels=3071)
 
 
-@pytest.mark.parametrize("chunk", [1 << 20, 7])  # one read, or many chunks with a short last one
-def test_read_photo_stops_at_the_byte_limit_and_names_missing_files(tmp_path, monkeypatch, chunk):
-    monkeypatch.setattr(photos, "READ_CHUNK_BYTES", chunk)
+def test_read_photo_stops_at_the_byte_limit_and_names_missing_files(tmp_path):
     path = tmp_path / "p.jpg"
     path.write_bytes(photo_files.cmyk_jpeg())
     size = path.stat().st_size
@@ -67,7 +64,8 @@ def test_read_photo_stops_at_the_byte_limit_and_names_missing_files(tmp_path, mo
     assert read_photo(str(tmp_path / "gone.jpg"), 16, {})[1] == "photo_missing"
 
 
-def test_a_batch_with_every_kind_of_file_keeps_every_row(tmp_path):
+@pytest.mark.parametrize("threads", [1, 2])  # inline, or a pool
+def test_a_batch_with_every_kind_of_file_keeps_every_row(tmp_path, threads):
     files = {"cmyk": photo_files.cmyk_jpeg(), "grey16": photo_files.grey16_png(), "webp": photo_files.webp(),
              "gif": photo_files.animated_gif(), "alpha": photo_files.transparent_png(),
              "bomb": photo_files.png_bomb(), "cut": photo_files.truncated_jpeg(), "text": photo_files.text_file()}
@@ -75,7 +73,7 @@ def test_a_batch_with_every_kind_of_file_keeps_every_row(tmp_path):
         (tmp_path / f"{name}.jpg").write_bytes(data)  # every name ends .jpg, as ingest expects
     names = [*files, "missing"]
     out = decode_photos({"id": np.array(names, object),
-                         "uri": np.array([str(tmp_path / f"{n}.jpg") for n in names], object)}, 16)
+                         "uri": np.array([str(tmp_path / f"{n}.jpg") for n in names], object)}, 16, threads=threads)
     assert dict(zip(names, out["reason"])) == {
         "cmyk": "", "grey16": "", "webp": "", "gif": "", "alpha": "", "bomb": "too_many_pixels", "cut": "truncated",
         "text": "not_an_image", "missing": "photo_missing"}
