@@ -160,6 +160,11 @@ def prepare(model, optimizer_fn, config: dict) -> Trained:
         engine, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer_fn(trainable(model)),
                                                        config=config["deepspeed"])
         return Trained(engine, optimizer, engine)
+    # a sparse buffer (the recommenders' graphs) is built from the same data on every rank, and DDP cannot broadcast
+    # one: it would stop at wrapping the model ("No support for sparse tensors")
+    sparse = [name for name, buffer in model.named_buffers() if buffer.is_sparse]
+    if sparse:
+        torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, sparse)
     model = ray.train.torch.prepare_model(model)
     return Trained(model, optimizer_fn(trainable(model)))
 

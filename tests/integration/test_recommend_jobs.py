@@ -8,6 +8,7 @@ from deltalake import DeltaTable
 
 from jobs import nightly, recommend, train_recommender
 from jobs.common import run
+from tests.conftest import copy_root
 from showcase_core import registry
 from showcase_core.encoders.clip import load_encoder
 from showcase_core.store import Store
@@ -140,3 +141,16 @@ def test_evaluate_recommend_reports_every_model_over_seeds_with_the_reviewer_auc
     markdown = open(report["outputs"]["recommend"]["recommend.md"]).read()
     assert "| r2mr |" in markdown and "| oracle |" in markdown and "reviewer" in markdown and " ± " in markdown
     assert open(report["outputs"]["recommend"]["recommenders.png"], "rb").read(4) == b"\x89PNG"
+
+
+def test_two_data_parallel_workers_train_the_reviewer_model(trained_root, tmp_path_factory):
+    """Ray Train with 2 workers (DDP over gloo), each on its half of the train interactions: R2MR (LightGCN,
+    AlignRec's content and the reviewer in one model) gives every parameter a gradient on every rank, or DDP stops at
+    its second step; rank 0 keeps the best epoch and exports it."""
+    root = copy_root(trained_root, tmp_path_factory, "recommender-ddp")
+    train_recommenders(root, "r2mr", "--num-workers", "2", "--epochs", "3")
+    entry = registry.latest(Store.open(root), "recommender")
+    card_metrics = entry.metrics["r2mr"]
+    assert 0.0 <= card_metrics["val_recall@20"] <= 1.0 and 0.0 <= card_metrics["test_recall@20"] <= 1.0
+    items = pl.read_parquet(f"{entry.variant('r2mr')}/items.parquet")
+    assert items.height == 8 and items["scorable"].all()
