@@ -46,13 +46,13 @@ class Settings(JobSettings):
     kinds: str = setting(",".join(KINDS), f"what to embed, comma-separated: some of {', '.join(KINDS)}")
     batch_size: int = setting(256, "photos or texts per CLIP forward", ge=1)
     decode_batch_size: int = setting(256, "photos per decode batch", ge=1)
-    decode_threads: int = setting(0, "threads per decode call (PIL releases the GIL; 0: the machine's CPUs where "
-                                     "decoding runs in a CPU actor between its batches, 1 in a decode task)", ge=0)
+    decode_threads: int = setting(0, "threads per decode call (PIL releases the GIL; 0: the machine's CPUs in a CPU "
+                                     "actor, 1 in a decode task beside GPU actors)", ge=0)
     calls_per_actor: int = setting(0, "batches an actor works on at once (0: 2 on a GPU, one read and decoded while "
-                                      "another is in the model; 1 on CPUs, where decoding beside the model's threads "
-                                      "slows both)", ge=0)
-    max_photo_bytes: int = setting(MAX_PHOTO_BYTES, "a photo file over this size is quarantined (too_large) unread "
-                                                    "beyond it", ge=1)
+                                      "another is in the model; 1 on CPUs, where Ray's fused pipeline already decodes "
+                                      "the next batch while the model embeds one)", ge=0)
+    max_photo_bytes: int = setting(MAX_PHOTO_BYTES, "a photo file over this size is quarantined (too_large), by "
+                                                    "its size, unread", ge=1)
     max_photo_pixels: int = setting(MAX_PHOTO_PIXELS, "a photo of more pixels (width x height, from its header) is "
                                                       "quarantined (too_many_pixels) undecoded", ge=1)
     decode_cpus: float = setting(1.0, "CPUs per decode task (equal to a CPU actor's one CPU, Ray fuses decoding into "
@@ -132,8 +132,9 @@ def make_plan(store: Store, cfg: Settings, spec: dict, encoder_id: str, image_si
                                           app_id=f"embed/{run_id}/{kind}", every_files=cfg.commit_every_files,
                                           every_s=cfg.commit_every_s, reads=reads)
                   for kind in TABLES}
-    # on CPUs a batch is decoded on all the actor's cores, then embedded on all of them: on 2 cores, decoding beside
-    # the model (two calls at once) made the whole job 0.75x the model alone and this 0.80x (tests/perf/embed.py)
+    # on CPUs one call at a time: Ray's fused pipeline decodes the next batch (a thread per core) while the model
+    # embeds the current one. Two calls at once, each decoding on one thread, made the whole job 0.72-0.75x the model
+    # alone on 2 cores; this, 0.76-0.86x (tests/perf/embed.py --size large)
     on_gpu = device != "cpu"
     calls = cfg.calls_per_actor or (2 if on_gpu else 1)
     decode_threads = cfg.decode_threads or (1 if on_gpu else 0)
