@@ -232,11 +232,8 @@ def kind_pipeline(plan: Plan, kind: str, todo: int):
                      "threads": cfg.threads_per_actor}
     return ds.map_batches(ImageEmbedder if kind == "images" else TextEmbedder, fn_constructor_kwargs=embedder_args,
                           batch_size=cfg.batch_size,
-                          # one block more in flight than the actor works on: its input is fetched meanwhile, and
-                          # the actor never waits for the next (idle 18% of the time with one call, one in flight)
                           compute=ray.data.ActorPoolStrategy(size=plan.actors,
                                                              max_concurrent_calls_per_actor=plan.calls_per_actor,
-                                                             max_tasks_in_flight_per_actor=plan.calls_per_actor + 1,
                                                              enable_true_multi_threading=plan.calls_per_actor > 1),
                           **plan.resources)
 

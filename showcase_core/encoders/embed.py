@@ -90,9 +90,9 @@ def decode_photos(batch: dict, size: int, threads: int = 2, max_bytes: int = MAX
     """CPU step: {"id", "uri"} -> {"id", "uri", "pixels" uint8 [n, size, size, 3], "reason", "detail"}.
 
     Reading and decoding run on ``threads`` threads (PIL and pyarrow release the GIL; 0: one per CPU this process may
-    use); with one, inline (a pool of
-    one thread handed each photo across threads: 5% of the embed actor's samples). A photo that cannot be read or
-    decoded, or is over the byte or pixel limit, keeps its row (zero pixels) with a reason, so it reaches quarantine.
+    use); with one, inline (a pool of one thread handed each photo across threads: 5% of the embed actor's samples).
+    A photo that cannot be read or decoded, or is over the byte or pixel limit, keeps its row (zero pixels) with a
+    reason, so it reaches quarantine.
     """
     from concurrent.futures import ThreadPoolExecutor
 

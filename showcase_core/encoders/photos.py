@@ -16,8 +16,8 @@ from ..store import filesystem_for, uri_path
 
 # what one photo may be before it is decoded (embed's --max-photo-bytes and --max-photo-pixels): a decompression bomb
 # (a few KB of PNG declaring 100,000 x 100,000 pixels) is refused from its header, before any pixel is decoded, and a
-# file over the byte limit is not read (its size comes with opening it), so one decoding thread holds at most the byte limit plus one
-# photo of the pixel limit (x4 bytes) however hostile the folder is
+# file over the byte limit is not read (its size comes with opening it), so one decoding thread holds at most the
+# byte limit plus one photo of the pixel limit (x4 bytes) however hostile the folder is
 MAX_PHOTO_BYTES = 32 * 2**20
 MAX_PHOTO_PIXELS = 64_000_000
 
