@@ -18,6 +18,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from showcase_core.data.gest import FORMATS, REASONS, detect_format
+from showcase_core.data.businesses import read_businesses
 from showcase_core.data.owner_photos import read_owner_photos
 from showcase_core.data.schema import QUARANTINE
 from showcase_core.data.sentences import read_sentences
@@ -43,12 +44,16 @@ class Settings(JobSettings):
     owner_photos: str = setting("auto", "the owner-photos JSONL (business_id, pic_id; photos under --images) "
                                         "(auto: owner_photos.jsonl beside the Gest file if there; none: no "
                                         "owner_photos table)")
+    businesses: str = setting("auto", "the businesses JSONL (business_id, latitude, longitude in degrees) "
+                                      "(auto: businesses.jsonl beside the Gest file if there; none: no businesses "
+                                      "table)")
     seed: int = setting(0, "seed of the train/val/test split of reviews")
     chunk_mb: float = setting(64.0, "MiB of the input per parallel validation task", gt=0)
 
 
-def _check_inputs(cfg: Settings) -> tuple[str, str, str, str | None, str | None]:
-    """Resolve (source, format, images, sentences, owner photos) or fail with one line; touches only metadata.
+def _check_inputs(cfg: Settings) -> tuple[str, str, str, str | None, dict[str, str]]:
+    """Resolve (source, format, images, sentences, {table: URI} of the business sidecars present) or fail with one
+    line; touches only metadata.
 
     Local paths come back absolute: Ray tasks and later jobs open them from other working directories.
     """
@@ -85,8 +90,9 @@ def _check_inputs(cfg: Settings) -> tuple[str, str, str, str | None, str | None]
         images = ipath  # absolute: the tables are read by other processes, from other directories
     folder = source.rsplit("/", 1)[0] if "/" in source else "."
     sentences = _sidecar(fs, "--sentences", cfg.sentences, join_uri(folder, "sentences.jsonl"))
-    owner_photos = _sidecar(fs, "--owner-photos", cfg.owner_photos, join_uri(folder, "owner_photos.jsonl"))
-    return source, fmt, images, sentences, owner_photos
+    sidecars = {name: _sidecar(fs, f"--{name.replace('_', '-')}", getattr(cfg, name),
+                               join_uri(folder, f"{name}.jsonl")) for name in ("owner_photos", "businesses")}
+    return source, fmt, images, sentences, {name: uri for name, uri in sidecars.items() if uri}
 
 
 def _sidecar(fs, flag: str, value: str, beside: str) -> str | None:
@@ -125,10 +131,11 @@ def _ingest_sentences(store: Store, run_id: str, uri: str, parts: dict) -> dict:
             "sentence_photo_refs_removed": result["photo_refs_removed"]}
 
 
-def _ingest_owner_photos(store: Store, run_id: str, uri: str, parts: dict, present_ref, images: str) -> dict:
-    """Validate the owner-photos file against the businesses of the reviews just written and the photos present; add
-    its data files. It runs as one Ray task beside the present-photo ids (``present_ref``, O(photos)), so the driver
-    holds only the counts."""
+def _ingest_business_sidecars(store: Store, run_id: str, sidecars: dict[str, str], parts: dict, present_ref,
+                              images: str) -> dict:
+    """Validate the owner-photos and businesses files (``sidecars``: table name -> URI) against the businesses of the
+    reviews just written (owner photos also against the photos present); add their data files. It runs as one Ray
+    task beside the present-photo ids (``present_ref``, O(photos)), so the driver holds only the counts."""
     import ray
 
     root, review_paths = store.root, [p["path"] for p in parts["reviews"]]
@@ -141,21 +148,24 @@ def _ingest_owner_photos(store: Store, run_id: str, uri: str, parts: dict, prese
             table = pq.read_table(task_store.path("tables/reviews", path), filesystem=task_store.fs,
                                   columns=["business_id"])
             businesses.update(pc.unique(table.column("business_id")).to_pylist())
-        with open_binary(uri) as stream:
-            result = read_owner_photos(stream, uri, businesses, present, images)
-        files = {"owner_photos": write_file(task_store, "tables/owner_photos", result["table"],
-                                            f"part-{run_id}-00000.parquet")}
-        if result["quarantine"]:
-            files["quarantine"] = write_file(task_store, "tables/quarantine",
-                                             pa.Table.from_pylist(result["quarantine"], schema=QUARANTINE),
-                                             f"part-{run_id}-owner-photos.parquet")
-        return {"files": files, "counts": {"owner_photos_out": result["table"].num_rows,
-                                           "owner_photos_quarantined": len(result["quarantine"])}}
+        readers = {"owner_photos": lambda stream, uri: read_owner_photos(stream, uri, businesses, present, images),
+                   "businesses": lambda stream, uri: read_businesses(stream, uri, businesses)}
+        files, counts = {"quarantine": []}, {}
+        for name, uri in sidecars.items():
+            with open_binary(uri) as stream:
+                result = readers[name](stream, uri)
+            files[name] = write_file(task_store, f"tables/{name}", result["table"], f"part-{run_id}-00000.parquet")
+            if result["quarantine"]:
+                files["quarantine"].append(write_file(task_store, "tables/quarantine",
+                                                      pa.Table.from_pylist(result["quarantine"], schema=QUARANTINE),
+                                                      f"part-{run_id}-{name.replace('_', '-')}.parquet"))
+            counts.update({f"{name}_out": result["table"].num_rows, f"{name}_quarantined": len(result["quarantine"])})
+        return {"files": files, "counts": counts}
 
     done = ray.get(validate.remote(present_ref))
-    parts["owner_photos"] = [done["files"]["owner_photos"]]
-    if "quarantine" in done["files"]:
-        parts["quarantine"].append(done["files"]["quarantine"])
+    for name in sidecars:
+        parts[name] = [done["files"][name]]
+    parts["quarantine"].extend(done["files"]["quarantine"])
     return done["counts"]
 
 
@@ -215,19 +225,20 @@ def ingest_counts(store, record: dict, records_in: int, sidecar_counts: dict) ->
               "quarantined": tables["quarantine"]["rows"],
               # photo_missing rows are photos, not records
               "records_quarantined": tables["quarantine"]["rows"] - quarantined.get("photo_missing", 0)
-              - sidecar_counts.get("sentences_quarantined", 0) - sidecar_counts.get("owner_photos_quarantined", 0),
+              - sum(sidecar_counts.get(f"{name}_quarantined", 0) for name in ("sentences", "owner_photos", "businesses")),
               "quarantined_by_reason": dict(sorted(quarantined.items())), **sidecar_counts}
     return counts, quarantined
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_args("ingest", Settings, argv)
-    source, fmt, images, sentences, owner_photos = _check_inputs(cfg)
+    source, fmt, images, sentences, business_sidecars = _check_inputs(cfg)
     store = open_store(cfg.root)
     run_id, timer = new_run_id(), Timer()
     report = new_report("ingest", cfg, run_id)
     report["inputs"] = {"gest": source, "format": fmt, "images": images, "sentences": sentences,
-                        "owner_photos": owner_photos}
+                        "owner_photos": business_sidecars.get("owner_photos"),
+                        "businesses": business_sidecars.get("businesses")}
     staging = f"tables/_staging/{run_id}"
     start_ray()
     staged = stage_chunks(store, staging, run_id, cfg, report["inputs"], timer)
@@ -235,10 +246,10 @@ def main(argv: list[str] | None = None) -> int:
     if sentences:
         with timer("sentences"):
             sidecar_counts.update(_ingest_sentences(store, run_id, sentences, staged["parts"]))
-    if owner_photos:
-        with timer("owner_photos"):
-            sidecar_counts.update(_ingest_owner_photos(store, run_id, owner_photos, staged["parts"],
-                                                       staged["present"], images))
+    if business_sidecars:
+        with timer("business_sidecars"):
+            sidecar_counts.update(_ingest_business_sidecars(store, run_id, business_sidecars, staged["parts"],
+                                                            staged["present"], images))
     with timer("publish"):
         record = commit_ingest(store, run_id, staged["parts"], {"source": source, "format": fmt, "images": images})
         store.delete_dir(staging)

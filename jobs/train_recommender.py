@@ -39,6 +39,8 @@ class Settings(harness.TrainingSettings):
     layers: int = setting(2, "LightGCN propagation layers", ge=0)
     reg: float = setting(1e-4, "L2 weight on the batch's layer-0 embeddings", ge=0)
     knn: int = setting(10, "item-item graph neighbours per item (AlignRec, R2MR)", ge=1)
+    place_scale_km: float = setting(2.0, "AlignRec, R2MR: the distance scale ℓ of the item graph's place term "
+                                         "exp(-d²/2ℓ²), when ingest published the businesses' places", gt=0)
     ica_weight: float = setting(0.1, "AlignRec inter-content alignment weight (photos <-> reviews)", ge=0)
     cca_weight: float = setting(0.1, "AlignRec content <-> ID alignment weight", ge=0)
     uia_weight: float = setting(0.1, "AlignRec user <-> item alignment weight", ge=0)
@@ -62,8 +64,8 @@ class Settings(harness.TrainingSettings):
         return ",".join(comma_list("models", value, MODELS))
 
     def model_settings(self) -> dict:
-        return self.pick("dim", "layers", "reg", "knn", "ica_weight", "cca_weight", "uia_weight", "cca_tau",
-                         "ica_tau", "uia_tau", "factors", "eta", "sampled_users", "review_weight")
+        return self.pick("dim", "layers", "reg", "knn", "place_scale_km", "ica_weight", "cca_weight", "uia_weight",
+                         "cca_tau", "ica_tau", "uia_tau", "factors", "eta", "sampled_users", "review_weight")
 
 
 def train_loop(config: dict) -> None:

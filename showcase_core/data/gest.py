@@ -42,9 +42,11 @@ REASONS = {
     "single_review_user": "Gest-s1 rule: the user has only one usable review",
     "unknown_review": "an aligned sentence of a review that is not among the accepted reviews",
     "text_less_review": "an aligned sentence of a review that was kept without its text",
-    "unknown_business": "an owner photo of a business that no accepted review names",
+    "unknown_business": "an owner photo or a place of a business that no accepted review names",
     "owner_photo_missing": "an owner photo that is not under the images root",
     "duplicate_photo": "an owner photo whose id appeared earlier in the owner-photos file",
+    "duplicate_business": "a business whose place appeared earlier in the businesses file (the first one is kept)",
+    "bad_coordinates": "a latitude outside -90..90 or a longitude outside -180..180 (or not a finite number)",
     "invalid_unicode": "an id holds a lone UTF-16 surrogate (e.g. a cut emoji), which UTF-8 cannot store, or bytes "
                        "that are not UTF-8 (U+FFFD)",
     "unsafe_photo_id": "a photo id that is a path or a URL (/, \\, :, . or ..), which could name a file outside "

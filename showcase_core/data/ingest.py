@@ -190,7 +190,8 @@ def finalize_chunk(store: Store, staging: str, index: int, run_id: str, drops: p
 
 
 TABLE_SCHEMAS = {"reviews": schema.REVIEWS, "images": schema.IMAGES, "quarantine": schema.QUARANTINE,
-                 "sentences": schema.SENTENCES, "owner_photos": schema.OWNER_PHOTOS}
+                 "sentences": schema.SENTENCES, "owner_photos": schema.OWNER_PHOTOS,
+                 "businesses": schema.BUSINESSES}
 
 
 def commit_ingest(store: Store, run_id: str, files: dict[str, list[dict]], details: dict) -> dict:

@@ -36,6 +36,8 @@ IMAGES = pa.schema(
 # Review sentences aligned with the photos they describe (the world's sidecar, or jobs.distill on real Gest).
 OWNER_PHOTOS = pa.schema([("image_id", pa.string()), ("business_id", pa.string()),
                           ("uri", pa.string())])  # a business's own photos, apart from the reviews
+BUSINESSES = pa.schema([("business_id", pa.string()), ("latitude", pa.float64()),
+                        ("longitude", pa.float64())])  # a business's place, in degrees (WGS 84)
 
 SENTENCES = pa.schema(
     [

@@ -8,6 +8,7 @@
     OUT/sentences.jsonl       sidecar: each review sentence, the photos it describes and the entities it names
     OUT/photos.jsonl          sidecar: the entities each photo shows
     OUT/owner_photos.jsonl    each business's own photos (business_id, pic_id, entities), also under images/
+    OUT/businesses.jsonl      each business's place (business_id, latitude, longitude)
     OUT/world.json            entities, businesses, users (taste, style), sizes, and the planted bad records
 
 The signals:
@@ -36,6 +37,11 @@ The signals:
   the photos show the place, and so does one more owner photo, of the room (its ambience items); a business's
   review count is scaled by its lognormal popularity. Both come from streams of their own, so a size without them
   draws exactly what it drew before they existed.
+
+- Business places: every business publishes its coordinates (``businesses.jsonl``: business_id, latitude,
+  longitude, as Google Local's and Yelp's business metadata do): an area's businesses lie within about
+  ``BUSINESS_SPREAD_KM`` of its centre, and the area centres are spread over ``CITY_SPREAD_KM`` around
+  ``CITY_CENTRE``. A world without areas is one area. Drawn from a stream of their own.
 
 - Owner photos: every business publishes ``OWNER_PHOTOS`` photos of dishes of its menu on a neutral background,
   apart from the reviews (what a cold business is recommended from).
@@ -105,6 +111,10 @@ SIZES = {
 }
 AREA_LEAK = 0.02  # a reviewer's draw weight for a business outside their area, against 1 inside
 AREA_AMBIENCE = 3  # ambience items an area's businesses draw from (a business has 2-3 of them)
+CITY_CENTRE = (40.7128, -74.0060)  # latitude, longitude in degrees
+CITY_SPREAD_KM = 20.0  # area centres uniform within this many km of the city centre, north-south and east-west
+BUSINESS_SPREAD_KM = 1.0  # sd of a business's distance from its area's centre, per axis
+KM_PER_DEGREE = 111.2  # of latitude (of longitude: times cos(latitude))
 
 
 @dataclass(frozen=True)
@@ -297,6 +307,11 @@ def build_world(size: str, seed: int, low_quality: float = 0.1) -> dict:
         popularity /= popularity.mean()
 
     businesses = []
+    place_rng = np.random.default_rng([seed, 7])  # a stream of its own: every other draw is as before places
+    centres = place_rng.uniform(-CITY_SPREAD_KM, CITY_SPREAD_KM, (areas, 2)) if areas > 1 else np.zeros((1, 2))
+    offsets_km = centres[business_area] + place_rng.normal(0.0, BUSINESS_SPREAD_KM, (cfg["businesses"], 2))
+    latitude = CITY_CENTRE[0] + offsets_km[:, 0] / KM_PER_DEGREE
+    longitude = CITY_CENTRE[1] + offsets_km[:, 1] / (KM_PER_DEGREE * np.cos(np.deg2rad(CITY_CENTRE[0])))
     for b in range(cfg["businesses"]):
         cuisine = cuisines[b % len(cuisines)] if b < len(cuisines) else str(rng.choice(cuisines))
         dishes = [str(d) for d in rng.choice(CUISINES[cuisine], size=int(rng.integers(4, 6)), replace=False)]
@@ -306,7 +321,8 @@ def build_world(size: str, seed: int, low_quality: float = 0.1) -> dict:
         pool = area_ambience[business_area[b]]
         amb = [str(a) for a in rng.choice(pool, size=min(int(rng.integers(2, 4)), len(pool)), replace=False)]
         businesses.append({"business_id": f"b{b:05d}", "cuisine": cuisine, "menu": dishes + amb,
-                           "area": int(business_area[b]), "popularity": round(float(popularity[b]), 4)})
+                           "area": int(business_area[b]), "popularity": round(float(popularity[b]), 4),
+                           "latitude": round(float(latitude[b]), 6), "longitude": round(float(longitude[b]), 6)})
 
     users = []
     taste_matrix = np.zeros((cfg["users"], n_ent))
@@ -480,6 +496,10 @@ def make_world(out_dir: str, size: str = "mini", seed: int = 0, plant_bad: bool 
         for p in world["owner_photos"]:
             f.write(json.dumps({"business_id": p["business_id"], "pic_id": p["pic_id"],
                                 "entities": p["entities"]}) + "\n")
+
+    with open(os.path.join(out_dir, "businesses.jsonl"), "w") as f:
+        for b in world["businesses"]:
+            f.write(json.dumps({k: b[k] for k in ("business_id", "latitude", "longitude")}) + "\n")
 
     jobs = [(p["index"], p["pic_id"], p["entities"], tuple(p["background"]) if p["background"] else None)
             for p in world["photos"] + world["owner_photos"]]

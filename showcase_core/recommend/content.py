@@ -7,6 +7,9 @@ It is read from the users feature table (``features/<encoder_id>/users``, showca
 holds, per business the user reviewed, the sum and count of their photo and text vectors, which is exactly one
 interaction's content. The table is streamed in batches and summed per item.
 
+``business_places``: each business's coordinates from the businesses table (ingest's ``--businesses``), which the
+content models' item graph also weighs (``graph.item_knn_graph``).
+
 Memory: the train interactions' codes (O(interactions)), two [items, dim] sums and the owner photos' ids (a few per
 business); never a table of the reviews' photos.
 """
@@ -59,6 +62,22 @@ def owner_photo_sums(store, encoder_id: str, item_ids: pa.Array, dim: int,
         np.add.at(sums, item[owner][known], vectors[known])
         np.add.at(counts, item[owner][known], 1)
     return sums, counts
+
+
+def business_places(store, item_ids: list[str]) -> np.ndarray | None:
+    """[I, 2] each item's (latitude, longitude) from the businesses table, NaN where it has none; None when ingest
+    published no businesses table (the recommenders then find neighbours by content alone)."""
+    try:
+        table = store.read_table("businesses", ["business_id", "latitude", "longitude"])
+    except StoreError:
+        return None
+    places = np.full((len(item_ids), 2), np.nan)
+    row = np.asarray(pc.fill_null(pc.index_in(table.column("business_id"), value_set=pa.array(item_ids, pa.string())),
+                                  -1))
+    known = row >= 0
+    places[row[known], 0] = np.asarray(table.column("latitude"))[known]
+    places[row[known], 1] = np.asarray(table.column("longitude"))[known]
+    return places
 
 
 def item_content(store, encoder_id: str, x: Interactions, dim: int, batch_size: int = 8192) -> dict:

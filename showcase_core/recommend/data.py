@@ -1,7 +1,8 @@
 """What a recommender trains on and how each model is built from it (train_recommender's workers and evaluate).
 
 ``load_recommender_data`` reads the reviews' (user_id, business_id, rating, time_ms) columns, splits them
-(``interactions``) and sums each item's train content from the users feature table (``content``). The split is a
+(``interactions``), sums each item's train content from the users feature table and reads each business's place
+from the businesses table when ingest published one (``content``). The split is a
 pure function of the reviews and the seed, so every Ray Train worker rebuilds the same one.
 """
 
@@ -15,7 +16,7 @@ import torch
 from ..features import read_meta
 from .alignrec import AlignRec
 from .bprmf import BPRMF
-from .content import item_content
+from .content import business_places, item_content
 from .graph import user_item_adjacency
 from .interactions import TRAIN, Interactions, build_interactions
 from .lightgcn import LightGCN
@@ -33,6 +34,7 @@ class RecommenderData:
     text: np.ndarray  # [I, D] mean text vector
     dim: int
     owner: np.ndarray | None = None  # [I, D] mean owner-photo vector of every item (None: no owner photos)
+    place: np.ndarray | None = None  # [I, 2] latitude, longitude in degrees, NaN where unknown (None: no places)
 
     def scorable(self, model_name: str) -> np.ndarray:
         """[I] bool: items the model can score. A warm item always; a cold item (no train interaction, so no
@@ -51,7 +53,7 @@ def load_recommender_data(store, encoder_id: str, cold_fraction: float, seed: in
     dim = int(read_meta(store, encoder_id)["dim"])  # FeaturesError (run jobs.features) when there are none
     content = item_content(store, encoder_id, x, dim)
     owner = content["owner"] if content["owner"].any() else None
-    return RecommenderData(x, content["image"], content["text"], dim, owner)
+    return RecommenderData(x, content["image"], content["text"], dim, owner, business_places(store, x.items))
 
 
 def build_model(name: str, data: RecommenderData, settings: dict) -> torch.nn.Module:
@@ -67,11 +69,12 @@ def build_model(name: str, data: RecommenderData, settings: dict) -> torch.nn.Mo
     if name == "lightgcn":
         return LightGCN(users, items, adjacency, settings["dim"], settings["layers"], settings["reg"])
     content = (torch.as_tensor(data.image), torch.as_tensor(data.text), torch.as_tensor(x.cold))
-    owner = None if data.owner is None else torch.as_tensor(data.owner)
+    extra = {"owner": None if data.owner is None else torch.as_tensor(data.owner),
+             "place": None if data.place is None else torch.as_tensor(data.place)}
     if name == "alignrec":
-        return AlignRec(users, items, adjacency, tu, ti, *content, owner=owner, **settings)
+        return AlignRec(users, items, adjacency, tu, ti, *content, **extra, **settings)
     if name == "r2mr":
-        return R2MR(users, items, adjacency, tu, ti, *content, owner=owner, **settings)
+        return R2MR(users, items, adjacency, tu, ti, *content, **extra, **settings)
     raise ValueError(f"unknown recommender {name!r} (choose from {', '.join(MODELS)})")
 
 

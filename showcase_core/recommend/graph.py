@@ -31,22 +31,47 @@ def user_item_adjacency(user: np.ndarray, item: np.ndarray, users: int, items: i
     return _normalised(rows, cols, users + items)
 
 
-def item_knn_graph(content: torch.Tensor, k: int = 10, chunk: int = 4096) -> torch.Tensor:
-    """[I, I] sparse from content [I, D] (rows of zeros have no neighbours); computed in row chunks: O(chunk * I)."""
-    n = content.shape[0]
+EARTH_RADIUS_KM = 6371.0
+
+
+def place_similarity(a: torch.Tensor, b: torch.Tensor, scale_km: float) -> torch.Tensor:
+    """[n, m] exp(-d² / 2ℓ²) between coordinates a [n, 2] and b [m, 2] (latitude, longitude in degrees), d the
+    great-circle distance in km (haversine) and ℓ = ``scale_km``: 1 at the same place, near 0 a few ℓ away."""
+    lat_a, lon_a = torch.deg2rad(a[:, :1].double()), torch.deg2rad(a[:, 1:].double())
+    lat_b, lon_b = torch.deg2rad(b[:, 0].double()), torch.deg2rad(b[:, 1].double())
+    h = (torch.sin((lat_b - lat_a) / 2) ** 2
+         + torch.cos(lat_a) * torch.cos(lat_b) * torch.sin((lon_b - lon_a) / 2) ** 2)
+    distance = 2 * EARTH_RADIUS_KM * torch.asin(h.clamp(0, 1).sqrt())
+    return torch.exp(-(distance / scale_km) ** 2 / 2).float()
+
+
+def item_knn_graph(views: list[torch.Tensor], k: int = 10, chunk: int = 4096, place: torch.Tensor | None = None,
+                   place_scale_km: float = 2.0) -> torch.Tensor:
+    """[I, I] sparse from content views (each [I, D_v]): the similarity of two items is the mean over the views of
+    their cosine, and, with ``place`` ([I, 2] latitude, longitude; NaN where unknown), one more term of the same
+    weight, ``place_similarity`` (0 where a place is unknown). An item with no content in any view has no
+    neighbours. Computed in row chunks: O(chunk * I)."""
+    n = views[0].shape[0]
     k = min(k, n - 1)
     if k <= 0:
         return torch.sparse_coo_tensor(torch.zeros(2, 0, dtype=torch.long), torch.zeros(0), (n, n),
                                        check_invariants=False).coalesce()
-    unit = F.normalize(content.float(), dim=-1)
+    units = [F.normalize(view.float(), dim=-1) for view in views]
+    terms = len(units) + (place is not None)
+    known = None if place is None else ~torch.isnan(place).any(-1)
     rows, cols = [], []
     for start in range(0, n, chunk):
-        sim = unit[start:start + chunk] @ unit.T
-        sim[torch.arange(sim.shape[0]), torch.arange(start, start + sim.shape[0])] = -float("inf")  # not itself
+        stop = min(start + chunk, n)
+        sim = sum(unit[start:stop] @ unit.T for unit in units)
+        if place is not None:
+            near = place_similarity(place[start:stop], place, place_scale_km)
+            sim = sim + torch.where(known[start:stop, None] & known[None, :], near, torch.zeros(()))
+        sim = sim / terms
+        sim[torch.arange(stop - start), torch.arange(start, stop)] = -float("inf")  # not itself
         top = sim.topk(k, dim=1).indices
-        rows.append(torch.arange(start, start + sim.shape[0]).repeat_interleave(k))
+        rows.append(torch.arange(start, stop).repeat_interleave(k))
         cols.append(top.reshape(-1))
     rows, cols = torch.cat(rows), torch.cat(cols)
-    has_content = unit.abs().sum(-1) > 0
+    has_content = sum(unit.abs().sum(-1) for unit in units) > 0
     keep = has_content[rows] & has_content[cols]
     return _normalised(rows[keep], cols[keep], n)

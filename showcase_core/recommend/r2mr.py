@@ -51,9 +51,9 @@ def factor_scores(factors: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
 class R2MR(AlignRec):
     def __init__(self, users: int, items: int, adjacency: torch.Tensor, train_user: np.ndarray,
                  train_item: np.ndarray, image: torch.Tensor, text: torch.Tensor, cold: torch.Tensor,
-                 owner: torch.Tensor | None = None, **settings):
+                 owner: torch.Tensor | None = None, place: torch.Tensor | None = None, **settings):
         own = {k: settings.pop(k, v) for k, v in DEFAULTS.items()}
-        super().__init__(users, items, adjacency, train_user, train_item, image, text, cold, owner, **settings)
+        super().__init__(users, items, adjacency, train_user, train_item, image, text, cold, owner, place, **settings)
         self.cfg.update(own)
         d, k = self.cfg["dim"], own["factors"]
         self.user_factors = nn.Linear(d, k * d, bias=False)  # W_u

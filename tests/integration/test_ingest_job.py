@@ -47,8 +47,16 @@ def test_ingest_s2_world_to_local_root(ray_local, tiny_world, tmp_path):
     assert os.path.exists(uri)
 
 
-def test_owner_photos_are_ingested_and_their_bad_rows_quarantined(ray_local, tiny_world, tmp_path):
+def test_owner_photos_and_places_are_ingested_and_their_bad_rows_quarantined(ray_local, tiny_world, tmp_path):
     world, summary = tiny_world
+    places = tmp_path / "places.jsonl"
+    place_lines = open(f"{world}/businesses.jsonl").read().splitlines()
+    first_place = json.loads(place_lines[0])
+    bad_places = [json.dumps({**first_place, "latitude": 95.0}),  # bad_coordinates (and the one line of b00000...)
+                  place_lines[0],  # ...so this one is kept, and the next repeat is a duplicate_business
+                  place_lines[0],
+                  json.dumps({**first_place, "business_id": "bnowhere2"})]  # unknown_business
+    places.write_text("\n".join(bad_places[:1] + place_lines[1:] + bad_places[1:]) + "\n")
     owners = tmp_path / "owners.jsonl"
     lines = open(f"{world}/owner_photos.jsonl").read().splitlines()
     first = json.loads(lines[0])
@@ -62,27 +70,33 @@ def test_owner_photos_are_ingested_and_their_bad_rows_quarantined(ray_local, tin
     owners.write_text("\n".join(lines + bad) + "\n")
     root = str(tmp_path / "root")
     assert run("ingest", ingest.main, ["--root", root, "--gest", f"{world}/filter_all_t.json", "--images",
-                                       f"{world}/images", "--owner-photos", str(owners)]) == 0
+                                       f"{world}/images", "--owner-photos", str(owners), "--businesses",
+                                       str(places)]) == 0
     store = Store.open(root)
+    kept = store.read_table("businesses").to_pylist()
+    assert sorted(kept, key=lambda p: p["business_id"]) == [json.loads(line) for line in place_lines]
     table = store.read_table("owner_photos")
     assert table.num_rows == summary["owner_photos"] == len(lines)
     assert sorted(table.column("image_id").to_pylist()) == sorted(json.loads(line)["pic_id"] for line in lines)
     assert all(os.path.exists(u) for u in table.column("uri").to_pylist())
     counts = report_of(store)["counts"]
     assert counts["owner_photos_out"] == len(lines) and counts["owner_photos_quarantined"] == len(bad)
-    assert counts["records_quarantined"] == len(summary["planted_bad"])  # reviews' records, not owner photos
+    assert counts["businesses_out"] == len(place_lines) and counts["businesses_quarantined"] == 3
+    assert counts["records_quarantined"] == len(summary["planted_bad"])  # reviews' records, not the sidecars'
     quarantined = counts["quarantined_by_reason"]
     for reason in ("unknown_business", "owner_photo_missing", "duplicate_photo", "wrong_type", "unparseable",
-                   "unsafe_photo_id"):
+                   "unsafe_photo_id", "bad_coordinates", "duplicate_business"):
         assert quarantined.get(reason, 0) >= 1, reason
     details = store.read_table("quarantine").to_pylist()
     assert any(d["reason"] == "unknown_business" and "bnowhere" in d["detail"] for d in details)
+    assert any(d["reason"] == "unknown_business" and "bnowhere2" in d["detail"] for d in details)
 
     again = str(tmp_path / "again")  # none: no table, and readers say so
     assert run("ingest", ingest.main, ["--root", again, "--gest", f"{world}/filter_all_t.json",
-                                       "--owner-photos", "none"]) == 0
-    with pytest.raises(StoreError, match="owner_photos"):
-        Store.open(again).read_table("owner_photos")
+                                       "--owner-photos", "none", "--businesses", "none"]) == 0
+    for table in ("owner_photos", "businesses"):
+        with pytest.raises(StoreError, match=table):
+            Store.open(again).read_table(table)
 
 
 def test_ingest_raw_in_parallel_chunks_applies_gest_s1(ray_local, tiny_world, tmp_path):

@@ -110,6 +110,8 @@ def test_cold_businesses_are_scored_from_their_owner_photos_alone(local_root):
     for index in map(data.interactions.items.index, cold["business_id"].to_list()):
         assert owners.count(data.interactions.items[index]) == 3 and abs(data.image[index]).sum() > 0
         assert not data.text[index].any()  # no review of a cold business reaches its content
+    places = {p["business_id"]: [p["latitude"], p["longitude"]] for p in store.read_table("businesses").to_pylist()}
+    assert data.place.tolist() == [places[b] for b in data.interactions.items]  # the item graph's place term
 
 
 def test_evaluate_recommend_reports_every_model_over_seeds_with_the_reviewer_auc(local_root, tiny_world):

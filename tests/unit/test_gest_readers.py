@@ -4,6 +4,7 @@ import random
 
 import pytest
 
+from showcase_core.data.businesses import read_businesses
 from showcase_core.data.gest import REASONS, detect_format, iter_jsonl, iter_s2, pic_id_from_url
 
 
@@ -193,3 +194,25 @@ def test_a_lone_surrogate_in_text_is_kept_as_a_replacement_character_and_in_an_i
     pa.Table.from_pylist([review], schema=REVIEWS)  # both now encode: no UnicodeEncodeError in a writer
     pa.Table.from_pylist([bad.bad], schema=QUARANTINE)
     assert "\ufffd" in bad.bad["record"]
+
+
+def test_business_places_keep_good_rows_and_quarantine_each_bad_one_with_its_reason():
+    lines = [{"business_id": "b1", "latitude": 40.7, "longitude": -74.0, "name": "ignored"},
+             {"business_id": "b2", "latitude": -33, "longitude": 151},  # integers are degrees too
+             {"business_id": "b1", "latitude": 41.0, "longitude": -74.0},  # duplicate_business: the first is kept
+             {"business_id": "b3", "latitude": 91.0, "longitude": 0.0},  # bad_coordinates
+             {"business_id": "b3", "latitude": 0.0, "longitude": -180.5},  # bad_coordinates
+             {"business_id": "b3", "latitude": "40.7", "longitude": 0.0},  # wrong_type
+             {"business_id": "b3", "latitude": True, "longitude": 0.0},  # wrong_type
+             {"business_id": "b3", "longitude": 0.0},  # missing_field
+             {"business_id": "bnowhere", "latitude": 1.0, "longitude": 1.0}]  # unknown_business
+    raw = "\n".join(json.dumps(line) for line in lines) + '\n{"business_id": "b3", "latitude": NaN, "longitude": 0}\n'
+    result = read_businesses(io.BytesIO(raw.encode()), "businesses.jsonl", {"b1", "b2", "b3"})
+    assert result["table"].to_pylist() == [{"business_id": "b1", "latitude": 40.7, "longitude": -74.0},
+                                           {"business_id": "b2", "latitude": -33.0, "longitude": 151.0}]
+    reasons = [(q["reason"], q["field"]) for q in result["quarantine"]]
+    assert reasons == [("duplicate_business", "business_id"), ("bad_coordinates", "latitude"),
+                       ("bad_coordinates", "longitude"), ("wrong_type", "latitude"), ("wrong_type", "latitude"),
+                       ("missing_field", "latitude"), ("unknown_business", "business_id"),
+                       ("bad_coordinates", "latitude")]
+    assert all(q["reason"] in REASONS for q in result["quarantine"])

@@ -11,7 +11,7 @@ from showcase_core.metrics.recommend import ranking_metrics
 from showcase_core.recommend import training
 from showcase_core.recommend.alignrec import AlignRec
 from showcase_core.recommend.bprmf import BPRMF
-from showcase_core.recommend.graph import item_knn_graph, user_item_adjacency
+from showcase_core.recommend.graph import item_knn_graph, place_similarity, user_item_adjacency
 from showcase_core.recommend.interactions import TEST, TRAIN, VAL, build_interactions
 from showcase_core.recommend.lightgcn import LightGCN
 from showcase_core.recommend.losses import bpr_loss
@@ -85,9 +85,27 @@ def test_lightgcn_propagation_is_the_mean_of_normalised_layers():
     assert np.allclose(torch.cat([users, items]).detach().numpy(), expected, atol=1e-6)
 
 
+def test_place_similarity_is_a_gaussian_of_the_great_circle_distance():
+    a = torch.tensor([[40.0, -74.0]])
+    b = torch.tensor([[40.0, -74.0], [40.0 + 2.0 / 111.19, -74.0], [41.0, -74.0]])  # here, 2 km north, 111 km north
+    near = place_similarity(a, b, scale_km=2.0)[0]
+    assert near[0] == pytest.approx(1.0) and near[1] == pytest.approx(np.exp(-0.5), abs=1e-3)
+    assert near[2] < 1e-6
+
+
+def test_a_near_business_becomes_a_neighbour_over_a_slightly_more_alike_far_one():
+    content = torch.tensor([[1.0, 0.0], [1.0, 0.05], [1.0, 0.3], [0.0, 1.0]])
+    place = torch.tensor([[40.0, -74.0], [40.5, -74.0], [40.0, -74.001], [float("nan"), float("nan")]])
+    by_content = item_knn_graph([content], k=1).to_dense()
+    by_both = item_knn_graph([content], k=1, place=place, place_scale_km=2.0).to_dense()
+    assert by_content[0, 1] > 0 and by_content[0, 2] == 0  # item 1 looks more alike
+    assert by_both[0, 2] > 0 and by_both[0, 1] == 0  # item 2 is 85 m away, item 1 55 km
+    assert by_both[3].abs().sum() > 0  # an unknown place adds nothing, the content still finds a neighbour
+
+
 def test_item_knn_graph_keeps_k_neighbours_never_itself():
     content = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9], [0.0, 0.0]])
-    graph = item_knn_graph(content, k=1).to_dense()
+    graph = item_knn_graph([content], k=1).to_dense()
     assert graph.diagonal().abs().sum() == 0
     assert graph[0, 1] > 0 and graph[2, 3] > 0 and graph[0, 2] == 0  # nearest neighbour only (and its reverse)
     assert graph[4].abs().sum() == 0 and graph[:, 4].abs().sum() == 0  # no content, no neighbours

@@ -155,6 +155,20 @@ def test_owner_photos_show_dishes_of_the_menu_apart_from_the_reviews(tmp_path):
         assert os.path.exists(os.path.join(out, "images", o["pic_id"] + ".jpg"))
 
 
+def test_every_business_publishes_its_place_in_the_city(tmp_path):
+    from showcase_core.data import world as world_module
+
+    out = str(tmp_path / "w")
+    make_world(out, "tiny", seed=0)
+    with open(os.path.join(out, "businesses.jsonl")) as f:
+        places = [json.loads(line) for line in f]
+    world = build_world("tiny", seed=0)
+    assert places == [{k: b[k] for k in ("business_id", "latitude", "longitude")} for b in world["businesses"]]
+    for p in places:  # one area: within a few sd (1 km) of the city centre
+        km = np.subtract([p["latitude"], p["longitude"]], world_module.CITY_CENTRE) * [111.2, 111.2 * 0.758]
+        assert np.hypot(*km) < 6, p
+
+
 def test_areas_and_popularity_shape_who_reviews_what(monkeypatch):
     from scipy.stats import spearmanr
 
@@ -177,6 +191,13 @@ def test_areas_and_popularity_shape_who_reviews_what(monkeypatch):
     assert min(counts) >= 3
     assert spearmanr([b["popularity"] for b in world["businesses"]], counts).statistic > 0.7
     assert np.std(counts) / np.mean(counts) > 0.35  # a lognormal skew, not 9-13 reviews each
+    places = {b["business_id"]: (b["latitude"], b["longitude"]) for b in world["businesses"]}
+    centre = {area: np.mean([places[b["business_id"]] for b in world["businesses"] if b["area"] == area], 0)
+              for area in range(4)}
+    for b in world["businesses"]:  # within a few km of its area's centre (1 km sd per axis; centres ±20 km apart)
+        nearest = min(range(4), key=lambda a: np.hypot(*(np.subtract(places[b["business_id"]], centre[a])
+                                                         * [111.2, 111.2 * np.cos(np.deg2rad(40.7))])))
+        assert nearest == b["area"] or np.hypot(*(np.subtract(centre[nearest], centre[b["area"]]) * 111.2)) < 6
     for b in world["businesses"]:  # the owner's last photo is of the room: the place shows without any review
         room = [p for p in world["owner_photos"] if p["business_id"] == b["business_id"]][-1]["entities"]
         assert room and set(room) == {m for m in b["menu"] if m in ambience}

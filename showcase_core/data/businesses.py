@@ -1,0 +1,53 @@
+"""Business places: where each business is (its latitude and longitude), apart from the reviews.
+
+Source: JSON lines of ``{"business_id", "latitude", "longitude"}`` in degrees (the synthetic world's
+``businesses.jsonl``; Google Local's and Yelp's business metadata carry the same fields, other fields are ignored).
+A row of a business no accepted review names is quarantined (``unknown_business``), as is one whose coordinates are
+not finite numbers in range (``bad_coordinates``) or that repeats a business (``duplicate_business``: the first row
+is kept).
+
+The multimodal recommenders count two businesses as neighbours partly by how near they are
+(``showcase_core.recommend.graph.place_similarity``), so a cold business is scored like the businesses around it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import IO
+
+import pyarrow as pa
+
+from . import schema
+from .gest import RecordError, read_json_lines
+
+RANGES = {"latitude": 90.0, "longitude": 180.0}
+
+
+def read_businesses(stream: IO[bytes], source: str, businesses: set[str]) -> dict:
+    """Validate a businesses JSON-lines stream: {"table": BUSINESSES table, "quarantine": rows}."""
+    seen: set[str] = set()
+
+    def check(obj: dict) -> dict:
+        for name in ("business_id", *RANGES):
+            if obj.get(name) is None:
+                raise RecordError("missing_field", name, f"field {name!r} is missing")
+        business = obj["business_id"]
+        if not isinstance(business, str) or not business:
+            raise RecordError("wrong_type", "business_id", "field 'business_id' must be a non-empty string")
+        for name, limit in RANGES.items():
+            value = obj[name]
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise RecordError("wrong_type", name, f"field {name!r} must be a number of degrees")
+            if not (math.isfinite(value) and -limit <= value <= limit):
+                raise RecordError("bad_coordinates", name, f"{name} {value} of business {business} is outside "
+                                                           f"-{limit:g}..{limit:g}")
+        if business not in businesses:
+            raise RecordError("unknown_business", "business_id", f"business {business} has no accepted review")
+        if business in seen:
+            raise RecordError("duplicate_business", "business_id",
+                              f"business {business} appeared earlier in the file (the first place is kept)")
+        seen.add(business)
+        return {"business_id": business, "latitude": float(obj["latitude"]), "longitude": float(obj["longitude"])}
+
+    rows, bad = read_json_lines(stream, source, check)
+    return {"table": pa.Table.from_pylist(rows, schema=schema.BUSINESSES), "quarantine": bad}
