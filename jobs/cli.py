@@ -11,7 +11,7 @@ import sys
 
 STAGES = {
     "make_world": "write a synthetic world in Gest format",
-    "ingest": "validate Gest files into the Delta tables ROOT/tables/{reviews,images,quarantine,sentences}",
+    "ingest": "validate Gest files into the Delta tables ROOT/tables/{reviews,images,quarantine,sentences,...}",
     "train_clip": "train or fine-tune the CLIP encoder on (photo, sentence) pairs (Ray Train)",
     "embed": "embed photos and texts with CLIP (Ray Data actor pool), resumable",
     "features": "the feature tables (users' profile inputs, businesses' ground sets) on Ray Data, committed once",

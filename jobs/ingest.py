@@ -17,8 +17,8 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from showcase_core.data.gest import FORMATS, REASONS, detect_format
 from showcase_core.data.businesses import read_businesses
+from showcase_core.data.gest import FORMATS, REASONS, detect_format
 from showcase_core.data.owner_photos import read_owner_photos
 from showcase_core.data.schema import QUARANTINE
 from showcase_core.data.sentences import read_sentences
