@@ -36,13 +36,14 @@ EARTH_RADIUS_KM = 6371.0
 
 def place_similarity(a: torch.Tensor, b: torch.Tensor, scale_km: float) -> torch.Tensor:
     """[n, m] exp(-d² / 2ℓ²) between coordinates a [n, 2] and b [m, 2] (latitude, longitude in degrees), d the
-    great-circle distance in km (haversine) and ℓ = ``scale_km``: 1 at the same place, near 0 a few ℓ away."""
-    lat_a, lon_a = torch.deg2rad(a[:, :1].double()), torch.deg2rad(a[:, 1:].double())
-    lat_b, lon_b = torch.deg2rad(b[:, 0].double()), torch.deg2rad(b[:, 1].double())
-    h = (torch.sin((lat_b - lat_a) / 2) ** 2
-         + torch.cos(lat_a) * torch.cos(lat_b) * torch.sin((lon_b - lon_a) / 2) ** 2)
-    distance = 2 * EARTH_RADIUS_KM * torch.asin(h.clamp(0, 1).sqrt())
-    return torch.exp(-(distance / scale_km) ** 2 / 2).float()
+    great-circle distance in km (haversine) and ℓ = ``scale_km``: 1 at the same place, near 0 a few ℓ away. In
+    float32 (an angle's rounding is under a metre on Earth): a few [n, m] temporaries."""
+    lat_a, lon_a = torch.deg2rad(a[:, :1].float()), torch.deg2rad(a[:, 1:].float())
+    lat_b, lon_b = torch.deg2rad(b[:, 0].float()), torch.deg2rad(b[:, 1].float())
+    h = torch.sin((lat_b - lat_a) / 2).square_()
+    h += torch.cos(lat_a) * torch.cos(lat_b) * torch.sin((lon_b - lon_a) / 2).square_()
+    distance = h.clamp_(0, 1).sqrt_().asin_().mul_(2 * EARTH_RADIUS_KM / scale_km)
+    return distance.square_().mul_(-0.5).exp_()
 
 
 def item_knn_graph(views: list[torch.Tensor], k: int = 10, chunk: int = 4096, place: torch.Tensor | None = None,
