@@ -225,7 +225,8 @@ def ingest_counts(store, record: dict, records_in: int, sidecar_counts: dict) ->
               "quarantined": tables["quarantine"]["rows"],
               # photo_missing rows are photos, not records
               "records_quarantined": tables["quarantine"]["rows"] - quarantined.get("photo_missing", 0)
-              - sum(sidecar_counts.get(f"{name}_quarantined", 0) for name in ("sentences", "owner_photos", "businesses")),
+              - sum(sidecar_counts.get(f"{name}_quarantined", 0)
+                    for name in ("sentences", "owner_photos", "businesses")),
               "quarantined_by_reason": dict(sorted(quarantined.items())), **sidecar_counts}
     return counts, quarantined
 

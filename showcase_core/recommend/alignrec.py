@@ -11,10 +11,12 @@ reviews), from train interactions (and owner photos) only. Here, as in the paper
   of the item's content: the mean of the cosines of review photos, review text and owner photos, and, where the
   businesses' places are known, a fourth term of the same weight, exp(-d²/2ℓ²) of their distance
   (``graph.item_knn_graph``, ℓ = ``place_scale_km``); c̃ = (c̃^I + c̃^T) / 2. The place term is this project's
-  addition: where reviews follow place, photos and words alone found neighbours that shared the business's area 7-10%
-  of the time (chance 3.4%), and AlignRec stayed below LightGCN; with it, above (the issue-18 note has the figures). Content enters as a gate on IDs, so it cannot outweigh them. A first version added the
-  projected content itself (user = h_u + mean c̃, item = h_i + c̃_i); on a world whose reviews follow place, with a
-  content that carried taste only, it ranked by content alone (Recall@20 1.0 where LightGCN had 9.9).
+  addition: where reviews follow place (the large world), photos and words alone found neighbours that shared the
+  business's area 7-17% of the time (chance 3.4%), and AlignRec stayed below LightGCN; with places, 87%, and above
+  it (README, evaluate's recommend report). Content enters as a gate on IDs, so it cannot outweigh them. A first
+  version added the projected content itself (user = h_u + mean c̃, item = h_i + c̃_i); on a world whose reviews
+  follow place, with a content that carried taste only, it ranked by content alone (Recall@20 1.0 where LightGCN
+  had 9.9).
 - A cold item has no ID to learn (no train interaction): its e_i and h_i are the mean of its k warm neighbours'
   (``impute``), so its score is on the warm items' scale and comes from the items it resembles. The neighbours are
   found by owner photos (and place), which every business publishes (``owner``, ``place``); a cold item's review
@@ -84,7 +86,8 @@ class AlignRec(nn.Module):
         views = [image, text] + ([] if owner is None else [owner])
         self.register_buffer("item_graph", item_knn_graph(views, cfg["knn"], **near), persistent=False)
         # a cold item's neighbours by owner photos (and place), which warm and cold items both have (its review
-        # content is owner photos alone, unlike any warm item's); the content graph where no owner photos were published
+        # content is owner photos alone, unlike any warm item's); the content graph where no owner photos were
+        # published
         imputation = self.item_graph if owner is None else item_knn_graph([owner], cfg["knn"], **near)
         self.register_buffer("warm_neighbours", warm_neighbour_mean(imputation, self.warm), persistent=False)
         self.register_buffer("user_items", user_item_mean(train_user, train_item, users, items), persistent=False)
