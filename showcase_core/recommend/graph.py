@@ -59,14 +59,12 @@ def item_knn_graph(views: list[torch.Tensor], k: int = 10, chunk: int = 4096, pl
                                        check_invariants=False).coalesce()
     units = [F.normalize(view.float(), dim=-1) for view in views]
     terms = len(units) + (place is not None)
-    known = None if place is None else ~torch.isnan(place).any(-1)
     rows, cols = [], []
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
         sim = sum(unit[start:stop] @ unit.T for unit in units)
-        if place is not None:
-            near = place_similarity(place[start:stop], place, place_scale_km)
-            sim = sim + torch.where(known[start:stop, None] & known[None, :], near, torch.zeros(()))
+        if place is not None:  # NaN where either place is unknown: no term
+            sim += place_similarity(place[start:stop], place, place_scale_km).nan_to_num_(0.0)
         sim = sim / terms
         sim[torch.arange(stop - start), torch.arange(start, stop)] = -float("inf")  # not itself
         top = sim.topk(k, dim=1).indices
