@@ -439,9 +439,11 @@ def recommend_markdown(table: dict) -> str:
         if "reviewer" in m:
             r = m["reviewer"]
             auc = lambda key: f"{r[key]['mean']:.3f} ± {r[key]['sd']:.3f}" if key in r else "-"  # noqa: E731
+            share = lambda key: "-" if r.get(key, {}).get("mean") is None else f"{100 * r[key]['mean']:.0f}%"  # noqa: E731
             lines.append(f"\n{name}'s modality reviewer against the planted flags ({table['planted']}): AUC photos "
-                         f"{auc('auc_image')}, reviews {auc('auc_text')} (1 - quality score vs poor modality, warm "
-                         "items).")
+                         f"{auc('auc_image')}, reviews {auc('auc_text')} (1 - quality score of the content as given "
+                         f"vs poor modality, warm items); planted modalities rewritten: photos "
+                         f"{share('poor_rewritten_image')}, reviews {share('poor_rewritten_text')}.")
     if table["order"]:
         checks = [f"{o['better']} > {o['worse']} by {100 * o['gap']:.2f} (sd {100 * o['sd']:.2f}): "
                   f"{'met' if o['met'] else 'NOT met'}" for o in table["order"]]

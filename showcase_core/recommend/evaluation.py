@@ -7,7 +7,9 @@ ranking on val and test, the long-tail and cold-item splits, and R2MR's reviewer
   held-out sets: val, test, and test restricted to the long tail (warm items outside the most popular
   ``HEAD_SHARE`` by train interactions), to the cold items, and to the businesses with a planted poor modality.
 - ``reviewer_auc``: how well R2MR's quality scores flag the planted modalities: ROC AUC of ``1 - s^m`` against the
-  "modality m is poor" flag, over the items the reviewer sees users of (warm items).
+  "modality m is poor" flag, over the items the reviewer sees users of (warm items). s^m is the reviewer's score of
+  the content as given, before any rewrite: a kept rewrite is scored higher by construction, so the kept scores
+  would measure the rewriter (large world, seed 0: AUC 0.91 photos, 0.86 reviews as given; 0.69, 0.72 kept).
 - Two reference rows, per seed on the same split: ``random``, the exact expectation of a uniformly random ranking
   of the businesses a user has not reviewed in train; and, given the synthetic world, ``oracle``: the ranking by the
   world's own chance that the user reviews the business (true taste · menu, area and popularity: how the world draws
@@ -158,7 +160,8 @@ def reference_metrics(data: RecommenderData, planted: np.ndarray | None, world: 
 
 def reviewer_auc(model, data: RecommenderData, noise_photos: np.ndarray, filler_reviews: np.ndarray) -> dict:
     """ROC AUC of the reviewer's 1 - s^image against noise photos and of 1 - s^text against filler reviews (warm
-    items), and the share of each planted set the reviewer puts below η."""
+    items; the scores of the content as given), the share of each planted set and of the others the reviewer puts
+    below η, and the share of each planted set whose modality was rewritten."""
     from sklearn.metrics import roc_auc_score
 
     review = model.review_items()
@@ -172,6 +175,9 @@ def reviewer_auc(model, data: RecommenderData, noise_photos: np.ndarray, filler_
             out[f"auc_{modality}"] = float(roc_auc_score(labels, 1 - score[warm]))
         out[f"poor_below_eta_{modality}"] = float(np.mean(score[flags & warm] <= eta)) if (flags & warm).any() else None
         out[f"others_below_eta_{modality}"] = float(np.mean(score[~flags & warm] <= eta))
+        rewritten = np.zeros(len(flags), bool)
+        rewritten[review["rewritten"].get(modality, torch.zeros(0, dtype=torch.long)).cpu().numpy()] = True
+        out[f"poor_rewritten_{modality}"] = float(np.mean(rewritten[flags & warm])) if (flags & warm).any() else None
     return out
 
 

@@ -16,7 +16,12 @@ where a modality is poor.
   its visitors' embeddings remembered (photo AUC below 0.5). Weight ``review_weight``.
 - States by a threshold η: high (both above), disparity (exactly one), low (both below): ``quality_states``.
 - Fusion: item = Σ_m [s_i^m c̃_i^m + (1 - s_i^m) h_i] (the paper concatenates the two modality terms and scores
-  them against [u ‖ u]; the sum is the same score). A cold item's h_i is its warm neighbours' mean (AlignRec).
+  them against [u ‖ u]; the sum is the same score), rescaled to the norm of AlignRec's item h_i + (c̃^I + c̃^T)/2,
+  which it equals at s = 0.5: the scores choose the direction (content or ID), not the length. The rescaling is
+  this project's. Without it s acted as an item bias: every user's vector holds its items' c̃, so c̃ scores higher
+  than h with almost every user, and an item with low scores sank for all of them (large world, seed 0: Recall@20
+  on the planted businesses 6.3 %, on cold businesses 1.6 %; the same model ranked with s = 0.5, 8.0 % and 4.3 %;
+  rescaled, 8.2 % and 3.6 %). A cold item's h_i is its warm neighbours' mean (AlignRec).
 - Rewriter: the paper trains a VQGAN-style generator; here two small MLPs (photos → reviews, reviews → photos, on
   the CLIP content) trained with a cosine loss on the batch's high-quality items. For a disparity item the
   poor modality's content is replaced by the one rewritten from its good modality when the reviewer scores the
@@ -100,8 +105,10 @@ class R2MR(AlignRec):
     def fuse(self, out: dict, index: torch.Tensor, s_image: torch.Tensor, s_text: torch.Tensor,
              c_image: torch.Tensor, c_text: torch.Tensor) -> torch.Tensor:
         h = out["h_item"][index]
-        return (s_image[:, None] * c_image + (1 - s_image[:, None]) * h
-                + s_text[:, None] * c_text + (1 - s_text[:, None]) * h)
+        fused = (s_image[:, None] * c_image + (1 - s_image[:, None]) * h
+                 + s_text[:, None] * c_text + (1 - s_text[:, None]) * h)
+        length = (h + (c_image + c_text) / 2).norm(dim=1, keepdim=True)
+        return fused * (length / fused.norm(dim=1, keepdim=True).clamp_min(1e-12))
 
     def items(self, out: dict, index: torch.Tensor | None = None) -> torch.Tensor:
         if index is None:
@@ -111,11 +118,14 @@ class R2MR(AlignRec):
 
     @torch.no_grad()
     def review_items(self, out: dict | None = None) -> dict:
-        """Every item's exact scores, states, the rewrites kept, and its fused representation."""
+        """Every item's exact scores of its content as given (``score_*``: the reviewer's verdict), its states, the
+        rewrites kept and the scores of the content kept (``kept_score_*``: a kept rewrite's own score, which the
+        fusion uses), and its fused representation."""
         out = out or self.parts()
         index = torch.arange(out["p_image"].shape[0], device=out["p_image"].device)
         content = {m: self.raw(m).clone() for m in ("image", "text")}
-        s = {m: self.scores(out, m, index, exact=True) for m in ("image", "text")}
+        given = {m: self.scores(out, m, index, exact=True) for m in ("image", "text")}
+        s = {m: given[m].clone() for m in given}
         states = quality_states(s["image"], s["text"], self.cfg["eta"])
         rewritten = {}
         for poor, good in (("image", "text"), ("text", "image")):
@@ -131,8 +141,8 @@ class R2MR(AlignRec):
         views = {m: self.content_view(out["ego_item"], project[m](content[m])) if m in rewritten else out[f"c_{m}"]
                  for m in ("image", "text")}
         item = self.fuse(out, index, s["image"], s["text"], views["image"], views["text"])
-        return {"item": item, "score_image": s["image"], "score_text": s["text"], "states": states,
-                "rewritten": rewritten}
+        return {"item": item, "score_image": given["image"], "score_text": given["text"], "states": states,
+                "rewritten": rewritten, "kept_score_image": s["image"], "kept_score_text": s["text"]}
 
     def extra_loss(self, out: dict, users: torch.Tensor, positives: torch.Tensor,
                    negatives: torch.Tensor) -> tuple[torch.Tensor, dict]:

@@ -198,17 +198,53 @@ def test_reviewer_loss_is_the_cross_entropy_of_each_modality_alone_and_leaves_th
     assert model.project_text[0].weight.grad is None  # a probe of the content: the ranking's view is left alone
 
 
+def test_a_kept_rewrite_raises_the_fused_score_but_not_the_reviewers_verdict_on_the_content_as_given():
+    from types import SimpleNamespace
+
+    from sklearn.metrics import roc_auc_score
+
+    from showcase_core.recommend.evaluation import reviewer_auc
+
+    model, user, item = tiny_alignrec(R2MR, factors=2)
+    with torch.no_grad():
+        out = model.parts()
+        factors = model.factors(out["h_user"])[torch.as_tensor(user[item == 0])].reshape(-1, 4)  # item 0's users
+        liked = torch.linalg.lstsq(factors, torch.full((4, 1), 50.0)).solution.flatten()  # every factor · it = 50
+        model.review["image"].weight.copy_(torch.eye(4))  # photos as given: item 0's are e_0
+        model.review["text"].weight.zero_()
+        model.review["text"].weight[:, 0] = liked  # item 0's text is what its users like: s^text ≈ 1
+        model.rewrite["image"][2].weight.zero_()
+        model.rewrite["image"][2].bias.copy_(liked)  # the rewriter writes photos its users like
+        given = model.scores(out, "image", torch.arange(4), exact=True)
+        model.cfg["eta"] = float(given[0])  # item 0: photos at η (poor), text above: a disparity
+        review = model.review_items(out)
+    assert 0 in review["rewritten"]["image"].tolist()
+    assert torch.allclose(review["score_image"], given)  # the verdict on the photos as given
+    assert review["kept_score_image"][0] > 0.99 > review["score_image"][0]  # the rewrite's own score
+    noise = np.array([True, False, False, False])
+    data = SimpleNamespace(interactions=SimpleNamespace(cold=np.array([False, False, False, True])))
+    auc = reviewer_auc(model, data, noise, np.zeros(4, bool))
+    assert auc["auc_image"] == pytest.approx(roc_auc_score(noise[:3], 1 - given[:3].numpy()))
+    assert auc["poor_rewritten_image"] == 1.0
+
+
 def test_quality_states_and_fusion_extremes():
     states = quality_states(torch.tensor([0.7, 0.7, 0.2, 0.1]), torch.tensor([0.6, 0.2, 0.9, 0.3]), 0.5)
     assert states.tolist() == [HIGH, DISPARITY, DISPARITY, LOW]
     model, _, _ = tiny_alignrec(R2MR)
     out = model.parts()
     index = torch.tensor([0, 1])
-    ones, zeros = torch.ones(2), torch.zeros(2)
-    content = model.fuse(out, index, ones, ones, out["c_image"][index], out["c_text"][index])
-    assert torch.allclose(content, out["c_image"][index] + out["c_text"][index])  # trusted: content only
-    ids = model.fuse(out, index, zeros, zeros, out["c_image"][index], out["c_text"][index])
-    assert torch.allclose(ids, 2 * out["h_item"][index])  # poor: the ID only
+    ones, zeros, halves = torch.ones(2), torch.zeros(2), torch.full((2,), 0.5)
+    c_image, c_text, h = out["c_image"][index], out["c_text"][index], out["h_item"][index]
+    alignrec = h + (c_image + c_text) / 2
+    length = alignrec.norm(dim=1, keepdim=True)
+    assert torch.allclose(model.fuse(out, index, halves, halves, c_image, c_text), alignrec, atol=1e-6)
+    content = model.fuse(out, index, ones, ones, c_image, c_text)  # trusted: the content's direction only
+    assert torch.allclose(content, (c_image + c_text) / (c_image + c_text).norm(dim=1, keepdim=True) * length)
+    ids = model.fuse(out, index, zeros, zeros, c_image, c_text)  # poor: the ID's direction only
+    assert torch.allclose(ids, h / h.norm(dim=1, keepdim=True) * length)
+    mixed = model.fuse(out, index, torch.tensor([0.9, 0.1]), torch.tensor([0.2, 0.7]), c_image, c_text)
+    assert torch.allclose(mixed.norm(dim=1, keepdim=True), length)  # the scores never change the length
     assert torch.allclose(factor_scores(torch.zeros(1, 3, 2), torch.ones(1, 2)), torch.tensor([0.5]))
 
 
