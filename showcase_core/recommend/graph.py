@@ -42,8 +42,8 @@ def place_similarity(a: torch.Tensor, b: torch.Tensor, scale_km: float) -> torch
     lat_b, lon_b = torch.deg2rad(b[:, 0].float()), torch.deg2rad(b[:, 1].float())
     h = torch.sin((lat_b - lat_a) / 2).square_()
     h += torch.cos(lat_a) * torch.cos(lat_b) * torch.sin((lon_b - lon_a) / 2).square_()
-    distance = h.clamp_(0, 1).sqrt_().asin_().mul_(2 * EARTH_RADIUS_KM / scale_km)
-    return distance.square_().mul_(-0.5).exp_()
+    distance_in_scales = h.clamp_(0, 1).sqrt_().asin_().mul_(2 * EARTH_RADIUS_KM / scale_km)  # d / ℓ
+    return distance_in_scales.square_().mul_(-0.5).exp_()
 
 
 def item_knn_graph(views: list[torch.Tensor], k: int = 10, chunk: int = 4096, place: torch.Tensor | None = None,
