@@ -31,8 +31,8 @@ group and the users rows it read; a writer actor holds the models, one unit's pa
 unit's businesses.
 
 Exactly once: a unit's files are named by the run, the unit and N, so a retried unit (a killed worker) replaces its
-own files, a wave whose pass lost a node (or a Ray Data actor it could not restart) runs again for its units not
-yet written, and a rerun with the same ``--run-id`` (a killed driver) skips the units already written. The driver
+own files, a wave whose pass lost a node (or a Ray Data actor it could not restart), or whose writer pool the
+cluster no longer fits (it shrank under the pass), runs again for its units not yet written, and a rerun with the same ``--run-id`` (a killed driver) skips the units already written. The driver
 checks that the units' showcases and quarantined pairs add up to the candidate rows, then commits the date's
 quarantine and its showcases, each in one Delta transaction that replaces the date's partition, under the
 application transaction ``<table>/dt=DATE`` with the publish generation (1, +1 per ``--force``). A committed date
@@ -45,6 +45,7 @@ import json
 import posixpath
 import sys
 import time
+from collections.abc import Iterator
 from typing import Literal
 
 import numpy as np
@@ -259,6 +260,7 @@ class ShowcaseWriter:
 
 
 MAX_PARTITIONS = 4096  # shuffle partitions at most (beyond it a partition holds several groups or units)
+POLL_S = 2.0  # how often a pass that has nothing to stream back checks that the cluster still fits it
 WAVE_ATTEMPTS = 3  # passes over a wave lost to the cluster (a node, or a Ray Data actor that cannot restart) at most
 SHOWCASE_ROW_GROUP = 256  # rows per row group of a showcases file: a lookup of one pair decodes one of them
 
@@ -359,9 +361,10 @@ def write_units(store, cfg: Settings, run_id: str, plan: dict, records: dict, ex
                 break  # the pass failed after its last unit came back
             actors, resources, _ = writer_pool(cfg)  # of the cluster as it is now (a lost node's CPUs are gone)
             try:
-                for ref in wave_task.remote(source | {"done": done}, wave, store.root, models, plan["meta"],
-                                            writer_kwargs, actors, resources):
-                    accounted += add_records(ray.get(ref).to_pylist(), records, extras)
+                stream = wave_task.remote(source | {"done": done}, wave, store.root, models, plan["meta"],
+                                          writer_kwargs, actors, resources)
+                for batch in watched_pass(stream, lambda: cluster_shrank(cfg, actors, resources)):
+                    accounted += add_records(batch.to_pylist(), records, extras)
                     progress.update(accounted)
                 break
             except Exception as err:  # a node, or a Ray Data actor a pass cannot restart, went away
@@ -386,6 +389,41 @@ def writer_pool(cfg: Settings) -> tuple[int, dict, str]:
         # reserves none, since the pass's reads and shuffles take a whole CPU each and would wait for it forever
         resources = {"num_cpus": 0.5 if cpus >= 2 else 0}
     return actors, resources, device
+
+
+def cluster_shrank(cfg: Settings, actors: int, resources: dict) -> str | None:
+    """Why a pass's writer pool no longer fits the cluster as it is now, else None.
+
+    A pass planned for more CPUs (or GPUs) than the cluster has left can wait forever: Ray retries a lost node's
+    tasks, its writers keep their reservations, and when what is left of the CPUs cannot hold a whole CPU beside
+    them, a retried read or shuffle task waits for one that only an autoscaler could bring."""
+    now_actors, now_resources, _ = writer_pool(cfg)  # a pool planned for a cluster that grew since still fits it
+    if now_actors < actors or resources.get("num_cpus", 0) > now_resources.get("num_cpus", 0):
+        return (f"the cluster shrank: {actors} writers with {resources} each no longer fit it "
+                f"({now_actors} with {now_resources} do)")
+    return None
+
+
+def watched_pass(stream, shrank, poll_s: float = POLL_S) -> Iterator:
+    """The batches a pass streams back, as they come. While none is ready, every ``poll_s`` seconds ``shrank()`` says
+    whether the cluster still fits the pass; when it does not, the pass is cancelled (force: its process goes, and
+    with it the Ray Data actors it owns) and WaveLost is raised, so the wave runs again on a pool planned for the
+    cluster as it is now."""
+    import ray
+
+    while True:
+        ready, _ = ray.wait([stream], timeout=poll_s)
+        if ready:
+            try:
+                ref = next(stream)
+            except StopIteration:
+                return
+            yield ray.get(ref)
+            continue
+        why = shrank()
+        if why:
+            ray.cancel(stream, force=True)
+            raise WaveLost(why)
 
 
 def units_done(records: dict) -> set[int]:
