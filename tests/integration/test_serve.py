@@ -394,16 +394,18 @@ def cpu_ns(pid: int) -> int:
     return total
 
 
-def wait_until_busy(pid: int, seconds: float, window_s: float = 0.002) -> bool:
-    """Return as soon as the process ran for most of the last ``window_s`` (a model replica inside a batch), or after
-    ``seconds``; True when it was busy."""
-    deadline, last = time.monotonic() + seconds, cpu_ns(pid)
+def wait_until_busy(pid: int, seconds: float, window_s: float = 0.01) -> bool:
+    """Return as soon as the process ran for most of a window of ``window_s`` or more (a model replica inside a
+    batch: a background thread of an idle replica does not run for 10 ms at a stretch), or after ``seconds``; True
+    when it was busy. The window is measured, since reading every thread's schedstat takes time of its own."""
+    deadline = time.monotonic() + seconds
+    last, last_at = cpu_ns(pid), time.monotonic_ns()
     while time.monotonic() < deadline:
         time.sleep(window_s)
-        now = cpu_ns(pid)
-        if now - last >= 0.75 * window_s * 1e9:
+        now, now_at = cpu_ns(pid), time.monotonic_ns()
+        if now - last >= 0.75 * (now_at - last_at):
             return True
-        last = now
+        last, last_at = now, now_at
     return False
 
 
@@ -430,9 +432,11 @@ def test_a_killed_model_replica_fails_no_request(service, root, pairs, tmp_path,
         while proc.poll() is None:
             calls = httpx.get(f"{service}/healthz", timeout=30).json()["ingress"]["calls"]
             if calls - before >= LOCUST_REQUESTS // 4:
-                wait_until_busy(victim, seconds=30)
+                started = time.monotonic()
+                busy = wait_until_busy(victim, seconds=30)
                 os.kill(victim, signal.SIGKILL)
-                killed.append(calls - before)
+                killed.append(f"{calls - before} calls, {'busy' if busy else 'never busy'} after "
+                              f"{time.monotonic() - started:.2f} s")
                 return
             time.sleep(0.2)
 
@@ -440,7 +444,7 @@ def test_a_killed_model_replica_fails_no_request(service, root, pairs, tmp_path,
     result = locust_load(service, others, tmp_path, during=kill_a_quarter_in)
     health = httpx.get(f"{service}/healthz", timeout=30).json()
     with capsys.disabled():
-        print(f"\n{locust_figures('a model replica SIGKILLed', result)}; killed after {killed} calls; the ingress "
+        print(f"\n{locust_figures('a model replica SIGKILLed', result)}; killed after {killed}; the ingress "
               f"retried {health['ingress']['retried']} calls", flush=True)
     assert killed, ("the load ended before the replica was killed", result["log"])
     assert result["requests"] == LOCUST_REQUESTS, result
