@@ -21,7 +21,7 @@ from showcase_core.data.businesses import read_businesses
 from showcase_core.data.gest import FORMATS, REASONS, detect_format
 from showcase_core.data.owner_photos import read_owner_photos
 from showcase_core.data.schema import QUARANTINE
-from showcase_core.data.sentences import read_sentences
+from showcase_core.data.sentences import partition_of, read_sentences
 from showcase_core.data.ingest import ORDER, commit_ingest, drops_of_chunk, finalize_chunk, list_photo_ids, plan_chunks, \
     plan_drops, stage_chunk
 from showcase_core.data.summary import dataset_summary, summary_markdown
@@ -47,6 +47,8 @@ class Settings(JobSettings):
     businesses: str = setting("auto", "the businesses JSONL (business_id, latitude, longitude in degrees) "
                                       "(auto: businesses.jsonl beside the Gest file if there; none: no businesses "
                                       "table)")
+    sentence_task_reviews: int = setting(250_000, "reviews per sentence-validation task: each holds one hash "
+                                                  "partition of the reviews and reads the sentences file", ge=1)
     seed: int = setting(0, "seed of the train/val/test split of reviews")
     chunk_mb: float = setting(64.0, "MiB of the input per parallel validation task", gt=0)
 
@@ -107,28 +109,49 @@ def _sidecar(fs, flag: str, value: str, beside: str) -> str | None:
     return value if value.startswith("s3://") else spath
 
 
-def _ingest_sentences(store: Store, run_id: str, uri: str, parts: dict) -> dict:
-    """Validate the aligned-sentences file against the reviews just written; add its data files."""
-    accepted, text_less = {}, set()
-    for p in parts["reviews"]:
-        table = pq.read_table(store.path("tables/reviews", p["path"]), filesystem=store.fs,
-                              columns=["review_id", "split", "pic_ids", "review_text"])
-        for review_id, split, pics, has_text in zip(*(table.column(c).to_pylist() for c in ("review_id", "split",
-                                                                                             "pic_ids")),
-                                                    table.column("review_text").is_valid().to_pylist()):
-            if has_text:
-                accepted[review_id] = (split, set(pics))
-            else:
-                text_less.add(review_id)
-    with open_binary(uri) as stream:
-        result = read_sentences(stream, uri, accepted, text_less)
-    parts["sentences"] = [write_file(store, "tables/sentences", result["table"], f"part-{run_id}-00000.parquet")]
-    if result["quarantine"]:
-        parts["quarantine"].append(write_file(store, "tables/quarantine",
-                                              pa.Table.from_pylist(result["quarantine"], schema=QUARANTINE),
-                                              f"part-{run_id}-sentences.parquet"))
-    return {"sentences_out": result["table"].num_rows, "sentences_quarantined": len(result["quarantine"]),
-            "sentence_photo_refs_removed": result["photo_refs_removed"]}
+def _ingest_sentences(store: Store, run_id: str, uri: str, parts: dict, reviews_per_task: int) -> dict:
+    """Validate the aligned-sentences file against the reviews just written; add its data files.
+
+    One Ray task per hash partition of the review ids (a partition per ``reviews_per_task`` reviews): each reads the
+    reviews' id columns a data file at a time and keeps its partition's, then reads the file and validates its
+    partition's sentences. A task holds 1/n of the reviews' ids and photo ids and of the sentences (the file is read n
+    times, in parallel); the driver holds the files' records and the counts."""
+    import ray
+
+    root, review_paths = store.root, [p["path"] for p in parts["reviews"]]
+    partitions = max(1, -(-sum(int(p["rows"]) for p in parts["reviews"]) // reviews_per_task))
+
+    @ray.remote
+    def validate(mine: int) -> dict:
+        task_store, accepted, text_less = Store.open(root), {}, set()
+        for path in review_paths:
+            table = pq.read_table(task_store.path("tables/reviews", path), filesystem=task_store.fs,
+                                  columns=["review_id", "split", "pic_ids", "review_text"])
+            for review_id, split, pics, has_text in zip(*(table.column(c).to_pylist()
+                                                          for c in ("review_id", "split", "pic_ids")),
+                                                        table.column("review_text").is_valid().to_pylist()):
+                if partitions > 1 and partition_of(review_id, partitions) != mine:
+                    continue
+                if has_text:
+                    accepted[review_id] = (split, set(pics))
+                else:
+                    text_less.add(review_id)
+        with open_binary(uri) as stream:
+            result = read_sentences(stream, uri, accepted, text_less, partition=(mine, partitions))
+        files = {"sentences": write_file(task_store, "tables/sentences", result["table"],
+                                         f"part-{run_id}-{mine:05d}.parquet"), "quarantine": None}
+        if result["quarantine"]:
+            files["quarantine"] = write_file(task_store, "tables/quarantine",
+                                             pa.Table.from_pylist(result["quarantine"], schema=QUARANTINE),
+                                             f"part-{run_id}-sentences-{mine:05d}.parquet")
+        return {"files": files, "out": result["table"].num_rows, "quarantined": len(result["quarantine"]),
+                "photo_refs_removed": result["photo_refs_removed"]}
+
+    done = ray.get([validate.remote(k) for k in range(partitions)])
+    parts["sentences"] = [d["files"]["sentences"] for d in done]
+    parts["quarantine"].extend(d["files"]["quarantine"] for d in done if d["files"]["quarantine"])
+    return {"sentences_out": sum(d["out"] for d in done), "sentences_quarantined": sum(d["quarantined"] for d in done),
+            "sentence_photo_refs_removed": sum(d["photo_refs_removed"] for d in done)}
 
 
 def _ingest_business_sidecars(store: Store, run_id: str, sidecars: dict[str, str], parts: dict, present_ref,
@@ -246,7 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     sidecar_counts = {}
     if sentences:
         with timer("sentences"):
-            sidecar_counts.update(_ingest_sentences(store, run_id, sentences, staged["parts"]))
+            sidecar_counts.update(_ingest_sentences(store, run_id, sentences, staged["parts"],
+                                                    cfg.sentence_task_reviews))
     if business_sidecars:
         with timer("business_sidecars"):
             sidecar_counts.update(_ingest_business_sidecars(store, run_id, business_sidecars, staged["parts"],

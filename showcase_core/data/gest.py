@@ -122,10 +122,11 @@ def loads_line(text: bytes):
         raise RecordError("unparseable", None, "invalid JSON: nested deeper than the parser's limit") from None
 
 
-def read_json_lines(stream: IO[bytes], source: str, check) -> tuple[list, list[dict]]:
-    """A sidecar JSON-lines file, record by record: ``check(obj)`` turns a JSON object into a row or raises
-    RecordError. Returns (rows, quarantine rows); a line that is not JSON, not an object or fails the check is
-    quarantined with its byte position."""
+def read_json_lines(stream: IO[bytes], source: str, check, unreadable: bool = True) -> tuple[list, list[dict]]:
+    """A sidecar JSON-lines file, record by record: ``check(obj)`` turns a JSON object into a row, None (a record
+    another reader takes) or raises RecordError. Returns (rows, quarantine rows); a line that is not JSON, not an
+    object (unless ``unreadable`` is False: another reader quarantines those) or fails the check is quarantined with
+    its byte position."""
     rows, bad, offset = [], [], 0
     for line in stream:
         position = f"byte {offset}"
@@ -137,9 +138,18 @@ def read_json_lines(stream: IO[bytes], source: str, check) -> tuple[list, list[d
             obj = loads_line(text)
             if not isinstance(obj, dict):
                 raise RecordError("wrong_type", None, "record must be a JSON object")
-            rows.append(check(obj))
+        except RecordError as e:
+            if unreadable:
+                bad.append(quarantine_row(source, position, e.reason, e.field, e.detail,
+                                          text.decode("utf-8", "replace")))
+            continue
+        try:
+            row = check(obj)
         except RecordError as e:
             bad.append(quarantine_row(source, position, e.reason, e.field, e.detail, text.decode("utf-8", "replace")))
+            continue
+        if row is not None:
+            rows.append(row)
     return rows, bad
 
 

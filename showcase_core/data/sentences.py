@@ -9,6 +9,7 @@ from the sentence and counted.
 
 from __future__ import annotations
 
+import zlib
 from typing import IO
 
 import pyarrow as pa
@@ -17,18 +18,30 @@ from . import schema
 from .gest import RecordError, read_json_lines
 
 
+def partition_of(review_id: str, partitions: int) -> int:
+    """The hash partition of a review id (stable across processes and runs, unlike ``hash``)."""
+    return zlib.crc32(review_id.encode("utf-8")) % partitions
+
+
 def read_sentences(stream: IO[bytes], source: str, reviews: dict[str, tuple[str, set[str]]],
-                   text_less: frozenset[str] | set[str] = frozenset()) -> dict:
+                   text_less: frozenset[str] | set[str] = frozenset(), partition: tuple[int, int] = (0, 1)) -> dict:
     """Validate a sentences JSON-lines stream against {review_id: (split, accepted pic ids)} of the reviews with a
     text and the ids of those without one.
 
+    ``partition`` (k, n): only the sentences whose review id is in hash partition k of n (``partition_of``), and
+    ``reviews`` and ``text_less`` need hold only that partition's reviews; partition 0 also quarantines the lines
+    with no string review id to place them by. So n readers of one file, each holding a partition of the reviews,
+    together give exactly what one reader holding them all would.
+
     Returns {"table": SENTENCES table, "quarantine": list of rows, "photo_refs_removed": int}.
     """
-    removed = 0
+    removed, (mine, partitions) = 0, partition
 
-    def check(obj: dict) -> dict:
+    def check(obj: dict) -> dict | None:
         nonlocal removed
         review_id, index, sentence = obj.get("review_id"), obj.get("sentence_index"), obj.get("text")
+        if partitions > 1 and (partition_of(review_id, partitions) if isinstance(review_id, str) else 0) != mine:
+            return None
         for name, value, kind in (("review_id", review_id, str), ("sentence_index", index, int), ("text", sentence, str)):
             if value is None:
                 raise RecordError("missing_field", name, f"field {name!r} is missing")
@@ -51,6 +64,6 @@ def read_sentences(stream: IO[bytes], source: str, reviews: dict[str, tuple[str,
         return {"sentence_id": f"{review_id}#{index}", "review_id": review_id, "sentence_index": index,
                 "text": sentence.strip(), "pic_ids": kept, "entities": entities, "split": split}
 
-    rows, bad = read_json_lines(stream, source, check)
+    rows, bad = read_json_lines(stream, source, check, unreadable=mine == 0)
     return {"table": pa.Table.from_pylist(rows, schema=schema.SENTENCES), "quarantine": bad,
             "photo_refs_removed": removed}

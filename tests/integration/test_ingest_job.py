@@ -11,6 +11,7 @@ import pytest
 
 from jobs import ingest
 from jobs.common import run
+from showcase_core import tables as delta
 from showcase_core.store import Store, StoreError
 from tests.conftest import world_on_s3
 
@@ -97,6 +98,35 @@ def test_owner_photos_and_places_are_ingested_and_their_bad_rows_quarantined(ray
     for table in ("owner_photos", "businesses"):
         with pytest.raises(StoreError, match=table):
             Store.open(again).read_table(table)
+
+
+def test_sentences_checked_in_review_partitions_equal_one_task_and_quarantine_each_bad_line_once(ray_local, tiny_world,
+                                                                                                 tmp_path):
+    world, summary = tiny_world
+    sentences = tmp_path / "sentences.jsonl"
+    bad = [json.dumps({"review_id": "rnowhere", "sentence_index": 0, "text": "x"}),  # unknown_review
+           "not json",  # unparseable
+           json.dumps({"review_id": 5, "sentence_index": 0, "text": "x"})]  # wrong_type
+    sentences.write_text(open(f"{world}/sentences.jsonl").read() + "\n".join(bad) + "\n")
+    tables = {}
+    for per_task in ("250000", "7"):  # one task; a task per 7 of the 53 reviews
+        root = str(tmp_path / f"root-{per_task}")
+        assert run("ingest", ingest.main, ["--root", root, "--gest", f"{world}/filter_all_t.json",
+                                           "--sentences", str(sentences), "--sentence-task-reviews", per_task]) == 0
+        store = Store.open(root)
+        quarantined = [(q["position"], q["reason"]) for q in store.read_table("quarantine").to_pylist()
+                       if q["source"] == str(sentences)]
+        tables[per_task] = (sorted(store.read_table("sentences").to_pylist(), key=lambda r: r["sentence_id"]),
+                            sorted(quarantined), report_of(store)["counts"])
+        assert len(store.read_table("sentences").column("sentence_id").unique()) == store.read_table(
+            "sentences").num_rows
+    (one, one_bad, one_counts), (parts, parts_bad, parts_counts) = tables["250000"], tables["7"]
+    assert parts == one and len(one) > 100
+    assert parts_bad == one_bad and {"unknown_review", "unparseable", "wrong_type"} <= {r for _, r in one_bad}
+    for count in ("sentences_out", "sentences_quarantined", "sentence_photo_refs_removed"):
+        assert parts_counts[count] == one_counts[count], count
+    reviews = Store.open(str(tmp_path / "root-7")).read_table("reviews").num_rows
+    assert len(delta.file_uris(Store.open(str(tmp_path / "root-7")), "tables/sentences")) == -(-reviews // 7) > 1
 
 
 def test_ingest_raw_in_parallel_chunks_applies_gest_s1(ray_local, tiny_world, tmp_path):
