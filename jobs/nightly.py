@@ -32,11 +32,12 @@ unit's businesses.
 
 Exactly once: a unit's files are named by the run, the unit and N, so a retried unit (a killed worker) replaces its
 own files, a wave whose pass lost a node (or a Ray Data actor it could not restart), or whose writer pool the
-cluster no longer fits (it shrank under the pass), runs again for its units not yet written, and a rerun with the same ``--run-id`` (a killed driver) skips the units already written. The driver
-checks that the units' showcases and quarantined pairs add up to the candidate rows, then commits the date's
-quarantine and its showcases, each in one Delta transaction that replaces the date's partition, under the
-application transaction ``<table>/dt=DATE`` with the publish generation (1, +1 per ``--force``). A committed date
-is a no-op without ``--force``; a run that finds its generation committed by another run exits 3.
+cluster no longer fits (it shrank under the pass), runs again for its units not yet written, and a rerun with the
+same ``--run-id`` (a killed driver) skips the units already written. The driver checks that the units' showcases and
+quarantined pairs add up to the candidate rows, then commits the date's quarantine and its showcases, each in one
+Delta transaction that replaces the date's partition, under the application transaction ``<table>/dt=DATE`` with the
+publish generation (1, +1 per ``--force``). A committed date is a no-op without ``--force``; a run that finds its
+generation committed by another run exits 3.
 """
 
 from __future__ import annotations
@@ -413,17 +414,17 @@ def watched_pass(stream, shrank, poll_s: float = POLL_S) -> Iterator:
 
     while True:
         ready, _ = ray.wait([stream], timeout=poll_s)
-        if ready:
-            try:
-                ref = next(stream)
-            except StopIteration:
-                return
-            yield ray.get(ref)
+        if not ready:
+            why = shrank()
+            if why:
+                ray.cancel(stream, force=True)
+                raise WaveLost(why)
             continue
-        why = shrank()
-        if why:
-            ray.cancel(stream, force=True)
-            raise WaveLost(why)
+        try:
+            ref = next(stream)
+        except StopIteration:
+            return
+        yield ray.get(ref)
 
 
 def units_done(records: dict) -> set[int]:
