@@ -229,11 +229,14 @@ def test_a_killed_driver_resumes_without_recomputing_finished_parts(s3_trained_r
     assert read_elsewhere(trained_root, "2026-11-23") == (sorted(keys), sorted(keys))
 
 
-def test_a_killed_run_never_resumed_is_invisible_and_vacuum_removes_it(trained_root, ray_local):
+def test_a_killed_run_never_resumed_is_invisible_and_vacuum_removes_it(trained_root, ray_local, tmp_path):
     store = Store.open(trained_root)
     pairs, _, _ = candidate_pairs(trained_root, cross=4)
     candidates = write_remote_candidates(store, pairs)
-    env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
+    # the run waits at its commit for a second party that never comes: without a generator its few parts are written
+    # within 0.2 s, and it once committed between the test seeing two parts and its kill
+    env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address,
+           "SHOWCASE_TEST_COMMIT_BARRIER": str(tmp_path / "barrier")}
     proc = subprocess.Popen([sys.executable, "-m", "jobs.nightly", "--root", trained_root, "--candidates", candidates,
                              "--date", "2026-11-25", "--run-id", "abandoned", "--pairs-per-part", "4",
                              "--generator", "none"], cwd=REPO, env=env, stdout=subprocess.PIPE,
