@@ -46,7 +46,8 @@ class Settings(JobSettings):
     world: str = setting("./.demo-world", "the local directory the synthetic world is drawn into")
     size: Literal[tuple(SIZES)] = setting("mini", "the synthetic world's size (showcase_core.data.world)")
     seed: int = setting(0, "seed of the synthetic world")
-    threads: int = setting(2, "torch threads per embedding actor", ge=1)
+    threads: int = setting(0, "torch threads per embedding actor (0: embed's default, one per CPU of an actor each)",
+                           ge=0)
     decoder: Literal["gpt2", "smollm2-135m"] = setting("gpt2", "the explanation generator's decoder: the small GPT-2 "
                                                                "from scratch (fast), or the pretrained SmolLM2-135M")
 

@@ -15,6 +15,7 @@ import dataclasses
 import posixpath
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import psutil
 import pyarrow as pa
@@ -46,11 +47,10 @@ class Settings(JobSettings):
     kinds: str = setting(",".join(KINDS), f"what to embed, comma-separated: some of {', '.join(KINDS)}")
     batch_size: int = setting(256, "photos or texts per CLIP forward", ge=1)
     decode_batch_size: int = setting(256, "photos per decode batch", ge=1)
-    decode_threads: int = setting(0, "threads per decode call (PIL releases the GIL; 0: the machine's CPUs in a CPU "
-                                     "actor, 1 in a decode task beside GPU actors)", ge=0)
+    decode_threads: int = setting(0, "threads per decode call (PIL releases the GIL; 0: a CPU actor's torch threads, "
+                                     "1 in a decode task beside GPU actors)", ge=0)
     calls_per_actor: int = setting(0, "batches an actor works on at once (0: 2 on a GPU, one read and decoded while "
-                                      "another is in the model; 1 on CPUs, where Ray's fused pipeline already decodes "
-                                      "the next batch while the model embeds one)", ge=0)
+                                      "another is in the model; 1 on CPUs, which decode and embed in turn)", ge=0)
     max_photo_bytes: int = setting(MAX_PHOTO_BYTES, "a photo file over this size is quarantined (too_large), by "
                                                     "its size, unread", ge=1)
     max_photo_pixels: int = setting(MAX_PHOTO_PIXELS, "a photo of more pixels (width x height, from its header) is "
@@ -58,9 +58,10 @@ class Settings(JobSettings):
     decode_cpus: float = setting(1.0, "CPUs per decode task (equal to a CPU actor's one CPU, Ray fuses decoding into "
                                       "the actor; GPU actors never fuse)", gt=0)
     todo_file_rows: int = setting(2048, "ids per todo file: the unit of parallel decoding", ge=1)
-    actors: int = setting(0, "CLIP actors (0: one per GPU, or 1 on a CPU-only cluster)", ge=0)
+    actors: int = setting(0, "CLIP actors (0: one per GPU, or one per CPU on a CPU-only cluster)", ge=0)
     use_gpu: bool = setting(False, "a GPU per actor even when none is up yet (a cluster autoscaling from zero)")
-    threads_per_actor: int = setting(0, "torch threads in a CPU actor (0: torch's default)", ge=0)
+    threads_per_actor: int = setting(0, "torch threads in a CPU actor (0: the cluster's CPUs per actor, at least 1)",
+                                     ge=0)
     commit_every_files: int = setting(64, "commit the data files written so far every this many files ...", ge=1)
     commit_every_s: float = setting(60.0, "... or every this many seconds, whichever comes first", gt=0)
 
@@ -82,13 +83,25 @@ class Plan:
     actors: int
     resources: dict
     calls_per_actor: int
-    decode_threads: int  # 0: every CPU of the machine it runs on
+    cpus: int  # the cluster's, when the run started
     staging: str
     committers: dict
     peak_rss: int = 0
 
     def note_memory(self) -> None:
         self.peak_rss = max(self.peak_rss, psutil.Process().memory_info().rss)
+
+    def pool(self, todo_files: int) -> tuple[int, int, int]:
+        """(actors, torch threads per actor, decode threads per call) for a kind of this many todo files: no more
+        actors than files (an actor without one would only load the model). On CPUs, an actor per CPU with one torch
+        thread, decoding and embedding in turn: two single-threaded models embed 7% more photos than one model on
+        two threads (whose threads wait for each other at every operation), and decoding beside a model's threads
+        stalls them (tests/perf/embed.py --size large). A GPU actor keeps torch's threads and decodes on one."""
+        actors = max(1, min(self.actors, todo_files))
+        if "num_gpus" in self.resources:
+            return actors, self.cfg.threads_per_actor, self.cfg.decode_threads or 1
+        threads = self.cfg.threads_per_actor or max(1, self.cpus // actors)
+        return actors, threads, self.cfg.decode_threads or threads
 
 
 def check_tables(store: Store, kinds: list[str]) -> None:
@@ -124,36 +137,34 @@ def identify_encoder(spec: dict) -> tuple[str, int]:
 
 
 def make_plan(store: Store, cfg: Settings, spec: dict, encoder_id: str, image_size: int, run_id: str) -> Plan:
+    import ray
+
     from showcase_core.encoders.embed import embeddings_dir
 
-    actors, resources, device = actor_plan(cfg.use_gpu, cfg.actors)
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    actors, resources, device = actor_plan(cfg.use_gpu, cfg.actors, cpus)
     reads = {name: store.table_version(name)["version"] for name in ("images", "reviews")}
     committers = {kind: IncrementalCommit(store, embeddings_dir(encoder_id, kind), run_id=run_id, stage="embed",
                                           app_id=f"embed/{run_id}/{kind}", every_files=cfg.commit_every_files,
                                           every_s=cfg.commit_every_s, reads=reads)
                   for kind in TABLES}
-    # on CPUs one call at a time: Ray's fused pipeline decodes the next batch (a thread per core) while the model
-    # embeds the current one. Two calls at once, each decoding on one thread, made the whole job 0.72-0.75x the model
-    # alone on 2 cores; this, 0.76-0.86x (tests/perf/embed.py --size large)
-    on_gpu = device != "cpu"
-    calls = cfg.calls_per_actor or (2 if on_gpu else 1)
-    decode_threads = cfg.decode_threads or (1 if on_gpu else 0)
-    return Plan(store, cfg, encoder_id, image_size, {**spec, "device": device}, actors, resources, calls,
-                decode_threads, f"embeddings/{encoder_id}/_staging/{run_id}", committers,
+    calls = cfg.calls_per_actor or (2 if device != "cpu" else 1)
+    return Plan(store, cfg, encoder_id, image_size, {**spec, "device": device}, actors, resources, calls, cpus,
+                f"embeddings/{encoder_id}/_staging/{run_id}", committers,
                 psutil.Process().memory_info().rss)
 
 
-def write_todo(store: Store, rel_dir: str, rows_iter, rows_per_file: int) -> int:
-    """Stream (id, value) rows into todo files of at most rows_per_file rows; returns the row count."""
-    count, file_index, buffer = 0, 0, []
+def write_todo(store: Store, rel_dir: str, rows_iter, rows_per_file: int) -> tuple[int, list[str]]:
+    """Stream (id, value) rows into todo files of at most rows_per_file rows; returns the row count and the files."""
+    count, files, buffer = 0, [], []
 
     def flush():
-        nonlocal file_index, buffer
+        nonlocal buffer
         if buffer:
             names = list(buffer[0].keys())
             table = pa.table({n: pa.array([r[n] for r in buffer], pa.string()) for n in names})
-            store.write_parquet(posixpath.join(rel_dir, f"todo-{file_index:05d}.parquet"), table)
-            file_index += 1
+            files.append(posixpath.join(rel_dir, f"todo-{len(files):05d}.parquet"))
+            store.write_parquet(files[-1], table)
             buffer = []
 
     for row in rows_iter:
@@ -162,7 +173,18 @@ def write_todo(store: Store, rel_dir: str, rows_iter, rows_per_file: int) -> int
         if len(buffer) >= rows_per_file:
             flush()
     flush()
-    return count
+    return count, files
+
+
+def read_todo_files(batch: pa.Table, root: str) -> pa.Table:
+    """The rows of a batch of todo files (a Ray Data step whose input rows are todo file names)."""
+    import pyarrow.parquet as pq
+
+    from showcase_core.store import read_bytes
+
+    store = Store.open(root)  # read_bytes rides a short S3 outage, as Ray's Parquet reads did
+    return pa.concat_tables([pq.read_table(pa.BufferReader(read_bytes(store.fs, store.path(f))))
+                             for f in batch.column("todo_file").to_pylist()])
 
 
 def image_rows(store: Store, skip: set[str]):
@@ -208,31 +230,40 @@ def write_kind_todo(plan: Plan, kind: str) -> dict:
 
     skip = done_ids(plan.store, plan.encoder_id, ("images", "quarantine") if kind == "images" else ("texts",))
     rows = image_rows(plan.store, skip) if kind == "images" else text_rows(plan.store, skip)
-    todo = write_todo(plan.store, f"{plan.staging}/{kind}", rows, plan.cfg.todo_file_rows)
-    print(f"[embed] {kind}: {todo:,} to embed with {plan.encoder_id}", file=sys.stderr, flush=True)
-    return {"already_done": len(skip), "todo": todo, "embedded": 0, "quarantined": 0}
+    todo, files = write_todo(plan.store, f"{plan.staging}/{kind}", rows, plan.cfg.todo_file_rows)
+    actors, threads, _ = plan.pool(len(files))
+    device = "a GPU" if "num_gpus" in plan.resources else f"a CPU, {threads} torch thread(s)"
+    print(f"[embed] {kind}: {todo:,} to embed with {plan.encoder_id} on {actors} actor(s) ({device} each)",
+          file=sys.stderr, flush=True)
+    return {"already_done": len(skip), "todo": todo, "embedded": 0, "quarantined": 0}, files
 
 
-def kind_pipeline(plan: Plan, kind: str, todo: int):
+def kind_pipeline(plan: Plan, kind: str, todo_files: list[str]):
     """The Ray Data pipeline of one kind: todo files -> (decode ->) the CLIP actor pool -> one row per data file."""
     import ray
 
     from showcase_core.encoders.embed import ImageEmbedder, TextEmbedder, decode_photos
 
     cfg = plan.cfg
-    # one block per todo file, so the work spreads over every actor (Ray would merge small files into one block)
-    ds = ray.data.read_parquet(plan.store.path(f"{plan.staging}/{kind}"),
-                               filesystem=plan.store.fs).repartition(-(-todo // cfg.todo_file_rows))
+    actors, torch_threads, decode_threads = plan.pool(len(todo_files))
+    # one block per todo file, so the work spreads over every actor. The driver names the files it wrote: a Parquet
+    # read would first list them and read their footers in a pool of helper actors (5 s of start-up on 2 cores,
+    # beside the CLIP actor's own), and a repartition after it waits for the whole read. The reading step reserves no
+    # CPU (CPU actors hold them all), reads one file at a time (a 2,048-row file takes milliseconds), and, as its
+    # resources differ, Ray never fuses it into the batched steps after it (which would bundle files into one call)
+    ds = ray.data.from_items([{"todo_file": f} for f in todo_files], override_num_blocks=len(todo_files))
+    ds = ds.map_batches(read_todo_files, fn_kwargs={"root": plan.store.root}, batch_size=1, batch_format="pyarrow",
+                        num_cpus=0, concurrency=1)
     if kind == "images":
-        ds = ds.map_batches(decode_photos, fn_kwargs={"size": plan.image_size, "threads": plan.decode_threads,
+        ds = ds.map_batches(decode_photos, fn_kwargs={"size": plan.image_size, "threads": decode_threads,
                                                       "max_bytes": cfg.max_photo_bytes,
                                                       "max_pixels": cfg.max_photo_pixels},
                             batch_size=cfg.decode_batch_size, num_cpus=cfg.decode_cpus)
     embedder_args = {"root": plan.store.root, "encoder_spec": plan.worker_spec, "encoder_id": plan.encoder_id,
-                     "threads": cfg.threads_per_actor}
+                     "threads": torch_threads}
     return ds.map_batches(ImageEmbedder if kind == "images" else TextEmbedder, fn_constructor_kwargs=embedder_args,
                           batch_size=cfg.batch_size,
-                          compute=ray.data.ActorPoolStrategy(size=plan.actors,
+                          compute=ray.data.ActorPoolStrategy(size=actors,
                                                              max_concurrent_calls_per_actor=plan.calls_per_actor,
                                                              enable_true_multi_threading=plan.calls_per_actor > 1),
                           **plan.resources)
@@ -241,12 +272,12 @@ def kind_pipeline(plan: Plan, kind: str, todo: int):
 def embed_kind(plan: Plan, kind: str, timer: Timer) -> dict:
     """Embed every id of one kind not committed yet, committing the data files as they come; the kind's counts."""
     with timer(f"{kind}_todo"):
-        counts = write_kind_todo(plan, kind)
+        counts, todo_files = write_kind_todo(plan, kind)
     if not counts["todo"]:
         return counts
     progress, started = Progress("embed", kind, counts["todo"]), time.monotonic()
     with timer(kind):
-        for files in kind_pipeline(plan, kind, counts["todo"]).iter_batches(batch_size=None, batch_format="pandas"):
+        for files in kind_pipeline(plan, kind, todo_files).iter_batches(batch_size=None, batch_format="pandas"):
             for record in files.to_dict("records"):
                 plan.committers[record["kind"]].add(record)
                 counts["quarantined" if record["kind"] == "quarantine" else "embedded"] += int(record["rows"])
@@ -297,11 +328,12 @@ def main(argv: list[str] | None = None) -> int:
     store = open_store(cfg.root)
     check_tables(store, kinds)
     spec = encoder_spec(store, cfg)
-    encoder_id, image_size = identify_encoder(spec)
-
     run_id, timer = new_run_id(), Timer()
     report = new_report("embed", cfg, run_id)
-    start_ray()
+    with ThreadPoolExecutor(1) as pool:  # the driver's torch import and load, while Ray starts (2 s less on 2 CPUs)
+        identified = pool.submit(identify_encoder, spec)
+        start_ray()
+        encoder_id, image_size = identified.result()
     plan = make_plan(store, cfg, spec, encoder_id, image_size, run_id)
     counts = {kind: embed_kind(plan, kind, timer) for kind in kinds}
     store.delete_dir(plan.staging)
