@@ -94,9 +94,10 @@ class Plan:
     def pool(self, todo_files: int) -> tuple[int, int, int]:
         """(actors, torch threads per actor, decode threads per call) for a kind of this many todo files: no more
         actors than files (an actor without one would only load the model). On CPUs, an actor per CPU with one torch
-        thread, decoding and embedding in turn: two single-threaded models embed 7% more photos than one model on
-        two threads (whose threads wait for each other at every operation), and decoding beside a model's threads
-        stalls them (tests/perf/embed.py --size large). A GPU actor keeps torch's threads and decodes on one."""
+        thread, decoding and embedding in turn, so one actor's decoding never idles a core: decoding small photos
+        holds the GIL, and one actor on two threads left its second core idle while it decoded. Decoding on a thread
+        beside the model's stalled them instead. The model alone embeds about as many photos either way
+        (tests/perf/embed.py --size large). A GPU actor keeps torch's threads and decodes on one."""
         actors = max(1, min(self.actors, todo_files))
         if "num_gpus" in self.resources:
             return actors, self.cfg.threads_per_actor, self.cfg.decode_threads or 1

@@ -4,7 +4,8 @@
                                          [--threads 2] [--batch-size 256]
 
 1. Makes (or reuses) a world of the given size in --workdir and ingests it.
-2. Model-only: the same CLIP on photos decoded beforehand (uint8 arrays in memory), batches of --batch-size, for 20 s,
+2. Model-only: the same CLIP on photos decoded beforehand (uint8 arrays in memory), batches of --batch-size, for 20 s
+   (keeping freed memory, as the job's actors do: showcase_core.malloc),
    in both ways of using ``--threads`` cores: one process with ``--threads`` torch threads, and ``--threads``
    processes with one torch thread each, side by side (their images/s summed). The better of the two is the model's
    rate on these cores.
@@ -46,8 +47,10 @@ def model_only(root: str, clip_model: str, threads: int, batch_size: int, photos
 
     from showcase_core.encoders.clip import load_encoder
     from showcase_core.encoders.photos import decode_and_resize
+    from showcase_core.malloc import keep_freed_memory
     from showcase_core.store import Store
 
+    keep_freed_memory()  # as embed's actors do
     torch.set_num_threads(threads)
     encoder = load_encoder(model=clip_model, device="cpu")
     uris = Store.open(root).read_table("images").column("uri").to_pylist()[:photos]
