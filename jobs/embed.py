@@ -55,8 +55,8 @@ class Settings(JobSettings):
                                                     "its size, unread", ge=1)
     max_photo_pixels: int = setting(MAX_PHOTO_PIXELS, "a photo of more pixels (width x height, from its header) is "
                                                       "quarantined (too_many_pixels) undecoded", ge=1)
-    decode_cpus: float = setting(1.0, "CPUs per decode task (equal to a CPU actor's one CPU, Ray fuses decoding into "
-                                      "the actor; GPU actors never fuse)", gt=0)
+    decode_cpus: float = setting(1.0, "CPUs per decode task beside GPU actors (on a CPU cluster, decoding runs in the "
+                                      "CLIP actors)", gt=0)
     todo_file_rows: int = setting(2048, "ids per todo file: the unit of parallel decoding", ge=1)
     actors: int = setting(0, "CLIP actors (0: one per GPU, or one per CPU on a CPU-only cluster)", ge=0)
     use_gpu: bool = setting(False, "a GPU per actor even when none is up yet (a cluster autoscaling from zero)")
@@ -244,6 +244,7 @@ def kind_pipeline(plan: Plan, kind: str, todo_files: list[str]):
     import ray
 
     from showcase_core.encoders.embed import ImageEmbedder, TextEmbedder, decode_photos
+    from showcase_core.malloc import KEEP_FREED_MEMORY_ENV
 
     cfg = plan.cfg
     actors, torch_threads, decode_threads = plan.pool(len(todo_files))
@@ -255,11 +256,16 @@ def kind_pipeline(plan: Plan, kind: str, todo_files: list[str]):
     ds = ray.data.from_items([{"todo_file": f} for f in todo_files], override_num_blocks=len(todo_files))
     ds = ds.map_batches(read_todo_files, fn_kwargs={"root": plan.store.root}, batch_size=1, batch_format="pyarrow",
                         num_cpus=0, concurrency=1)
+    # batch after batch, the actors reuse the memory a batch frees (showcase_core.malloc)
+    actor_args = {"runtime_env": {"env_vars": KEEP_FREED_MEMORY_ENV}, **plan.resources}
     if kind == "images":
+        # on CPUs decoding runs in the actors (the same resources: Ray fuses it into them). Unfused, a decode task
+        # would wait forever for a CPU, since the actors hold them all
+        decode_args = actor_args if "num_gpus" not in plan.resources else {"num_cpus": cfg.decode_cpus}
         ds = ds.map_batches(decode_photos, fn_kwargs={"size": plan.image_size, "threads": decode_threads,
                                                       "max_bytes": cfg.max_photo_bytes,
                                                       "max_pixels": cfg.max_photo_pixels},
-                            batch_size=cfg.decode_batch_size, num_cpus=cfg.decode_cpus)
+                            batch_size=cfg.decode_batch_size, **decode_args)
     embedder_args = {"root": plan.store.root, "encoder_spec": plan.worker_spec, "encoder_id": plan.encoder_id,
                      "threads": torch_threads}
     return ds.map_batches(ImageEmbedder if kind == "images" else TextEmbedder, fn_constructor_kwargs=embedder_args,
@@ -267,7 +273,7 @@ def kind_pipeline(plan: Plan, kind: str, todo_files: list[str]):
                           compute=ray.data.ActorPoolStrategy(size=actors,
                                                              max_concurrent_calls_per_actor=plan.calls_per_actor,
                                                              enable_true_multi_threading=plan.calls_per_actor > 1),
-                          **plan.resources)
+                          **actor_args)
 
 
 def embed_kind(plan: Plan, kind: str, timer: Timer) -> dict:
