@@ -1,12 +1,13 @@
 """Embed every photo and text with CLIP: ``python -m jobs.embed --root ROOT [--encoder latest|URI] [--clip-model NAME]``.
 
-Ray Data: todo lists (ids not embedded yet) -> read + decode + resize photos in CPU tasks -> a CLIP actor pool (one
-GPU per actor when the cluster has GPUs) that writes Parquet parts under ``ROOT/embeddings/<encoder_id>/``. Photos are
-the reviews' and the businesses' owner photos (``tables/owner_photos``, when ingest published one), into one table.
-Texts (review texts, history reviews, aligned sentences) go straight to a text actor pool. The driver commits the
-data files the actors return into the Delta tables ``embeddings/<encoder_id>/{images,texts,quarantine}`` every
-``--commit-every-files`` files or ``--commit-every-s`` seconds, so progress is visible; rerunning skips what is
-committed. The encoder is published in the registry once its embeddings are committed.
+Ray Data: todo lists (ids not embedded yet) -> read + decode + resize photos (in the CLIP actors on a CPU cluster, one
+per CPU; in CPU tasks beside GPU actors) -> a CLIP actor pool that writes Parquet parts under
+``ROOT/embeddings/<encoder_id>/``. Photos are the reviews' and the businesses' owner photos (``tables/owner_photos``,
+when ingest published one), into one table. Texts (review texts, history reviews, aligned sentences) go straight to a
+text actor pool. The driver commits the data files the actors return into the Delta tables
+``embeddings/<encoder_id>/{images,texts,quarantine}`` every ``--commit-every-files`` files or ``--commit-every-s``
+seconds, so progress is visible; rerunning skips what is committed. The encoder is published in the registry once its
+embeddings are committed.
 """
 
 from __future__ import annotations
