@@ -126,10 +126,8 @@ class _Embedder:
 
         import torch
 
-        from ..malloc import keep_freed_memory
         from .clip import load_encoder
 
-        keep_freed_memory()  # batch after batch: reuse the freed activations (showcase_core.malloc)
         if threads:
             torch.set_num_threads(threads)
         self.store = Store.open(root)
