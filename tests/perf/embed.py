@@ -4,11 +4,10 @@
                                          [--threads 2] [--batch-size 256]
 
 1. Makes (or reuses) a world of the given size in --workdir and ingests it.
-2. Model-only: the same CLIP on photos decoded beforehand (uint8 arrays in memory), batches of --batch-size, for 20 s
-   (keeping freed memory, as the job's actors do: showcase_core.malloc),
-   in both ways of using ``--threads`` cores: one process with ``--threads`` torch threads, and ``--threads``
-   processes with one torch thread each, side by side (their images/s summed). The better of the two is the model's
-   rate on these cores.
+2. Model-only: the same CLIP on photos decoded beforehand (uint8 arrays in memory), batches of --batch-size, for 20 s,
+   keeping freed memory as the job's actors do (showcase_core.malloc), in both ways of using ``--threads`` cores: one
+   process with ``--threads`` torch threads, and ``--threads`` processes with one torch thread each, side by side
+   (their images/s summed). The better of the two is the model's rate on these cores.
 3. Whole job: ``python -m jobs.embed --kinds images`` with its defaults (on a CPU-only machine, one actor per CPU with
    one torch thread) on every photo from scratch (reading JPEGs, decoding and resizing, the CLIP actor pool, Parquet
    writes, commits), timed from process start to exit, with the driver's RSS sampled every 0.5 s. Also prints the
