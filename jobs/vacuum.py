@@ -3,14 +3,16 @@
 For every Delta table under ROOT (tables/*, embeddings/<encoder>/*, showcases, showcases_quarantine): optionally
 compact small files (a new version with the same rows), write a checkpoint, then remove the files that no version
 younger than ``--keep-days`` needs and the files never committed (a killed, never resumed run) once they are older
-than that. Uncommitted files younger than the retention stay, so a run can still resume; a reader pinned to a
-version older than the retention may find its files gone.
+than that, also in a table folder whose first run left no log (``tables.find_uncommitted_tables``). Uncommitted files
+younger than the retention stay, so a run can still resume; a reader pinned to a version older than the retention
+may find its files gone.
 """
 
 from __future__ import annotations
 
 import sys
 
+from showcase_core import showcase
 from showcase_core import tables as delta
 from showcase_core.store import Store, new_run_id, utc_now
 
@@ -28,14 +30,20 @@ class Settings(JobSettings):
 
 def maintain_tables(store: Store, cfg: Settings, timer: Timer) -> list[dict]:
     """Maintain each table in turn; one line per table."""
-    results = []
+    results, keep_hours = [], round(cfg.keep_days * 24)
+    removed = "would be removed" if cfg.dry_run else "removed"
     for rel in delta.find_tables(store):
         with timer(rel):
-            r = delta.maintain(store, rel, round(cfg.keep_days * 24), cfg.optimize, cfg.dry_run)
+            r = delta.maintain(store, rel, keep_hours, cfg.optimize, cfg.dry_run)
         results.append(r)
-        print(f"[vacuum] {rel}: version {r['version_before']} -> {r['version_after']}, "
-              f"{r['files_removed']} files {'would be ' if cfg.dry_run else ''}removed"
-              + (f", compacted {r['compacted']}" if r["compacted"] else ""), flush=True)
+        print(f"[vacuum] {rel}: version {r['version_before']} -> {r['version_after']}, {r['files_removed']} files "
+              f"{removed}" + (f", compacted {r['compacted']}" if r["compacted"] else ""), flush=True)
+    # a first run killed before its commit, never resumed: no log to vacuum by
+    for rel in delta.find_uncommitted_tables(store, (showcase.TABLE, showcase.QUARANTINE_TABLE)):
+        with timer(rel):
+            r = delta.remove_uncommitted(store, rel, keep_hours, cfg.dry_run)
+        results.append(r)
+        print(f"[vacuum] {rel}: never committed, {r['files_removed']} uncommitted files {removed}", flush=True)
     return results
 
 

@@ -362,22 +362,65 @@ def rows(store: Store, rel: str, version: int | None = None) -> int:
 
 
 # -- maintenance ---------------------------------------------------------------------------------------------------
-def find_tables(store: Store) -> list[str]:
-    """Every Delta table under ROOT (paths relative to ROOT): at the top, under tables/, and two levels under
-    embeddings/ and features/ (``<encoder_id>/<kind>``). Lists folders only, never data files."""
+def _folders(store: Store, rel: str) -> list[str]:
+    """The folders directly under ``rel`` (relative to ROOT; "" for ROOT itself)."""
     import pyarrow.fs as pafs
 
-    def folders(rel: str) -> list[str]:
-        if rel and not store.exists(rel):
-            return []
-        infos = store.fs.get_file_info(pafs.FileSelector(store.path(rel) if rel else store.base))
-        return [posixpath.join(rel, posixpath.basename(i.path)) if rel else posixpath.basename(i.path)
-                for i in infos if i.type == pafs.FileType.Directory]
+    if rel and not store.exists(rel):
+        return []
+    infos = store.fs.get_file_info(pafs.FileSelector(store.path(rel) if rel else store.base))
+    return [posixpath.join(rel, posixpath.basename(i.path)) if rel else posixpath.basename(i.path)
+            for i in infos if i.type == pafs.FileType.Directory]
 
-    places = folders("") + folders("tables")
+
+def _project_places(store: Store) -> list[str]:
+    """The folders under ROOT's own namespaces: tables/*, and embeddings/ and features/ two levels down
+    (``<encoder_id>/<kind>``). Lists folders only, never data files."""
+    places = _folders(store, "tables")
     for group in ("embeddings", "features"):
-        places += [kind for encoder in folders(group) for kind in folders(encoder)]
-    return sorted(p for p in places if exists(store, p))
+        places += [kind for encoder in _folders(store, group) for kind in _folders(store, encoder)]
+    return places
+
+
+def find_tables(store: Store) -> list[str]:
+    """Every Delta table under ROOT (paths relative to ROOT): at the top, under tables/, embeddings/ and features/."""
+    return sorted(p for p in _folders(store, "") + _project_places(store) if exists(store, p))
+
+
+def _uncommitted_files(store: Store, rel: str) -> list:
+    """The data files (``part-*.parquet``) directly in ``rel`` or in its partition folders (``key=value``), as
+    pyarrow FileInfos."""
+    import pyarrow.fs as pafs
+
+    def files(path: str) -> list:
+        return store.fs.get_file_info(pafs.FileSelector(path))
+
+    infos = files(store.path(rel))
+    infos += [f for d in infos if d.type == pafs.FileType.Directory and "=" in posixpath.basename(d.path)
+              for f in files(d.path)]
+    return [i for i in infos if i.type == pafs.FileType.File and posixpath.basename(i.path).startswith("part-")
+            and i.path.endswith(".parquet")]
+
+
+def find_uncommitted_tables(store: Store, top_level: tuple[str, ...]) -> list[str]:
+    """Table folders whose first commit never came (a first run killed before it, never resumed): the folders named
+    ``top_level`` and those under ROOT's own namespaces (``_project_places``; staging ``_*`` left out), without a
+    Delta log, with ``part-*.parquet`` data files directly or in partition folders. Anything else at the top of ROOT
+    (models, reports, a user's candidates folder) is never looked at."""
+    places = [name for name in top_level if store.exists(name)] + _project_places(store)
+    return sorted(p for p in places if not posixpath.basename(p).startswith("_") and not exists(store, p)
+                  and _uncommitted_files(store, p))
+
+
+def remove_uncommitted(store: Store, rel: str, keep_hours: int, dry_run: bool = False) -> dict:
+    """Remove the data files of a never-committed table folder once they are older than ``keep_hours`` (younger
+    ones stay, so the killed run can still resume): vacuum's part for a table with no log to vacuum by."""
+    cutoff_ns = time.time_ns() - keep_hours * 3600 * 10**9
+    old = [i.path for i in _uncommitted_files(store, rel) if i.mtime_ns is not None and i.mtime_ns < cutoff_ns]
+    if not dry_run:
+        for path in old:
+            store.fs.delete_file(path)
+    return {"table": rel, "version_before": None, "version_after": None, "compacted": {}, "files_removed": len(old)}
 
 
 def maintain(store: Store, rel: str, keep_hours: int, optimize: bool = False, dry_run: bool = False) -> dict:

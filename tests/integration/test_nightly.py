@@ -233,6 +233,10 @@ def test_a_killed_run_never_resumed_is_invisible_and_vacuum_removes_it(trained_r
     store = Store.open(trained_root)
     pairs, _, _ = candidate_pairs(trained_root, cross=4)
     candidates = write_remote_candidates(store, pairs)
+    # a committed date of this test's own, which vacuum must leave as it is (whatever other tests ran before)
+    assert run("nightly", nightly.main, ["--root", trained_root, "--candidates", candidates, "--date", "2026-11-19",
+                                         "--generator", "none"]) == 0
+    committed = sorted(keys_of(read_showcases(trained_root, date="2026-11-19")))
     # the run waits at its commit for a second party that never comes: without a generator its few parts are written
     # within 0.2 s, and it once committed between the test seeing two parts and its kill
     env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address,
@@ -252,7 +256,7 @@ def test_a_killed_run_never_resumed_is_invisible_and_vacuum_removes_it(trained_r
     assert nightly.list_run_parts(store, "2026-11-25", "abandoned") == left  # young: a resume could still use them
     assert run("vacuum", vacuum.main, ["--root", trained_root, "--keep-days", "0"]) == 0
     assert nightly.list_run_parts(store, "2026-11-25", "abandoned") == {}
-    assert read_showcases(trained_root).num_rows > 0  # committed dates are untouched
+    assert committed and sorted(keys_of(read_showcases(trained_root, date="2026-11-19"))) == committed
 
 
 def test_two_nightlies_racing_on_one_date_one_wins_the_other_exits_3(s3_trained_root, seaweed, ray_local, tmp_path):

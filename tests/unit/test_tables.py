@@ -116,6 +116,31 @@ def test_vacuum_keeps_young_uncommitted_files_and_removes_them_past_the_retentio
     assert delta.find_tables(store) == ["t"]
 
 
+def test_vacuum_removes_the_old_files_of_a_table_whose_first_run_never_committed(tmp_path, capsys):
+    from jobs import vacuum
+    from jobs.common import run
+
+    store = Store.open(str(tmp_path))
+    killed = records(store, "showcases", ["killed"], name="part-killed-00000.parquet")  # the first nightly, killed
+    young = records(store, "showcases", ["young"], name="part-young-00000.parquet")  # a first run still going
+    others = {"tables/_staging": records(store, "tables/_staging", ["s"]),  # a job's staging
+              "candidates": records(store, "candidates", ["c"])}  # a user's folder at the top of ROOT
+    old = time.time() - 2 * 3600
+    for rel, record in [("showcases", killed), *others.items()]:
+        os.utime(store.path(rel, record["path"]), (old, old))
+    assert delta.find_uncommitted_tables(store, ("showcases", "showcases_quarantine")) == ["showcases"]
+    assert delta.find_tables(store) == []
+    assert delta.remove_uncommitted(store, "showcases", keep_hours=1, dry_run=True)["files_removed"] == 1
+    assert os.path.exists(store.path("showcases", killed["path"]))
+    assert delta.remove_uncommitted(store, "showcases", keep_hours=1)["files_removed"] == 1
+    assert not os.path.exists(store.path("showcases", killed["path"]))
+    assert os.path.exists(store.path("showcases", young["path"]))
+    assert run("vacuum", vacuum.main, ["--root", str(tmp_path), "--keep-days", "0"]) == 0
+    assert "showcases: never committed, 1 uncommitted files removed" in capsys.readouterr().out
+    assert not os.path.exists(store.path("showcases", young["path"]))
+    assert all(os.path.exists(store.path(rel, record["path"])) for rel, record in others.items())
+
+
 def test_a_root_of_the_previous_layout_is_refused_in_one_line(tmp_path):
     store = Store.open(str(tmp_path))
     store.write_json("tables/_CURRENT.json", {"tables": {}})
