@@ -2,7 +2,11 @@
 
 Every failure is a reason code (showcase_core.encoders.embed.EMBED_REASONS), never an exception out of a batch: one
 hostile file (a decompression bomb, a text file named .jpg, a truncated upload) is quarantined and the job goes on.
-PIL and numpy only (no torch), so decoding workers stay light.
+PIL and numpy only (no torch), so decoding workers stay light. Baseline and progressive JPEGs in YCbCr or greyscale
+(nearly every photo) decode through simplejpeg when it is installed: the same libjpeg-turbo at the same scale as PIL's
+draft mode, so the very same pixels (tests/unit/test_photos.py compares them), without PIL's per-photo overhead (a
+96 px photo: 80 -> 34 us; a 500 x 375 one: 726 -> 545 us). Anything else, and any JPEG simplejpeg refuses, goes
+through PIL, which decides the reason code of a broken photo.
 """
 
 from __future__ import annotations
@@ -11,6 +15,11 @@ import io
 
 import numpy as np
 from PIL import Image
+
+try:
+    import simplejpeg
+except ImportError:  # PIL decodes the same pixels, a little slower (a GPU machine's own environment may lack it)
+    simplejpeg = None
 
 from ..store import filesystem_for, uri_path
 
@@ -50,6 +59,42 @@ def decode_and_resize(data: bytes, size: int, max_pixels: int = MAX_PHOTO_PIXELS
     Raises PhotoError: ``not_an_image`` (no image format recognised), ``too_many_pixels`` (width x height over
     ``max_pixels``, from the header alone), ``truncated``, ``undecodable`` (any other decoding failure).
     """
+    im = _decode_jpeg(data, size, max_pixels)
+    if im is None:
+        im = _decode_with_pil(data, size, max_pixels)
+    w, h = im.size
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    im = im.resize((nw, nh), Image.BICUBIC)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    return np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.uint8)
+
+
+def _draft_scale(width: int, height: int, size: int) -> int:
+    """The reduction PIL's JPEG draft mode picks for a shorter side of ``size``: 8, 4, 2 or 1 (a smaller photo)."""
+    return next((s for s in (8, 4, 2) if min(width // size, height // size) >= s), 1)
+
+
+def _decode_jpeg(data: bytes, size: int, max_pixels: int) -> Image.Image | None:
+    """A YCbCr or greyscale JPEG through simplejpeg, as RGB at PIL's draft scale; None for anything else (not a
+    JPEG, CMYK, over ``max_pixels``, corrupt or truncated: PIL's path then decodes it or says why not)."""
+    if simplejpeg is None or not data.startswith(b"\xff\xd8"):
+        return None
+    try:
+        height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+        if colorspace not in ("YCbCr", "Gray") or not width or not height or width * height > max_pixels:
+            return None
+        scale = _draft_scale(width, height, size)
+        shape = (-(-height // scale), -(-width // scale), 3)
+        pixels = simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=shape[0], min_width=shape[1],
+                                        min_factor=scale)
+    except ValueError:
+        return None
+    return Image.fromarray(pixels) if pixels.shape == shape else None
+
+
+def _decode_with_pil(data: bytes, size: int, max_pixels: int) -> Image.Image:
+    """Any format PIL reads -> an RGB image (a JPEG at its draft scale); PhotoError with a reason otherwise."""
     try:
         im = Image.open(io.BytesIO(data))
     except Image.UnidentifiedImageError:
@@ -64,20 +109,15 @@ def decode_and_resize(data: bytes, size: int, max_pixels: int = MAX_PHOTO_PIXELS
             raise PhotoError("too_many_pixels", f"{w} x {h} pixels is over the limit of {max_pixels:,}")
         try:
             im.draft("RGB", (size, size))  # JPEG: decode at a reduced scale when the photo is much larger
-            im = to_rgb(im)
+            rgb = to_rgb(im)
         except OSError as e:
             reason = "truncated" if "truncated" in str(e) else "undecodable"
             raise PhotoError(reason, _first_line(e)) from None
         except (SyntaxError, ValueError, Image.DecompressionBombError) as e:
             raise PhotoError("undecodable", _first_line(e)) from None
-        w, h = im.size
-        if not w or not h:
-            raise PhotoError("undecodable", f"{w} x {h} pixels")
-        scale = size / min(w, h)
-        nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-        im = im.resize((nw, nh), Image.BICUBIC)
-        left, top = (nw - size) // 2, (nh - size) // 2
-        return np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.uint8)
+    if not rgb.size[0] or not rgb.size[1]:
+        raise PhotoError("undecodable", f"{rgb.size[0]} x {rgb.size[1]} pixels")
+    return rgb
 
 
 def _first_line(e: Exception) -> str:

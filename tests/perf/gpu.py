@@ -9,9 +9,9 @@ It measures, on one GPU:
   autocast, as ``ClipEncoder`` runs it on CUDA. The input is batches of preprocessed 224 x 224 tensors already on the
   GPU.
 - ``clip_end_to_end_photos_per_s``: 640 x 480 JPEG files on local disk. DataLoader worker processes decode them with the
-  library's ``decode_and_resize`` (PIL's JPEG draft mode, shorter side to 224, centre crop) into pinned uint8
-  batches, and ``ClipEncoder.encode_pixels`` turns each batch into L2-normalised float32 vectors on the host. This
-  is what jobs.embed does per batch, without Ray.
+  library's ``decode_and_resize`` (PIL's JPEG draft mode, or simplejpeg at the same scale where it is installed: the
+  same pixels; shorter side to 224, centre crop) into pinned uint8 batches, and ``ClipEncoder.encode_pixels`` turns
+  each batch into L2-normalised float32 vectors on the host. This is what jobs.embed does per batch, without Ray.
 - ``clip_gpu_decode_photos_per_s``: the same photos decoded on the GPU with ``torchvision.io.decode_jpeg``, then
   resized and cropped there. When torchvision's GPU decoder is missing, the value is null and
   ``clip_gpu_decode_error`` says why.

@@ -4,7 +4,10 @@ import time
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from showcase_core.encoders import photos
 from showcase_core.encoders.embed import EMBED_REASONS, decode_photos
 from showcase_core.encoders.photos import PhotoError, decode_and_resize, read_photo
 from tests import photo_files
@@ -78,3 +81,42 @@ def test_a_batch_with_every_kind_of_file_keeps_every_row(tmp_path, threads):
         "cmyk": "", "grey16": "", "webp": "", "gif": "", "alpha": "", "bomb": "too_many_pixels", "cut": "truncated",
         "text": "not_an_image", "missing": "photo_missing"}
     assert (out["pixels"][5:] == 0).all() and (out["pixels"][:5].reshape(5, -1).max(1) > 0).all()
+
+
+def jpeg_bytes(width: int, height: int, grey: bool, subsampling: int, progressive: bool, seed: int) -> bytes:
+    """A photo-like JPEG: gradients with noise (smooth areas and edges)."""
+    import io
+
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    base = np.linspace(0, 200, width)[None, :, None] + np.linspace(0, 55, height)[:, None, None]
+    im = Image.fromarray(np.clip(base + rng.normal(0, 25, (height, width, 3)), 0, 255).astype(np.uint8))
+    buf = io.BytesIO()
+    (im.convert("L") if grey else im).save(buf, "JPEG", quality=85, subsampling=subsampling, progressive=progressive)
+    return buf.getvalue()
+
+
+@settings(max_examples=60, deadline=None)
+@given(width=st.integers(1, 900), height=st.integers(1, 900), size=st.sampled_from([16, 64, 224]), grey=st.booleans(),
+       subsampling=st.sampled_from([0, 1, 2]), progressive=st.booleans(), seed=st.integers(0, 2**16))
+def test_simplejpeg_decodes_the_very_pixels_of_pils_draft_mode(width, height, size, grey, subsampling, progressive,
+                                                                seed):
+    data = jpeg_bytes(width, height, grey, subsampling, progressive, seed)
+    fast = photos._decode_jpeg(data, size, photos.MAX_PHOTO_PIXELS)
+    assert fast is not None  # taken by the fast path
+    slow = photos._decode_with_pil(data, size, photos.MAX_PHOTO_PIXELS)
+    assert fast.size == slow.size and np.array_equal(np.asarray(fast), np.asarray(slow))
+
+
+def test_jpegs_the_fast_path_leaves_to_pil_decode_or_fail_as_before(monkeypatch):
+    limit = photos.MAX_PHOTO_PIXELS
+    for data in (photo_files.cmyk_jpeg(), photo_files.truncated_jpeg(), photo_files.webp()):
+        assert photos._decode_jpeg(data, 16, limit) is None
+    big = jpeg_bytes(64, 48, False, 2, False, 0)
+    assert photos._decode_jpeg(big, 16, 3071) is None  # over the pixel limit: PIL's path names the reason
+    with pytest.raises(PhotoError, match="64 x 48 pixels is over the limit of 3,071"):
+        decode_and_resize(big, 16, max_pixels=3071)
+    with_simplejpeg = decode_and_resize(big, 16)
+    monkeypatch.setattr(photos, "simplejpeg", None)  # as on a machine without it
+    assert np.array_equal(decode_and_resize(big, 16), with_simplejpeg)
