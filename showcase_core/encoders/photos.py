@@ -2,11 +2,11 @@
 
 Every failure is a reason code (showcase_core.encoders.embed.EMBED_REASONS), never an exception out of a batch: one
 hostile file (a decompression bomb, a text file named .jpg, a truncated upload) is quarantined and the job goes on.
-PIL and numpy only (no torch), so decoding workers stay light. Baseline and progressive JPEGs in YCbCr or greyscale
-(nearly every photo) decode through simplejpeg when it is installed: the same libjpeg-turbo at the same scale as PIL's
-draft mode, so the very same pixels (tests/unit/test_photos.py compares them), without PIL's per-photo overhead (a
-96 px photo: 80 -> 34 us; a 500 x 375 one: 726 -> 545 us). Anything else, and any JPEG simplejpeg refuses, goes
-through PIL, which decides the reason code of a broken photo.
+PIL, simplejpeg and numpy (no torch), so decoding workers stay light. Baseline and progressive JPEGs in YCbCr or
+greyscale (nearly every photo) decode through simplejpeg when it is installed: the same libjpeg-turbo at the same
+scale as PIL's draft mode, so the very same pixels (tests/unit/test_photos.py compares them), without PIL's per-photo
+overhead (a 96 px photo: 80 -> 34 us; a 500 x 375 one: 726 -> 545 us). Anything else, and any JPEG simplejpeg
+refuses, goes through PIL, which decides the reason code of a broken photo.
 """
 
 from __future__ import annotations
