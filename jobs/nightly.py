@@ -150,6 +150,19 @@ def check_candidate_schema(uri: str, schema: pa.Schema) -> list[str]:
     return [c for c in PAIRS.names if c in schema.names]
 
 
+def read_candidate_files(batch: pa.Table, fs, columns: list[str]) -> Iterator[pa.Table]:
+    """The candidates in a batch of the files the driver planned (a Ray Data step whose input rows are file paths),
+    one row group at a time, so a task holds one row group of one file however large the file; opening the file and
+    each row group's read are retried through a short storage outage."""
+    from showcase_core.store import retrying
+
+    for path in batch.column("path").to_pylist():
+        with retrying(lambda: pq.ParquetFile(path, filesystem=fs),
+                      retry=lambda err: not isinstance(err, FileNotFoundError)) as parquet:
+            for index in range(parquet.num_row_groups):
+                yield retrying(lambda: parquet.read_row_group(index, columns=columns))
+
+
 def key_pairs(batch: pa.Table, columns: list[str], units: int, groups: int, wave: tuple[int, int],
               done: list[int]) -> pa.Table:
     """Candidates in the PAIRS layout with their unit and user group: only those of the wave's units [lo, hi), and
@@ -453,9 +466,14 @@ def run_wave(source: dict, wave: tuple[int, int], root: str, models: dict, meta:
     import ray
 
     ray.data.DataContext.get_current().enable_progress_bars = False  # the driver prints the run's progress
-    # one shuffle partition per group and per unit: map_groups runs one task per partition and emits its output when
+    # the files the driver planned, by name, one block each: Ray's Parquet read would list them again and read
+    # their footers in a pool of 32 helper actors (3 s of a 2-CPU machine before the first pair, for one file).
+    # One shuffle partition per group and per unit: map_groups runs one task per partition and emits its output when
     # the task ends, so partitions of many units would write them all in one task, with no progress between
-    written = (ray.data.read_parquet(source["paths"], filesystem=source["fs"]).select_columns(source["columns"])
+    files = ray.data.from_items([{"path": path} for path in source["paths"]],
+                                override_num_blocks=max(1, len(source["paths"])))
+    written = (files.map_batches(read_candidate_files, batch_size=1, batch_format="pyarrow",
+                                 fn_kwargs={"fs": source["fs"], "columns": source["columns"]})
                .map_batches(key_pairs, batch_format="pyarrow",
                             fn_kwargs={"columns": source["columns"], "units": source["units"],
                                        "groups": source["groups"], "wave": wave, "done": source["done"]})

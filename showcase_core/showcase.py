@@ -251,20 +251,18 @@ class ShowcaseAssembler:
         if not pairs:
             return []
         started = time.perf_counter()
-        width = max(len(p.ground.image_ids) for p in pairs)
         dim = pairs[0].ground.vectors.shape[1]
-        photos = np.zeros((len(pairs), width, dim), np.float32)
-        mask = np.zeros((len(pairs), width), bool)
-        for i, p in enumerate(pairs):
-            photos[i, :len(p.ground.image_ids)] = p.ground.vectors
-            mask[i, :len(p.ground.image_ids)] = True
+        vectors, slots = shared_ground_sets(pairs)
+        mask = slots < len(vectors)
         t = lambda a, dt=torch.float32: torch.as_tensor(a, dtype=dt, device=self.device)  # noqa: E731
         with torch.no_grad():
             profile_in = profile_input(t(np.stack([p.profile.photo for p in pairs])),
                                        t(np.stack([p.profile.text for p in pairs])), self.dpp.modality)
-            photos_in, mask_in = t(photos), t(mask, torch.bool)
-            quality_in = self.dpp.quality(profile_in, photos_in)  # the kernel's q, and the image scores reported
-            L = self.dpp.kernel(quality_in, photos_in, mask_in)
+            # each distinct photo's terms once, then per pair and slot (a padded slot: zeros, masked out)
+            p, g = (torch.cat([x, x.new_zeros(1, x.shape[1])]) for x in self.dpp.photo_terms(t(vectors)))
+            index, mask_in = t(slots, torch.long), t(mask, torch.bool)
+            quality_in = self.dpp.quality(profile_in, p[index])  # the kernel's q, and the image scores reported
+            L = self.dpp.kernel(quality_in, g[index], mask_in)
             picks = greedy_map(L.double(), self.k, mask_in).cpu().numpy()
             quality = quality_in.cpu().numpy()
         picked = [[int(j) for j in row if j >= 0] for row in picks]
@@ -292,6 +290,27 @@ class ShowcaseAssembler:
                          "encoder_id": self.dpp_config.get("encoder_id", ""), "dpp_model": self.dpp_uri,
                          "generator_model": self.generator_uri, "run_id": run_id, "generated_at": generated_at})
         return rows
+
+
+def shared_ground_sets(pairs: list[PairInputs]) -> tuple[np.ndarray, np.ndarray]:
+    """(the photo vectors of the pairs' distinct ground sets, stacked [U, D]; slots [B, width]: row i holds pair i's
+    photos as indices into them, then U for padding). The pairs of one business share its ground set, and a unit's
+    pairs come sorted by business, so a batch of 256 pairs holds a few dozen ground sets: the DPP's photo terms run
+    once per photo, not once per pair and padded slot (28x fewer rows on the large world's nightly)."""
+    width = max(len(p.ground.image_ids) for p in pairs)
+    first: dict[tuple, int] = {}
+    blocks, offsets, rows = [], [], 0
+    for p in pairs:
+        key = tuple(p.ground.image_ids)
+        if key not in first:
+            first[key], rows = rows, rows + len(p.ground.image_ids)
+            blocks.append(p.ground.vectors)
+        offsets.append(first[key])
+    vectors = np.concatenate(blocks).astype(np.float32, copy=False)
+    slots = np.full((len(pairs), width), rows, np.int64)
+    for i, (p, offset) in enumerate(zip(pairs, offsets)):
+        slots[i, :len(p.ground.image_ids)] = np.arange(offset, offset + len(p.ground.image_ids))
+    return vectors, slots
 
 
 def resolve_models(store, dpp_modality: str, generator_variant: str | None) -> dict:

@@ -59,24 +59,32 @@ class DPPKernel(nn.Module):
     def config(self) -> dict:
         return {"embed_dim": self.embed_dim, "modality": self.modality, "delta": self.delta}
 
-    def quality(self, profile: torch.Tensor, photos: torch.Tensor) -> torch.Tensor:
-        """q [B, M] from the profile input [B, P] and photo features [B, M, D]."""
+    def photo_terms(self, photos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(p, g) of photo features [..., D]: the photo MLP's output and the L2-normalised diversity projection, each
+        [..., 128]. They depend on the photo alone, so a caller whose pairs share photos (the pairs of one business
+        share its ground set) computes them once per photo and gathers them per pair."""
+        return self.photo_mlp(photos), nn.functional.normalize(self.diversity(photos), dim=-1)
+
+    def quality(self, profile: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        """q [B, M] from the profile input [B, P] and the photos' p [B, M, 128] (``photo_terms``)."""
         u = self.profile_mlp(profile)  # [B, 128]
-        p = self.photo_mlp(photos)  # [B, M, 128]
         score = torch.einsum("bmd,bd->bm", p, u) / math.sqrt(u.shape[-1])
         return torch.exp(torch.clamp(score, -15.0, 15.0))
 
-    def forward(self, profile: torch.Tensor, photos: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """The kernel L [B, M, M]; padded items (mask False) get zero rows/columns."""
-        return self.kernel(self.quality(profile, photos), photos, mask)
-
-    def kernel(self, quality: torch.Tensor, photos: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """L [B, M, M] from the photos' quality q [B, M] (``quality``'s; a caller that reports q computes it once)."""
+    def kernel(self, quality: torch.Tensor, g: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """L [B, M, M] from the photos' quality q [B, M] (``quality``'s; a caller that reports q computes it once) and
+        their g [B, M, 128] (``photo_terms``); padded items (mask False) get zero rows/columns but the diagonal's
+        delta."""
         q = quality * mask
-        g = nn.functional.normalize(self.diversity(photos), dim=-1)
         similarity = g @ g.transpose(1, 2)
-        eye = torch.eye(photos.shape[1], dtype=photos.dtype, device=photos.device)
+        eye = torch.eye(g.shape[1], dtype=g.dtype, device=g.device)
         return q[:, :, None] * similarity * q[:, None, :] + self.delta * eye * mask[:, :, None]
+
+    def forward(self, profile: torch.Tensor, photos: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The kernel L [B, M, M] from the profile input [B, P] and photo features [B, M, D]; padded items (mask
+        False) get zero rows/columns."""
+        p, g = self.photo_terms(photos)
+        return self.kernel(self.quality(profile, p), g, mask)
 
 
 class KernelSet(nn.Module):

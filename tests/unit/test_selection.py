@@ -196,3 +196,46 @@ def test_random_baseline_is_the_expected_random_precision_and_recall():
     assert np.mean([run["precision"] for run in runs]) == pytest.approx(expected_p, rel=0.03)
     assert np.mean([run["recall"] for run in runs]) == pytest.approx(expected_r, rel=0.03)
     assert 0 < row["div"] < 2
+
+
+def test_a_batch_with_shared_ground_sets_picks_and_scores_as_each_pair_alone(tmp_path):
+    """The assembler runs the DPP's photo terms once per distinct photo of a batch (pairs of one business share its
+    ground set) and gathers them per pair: the same picks and scores as the dense kernel of each pair alone."""
+    from showcase_core.features import GroundSet, Profile
+    from showcase_core.selection.kernel import save_dpp
+    from showcase_core.showcase import PairInputs, ShowcaseAssembler, shared_ground_sets
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    dim, model = 16, DPPKernel(16, "img+text")
+    save_dpp(model.state_dict(), {**model.config(), "encoder_id": "e"}, str(tmp_path / "dpp"), {})
+    grounds = {b: GroundSet([f"{b}{j}" for j in range(n)], [f"u/{b}{j}" for j in range(n)],
+                            rng.normal(size=(n, dim)).astype(np.float32)) for b, n in (("a", 7), ("b", 1), ("c", 12))}
+
+    def pair(user: int, business: str) -> PairInputs:
+        profile = Profile(rng.normal(size=dim).astype(np.float32), rng.normal(size=dim).astype(np.float32),
+                          np.zeros((0, dim), np.float32), [], True)
+        return PairInputs(f"user{user}", business, profile, grounds[business])
+
+    pairs = [pair(i, b) for i, b in enumerate("aaabccac")]
+    vectors, slots = shared_ground_sets(pairs)
+    assert vectors.shape == (20, dim) and slots.shape == (8, 12)  # 7 + 1 + 12 distinct photos, not 8 x 12 slots
+    assert (slots[1, :7] == slots[0, :7]).all() and (slots[0, 7:] == 20).all()
+    assembler = ShowcaseAssembler(str(tmp_path / "dpp"), None, k=3)
+    together = assembler.assemble(pairs, "r", "now")
+    alone = [assembler.assemble([p], "r", "now")[0] for p in pairs]
+    assert [r["image_ids"] for r in together] == [r["image_ids"] for r in alone]
+    assert np.allclose(np.concatenate([r["image_scores"] for r in together]),
+                       np.concatenate([r["image_scores"] for r in alone]), rtol=1e-5)
+    # and the dense kernel of the padded batch (training's forward) agrees
+    photos = np.zeros((8, 12, dim), np.float32)
+    mask = np.zeros((8, 12), bool)
+    for i, p in enumerate(pairs):
+        photos[i, :len(p.ground.image_ids)], mask[i, :len(p.ground.image_ids)] = p.ground.vectors, True
+    profile = torch.cat([torch.as_tensor(np.stack([p.profile.text for p in pairs])),
+                         torch.as_tensor(np.stack([p.profile.photo for p in pairs]))], dim=-1)
+    with torch.no_grad():
+        dense = greedy_map(model(profile, torch.as_tensor(photos), torch.as_tensor(mask)).double(), 3,
+                           torch.as_tensor(mask))
+    assert [[p.ground.image_ids[j] for j in row if j >= 0] for p, row in zip(pairs, dense.tolist())] == \
+        [r["image_ids"] for r in together]
