@@ -103,7 +103,7 @@ def test_a_lost_node_and_randomly_killed_writers_still_yield_every_pair_once(tra
     assert [e["event"] for e in result["events"][1:]][:1] == ["writer_killed"], told
     keys = keys_of(read_showcases(trained_root, date=date))
     assert len(keys) == len(set(keys)) and set(keys) == good_keys(pairs), result["events"]
-    # a pass that failed with the node (an actor of the pass that Ray does not restart) ran again, and the report says so
+    # a pass that failed with the node (an actor of the pass Ray does not restart) ran again, and the report says so
     reruns = log.read_text().count("the pass lost a node or an actor")
     report = json.loads((Path(trained_root) / "reports" / "nightly" / "chaos.json").read_text())
     assert report["counts"]["passes_rerun"] == reruns, told
