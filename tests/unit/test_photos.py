@@ -120,3 +120,26 @@ def test_jpegs_the_fast_path_leaves_to_pil_decode_or_fail_as_before(monkeypatch)
     with_simplejpeg = decode_and_resize(big, 16)
     monkeypatch.setattr(photos, "simplejpeg", None)  # as on a machine without it
     assert np.array_equal(decode_and_resize(big, 16), with_simplejpeg)
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.data(), grey=st.booleans(), progressive=st.booleans())
+def test_a_damaged_jpeg_gets_the_same_pixels_or_reason_with_or_without_simplejpeg(data, grey, progressive):
+    photo = bytearray(jpeg_bytes(90, 70, grey, 2, progressive, 1))
+    for _ in range(data.draw(st.integers(1, 5))):
+        photo[data.draw(st.integers(0, len(photo) - 1))] = data.draw(st.integers(0, 255))
+    photo = bytes(photo[:data.draw(st.integers(2, len(photo)))])
+
+    def outcome():
+        try:
+            return decode_and_resize(photo, 32)
+        except PhotoError as e:
+            return e.reason
+
+    fast = outcome()
+    saved, photos.simplejpeg = photos.simplejpeg, None
+    try:
+        slow = outcome()
+    finally:
+        photos.simplejpeg = saved
+    assert type(fast) is type(slow) and (fast == slow if isinstance(fast, str) else np.array_equal(fast, slow))
