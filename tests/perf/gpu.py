@@ -10,7 +10,7 @@ It measures, on one GPU:
   GPU.
 - ``clip_end_to_end_photos_per_s``: 640 x 480 JPEG files on local disk. DataLoader worker processes decode them with the
   library's ``decode_and_resize`` (PIL's JPEG draft mode, or simplejpeg at the same scale where it is installed: the
-  same pixels; shorter side to 224, centre crop) into pinned uint8 batches, and ``ClipEncoder.encode_pixels`` turns
+  same pixels; shorter side to 224 with torch's antialiased bicubic, centre crop) into pinned uint8 batches, and ``ClipEncoder.encode_pixels`` turns
   each batch into L2-normalised float32 vectors on the host. This is what jobs.embed does per batch, without Ray.
 - ``clip_gpu_decode_photos_per_s``: the same photos decoded on the GPU with ``torchvision.io.decode_jpeg``, then
   resized and cropped there. When torchvision's GPU decoder is missing, the value is null and
