@@ -25,6 +25,7 @@ from pydantic import field_validator
 
 from showcase_core import registry
 from showcase_core import tables as delta
+from showcase_core.encoders.embed import PLAN_BUCKET_ROWS
 from showcase_core.encoders.photos import MAX_PHOTO_BYTES, MAX_PHOTO_PIXELS
 from showcase_core.settings import comma_list
 from showcase_core.store import Store, StoreError, new_run_id, utc_now
@@ -59,6 +60,8 @@ class Settings(JobSettings):
     decode_cpus: float = setting(1.0, "CPUs per decode task beside GPU actors (on a CPU cluster, decoding runs in the "
                                       "CLIP actors)", gt=0)
     todo_file_rows: int = setting(2048, "ids per todo file: the unit of parallel decoding", ge=1)
+    plan_bucket_rows: int = setting(PLAN_BUCKET_ROWS, "ids the driver holds at once while it plans the todo lists and "
+                                                      "checks for duplicates (more: fewer passes over the tables)", ge=1)
     actors: int = setting(0, "CLIP actors (0: one per GPU, or one per CPU on a CPU-only cluster)", ge=0)
     use_gpu: bool = setting(False, "a GPU per actor even when none is up yet (a cluster autoscaling from zero)")
     threads_per_actor: int = setting(0, "torch threads in a CPU actor (0: the cluster's CPUs per actor, at least 1)",
@@ -156,25 +159,23 @@ def make_plan(store: Store, cfg: Settings, spec: dict, encoder_id: str, image_si
                 psutil.Process().memory_info().rss)
 
 
-def write_todo(store: Store, rel_dir: str, rows_iter, rows_per_file: int) -> tuple[int, list[str]]:
-    """Stream (id, value) rows into todo files of at most rows_per_file rows; returns the row count and the files."""
-    count, files, buffer = 0, [], []
+def write_todo(store: Store, rel_dir: str, tables, rows_per_file: int) -> tuple[int, list[str]]:
+    """Stream Arrow tables of rows (string columns) into todo files of ``rows_per_file`` rows (the last one fewer);
+    returns the row count and the files."""
+    count, files, pending = 0, [], None
 
-    def flush():
-        nonlocal buffer
-        if buffer:
-            names = list(buffer[0].keys())
-            table = pa.table({n: pa.array([r[n] for r in buffer], pa.string()) for n in names})
-            files.append(posixpath.join(rel_dir, f"todo-{len(files):05d}.parquet"))
-            store.write_parquet(files[-1], table)
-            buffer = []
+    def write(table: pa.Table) -> None:
+        files.append(posixpath.join(rel_dir, f"todo-{len(files):05d}.parquet"))
+        store.write_parquet(files[-1], table.cast(pa.schema([(n, pa.string()) for n in table.column_names])))
 
-    for row in rows_iter:
-        buffer.append(row)
-        count += 1
-        if len(buffer) >= rows_per_file:
-            flush()
-    flush()
+    for table in tables:
+        count += len(table)
+        pending = table if pending is None else pa.concat_tables([pending, table], promote_options="permissive")
+        while len(pending) >= rows_per_file:
+            write(pending.slice(0, rows_per_file))
+            pending = pending.slice(rows_per_file)
+    if pending is not None and len(pending):
+        write(pending)
     return count, files
 
 
@@ -189,55 +190,75 @@ def read_todo_files(batch: pa.Table, root: str) -> pa.Table:
                              for f in batch.column("todo_file").to_pylist()])
 
 
-def image_rows(store: Store, skip: set[str]):
-    """The reviews' photos, then the businesses' owner photos (when ingest published them)."""
-    seen = set(skip)
+def image_tables(store: Store):
+    """(id, uri) Arrow tables, batch by batch: the reviews' photos, then the businesses' owner photos (when ingest
+    published them)."""
     for table in ("images", "owner_photos"):
         try:
             for batch in store.iter_table_batches(table, ["image_id", "uri"]):
-                for image_id, uri in zip(batch.column("image_id").to_pylist(), batch.column("uri").to_pylist()):
-                    if image_id not in seen:
-                        seen.add(image_id)
-                        yield {"id": image_id, "uri": uri}
+                yield pa.Table.from_batches([batch]).rename_columns(["id", "uri"])
         except StoreError:
             if table == "images":
                 raise
 
 
-def text_rows(store: Store, skip: set[str]):
-    seen = set(skip)
+def text_tables(store: Store):
+    """(id, text) Arrow tables, batch by batch: each review's text, then its history reviews' (ids
+    ``review:<review_id>``, empty texts left out), then the aligned sentences (``sentence:<sentence_id>``)."""
+    import polars as pl
+
     for batch in store.iter_table_batches("reviews", ["review_id", "review_text", "history"]):
-        for review_id, text, history in zip(*(batch.column(c).to_pylist() for c in ("review_id", "review_text",
-                                                                                  "history"))):
-            for key, value in [(review_id, text)] + [(h["review_id"], h["text"]) for h in history or []]:
-                key = f"review:{key}"
-                if key not in seen and value:
-                    seen.add(key)
-                    yield {"id": key, "text": value}
+        reviews = pl.from_arrow(batch)
+        history = reviews.select(pl.col("history").explode()).unnest("history")
+        texts = pl.concat([reviews.select(id="review:" + pl.col("review_id"), text=pl.col("review_text")),
+                           history.select(id="review:" + pl.col("review_id"), text=pl.col("text"))])
+        yield texts.filter(pl.col("text") != "").to_arrow(compat_level=pl.CompatLevel.oldest())  # nulls too
     try:
-        batches = store.iter_table_batches("sentences", ["sentence_id", "text"])
-        for batch in batches:
-            for sentence_id, text in zip(batch.column("sentence_id").to_pylist(), batch.column("text").to_pylist()):
-                key = f"sentence:{sentence_id}"
-                if key not in seen:
-                    seen.add(key)
-                    yield {"id": key, "text": text}
+        for batch in store.iter_table_batches("sentences", ["sentence_id", "text"]):
+            yield pa.table({"id": pc.binary_join_element_wise("sentence:", batch.column("sentence_id"), ""),
+                            "text": batch.column("text")})
     except StoreError:
         return  # no sentences table (e.g. Gest-raw before distillation)
 
 
-def write_kind_todo(plan: Plan, kind: str) -> dict:
-    """The ids of one kind not embedded yet, as todo files under the run's staging folder: the kind's counts."""
-    from showcase_core.encoders.embed import done_ids
+def table_rows(store: Store, names: tuple[str, ...]) -> int:
+    """Rows of the published tables that exist, from their Delta logs."""
+    total = 0
+    for name in names:
+        try:
+            total += delta.rows(store, f"tables/{name}", store.table_version(name)["version"])
+        except StoreError:
+            continue
+    return total
 
-    skip = done_ids(plan.store, plan.encoder_id, ("images", "quarantine") if kind == "images" else ("texts",))
-    rows = image_rows(plan.store, skip) if kind == "images" else text_rows(plan.store, skip)
-    todo, files = write_todo(plan.store, f"{plan.staging}/{kind}", rows, plan.cfg.todo_file_rows)
+
+def write_kind_todo(plan: Plan, kind: str) -> tuple[dict, list[str]]:
+    """The ids of one kind not embedded yet, as todo files under the run's staging folder: the kind's counts.
+    The driver plans bucket by bucket of ids (``new_rows``), holding at most ``--plan-bucket-rows`` of them; a
+    bucket that would hold more makes it plan again with twice the buckets."""
+    from showcase_core.encoders.embed import BucketOverflow, committed_id_tables, committed_rows, new_rows
+
+    store, cfg, staging = plan.store, plan.cfg, f"{plan.staging}/{kind}"
+    tables = ("images", "quarantine") if kind == "images" else ("texts",)
+    already = committed_rows(store, plan.encoder_id, tables)
+    candidates = (lambda: image_tables(store)) if kind == "images" else (lambda: text_tables(store))
+    sources = ("images", "owner_photos") if kind == "images" else ("reviews", "sentences")  # texts: history too
+    buckets = max(1, -(-(already + table_rows(store, sources)) // cfg.plan_bucket_rows))
+    while True:
+        try:
+            rows = new_rows(candidates, lambda: committed_id_tables(store, plan.encoder_id, tables), buckets,
+                            cfg.plan_bucket_rows)
+            todo, files = write_todo(store, staging, rows, cfg.todo_file_rows)
+            break
+        except BucketOverflow:
+            store.delete_dir(staging)
+            buckets *= 2
     actors, threads, _ = plan.pool(len(files))
     device = "a GPU" if "num_gpus" in plan.resources else f"a CPU, {threads} torch thread(s)"
-    print(f"[embed] {kind}: {todo:,} to embed with {plan.encoder_id} on {actors} actor(s) ({device} each)",
+    passes = f" (planned in {buckets} passes of at most {cfg.plan_bucket_rows:,} ids)" if buckets > 1 else ""
+    print(f"[embed] {kind}: {todo:,} to embed with {plan.encoder_id} on {actors} actor(s) ({device} each){passes}",
           file=sys.stderr, flush=True)
-    return {"already_done": len(skip), "todo": todo, "embedded": 0, "quarantined": 0}, files
+    return {"already_done": already, "todo": todo, "embedded": 0, "quarantined": 0}, files
 
 
 def kind_pipeline(plan: Plan, kind: str, todo_files: list[str]):
@@ -298,9 +319,9 @@ def embed_kind(plan: Plan, kind: str, timer: Timer) -> dict:
 
 
 def stored_totals(plan: Plan) -> tuple[dict, dict]:
-    """What is committed now per table (rows, ids committed twice: memory of one id column), and the quarantine's
-    reasons."""
-    from showcase_core.encoders.embed import embeddings_dir
+    """What is committed now per table (rows, ids committed more than once: bucket by bucket of ids, memory about
+    ``--plan-bucket-rows`` ids), and the quarantine's reasons."""
+    from showcase_core.encoders.embed import duplicate_ids, embeddings_dir
 
     totals, reasons = {}, {}
     for kind in TABLES:
@@ -308,12 +329,14 @@ def stored_totals(plan: Plan) -> tuple[dict, dict]:
         if not delta.exists(plan.store, rel):
             totals[kind] = {"rows": 0, "duplicate_ids": 0}
             continue
-        table = delta.read(plan.store, rel, columns=["id", "reason"] if kind == "quarantine" else ["id"])
-        totals[kind] = {"rows": table.num_rows, "duplicate_ids": table.num_rows - pc.count_distinct(table["id"]).as_py(),
+        totals[kind] = {"rows": delta.rows(plan.store, rel),
+                        "duplicate_ids": duplicate_ids(plan.store, plan.encoder_id, kind, plan.cfg.plan_bucket_rows),
                         "version": delta.open_table(plan.store, rel).version(),
                         "commits_this_run": plan.committers[kind].commits}
         if kind == "quarantine":
-            reasons = {r["values"]: r["counts"] for r in pc.value_counts(table["reason"]).to_pylist()}
+            for batch in delta.iter_batches(plan.store, rel, columns=["reason"]):
+                for r in pc.value_counts(batch.column("reason")).to_pylist():
+                    reasons[r["values"]] = reasons.get(r["values"], 0) + r["counts"]
     if any(t["duplicate_ids"] for t in totals.values()):
         raise RuntimeError(f"duplicate ids under {plan.store.uri('embeddings', plan.encoder_id)}: {totals}")
     return totals, reasons

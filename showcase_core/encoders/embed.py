@@ -10,7 +10,7 @@ Delta tables under ``ROOT/embeddings/<encoder_id>/``::
 Each batch writes its data files under a name derived from the ids it holds, in one atomic write, and returns
 their add records; the driver commits them (showcase_core.tables). A batch that is retried (a killed actor) writes
 the same name again, and only files the driver received are committed, so nothing is lost or duplicated. A rerun
-skips every id that already has a committed row (``done_ids``).
+skips every id that already has a committed row (``new_rows``).
 """
 
 from __future__ import annotations
@@ -60,15 +60,83 @@ def write_part(store: Store, rel_dir: str, table: pa.Table, ids) -> dict:
     return write_file(store, rel_dir, table, part_name(ids))
 
 
-def done_ids(store: Store, encoder_id: str, kinds: tuple[str, ...]) -> set[str]:
-    """Ids that already have a committed row (embedded or quarantined) in the encoder's tables."""
-    out: set[str] = set()
+PLAN_BUCKET_ROWS = 1_000_000  # distinct rows a planning pass holds at once (jobs.embed's --plan-bucket-rows)
+
+
+class BucketOverflow(Exception):
+    """A bucket of ids holds more distinct rows than a planning pass may: plan again with more buckets."""
+
+
+def in_bucket(table: pa.Table, bucket: int, buckets: int) -> pa.Table:
+    """The rows of an Arrow table whose ``id`` hashes to ``bucket`` of ``buckets`` (all of them with one bucket): a
+    compact copy, so a bucket's rows never keep a whole source batch alive. polars' hash is fixed within a process,
+    which is all a plan needs."""
+    import polars as pl
+
+    if buckets == 1:
+        return table
+    return table.filter((pl.from_arrow(table.column("id")).hash(seed=0) % buckets == bucket).to_arrow())
+
+
+def committed_id_tables(store: Store, encoder_id: str, kinds: tuple[str, ...]):
+    """The committed ids of the encoder's tables of these kinds (one column ``id``), batch by batch."""
     for kind in kinds:
         rel = embeddings_dir(encoder_id, kind)
         if delta.exists(store, rel):
             for batch in delta.iter_batches(store, rel, columns=["id"]):
-                out.update(batch.column("id").to_pylist())
-    return out
+                yield pa.Table.from_batches([batch])
+
+
+def committed_rows(store: Store, encoder_id: str, kinds: tuple[str, ...]) -> int:
+    """Rows committed in the encoder's tables of these kinds, from the Delta log (no data read)."""
+    return sum(delta.rows(store, embeddings_dir(encoder_id, k)) for k in kinds if delta.exists(store, embeddings_dir(
+        encoder_id, k)))
+
+
+def new_rows(candidates, committed, buckets: int = 1, bucket_rows: int = PLAN_BUCKET_ROWS):
+    """The rows to do, as Arrow tables, one per bucket of ids: the candidate rows (Arrow tables with an ``id`` column
+    first, from ``candidates()``, in order) whose id has no committed row (tables from ``committed()``), each id once
+    (its first row). Each bucket reads both sources again and keeps only its ids, so memory is one bucket: at most
+    ``bucket_rows`` committed ids and distinct candidate rows together (plus one source table), however many there
+    are in all. Raises BucketOverflow when a bucket needs more: plan again with more buckets."""
+    import polars as pl
+
+    def distinct(tables: list[pa.Table]) -> pl.DataFrame:
+        return pl.from_arrow(pa.concat_tables(tables, promote_options="permissive")).unique(subset="id", keep="first", maintain_order=True)
+
+    for bucket in range(buckets):
+        done = [in_bucket(t, bucket, buckets) for t in committed()]
+        held = sum(len(t) for t in done)
+        rows = []
+        for table in candidates():
+            rows.append(in_bucket(table, bucket, buckets))
+            held += len(rows[-1])
+            if held > bucket_rows:  # duplicates count until they are dropped: drop them, then judge
+                rows = [distinct(rows).to_arrow(compat_level=pl.CompatLevel.oldest())]
+                held = len(rows[0]) + sum(len(t) for t in done)
+                if held > bucket_rows:
+                    raise BucketOverflow(f"over {bucket_rows:,} ids in bucket {bucket} of {buckets}")
+        if rows:
+            done = pl.from_arrow(pa.concat_tables(done, promote_options="permissive")) if done else pl.DataFrame(schema={"id": pl.String})
+            new = distinct(rows).join(done.select("id"), on="id", how="anti", maintain_order="left")
+            yield new.to_arrow(compat_level=pl.CompatLevel.oldest())
+
+
+def duplicate_ids(store: Store, encoder_id: str, kind: str, bucket_rows: int = PLAN_BUCKET_ROWS) -> int:
+    """Committed rows of one of the encoder's tables whose id another row has too (0 when each id is committed
+    once), bucket by bucket of ids as ``new_rows`` plans: memory about ``bucket_rows`` ids."""
+    import polars as pl
+
+    rel = embeddings_dir(encoder_id, kind)
+    if not delta.exists(store, rel):
+        return 0
+    buckets, duplicates = max(1, -(-delta.rows(store, rel) // bucket_rows)), 0
+    for bucket in range(buckets):
+        ids = [in_bucket(t, bucket, buckets) for t in committed_id_tables(store, encoder_id, (kind,))]
+        if ids:
+            ids = pl.from_arrow(pa.concat_tables(ids, promote_options="permissive").column("id"))
+            duplicates += len(ids) - ids.n_unique()
+    return duplicates
 
 
 def read_embeddings(store: Store, encoder_id: str, kind: str) -> pa.Table:

@@ -61,7 +61,7 @@ def test_embed_everything_then_a_rerun_does_nothing(ray_local, tiny_world, tmp_p
     assert report["counts"]["this_run"]["images"]["embedded"] == photos
     assert report["counts"]["stored"]["images"]["duplicate_ids"] == 0
 
-    assert run("embed", embed.main, ["--root", root, *TINY]) == 0
+    assert run("embed", embed.main, ["--root", root, *TINY, "--plan-bucket-rows", "50"]) == 0  # in buckets
     again = last_report(store)["counts"]["this_run"]
     assert again["images"]["todo"] == 0 and again["texts"]["todo"] == 0
     assert again["images"]["already_done"] == photos
@@ -87,7 +87,9 @@ def test_a_killed_driver_resumes_from_its_commits_without_doubling(ray_local, ti
     out, _ = proc.communicate(timeout=60)
     committed = read_embeddings(store, encoder_id, "images").num_rows  # progress is visible while it runs
     assert 0 < committed < photos, f"killed too late ({committed} committed):\n" + out[-2000:]
-    assert run("embed", embed.main, ["--root", root, *TINY, "--kinds", "images", "--batch-size", "8"]) == 0
+    # planned in buckets of at most 16 ids (and again with more, where a bucket gets more than 16)
+    assert run("embed", embed.main, ["--root", root, *TINY, "--kinds", "images", "--batch-size", "8",
+                                     "--plan-bucket-rows", "16"]) == 0
     counts = last_report(store)["counts"]["this_run"]["images"]
     assert counts["already_done"] == committed and counts["todo"] == photos - committed
     ids = read_embeddings(store, encoder_id, "images").column("id").to_pylist()

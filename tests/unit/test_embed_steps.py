@@ -2,11 +2,16 @@ import io
 import os
 
 import numpy as np
+import pyarrow as pa
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from showcase_core.encoders.clip import load_encoder
 from showcase_core import tables as delta
-from showcase_core.encoders.embed import ImageEmbedder, TextEmbedder, decode_photos, done_ids, read_embeddings
+from showcase_core.encoders.embed import (BucketOverflow, ImageEmbedder, TextEmbedder, committed_id_tables,
+                                          committed_rows, decode_photos, duplicate_ids, new_rows, read_embeddings)
 from showcase_core.store import Store
 
 
@@ -25,6 +30,10 @@ def test_decode_photos_marks_missing_and_corrupt_photos(tmp_path):
     assert out["pixels"].shape == (3, 16, 16, 3)
     assert list(out["reason"]) == ["", "not_an_image", "photo_missing"]  # a JPEG signature, then no JPEG
     assert out["pixels"][0].mean() > 20 and out["pixels"][1].max() == 0
+
+
+def done_ids(store, enc_id, kinds) -> set:
+    return {i for t in committed_id_tables(store, enc_id, kinds) for i in t.column("id").to_pylist()}
 
 
 def commit_files(store, enc_id, out) -> None:
@@ -61,6 +70,14 @@ def test_embedders_write_idempotent_parts_and_quarantine(tmp_path):
         {"id": np.array(["review:r1"], object), "text": np.array(["great ramen"], object)}))
     assert done_ids(store, enc_id, ("images", "quarantine")) == {"a", "b", "x"}
     assert done_ids(store, enc_id, ("texts",)) == {"review:r1"}
+    assert committed_rows(store, enc_id, ("images", "quarantine")) == 3 and committed_rows(store, enc_id, ("x",)) == 0
+    assert duplicate_ids(store, enc_id, "images") == 0
+    commit_files(store, enc_id, again)  # the retried batch's file is the same file: committed once
+    assert duplicate_ids(store, enc_id, "images") == 0
+    rel = f"embeddings/{enc_id}/images"  # the same ids in another file (what exactly-once rules out)
+    again_as_other_file = delta.write_file(store, rel, delta.read(store, rel), "part-other.parquet")
+    delta.commit(store, rel, [again_as_other_file], None, run_id="r2", stage="test")
+    assert duplicate_ids(store, enc_id, "images") == 2 and duplicate_ids(store, enc_id, "images", bucket_rows=1) == 2
     assert not [n for n in os.listdir(tmp_path / "root" / "embeddings" / enc_id / "images") if ".tmp" in n]
 
 
@@ -104,3 +121,38 @@ def read_parquet_vectors(path):
     import pyarrow.parquet as pq
 
     return pq.read_table(path).column("embedding").to_numpy(zero_copy_only=False)
+
+
+def frames_of(ids: list[str], size: int):
+    """A source of Arrow tables of ``size`` rows (an id and a value per row), read again at every call."""
+    return lambda: (pa.table({"id": pa.array(ids[i:i + size], pa.string()),
+                              "value": [f"v{i + j}" for j in range(len(ids[i:i + size]))]})
+                    for i in range(0, len(ids), size))
+
+
+@settings(max_examples=80, deadline=None)
+@given(candidates=st.lists(st.sampled_from([f"p{i}" for i in range(40)]), max_size=120),
+       committed=st.lists(st.sampled_from([f"p{i}" for i in range(60)]), max_size=30, unique=True),
+       buckets=st.integers(1, 6), frame_size=st.integers(1, 50))
+def test_new_rows_are_each_uncommitted_id_once_with_its_first_row_in_any_number_of_buckets(candidates, committed,
+                                                                                         buckets, frame_size):
+    first = {}
+    for i, c in enumerate(candidates):
+        first.setdefault(c, f"v{i}")
+    expected = {c: v for c, v in first.items() if c not in committed}
+    frames = list(new_rows(frames_of(candidates, frame_size), frames_of(committed, 7), buckets, bucket_rows=10**6))
+    rows = [(r["id"], r["value"]) for f in frames for r in f.to_pylist()]
+    assert dict(rows) == expected and len(rows) == len(expected)  # nothing dropped, nothing twice
+    if buckets == 1:
+        assert [i for i, _ in rows] == [c for c in first if c in expected]  # in the sources' order
+
+
+def test_a_bucket_over_its_limit_asks_for_more_buckets_and_duplicates_do_not_count():
+    ids = [f"p{i}" for i in range(100)]
+    with pytest.raises(BucketOverflow):
+        list(new_rows(frames_of(ids, 10), frames_of([], 1), 1, bucket_rows=60))
+    assert sum(len(f) for f in new_rows(frames_of(ids, 10), frames_of([], 1), 4, bucket_rows=60)) == 100
+    repeated = ids[:50] * 6  # 300 rows, 50 distinct: within the limit once the duplicates are dropped
+    assert sum(len(f) for f in new_rows(frames_of(repeated, 10), frames_of([], 1), 1, bucket_rows=60)) == 50
+    with pytest.raises(BucketOverflow):  # committed ids count towards the limit too
+        list(new_rows(frames_of(ids[:10], 10), frames_of(ids[10:], 10), 1, bucket_rows=60))
