@@ -67,6 +67,12 @@ class BucketOverflow(Exception):
     """A bucket of ids holds more distinct rows than a planning pass may: plan again with more buckets."""
 
 
+def buckets_for(rows: int, bucket_rows: int) -> int:
+    """Buckets for ``rows`` ids of at most ``bucket_rows`` each, with a fifth to spare: a hash spreads ids a little
+    unevenly, and a bucket over its limit means planning again with twice the buckets."""
+    return max(1, -(-rows * 5 // (4 * bucket_rows)))
+
+
 def in_bucket(table: pa.Table, bucket: int, buckets: int) -> pa.Table:
     """The rows of an Arrow table whose ``id`` hashes to ``bucket`` of ``buckets`` (all of them with one bucket): a
     compact copy, so a bucket's rows never keep a whole source batch alive. polars' hash is fixed within a process,
@@ -130,7 +136,7 @@ def duplicate_ids(store: Store, encoder_id: str, kind: str, bucket_rows: int = P
     rel = embeddings_dir(encoder_id, kind)
     if not delta.exists(store, rel):
         return 0
-    buckets, duplicates = max(1, -(-delta.rows(store, rel) // bucket_rows)), 0
+    buckets, duplicates = buckets_for(delta.rows(store, rel), bucket_rows), 0
     for bucket in range(buckets):
         ids = [in_bucket(t, bucket, buckets) for t in committed_id_tables(store, encoder_id, (kind,))]
         if ids:
