@@ -60,8 +60,9 @@ class Settings(JobSettings):
     decode_cpus: float = setting(1.0, "CPUs per decode task beside GPU actors (on a CPU cluster, decoding runs in the "
                                       "CLIP actors)", gt=0)
     todo_file_rows: int = setting(2048, "ids per todo file: the unit of parallel decoding", ge=1)
-    plan_bucket_rows: int = setting(PLAN_BUCKET_ROWS, "ids the driver holds at once while it plans the todo lists and "
-                                                      "checks for duplicates (more: fewer passes over the tables)", ge=1)
+    plan_bucket_rows: int = setting(PLAN_BUCKET_ROWS, "ids the driver holds at once while it plans the todo lists "
+                                                      "and checks for duplicates (more: fewer passes over the "
+                                                      "tables)", ge=1)
     actors: int = setting(0, "CLIP actors (0: one per GPU, or one per CPU on a CPU-only cluster)", ge=0)
     use_gpu: bool = setting(False, "a GPU per actor even when none is up yet (a cluster autoscaling from zero)")
     threads_per_actor: int = setting(0, "torch threads in a CPU actor (0: the cluster's CPUs per actor, at least 1)",

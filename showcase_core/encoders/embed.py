@@ -95,8 +95,8 @@ def committed_id_tables(store: Store, encoder_id: str, kinds: tuple[str, ...]):
 
 def committed_rows(store: Store, encoder_id: str, kinds: tuple[str, ...]) -> int:
     """Rows committed in the encoder's tables of these kinds, from the Delta log (no data read)."""
-    return sum(delta.rows(store, embeddings_dir(encoder_id, k)) for k in kinds if delta.exists(store, embeddings_dir(
-        encoder_id, k)))
+    rels = [embeddings_dir(encoder_id, kind) for kind in kinds]
+    return sum(delta.rows(store, rel) for rel in rels if delta.exists(store, rel))
 
 
 def new_rows(candidates, committed, buckets: int = 1, bucket_rows: int = PLAN_BUCKET_ROWS):
@@ -107,8 +107,11 @@ def new_rows(candidates, committed, buckets: int = 1, bucket_rows: int = PLAN_BU
     are in all. Raises BucketOverflow when a bucket needs more: plan again with more buckets."""
     import polars as pl
 
+    def frame(tables: list[pa.Table]) -> pl.DataFrame:
+        return pl.from_arrow(pa.concat_tables(tables, promote_options="permissive"))
+
     def distinct(tables: list[pa.Table]) -> pl.DataFrame:
-        return pl.from_arrow(pa.concat_tables(tables, promote_options="permissive")).unique(subset="id", keep="first", maintain_order=True)
+        return frame(tables).unique(subset="id", keep="first", maintain_order=True)
 
     for bucket in range(buckets):
         done = [in_bucket(t, bucket, buckets) for t in committed()]
@@ -123,7 +126,7 @@ def new_rows(candidates, committed, buckets: int = 1, bucket_rows: int = PLAN_BU
                 if held > bucket_rows:
                     raise BucketOverflow(f"over {bucket_rows:,} ids in bucket {bucket} of {buckets}")
         if rows:
-            done = pl.from_arrow(pa.concat_tables(done, promote_options="permissive")) if done else pl.DataFrame(schema={"id": pl.String})
+            done = frame(done) if done else pl.DataFrame(schema={"id": pl.String})
             new = distinct(rows).join(done.select("id"), on="id", how="anti", maintain_order="left")
             yield new.to_arrow(compat_level=pl.CompatLevel.oldest())
 
