@@ -237,8 +237,8 @@ def write_kind_todo(plan: Plan, kind: str) -> tuple[dict, list[str]]:
     """The ids of one kind not embedded yet, as todo files under the run's staging folder: the kind's counts.
     The driver plans bucket by bucket of ids (``new_rows``), holding at most ``--plan-bucket-rows`` of them; a
     bucket that would hold more makes it plan again with twice the buckets."""
-    from showcase_core.encoders.embed import (BucketOverflow, buckets_for, committed_id_tables, committed_rows,
-                                              new_rows)
+    from showcase_core.buckets import buckets_for
+    from showcase_core.encoders.embed import BucketOverflow, committed_id_tables, committed_rows, new_rows
 
     store, cfg, staging = plan.store, plan.cfg, f"{plan.staging}/{kind}"
     tables = ("images", "quarantine") if kind == "images" else ("texts",)

@@ -1,9 +1,10 @@
 """Validate Gest files into ROOT/tables:
 ``python -m jobs.ingest --root ROOT --gest PATH [--format s2|raw|googlelocal] [--images URI]``.
 
-Ray tasks stage byte ranges of the input in parallel; a small global pass finds duplicates (and, for Gest-raw,
-the Gest-s1 single-review users); more tasks write the data files; the driver commits each Delta table once
-(replacing the previous ingest) and writes the run record ``runs/ingest.json`` last, which pins the versions readers use.
+Ray tasks stage byte ranges of the input in parallel (looking photos up under --images); planning tasks find
+duplicates (and, for Gest-raw, the Gest-s1 single-review users) bucket by bucket of ids; more tasks write the data
+files; the driver commits each Delta table once (replacing the previous ingest) and writes the run record
+``runs/ingest.json`` last, which pins the versions readers use.
 """
 
 from __future__ import annotations
@@ -17,13 +18,14 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from showcase_core.buckets import buckets_for
 from showcase_core.data.businesses import read_businesses
 from showcase_core.data.gest import FORMATS, REASONS, detect_format
 from showcase_core.data.owner_photos import read_owner_photos
 from showcase_core.data.schema import QUARANTINE
 from showcase_core.data.sentences import partition_of, read_sentences
-from showcase_core.data.ingest import ORDER, commit_ingest, drops_of_chunk, finalize_chunk, list_photo_ids, plan_chunks, \
-    plan_drops, stage_chunk
+from showcase_core.data.ingest import (PLAN_BUCKET_ROWS, PhotoLookup, chunk_drops, commit_ingest, finalize_chunk,
+                                       plan_chunks, plan_duplicates, plan_single_users, stage_chunk)
 from showcase_core.data.summary import dataset_summary, summary_markdown
 from showcase_core.store import Store, StoreError, filesystem_for, join_uri, new_run_id, open_binary, utc_now
 from showcase_core.tables import write_file
@@ -51,6 +53,9 @@ class Settings(JobSettings):
                                                   "partition of the reviews and reads the sentences file", ge=1)
     seed: int = setting(0, "seed of the train/val/test split of reviews")
     chunk_mb: float = setting(64.0, "MiB of the input per parallel validation task", gt=0)
+    plan_bucket_rows: int = setting(PLAN_BUCKET_ROWS, "staged reviews one planning task holds at once: duplicates "
+                                                      "(and Gest-raw's single-review users) are found bucket by "
+                                                      "bucket of ids, a task each", ge=1)
 
 
 def _check_inputs(cfg: Settings) -> tuple[str, str, str, str | None, dict[str, str]]:
@@ -154,18 +159,18 @@ def _ingest_sentences(store: Store, run_id: str, uri: str, parts: dict, reviews_
             "sentence_photo_refs_removed": sum(d["photo_refs_removed"] for d in done)}
 
 
-def _ingest_business_sidecars(store: Store, run_id: str, sidecars: dict[str, str], parts: dict, present_ref,
-                              images: str) -> dict:
+def _ingest_business_sidecars(store: Store, run_id: str, sidecars: dict[str, str], parts: dict, images: str) -> dict:
     """Validate the owner-photos and businesses files (``sidecars``: table name -> URI) against the businesses of the
-    reviews just written (owner photos also against the photos present); add their data files. It runs as one Ray
-    task beside the present-photo ids (``present_ref``, O(photos)), so the driver holds only the counts."""
+    reviews just written (owner photos also against the photos under ``images``, one lookup a row); add their data
+    files. It runs as one Ray task, so the driver holds only the counts."""
     import ray
 
     root, review_paths = store.root, [p["path"] for p in parts["reviews"]]
 
     @ray.remote
-    def validate(present: set[str]) -> dict:
+    def validate() -> dict:
         task_store = Store.open(root)
+        present = PhotoLookup(images)
         businesses: set[str] = set()
         for path in review_paths:  # one data file's business_id column at a time
             table = pq.read_table(task_store.path("tables/reviews", path), filesystem=task_store.fs,
@@ -185,7 +190,7 @@ def _ingest_business_sidecars(store: Store, run_id: str, sidecars: dict[str, str
             counts.update({f"{name}_out": result["table"].num_rows, f"{name}_quarantined": len(result["quarantine"])})
         return {"files": files, "counts": counts}
 
-    done = ray.get(validate.remote(present_ref))
+    done = ray.get(validate.remote())
     for name in sidecars:
         parts[name] = [done["files"][name]]
     parts["quarantine"].extend(done["files"]["quarantine"])
@@ -199,42 +204,44 @@ def stage_chunks(store, staging: str, run_id: str, cfg: Settings, inputs: dict, 
     root, source, fmt, images = store.root, inputs["gest"], inputs["format"], inputs["images"]
 
     @ray.remote
-    def stage(index, start, end, present):
-        return stage_chunk(Store.open(root), staging, index, source, fmt, start, end, images, present)
+    def stage(index, start, end):
+        return stage_chunk(Store.open(root), staging, index, source, fmt, start, end, images)
 
     @ray.remote
-    def finalize(index, drops):
-        return finalize_chunk(Store.open(root), staging, index, run_id, drops, fmt, cfg.seed, images)
+    def duplicates(bucket, buckets):
+        return plan_duplicates(Store.open(root), staging, len(chunks), bucket, buckets)
 
-    with timer("list_photos"):
-        present = list_photo_ids(images)
-    print(f"[ingest] {len(present):,} photos under {images}", file=sys.stderr, flush=True)
+    @ray.remote
+    def single_users(bucket, buckets, duplicate_files):
+        return plan_single_users(Store.open(root), staging, len(chunks), bucket, buckets, duplicate_files)
+
+    @ray.remote
+    def finalize(index, drop_files):
+        task_store = Store.open(root)
+        return finalize_chunk(task_store, staging, index, run_id, chunk_drops(task_store, drop_files, index), fmt,
+                              cfg.seed, images)
+
     chunks = plan_chunks(source, fmt, int(cfg.chunk_mb * (1 << 20)))
-    present_ref = ray.put(present)
-    del present
     with timer("stage"):
         progress = Progress("ingest", "chunks validated", len(chunks))
-        pending = [stage.remote(i, s, e, present_ref) for i, (s, e) in enumerate(chunks)]
-        staged, records = 0, 0
+        pending = [stage.remote(i, s, e) for i, (s, e) in enumerate(chunks)]
+        staged, records, rows = 0, 0, 0
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
-            records += ray.get(done[0])["records"]
-            staged += 1
+            result = ray.get(done[0])
+            records, rows, staged = records + result["records"], rows + result["staged"], staged + 1
             progress.update(staged, f"{records:,} records")
-    with timer("plan"):
-        keys = pa.concat_tables(
-            pq.read_table(store.path(f"{staging}/reviews-{i:05d}.parquet"), filesystem=store.fs,
-                          columns=["review_id", "user_id", ORDER])
-            for i in range(len(chunks)))
-        drops = plan_drops(keys, fmt)
-        del keys
-        pa.default_memory_pool().release_unused()
+    with timer("plan"):  # bucket by bucket of ids, a task each: no process holds every review's keys
+        buckets = buckets_for(rows, cfg.plan_bucket_rows)
+        drop_files = ray.get([duplicates.remote(b, buckets) for b in range(buckets)])
+        if fmt == "raw":
+            drop_files += ray.get([single_users.remote(b, buckets, drop_files) for b in range(buckets)])
     with timer("finalize"):
         parts = {"reviews": [], "images": [], "quarantine": []}
-        for result in ray.get([finalize.remote(i, drops_of_chunk(drops, i)) for i in range(len(chunks))]):
+        for result in ray.get([finalize.remote(i, drop_files) for i in range(len(chunks))]):
             for name in parts:  # in chunk order, so parts keep the input's order
                 parts[name].append(result[name])
-    return {"parts": parts, "records": records, "present": present_ref}
+    return {"parts": parts, "records": records}
 
 
 def ingest_counts(store, record: dict, records_in: int, sidecar_counts: dict) -> tuple[dict, dict]:
@@ -273,8 +280,7 @@ def main(argv: list[str] | None = None) -> int:
                                                     cfg.sentence_task_reviews))
     if business_sidecars:
         with timer("business_sidecars"):
-            sidecar_counts.update(_ingest_business_sidecars(store, run_id, business_sidecars, staged["parts"],
-                                                            staged["present"], images))
+            sidecar_counts.update(_ingest_business_sidecars(store, run_id, business_sidecars, staged["parts"], images))
     with timer("publish"):
         record = commit_ingest(store, run_id, staged["parts"], {"source": source, "format": fmt, "images": images})
         store.delete_dir(staging)

@@ -345,8 +345,11 @@ def table_files(store: Store, rel: str):
 
 def iter_batches(store: Store, rel: str, version: int | None = None, columns: list[str] | None = None,
                  batch_size: int = 65536, filter=None):
-    """Stream a version of a table batch by batch (memory: one batch); ``filter`` a pyarrow dataset expression."""
-    yield from dataset(store, rel, version).to_batches(columns=columns, batch_size=batch_size, filter=filter)
+    """Stream a version of a table batch by batch, one data file at a time (memory: a file's row group and the
+    batches read ahead in it; pyarrow reads four files ahead by default, which held 150 to 300 MiB more over the
+    reviews of a 1 GB Gest file at no gain in speed); ``filter`` a pyarrow dataset expression."""
+    yield from dataset(store, rel, version).to_batches(columns=columns, batch_size=batch_size, filter=filter,
+                                                       fragment_readahead=1)
 
 
 def file_uris(store: Store, rel: str, version: int | None = None) -> list[str]:

@@ -11,7 +11,7 @@ user's own photos.
 
 from __future__ import annotations
 
-from typing import IO
+from typing import IO, Container
 
 import pyarrow as pa
 
@@ -20,9 +20,10 @@ from . import schema
 from .gest import RecordError, check_photo_id, read_json_lines
 
 
-def read_owner_photos(stream: IO[bytes], source: str, businesses: set[str], present: set[str],
+def read_owner_photos(stream: IO[bytes], source: str, businesses: set[str], present: Container[str],
                       images_uri: str) -> dict:
-    """Validate an owner-photos JSON-lines stream: {"table": OWNER_PHOTOS table, "quarantine": rows}."""
+    """Validate an owner-photos JSON-lines stream: {"table": OWNER_PHOTOS table, "quarantine": rows}. ``present``
+    says whether a photo id is under ``images_uri`` (showcase_core.data.ingest.PhotoLookup: a stat a row)."""
     seen: set[str] = set()
     prefix = join_uri(images_uri, "")
 

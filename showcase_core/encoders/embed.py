@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 
 from .. import tables as delta
+from ..buckets import buckets_for, in_bucket
 from ..store import Store, StoreError
 from ..tables import write_file
 from .photos import MAX_PHOTO_BYTES, MAX_PHOTO_PIXELS
@@ -65,23 +66,6 @@ PLAN_BUCKET_ROWS = 1_000_000  # distinct rows a planning pass holds at once (job
 
 class BucketOverflow(Exception):
     """A bucket of ids holds more distinct rows than a planning pass may: plan again with more buckets."""
-
-
-def buckets_for(rows: int, bucket_rows: int) -> int:
-    """Buckets for ``rows`` ids of at most ``bucket_rows`` each, with a fifth to spare: a hash spreads ids a little
-    unevenly, and a bucket over its limit means planning again with twice the buckets."""
-    return max(1, -(-rows * 5 // (4 * bucket_rows)))
-
-
-def in_bucket(table: pa.Table, bucket: int, buckets: int) -> pa.Table:
-    """The rows of an Arrow table whose ``id`` hashes to ``bucket`` of ``buckets`` (all of them with one bucket): a
-    compact copy, so a bucket's rows never keep a whole source batch alive. polars' hash is fixed within a process,
-    which is all a plan needs."""
-    import polars as pl
-
-    if buckets == 1:
-        return table
-    return table.filter((pl.from_arrow(table.column("id")).hash(seed=0) % buckets == bucket).to_arrow())
 
 
 def committed_id_tables(store: Store, encoder_id: str, kinds: tuple[str, ...]):

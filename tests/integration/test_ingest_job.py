@@ -130,10 +130,14 @@ def test_sentences_checked_in_review_partitions_equal_one_task_and_quarantine_ea
 
 
 def test_ingest_raw_in_parallel_chunks_applies_gest_s1(ray_local, tiny_world, tmp_path):
+    """Many chunks, and a plan in buckets of 7 reviews' keys (a task each) that decides as one bucket does."""
     world, summary = tiny_world
-    root = str(tmp_path / "root")
-    args = ["--root", root, "--gest", f"{world}/image_review_all.json", "--chunk-mb", "0.002", "--seed", "3"]
-    assert run("ingest", ingest.main, args) == 0
+    root, bucketed = str(tmp_path / "root"), str(tmp_path / "bucketed")
+    args = ["--gest", f"{world}/image_review_all.json", "--chunk-mb", "0.002", "--seed", "3"]
+    assert run("ingest", ingest.main, ["--root", root, *args]) == 0
+    assert run("ingest", ingest.main, ["--root", bucketed, *args, "--plan-bucket-rows", "7"]) == 0
+    for name in ("reviews", "images", "quarantine"):
+        assert Store.open(bucketed).read_table(name).equals(Store.open(root).read_table(name)), name
     store = Store.open(root)
     report = report_of(store)
     assert report["inputs"]["format"] == "raw"

@@ -26,7 +26,8 @@ def one(ids: int, way: str, bucket_rows: int) -> str:
     import pyarrow as pa
 
     sys.path.insert(0, REPO)
-    from showcase_core.encoders.embed import BucketOverflow, buckets_for, new_rows
+    from showcase_core.buckets import buckets_for
+    from showcase_core.encoders.embed import BucketOverflow, new_rows
 
     def candidates():
         for start in range(0, ids, BATCH):

@@ -1,11 +1,12 @@
 """Peak memory of ingesting a ~1 GB Gest-raw JSON-lines file (prints figures; not a pass/fail test).
 
-    .venv/bin/python tests/perf/ingest_memory.py [--gb 1.0] [--workdir DIR]
+    .venv/bin/python tests/perf/ingest_memory.py [--gb 1.0] [--photos 2000] [--workdir DIR] [--plan-bucket-rows N]
 
 Generates a raw-format file of the requested size (users with several reviews, 0.1% bad lines, photos from a pool
-of small JPEGs that exist on disk), runs ``python -m jobs.ingest`` on it as its own process, and samples the RSS of
+of ``--photos`` small JPEGs that exist on disk, and one reference in a thousand to a photo that does not), runs
+``python -m jobs.ingest`` on it as its own process (with ``--plan-bucket-rows`` when given), and samples the RSS of
 that process tree every 0.2 s: the driver, the largest single Ray worker, and the whole tree (Ray's own daemons too).
-Goal from the foundation issue: under 2 GiB peak.
+Goal from the foundation issue: under 2 GiB peak. A workdir that already holds the file and the photos is reused.
 """
 
 from __future__ import annotations
@@ -28,15 +29,16 @@ WORDS = ("the ramen was rich and the service was quick we will come back for the
          "parking was easy staff were friendly prices are fair great place overall").split()
 
 
-def write_world(path: str, images: str, target_bytes: int, seed: int = 0) -> int:
+def write_world(path: str, images: str, target_bytes: int, photos: int, seed: int = 0) -> int:
     rng = random.Random(seed)
     os.makedirs(images, exist_ok=True)
-    pics = [f"pic{i:05d}" for i in range(2000)]
+    pics = [f"pic{i:07d}" for i in range(photos)]
     buf = io.BytesIO()
     Image.new("RGB", (8, 8), (200, 80, 40)).save(buf, "JPEG")
     for p in pics:
         with open(os.path.join(images, f"{p}.jpg"), "wb") as f:
             f.write(buf.getvalue())
+    pics += [f"gone{i:07d}" for i in range(photos // 1000 + 1)]  # referenced, never written
     n = 0
     written = 0
     with open(path, "w") as f:
@@ -58,16 +60,21 @@ def write_world(path: str, images: str, target_bytes: int, seed: int = 0) -> int
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gb", type=float, default=1.0)
+    parser.add_argument("--photos", type=int, default=2000)
     parser.add_argument("--workdir", default=None)
+    parser.add_argument("--plan-bucket-rows", type=int, default=0)
     args = parser.parse_args()
     work = args.workdir or tempfile.mkdtemp(prefix="ingest-perf-")
     source, images, root = (os.path.join(work, n) for n in ("image_review_all.json", "images", "root"))
     t0 = time.monotonic()
-    lines = write_world(source, images, int(args.gb * (1 << 30)))
+    if not os.path.exists(source):
+        lines = write_world(source, images, int(args.gb * (1 << 30)), args.photos)
+        print(f"generated {os.path.getsize(source) / (1 << 30):.2f} GiB, {lines:,} lines, {args.photos:,} photos in "
+              f"{time.monotonic() - t0:.0f}s", flush=True)
     size = os.path.getsize(source)
-    print(f"generated {size / (1 << 30):.2f} GiB, {lines:,} lines in {time.monotonic() - t0:.0f}s", flush=True)
-
-    result = run_sampled(["jobs.ingest", "--root", root, "--gest", source])
+    shutil.rmtree(root, ignore_errors=True)
+    extra = ["--plan-bucket-rows", str(args.plan_bucket_rows)] if args.plan_bucket_rows else []
+    result = run_sampled(["jobs.ingest", "--root", root, "--gest", source, *extra])
     wall, peaks = result["wall"], result
     if result["returncode"] != 0:
         print("".join(result["lines"][-40:]))

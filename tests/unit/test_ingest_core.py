@@ -2,15 +2,23 @@
 
 import json
 import os
+import uuid
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from showcase_core.data.ingest import ORDER, commit_ingest, drops_of_chunk, finalize_chunk, list_photo_ids, plan_chunks, \
-    plan_drops, stage_chunk, user_split
+from showcase_core.data.ingest import (ORDER, PhotoLookup, chunk_drops, commit_ingest, drops_of_chunk, finalize_chunk,
+                                       plan_chunks, plan_drops, plan_duplicates, plan_single_users, stage_chunk,
+                                       user_split)
+from showcase_core.data.summary import dataset_summary
 from showcase_core.data.world import make_world
 from showcase_core.store import Store
+
+KEY_SCHEMA = pa.schema([("review_id", pa.string()), ("user_id", pa.string()), (ORDER, pa.int64())])
 
 
 @pytest.fixture(scope="module")
@@ -20,19 +28,19 @@ def tiny(tmp_path_factory):
     return out, summary
 
 
-def ingest_without_ray(root: str, source: str, fmt: str, images: str, chunk_bytes: int, seed: int = 0):
+def ingest_without_ray(root: str, source: str, fmt: str, images: str, chunk_bytes: int, seed: int = 0,
+                       buckets: int = 1):
+    """jobs.ingest's steps in one process: stage the chunks, plan in ``buckets`` buckets of ids, finalize, commit."""
     store = Store.open(root)
-    present = list_photo_ids(images)
     chunks = plan_chunks(source, fmt, chunk_bytes)
     for i, (s, e) in enumerate(chunks):
-        stage_chunk(store, "stage", i, source, fmt, s, e, images, present)
-    import pyarrow.parquet as pq
-    keys = pa.concat_tables(pq.read_table(store.path(f"stage/reviews-{i:05d}.parquet"), columns=["review_id", "user_id", ORDER])
-                            for i in range(len(chunks)))
-    drops = plan_drops(keys, fmt)
+        stage_chunk(store, "stage", i, source, fmt, s, e, images)
+    drop_files = [plan_duplicates(store, "stage", len(chunks), b, buckets) for b in range(buckets)]
+    if fmt == "raw":
+        drop_files += [plan_single_users(store, "stage", len(chunks), b, buckets, drop_files) for b in range(buckets)]
     parts = {"reviews": [], "images": [], "quarantine": []}
     for i in range(len(chunks)):
-        result = finalize_chunk(store, "stage", i, "v1", drops_of_chunk(drops, i), fmt, seed, images)
+        result = finalize_chunk(store, "stage", i, "v1", chunk_drops(store, drop_files, i), fmt, seed, images)
         for k in parts:
             parts[k].append(result[k])
     commit_ingest(store, "v1", parts, {"source": source})
@@ -60,7 +68,7 @@ def test_raw_world_in_many_chunks_equals_one_chunk_and_applies_gest_s1(tiny, tmp
     world, summary = tiny
     src = f"{world}/image_review_all.json"
     one_store, n1 = ingest_without_ray(str(tmp_path / "one"), src, "raw", f"{world}/images", 1 << 30)
-    many_store, n_many = ingest_without_ray(str(tmp_path / "many"), src, "raw", f"{world}/images", 997)
+    many_store, n_many = ingest_without_ray(str(tmp_path / "many"), src, "raw", f"{world}/images", 997, buckets=5)
     assert n1 == 1 and n_many > 10
     for name in ("reviews", "images"):
         a, b = one_store.read_table(name), many_store.read_table(name)
@@ -98,6 +106,19 @@ def test_missing_photo_files_are_quarantined_per_photo(tiny, tmp_path):
     assert not gone & set(store.read_table("images").column("image_id").to_pylist())
 
 
+def test_photo_lookup_finds_the_jpg_files_directly_under_the_root(tmp_path):
+    for name in ("a.jpg", "b.jpg", "c.png"):
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "d.jpg").mkdir()  # a folder is no photo
+    (tmp_path / "d.jpg" / "e.jpg").write_bytes(b"x")
+    lookup = PhotoLookup(str(tmp_path))
+    assert lookup.present(["a", "b", "a", "c", "d", "e", "nope"]) == {"a", "b"}
+    assert lookup.present([]) == set()
+    assert "a" in lookup and "nope" not in lookup
+    lookup.threads = 3  # as on S3: the same answer from slices of the batch on three threads
+    assert lookup.present([*"abcdez", "a"]) == {"a", "b"}
+
+
 def test_user_split_is_seeded_and_roughly_80_10_10():
     users = [f"user{i}" for i in range(5000)]
     a = [user_split(u, 0) for u in users]
@@ -117,6 +138,32 @@ def test_plan_drops_keeps_the_first_duplicate_and_drops_single_users():
     assert dict(zip(*[c.to_pylist() for c in plan_drops(keys, "s2").columns])) == {9: "duplicate_review"}
 
 
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(st.tuples(st.integers(0, 2), st.sampled_from("abcdefgh"), st.sampled_from("uvwxyz")),
+                     max_size=40),
+       buckets=st.integers(1, 6))
+def test_the_plan_bucket_by_bucket_drops_what_the_one_table_plan_drops(tmp_path, rows, buckets):
+    """Any staged rows over three chunks (review ids that repeat, within a user or across users), any number of
+    buckets: the drop files hold the very drops of plan_drops over every row, each once."""
+    store, staging = Store.open(str(tmp_path)), f"stage-{uuid.uuid4().hex}"
+    chunks = [[], [], []]
+    for chunk, review, user in rows:
+        chunks[chunk].append({"review_id": f"{user}_{review}" if review < "e" else review, "user_id": user,
+                              ORDER: (chunk << 40) + len(chunks[chunk])})
+    os.makedirs(store.path(staging))
+    for i, chunk in enumerate(chunks):
+        pq.write_table(pa.Table.from_pylist(chunk, schema=KEY_SCHEMA), store.path(f"{staging}/reviews-{i:05d}.parquet"))
+    keys = pa.Table.from_pylist([r for chunk in chunks for r in chunk], schema=KEY_SCHEMA)
+    for fmt in ("raw", "s2"):
+        files = [plan_duplicates(store, staging, 3, b, buckets) for b in range(buckets)]
+        if fmt == "raw":
+            files += [plan_single_users(store, staging, 3, b, buckets, files) for b in range(buckets)]
+        got = [(o, r) for i in range(3) for o, r in zip(*[c.to_pylist() for c in chunk_drops(store, files, i).columns])]
+        expected = plan_drops(keys, fmt)
+        assert sorted(got) == sorted(zip(*[c.to_pylist() for c in expected.columns]))
+        assert len({o for o, _ in got}) == len(got)
+
+
 def test_a_google_local_text_with_a_lone_surrogate_is_ingested_not_a_crash(tiny, tmp_path):
     world, _ = tiny
     pics = sorted(f[:-4] for f in os.listdir(f"{world}/images") if f.endswith(".jpg"))[:3]
@@ -131,3 +178,17 @@ def test_a_google_local_text_with_a_lone_surrogate_is_ingested_not_a_crash(tiny,
     assert texts == ["good noodles", "the broth \ufffd was rich"]
     quarantine = store.read_table("quarantine").to_pylist()
     assert [(q["reason"], q["field"]) for q in quarantine] == [("invalid_unicode", "user_id")]
+
+
+def test_the_dataset_summary_counts_users_and_businesses_alike_in_any_number_of_buckets(tiny, tmp_path):
+    world, _ = tiny
+    store, _ = ingest_without_ray(str(tmp_path / "root"), f"{world}/filter_all_t.json", "s2", f"{world}/images",
+                                  1 << 20)
+    reviews = store.read_table("reviews")
+    one, many = dataset_summary(store), dataset_summary(store, bucket_rows=3)
+    assert one == many
+    assert one["users"] == len(set(reviews.column("user_id").to_pylist())) > 3
+    assert one["businesses"] == len(set(reviews.column("business_id").to_pylist())) > 3
+    assert one["reviews"] == reviews.num_rows and one["photos"] == store.read_table("images").num_rows
+    words = sum(len(t.split()) for t in reviews.column("review_text").to_pylist() if t is not None)
+    assert one["avg_review_words"] == round(words / (reviews.num_rows - one["reviews_without_text"]), 2)

@@ -1,0 +1,44 @@
+"""Hash buckets of ids, for planning passes that must not hold every id at once (embed's todo lists, ingest's
+duplicates): each pass reads its sources again and keeps the rows of one bucket.
+
+polars' hash of a string is the same in every process of one polars version (all of a job's Ray workers run the
+job's environment), which is all a plan made and used within one run needs. Stored partitions use
+``showcase_core.features.bucket_of`` instead: stable across versions and machines.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+
+def buckets_for(rows: int, bucket_rows: int) -> int:
+    """Buckets for ``rows`` ids of at most ``bucket_rows`` each, with a fifth to spare: a hash spreads ids a little
+    unevenly (embed's planning makes twice the buckets when one is over its limit)."""
+    return max(1, -(-rows * 5 // (4 * bucket_rows)))
+
+
+def in_bucket(table: pa.Table, bucket: int, buckets: int, column: str = "id") -> pa.Table:
+    """The rows of an Arrow table whose ``column`` hashes to ``bucket`` of ``buckets`` (all of them with one bucket):
+    a compact copy, so a bucket's rows never keep a whole source batch alive."""
+    import polars as pl
+
+    if buckets == 1:
+        return table
+    return table.filter((pl.from_arrow(table.column(column)).hash(seed=0) % buckets == bucket).to_arrow())
+
+
+def distinct_counts(batches, columns: list[str], buckets: int) -> dict[str, int]:
+    """How many distinct values each of ``columns`` holds over every Arrow batch of ``batches()`` (called once a
+    bucket), bucket by bucket of values: memory one bucket's distinct values of a column, plus a batch."""
+    import polars as pl
+
+    counts = dict.fromkeys(columns, 0)
+    for bucket in range(buckets):
+        seen = {c: pl.Series(c, [], pl.String) for c in columns}
+        for batch in batches():
+            for c in columns:
+                values = pl.from_arrow(in_bucket(pa.table({c: batch.column(c)}), bucket, buckets, c).column(c))
+                seen[c] = pl.concat([seen[c], values.cast(pl.String).unique()]).unique()
+        for c in columns:
+            counts[c] += len(seen[c].drop_nulls())
+    return counts

@@ -1,0 +1,36 @@
+"""Hash buckets of ids (showcase_core.buckets): a partition of the rows, and distinct counts bucket by bucket."""
+
+import pyarrow as pa
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from showcase_core.buckets import buckets_for, distinct_counts, in_bucket
+
+VALUES = st.one_of(st.none(), st.sampled_from(["a", "b", "c", "é", "", "a b", "x" * 40]), st.text(max_size=6))
+
+
+@settings(max_examples=80, deadline=None)
+@given(batches=st.lists(st.lists(st.tuples(VALUES, VALUES), max_size=12), max_size=5), buckets=st.integers(1, 7))
+def test_distinct_counts_bucket_by_bucket_equal_the_sets_of_every_value(batches, buckets):
+    arrow = [pa.record_batch({"user": pa.array([u for u, _ in rows], pa.string()),
+                              "business": pa.array([b for _, b in rows], pa.string())}) for rows in batches]
+    got = distinct_counts(lambda: iter(arrow), ["user", "business"], buckets)
+    assert got == {"user": len({u for rows in batches for u, _ in rows if u is not None}),
+                   "business": len({b for rows in batches for _, b in rows if b is not None})}
+
+
+@settings(max_examples=40, deadline=None)
+@given(ids=st.lists(st.text(max_size=8), max_size=40), buckets=st.integers(1, 6))
+def test_every_row_falls_in_exactly_one_bucket_and_an_id_always_in_the_same(ids, buckets):
+    table = pa.table({"id": pa.array(ids, pa.string()), "row": pa.array(range(len(ids)), pa.int64())})
+    parts = [in_bucket(table, b, buckets) for b in range(buckets)]
+    assert sorted(r for p in parts for r in p.column("row").to_pylist()) == list(range(len(ids)))
+    owner = {}
+    for b, part in enumerate(parts):
+        for i in part.column("id").to_pylist():
+            assert owner.setdefault(i, b) == b
+
+
+def test_buckets_for_leaves_a_fifth_to_spare():
+    assert buckets_for(0, 10) == 1 and buckets_for(8, 10) == 1 and buckets_for(9, 10) == 2
+    assert buckets_for(4_000_000, 1_000_000) == 5
