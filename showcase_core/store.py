@@ -273,11 +273,13 @@ class Store:
 
         return delta.read(self, f"tables/{name}", self._pinned(name, version), columns)
 
-    def iter_table_batches(self, name: str, columns: list[str] | None = None, batch_size: int = 65536):
-        """Stream the published version of a table batch by batch (constant memory)."""
+    def iter_table_batches(self, name: str, columns: list[str] | None = None, batch_size: int = 65536,
+                           files_ahead: int = 4):
+        """Stream the published version of a table batch by batch (memory: showcase_core.tables.iter_batches)."""
         from . import tables as delta
 
-        yield from delta.iter_batches(self, f"tables/{name}", self._pinned(name, None), columns, batch_size)
+        yield from delta.iter_batches(self, f"tables/{name}", self._pinned(name, None), columns, batch_size,
+                                      files_ahead=files_ahead)
 
     def delete_dir(self, rel: str) -> None:
         path = self.path(rel)

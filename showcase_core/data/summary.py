@@ -16,8 +16,9 @@ def dataset_summary(store: Store, bucket_rows: int = DISTINCT_BUCKET_ROWS) -> di
     whole table."""
     reviews = words = without_text = 0
     splits: dict[str, int] = {}
-    # batches of 8,192 reviews: splitting 65,536 texts into words held about 300 MiB more (a 1 GB Gest-raw file)
-    for batch in store.iter_table_batches("reviews", ["review_text", "split"], batch_size=8192):
+    # one file at a time, in batches of 8,192 reviews: reading four files ahead and splitting 65,536 texts into words
+    # at once held about 540 MiB more over the reviews of a 1 GB Gest-raw file (tests/perf/ingest_memory.py)
+    for batch in store.iter_table_batches("reviews", ["review_text", "split"], batch_size=8192, files_ahead=1):
         reviews += batch.num_rows
         without_text += batch.column("review_text").null_count  # text-less reviews with photos (Gest-raw, Google)
         words += pc.sum(pc.list_value_length(pc.utf8_split_whitespace(batch.column("review_text")))).as_py() or 0
