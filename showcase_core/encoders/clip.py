@@ -180,7 +180,9 @@ def load_encoder(model: str | None = None, pretrained: str | None = None, checkp
             weights = pretrained
             if weights and "://" in weights:  # an s3:// (or file://) weights file: a local copy, cached per node
                 weights = local_weights(weights)
-            net = open_clip.create_model(model, pretrained=weights or None)
+            with torch.random.fork_rng():
+                torch.manual_seed(0)  # no weights given: the same random ones in every process (one encoder_id)
+                net = open_clip.create_model(model, pretrained=weights or None)
         except Exception as e:  # open_clip raises RuntimeError/HF errors for unknown tags or no network
             raise EncoderError(f"cannot load CLIP {model} with pretrained={pretrained!r}: "
                                f"{str(e).splitlines()[0][:200]}") from None

@@ -35,6 +35,19 @@ def test_decode_and_resize_centre_crops_to_a_square_uint8_array():
     assert decode_and_resize(jpeg(10, 10, fmt="PNG"), 16).shape == (16, 16, 3)  # upscales small photos too
 
 
+def test_an_open_clip_model_without_weights_gets_the_same_random_ones_every_time():
+    """embed's actors each load the encoder: random weights that differed per process made each actor refuse its
+    encoder (another encoder_id than the driver's). The caller's random state is left as it was."""
+    import torch
+
+    a = load_encoder(model="RN50", device="cpu")
+    torch.rand(3)  # another random state
+    state = torch.random.get_rng_state()
+    b = load_encoder(model="RN50", device="cpu")
+    assert torch.equal(state, torch.random.get_rng_state())
+    assert a.encoder_id == b.encoder_id and a.encoder_id.startswith("RN50-")
+
+
 def test_tiny_encoder_is_deterministic_and_outputs_unit_vectors():
     a, b = load_encoder(model="showcase-tiny"), load_encoder(model="showcase-tiny")
     assert a.encoder_id == b.encoder_id and a.encoder_id.startswith("showcase-tiny-")
