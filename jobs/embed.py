@@ -59,7 +59,8 @@ class Settings(JobSettings):
                                                       "quarantined (too_many_pixels) undecoded", ge=1)
     decode_cpus: float = setting(1.0, "CPUs per decode task beside GPU actors (on a CPU cluster, decoding runs in the "
                                       "CLIP actors)", gt=0)
-    todo_file_rows: int = setting(2048, "ids per todo file: the unit of parallel decoding", ge=1)
+    todo_file_rows: int = setting(2048, "ids per todo file at most: the unit of work an actor takes (a short list "
+                                        "is cut finer, so that each actor gets 8 files)", ge=1)
     plan_bucket_rows: int = setting(PLAN_BUCKET_ROWS, "ids the driver holds at once while it plans the todo lists "
                                                       "and checks for duplicates (more: fewer passes over the "
                                                       "tables)", ge=1)
@@ -102,10 +103,15 @@ class Plan:
         thread, decoding and embedding in turn, so one actor's decoding never idles a core: decoding small photos
         holds the GIL, and one actor on two threads left its second core idle while it decoded. Decoding on a thread
         beside the model's stalled them instead. The model alone embeds about as many photos either way
-        (tests/perf/embed.py --size large). A GPU actor keeps torch's threads and decodes on one."""
+        (tests/perf/embed.py --size large). A short list (under FILES_PER_ACTOR files an actor: ``todo_file_rows``
+        cuts it finer first) gets fewer CPU actors with more threads each: starting an actor costs seconds, more than
+        such a list's decoding. A GPU actor keeps torch's threads and decodes on one."""
+        from showcase_core.encoders.embed import FILES_PER_ACTOR
+
         actors = max(1, min(self.actors, todo_files))
         if "num_gpus" in self.resources:
             return actors, self.cfg.threads_per_actor, self.cfg.decode_threads or 1
+        actors = max(1, min(actors, -(-todo_files // FILES_PER_ACTOR)))
         threads = self.cfg.threads_per_actor or max(1, self.cpus // actors)
         return actors, threads, self.cfg.decode_threads or threads
 
@@ -238,19 +244,22 @@ def write_kind_todo(plan: Plan, kind: str) -> tuple[dict, list[str]]:
     The driver plans bucket by bucket of ids (``new_rows``), holding at most ``--plan-bucket-rows`` of them; a
     bucket that would hold more makes it plan again with twice the buckets."""
     from showcase_core.buckets import buckets_for
-    from showcase_core.encoders.embed import BucketOverflow, committed_id_tables, committed_rows, new_rows
+    from showcase_core.encoders.embed import (BucketOverflow, committed_id_tables, committed_rows, new_rows,
+                                              todo_file_rows)
 
     store, cfg, staging = plan.store, plan.cfg, f"{plan.staging}/{kind}"
     tables = ("images", "quarantine") if kind == "images" else ("texts",)
     already = committed_rows(store, plan.encoder_id, tables)
     candidates = (lambda: image_tables(store)) if kind == "images" else (lambda: text_tables(store))
     sources = ("images", "owner_photos") if kind == "images" else ("reviews", "sentences")  # texts: history too
-    buckets = buckets_for(already + table_rows(store, sources), cfg.plan_bucket_rows)
+    candidate_rows = table_rows(store, sources)
+    buckets = buckets_for(already + candidate_rows, cfg.plan_bucket_rows)
+    file_rows = todo_file_rows(candidate_rows - already, plan.actors, cfg.todo_file_rows)
     while True:
         try:
             rows = new_rows(candidates, lambda: committed_id_tables(store, plan.encoder_id, tables), buckets,
                             cfg.plan_bucket_rows)
-            todo, files = write_todo(store, staging, rows, cfg.todo_file_rows)
+            todo, files = write_todo(store, staging, rows, file_rows)
             break
         except BucketOverflow:
             store.delete_dir(staging)

@@ -172,6 +172,7 @@ def test_embed_without_a_trained_clip_exits_2(tiny_world, tmp_path, ray_local):
 
 
 def test_a_cpu_cluster_gets_an_actor_per_cpu_with_one_thread_and_never_more_actors_than_todo_files():
+    """On CPUs, no more actors than one for each FILES_PER_ACTOR todo files."""
     def pool(files, resources=None, actors=2, cpus=2, **settings):
         cfg = embed.Settings(root="unused", **settings)
         plan = embed.Plan(None, cfg, "enc", 64, {}, actors, resources or {"num_cpus": 1}, 1, cpus, "", {})
@@ -179,6 +180,8 @@ def test_a_cpu_cluster_gets_an_actor_per_cpu_with_one_thread_and_never_more_acto
 
     assert pool(59) == (2, 1, 1)  # (actors, torch threads, decode threads)
     assert pool(1) == (1, 2, 2)  # one todo file: one actor, on both CPUs
+    assert pool(8) == (1, 2, 2) and pool(9) == (2, 1, 1)  # a short list: an actor for each 8 files
+    assert pool(0) == (1, 2, 2)  # nothing to do (no actor starts)
     assert pool(59, actors=4, cpus=16) == (4, 4, 4)  # --actors 4 on 16 CPUs: the CPUs shared out
     assert pool(59, threads_per_actor=3, decode_threads=2) == (2, 3, 2)  # what the settings say wins
     assert pool(59, {"num_gpus": 1}, actors=4) == (4, 0, 1)  # GPU actors: torch's threads, one decoding thread

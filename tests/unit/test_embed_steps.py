@@ -156,3 +156,13 @@ def test_a_bucket_over_its_limit_asks_for_more_buckets_and_duplicates_do_not_cou
     assert sum(len(f) for f in new_rows(frames_of(repeated, 10), frames_of([], 1), 1, bucket_rows=60)) == 50
     with pytest.raises(BucketOverflow):  # committed ids count towards the limit too
         list(new_rows(frames_of(ids[:10], 10), frames_of(ids[10:], 10), 1, bucket_rows=60))
+
+
+def test_a_short_todo_list_is_cut_finer_so_every_actor_gets_several_files():
+    from showcase_core.encoders.embed import todo_file_rows
+
+    assert todo_file_rows(120_000, 2, 2048) == 2048  # a long list: files of the setting's size
+    assert todo_file_rows(12_000, 2, 2048) == 750  # 16 files: 8 for each of two actors
+    assert todo_file_rows(2_532, 2, 2048) == 256  # never under a model batch of rows ...
+    assert todo_file_rows(5_000, 2, 16) == 16  # ... unless the setting says fewer
+    assert todo_file_rows(0, 2, 2048) == todo_file_rows(-5, 0, 2048) == 256
