@@ -29,16 +29,24 @@ def in_bucket(table: pa.Table, bucket: int, buckets: int, column: str = "id") ->
 
 def distinct_counts(batches, columns: list[str], buckets: int) -> dict[str, int]:
     """How many distinct values each of ``columns`` holds over every Arrow batch of ``batches()`` (called once a
-    bucket), bucket by bucket of values: memory one bucket's distinct values of a column, plus a batch."""
+    bucket), bucket by bucket of values: memory about twice one bucket's distinct values of a column, plus a batch.
+    Each batch's values are made unique on arrival and merged when they hold twice what the last merge kept, so
+    many small batches cost a merge now and then, not one each."""
     import polars as pl
 
     counts = dict.fromkeys(columns, 0)
     for bucket in range(buckets):
-        seen = {c: pl.Series(c, [], pl.String) for c in columns}
+        parts: dict[str, list] = {c: [] for c in columns}
+        held, merged = dict.fromkeys(columns, 0), dict.fromkeys(columns, 0)
         for batch in batches():
             for c in columns:
                 values = pl.from_arrow(in_bucket(pa.table({c: batch.column(c)}), bucket, buckets, c).column(c))
-                seen[c] = pl.concat([seen[c], values.cast(pl.String).unique()]).unique()
+                parts[c].append(values.cast(pl.String).unique())
+                held[c] += len(parts[c][-1])
+                if held[c] > 2 * max(merged[c], 65_536):
+                    parts[c] = [pl.concat(parts[c]).unique()]
+                    held[c] = merged[c] = len(parts[c][0])
         for c in columns:
-            counts[c] += len(seen[c].drop_nulls())
+            if parts[c]:
+                counts[c] += len(pl.concat(parts[c]).unique().drop_nulls())
     return counts

@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 
 from .. import tables as delta
-from ..buckets import buckets_for, in_bucket
+from ..buckets import buckets_for, distinct_counts, in_bucket
 from ..store import Store, StoreError
 from ..tables import write_file
 from .photos import MAX_PHOTO_BYTES, MAX_PHOTO_PIXELS
@@ -130,19 +130,15 @@ def new_rows(candidates, committed, buckets: int = 1, bucket_rows: int = PLAN_BU
 
 def duplicate_ids(store: Store, encoder_id: str, kind: str, bucket_rows: int = PLAN_BUCKET_ROWS) -> int:
     """Committed rows of one of the encoder's tables whose id another row has too (0 when each id is committed
-    once), bucket by bucket of ids as ``new_rows`` plans: memory about ``bucket_rows`` ids."""
-    import polars as pl
-
+    once): its rows less its distinct ids, counted bucket by bucket of ids as ``new_rows`` plans (memory about
+    ``bucket_rows`` ids)."""
     rel = embeddings_dir(encoder_id, kind)
     if not delta.exists(store, rel):
         return 0
-    buckets, duplicates = buckets_for(delta.rows(store, rel), bucket_rows), 0
-    for bucket in range(buckets):
-        ids = [in_bucket(t, bucket, buckets) for t in committed_id_tables(store, encoder_id, (kind,))]
-        if ids:
-            ids = pl.from_arrow(pa.concat_tables(ids, promote_options="permissive").column("id"))
-            duplicates += len(ids) - ids.n_unique()
-    return duplicates
+    rows = delta.rows(store, rel)
+    ids = distinct_counts(lambda: committed_id_tables(store, encoder_id, (kind,)), ["id"],
+                          buckets_for(rows, bucket_rows))["id"]
+    return rows - ids
 
 
 def read_embeddings(store: Store, encoder_id: str, kind: str) -> pa.Table:

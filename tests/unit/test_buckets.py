@@ -34,3 +34,13 @@ def test_every_row_falls_in_exactly_one_bucket_and_an_id_always_in_the_same(ids,
 def test_buckets_for_leaves_a_fifth_to_spare():
     assert buckets_for(0, 10) == 1 and buckets_for(8, 10) == 1 and buckets_for(9, 10) == 2
     assert buckets_for(4_000_000, 1_000_000) == 5
+
+
+def test_distinct_counts_merge_many_batches_as_they_come():
+    """Enough values that the batches' uniques are merged on the way (over 2 x 65,536 held), in 1 and 3 buckets."""
+    batches = [pa.record_batch({"id": pa.array([f"id{(b * 3_000 + i) % 90_001}" for i in range(6_000)])})
+               for b in range(60)]
+    expected = len({v for batch in batches for v in batch.column("id").to_pylist()})
+    assert expected > 2 * 65_536 // 3
+    assert distinct_counts(lambda: iter(batches), ["id"], 1) == distinct_counts(lambda: iter(batches), ["id"], 3) \
+        == {"id": expected}
