@@ -65,7 +65,7 @@ PLAN_BUCKET_ROWS = 1_000_000  # distinct rows a planning pass holds at once (job
 
 
 FILES_PER_ACTOR = 8  # todo files each actor gets at least, when the list is short
-MIN_TODO_FILE_ROWS = 256  # a model batch (--batch-size): a tiny list stays one file, one actor on every CPU
+MIN_TODO_FILE_ROWS = 256  # a model batch at --batch-size's default: a tiny list stays one file, one actor
 
 
 def todo_file_rows(todo: int, actors: int, most: int) -> int:
