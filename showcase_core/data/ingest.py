@@ -119,10 +119,10 @@ class _Writer:
 
 
 def stage_chunk(store: Store, staging: str, index: int, source_uri: str, fmt: str, start: int, end: int,
-                images_uri: str, photos: PhotoLookup | None = None) -> dict:
+                images_uri: str) -> dict:
     """Parse + validate one chunk into ``staging/reviews-<index>.parquet`` and ``quarantine-<index>``. The photos of
-    LOOKUP_RECORDS records at a time are looked up under ``images_uri`` (``photos``, a PhotoLookup of it)."""
-    photos = photos or PhotoLookup(images_uri)
+    LOOKUP_RECORDS records at a time are looked up under ``images_uri`` (PhotoLookup)."""
+    photos = PhotoLookup(images_uri)
     reviews = _Writer(store, f"{staging}/reviews-{index:05d}.parquet", STAGED)
     bad = _Writer(store, f"{staging}/quarantine-{index:05d}.parquet", schema.QUARANTINE)
     seen = 0
