@@ -2,7 +2,8 @@
 
 - ``dataset``: Table 1 counts of the published tables, the explanation classifier Φ's held-out AUC/F1 when
   ``jobs.distill`` has trained one, and the paper's visual diversity in three levels over the CLIP image embeddings,
-  with a histogram per level (PNG).
+  with a histogram per level (PNG): Ray Data joins the photos with their embeddings and groups them by business, so no
+  process holds every photo.
 - ``selection``: the paper's Table 3: random / img / text / img+text (the latest DPP models), Prec/Recall/F1/Div@K.
 - ``generation``: Table 2/4: every variant of the latest PC²L explaining the DPP's K picks, with Figure 6's plots.
 - ``recommend``: the candidate recommenders (showcase_core.recommend.evaluation): every model of the latest published
@@ -32,7 +33,8 @@ from showcase_core.data.schema import SPLITS
 from showcase_core.evaluation import GENERATION_COLUMNS, PAPER_PHI
 from showcase_core.store import Store, StoreError, filesystem_for, new_run_id, read_text, utc_now, write_bytes_atomic
 
-from .common import DecodingSettings, UserError, new_report, open_store, parse_args, run, setting, versions
+from .common import (DecodingSettings, UserError, new_report, open_store, parse_args, read_table_dataset, run, setting,
+                     start_ray, versions)
 
 STAGES = ("dataset", "selection", "generation", "recommend")
 RECOMMENDER_ORDER = ["alignrec", "lightgcn", "bprmf", "popularity"]  # the issue's expected test Recall@20 order
@@ -78,19 +80,44 @@ def phi_metrics(store: Store) -> dict | None:
 
 def dataset_table(store: Store, cfg: Settings) -> dict:
     from showcase_core.data.summary import dataset_summary
-    from showcase_core.encoders.embed import read_embeddings
 
     encoder_id = registry.resolve_encoder_id(store, cfg.encoder)
     try:
         summary = dataset_summary(store)
-        images = store.read_table("images", ["image_id", "user_id", "business_id"])
-        embeddings = read_embeddings(store, encoder_id, "images")
+        diversity = evaluation.dataset_diversity(business_diversity_batches(store, encoder_id))
     except StoreError as e:
         raise UserError(f"{e}; the dataset report needs ingested tables and image embeddings") from None
-    diversity = evaluation.dataset_diversity(images, embeddings)
     return {"summary": summary, "encoder_id": encoder_id, "photos_embedded": diversity["photos_embedded"],
             "alignment_classifier": phi_metrics(store), "diversity": diversity["diversity"],
             "_groups": diversity["groups"]}
+
+
+def business_diversity_batches(store: Store, encoder_id: str):
+    """Ray Data: each photo (tables/images) joined with its image embedding, grouped by business, each business's
+    diversity groups (``evaluation.business_diversity_rows``); yields their Arrow batches. A worker holds one
+    business's photos, the driver 4 bytes a group (showcase_core.metrics.diversity.DiversityTotals)."""
+    import ray
+
+    from showcase_core import tables as delta
+    from showcase_core.buckets import buckets_for
+    from showcase_core.encoders.embed import embeddings_dir
+
+    rel = embeddings_dir(encoder_id, "images")
+    if not delta.exists(store, rel):
+        raise StoreError(f"no images embeddings for encoder {encoder_id} under {store.root} (run `showcase embed`)")
+    version = delta.current_version(store, "tables/images", store.table_version("images")["version"])
+    photos = delta.rows(store, "tables/images", version)
+    if not photos or not delta.rows(store, rel):
+        return
+    start_ray()
+    # hash partitions per shuffle: one per CPU, fewer on small data (each partition is an aggregator actor)
+    parts = max(1, min(int(ray.cluster_resources().get("CPU", 1)), buckets_for(photos, 100_000)))
+    images = read_table_dataset(store, "tables/images", version, ["image_id", "user_id", "business_id"])
+    vectors = read_table_dataset(store, rel, None, ["id", "embedding"])
+    groups = (images.join(vectors, "inner", parts, on=("image_id",), right_on=("id",))
+              .groupby("business_id", num_partitions=parts)
+              .map_groups(evaluation.business_diversity_rows, batch_format="pyarrow"))
+    yield from groups.iter_batches(batch_size=None, batch_format="pyarrow")
 
 
 def dataset_report(store: Store, cfg: Settings) -> tuple[dict, str, dict]:

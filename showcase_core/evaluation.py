@@ -2,8 +2,8 @@
 
 - ``selection_rows``: Table 3, personalized image selection: the random baseline and each DPP modality's K picks,
   Prec/Recall/F1/Div@K;
-- ``dataset_diversity``: Table 1's visual diversity in three levels (Intra-Business, Inter-User, Intra-User;
-  Appendix B) over the CLIP image embeddings of the photos;
+- ``business_diversity_rows`` + ``dataset_diversity``: Table 1's visual diversity in three levels (Intra-Business,
+  Inter-User, Intra-User; Appendix B) over the CLIP image embeddings of the photos, business by business;
 - ``showcase_photos`` + ``generation_table``: Table 2/4, explanations: each PC²L variant decoding from the DPP's K
   picks and the user's history, scored against the ground-truth explanations, and ground truth itself for the
   reference-free metrics; with Figure 6's length histograms and keyword coverage. ``score_generations`` is its
@@ -58,19 +58,39 @@ def selection_rows(data, examples, dpp_uris: dict[str, str], k: int, seed: int) 
     return [{"method": name, **row, "paper": PAPER_TABLE3.get(name)} for name, row in rows.items()]
 
 
-def dataset_diversity(images: pa.Table, image_embeddings: pa.Table) -> dict:
-    """Visual diversity of the embedded photos (``images``: image_id, user_id, business_id; ``image_embeddings``:
-    id, embedding): per level the pooled div, its photo pairs and groups with the paper's figure, the per-group values
-    (``groups``, for histograms) and the number of photos embedded."""
-    from .metrics.diversity import visual_diversity
-    from .selection.data import embedding_matrix
+def business_diversity_rows(photos: pa.Table) -> pa.Table:
+    """One business's embedded photos (user_id, embedding) -> its groups of the three diversity levels, a row each
+    (level, dis_sum, pairs, photos: the business's photo count on its intra_business row, else 0). jobs.evaluate
+    runs it on each business of a Ray Data group-by, so memory is one business's photos."""
+    import pyarrow.compute as pc
 
-    ids, matrix = embedding_matrix(image_embeddings)
-    row_of = {i: n for n, i in enumerate(ids)}
-    keep = [(row_of[i], u, b) for i, u, b in zip(*(images.column(c).to_pylist()
-                                                  for c in ("image_id", "user_id", "business_id"))) if i in row_of]
-    levels = visual_diversity(matrix[[k[0] for k in keep]], [k[2] for k in keep], [k[1] for k in keep])
-    return {"photos_embedded": len(keep),
+    from .metrics.diversity import business_diversity
+
+    flat = pc.list_flatten(photos.column("embedding")).to_numpy(zero_copy_only=False)
+    levels = business_diversity(flat.reshape(photos.num_rows, -1), photos.column("user_id").to_pylist())
+    rows = [(level, s, n) for level, stats in levels.items() for s, n in stats]
+    return pa.table({"level": [r[0] for r in rows], "dis_sum": pa.array([r[1] for r in rows], pa.float64()),
+                     "pairs": pa.array([r[2] for r in rows], pa.int64()),
+                     "photos": pa.array([photos.num_rows if r[0] == "intra_business" else 0 for r in rows],
+                                        pa.int64())})
+
+
+def dataset_diversity(group_rows) -> dict:
+    """Visual diversity of the embedded photos pooled from ``business_diversity_rows``' tables (an iterable, e.g. a
+    Ray Data dataset's batches): per level the pooled div, its photo pairs and groups with the paper's figure, the
+    per-group values (``groups``, for histograms) and the number of photos embedded. Memory: 4 bytes a group."""
+    import pyarrow.compute as pc
+
+    from .metrics.diversity import LEVELS, DiversityTotals
+
+    totals, photos = DiversityTotals(), 0
+    for table in group_rows:
+        photos += int(pc.sum(table.column("photos")).as_py() or 0)
+        for level in LEVELS:
+            rows = table.filter(pc.equal(table.column("level"), level))
+            totals.add(level, rows.column("dis_sum").to_numpy(), rows.column("pairs").to_numpy())
+    levels = totals.result()
+    return {"photos_embedded": photos,
             "diversity": {level: {"div": d["div"], "pairs": d["pairs"], "groups": len(d["groups"]),
                                   "paper": PAPER_DIVERSITY.get(level)} for level, d in levels.items()},
             "groups": {level: d["groups"] for level, d in levels.items()}}

@@ -28,34 +28,56 @@ def _pair_stats(vectors: np.ndarray) -> tuple[float, int]:
     return pairs - cos_sum, pairs
 
 
-def visual_diversity(features: np.ndarray, business_ids, user_ids) -> dict:
-    """features [N, D] (normalised here), with each photo's business and user. Returns the three levels, their pair
-    counts, and per-group means (per business / per (user, business)) for plotting."""
+LEVELS = ("intra_business", "inter_user", "intra_user")
+
+
+def business_diversity(features: np.ndarray, user_ids) -> dict[str, list[tuple[float, int]]]:
+    """One business's photos [n, D] (normalised here) with each photo's user: per level its groups' (Σ over pairs of
+    dis, pairs): the business itself for Intra-Business and Inter-User, each of its users for Intra-User."""
     features = np.asarray(features, dtype=np.float64)
     features = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
-    by_business, by_pair = defaultdict(list), defaultdict(list)
-    for i, (b, u) in enumerate(zip(business_ids, user_ids)):
+    by_user = defaultdict(list)
+    for i, u in enumerate(user_ids):
+        by_user[u].append(i)
+    business = _pair_stats(features)
+    users = [_pair_stats(features[idx]) for idx in by_user.values()]
+    inter = (business[0] - sum(s for s, _ in users), business[1] - sum(n for _, n in users))
+    return {"intra_business": [business], "inter_user": [inter], "intra_user": users}
+
+
+class DiversityTotals:
+    """The three levels pooled over businesses added one at a time (``add``, ``business_diversity``'s output): per
+    level two sums and each group's mean dis (float32, for histograms), so memory is 4 bytes a group."""
+
+    def __init__(self) -> None:
+        self.sums = {level: [0.0, 0] for level in LEVELS}
+        self.means: dict[str, list[np.ndarray]] = {level: [] for level in LEVELS}
+
+    def add(self, level: str, dis_sums, pairs) -> None:
+        dis_sums, pairs = np.asarray(dis_sums, dtype=np.float64), np.asarray(pairs, dtype=np.int64)
+        self.sums[level][0] += float(dis_sums.sum())
+        self.sums[level][1] += int(pairs.sum())
+        grouped = pairs > 0
+        self.means[level].append((dis_sums[grouped] / pairs[grouped]).astype(np.float32))
+
+    def result(self) -> dict:
+        """Per level the pooled div (NaN without pairs), its pairs and its groups' means."""
+        out = {}
+        for level, (total, pairs) in self.sums.items():
+            means = np.concatenate(self.means[level]) if self.means[level] else np.zeros(0, np.float32)
+            out[level] = {"div": total / pairs if pairs else float("nan"), "pairs": pairs, "groups": means}
+        return out
+
+
+def visual_diversity(features: np.ndarray, business_ids, user_ids) -> dict:
+    """features [N, D] (normalised here), with each photo's business and user, all in memory (jobs.evaluate pools
+    ``business_diversity`` over a Ray Data group-by instead). Returns the three levels, their pair counts, and
+    per-group means (per business / per (user, business)) for plotting."""
+    by_business = defaultdict(list)
+    for i, b in enumerate(business_ids):
         by_business[b].append(i)
-        by_pair[(u, b)].append(i)
-    business_stats = {b: _pair_stats(features[idx]) for b, idx in by_business.items()}
-    pair_stats = {k: _pair_stats(features[idx]) for k, idx in by_pair.items()}
-    inter = defaultdict(lambda: [0.0, 0])
-    for b, (s, n) in business_stats.items():
-        inter[b][0] += s
-        inter[b][1] += n
-    for (_, b), (s, n) in pair_stats.items():
-        inter[b][0] -= s
-        inter[b][1] -= n
-
-    def pooled(stats) -> tuple[float, int]:
-        s = sum(v[0] for v in stats)
-        n = sum(v[1] for v in stats)
-        return (s / n if n else float("nan")), n
-
-    out = {}
-    for level, stats in (("intra_business", business_stats.values()), ("inter_user", inter.values()),
-                         ("intra_user", pair_stats.values())):
-        stats = list(stats)
-        value, pairs = pooled(stats)
-        out[level] = {"div": value, "pairs": pairs, "groups": [s / n for s, n in stats if n > 0]}
-    return out
+    totals = DiversityTotals()
+    for idx in by_business.values():
+        for level, stats in business_diversity(np.asarray(features)[idx], [user_ids[i] for i in idx]).items():
+            totals.add(level, [s for s, _ in stats], [n for _, n in stats])
+    return totals.result()

@@ -12,8 +12,11 @@ from jobs.common import run
 from showcase_core import registry
 from showcase_core.data import schema
 from showcase_core.encoders.clip import load_encoder
+from showcase_core.encoders.embed import read_embeddings
 from showcase_core.generation.decode import generate
 from showcase_core.generation.model import load_pc2l
+from showcase_core.metrics.diversity import visual_diversity
+from showcase_core.selection.data import embedding_matrix
 from showcase_core.store import Store, filesystem_for, read_text
 from tests.conftest import copy_root, world_on_s3
 
@@ -137,6 +140,18 @@ def test_evaluate_dataset_report_with_diversity_plots(embedded_root):
     assert set(levels) == {"intra_business", "inter_user", "intra_user"}
     assert all(0 < d["div"] < 2 and d["pairs"] > 0 for d in levels.values())
     assert levels["intra_business"]["pairs"] == levels["inter_user"]["pairs"] + levels["intra_user"]["pairs"]
+    # the Ray Data join + group-by gives what one process computes from both tables read whole
+    images = store.read_table("images", ["image_id", "user_id", "business_id"])
+    ids, matrix = embedding_matrix(read_embeddings(store, encoder_id, "images"))
+    row_of = {i: n for n, i in enumerate(ids)}
+    embedded = [(row_of[i], u, b) for i, u, b in zip(*(images.column(c).to_pylist() for c in images.column_names))
+                if i in row_of]
+    whole = visual_diversity(matrix[[r for r, _, _ in embedded]], [b for _, _, b in embedded],
+                             [u for _, u, _ in embedded])
+    assert table["photos_embedded"] == len(embedded) > 0
+    for level, d in whole.items():
+        assert (levels[level]["pairs"], levels[level]["groups"]) == (d["pairs"], len(d["groups"]))
+        assert levels[level]["div"] == pytest.approx(d["div"], rel=1e-9)
     for level in ("intra-business", "inter-user", "intra-user"):
         assert open(report["outputs"]["dataset"][f"diversity-{level}.png"], "rb").read(4) == b"\x89PNG"
 

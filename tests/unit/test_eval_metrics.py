@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from showcase_core.data import alignment
+from showcase_core.evaluation import business_diversity_rows, dataset_diversity
 from showcase_core.metrics.diversity import visual_diversity
 from showcase_core.metrics.embedding import clip_align, clip_score
 from showcase_core.metrics.grounding import grounding_rate, names_entity
@@ -69,6 +70,31 @@ def test_visual_diversity_equals_brute_force_over_pairs():
     for level, (value, pairs) in _brute_force_diversity(x, businesses, users).items():
         assert got[level]["pairs"] == pairs
         assert got[level]["div"] == pytest.approx(value, rel=1e-9)
+
+
+def test_diversity_pooled_business_by_business_from_arrow_rows_equals_brute_force():
+    # jobs.evaluate's path: one business's photos at a time (a Ray Data group) -> rows -> pooled in several batches
+    rng = np.random.default_rng(2)
+    n = 90
+    x = rng.normal(size=(n, 8)).astype(np.float32)
+    businesses = [f"b{i}" for i in rng.integers(0, 6, n)]
+    users = [f"u{i}" for i in rng.integers(0, 9, n)]
+    tables = []
+    for b in sorted(set(businesses)):
+        idx = [i for i in range(n) if businesses[i] == b]
+        photos = pa.table({"user_id": [users[i] for i in idx],
+                           "embedding": pa.array([x[i].tolist() for i in idx], pa.list_(pa.float32()))})
+        tables.append(business_diversity_rows(photos))
+    got = dataset_diversity([pa.concat_tables(tables[:2]), *tables[2:]])
+    assert got["photos_embedded"] == n
+    reference = visual_diversity(x, businesses, users)
+    for level, (value, pairs) in _brute_force_diversity(x, businesses, users).items():
+        assert got["diversity"][level]["pairs"] == pairs
+        assert got["diversity"][level]["div"] == pytest.approx(value, rel=1e-6)
+        assert got["diversity"][level]["groups"] == len(reference[level]["groups"])
+        assert sorted(got["groups"][level]) == pytest.approx(sorted(reference[level]["groups"]), rel=1e-6)
+    assert len(got["groups"]["intra_business"]) == len(set(businesses))
+    assert dataset_diversity([])["diversity"]["intra_user"]["pairs"] == 0
 
 
 def test_visual_diversity_of_identical_photos_is_zero_and_orthogonal_is_one():
