@@ -5,9 +5,10 @@
    (``showcase_core.data.gest.read_labels``); its bad rows are quarantined with a reason and counted.
 2. Φ (``showcase_core.data.alignment``) trains on the train pairs, picks the F1-best threshold on val, reports ROC
    AUC and F1 on test, is saved to ``ROOT/models/alignment/<version>/`` and published in the registry.
-3. With ``--extract true``: Ray Data over every review, an actor pool holding CLIP + Φ splits each review into
-   sentences and keeps those Φ says describe at least one of its photos, with those photos: the ``distilled`` table
-   (the SENTENCES schema), published like every table. PC²L can train on it (Gest-s2-style targets from Gest-raw/s1).
+3. With ``--extract true``: Ray Data groups every review with its photos' embeddings in buckets of reviews; an
+   actor pool holding CLIP + Φ splits each review into sentences and keeps those Φ says describe at least one of its
+   photos, with those photos: the ``distilled`` table (the SENTENCES schema), published like every table. PC²L can
+   train on it (Gest-s2-style targets from Gest-raw/s1).
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ from showcase_core.evaluation import PAPER_PHI
 from showcase_core.store import Store, StoreError, new_run_id, utc_now
 from showcase_core.tables import RECORD_KEYS, commit
 
-from .common import (JobSettings, Progress, Timer, UserError, actor_plan, new_report, open_store, parse_args, run,
-                     setting, start_ray, versions)
+from .common import (JobSettings, Progress, Timer, UserError, actor_plan, new_report, open_store, parse_args,
+                     read_table_dataset, run, setting, start_ray, versions)
 
 
 class Settings(JobSettings):
@@ -42,16 +43,15 @@ class Settings(JobSettings):
     lr: float = setting(0.01, "learning rate of Φ", gt=0)
     seed: int = setting(0, "seed of Φ's initialisation and batch order")
     extract: bool = setting(False, "also write the distilled table: Φ's explanation sentences of every review")
-    batch_size: int = setting(256, "reviews per actor batch", ge=1)
+    batch_size: int = setting(256, "reviews an actor explains at once (about: a hash bucket of reviews)", ge=1)
     actors: int = setting(0, "CLIP + Φ actors (0: one per GPU, or 1 on a CPU-only cluster)", ge=0)
     use_gpu: bool = setting(False, "a GPU per actor even when none is up yet (a cluster autoscaling from zero)")
 
 
 @dataclasses.dataclass
 class Inputs:
-    """What Φ trains and extracts on: the reviews, the photos' embeddings and the labelled pairs."""
+    """What Φ trains on: the labelled pairs, the embeddings of their photos, and the labels file's bad rows."""
 
-    reviews: pa.Table
     photo_ids: list[str]
     photo_matrix: np.ndarray
     pairs: pa.Table
@@ -59,25 +59,31 @@ class Inputs:
 
 
 def read_inputs(store: Store, encoder_id: str, labels: str) -> Inputs:
+    """The labelled pairs and the embeddings of their photos only (read as the embeddings table streams by): memory
+    is the pairs, the reviews' and photos' ids, not every photo's embedding nor any review's text."""
     from showcase_core.data import alignment
     from showcase_core.data.gest import AnnotationError, read_labels
     from showcase_core.encoders.embed import read_embeddings
     from showcase_core.selection.data import embedding_matrix
 
     try:
-        reviews = store.read_table("reviews", ["review_id", "review_text", "pic_ids", "split"])
         images = store.read_table("images", ["image_id", "review_id"])
-        photo_ids, photo_matrix = embedding_matrix(read_embeddings(store, encoder_id, "images"))
         if labels:
-            pairs, quarantined = read_labels(labels, reviews, images)
+            pairs, quarantined = read_labels(labels, store.read_table("reviews", ["review_id", "split"]), images)
         else:
             pairs, quarantined = alignment.sidecar_pairs(store.read_table("sentences"), images), []
+        del images
+        vectors = read_embeddings(store, encoder_id, "images", ids=pc.unique(pairs.column("image_id")).to_pylist())
+        if not vectors.num_rows:
+            raise UserError(f"none of the {pairs.num_rows:,} labelled pairs' photos has an embedding of encoder "
+                            f"{encoder_id} (run `showcase embed` with it)")
+        photo_ids, photo_matrix = embedding_matrix(vectors)
     except AnnotationError as e:
         raise UserError(f"--labels {e}") from None
     except StoreError as e:
         raise UserError(f"{e}; distill needs ingested tables, image embeddings and labelled pairs "
                         "(the sentences table or --labels)") from None
-    return Inputs(reviews, photo_ids, photo_matrix, pairs, quarantined)
+    return Inputs(photo_ids, photo_matrix, pairs, quarantined)
 
 
 def load_text_encoder(spec: dict):
@@ -148,14 +154,29 @@ def write_quarantine(store: Store, run_id: str, quarantined: list[dict]) -> None
                             pa.Table.from_pylist(quarantined, schema=schema.QUARANTINE))
 
 
+# the rows of the group-by: a review (no image_id) or an embedded photo of it (no text), with its review's bucket
+BUCKET_ROWS = pa.schema([("bucket", pa.uint64()), ("review_id", pa.string()), ("review_text", pa.string()),
+                         ("pic_ids", pa.list_(pa.string())), ("split", pa.string()), ("image_id", pa.string()),
+                         ("embedding", pa.list_(pa.float32()))])
+
+
+def bucket_rows(batch: pa.Table, buckets: int) -> pa.Table:
+    """A batch of reviews, or of photos with their embeddings, as BUCKET_ROWS (the other kind's columns null)."""
+    from showcase_core.buckets import bucket_column
+
+    columns = [bucket_column(batch, buckets, "review_id")]
+    for field in list(BUCKET_ROWS)[1:]:
+        columns.append(batch.column(field.name).cast(field.type) if field.name in batch.column_names
+                       else pa.nulls(batch.num_rows, field.type))
+    return pa.Table.from_arrays(columns, schema=BUCKET_ROWS)
+
+
 class Distiller:
-    """Ray Data actor: a batch of reviews -> a data file of their explanation sentences (named by the run and the
-    batch's review ids, so a retried batch overwrites its file); returns one row: counts and the file's add record."""
+    """Ray Data actor: one bucket's rows (BUCKET_ROWS: its reviews and their embedded photos) -> a data file of their
+    explanation sentences (named by the run and the bucket's review ids, so a retried bucket overwrites its file);
+    returns one row: counts and the file's add record."""
 
-    def __init__(self, root: str, out_dir: str, run_id: str, spec: dict, classifier_uri: str, threshold: float,
-                 photo_index: list):
-        import ray
-
+    def __init__(self, root: str, out_dir: str, run_id: str, spec: dict, classifier_uri: str, threshold: float):
         from showcase_core.data.alignment import load_classifier
         from showcase_core.encoders.clip import load_encoder
 
@@ -163,21 +184,22 @@ class Distiller:
         self.encoder = load_encoder(**spec)
         self.classifier, _ = load_classifier(classifier_uri)
         self.threshold = threshold
-        ids, self.vectors = ray.get(photo_index[0])
-        self.row_of = {p: i for i, p in enumerate(ids)}
 
-    def photo_vector(self, pic_id: str):
-        i = self.row_of.get(pic_id)
-        return None if i is None else self.vectors[i]
-
-    def __call__(self, batch: dict) -> dict:
+    def __call__(self, bucket: pa.Table) -> dict:
         from showcase_core.data.alignment import distill_reviews
         from showcase_core.encoders.embed import part_name
         from showcase_core.tables import record_columns, write_file
 
-        reviews = [{"review_id": r, "review_text": t, "pic_ids": list(p), "split": s}
-                   for r, t, p, s in zip(batch["review_id"], batch["review_text"], batch["pic_ids"], batch["split"])]
-        rows = distill_reviews(reviews, self.photo_vector, self.encoder.encode_texts, self.classifier, self.threshold)
+        is_photo = pc.is_valid(bucket.column("image_id"))
+        photos, reviews = bucket.filter(is_photo), bucket.filter(pc.invert(is_photo))
+        matrix = pc.list_flatten(photos.column("embedding")).to_numpy(zero_copy_only=False).reshape(photos.num_rows,
+                                                                                                    -1)
+        vectors = dict(zip(photos.column("image_id").to_pylist(), matrix))
+        reviews = sorted(({"review_id": r, "review_text": t or "", "pic_ids": p or [], "split": s}
+                          for r, t, p, s in zip(*(reviews.column(c).to_pylist()
+                                                  for c in ("review_id", "review_text", "pic_ids", "split")))),
+                         key=lambda r: r["review_id"])
+        rows = distill_reviews(reviews, vectors.get, self.encoder.encode_texts, self.classifier, self.threshold)
         name = f"part-{self.run_id}-{part_name([r['review_id'] for r in reviews])[len('part-'):]}"
         part = write_file(self.store, self.out_dir, pa.Table.from_pylist(rows, schema=schema.SENTENCES), name) \
             if rows else {"path": "", "size": 0, "rows": 0, "partition": "{}", "stats": "", "modified_ms": 0}
@@ -185,37 +207,52 @@ class Distiller:
                               reviews_with_explanation=[len({r["review_id"] for r in rows})])
 
 
-def extract_explanations(store: Store, cfg: Settings, run_id: str, inputs: Inputs, spec: dict, phi_uri: str,
+def extract_explanations(store: Store, cfg: Settings, run_id: str, encoder_id: str, spec: dict, phi_uri: str,
                          threshold: float, timer: Timer) -> dict:
-    """Run Φ over every review on an actor pool and commit the distilled table once; the counts."""
+    """Run Φ over every review on an actor pool and commit the distilled table once; the counts.
+
+    Ray Data joins the photos with their embeddings and groups them with their reviews by a hash bucket of about
+    ``--batch-size`` reviews (two shuffles; the reviews' texts go through one): an actor holds one bucket, a
+    shuffle's aggregator one partition of its rows over the cluster's CPUs, the driver the data files' records."""
     import ray
+
+    from showcase_core import tables as delta
+    from showcase_core.buckets import buckets_for
+    from showcase_core.encoders.embed import embeddings_dir
 
     start_ray()
     actors, resources, device = actor_plan(cfg.use_gpu, cfg.actors)
-    out_dir, reviews = "tables/distilled", inputs.reviews
-    chunk = cfg.batch_size * 8  # blocks of a few batches, so every actor of the pool gets work
-    ds = ray.data.from_arrow([reviews.slice(i, chunk) for i in range(0, reviews.num_rows, chunk)]).map_batches(
-        Distiller, fn_constructor_kwargs={"root": store.root, "out_dir": out_dir, "run_id": run_id,
-                                          "classifier_uri": phi_uri, "spec": {**spec, "device": device},
-                                          "threshold": threshold,
-                                          "photo_index": [ray.put((inputs.photo_ids, inputs.photo_matrix))]},
-        batch_size=cfg.batch_size, compute=ray.data.ActorPoolStrategy(size=actors), **resources)
-    progress, parts = Progress("distill", "reviews", reviews.num_rows), []
+    reads = {name: delta.current_version(store, f"tables/{name}", store.table_version(name)["version"])
+             for name in ("reviews", "images")}
+    total = delta.rows(store, "tables/reviews", reads["reviews"])
+    parts = max(1, min(int(ray.cluster_resources().get("CPU", 1)), buckets_for(total, 100_000)))
+    buckets = {"fn_kwargs": {"buckets": buckets_for(total, cfg.batch_size)}, "batch_format": "pyarrow"}
+    photos = (read_table_dataset(store, "tables/images", reads["images"], ["image_id", "review_id"])
+              .join(read_table_dataset(store, embeddings_dir(encoder_id, "images"), None, ["id", "embedding"]),
+                    "inner", parts, on=("image_id",), right_on=("id",))
+              .map_batches(bucket_rows, **buckets))
+    reviews = read_table_dataset(store, "tables/reviews", reads["reviews"],
+                                 ["review_id", "review_text", "pic_ids", "split"]).map_batches(bucket_rows, **buckets)
+    ds = reviews.union(photos).groupby("bucket", num_partitions=parts).map_groups(
+        Distiller, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=actors),
+        fn_constructor_kwargs={"root": store.root, "out_dir": "tables/distilled", "run_id": run_id,
+                               "classifier_uri": phi_uri, "spec": {**spec, "device": device}, "threshold": threshold},
+        **resources)
+    progress, parts_written = Progress("distill", "reviews", total), []
     done = {"reviews": 0, "sentences": 0, "reviews_with_explanation": 0}
     with timer("extract"):
         for stats in ds.iter_batches(batch_size=None, batch_format="pandas"):
             for key in done:
                 done[key] += int(stats[key].sum())
-            parts += [r for r in stats[list(RECORD_KEYS)].to_dict("records") if r["path"]]
+            parts_written += [r for r in stats[list(RECORD_KEYS)].to_dict("records") if r["path"]]
             progress.update(done["reviews"])
-    if done["reviews"] != reviews.num_rows:
-        raise RuntimeError(f"distilled {done['reviews']} of {reviews.num_rows} reviews")
-    reads = {name: store.table_version(name)["version"] for name in ("reviews", "images")}
-    committed = commit(store, out_dir, parts, schema.SENTENCES, run_id=run_id, stage="distill",
+    if done["reviews"] != total:
+        raise RuntimeError(f"distilled {done['reviews']} of {total} reviews")
+    committed = commit(store, "tables/distilled", parts_written, schema.SENTENCES, run_id=run_id, stage="distill",
                        app_id=f"distill/{run_id}", overwrite=True, reads=reads)
     store.record_run("distill", run_id, {"distilled": committed.version}, {"reads": reads})
     print(f"[distill] {done['sentences']:,} explanation sentences from {done['reviews_with_explanation']:,} of "
-          f"{done['reviews']:,} reviews -> {store.uri(out_dir)}", flush=True)
+          f"{done['reviews']:,} reviews -> {store.uri('tables/distilled')}", flush=True)
     return done
 
 
@@ -235,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     registry.publish(store, "alignment", run_id, uri, encoder_id, metrics=metrics, extra={"threshold": threshold})
     write_quarantine(store, run_id, inputs.quarantined)
     if cfg.extract:
-        counts.update(extract_explanations(store, cfg, run_id, inputs, spec, uri, threshold, timer))
+        counts.update(extract_explanations(store, cfg, run_id, encoder_id, spec, uri, threshold, timer))
 
     report.update(counts=counts, model=uri, metrics=metrics, threshold=threshold, encoder_id=encoder_id,
                   timings_s=timer.timings, versions=versions(), finished_at=utc_now())

@@ -1,5 +1,5 @@
 """Hash buckets of ids, for planning passes that must not hold every id at once (embed's todo lists, ingest's
-duplicates): each pass reads its sources again and keeps the rows of one bucket.
+duplicates; distill's groups of reviews): each pass reads its sources again and keeps the rows of one bucket.
 
 polars' hash of a string is the same in every process of one polars version (all of a job's Ray workers run the
 job's environment), which is all a plan made and used within one run needs. Stored partitions use
@@ -17,14 +17,21 @@ def buckets_for(rows: int, bucket_rows: int) -> int:
     return max(1, -(-rows * 5 // (4 * bucket_rows)))
 
 
+def bucket_column(table: pa.Table, buckets: int, column: str = "id") -> pa.Array:
+    """Each row's bucket (0 .. buckets - 1, uint64) by the hash of its ``column`` (polars', as ``in_bucket``)."""
+    import polars as pl
+
+    return (pl.from_arrow(table.column(column)).hash(seed=0) % buckets).to_arrow()
+
+
 def in_bucket(table: pa.Table, bucket: int, buckets: int, column: str = "id") -> pa.Table:
     """The rows of an Arrow table whose ``column`` hashes to ``bucket`` of ``buckets`` (all of them with one bucket):
     a compact copy, so a bucket's rows never keep a whole source batch alive."""
-    import polars as pl
+    import pyarrow.compute as pc
 
     if buckets == 1:
         return table
-    return table.filter((pl.from_arrow(table.column(column)).hash(seed=0) % buckets == bucket).to_arrow())
+    return table.filter(pc.equal(bucket_column(table, buckets, column), pa.scalar(bucket, pa.uint64())))
 
 
 def distinct_counts(batches, columns: list[str], buckets: int) -> dict[str, int]:

@@ -141,17 +141,23 @@ def duplicate_ids(store: Store, encoder_id: str, kind: str, bucket_rows: int = P
     return rows - ids
 
 
-def read_embeddings(store: Store, encoder_id: str, kind: str) -> pa.Table:
-    """All committed embeddings of one kind (images or texts) of an encoder, as one table (id, embedding)."""
+def read_embeddings(store: Store, encoder_id: str, kind: str, ids=None) -> pa.Table:
+    """The committed embeddings of one kind (images or texts) of an encoder, as one table (id, embedding): all of
+    them, or given ``ids`` (a list of strings) only theirs, filtered as the table streams by (memory: those rows and
+    the batches read ahead)."""
+    import pyarrow.compute as pc
+
     rel = embeddings_dir(encoder_id, kind)
     if not delta.exists(store, rel):
         raise StoreError(f"no {kind} embeddings for encoder {encoder_id} under {store.root} (run `showcase embed`)")
-    table = delta.read(store, rel, columns=["id", "embedding"])
+    if ids is None:
+        table = delta.read(store, rel, columns=["id", "embedding"])
+    else:
+        wanted = pc.field("id").isin(pa.array(list(ids), pa.string()))
+        table = delta.dataset(store, rel).to_table(columns=["id", "embedding"], filter=wanted)
     if not table.num_rows:
         return table
     # Delta has no fixed-size list type: restore the contract's fixed-size list<float32>
-    import pyarrow.compute as pc
-
     return table.cast(embeddings_schema(pc.list_value_length(table["embedding"].chunk(0))[0].as_py()))
 
 

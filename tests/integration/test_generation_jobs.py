@@ -11,6 +11,7 @@ from jobs import distill, embed, evaluate, harness, train_dpp, train_pc2l
 from jobs.common import run
 from showcase_core import registry
 from showcase_core.data import schema
+from showcase_core.data.alignment import distill_reviews, load_classifier
 from showcase_core.encoders.clip import load_encoder
 from showcase_core.encoders.embed import read_embeddings
 from showcase_core.generation.decode import generate
@@ -52,6 +53,19 @@ def test_distill_trains_phi_and_extracts_explanations(embedded_root, tmp_path):
     photos = {(i, r) for i, r in zip(*(store.read_table("images").column(c).to_pylist() for c in ("image_id",
                                                                                                    "review_id")))}
     assert all((p, row["review_id"]) in photos for row in distilled.to_pylist() for p in row["pic_ids"])
+    # the buckets of the Ray Data group-by give what one process gives over every review with every photo's vector
+    phi = registry.latest(store, "alignment")
+    classifier, threshold = load_classifier(phi.uri)[0], phi.extra["threshold"]
+    encoder = load_encoder(**registry.encoder(store, encoder_id).extra["spec"], device="cpu")
+    ids, matrix = embedding_matrix(read_embeddings(store, encoder_id, "images"))
+    vectors = dict(zip(ids, matrix))
+    some = read_embeddings(store, encoder_id, "images", ids=[ids[5], ids[0], "not-a-photo"])  # as distill's Φ reads
+    assert sorted(some.column("id").to_pylist()) == sorted([ids[0], ids[5]])
+    assert embedding_matrix(some)[1].tolist() == [vectors[i].tolist() for i in some.column("id").to_pylist()]
+    whole = distill_reviews(store.read_table("reviews", ["review_id", "review_text", "pic_ids", "split"]).to_pylist(),
+                            vectors.get, encoder.encode_texts, classifier, threshold)
+    assert sorted((r["sentence_id"], sorted(r["pic_ids"])) for r in distilled.to_pylist()) == \
+        sorted((r["sentence_id"], sorted(r["pic_ids"])) for r in whole)
 
     # an annotation file with one bad row of each kind: the good rows train, the bad ones are quarantined
     reviews = store.read_table("reviews").to_pylist()

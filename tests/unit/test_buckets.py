@@ -4,7 +4,7 @@ import pyarrow as pa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from showcase_core.buckets import buckets_for, distinct_counts, in_bucket
+from showcase_core.buckets import bucket_column, buckets_for, distinct_counts, in_bucket
 
 VALUES = st.one_of(st.none(), st.sampled_from(["a", "b", "c", "é", "", "a b", "x" * 40]), st.text(max_size=6))
 
@@ -29,6 +29,8 @@ def test_every_row_falls_in_exactly_one_bucket_and_an_id_always_in_the_same(ids,
     for b, part in enumerate(parts):
         for i in part.column("id").to_pylist():
             assert owner.setdefault(i, b) == b
+    # each row's bucket column names the bucket that holds it (distill groups reviews by it)
+    assert [owner[i] for i in ids] == bucket_column(table, buckets).to_pylist()
 
 
 def test_buckets_for_leaves_a_fifth_to_spare():
