@@ -19,6 +19,8 @@ import time
 import traceback
 from typing import Callable
 
+import pyarrow as pa
+
 from showcase_core import __version__, settings
 from showcase_core.features import FeaturesError
 from showcase_core.generation import DECODING
@@ -202,16 +204,44 @@ def actor_plan(use_gpu: bool, actors: int, cpu_actors_default: int = 1) -> tuple
     return actors or cpu_actors_default, {"num_cpus": 1}, "cpu"
 
 
+READ_BLOCK_BYTES = 64 * 2**20  # data files read together into one block, on disk
+
+
 def read_table_dataset(store: Store, rel: str, version: int | None = None, columns: list[str] | None = None):
-    """A version of a Delta table as a Ray Data dataset over its data files (nothing read on the driver)."""
+    """A version of an unpartitioned Delta table as a Ray Data dataset: Ray tasks read its data files, consecutive
+    files of about 64 MiB together as one block (nothing read on the driver). Not ``ray.data.read_parquet``, which
+    first reads every file's footer in a pool of 32 helper actors, 32 more worker processes: 13 of the 28 s of
+    evaluate's dataset stage over 107 k photos (469 embedding files) on 2 CPUs."""
     import ray
 
     from showcase_core import tables as delta
-    from showcase_core.store import filesystem_for
 
-    paths = [filesystem_for(uri)[1] for uri in delta.file_uris(store, rel, version)]
-    ds = ray.data.read_parquet(paths, filesystem=store.fs)
-    return ds.select_columns(columns) if columns else ds
+    blocks: list[list[str]] = []
+    held = READ_BLOCK_BYTES
+    for path, size in delta.data_files(store, rel, version):
+        if held + size > READ_BLOCK_BYTES:
+            blocks.append([])
+            held = 0
+        blocks[-1].append(path)
+        held += size
+    if not blocks:
+        empty = delta.dataset(store, rel, version).schema.empty_table()
+        return ray.data.from_arrow(empty.select(columns) if columns else empty)
+    return ray.data.from_items([{"paths": b} for b in blocks], override_num_blocks=len(blocks)).map_batches(
+        read_data_files, fn_kwargs={"root": store.root, "columns": columns}, batch_size=1, batch_format="pyarrow")
+
+
+def read_data_files(batch: pa.Table, root: str, columns: list[str] | None) -> pa.Table:
+    """Ray Data step: a row of data files (paths relative to ROOT) -> their rows (read again when a read fails
+    mid-stream, as the store's reads are)."""
+    import pyarrow.parquet as pq
+
+    from showcase_core.store import read_bytes
+
+    store = Store.open(root)
+    return pa.concat_tables([pq.read_table(pa.BufferReader(read_bytes(store.fs, store.path(path))), columns=columns)
+                             for paths in batch.column("paths").to_pylist() for path in paths],
+                            promote_options="permissive")
 
 
 def test_barrier(run_id: str, parties: int = 2, timeout_s: float = 180.0) -> None:

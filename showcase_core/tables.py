@@ -357,6 +357,21 @@ def file_uris(store: Store, rel: str, version: int | None = None) -> list[str]:
     return sorted(open_table(store, rel, version).file_uris())
 
 
+def data_files(store: Store, rel: str, version: int | None = None) -> list[tuple[str, int]]:
+    """(path relative to ROOT, bytes) of each data file of a version of an unpartitioned table, in path order (a
+    reader of the files alone would miss a partitioned table's partition columns: ValueError)."""
+    from urllib.parse import unquote
+
+    table = open_table(store, rel, version)
+    if table.metadata().partition_columns:
+        raise ValueError(f"{rel} is partitioned by {table.metadata().partition_columns}: read it with read or dataset")
+    actions = pa.table(table.get_add_actions(flatten=True))  # arro3 -> pyarrow
+    if not actions.num_rows:
+        return []
+    return sorted((posixpath.join(rel, unquote(path)), int(size))
+                  for path, size in zip(actions.column("path").to_pylist(), actions.column("size_bytes").to_pylist()))
+
+
 def rows(store: Store, rel: str, version: int | None = None) -> int:
     import pyarrow.compute as pc
 

@@ -72,3 +72,30 @@ def test_concurrent_appends_each_land_exactly_once_and_polars_reads_them(s3_stor
     options = {**{k: v for k, v in seaweed.env.items() if k != "AWS_ENDPOINT_URL"},
                "AWS_ENDPOINT_URL": seaweed.endpoint, "AWS_ALLOW_HTTP": "true"}
     assert sorted(pl.read_delta(store.uri("t"), storage_options=options)["id"].to_list()) == ids
+
+
+def test_ray_data_reads_a_table_version_block_by_block_from_s3(s3_store, ray_local, monkeypatch):
+    # jobs read tables into Ray Data with their own reader (no footer-reading actor pool): every row of the version,
+    # consecutive files in blocks of about READ_BLOCK_BYTES, the chosen columns; an empty table keeps its schema
+    from jobs import common
+
+    store, schema = s3_store, pa.schema([("id", pa.string()), ("n", pa.int64())])
+    files = [delta.write_file(store, "flat", pa.table({"id": [f"r{i}-{j}" for j in range(i + 1)],
+                                                       "n": list(range(i + 1))}, schema=schema), f"part-{i}.parquet")
+             for i in range(7)]
+    first = delta.commit(store, "flat", files[:5], schema, run_id="one", stage="test", app_id="flat/one")
+    delta.commit(store, "flat", files[5:], schema, run_id="two", stage="test", app_id="flat/two")
+    monkeypatch.setattr(common, "READ_BLOCK_BYTES", 2 * max(f["size"] for f in files))
+    ds = common.read_table_dataset(store, "flat", columns=["id"])
+    assert ds.materialize().num_blocks() == 4  # 7 files, two to a block
+    assert sorted(ds.to_pandas()["id"]) == sorted(f"r{i}-{j}" for i in range(7) for j in range(i + 1))
+    assert list(ds.to_pandas().columns) == ["id"]
+    assert common.read_table_dataset(store, "flat", first.version, ["n"]).count() == sum(range(1, 6))
+
+    delta.commit(store, "none", [], schema, run_id="e", stage="test", app_id="none/e")
+    empty = common.read_table_dataset(store, "none")
+    assert empty.count() == 0 and empty.schema().names == ["id", "n"]
+    delta.commit(store, "t", [record(store, "a", "2026-04-01")], SCHEMA, run_id="p", stage="test", app_id="t/p",
+                 partition_by=["dt"])
+    with pytest.raises(ValueError, match="partitioned by"):
+        common.read_table_dataset(store, "t")
