@@ -158,7 +158,7 @@ def read_embeddings(store: Store, encoder_id: str, kind: str, ids=None) -> pa.Ta
     if not table.num_rows:
         return table
     # Delta has no fixed-size list type: restore the contract's fixed-size list<float32>
-    return table.cast(embeddings_schema(pc.list_value_length(table["embedding"].chunk(0))[0].as_py()))
+    return table.cast(embeddings_schema(pc.list_value_length(table["embedding"])[0].as_py()))  # (chunks may be empty)
 
 
 def decode_photos(batch: dict, size: int, threads: int = 2, max_bytes: int = MAX_PHOTO_BYTES,

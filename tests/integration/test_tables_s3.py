@@ -99,3 +99,21 @@ def test_ray_data_reads_a_table_version_block_by_block_from_s3(s3_store, ray_loc
                  partition_by=["dt"])
     with pytest.raises(ValueError, match="partitioned by"):
         common.read_table_dataset(store, "t")
+
+
+def test_embeddings_of_some_ids_read_from_a_table_of_many_files(s3_store):
+    # distill's Φ reads only its pairs' photo vectors: files without any of them give empty chunks
+    from showcase_core.encoders.embed import embeddings_dir, read_embeddings
+
+    rel = embeddings_dir("enc", "images")
+    schema = pa.schema([("id", pa.string()), ("embedding", pa.list_(pa.float32()))])
+    # every file's id range spans the wanted ids, so none is skipped by its statistics
+    files = [delta.write_file(s3_store, rel, pa.table({"id": [f"{c}{i}" for c in "amz"],
+                                                       "embedding": [[float(i), float(j)] for j in range(3)]},
+                                                      schema=schema), f"part-{i}.parquet") for i in range(3)]
+    delta.commit(s3_store, rel, files, schema, run_id="e", stage="test", app_id="e")
+    some = read_embeddings(s3_store, "enc", "images", ids=["m2", "a2", "nope"])
+    assert sorted(zip(some.column("id").to_pylist(), some.column("embedding").to_pylist())) == \
+        [("a2", [2.0, 0.0]), ("m2", [2.0, 1.0])]
+    assert some.schema.field("embedding").type.list_size == 2  # the contract's fixed-size list
+    assert read_embeddings(s3_store, "enc", "images", ids=["nope"]).num_rows == 0
