@@ -88,6 +88,19 @@ def embed_with_features(root: str) -> str:
     return encoder_id
 
 
+def stage_reports(store, stage: str) -> list[dict]:
+    """A stage's run reports under ROOT/reports/<stage>/, in the order they were written (run ids order by the second
+    a run started, then at random)."""
+    import json
+
+    import pyarrow.fs as pafs
+
+    infos = [i for i in store.fs.get_file_info(pafs.FileSelector(store.path(f"reports/{stage}")))
+             if i.path.endswith(".json")]
+    return [json.loads(store.fs.open_input_stream(i.path).read()) for i in sorted(infos, key=lambda i: (i.mtime_ns,
+                                                                                                         i.path))]
+
+
 def copy_root(template: str, tmp_path_factory, name: str) -> str:
     import shutil
 

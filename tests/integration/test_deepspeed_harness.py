@@ -15,13 +15,13 @@ from jobs.common import run
 from showcase_core import registry
 from showcase_core.encoders.clip import load_encoder
 from showcase_core.store import Store
+from tests.conftest import stage_reports
 
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "cluster", "deepspeed", "cpu_zero1.json")
 
 
 def report(store: Store, stage: str) -> dict:
-    infos = store.fs.get_file_info(pafs.FileSelector(store.path(f"reports/{stage}")))
-    return json.loads(store.fs.open_input_stream(max(i.path for i in infos)).read())
+    return stage_reports(store, stage)[-1]
 
 
 def test_deepspeed_is_installed():

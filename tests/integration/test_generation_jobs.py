@@ -10,8 +10,9 @@ import pytest
 from jobs import distill, embed, evaluate, harness, train_dpp, train_pc2l
 from jobs.common import run
 from showcase_core import registry
+from showcase_core.buckets import buckets_for, in_bucket
 from showcase_core.data import schema
-from showcase_core.data.alignment import distill_reviews, load_classifier
+from showcase_core.data.alignment import distill_reviews, load_classifier, sidecar_pairs
 from showcase_core.encoders.clip import load_encoder
 from showcase_core.encoders.embed import read_embeddings
 from showcase_core.generation.decode import generate
@@ -19,16 +20,10 @@ from showcase_core.generation.model import load_pc2l
 from showcase_core.metrics.diversity import visual_diversity
 from showcase_core.selection.data import embedding_matrix
 from showcase_core.store import Store, filesystem_for, read_text
-from tests.conftest import copy_root, world_on_s3
+from tests.conftest import copy_root, stage_reports, world_on_s3
 
 SMALL_MODEL = ["--d-model", "32", "--heads", "2", "--encoder-layers", "1", "--decoder-layers", "1", "--vocab-size",
                "400", "--batch-size", "16", "--cpus-per-worker", "1"]
-
-
-def _reports(store: Store, stage: str) -> list[dict]:
-    infos = store.fs.get_file_info(pafs.FileSelector(store.path(f"reports/{stage}")))
-    return [json.loads(read_text(store.fs, i.path)) for i in sorted(infos, key=lambda i: i.path)
-            if i.path.endswith(".json")]
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +37,7 @@ def test_distill_trains_phi_and_extracts_explanations(embedded_root, tmp_path):
     assert run("distill", distill.main, ["--root", root, "--encoder", encoder_id, "--epochs", "10",
                                          "--extract", "true"]) == 0
     store = Store.open(root)
-    report = _reports(store, "distill")[-1]
+    report = stage_reports(store, "distill")[-1]
     test = report["metrics"]["test"]
     assert 0.0 <= test["auc"] <= 1.0 and 0.0 <= test["f1"] <= 1.0 and test["pairs"] > 0
     assert report["counts"]["reviews"] == store.read_table("reviews").num_rows  # every review went through Φ
@@ -67,6 +62,16 @@ def test_distill_trains_phi_and_extracts_explanations(embedded_root, tmp_path):
     assert sorted((r["sentence_id"], sorted(r["pic_ids"])) for r in distilled.to_pylist()) == \
         sorted((r["sentence_id"], sorted(r["pic_ids"])) for r in whole)
 
+    # over --max-sentences, Φ's pairs come from the sentences of one hash bucket of reviews and their photos only
+    sentences, images = store.read_table("sentences"), store.read_table("images", ["image_id", "review_id"])
+    assert run("distill", distill.main, ["--root", root, "--encoder", encoder_id, "--epochs", "2",
+                                         "--max-sentences", str(sentences.num_rows // 2)]) == 0
+    counts = stage_reports(store, "distill")[-1]["counts"]
+    expected = sidecar_pairs(in_bucket(sentences, 0, buckets_for(sentences.num_rows, sentences.num_rows // 2),
+                                       "review_id"), images).num_rows
+    assert 0 < sum(c["pairs"] for c in counts["labelled_pairs"].values()) + counts["pairs_photo_not_embedded"] \
+        == expected < sidecar_pairs(sentences, images).num_rows
+
     # an annotation file with one bad row of each kind: the good rows train, the bad ones are quarantined
     reviews = store.read_table("reviews").to_pylist()
     rows = []
@@ -82,7 +87,7 @@ def test_distill_trains_phi_and_extracts_explanations(embedded_root, tmp_path):
     labels.write_text("\n".join(json.dumps(r) for r in rows))
     assert run("distill", distill.main, ["--root", root, "--encoder", encoder_id, "--labels", str(labels),
                                          "--epochs", "2"]) == 0
-    report = _reports(store, "distill")[-1]
+    report = stage_reports(store, "distill")[-1]
     assert report["counts"]["labels_quarantined"] == 4
     assert sum(c["pairs"] for c in report["counts"]["labelled_pairs"].values()) == len(rows) - 4
     assert run("distill", distill.main, ["--root", root, "--encoder", encoder_id, "--labels",
@@ -112,7 +117,7 @@ def test_train_pc2l_ablation_and_evaluate_generation(embedded_root):
         model, tokenizer, config = load_pc2l(uri)
         assert config["decoder_layers"] == 1 and config["d_model"] == 32
     assert run("evaluate", evaluate.main, ["--root", root, "--stage", "generation", "--beams", "2"]) == 0
-    table = _reports(store, "evaluate")[-1]["generation"]
+    table = stage_reports(store, "evaluate")[-1]["generation"]
     assert [r["method"] for r in table["rows"]] == ["ce", "pc2l", "ground truth"]
     for row in table["rows"][:2]:
         assert {"bleu1", "bleu4", "meteor", "nist", "distinct1", "distinct2", "clip_align", "clip_score",
@@ -120,7 +125,7 @@ def test_train_pc2l_ablation_and_evaluate_generation(embedded_root):
         assert 0 <= row["grounding"] <= 1 and 0 <= row["clip_align"] <= 100
     assert set(table["rows"][2]) >= {"distinct1", "distinct2"} and "bleu1" not in table["rows"][2]
     assert set(table["lengths"]) == {"ground truth", "ce", "pc2l"}
-    outputs = _reports(store, "evaluate")[-1]["outputs"]["generation"]
+    outputs = stage_reports(store, "evaluate")[-1]["outputs"]["generation"]
     for name in ("generation.md", "lengths.png", "keyword-coverage.png"):
         data = store.fs.open_input_stream(store.path(outputs[name].split(store.base + "/", 1)[1])).read() \
             if not outputs[name].startswith("/") else open(outputs[name], "rb").read()
@@ -131,7 +136,7 @@ def test_train_pc2l_ablation_and_evaluate_generation(embedded_root):
     assert run("train_pc2l", train_pc2l.main, ["--root", root, "--encoder", encoder_id, "--epochs", "1",
                                                "--variants", "pc2l", "--seed", "1", *SMALL_MODEL]) == 0
     assert run("evaluate", evaluate.main, ["--root", root, "--stage", "generation", "--compare", first]) == 0
-    report = _reports(store, "evaluate")[-1]
+    report = stage_reports(store, "evaluate")[-1]
     rows = report["generation"]["rows"]
     assert [r["method"] for r in rows] == ["pc2l · gpt2 · seed 1", "ce · gpt2 · seed 0", "pc2l · gpt2 · seed 0",
                                            "ground truth"], [r["method"] for r in rows]
@@ -147,7 +152,7 @@ def test_evaluate_dataset_report_with_diversity_plots(embedded_root):
     root, encoder_id = embedded_root
     assert run("evaluate", evaluate.main, ["--root", root, "--stage", "dataset", "--encoder", encoder_id]) == 0
     store = Store.open(root)
-    report = _reports(store, "evaluate")[-1]
+    report = stage_reports(store, "evaluate")[-1]
     table = report["dataset"]
     assert table["summary"]["photos"] == store.read_table("images").num_rows
     levels = table["diversity"]

@@ -14,7 +14,7 @@ from showcase_core.selection.data import load_selection_data
 from showcase_core.selection.kernel import load_dpp
 from showcase_core.selection.training import evaluate_picks, select
 from showcase_core.store import Store
-from tests.conftest import copy_root
+from tests.conftest import copy_root, stage_reports
 
 
 @pytest.fixture(scope="module")
@@ -24,9 +24,7 @@ def embedded_root(tiny_embedded, tmp_path_factory):
 
 
 def latest_report(store: Store, stage: str) -> dict:
-    infos = store.fs.get_file_info(pafs.FileSelector(store.path(f"reports/{stage}")))
-    paths = sorted(i.path for i in infos if i.path.endswith(".json"))
-    return json.loads(store.fs.open_input_stream(paths[-1]).read())
+    return stage_reports(store, stage)[-1]
 
 
 def test_train_dpp_resumes_after_a_crashed_worker_and_evaluate_writes_table_3(embedded_root, monkeypatch):

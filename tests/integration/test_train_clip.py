@@ -10,12 +10,11 @@ from jobs.common import run
 from showcase_core import registry
 from showcase_core.encoders.clip import load_encoder
 from showcase_core.store import Store, filesystem_for, read_text
-from tests.conftest import world_on_s3
+from tests.conftest import stage_reports, world_on_s3
 
 
 def report(store: Store, stage: str) -> dict:
-    infos = store.fs.get_file_info(pafs.FileSelector(store.path(f"reports/{stage}")))
-    return json.loads(store.fs.open_input_stream(sorted(i.path for i in infos)[-1]).read())
+    return stage_reports(store, stage)[-1]
 
 
 def test_a_crashed_worker_resumes_from_its_checkpoint_on_s3_and_the_model_is_saved(ray_local, seaweed, tiny_world,
