@@ -42,8 +42,9 @@ class Settings(JobSettings):
     epochs: int = setting(30, "passes over the training pairs", ge=1)
     lr: float = setting(0.01, "learning rate of Φ", gt=0)
     seed: int = setting(0, "seed of Φ's initialisation and batch order")
-    max_sentences: int = setting(100_000, "sentences of the sentences table Φ's pairs come from at most (beyond it, "
-                                          "those of a hash sample of reviews: the driver holds their pairs)", ge=1)
+    max_labelled_sentences: int = setting(100_000, "sentences of the sentences table Φ's pairs come from at most "
+                                                   "(beyond it, those of a hash sample of reviews: the driver holds "
+                                                   "their pairs)", ge=1)
     extract: bool = setting(False, "also write the distilled table: Φ's explanation sentences of every review")
     batch_size: int = setting(256, "reviews an actor explains at once (about: a hash bucket of reviews)", ge=1)
     actors: int = setting(0, "CLIP + Φ actors (0: one per GPU, or 1 on a CPU-only cluster)", ge=0)
@@ -60,9 +61,9 @@ class Inputs:
     quarantined: list[dict]
 
 
-def read_inputs(store: Store, encoder_id: str, labels: str, max_sentences: int) -> Inputs:
+def read_inputs(store: Store, encoder_id: str, labels: str, most_sentences: int) -> Inputs:
     """The labelled pairs and the embeddings of their photos only (read as the embeddings table streams by). From
-    the sentences table, the sentences of a hash sample of reviews when it holds more than ``max_sentences``, and
+    the sentences table, the sentences of a hash sample of reviews when it holds more than ``most_sentences``, and
     only those reviews' photos: memory is about that many sentences' pairs, not the tables' (an annotation file is
     read whole, with the reviews' and photos' ids it is checked against)."""
     from showcase_core.data import alignment
@@ -75,7 +76,7 @@ def read_inputs(store: Store, encoder_id: str, labels: str, max_sentences: int) 
             pairs, quarantined = read_labels(labels, store.read_table("reviews", ["review_id", "split"]),
                                              store.read_table("images", ["image_id", "review_id"]))
         else:
-            pairs, quarantined = alignment.sidecar_pairs(*sampled_sentences(store, max_sentences)), []
+            pairs, quarantined = alignment.sidecar_pairs(*sampled_sentences(store, most_sentences)), []
         vectors = read_embeddings(store, encoder_id, "images", ids=pc.unique(pairs.column("image_id")).to_pylist())
         if not vectors.num_rows:
             raise UserError(f"none of the {pairs.num_rows:,} labelled pairs' photos has an embedding of encoder "
@@ -89,14 +90,14 @@ def read_inputs(store: Store, encoder_id: str, labels: str, max_sentences: int) 
     return Inputs(photo_ids, photo_matrix, pairs, quarantined)
 
 
-def sampled_sentences(store: Store, max_sentences: int) -> tuple[pa.Table, pa.Table]:
+def sampled_sentences(store: Store, most_sentences: int) -> tuple[pa.Table, pa.Table]:
     """(sentences, their reviews' photos (image_id, review_id)): every sentence, or those of the reviews in one hash
-    bucket of about ``max_sentences`` sentences (a review's sentences stay together; splits keep their shares)."""
+    bucket of about ``most_sentences`` sentences (a review's sentences stay together; splits keep their shares)."""
     from showcase_core import tables as delta
     from showcase_core.buckets import buckets_for, in_bucket
 
     total = delta.rows(store, "tables/sentences", store.table_version("sentences")["version"])
-    buckets = buckets_for(total, max_sentences)
+    buckets = buckets_for(total, most_sentences)
     kept = [in_bucket(pa.Table.from_batches([b]), 0, buckets, "review_id")
             for b in store.iter_table_batches("sentences")]
     sentences = pa.concat_tables(kept) if kept else store.read_table("sentences")
@@ -106,7 +107,7 @@ def sampled_sentences(store: Store, max_sentences: int) -> tuple[pa.Table, pa.Ta
     images = pa.concat_tables(photos) if photos else store.read_table("images", ["image_id", "review_id"])
     if buckets > 1:
         print(f"[distill] Φ's pairs from the {sentences.num_rows:,} sentences of a hash sample of reviews, of "
-              f"{total:,} (--max-sentences {max_sentences:,})", file=sys.stderr, flush=True)
+              f"{total:,} (--max-labelled-sentences {most_sentences:,})", file=sys.stderr, flush=True)
     return sentences, images
 
 
@@ -285,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     store = open_store(cfg.root)
     encoder_id = registry.resolve_encoder_id(store, cfg.encoder)
     spec = registry.encoder(store, encoder_id).extra["spec"]
-    inputs = read_inputs(store, encoder_id, cfg.labels, cfg.max_sentences)
+    inputs = read_inputs(store, encoder_id, cfg.labels, cfg.max_labelled_sentences)
     run_id, timer = new_run_id(), Timer()
     report = new_report("distill", cfg, run_id)
 

@@ -62,10 +62,11 @@ def test_distill_trains_phi_and_extracts_explanations(embedded_root, tmp_path):
     assert sorted((r["sentence_id"], sorted(r["pic_ids"])) for r in distilled.to_pylist()) == \
         sorted((r["sentence_id"], sorted(r["pic_ids"])) for r in whole)
 
-    # over --max-sentences, Φ's pairs come from the sentences of one hash bucket of reviews and their photos only
+    # over --max-labelled-sentences, Φ's pairs come from the sentences of one hash bucket of reviews and their
+    # photos only
     sentences, images = store.read_table("sentences"), store.read_table("images", ["image_id", "review_id"])
     assert run("distill", distill.main, ["--root", root, "--encoder", encoder_id, "--epochs", "2",
-                                         "--max-sentences", str(sentences.num_rows // 2)]) == 0
+                                         "--max-labelled-sentences", str(sentences.num_rows // 2)]) == 0
     counts = stage_reports(store, "distill")[-1]["counts"]
     expected = sidecar_pairs(in_bucket(sentences, 0, buckets_for(sentences.num_rows, sentences.num_rows // 2),
                                        "review_id"), images).num_rows
