@@ -232,14 +232,19 @@ def read_table_dataset(store: Store, rel: str, version: int | None = None, colum
 
 
 def read_data_files(batch: pa.Table, root: str, columns: list[str] | None) -> pa.Table:
-    """Ray Data step: a row of data files (paths relative to ROOT) -> their rows (read again when a read fails
-    mid-stream, as the store's reads are)."""
+    """Ray Data step: a row of data files (paths relative to ROOT) -> their rows, only ``columns`` read from each
+    (a read that fails mid-stream is made again, as the store's reads are)."""
     import pyarrow.parquet as pq
 
-    from showcase_core.store import read_bytes
+    from showcase_core.store import retrying
 
     store = Store.open(root)
-    return pa.concat_tables([pq.read_table(pa.BufferReader(read_bytes(store.fs, store.path(path))), columns=columns)
+
+    def read(path: str) -> pa.Table:
+        with store.fs.open_input_file(store.path(path)) as f:
+            return pq.ParquetFile(f).read(columns=columns)
+
+    return pa.concat_tables([retrying(lambda: read(path), retry=lambda err: not isinstance(err, FileNotFoundError))
                              for paths in batch.column("paths").to_pylist() for path in paths],
                             promote_options="permissive")
 
