@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 from showcase_core.buckets import buckets_for
 from showcase_core.data.businesses import read_businesses
 from showcase_core.data.gest import FORMATS, REASONS, detect_format
-from showcase_core.data.owner_photos import read_owner_photos
+from showcase_core.data.owner_photos import photos_present, read_owner_photos
 from showcase_core.data.schema import QUARANTINE
 from showcase_core.data.sentences import partition_of, read_sentences
 from showcase_core.data.ingest import (PLAN_BUCKET_ROWS, PhotoLookup, chunk_drops, commit_ingest, finalize_chunk,
@@ -161,8 +161,8 @@ def _ingest_sentences(store: Store, run_id: str, uri: str, parts: dict, reviews_
 
 def _ingest_business_sidecars(store: Store, run_id: str, sidecars: dict[str, str], parts: dict, images: str) -> dict:
     """Validate the owner-photos and businesses files (``sidecars``: table name -> URI) against the businesses of the
-    reviews just written (owner photos also against the photos under ``images``, one lookup a row); add their data
-    files. It runs as one Ray task, so the driver holds only the counts."""
+    reviews just written (owner photos also against the photos under ``images``, looked up a thousand at a time in a
+    first pass over the file); add their data files. It runs as one Ray task, so the driver holds only the counts."""
     import ray
 
     root, review_paths = store.root, [p["path"] for p in parts["reviews"]]
@@ -170,13 +170,19 @@ def _ingest_business_sidecars(store: Store, run_id: str, sidecars: dict[str, str
     @ray.remote
     def validate() -> dict:
         task_store = Store.open(root)
-        present = PhotoLookup(images)
+        lookup = PhotoLookup(images)
         businesses: set[str] = set()
         for path in review_paths:  # one data file's business_id column at a time
             table = pq.read_table(task_store.path("tables/reviews", path), filesystem=task_store.fs,
                                   columns=["business_id"])
             businesses.update(pc.unique(table.column("business_id")).to_pylist())
-        readers = {"owner_photos": lambda stream, uri: read_owner_photos(stream, uri, businesses, present, images),
+
+        def owner_photos(stream, uri: str) -> dict:
+            with open_binary(uri) as first_pass:  # which of its photos are there, a thousand lookups at a time
+                present = photos_present(first_pass, businesses, lookup)
+            return read_owner_photos(stream, uri, businesses, present, images)
+
+        readers = {"owner_photos": owner_photos,
                    "businesses": lambda stream, uri: read_businesses(stream, uri, businesses)}
         files, counts = {"quarantine": []}, {}
         for name, uri in sidecars.items():

@@ -1,5 +1,6 @@
 """The ingest passes without Ray: what jobs.ingest runs as tasks, called in order here."""
 
+import io
 import json
 import os
 import uuid
@@ -14,6 +15,7 @@ from hypothesis import strategies as st
 from showcase_core.data.ingest import (ORDER, PhotoLookup, chunk_drops, commit_ingest, drops_of_chunk, finalize_chunk,
                                        plan_chunks, plan_drops, plan_duplicates, plan_single_users, stage_chunk,
                                        user_split)
+from showcase_core.data.owner_photos import photos_present, read_owner_photos
 from showcase_core.data.summary import dataset_summary
 from showcase_core.data.world import make_world
 from showcase_core.store import Store
@@ -117,6 +119,33 @@ def test_photo_lookup_finds_the_jpg_files_directly_under_the_root(tmp_path):
     assert "a" in lookup and "nope" not in lookup
     lookup.threads = 3  # as on S3: the same answer from slices of the batch on three threads
     assert lookup.present([*"abcdez", "a"]) == {"a", "b"}
+
+
+def test_owner_photos_are_looked_up_a_batch_at_a_time_with_the_answers_of_one_lookup_a_row(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(0, 25, 2):
+        (images / f"p{i}.jpg").write_bytes(b"x")
+    lines = [json.dumps({"business_id": "b1", "pic_id": f"p{i}"}) for i in range(25)]
+    lines += ["not json", "[1]", "", json.dumps({"business_id": "b2", "pic_id": "p1"}),
+              json.dumps({"business_id": "b1", "pic_id": "../p2"}), json.dumps({"business_id": ["x"], "pic_id": "p4"}),
+              json.dumps({"business_id": "b1", "pic_id": 7}), json.dumps({"business_id": "b1", "pic_id": "p2"})]
+    data = "\n".join(lines).encode()
+
+    class CountingLookup(PhotoLookup):
+        def present(self, pic_ids):
+            self.asked = [*getattr(self, "asked", []), len(pic_ids)]
+            return super().present(pic_ids)
+
+    lookup = CountingLookup(str(images))
+    present = photos_present(io.BytesIO(data), {"b1"}, lookup, batch=10)
+    assert present == {f"p{i}" for i in range(0, 25, 2)}
+    assert lookup.asked == [10, 10, 6]  # the unknown business's, unreadable and unsafe rows are not asked
+    batched = read_owner_photos(io.BytesIO(data), "o.jsonl", {"b1"}, present, str(images))
+    one_a_row = read_owner_photos(io.BytesIO(data), "o.jsonl", {"b1"}, PhotoLookup(str(images)), str(images))
+    assert batched["table"].equals(one_a_row["table"]) and batched["table"].num_rows == 13
+    assert batched["quarantine"] == one_a_row["quarantine"]
+    assert sorted(r["reason"] for r in batched["quarantine"]).count("owner_photo_missing") == 12
 
 
 def test_user_split_is_seeded_and_roughly_80_10_10():
