@@ -208,45 +208,37 @@ READ_BLOCK_BYTES = 64 * 2**20  # data files read together into one block, on dis
 
 
 def read_table_dataset(store: Store, rel: str, version: int | None = None, columns: list[str] | None = None):
-    """A version of an unpartitioned Delta table as a Ray Data dataset: Ray tasks read its data files, consecutive
-    files of about 64 MiB together as one block (nothing read on the driver). Not ``ray.data.read_parquet``, which
-    first reads every file's footer in a pool of 32 helper actors, 32 more worker processes: 13 of the 28 s of
-    evaluate's dataset stage over 107 k photos (469 embedding files) on 2 CPUs."""
+    """A version of an unpartitioned Delta table as a Ray Data dataset: Ray tasks read its data files
+    (``read_parquet_files``), consecutive files of about 64 MiB on disk in one block (nothing read on the driver).
+    Not ``ray.data.read_parquet``, which first reads every file's footer in a pool of 32 helper actors, 32 more
+    worker processes: 13 of the 28 s of evaluate's dataset stage over 107 k photos (469 embedding files) on 2 CPUs."""
     import ray
 
     from showcase_core import tables as delta
 
-    blocks: list[list[str]] = []
-    held = READ_BLOCK_BYTES
-    for path, size in delta.data_files(store, rel, version):
-        if held + size > READ_BLOCK_BYTES:
-            blocks.append([])
-            held = 0
-        blocks[-1].append(path)
-        held += size
-    if not blocks:
+    files = delta.data_files(store, rel, version)
+    if not files:
         empty = delta.dataset(store, rel, version).schema.empty_table()
         return ray.data.from_arrow(empty.select(columns) if columns else empty)
-    return ray.data.from_items([{"paths": b} for b in blocks], override_num_blocks=len(blocks)).map_batches(
-        read_data_files, fn_kwargs={"root": store.root, "columns": columns}, batch_size=1, batch_format="pyarrow")
+    blocks = max(1, min(len(files), -(-sum(size for _, size in files) // READ_BLOCK_BYTES)))
+    return ray.data.from_items([{"path": store.path(path)} for path, _ in files], override_num_blocks=blocks
+                               ).map_batches(read_parquet_files, batch_size=1, batch_format="pyarrow",
+                                             fn_kwargs={"fs": store.fs, "columns": columns})
 
 
-def read_data_files(batch: pa.Table, root: str, columns: list[str] | None) -> pa.Table:
-    """Ray Data step: a row of data files (paths relative to ROOT) -> their rows, only ``columns`` read from each
-    (a read that fails mid-stream is made again, as the store's reads are)."""
+def read_parquet_files(batch: pa.Table, fs, columns: list[str] | None):
+    """Ray Data step: rows of Parquet file paths (on ``fs``) -> their rows, one row group at a time (a task holds one
+    row group of one file however large the file), only ``columns``; opening a file and each row group's read are
+    made again through a short storage outage, as the store's reads are."""
     import pyarrow.parquet as pq
 
     from showcase_core.store import retrying
 
-    store = Store.open(root)
-
-    def read(path: str) -> pa.Table:
-        with store.fs.open_input_file(store.path(path)) as f:
-            return pq.ParquetFile(f).read(columns=columns)
-
-    return pa.concat_tables([retrying(lambda: read(path), retry=lambda err: not isinstance(err, FileNotFoundError))
-                             for paths in batch.column("paths").to_pylist() for path in paths],
-                            promote_options="permissive")
+    for path in batch.column("path").to_pylist():
+        with retrying(lambda: pq.ParquetFile(path, filesystem=fs),
+                      retry=lambda err: not isinstance(err, FileNotFoundError)) as parquet:
+            for index in range(parquet.num_row_groups):
+                yield retrying(lambda: parquet.read_row_group(index, columns=columns))
 
 
 def test_barrier(run_id: str, parties: int = 2, timeout_s: float = 180.0) -> None:

@@ -62,8 +62,8 @@ from showcase_core.settings import iso_date
 from showcase_core.showcase import PART, QUARANTINE_TABLE, TABLE, resolve_models
 from showcase_core.store import filesystem_for, new_run_id, utc_now
 
-from .common import (Progress, ShowcaseSettings, Timer, UserError, actor_plan, new_report, open_store, parse_args, run,
-                     setting, start_ray, test_barrier, versions)
+from .common import (Progress, ShowcaseSettings, Timer, UserError, actor_plan, new_report, open_store, parse_args,
+                     read_parquet_files, run, setting, start_ray, test_barrier, versions)
 
 
 class Settings(ShowcaseSettings):
@@ -148,19 +148,6 @@ def check_candidate_schema(uri: str, schema: pa.Schema) -> list[str]:
                                          or pa.types.is_null(schema.field(name).type)):
             raise UserError(f"--candidates {uri}: column {name!r} must be numeric, got {schema.field(name).type}")
     return [c for c in PAIRS.names if c in schema.names]
-
-
-def read_candidate_files(batch: pa.Table, fs, columns: list[str]) -> Iterator[pa.Table]:
-    """The candidates in a batch of the files the driver planned (a Ray Data step whose input rows are file paths),
-    one row group at a time, so a task holds one row group of one file however large the file; opening the file and
-    each row group's read are retried through a short storage outage."""
-    from showcase_core.store import retrying
-
-    for path in batch.column("path").to_pylist():
-        with retrying(lambda: pq.ParquetFile(path, filesystem=fs),
-                      retry=lambda err: not isinstance(err, FileNotFoundError)) as parquet:
-            for index in range(parquet.num_row_groups):
-                yield retrying(lambda: parquet.read_row_group(index, columns=columns))
 
 
 def key_pairs(batch: pa.Table, columns: list[str], units: int, groups: int, wave: tuple[int, int],
@@ -472,7 +459,7 @@ def run_wave(source: dict, wave: tuple[int, int], root: str, models: dict, meta:
     # the task ends, so partitions of many units would write them all in one task, with no progress between
     files = ray.data.from_items([{"path": path} for path in source["paths"]],
                                 override_num_blocks=max(1, len(source["paths"])))
-    written = (files.map_batches(read_candidate_files, batch_size=1, batch_format="pyarrow",
+    written = (files.map_batches(read_parquet_files, batch_size=1, batch_format="pyarrow",
                                  fn_kwargs={"fs": source["fs"], "columns": source["columns"]})
                .map_batches(key_pairs, batch_format="pyarrow",
                             fn_kwargs={"columns": source["columns"], "units": source["units"],
