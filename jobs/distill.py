@@ -100,11 +100,11 @@ def sampled_sentences(store: Store, most_sentences: int) -> tuple[pa.Table, pa.T
     buckets = buckets_for(total, most_sentences)
     kept = [in_bucket(pa.Table.from_batches([b]), 0, buckets, "review_id")
             for b in store.iter_table_batches("sentences")]
-    sentences = pa.concat_tables(kept) if kept else store.read_table("sentences")
+    sentences = pa.concat_tables(kept) if kept else store.read_table("sentences")  # no batches: the empty table
     reviews = pc.unique(sentences.column("review_id"))
     photos = [pa.Table.from_batches([b]).filter(pc.is_in(b.column("review_id"), value_set=reviews))
               for b in store.iter_table_batches("images", ["image_id", "review_id"])]
-    images = pa.concat_tables(photos) if photos else store.read_table("images", ["image_id", "review_id"])
+    images = pa.concat_tables(photos) if photos else store.read_table("images", ["image_id", "review_id"])  # empty
     if buckets > 1:
         print(f"[distill] Φ's pairs from the {sentences.num_rows:,} sentences of a hash sample of reviews, of "
               f"{total:,} (--max-labelled-sentences {most_sentences:,})", file=sys.stderr, flush=True)
