@@ -62,6 +62,7 @@ def train_loop(config: dict) -> None:
     data = load_selection_data(Store.open(config["root"]), config["encoder_id"], config["max_ground"],
                                ("train", "val"))
     train = data.splits["train"]
+    counts = {"train_examples": len(train), "skipped": data.skipped}  # the report's, from rank 0's checkpoint
     train = train.take(np.arange(rank, len(train), world))
     kernels = {}
     for modality in config["modalities"]:  # each initialised as if trained alone
@@ -71,7 +72,7 @@ def train_loop(config: dict) -> None:
         params, lr=config["lr"], weight_decay=config["weight_decay"]), config)
     device = ray.train.torch.get_device()
     step = harness.optimizer_step(trained)
-    state = harness.restore(trained) or {"epoch": -1, "history": [], "best": {}}
+    state = {**(harness.restore(trained) or {"epoch": -1, "history": [], "best": {}}), "data": counts}
     for epoch in range(state["epoch"] + 1, config["epochs"]):
         t0 = time.monotonic()
         nll = train_epoch(trained.model, step, data, train, config["batch_size"], epoch, config["seed"], device)
@@ -96,20 +97,36 @@ def train_loop(config: dict) -> None:
         harness.report_epoch(trained, metrics, state, config)
 
 
-def check_data(store, encoder_id: str, cfg: Settings) -> dict:
-    """The training examples are there: their count, the reviews skipped and the embedding size."""
+def check_data(store, encoder_id: str) -> int:
+    """Fail fast with one line unless some train-split review has an embedded photo and the encoder's text embeddings
+    are there; returns the embedding size. The examples themselves are built on the workers: the driver reads the
+    reviews' split and photo ids a batch at a time and looks each batch's train photos up in the embeddings until one
+    is found (memory: one batch; the first batch finds one unless next to no photo is embedded)."""
+    import pyarrow.compute as pc
+
+    from showcase_core.encoders.embed import embeddings_dir, read_embeddings
+    from showcase_core.tables import exists
+
+    needs = "train_dpp needs ingested tables and embeddings (run ingest and embed)"
+    for kind in ("images", "texts"):
+        if not exists(store, embeddings_dir(encoder_id, kind)):
+            raise UserError(f"no {kind} embeddings for encoder {encoder_id} under {store.root}; {needs}")
     try:
-        data = load_selection_data(store, encoder_id, cfg.max_ground, ("train",))
+        for batch in store.iter_table_batches("reviews", ["split", "pic_ids"]):
+            train = batch.filter(pc.equal(batch.column("split"), "train"))
+            photos = pc.unique(pc.list_flatten(train.column("pic_ids"))).drop_null()
+            found = read_embeddings(store, encoder_id, "images", ids=photos.to_pylist()) if len(photos) else None
+            if found is not None and found.num_rows:
+                return int(found.schema.field("embedding").type.list_size)
     except StoreError as e:
-        raise UserError(f"{e}; train_dpp needs ingested tables and embeddings (run ingest and embed)") from None
-    if not len(data.splits["train"]):
-        raise UserError("no training examples: no train-split review has embedded photos")
-    return {"train_examples": len(data.splits["train"]), "skipped": data.skipped, "dim": int(data.photo_vecs.shape[1])}
+        raise UserError(f"{e}; {needs}") from None
+    raise UserError("no training examples: no train-split review has embedded photos")
 
 
-def fit_kernels(store, cfg: Settings, run_id: str, encoder_id: str, dim: int, timer: Timer) -> dict:
+def fit_kernels(store, cfg: Settings, run_id: str, encoder_id: str, dim: int, timer: Timer) -> tuple[dict, dict]:
     """Train every modality's kernel in one Ray Train run; save each with its card (the epoch with its best val F1@3,
-    else the last). Returns {modality: {"uri", "metrics", "examples"}}."""
+    else the last). Returns ({modality: {"uri", "metrics", "examples"}}, the examples' counts: train_examples and
+    the reviews skipped per split)."""
     modalities = cfg.modalities.split(",")
     run_name = cfg.run_name or f"train_dpp-{run_id}"
     loop_config = {**cfg.pick("epochs", "batch_size", "lr", "weight_decay", "delta", "max_ground", "eval_every",
@@ -120,7 +137,7 @@ def fit_kernels(store, cfg: Settings, run_id: str, encoder_id: str, dim: int, ti
         raise RuntimeError(f"training the DPP kernels ({', '.join(modalities)}) failed: {result.error}")
     state_dict, extra = harness.load_checkpoint_state(result.checkpoint)
     return {m: save_kernel(store, run_id, run_name, encoder_id, dim, m, cfg.delta, state_dict, extra, loop_config)
-            for m in modalities}
+            for m in modalities}, extra["data"]
 
 
 def save_kernel(store, run_id: str, run_name: str, encoder_id: str, dim: int, modality: str, delta: float,
@@ -155,15 +172,15 @@ def main(argv: list[str] | None = None) -> int:
     cfg = parse_args("train_dpp", Settings, argv)
     store = open_store(cfg.root)
     encoder_id = registry.resolve_encoder_id(store, cfg.encoder)
-    data = check_data(store, encoder_id, cfg)
+    dim = check_data(store, encoder_id)
     run_id, timer = new_run_id(), Timer()
     report = new_report("train_dpp", cfg, run_id)
     start_ray(state_api=True)
-    models = fit_kernels(store, cfg, run_id, encoder_id, data["dim"], timer)
+    models, counts = fit_kernels(store, cfg, run_id, encoder_id, dim, timer)
     registry.publish(store, "dpp", run_id, store.uri("models", "dpp", run_id), encoder_id,
                      variants={m: v["uri"] for m, v in models.items()},
                      metrics={m: v["metrics"] for m, v in models.items()})
-    report.update(counts={"train_examples": data["train_examples"], "skipped": data["skipped"]}, models=models,
+    report.update(counts=counts, models=models,
                   encoder_id=encoder_id, timings_s=timer.timings, versions=versions(), finished_at=utc_now())
     print(f"models: {store.uri('models', 'dpp', run_id)}; report: {store.write_report('train_dpp', run_id, report)}")
     return 0

@@ -51,6 +51,10 @@ def test_train_dpp_resumes_after_a_crashed_worker_and_evaluate_writes_table_3(em
         val = load_selection_data(store, encoder_id, 128, ("val",))
         scores = evaluate_picks(val, val.splits["val"], select(model, val, val.splits["val"]))
         assert scores["f1"] == pytest.approx(card["metrics"]["val_f1"], abs=1e-9)
+    # the examples are built on the workers only: the report's counts are rank 0's, those of every review
+    full = load_selection_data(store, encoder_id, 128, ("train", "val"))
+    assert latest_report(store, "train_dpp")["counts"] == {"train_examples": len(full.splits["train"]),
+                                                           "skipped": full.skipped}
     # the three kernels trained in one run: the fault fired once, and that run resumed from its checkpoint
     cards = [json.loads(open(os.path.join(uri, "card.json")).read()) for uri in latest.variants.values()]
     assert {card["run_name"] for card in cards} == {"dpp-crash"}
@@ -83,6 +87,37 @@ def test_train_dpp_checkpoints_every_n_epochs_and_after_the_last(embedded_root):
                    for path in glob.glob(os.path.join(run_dir, "checkpoint_*", "state.pt")))
     # the two kept (num_to_keep=2): after epoch 6 (every 3rd) and after the last (8); one per epoch would keep 7 and 8
     assert saved == [5, 7]
+
+
+def test_train_dpp_without_embedded_train_photos_exits_2_in_one_line(embedded_root, tmp_path, capsys):
+    import shutil
+
+    import pyarrow.compute as pc
+    from deltalake import write_deltalake
+
+    from showcase_core import tables as delta
+    from showcase_core.encoders.embed import embeddings_dir
+
+    template, encoder_id = embedded_root
+    root = str(tmp_path / "root")
+    shutil.copytree(template, root)
+    store = Store.open(root)
+    reviews = store.read_table("reviews", ["split", "pic_ids"])
+    train_photos = pc.list_flatten(reviews.filter(pc.equal(reviews.column("split"), "train")).column("pic_ids"))
+    images = embeddings_dir(encoder_id, "images")
+    embedded = delta.read(store, images)
+    kept = embedded.filter(pc.invert(pc.is_in(embedded.column("id"), value_set=train_photos)))
+    assert 0 < kept.num_rows < embedded.num_rows  # the val and test photos stay embedded
+    write_deltalake(store.path(images), kept, mode="overwrite")
+    args = ["--root", root, "--encoder", encoder_id, "--epochs", "1"]
+    capsys.readouterr()
+    assert run("train_dpp", train_dpp.main, args) == 2
+    assert capsys.readouterr().err.strip() == ("showcase train_dpp: error: no training examples: no train-split "
+                                               "review has embedded photos")
+    store.delete_dir(embeddings_dir(encoder_id, "texts"))
+    assert run("train_dpp", train_dpp.main, args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"showcase train_dpp: error: no texts embeddings for encoder {encoder_id}") and "\n" not in err
 
 
 def test_train_dpp_bad_settings_exit_2(embedded_root, tmp_path):
