@@ -1,7 +1,7 @@
 """Embedding throughput: the whole embed job vs model-only forward, same model, same machine, same run.
 
     .venv/bin/python tests/perf/embed.py [--size mini|large] [--workdir DIR] [--clip-model showcase-tiny]
-                                         [--threads 2] [--batch-size 256]
+                                         [--threads 2] [--batch-size 256] [--runs 3]
 
 1. Makes (or reuses) a world of the given size in --workdir and ingests it.
 2. Model-only: the same CLIP on photos decoded beforehand (uint8 arrays in memory), batches of --batch-size, for 20 s,
@@ -13,7 +13,8 @@
    writes, commits), timed from process start to exit, with the driver's RSS sampled every 0.5 s. Also prints the
    job's own embedding-stage rate (without Ray start-up and the todo listing).
 Prints the rates and the ratio of the whole job to the model's rate (goal on a 2-core machine: >= 0.8), against each
-arrangement, and the driver's peak RSS.
+arrangement, and the driver's peak RSS; with ``--runs N``, N such runs (the model measured again before each job) and
+the ratios' min / median / max.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import glob
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -78,7 +80,8 @@ def model_only_processes(root: str, clip_model: str, processes: int, batch_size:
 
 
 def whole_job(root: str, clip_model: str, encoder_id: str, batch_size: int) -> dict:
-    shutil.rmtree(os.path.join(root, "embeddings", encoder_id), ignore_errors=True)
+    for table in ("images", "quarantine"):  # the photos' tables only: other benchmarks in the workdir use the texts
+        shutil.rmtree(os.path.join(root, "embeddings", encoder_id, table), ignore_errors=True)
     result = run_sampled(["jobs.embed", "--root", root, "--clip-model", clip_model, "--kinds", "images",
                           "--batch-size", str(batch_size)], every=0.5, tree=False)
     if result["returncode"]:
@@ -94,22 +97,9 @@ def whole_job(root: str, clip_model: str, encoder_id: str, batch_size: int) -> d
             "peak_rss": peak, "report_peak_rss_mb": report["peak_driver_rss_mb"]}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", default="mini", choices=["mini", "large"])
-    parser.add_argument("--workdir", default=None)
-    parser.add_argument("--clip-model", default="showcase-tiny")
-    parser.add_argument("--threads", type=int, default=2, help="the cores the model-only figures use")
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--model-only-process", metavar="ROOT", help=argparse.SUPPRESS)  # one single-threaded process
-    parser.add_argument("--start-at", type=float, default=0.0, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.model_only_process:
-        print(model_only(args.model_only_process, args.clip_model, 1, args.batch_size, start_at=args.start_at)[0])
-        return
-    workdir = args.workdir or tempfile.mkdtemp(prefix="embed-perf-")
-    root = prepare(workdir, args.size)
-
+def measure_once(root: str, args) -> tuple[float, float]:
+    """One run: the model alone (both arrangements), then the whole job; prints the figures and returns the ratios
+    (whole job / model, stage / model)."""
     threaded_rate, encoder_id = model_only(root, args.clip_model, args.threads, args.batch_size)
     processes_rate = model_only_processes(root, args.clip_model, args.threads, args.batch_size)
     model_rate = max(threaded_rate, processes_rate)
@@ -127,7 +117,37 @@ def main() -> None:
           f"{job_rate / processes_rate:.2f} ({args.threads} x 1 thread)")
     print(f"ratio stage / model:      {job['stage_rate'] / model_rate:.2f}")
     print(f"driver peak RSS:          {job['peak_rss'] / 2**20:.0f} MiB sampled, {job['report_peak_rss_mb']:.0f} MiB "
-          f"seen by the job itself, for {job['images']:,} photos")
+          f"seen by the job itself, for {job['images']:,} photos", flush=True)
+    return job_rate / model_rate, job["stage_rate"] / model_rate
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", default="mini", choices=["mini", "large"])
+    parser.add_argument("--workdir", default=None)
+    parser.add_argument("--clip-model", default="showcase-tiny")
+    parser.add_argument("--threads", type=int, default=2, help="the cores the model-only figures use")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--runs", type=int, default=1, help="measure this many times (each run: model, then job)")
+    parser.add_argument("--model-only-process", metavar="ROOT", help=argparse.SUPPRESS)  # one single-threaded process
+    parser.add_argument("--start-at", type=float, default=0.0, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.model_only_process:
+        print(model_only(args.model_only_process, args.clip_model, 1, args.batch_size, start_at=args.start_at)[0])
+        return
+    workdir = args.workdir or tempfile.mkdtemp(prefix="embed-perf-")
+    root = prepare(workdir, args.size)
+    ratios, stage_ratios = [], []
+    for number in range(1, args.runs + 1):
+        if args.runs > 1:
+            print(f"-- run {number} of {args.runs}", flush=True)
+        job_ratio, stage_ratio = measure_once(root, args)
+        ratios.append(job_ratio)
+        stage_ratios.append(stage_ratio)
+    if args.runs > 1:
+        print(f"over {args.runs} runs, min / median / max: whole job / model {min(ratios):.2f} / "
+              f"{statistics.median(ratios):.2f} / {max(ratios):.2f}; stage / model {min(stage_ratios):.2f} / "
+              f"{statistics.median(stage_ratios):.2f} / {max(stage_ratios):.2f}")
     if not args.workdir:
         shutil.rmtree(workdir, ignore_errors=True)
 
