@@ -19,7 +19,7 @@ from typing import Literal
 from pydantic import field_validator, model_validator
 
 from showcase_core import registry
-from showcase_core.generation.data import load_generation_examples
+from showcase_core.generation.data import load_generation_examples, load_generation_targets
 from showcase_core.generation.model import DEFAULT_CONFIG as MODEL
 from showcase_core.generation.training import VARIANTS
 from showcase_core.settings import comma_list
@@ -112,6 +112,9 @@ def train_loop(config: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     splits, _ = load_generation_examples(Store.open(config["root"]), config["encoder_id"], config["targets"],
                                          ("train", "val"), config["model"]["max_photos"], config["model"]["max_history"])
+    if [len(splits["train"]), len(splits["val"])] != [len(config["train_ids"]), len(config["val_ids"])]:
+        raise RuntimeError("the tables changed since the driver chose the examples (their token ids no longer line up "
+                           "with this worker's examples): run train_pc2l again")
     shard = np.arange(rank, len(splits["train"]), world)
     train = splits["train"].take(shard)
     train_ids = [config["train_ids"][i] for i in shard]
@@ -155,19 +158,20 @@ def train_loop(config: dict) -> None:
 
 
 def prepare(store, encoder_id: str, cfg: Settings) -> dict:
-    """Driver side, once for all variants: the examples, the tokenizer, the token ids and the swapped negatives."""
+    """Driver side, once for all variants: the examples' targets (no vectors: the workers build the examples), the
+    tokenizer, the token ids and the swapped negatives."""
     from showcase_core.generation.data import encode_targets
     from showcase_core.generation.entities import swapped_negatives
     from showcase_core.generation.tokenizer import load_pretrained_tokenizer, train_tokenizer
     from showcase_core.weights import local_weights
 
     try:
-        splits, skipped = load_generation_examples(store, encoder_id, cfg.targets, ("train", "val"), cfg.max_photos,
-                                                   cfg.max_history)
+        targets, skipped, dim = load_generation_targets(store, encoder_id, cfg.targets, ("train", "val"),
+                                                        cfg.max_photos)
     except StoreError as e:
         raise UserError(f"{e}; train_pc2l needs ingested tables, embeddings and the {cfg.targets} table") from None
-    if len(splits["train"]) < cfg.batch_size:
-        raise UserError(f"{len(splits['train'])} training examples, fewer than one batch of {cfg.batch_size}")
+    if len(targets["train"]) < cfg.batch_size:
+        raise UserError(f"{len(targets['train'])} training examples, fewer than one batch of {cfg.batch_size}")
     if cfg.decoder == "smollm2-135m":
         from showcase_core.generation.smollm import MissingWeights, load_smollm_tokenizer
 
@@ -181,17 +185,18 @@ def prepare(store, encoder_id: str, cfg: Settings) -> dict:
         except (OSError, StoreError) as e:
             raise UserError(f"--gpt2-path {cfg.gpt2_path}: {str(e).splitlines()[0]}") from None
     else:
-        tokenizer = train_tokenizer(splits["train"].targets, cfg.vocab_size)
-    negatives, vocabulary = swapped_negatives(splits["train"].targets, seed=cfg.seed)
-    return {"splits": splits, "skipped": skipped, "tokenizer": tokenizer, "vocabulary": vocabulary,
-            "train_ids": encode_targets(tokenizer, splits["train"].targets, cfg.max_length),
-            "val_ids": encode_targets(tokenizer, splits["val"].targets, cfg.max_length),
+        tokenizer = train_tokenizer(targets["train"], cfg.vocab_size)
+    negatives, vocabulary = swapped_negatives(targets["train"], seed=cfg.seed)
+    return {"examples": {split: len(texts) for split, texts in targets.items()}, "skipped": skipped, "dim": dim,
+            "tokenizer": tokenizer, "vocabulary": vocabulary,
+            "train_ids": encode_targets(tokenizer, targets["train"], cfg.max_length),
+            "val_ids": encode_targets(tokenizer, targets["val"], cfg.max_length),
             "swapped_ids": [encode_targets(tokenizer, [n], cfg.max_length)[0] if n else None for n in negatives]}
 
 
 def model_config(cfg: Settings, data: dict) -> dict:
     tokenizer = data["tokenizer"]
-    return {**cfg.pick(*MODEL_KEYS), "clip_dim": int(data["splits"]["train"].photos.shape[2]),
+    return {**cfg.pick(*MODEL_KEYS), "clip_dim": data["dim"],
             "vocab_size": len(tokenizer), "bos_token_id": tokenizer.bos_token_id,
             "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
 
@@ -218,10 +223,10 @@ def fit_variant(store, cfg: Settings, run_id: str, encoder_id: str, data: dict, 
     model.load_state_dict(state_dict)
     history = extra["history"]
     final = {k: v for k, v in history[-1].items() if k.startswith("val_")}
-    splits = data["splits"]
+    examples = data["examples"]
     card = {"name": "pc2l", "version": run_id, "variant": variant, "created_at": utc_now(), "run_name": run_name,
             "encoder_id": encoder_id, "targets": cfg.targets, "training": training,
-            "examples": {"train": len(splits["train"]), "val": len(splits["val"]), "skipped": data["skipped"]},
+            "examples": {**examples, "skipped": data["skipped"]},
             "metrics": final, "history": history, "resumed_after_epochs": extra.get("resumed_after_epochs", []),
             "parameters": sum(p.numel() for p in model.parameters()), "versions": versions(),
             # the decoder as built: with --gpt2-path its shape is that directory's, not the --d-model etc. settings
@@ -242,8 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     report = new_report("train_pc2l", cfg, run_id)
     with timer("prepare"):
         data = prepare(store, encoder_id, cfg)
-    splits = data["splits"]
-    print(f"[train_pc2l] {len(splits['train']):,} train / {len(splits['val']):,} val examples; "
+    examples = data["examples"]
+    print(f"[train_pc2l] {examples['train']:,} train / {examples['val']:,} val examples; "
           f"{len(data['vocabulary']):,} entities for swapped negatives "
           f"({sum(n is not None for n in data['swapped_ids']):,} targets have one); "
           f"prepared in {timer.timings['prepare']:.1f}s", file=sys.stderr, flush=True)
@@ -252,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     registry.publish(store, "pc2l", run_id, store.uri("models", "pc2l", run_id), encoder_id,
                      variants={v: m["uri"] for v, m in models.items()},
                      metrics={v: m["metrics"] for v, m in models.items()}, extra={"targets": cfg.targets})
-    report.update(counts={"train_examples": len(splits["train"]), "val_examples": len(splits["val"]),
+    report.update(counts={"train_examples": examples["train"], "val_examples": examples["val"],
                           "skipped": data["skipped"], "entity_vocabulary": len(data["vocabulary"])},
                   models=models, encoder_id=encoder_id, timings_s=timer.timings, versions=versions(),
                   finished_at=utc_now())

@@ -55,30 +55,39 @@ def pack(vector_lists: list[list[np.ndarray]], width: int, dim: int) -> tuple[np
     return out, mask
 
 
-def build_generation_examples(reviews: pa.Table, sentences: pa.Table, image_emb: pa.Table, text_emb: pa.Table,
-                              splits=("train", "val", "test"), max_photos: int = 5,
-                              max_history: int = 10) -> tuple[dict[str, GenerationExamples], dict]:
-    """Examples per split and, per split, how many reviews were skipped and why."""
-    photo_ids, photo_vecs = embedding_matrix(image_emb)
-    row_of_photo = {p: i for i, p in enumerate(photo_ids)}
-    dim = photo_vecs.shape[1]
-    users, _ = features.rows_from_tables(reviews, None, image_emb, text_emb, max_history=max_history)
+REVIEW_COLUMNS = ["review_id", "user_id", "business_id", "split", "pic_ids"]
 
+
+def text_flags(reviews: pa.Table | pa.RecordBatch) -> pa.Table:
+    """The reviews' ``REVIEW_COLUMNS`` and ``has_text`` instead of their texts."""
+    import pyarrow.compute as pc
+
+    return pa.table({**{c: reviews.column(c) for c in REVIEW_COLUMNS},
+                     "has_text": pc.is_valid(reviews.column("review_text"))})
+
+
+def example_reviews(reviews: pa.Table, sentences: pa.Table, embedded, splits=("train", "val", "test"),
+                    max_photos: int = 5) -> tuple[dict[str, list[dict]], dict]:
+    """Which reviews are examples, per split in the reviews' order, and per split how many were skipped and why. An
+    example is {"review_id", "user_id", "business_id", "photo_ids", "target"}; ``reviews``: ``REVIEW_COLUMNS`` and
+    ``has_text`` (``text_flags``), ``embedded``: the embedded photos' ids (anything ``in`` answers). No vectors:
+    ``build_generation_examples`` adds them; train_pc2l's driver needs only this (the tokenizer, the token ids and the
+    swapped negatives come from the targets)."""
     explained: dict[str, list[tuple[int, str, list[str]]]] = {}
     for rid, index, text, pics in zip(*(sentences.column(c).to_pylist()
                                         for c in ("review_id", "sentence_index", "text", "pic_ids"))):
         if pics:
             explained.setdefault(rid, []).append((index, text, pics))
-    rows = reviews.select(["review_id", "user_id", "business_id", "split", "pic_ids", "review_text"]).to_pylist()
+    rows = reviews.select([*REVIEW_COLUMNS, "has_text"]).to_pylist()
 
-    out, skipped = {}, {}
+    chosen, skipped = {}, {}
     for split in splits:
-        built = {k: [] for k in ("review_ids", "user_ids", "business_ids", "photo_ids", "photos", "history", "targets")}
+        chosen[split] = []
         skipped[split] = {"no_text": 0, "no_explanation": 0, "no_embedded_photo": 0}
         for r in rows:
             if r["split"] != split:
                 continue
-            if r["review_text"] is None:  # kept for its photos (Gest-raw, Google Local): never a text target
+            if not r["has_text"]:  # kept for its photos (Gest-raw, Google Local): never a text target
                 skipped[split]["no_text"] += 1
                 continue
             parts = sorted(explained.get(r["review_id"], []))
@@ -86,22 +95,35 @@ def build_generation_examples(reviews: pa.Table, sentences: pa.Table, image_emb:
                 skipped[split]["no_explanation"] += 1
                 continue
             described = [p for _, _, pics in parts for p in pics]
-            photos = [p for p in dict.fromkeys(described + list(r["pic_ids"] or [])) if p in row_of_photo][:max_photos]
+            photos = [p for p in dict.fromkeys(described + list(r["pic_ids"] or [])) if p in embedded][:max_photos]
             if not photos:
                 skipped[split]["no_embedded_photo"] += 1
                 continue
-            history = features.profile(users.get(r["user_id"]), r["business_id"], dim, max_history).history
-            for key, value in (("review_ids", r["review_id"]), ("user_ids", r["user_id"]),
-                               ("business_ids", r["business_id"]), ("photo_ids", photos),
-                               ("photos", [photo_vecs[row_of_photo[p]] for p in photos]),
-                               ("history", list(history)),
-                               ("targets", " ".join(t for _, t, _ in parts))):
-                built[key].append(value)
-        photo_arr, photo_mask = pack(built["photos"], max_photos, dim)
-        hist_arr, hist_mask = pack(built["history"], max_history, dim)
-        out[split] = GenerationExamples(built["review_ids"], built["user_ids"], built["business_ids"],
-                                        built["photo_ids"], photo_arr, photo_mask, hist_arr, hist_mask,
-                                        built["targets"])
+            chosen[split].append({"review_id": r["review_id"], "user_id": r["user_id"],
+                                  "business_id": r["business_id"], "photo_ids": photos,
+                                  "target": " ".join(t for _, t, _ in parts)})
+    return chosen, skipped
+
+
+def build_generation_examples(reviews: pa.Table, sentences: pa.Table, image_emb: pa.Table, text_emb: pa.Table,
+                              splits=("train", "val", "test"), max_photos: int = 5,
+                              max_history: int = 10) -> tuple[dict[str, GenerationExamples], dict]:
+    """Examples per split (``example_reviews`` with their photos' and history's vectors) and, per split, how many
+    reviews were skipped and why."""
+    photo_ids, photo_vecs = embedding_matrix(image_emb)
+    row_of_photo = {p: i for i, p in enumerate(photo_ids)}
+    dim = photo_vecs.shape[1]
+    users, _ = features.rows_from_tables(reviews, None, image_emb, text_emb, max_history=max_history)
+    chosen, skipped = example_reviews(text_flags(reviews), sentences, row_of_photo, splits, max_photos)
+    out = {}
+    for split, examples in chosen.items():
+        photo_arr, photo_mask = pack([[photo_vecs[row_of_photo[p]] for p in e["photo_ids"]] for e in examples],
+                                     max_photos, dim)
+        hist_arr, hist_mask = pack([list(features.profile(users.get(e["user_id"]), e["business_id"], dim,
+                                                          max_history).history) for e in examples], max_history, dim)
+        out[split] = GenerationExamples([e["review_id"] for e in examples], [e["user_id"] for e in examples],
+                                        [e["business_id"] for e in examples], [e["photo_ids"] for e in examples],
+                                        photo_arr, photo_mask, hist_arr, hist_mask, [e["target"] for e in examples])
     return out, skipped
 
 
@@ -140,6 +162,36 @@ def collate(examples: GenerationExamples, idx, target_ids: list[list[int]], toke
         batch["swapped_ids"], batch["swapped_mask"] = sequences([swapped_ids[i] or [] for i in idx])
         batch["has_swap"] = torch.tensor(has)
     return batch
+
+
+def load_generation_targets(store, encoder_id: str, targets: str, splits, max_photos: int) -> tuple[dict, dict, int]:
+    """The examples' targets per split ({split: [text]}, in the order ``load_generation_examples`` builds them), the
+    skipped counts and the embedding size, with no vector but one: the photo embeddings' ids stream by a batch at a
+    time and only the examples' candidate photos are kept (memory: the reviews' ids and photo ids, the targets' texts,
+    one batch of ids; the reviews' texts a batch at a time). The embedding size is 0 when no candidate photo is
+    embedded (then there is no example)."""
+    import pyarrow.compute as pc
+
+    from ..encoders.embed import committed_id_tables, embeddings_dir, read_embeddings
+    from ..store import StoreError
+    from ..tables import exists
+
+    if not exists(store, embeddings_dir(encoder_id, "images")):
+        raise StoreError(f"no images embeddings for encoder {encoder_id} under {store.root} (run `showcase embed`)")
+    columns = [*REVIEW_COLUMNS, "review_text"]
+    flagged = [text_flags(batch) for batch in store.iter_table_batches("reviews", columns)]  # a batch's texts at most
+    reviews = pa.concat_tables(flagged) if flagged else text_flags(store.read_table("reviews", columns))  # (empty)
+    sentences = store.read_table(targets, ["review_id", "sentence_index", "text", "pic_ids"])
+    explained = reviews.filter(pc.is_in(reviews.column("review_id"), value_set=pc.unique(sentences.column("review_id"))))
+    candidates = pc.unique(pa.concat_arrays([pc.list_flatten(table.column("pic_ids")).combine_chunks()
+                                             for table in (sentences, explained)]).drop_null())
+    embedded: set[str] = set()
+    for ids in committed_id_tables(store, encoder_id, ("images",)):
+        embedded.update(ids.column("id").filter(pc.is_in(ids.column("id"), value_set=candidates)).to_pylist())
+    chosen, skipped = example_reviews(reviews, sentences, embedded, splits, max_photos)
+    one = next((e["photo_ids"][0] for examples in chosen.values() for e in examples), None)
+    dim = read_embeddings(store, encoder_id, "images", ids=[one]).schema.field("embedding").type.list_size if one else 0
+    return {split: [e["target"] for e in examples] for split, examples in chosen.items()}, skipped, dim
 
 
 def load_generation_examples(store, encoder_id: str, targets: str, splits, max_photos: int, max_history: int):

@@ -15,6 +15,7 @@ from showcase_core.data import schema
 from showcase_core.data.alignment import distill_reviews, load_classifier, sidecar_pairs
 from showcase_core.encoders.clip import load_encoder
 from showcase_core.encoders.embed import read_embeddings
+from showcase_core.generation.data import load_generation_examples, load_generation_targets
 from showcase_core.generation.decode import generate
 from showcase_core.generation.model import load_pc2l
 from showcase_core.metrics.diversity import visual_diversity
@@ -174,6 +175,36 @@ def test_evaluate_dataset_report_with_diversity_plots(embedded_root):
         assert levels[level]["div"] == pytest.approx(d["div"], rel=1e-9)
     for level in ("intra-business", "inter-user", "intra-user"):
         assert open(report["outputs"]["dataset"][f"diversity-{level}.png"], "rb").read(4) == b"\x89PNG"
+
+
+def test_the_drivers_targets_are_the_workers_examples_in_their_order(embedded_root, tmp_path):
+    """train_pc2l's driver reads no vector: its targets, skip counts and embedding size are those of the examples each
+    worker builds, in the same order (the token ids it hands the workers line up with them), also with half the
+    photos not embedded (reviews lose some photos or all of them)."""
+    import shutil
+
+    from deltalake import write_deltalake
+
+    from showcase_core import tables as delta
+    from showcase_core.encoders.embed import embeddings_dir
+
+    template, encoder_id = embedded_root
+    root = str(tmp_path / "root")
+    shutil.copytree(template, root)
+    store = Store.open(root)
+    splits = ("train", "val", "test")
+    for half in (False, True):
+        if half:
+            images = embeddings_dir(encoder_id, "images")
+            embedded = delta.read(store, images)
+            write_deltalake(store.path(images), embedded.take(list(range(0, embedded.num_rows, 2))), mode="overwrite")
+            assert 0 < delta.rows(store, images) < embedded.num_rows
+        for max_photos in (1, 5):
+            examples, skipped = load_generation_examples(store, encoder_id, "sentences", splits, max_photos, 10)
+            targets, driver_skipped, dim = load_generation_targets(store, encoder_id, "sentences", splits, max_photos)
+            assert driver_skipped == skipped and dim == examples["train"].photos.shape[2] > 0
+            assert targets == {split: examples[split].targets for split in splits} and targets["train"]
+    assert sum(counts["no_embedded_photo"] for counts in skipped.values()) > 0
 
 
 def test_train_pc2l_bad_settings_exit_2(embedded_root, tmp_path):
