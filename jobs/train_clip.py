@@ -44,8 +44,7 @@ def train_loop(config: dict) -> None:
     import torch
 
     from showcase_core.encoders.clip import load_encoder
-    from showcase_core.encoders.photos import read_photos
-    from showcase_core.encoders.training import clip_pairs, train_epoch
+    from showcase_core.encoders.training import DecodedPerBatch, KeptPerPhoto, clip_pairs, scan_photos, train_epoch
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -58,15 +57,20 @@ def train_loop(config: dict) -> None:
     encoder = load_encoder(model=config["clip_model"] or None, pretrained=config["clip_pretrained"] or None,
                            checkpoint=config["clip_checkpoint"] or None, device=str(device))
     uris, all_texts = pairs.column("uri").to_pylist(), pairs.column("text").to_pylist()
-    photos = sorted(set(uris))  # each photo read (and, for the towers, encoded) once however many pairs it is in
-    pixels, ok, errors = read_photos(photos, encoder.image_size)
+    # each photo read once before training, a chunk at a time, however many pairs it is in: the unreadable ones are
+    # left out with their pairs; the towers keep each photo's features, a CLIP reads its photos again batch by batch
+    photos = sorted(set(uris))
+    ok, errors, kept = scan_photos(photos, encoder.image_size,
+                                   encoder.training_photos if encoder.keeps_training_photos else None)
     if pairs.num_rows and not ok:
         raise RuntimeError(f"none of {len(photos)} training photos could be read, e.g. {errors[0]}")
-    row_of = {photos[i]: row for row, i in enumerate(ok)}
-    keep = [j for j, uri in enumerate(uris) if uri in row_of]  # pairs whose photo is unreadable are left out
-    image_inputs, text_inputs = encoder.training_inputs(pixels, [all_texts[j] for j in keep])
-    del pixels  # the towers' features replace the photos; a CLIP's photos are copied into one row per pair below
-    image_inputs = image_inputs[np.array([row_of[uris[j]] for j in keep], dtype=np.int64)]  # one row per pair
+    photos = [photos[i] for i in ok]
+    row_of = {photo: row for row, photo in enumerate(photos)}
+    keep = [j for j, uri in enumerate(uris) if uri in row_of]
+    rows = np.array([row_of[uris[j]] for j in keep], dtype=np.int64)  # each pair's photo
+    text_inputs = encoder.training_texts([all_texts[j] for j in keep])
+    image_inputs = (KeptPerPhoto(torch.cat(kept) if kept else torch.zeros((0, 1)), rows)
+                    if encoder.keeps_training_photos else DecodedPerBatch(photos, rows, encoder.image_size))
 
     trained = harness.prepare(encoder.trainable_module, lambda params: torch.optim.AdamW(
         params, lr=config["lr"], weight_decay=config["weight_decay"]), config)
@@ -96,17 +100,20 @@ def _held_out_recall(encoder, module, held_out) -> dict:
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from showcase_core.encoders.photos import read_photos
-    from showcase_core.encoders.training import retrieval_recall
+    import numpy as np
+
+    from showcase_core.encoders.training import retrieval_recall, scan_photos
 
     encoder.trainable_module = module
     photo_ids = sorted(set(held_out.column("image_id").to_pylist()))
     sentence_ids = sorted(set(held_out.column("sentence_id").to_pylist()))
     uri_of = dict(zip(held_out.column("image_id").to_pylist(), held_out.column("uri").to_pylist()))
     text_of = dict(zip(held_out.column("sentence_id").to_pylist(), held_out.column("text").to_pylist()))
-    pixels, ok, _ = read_photos([uri_of[p] for p in photo_ids], encoder.image_size)
+    ok, _, embedded = scan_photos([uri_of[p] for p in photo_ids], encoder.image_size, encoder.encode_pixels)
     photo_ids = [photo_ids[i] for i in ok]
-    recall = retrieval_recall(encoder.encode_pixels(pixels), photo_ids,
+    size = encoder.image_size
+    recall = retrieval_recall(np.concatenate(embedded) if embedded else
+                              encoder.encode_pixels(np.zeros((0, size, size, 3), np.uint8)), photo_ids,
                               encoder.encode_texts([text_of[s] for s in sentence_ids]), sentence_ids,
                               held_out.filter(pc.is_in(held_out.column("image_id"), value_set=pa.array(photo_ids))))
     return {f"heldout_{k}": v for k, v in recall.items()}

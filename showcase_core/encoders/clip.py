@@ -10,7 +10,8 @@ Four ways to get an encoder, all configuration:
   packages, with linear projections to train (``towers.py``; saved and loaded by checkpoint like a trained CLIP).
 
 Every encoder has the same interface: ``image_size``, ``encode_pixels``, ``encode_texts``, ``encoder_id``, and for
-``train_clip`` the module that learns (``trainable_module``), its per-pair inputs (``training_inputs``) and how a batch
+``train_clip`` the module that learns (``trainable_module``), its inputs (``training_photos``, ``training_texts``,
+``keeps_training_photos``) and how a batch
 of them reaches the device (``image_batch``).
 
 ``encoder_id`` names the architecture and a fingerprint of the weights, so embeddings of different weights never
@@ -107,9 +108,16 @@ class ClipEncoder:
     def trainable_module(self, module: torch.nn.Module) -> None:
         self.model = module
 
-    def training_inputs(self, pixels: np.ndarray, texts: list[str]) -> tuple[np.ndarray, torch.Tensor]:
-        """Per pair, what ``train_epoch`` batches: the uint8 pixels (normalised a batch at a time) and the tokens."""
-        return pixels, self.tokenizer(list(texts))
+    # a CLIP trains on the photos themselves: train_clip decodes them again for every batch instead of keeping them
+    keeps_training_photos = False
+
+    def training_photos(self, pixels: np.ndarray) -> np.ndarray:
+        """What ``train_epoch`` batches for photos: the uint8 pixels (normalised a batch at a time)."""
+        return pixels
+
+    def training_texts(self, texts: list[str]) -> torch.Tensor:
+        """What ``train_epoch`` batches for texts: the tokens."""
+        return self.tokenizer(list(texts))
 
     @staticmethod
     def image_batch(pixels, device: str | torch.device) -> torch.Tensor:

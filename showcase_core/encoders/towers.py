@@ -9,9 +9,9 @@
 
 Training is LiT-style (Zhai et al. 2022, "LiT: Zero-Shot Transfer with Locked-image text Tuning") with both towers
 locked: the same contrastive loss as CLIP (open_clip's ClipLoss), but only the head learns. As the towers never change,
-their features of a training pair are computed once (``training_inputs``) and every epoch trains the head on them,
-which is what keeps this fast on CPU. The head's forward has CLIP's signature (image features, text features,
-logit scale), so ``training.train_epoch`` and the harness train it as they train a CLIP.
+the features of a training photo or text are computed once (``training_photos``, ``training_texts``) and every epoch
+trains the head on them, which is what keeps this fast on CPU. The head's forward has CLIP's signature (image
+features, text features, logit scale), so ``training.train_epoch`` and the harness train it as they train a CLIP.
 
 ``encoder_id`` is ``pretrained-towers-<fingerprint>``, the fingerprint hashing the towers' weights and the head's, and a
 saved model keeps only the head plus the towers' fingerprint: loading it checks that the installed towers are the ones
@@ -168,16 +168,23 @@ class TowersEncoder:
         z = self.head.text_projection(self.text_features(texts))
         return torch.nn.functional.normalize(z, dim=-1).cpu().numpy()
 
-    def training_inputs(self, pixels: np.ndarray, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per pair, what the head trains on: the frozen towers' features, computed once (each distinct text once)."""
+    # the head trains on the frozen towers' features: train_clip computes a photo's once and keeps them (1280 floats)
+    keeps_training_photos = True
+
+    def training_photos(self, pixels: np.ndarray) -> torch.Tensor:
+        """What the head trains on for photos: the frozen image tower's features (on the CPU)."""
+        return self.image_features(pixels).cpu()
+
+    def training_texts(self, texts: list[str]) -> torch.Tensor:
+        """What the head trains on for texts: the frozen text tower's features, each distinct text encoded once."""
         unique, inverse = np.unique(np.asarray(texts, dtype=object).astype(str), return_inverse=True)
         text = self.text_features(unique.tolist())[torch.from_numpy(inverse.reshape(-1)).to(self.device)]
-        # clones: sentence-transformers encodes in inference mode, whose tensors autograd refuses to save for backward
-        return self.image_features(pixels).cpu().clone(), text.cpu().clone()
+        # a clone: sentence-transformers encodes in inference mode, whose tensors autograd refuses to save for backward
+        return text.cpu().clone()
 
     @staticmethod
     def image_batch(images: torch.Tensor, device: torch.device) -> torch.Tensor:
-        """A batch of ``training_inputs`` image features on ``device`` (they are features already)."""
+        """A batch of ``training_photos`` features on ``device`` (they are features already)."""
         return images.to(device, non_blocking=True)
 
 

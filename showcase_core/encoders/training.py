@@ -48,6 +48,59 @@ def clip_pairs(sentences: pa.Table, images: pa.Table, splits: tuple[str, ...]) -
     return pairs.sort_by([("sentence_id", "ascending"), ("image_id", "ascending")])
 
 
+PHOTO_CHUNK = 256  # photos read and decoded at once by ``scan_photos``
+
+
+def scan_photos(uris: list[str], size: int, keep=None, chunk: int = PHOTO_CHUNK) -> tuple[list[int], list[str], list]:
+    """Read and decode ``uris`` ``chunk`` at a time, holding one chunk's pixels: (the indices of the readable ones,
+    "uri: detail" of the others, ``keep(pixels)`` of each chunk's readable photos when ``keep`` is given: their
+    features, say)."""
+    from .photos import read_photos
+
+    readable, errors, kept = [], [], []
+    for start in range(0, len(uris), chunk):
+        pixels, ok, failed = read_photos(uris[start:start + chunk], size)
+        readable += [start + i for i in ok]
+        errors += failed
+        if keep is not None and ok:
+            kept.append(keep(pixels))
+    return readable, errors, kept
+
+
+class DecodedPerBatch:
+    """Pair i's photo is ``uris[rows[i]]``, read and decoded when a batch asks for it: what ``train_epoch`` batches for
+    a CLIP's photos, so a worker holds one batch of photos however many pairs it trains on (150 KB a photo at 224 px)
+    at the cost of decoding each photo again every epoch."""
+
+    def __init__(self, uris: list[str], rows: np.ndarray, size: int):
+        self.uris, self.rows, self.size = uris, rows, size
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, idx: np.ndarray) -> np.ndarray:
+        from .photos import read_photos
+
+        pixels, ok, errors = read_photos([self.uris[r] for r in self.rows[idx]], self.size)
+        if len(ok) < len(idx):  # each was read before training: the photo changed or storage failed since
+            raise RuntimeError(f"a training photo can no longer be read: {errors[0]}")
+        return pixels
+
+
+class KeptPerPhoto:
+    """Pair i's photo input is ``values[rows[i]]``: the pretrained towers' features, kept once a photo, not once a
+    pair."""
+
+    def __init__(self, values: torch.Tensor, rows: np.ndarray):
+        self.values, self.rows = values, rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, idx: np.ndarray) -> torch.Tensor:
+        return self.values[torch.from_numpy(self.rows[idx])]
+
+
 def lr_at(step: int, total: int, base: float, warmup: int) -> float:
     if step < warmup:
         return base * (step + 1) / warmup
@@ -68,9 +121,9 @@ def train_epoch(model: torch.nn.Module, step, pixels, tokens: torch.Tensor, batc
                 device: torch.device, loss_fn=None, image_batch=None) -> tuple[float, int]:
     """One pass over the (pixels[i], tokens[i]) pairs in a seeded shuffle; ``step(loss, lr)`` does backward + update
     at the schedule's lr. Every rank takes as many pairs as the rank with the fewest. Returns (mean loss, next
-    global step). ``pixels`` and ``tokens`` are an encoder's ``training_inputs`` (uint8 photos and tokens for a CLIP;
-    the frozen towers' features for the pretrained towers), ``image_batch(pixels[idx], device)`` the encoder's
-    (default: a CLIP's normalisation)."""
+    global step). ``pixels[idx]`` gives a batch of an encoder's ``training_photos`` (uint8 photos for a CLIP, e.g.
+    ``DecodedPerBatch``; the frozen towers' features for the pretrained towers, e.g. ``KeptPerPhoto``), ``tokens`` its
+    ``training_texts``, ``image_batch(pixels[idx], device)`` the encoder's (default: a CLIP's normalisation)."""
     from .clip import pixels_to_tensor
 
     loss_fn = loss_fn or clip_loss()

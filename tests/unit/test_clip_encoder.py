@@ -12,7 +12,8 @@ from PIL import Image
 from jobs import harness
 from showcase_core.encoders.clip import EncoderError, load_encoder, save_encoder
 from showcase_core.encoders.photos import decode_and_resize
-from showcase_core.encoders.training import clip_pairs, lr_at, retrieval_recall, train_epoch
+from showcase_core.encoders.training import (DecodedPerBatch, clip_pairs, lr_at, retrieval_recall, scan_photos,
+                                              train_epoch)
 
 
 def jpeg(w, h, color=(200, 30, 30), fmt="JPEG") -> bytes:
@@ -123,3 +124,39 @@ def test_a_few_contrastive_steps_lower_the_loss():
         losses.append(loss)
     assert global_step == 12 and opt.param_groups[0]["lr"] == lr_at(11, 12, 1e-3, 1)  # step sets the schedule's lr
     assert losses[-1] < losses[0] * 0.8, losses
+
+
+def test_photos_decoded_again_batch_by_batch_train_exactly_as_photos_held_per_pair(tmp_path):
+    """train_clip reads a CLIP's photos again for every batch (DecodedPerBatch: memory one batch) instead of holding a
+    row of pixels per pair; training is the same to the bit. scan_photos reads them a chunk at a time first and names
+    the unreadable ones."""
+    colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0)]
+    uris = []
+    for i, colour in enumerate(colours):
+        (tmp_path / f"{i}.jpg").write_bytes(jpeg(64, 64, colour))
+        uris.append(str(tmp_path / f"{i}.jpg"))
+    (tmp_path / "broken.jpg").write_bytes(b"no photo")
+    size = load_encoder(model="showcase-tiny").image_size
+    ok, errors, kept = scan_photos([uris[0], str(tmp_path / "broken.jpg"), *uris[1:]], size, keep=lambda px: px,
+                                   chunk=3)
+    assert ok == [0, 2, 3, 4] and len(errors) == 1 and errors[0].startswith(str(tmp_path / "broken.jpg"))
+    assert [len(k) for k in kept] == [2, 2]  # chunks of 3 photos, one of them unreadable
+    rows = np.array([0, 1, 2, 3] * 4)  # 16 pairs, each photo in four
+
+    def train(pixels):
+        torch.manual_seed(0)
+        enc = load_encoder(model="showcase-tiny")
+        tokens = enc.training_texts([f"colour {colours[r]}" for r in rows])
+        opt = torch.optim.AdamW(enc.model.parameters(), lr=1e-3)
+        step = harness.optimizer_step(harness.Trained(enc.model, opt))
+        losses = [train_epoch(enc.model, step, pixels, tokens, 8, epoch, 0, 2 * epoch, 6, 1e-3, 1,
+                              torch.device("cpu"))[0] for epoch in range(3)]
+        return losses, enc.model.state_dict()
+
+    held_losses, held_weights = train(np.concatenate(kept)[rows])
+    decoded_losses, decoded_weights = train(DecodedPerBatch(uris, rows, size))
+    assert held_losses == decoded_losses
+    assert all(torch.equal(held_weights[k], decoded_weights[k]) for k in held_weights)
+    (tmp_path / "3.jpg").unlink()
+    with pytest.raises(RuntimeError, match="can no longer be read"):
+        DecodedPerBatch(uris, rows, size)[np.arange(16)]

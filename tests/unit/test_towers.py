@@ -56,8 +56,8 @@ def test_a_training_step_moves_the_projections_and_leaves_the_towers_frozen():
     enc = load_encoder(model="pretrained-towers", device="cpu")
     image_before, text_before, head_before = state_of(enc.image), state_of(enc.text), state_of(enc.head)
     before_id = enc.encoder_id
-    image_inputs, text_inputs = enc.training_inputs(photos(enc, COLOURS * 2), TEXTS * 2)
-    assert image_inputs.shape == (8, 1280) and text_inputs.shape == (8, 384)
+    image_inputs, text_inputs = enc.training_photos(photos(enc, COLOURS * 2)), enc.training_texts(TEXTS * 2)
+    assert enc.keeps_training_photos and image_inputs.shape == (8, 1280) and text_inputs.shape == (8, 384)
     assert torch.equal(text_inputs[0], text_inputs[4])  # each distinct text encoded once
     opt = torch.optim.AdamW(enc.trainable_module.parameters(), lr=1e-2)
     step = harness.optimizer_step(harness.Trained(enc.trainable_module, opt))
