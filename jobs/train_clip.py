@@ -97,10 +97,9 @@ def train_loop(config: dict) -> None:
 
 
 def _held_out_recall(encoder, module, held_out) -> dict:
+    import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
-
-    import numpy as np
 
     from showcase_core.encoders.training import retrieval_recall, scan_photos
 

@@ -100,11 +100,11 @@ def train_loop(config: dict) -> None:
 def check_data(store, encoder_id: str) -> int:
     """Fail fast with one line unless some train-split review has an embedded photo and the encoder's text embeddings
     are there; returns the embedding size. The examples themselves are built on the workers: the driver reads the
-    reviews' split and photo ids a batch at a time and looks each batch's train photos up in the embeddings until one
-    is found (memory: one batch; the first batch finds one unless next to no photo is embedded)."""
+    reviews' split and photo ids a batch at a time and looks for each batch's train photos among the embedded ids,
+    a batch of ids at a time, until one is found (memory: a batch of each; no vector but the one found)."""
     import pyarrow.compute as pc
 
-    from showcase_core.encoders.embed import embeddings_dir, read_embeddings
+    from showcase_core.encoders.embed import committed_id_tables, embeddings_dir, read_embeddings
     from showcase_core.tables import exists
 
     needs = "train_dpp needs ingested tables and embeddings (run ingest and embed)"
@@ -115,9 +115,13 @@ def check_data(store, encoder_id: str) -> int:
         for batch in store.iter_table_batches("reviews", ["split", "pic_ids"]):
             train = batch.filter(pc.equal(batch.column("split"), "train"))
             photos = pc.unique(pc.list_flatten(train.column("pic_ids"))).drop_null()
-            found = read_embeddings(store, encoder_id, "images", ids=photos.to_pylist()) if len(photos) else None
-            if found is not None and found.num_rows:
-                return int(found.schema.field("embedding").type.list_size)
+            if not len(photos):
+                continue
+            for ids in committed_id_tables(store, encoder_id, ("images",)):
+                found = ids.column("id").filter(pc.is_in(ids.column("id"), value_set=photos))
+                if len(found):
+                    one = read_embeddings(store, encoder_id, "images", ids=[found[0].as_py()])
+                    return int(one.schema.field("embedding").type.list_size)
     except StoreError as e:
         raise UserError(f"{e}; {needs}") from None
     raise UserError("no training examples: no train-split review has embedded photos")

@@ -10,9 +10,9 @@ Four ways to get an encoder, all configuration:
   packages, with linear projections to train (``towers.py``; saved and loaded by checkpoint like a trained CLIP).
 
 Every encoder has the same interface: ``image_size``, ``encode_pixels``, ``encode_texts``, ``encoder_id``, and for
-``train_clip`` the module that learns (``trainable_module``), its inputs (``training_photos``, ``training_texts``,
-``keeps_training_photos``) and how a batch
-of them reaches the device (``image_batch``).
+``train_clip`` the module that learns (``trainable_module``), its inputs (``training_texts``; with
+``keeps_training_photos``, ``training_photos`` computed once a photo, else the decoded photos batch by batch) and how a
+batch of them reaches the device (``image_batch``).
 
 ``encoder_id`` names the architecture and a fingerprint of the weights, so embeddings of different weights never
 mix under ``ROOT/embeddings/<encoder_id>/``.
@@ -108,12 +108,9 @@ class ClipEncoder:
     def trainable_module(self, module: torch.nn.Module) -> None:
         self.model = module
 
-    # a CLIP trains on the photos themselves: train_clip decodes them again for every batch instead of keeping them
+    # a CLIP trains on the uint8 photos themselves (normalised a batch at a time): train_clip decodes them again for
+    # every batch instead of keeping them
     keeps_training_photos = False
-
-    def training_photos(self, pixels: np.ndarray) -> np.ndarray:
-        """What ``train_epoch`` batches for photos: the uint8 pixels (normalised a batch at a time)."""
-        return pixels
 
     def training_texts(self, texts: list[str]) -> torch.Tensor:
         """What ``train_epoch`` batches for texts: the tokens."""

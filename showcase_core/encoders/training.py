@@ -121,8 +121,8 @@ def train_epoch(model: torch.nn.Module, step, pixels, tokens: torch.Tensor, batc
                 device: torch.device, loss_fn=None, image_batch=None) -> tuple[float, int]:
     """One pass over the (pixels[i], tokens[i]) pairs in a seeded shuffle; ``step(loss, lr)`` does backward + update
     at the schedule's lr. Every rank takes as many pairs as the rank with the fewest. Returns (mean loss, next
-    global step). ``pixels[idx]`` gives a batch of an encoder's ``training_photos`` (uint8 photos for a CLIP, e.g.
-    ``DecodedPerBatch``; the frozen towers' features for the pretrained towers, e.g. ``KeptPerPhoto``), ``tokens`` its
+    global step). ``pixels[idx]`` gives a batch of photos as the encoder trains on them (uint8 photos for a CLIP,
+    e.g. ``DecodedPerBatch``; the frozen towers' ``training_photos`` features, e.g. ``KeptPerPhoto``), ``tokens`` its
     ``training_texts``, ``image_batch(pixels[idx], device)`` the encoder's (default: a CLIP's normalisation)."""
     from .clip import pixels_to_tensor
 
