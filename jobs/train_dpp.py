@@ -104,7 +104,7 @@ def check_data(store, encoder_id: str) -> int:
     a batch of ids at a time, until one is found (memory: a batch of each; no vector but the one found)."""
     import pyarrow.compute as pc
 
-    from showcase_core.encoders.embed import committed_id_tables, embeddings_dir, read_embeddings
+    from showcase_core.encoders.embed import embedded_among, embeddings_dir, read_embeddings
     from showcase_core.tables import exists
 
     needs = "train_dpp needs ingested tables and embeddings (run ingest and embed)"
@@ -117,8 +117,7 @@ def check_data(store, encoder_id: str) -> int:
             photos = pc.unique(pc.list_flatten(train.column("pic_ids"))).drop_null()
             if not len(photos):
                 continue
-            for ids in committed_id_tables(store, encoder_id, ("images",)):
-                found = ids.column("id").filter(pc.is_in(ids.column("id"), value_set=photos))
+            for found in embedded_among(store, encoder_id, "images", photos):
                 if len(found):
                     one = read_embeddings(store, encoder_id, "images", ids=[found[0].as_py()])
                     return int(one.schema.field("embedding").type.list_size)

@@ -90,6 +90,16 @@ def committed_id_tables(store: Store, encoder_id: str, kinds: tuple[str, ...]):
                 yield pa.Table.from_batches([batch])
 
 
+def embedded_among(store: Store, encoder_id: str, kind: str, ids: pa.Array):
+    """The ids among ``ids`` the encoder has committed embeddings of, a batch of the table's ids at a time (memory:
+    ``ids`` and one batch; no vector read)."""
+    import pyarrow.compute as pc
+
+    for table in committed_id_tables(store, encoder_id, (kind,)):
+        column = table.column("id")
+        yield column.filter(pc.is_in(column, value_set=ids))
+
+
 def committed_rows(store: Store, encoder_id: str, kinds: tuple[str, ...]) -> int:
     """Rows committed in the encoder's tables of these kinds, from the Delta log (no data read)."""
     rels = [embeddings_dir(encoder_id, kind) for kind in kinds]

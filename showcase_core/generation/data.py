@@ -172,7 +172,7 @@ def load_generation_targets(store, encoder_id: str, targets: str, splits, max_ph
     embedded (then there is no example)."""
     import pyarrow.compute as pc
 
-    from ..encoders.embed import committed_id_tables, embeddings_dir, read_embeddings
+    from ..encoders.embed import embedded_among, embeddings_dir, read_embeddings
     from ..store import StoreError
     from ..tables import exists
 
@@ -186,8 +186,8 @@ def load_generation_targets(store, encoder_id: str, targets: str, splits, max_ph
     candidates = pc.unique(pa.concat_arrays([pc.list_flatten(table.column("pic_ids")).combine_chunks()
                                              for table in (sentences, explained)]).drop_null())
     embedded: set[str] = set()
-    for ids in committed_id_tables(store, encoder_id, ("images",)):
-        embedded.update(ids.column("id").filter(pc.is_in(ids.column("id"), value_set=candidates)).to_pylist())
+    for found in embedded_among(store, encoder_id, "images", candidates):
+        embedded.update(found.to_pylist())
     chosen, skipped = example_reviews(reviews, sentences, embedded, splits, max_photos)
     one = next((e["photo_ids"][0] for examples in chosen.values() for e in examples), None)
     dim = read_embeddings(store, encoder_id, "images", ids=[one]).schema.field("embedding").type.list_size if one else 0
