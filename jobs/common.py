@@ -95,6 +95,10 @@ def start_ray(state_api: bool = False) -> None:
         return
     address = os.environ.get("RAY_ADDRESS") or None
     env_vars, local = {}, {}
+    if "RAY_DATA_LOG_LEVEL" not in os.environ:  # yours (or your job's runtime env's) wins: Ray refuses both
+        # Ray Data in Ray's own processes (a Ray Train dataset's split coordinator) keeps its warnings only: its info
+        # lines come twice an epoch (the execution's start and plan), and the epochs print their own
+        env_vars["RAY_DATA_LOG_LEVEL"] = "WARNING"
     if address is None:
         port = _free_port()
         local = {"include_dashboard": state_api, "dashboard_host": "127.0.0.1", "dashboard_port": port}

@@ -97,9 +97,13 @@ def check_deepspeed_config(path: str) -> None:
         raise ValueError("--deepspeed-config is set but DeepSpeed is not installed (pip install '.[gpu]')") from None
 
 
-def fit(stage: str, store: Store, run_name: str, loop, loop_config: dict, cfg: TrainingSettings):
-    """Run ``loop(loop_config)`` on Ray Train workers; returns the ray.train.Result."""
-    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+def fit(stage: str, store: Store, run_name: str, loop, loop_config: dict, cfg: TrainingSettings,
+        datasets: dict | None = None, split: tuple[str, ...] = ()):
+    """Run ``loop(loop_config)`` on Ray Train workers; returns the ray.train.Result. ``datasets``: Ray Data datasets a
+    worker reads with ``ray.train.get_dataset_shard(name)``; those named in ``split`` are shared out among the
+    workers (the same number of rows each), the others streamed whole to each worker that reads them."""
+    from ray.data import ExecutionOptions
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     if cfg.deepspeed_config:
@@ -119,6 +123,10 @@ def fit(stage: str, store: Store, run_name: str, loop, loop_config: dict, cfg: T
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker=resources),
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
+        # Ray Train's default ingest options set the deprecated exclude_resources, a deprecation warning printed by
+        # every run (Ray 2.60); Ray Data's defaults do for the datasets here
+        datasets=datasets,
+        dataset_config=DataConfig(datasets_to_split=list(split), execution_options=ExecutionOptions()),
         run_config=RunConfig(name=run_name, storage_path=path, storage_filesystem=fs,
                              failure_config=FailureConfig(max_failures=cfg.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2),

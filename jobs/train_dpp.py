@@ -3,7 +3,14 @@
 One model per modality, all trained side by side in one run of the shared Ray Train harness (one worker group, the
 same batches; their parameters are disjoint, so each learns as if trained alone). Each is saved under
 ``ROOT/models/dpp/<version>/<modality>/`` (weights, config, model card with validation metrics) and published in the
-registry. Examples, profiles and ground sets: showcase_core.selection.data.
+registry.
+
+The examples (one per train or val review: its business's ground set, the user's photos in it, the user's profile;
+showcase_core.selection.data) are built from the feature tables ``jobs.features`` wrote, the ones the nightly and
+Serve read: Ray Data tasks look a batch of reviews' users and businesses up by key and write each example with its
+ground set's vectors inline, and the examples stay in Ray's object store (spilled to disk when large). Each worker
+streams its share of the train examples every epoch, in batches drawn from a seeded shuffle buffer; rank 0 streams the
+val examples to score them. Memory of a worker: the model, the shuffle buffer and a batch; of the driver: counts.
 """
 
 from __future__ import annotations
@@ -11,17 +18,20 @@ from __future__ import annotations
 import sys
 import time
 
+import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import field_validator
 
+from showcase_core import features as F
 from showcase_core import registry
 from showcase_core.features import MAX_GROUND_SET
-from showcase_core.selection.data import load_selection_data
 from showcase_core.selection.kernel import MODALITIES
 from showcase_core.settings import comma_list
 from showcase_core.store import Store, StoreError, new_run_id, utc_now
 
 from . import harness
-from .common import Timer, UserError, new_report, open_store, parse_args, run, setting, start_ray, versions
+from .common import (Timer, UserError, new_report, open_store, parse_args, read_table_dataset, run, setting, start_ray,
+                     versions)
 
 
 class Settings(harness.TrainingSettings):
@@ -36,7 +46,10 @@ class Settings(harness.TrainingSettings):
     lr: float = setting(1e-3, "AdamW learning rate", gt=0)
     weight_decay: float = setting(0.1, "AdamW decoupled weight decay", ge=0)
     delta: float = setting(1e-2, "the kernel's diagonal jitter δ (keeps L positive definite)", gt=0)
-    max_ground: int = setting(MAX_GROUND_SET, "photos per ground set at most (the newest)", ge=3)
+    max_ground: int = setting(MAX_GROUND_SET, "photos per ground set at most (the newest); at most the feature "
+                                              "tables' --max-ground-set", ge=3)
+    shuffle_buffer: int = setting(2048, "train examples a worker shuffles its batches from (memory: this many "
+                                        "examples with their ground sets)", ge=1)
     eval_every: int = setting(10, "epochs between val F1@3 checks; the best checked epoch is the model saved", ge=1)
     seed: int = setting(0, "seed of the initialisation and the batch order")
     checkpoint_every: int = setting(10, "epochs between checkpoints (an epoch is short: a checkpoint each would "
@@ -50,58 +63,132 @@ class Settings(harness.TrainingSettings):
 
 def train_loop(config: dict) -> None:
     """Runs on every Ray Train worker: every modality's kernel in one worker group, on the same batches."""
-    import numpy as np
     import ray.train
     import torch
 
+    from showcase_core.selection.data import arrow_batch
     from showcase_core.selection.kernel import DPPKernel, KernelSet
-    from showcase_core.selection.training import evaluate_picks, select, train_epoch
+    from showcase_core.selection.training import PickScores, pick_positions, train_epoch
 
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    data = load_selection_data(Store.open(config["root"]), config["encoder_id"], config["max_ground"],
-                               ("train", "val"))
-    train = data.splits["train"]
-    counts = {"train_examples": len(train), "skipped": data.skipped}  # the report's, from rank 0's checkpoint
-    train = train.take(np.arange(rank, len(train), world))
+    rank = ray.train.get_context().get_world_rank()
+    train, val = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("val")
     kernels = {}
     for modality in config["modalities"]:  # each initialised as if trained alone
         torch.manual_seed(config["seed"])
-        kernels[modality] = DPPKernel(data.photo_vecs.shape[1], modality, config["delta"])
+        kernels[modality] = DPPKernel(config["dim"], modality, config["delta"])
     trained = harness.prepare(KernelSet(kernels), lambda params: torch.optim.AdamW(
         params, lr=config["lr"], weight_decay=config["weight_decay"]), config)
     device = ray.train.torch.get_device()
     step = harness.optimizer_step(trained)
-    state = {**(harness.restore(trained) or {"epoch": -1, "history": [], "best": {}}), "data": counts}
+    state = harness.restore(trained) or {"epoch": -1, "history": [], "best": {}}
     for epoch in range(state["epoch"] + 1, config["epochs"]):
         t0 = time.monotonic()
-        nll = train_epoch(trained.model, step, data, train, config["batch_size"], epoch, config["seed"], device)
+        batches = train.iter_batches(batch_size=config["batch_size"], batch_format="pyarrow",
+                                     local_shuffle_buffer_size=config["shuffle_buffer"],
+                                     local_shuffle_seed=config["seed"] * 1_000_003 + epoch)
+        nll, seen = train_epoch(trained.model, step, (arrow_batch(b, device) for b in batches))
         per_modality = {m: {"nll": v} for m, v in nll.items()}
         last = epoch == config["epochs"] - 1
-        if rank == 0 and len(data.splits["val"]) and (last or (epoch + 1) % config["eval_every"] == 0):
+        if rank == 0 and config["val_examples"] and (last or (epoch + 1) % config["eval_every"] == 0):
+            scores = {m: PickScores(3) for m in trained.module.kernels}
+            for rows in val.iter_batches(batch_size=VAL_BATCH, batch_format="pyarrow"):
+                batch = arrow_batch(rows, device)
+                for modality, kernel in trained.module.kernels.items():
+                    scores[modality].add(batch, pick_positions(kernel, batch, 3))
             for modality, kernel in trained.module.kernels.items():
-                scores = evaluate_picks(data, data.splits["val"], select(kernel, data, data.splits["val"], 3,
-                                                                         device=device))
-                per_modality[modality].update({f"val_{k}": v for k, v in scores.items()})
-                if scores["f1"] > state["best"].get(modality, {}).get("val_f1", -1.0):
+                found = scores[modality].scores()
+                per_modality[modality].update({f"val_{k}": v for k, v in found.items()})
+                if found["f1"] > state["best"].get(modality, {}).get("val_f1", -1.0):
                     weights = {k: v.detach().cpu().clone() for k, v in kernel.state_dict().items()}
-                    state["best"] = {**state["best"], modality: {"epoch": epoch, "val_f1": scores["f1"],
+                    state["best"] = {**state["best"], modality: {"epoch": epoch, "val_f1": found["f1"],
                                                                  "model": weights}}
         seconds = round(time.monotonic() - t0, 3)
-        entry = {"epoch": epoch, "seconds": seconds, "examples": len(train), "modalities": per_modality}
+        entry = {"epoch": epoch, "seconds": seconds, "examples": seen, "modalities": per_modality}
         state = {**state, "epoch": epoch, "history": state["history"] + [entry]}
-        metrics = {"epoch": epoch, "seconds": seconds, "examples": len(train),
+        metrics = {"epoch": epoch, "seconds": seconds, "examples": seen,
                    **{f"{m}/{k}": v for m, values in per_modality.items() for k, v in values.items()}}
         shown = {k: v for k, v in metrics.items() if not k.endswith(("_precision", "_recall", "_examples", "_div"))}
         harness.progress("train_dpp", epoch, config["epochs"], shown, every=config["log_every"])
         harness.report_epoch(trained, metrics, state, config)
 
 
+VAL_BATCH = 256  # val examples scored at once
+BUILD_BATCH = 1024  # reviews whose examples one Ray Data task builds
+
+
+def build_examples(reviews: pa.Table, root: str, encoder_id: str, meta: dict, max_ground: int, split: str) -> pa.Table:
+    """Ray Data step: a batch of reviews -> the examples of those of one split (``examples_schema`` less the reason;
+    the reviews that give none left out), their users and businesses looked up by key in the feature tables.
+    Memory: the batch's examples."""
+    from showcase_core.encoders.embed import read_embeddings
+    from showcase_core.selection.data import embedding_matrix, feature_examples
+
+    reviews = reviews.filter(pc.equal(reviews.column("split"), split))
+    store = Store.open(root)
+    lookup = F.FeatureLookup(store, encoder_id, meta)
+
+    def vectors_of(ids: list[str]) -> dict:
+        return dict(zip(*embedding_matrix(read_embeddings(store, encoder_id, "images", ids=ids))))
+
+    users = lookup.rows("users", pc.unique(reviews.column("user_id")).to_pylist())
+    businesses = lookup.rows("businesses", pc.unique(reviews.column("business_id")).to_pylist())
+    examples = feature_examples(reviews, users, businesses, lookup.dim, max_ground, vectors_of)
+    return examples.filter(pc.is_null(examples.column("reason"))).drop_columns(["reason"])
+
+
+def count_splits(reviews: pa.Table) -> pa.Table:
+    """Ray Data step: a block of reviews -> (split, rows) counts."""
+    grouped = reviews.select(["split"]).group_by(["split"], use_threads=False)
+    return grouped.aggregate([([], "count_all")]).rename_columns(["split", "rows"])
+
+
+def feature_meta(store, encoder_id: str, max_ground: int, dim: int) -> dict:
+    """The feature tables' metadata, or one line on why they cannot give the examples."""
+    try:
+        meta = F.read_meta(store, encoder_id)
+    except F.FeaturesError as e:
+        raise UserError(f"{e}; train_dpp trains on the feature tables the nightly serves from") from None
+    if int(meta["dim"]) != dim:
+        raise UserError(f"the feature tables of encoder {encoder_id} hold {meta['dim']}-d vectors but its embeddings "
+                        f"{dim}-d: rerun `showcase features --root {store.root} --encoder {encoder_id}`")
+    if int(meta["max_ground_set"]) < max_ground:
+        raise UserError(f"--max-ground {max_ground} is more than the feature tables keep per business "
+                        f"({meta['max_ground_set']}): lower it or rerun `showcase features --max-ground-set "
+                        f"{max_ground}`")
+    return meta
+
+
+def example_datasets(store, encoder_id: str, meta: dict, max_ground: int) -> tuple[dict, dict]:
+    """The train and val examples as Ray Data datasets, built once from the feature tables (at the reviews' version
+    the tables were built from) and kept in the object store; and their counts: train_examples, val_examples, the
+    reviews skipped per split (no ground set, or none of their photos embedded). The driver holds the counts only."""
+    from showcase_core import tables as delta
+
+    version = meta["reads"]["reviews"]
+    reviews = read_table_dataset(store, "tables/reviews", version, ["user_id", "business_id", "split", "pic_ids"])
+    # a block per task's batch: the tasks share the CPUs, and each holds one batch's examples; the narrow columns
+    # are read once for the three passes below
+    reviews = reviews.repartition(max(1, -(-delta.rows(store, "tables/reviews", version) // BUILD_BATCH))).materialize()
+    datasets = {split: reviews.map_batches(build_examples, batch_size=None, batch_format="pyarrow", fn_kwargs={
+        "root": store.root, "encoder_id": encoder_id, "meta": meta, "max_ground": max_ground, "split": split}
+    ).materialize() for split in ("train", "val")}
+    for ds in datasets.values():  # each epoch's split reports its progress as info records (start_ray keeps Ray
+        ds.context.use_ray_tqdm = False  # Data's out of the terminal), not as bars; the epochs print their own lines
+    counts = {f"{split}_examples": ds.count() for split, ds in datasets.items()}  # from the blocks' metadata
+    skipped = dict.fromkeys(datasets, 0)
+    for row in reviews.map_batches(count_splits, batch_size=None, batch_format="pyarrow").take_all():
+        if row["split"] in skipped:
+            skipped[row["split"]] += row["rows"]
+    counts["skipped"] = {split: skipped[split] - counts[f"{split}_examples"] for split in datasets}
+    return datasets, counts
+
+
 def check_data(store, encoder_id: str) -> int:
     """Fail fast with one line unless some train-split review has an embedded photo and the encoder's text embeddings
-    are there; returns the embedding size. The examples themselves are built on the workers: the driver reads the
-    reviews' split and photo ids a batch at a time and looks for each batch's train photos among the embedded ids,
-    a batch of ids at a time, until one is found (memory: a batch of each; no vector but the one found)."""
+    are there; returns the embedding size. The examples themselves are built by Ray Data tasks
+    (``example_datasets``): the driver reads the reviews' split and photo ids a batch at a time and looks for each
+    batch's train photos among the embedded ids, a batch of ids at a time, until one is found (memory: a batch of
+    each; no vector but the one found)."""
     import pyarrow.compute as pc
 
     from showcase_core.encoders.embed import embedded_among, embeddings_dir, read_embeddings
@@ -126,21 +213,30 @@ def check_data(store, encoder_id: str) -> int:
     raise UserError("no training examples: no train-split review has embedded photos")
 
 
-def fit_kernels(store, cfg: Settings, run_id: str, encoder_id: str, dim: int, timer: Timer) -> tuple[dict, dict]:
-    """Train every modality's kernel in one Ray Train run; save each with its card (the epoch with its best val F1@3,
-    else the last). Returns ({modality: {"uri", "metrics", "examples"}}, the examples' counts: train_examples and
-    the reviews skipped per split)."""
+def fit_kernels(store, cfg: Settings, run_id: str, encoder_id: str, meta: dict, dim: int,
+                timer: Timer) -> tuple[dict, dict]:
+    """Build the examples, then train every modality's kernel in one Ray Train run; save each with its card (the
+    epoch with its best val F1@3, else the last). Returns ({modality: {"uri", "metrics", "examples"}}, the examples'
+    counts: train_examples, val_examples and the reviews skipped per split)."""
     modalities = cfg.modalities.split(",")
     run_name = cfg.run_name or f"train_dpp-{run_id}"
+    with timer("examples"):
+        datasets, counts = example_datasets(store, encoder_id, meta, cfg.max_ground)
+    if not counts["train_examples"]:
+        raise UserError("no training examples: no train-split review has a photo in its business's ground set in "
+                        "the feature tables (rerun `showcase features` after embed)")
+    print(f"[train_dpp] {counts['train_examples']:,} train and {counts['val_examples']:,} val examples; reviews "
+          f"skipped: {counts['skipped']}", flush=True)
     loop_config = {**cfg.pick("epochs", "batch_size", "lr", "weight_decay", "delta", "max_ground", "eval_every",
-                              "seed"), "root": store.root, "encoder_id": encoder_id, "modalities": modalities}
+                              "seed", "shuffle_buffer"), "root": store.root, "encoder_id": encoder_id,
+                   "modalities": modalities, "dim": dim, "val_examples": counts["val_examples"]}
     with timer("fit"):
-        result = harness.fit("train_dpp", store, run_name, train_loop, loop_config, cfg)
+        result = harness.fit("train_dpp", store, run_name, train_loop, loop_config, cfg, datasets, split=("train",))
     if result.error is not None:
         raise RuntimeError(f"training the DPP kernels ({', '.join(modalities)}) failed: {result.error}")
     state_dict, extra = harness.load_checkpoint_state(result.checkpoint)
     return {m: save_kernel(store, run_id, run_name, encoder_id, dim, m, cfg.delta, state_dict, extra, loop_config)
-            for m in modalities}, extra["data"]
+            for m in modalities}, counts
 
 
 def save_kernel(store, run_id: str, run_name: str, encoder_id: str, dim: int, modality: str, delta: float,
@@ -176,10 +272,11 @@ def main(argv: list[str] | None = None) -> int:
     store = open_store(cfg.root)
     encoder_id = registry.resolve_encoder_id(store, cfg.encoder)
     dim = check_data(store, encoder_id)
+    meta = feature_meta(store, encoder_id, cfg.max_ground, dim)
     run_id, timer = new_run_id(), Timer()
     report = new_report("train_dpp", cfg, run_id)
     start_ray(state_api=True)
-    models, counts = fit_kernels(store, cfg, run_id, encoder_id, dim, timer)
+    models, counts = fit_kernels(store, cfg, run_id, encoder_id, meta, dim, timer)
     registry.publish(store, "dpp", run_id, store.uri("models", "dpp", run_id), encoder_id,
                      variants={m: v["uri"] for m, v in models.items()},
                      metrics={m: v["metrics"] for m, v in models.items()})

@@ -6,14 +6,23 @@
 - profile: showcase_core.features.profile of the pair: the mean CLIP image and text features of the user's entries
   of every *other* business, so the profile never contains the answer (the nightly and Serve read the same numbers
   from the feature tables). Users with no other entry have ``has_history`` False and zero profiles.
+
+Two sources give the same examples: ``build_selection_data`` from the raw tables, held in memory (evaluate's test
+split, with every photo of a business), and ``feature_examples`` from the feature tables' rows a batch of reviews at
+a time, as Arrow rows with their ground sets' vectors inline (train_dpp's Ray Data tasks; ``arrow_batch`` turns a
+batch of them into the kernel's tensors). Both end in an ``ExampleBatch``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -98,12 +107,39 @@ def _pad(lists: list[list[int]]) -> np.ndarray:
     return out
 
 
-def batch_tensors(data: SelectionData, ex: Examples, idx: np.ndarray, modality: str, device="cpu"):
-    """Tensors for one batch: (profile [B, P], photos [B, M, D], mask [B, M], y_index [B, K], y_mask [B, K])."""
-    import torch
+@dataclass
+class ExampleBatch:
+    """One batch of examples as the kernel takes them, whichever source built it: the ground sets' vectors
+    [B, M, D] (zeros where padded), their mask [B, M], the targets' positions [B, K] (-1 = padding) and mask, and
+    the two profiles [B, D]."""
 
-    from .kernel import profile_input
+    photos: torch.Tensor
+    mask: torch.Tensor
+    y: torch.Tensor
+    y_mask: torch.Tensor
+    profile_img: torch.Tensor
+    profile_text: torch.Tensor
 
+    def __len__(self) -> int:
+        return len(self.photos)
+
+    def profile(self, modality: str):
+        from .kernel import profile_input
+
+        return profile_input(self.profile_img, self.profile_text, modality)
+
+    @classmethod
+    def of(cls, photos: np.ndarray, mask: np.ndarray, y: np.ndarray, profile_img: np.ndarray,
+           profile_text: np.ndarray, device="cpu") -> "ExampleBatch":
+        import torch
+
+        t = lambda a, dt=torch.float32: torch.as_tensor(a, dtype=dt, device=device)  # noqa: E731
+        return cls(t(photos), t(mask, torch.bool), t(y, torch.long), t(y >= 0, torch.bool), t(profile_img),
+                   t(profile_text))
+
+
+def batch_tensors(data: SelectionData, ex: Examples, idx: np.ndarray, device="cpu") -> ExampleBatch:
+    """The batch of examples ``idx`` of in-memory examples (ground sets as rows of data.photo_vecs)."""
     ground = ex.ground[idx]
     width = int((ground >= 0).sum(1).max())
     ground = ground[:, :width]
@@ -111,9 +147,93 @@ def batch_tensors(data: SelectionData, ex: Examples, idx: np.ndarray, modality: 
     photos = data.photo_vecs[np.where(mask, ground, 0)] * mask[:, :, None]
     y = ex.y_pos[idx]
     y = y[:, :int((y >= 0).sum(1).max())]
-    t = lambda a, dt=torch.float32: torch.as_tensor(a, dtype=dt, device=device)  # noqa: E731
-    profile = profile_input(t(ex.profile_img[idx]), t(ex.profile_text[idx]), modality)
-    return profile, t(photos), t(mask, torch.bool), t(y, torch.long), t(y >= 0, torch.bool)
+    return ExampleBatch.of(photos, mask, y, ex.profile_img[idx], ex.profile_text[idx], device)
+
+
+# -- streamed examples: built a batch of reviews at a time from the feature tables, moved as Arrow rows ------------
+def examples_schema(dim: int) -> pa.Schema:
+    """An example as a row: its ground set's vectors inline, so whoever trains on it needs no photo table."""
+    return pa.schema([("user_id", pa.string()), ("business_id", pa.string()),
+                      ("photos", pa.list_(pa.list_(pa.float32(), dim))),  # the ground set's vectors, in order
+                      ("targets", pa.list_(pa.int32())),  # positions of the user's photos in the ground set
+                      ("profile_img", pa.list_(pa.float32(), dim)), ("profile_text", pa.list_(pa.float32(), dim)),
+                      ("has_history", pa.bool_()),
+                      ("reason", pa.string())])  # null: an example; else why the review gives none
+
+
+def feature_examples(reviews: pa.Table, users: dict, businesses: dict, dim: int, max_ground: int,
+                     vectors_of) -> pa.Table:
+    """Reviews (user_id, business_id, pic_ids) -> their examples (``examples_schema``), in order, from the feature
+    tables' rows of their users and businesses (``showcase_core.features.FeatureLookup``): the same examples
+    ``build_selection_data`` makes from the raw tables. A review whose business has no embedded photo gets reason
+    ``no_photos``, one none of whose photos is embedded ``no_embedded_photo``. ``vectors_of(ids)`` -> {id: vector}
+    of those ids that are embedded: asked only for a review's photos the business row's capped ground set left out."""
+    from .. import features
+
+    rows = reviews.select(["user_id", "business_id", "pic_ids"]).to_pylist()
+    capped_out = set()
+    for r in rows:  # photos outside a business's stored ground set (it kept its newest photos only)
+        business = businesses.get(r["business_id"])
+        if business is not None and business["photos"] > len(business["image_ids"]):
+            capped_out.update(p for p in r["pic_ids"] or [] if p not in business["image_ids"])
+    extra = vectors_of(sorted(capped_out)) if capped_out else {}
+    out = {name: [] for name in examples_schema(dim).names}
+    for r in rows:
+        business = businesses.get(r["business_id"])
+        stored = dict(zip(business["image_ids"], business["vectors"])) if business is not None else {}
+        vector = {**extra, **stored}
+        ground = list(stored)[:max_ground]
+        targets = [p for p in dict.fromkeys(r["pic_ids"] or []) if p in vector]
+        reason = "no_photos" if not ground else "no_embedded_photo" if not targets else None
+        if reason is None and not set(targets) <= set(ground):
+            ground = (targets + [p for p in ground if p not in targets])[:max(max_ground, len(targets))]
+        position = {p: i for i, p in enumerate(ground)}
+        prof = features.profile(users.get(r["user_id"]), r["business_id"], dim, 0)
+        out["user_id"].append(r["user_id"])
+        out["business_id"].append(r["business_id"])
+        out["photos"].append(np.asarray([vector[p] for p in ground], np.float32).reshape(-1, dim) if reason is None
+                             else np.zeros((0, dim), np.float32))
+        out["targets"].append([position[p] for p in targets] if reason is None else [])
+        out["profile_img"].append(prof.photo)
+        out["profile_text"].append(prof.text)
+        out["has_history"].append(prof.has_history)
+        out["reason"].append(reason)
+    return _examples_table(out, dim)
+
+
+def _examples_table(columns: dict, dim: int) -> pa.Table:
+    schema = examples_schema(dim)
+    photos = columns.pop("photos")
+    counts = np.array([len(p) for p in photos], np.int32)
+    flat = np.concatenate(photos).reshape(-1) if photos else np.zeros(0, np.float32)
+    vectors = pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float32()), dim)
+    arrays = {"photos": pa.ListArray.from_arrays(pa.array(np.concatenate([[0], np.cumsum(counts)]), pa.int32()),
+                                                 vectors)}
+    for name in ("profile_img", "profile_text"):
+        flat = np.asarray(columns.pop(name), np.float32).reshape(-1)
+        arrays[name] = pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float32()), dim)
+    return pa.table({name: arrays[name] if name in arrays else pa.array(columns[name], schema.field(name).type)
+                     for name in schema.names}, schema=schema)
+
+
+def arrow_batch(batch: pa.Table, device="cpu") -> ExampleBatch:
+    """Examples rows (``examples_schema``, every one usable) -> the kernel's batch."""
+    photos = batch.column("photos").combine_chunks()
+    dim = photos.type.value_type.list_size
+    counts = photos.value_lengths().to_numpy(zero_copy_only=False)
+    width = max(int(counts.max(initial=0)), 1)
+    mask = np.arange(width)[None, :] < counts[:, None]
+    padded = np.zeros((len(counts), width, dim), np.float32)
+    padded[mask] = photos.flatten().flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
+    targets = batch.column("targets").combine_chunks()
+    lengths = targets.value_lengths().to_numpy(zero_copy_only=False)
+    y = np.full((len(lengths), max(int(lengths.max(initial=0)), 1)), -1, np.int64)
+    y[np.arange(y.shape[1])[None, :] < lengths[:, None]] = targets.flatten().to_numpy(zero_copy_only=False)
+
+    def matrix(name: str) -> np.ndarray:  # a copy: Arrow's buffers are read-only, torch wants to own its tensors
+        return np.array(batch.column(name).combine_chunks().flatten().to_numpy(zero_copy_only=False).reshape(-1, dim))
+
+    return ExampleBatch.of(padded, mask, y, matrix("profile_img"), matrix("profile_text"), device)
 
 
 def load_selection_data(store, encoder_id: str, max_ground: int, splits=("train", "val", "test")) -> SelectionData:

@@ -5,52 +5,78 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..distributed import common_length
 from ..metrics.ranking import div_at_k, precision_recall_f1_at_k
-from .data import Examples, SelectionData, batch_tensors
+from .data import ExampleBatch, Examples, SelectionData, batch_tensors
 from .greedy import greedy_map
 from .kernel import DPPKernel, KernelSet, dpp_log_likelihood
 
 
-def train_epoch(model: KernelSet, step, data: SelectionData, ex: Examples, batch_size: int, epoch: int, seed: int,
-                device="cpu") -> dict[str, float]:
-    """One pass maximising the DPP log-likelihood of every kernel of the set, on the same batches; ``step(loss)`` does
-    backward + update of their summed loss. Every rank takes as many examples as the rank with the fewest (the same
-    batches on every rank). Returns each modality's mean negative log-likelihood per example."""
+def train_epoch(model: KernelSet, step, batches) -> tuple[dict[str, float], int]:
+    """One pass over ``batches`` (ExampleBatch, the same count on every rank) maximising the DPP log-likelihood of
+    every kernel of the set, on the same batches; ``step(loss)`` does backward + update of their summed loss.
+    Returns (each modality's mean negative log-likelihood per example, the examples seen)."""
     module = model.module if hasattr(model, "module") else model
     modalities = list(module.kernels)
-    order = np.random.default_rng([seed, epoch]).permutation(len(ex))[:common_length(len(ex), device)]
     model.train()
     totals, count = dict.fromkeys(modalities, 0.0), 0
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        profiles = {}
-        for modality in modalities:  # the photos, mask and targets are the same for every modality
-            profiles[modality], photos, mask, y, y_mask = batch_tensors(data, ex, idx, modality, device)
-        kernels = model(profiles, photos, mask)
-        losses = {m: -dpp_log_likelihood(L, mask, y, y_mask).mean() for m, L in kernels.items()}
+    for batch in batches:  # the photos, mask and targets are the same for every modality
+        kernels = model({m: batch.profile(m) for m in modalities}, batch.photos, batch.mask)
+        losses = {m: -dpp_log_likelihood(L, batch.mask, batch.y, batch.y_mask).mean() for m, L in kernels.items()}
         step(sum(losses.values()))
         for m, loss in losses.items():
-            totals[m] += float(loss.detach()) * len(idx)
-        count += len(idx)
-    return {m: total / max(count, 1) for m, total in totals.items()}
+            totals[m] += float(loss.detach()) * len(batch)
+        count += len(batch)
+    return {m: total / max(count, 1) for m, total in totals.items()}, count
+
+
+@torch.no_grad()
+def pick_positions(model: DPPKernel, batch: ExampleBatch, k: int = 3) -> torch.Tensor:
+    """Greedy MAP picks [B, k] as positions in each ground set (-1 = nothing picked)."""
+    module = model.module if hasattr(model, "module") else model
+    model.eval()
+    return greedy_map(model(batch.profile(module.modality), batch.photos, batch.mask).double(), k, batch.mask)
 
 
 @torch.no_grad()
 def select(model: DPPKernel, data: SelectionData, ex: Examples, k: int = 3, batch_size: int = 1024,
            device="cpu") -> np.ndarray:
     """Greedy MAP picks [N, k] as rows of data.photo_vecs (-1 = nothing picked)."""
-    module = model.module if hasattr(model, "module") else model
-    model.eval()
     out = np.full((len(ex), k), -1, np.int64)
     for start in range(0, len(ex), batch_size):
         idx = np.arange(start, min(start + batch_size, len(ex)))
-        profile, photos, mask, _, _ = batch_tensors(data, ex, idx, module.modality, device)
-        L = model(profile, photos, mask).double()
-        picks = greedy_map(L, k, mask).cpu().numpy()
+        picks = pick_positions(model, batch_tensors(data, ex, idx, device), k).cpu().numpy()
         ground = ex.ground[idx]
         out[idx] = np.where(picks >= 0, np.take_along_axis(ground, np.maximum(picks, 0), axis=1), -1)
     return out
+
+
+class PickScores:
+    """``evaluate_picks``'s scores over batches of examples, memory a batch: Prec/Recall/F1@k of the picks (positions
+    in each ground set) against the targets, and div@k of the picked photos' vectors."""
+
+    def __init__(self, k: int = 3):
+        self.k, self.precision, self.recall, self.div, self.divs, self.examples = k, 0.0, 0.0, 0.0, 0, 0
+
+    def add(self, batch: ExampleBatch, picks: torch.Tensor) -> None:
+        picks, y = picks.cpu().numpy(), batch.y.cpu().numpy()
+        relevant = [set(row[row >= 0].tolist()) for row in y]
+        scores = precision_recall_f1_at_k([p.tolist() for p in picks], relevant, self.k)
+        self.precision += scores["precision"] * len(picks)
+        self.recall += scores["recall"] * len(picks)
+        self.examples += len(picks)
+        photos = batch.photos.cpu().numpy()
+        picked = [photos[i, p[p >= 0]] for i, p in enumerate(picks)]
+        with_pairs = sum(len(p) >= 2 for p in picked)
+        if with_pairs:
+            self.div += div_at_k(picked) * with_pairs
+            self.divs += with_pairs
+
+    def scores(self) -> dict:
+        if not self.examples:
+            raise ValueError("no examples")
+        p, r = self.precision / self.examples, self.recall / self.examples
+        return {"precision": p, "recall": r, "f1": 2 * p * r / (p + r) if p + r else 0.0, "examples": self.examples,
+                "div": self.div / self.divs if self.divs else float("nan")}
 
 
 def random_picks(ex: Examples, k: int, seed) -> np.ndarray:

@@ -21,8 +21,9 @@ from tests.integration.test_cluster import REPO, head_node  # noqa: F401  (the f
 EPOCH_LINE = re.compile(r"\] epoch \d+/\d+ ")
 WORKER_PREFIX = re.compile(r"^(\x1b\[\d+m)?\([^)]*pid=\d+[^)]*\)(\x1b\[0m)? ")
 
-# every ALIVE actor of the cluster but the one cluster-wide service Ray Train and Ray Data share: the named, detached
-# AutoscalingCoordinator that the first job creates (get_if_exists) and every later job uses
+# every ALIVE actor of the cluster but the cluster-wide services, named and detached, that the first job creates
+# (get_if_exists) and every later job uses: the AutoscalingCoordinator Ray Train and Ray Data share, and Ray Data's
+# stats actor (train_dpp builds its examples with Ray Data)
 ALIVE = r"""
 import json, sys, time
 from ray.util.state import list_actors
@@ -30,7 +31,7 @@ address, deadline = sys.argv[1], time.monotonic() + float(sys.argv[2])
 while True:
     alive = [{k: a[k] for k in ("class_name", "name", "is_detached", "job_id")}
              for a in list_actors(address=address, filters=[("state", "=", "ALIVE")], detail=True, limit=1000)
-             if a["name"] != "AutoscalingCoordinator"]
+             if a["name"] not in ("AutoscalingCoordinator", "datasets_stats_actor")]
     if not alive or time.monotonic() > deadline:
         break
     time.sleep(1)

@@ -51,9 +51,11 @@ def test_train_dpp_resumes_after_a_crashed_worker_and_evaluate_writes_table_3(em
         val = load_selection_data(store, encoder_id, 128, ("val",))
         scores = evaluate_picks(val, val.splits["val"], select(model, val, val.splits["val"]))
         assert scores["f1"] == pytest.approx(card["metrics"]["val_f1"], abs=1e-9)
-    # the examples are built on the workers only: the report's counts are rank 0's, those of every review
+    # the examples Ray Data built from the feature tables are those the raw tables give: the same counts (and the
+    # val scores above, computed by the workers on the streamed examples, are those of the in-memory ones)
     full = load_selection_data(store, encoder_id, 128, ("train", "val"))
     assert latest_report(store, "train_dpp")["counts"] == {"train_examples": len(full.splits["train"]),
+                                                           "val_examples": len(full.splits["val"]),
                                                            "skipped": full.skipped}
     # the three kernels trained in one run: the fault fired once, and that run resumed from its checkpoint
     cards = [json.loads(open(os.path.join(uri, "card.json")).read()) for uri in latest.variants.values()]
@@ -89,7 +91,7 @@ def test_train_dpp_checkpoints_every_n_epochs_and_after_the_last(embedded_root):
     assert saved == [5, 7]
 
 
-def test_train_dpp_without_embedded_train_photos_exits_2_in_one_line(embedded_root, tmp_path, capsys):
+def test_train_dpp_without_feature_tables_or_embedded_train_photos_exits_2_in_one_line(embedded_root, tmp_path, capsys):
     import shutil
 
     import pyarrow.compute as pc
@@ -102,6 +104,16 @@ def test_train_dpp_without_embedded_train_photos_exits_2_in_one_line(embedded_ro
     root = str(tmp_path / "root")
     shutil.copytree(template, root)
     store = Store.open(root)
+    # the examples come from the feature tables: a ground set larger than they keep, or none, is one line too
+    capsys.readouterr()
+    assert run("train_dpp", train_dpp.main, ["--root", root, "--encoder", encoder_id, "--max-ground", "129"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "showcase train_dpp: error: --max-ground 129 is more than the feature tables keep per business (128): lower "
+        "it or rerun `showcase features --max-ground-set 129`")
+    store.delete_dir(f"features/{encoder_id}")
+    assert run("train_dpp", train_dpp.main, ["--root", root, "--encoder", encoder_id]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"showcase train_dpp: error: no feature tables for encoder {encoder_id}") and "\n" not in err
     reviews = store.read_table("reviews", ["split", "pic_ids"])
     train_photos = pc.list_flatten(reviews.filter(pc.equal(reviews.column("split"), "train")).column("pic_ids"))
     images = embeddings_dir(encoder_id, "images")

@@ -1,11 +1,13 @@
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 import pytest
 import torch
 
 from showcase_core.metrics.ranking import div_at_k, precision_recall_f1_at_k
 from showcase_core.selection import greedy_map
 from showcase_core.selection.greedy import naive_greedy
-from showcase_core.selection.data import Examples, SelectionData
+from showcase_core.selection.data import Examples, SelectionData, batch_tensors
 from showcase_core.selection.kernel import DPPKernel, KernelSet, dpp_log_likelihood
 from showcase_core.selection.training import train_epoch
 
@@ -106,6 +108,13 @@ def small_selection_data(n: int = 24, photos: int = 40, dim: int = 8) -> Selecti
                          {"train": ex})
 
 
+def shuffled_batches(data, ex, batch_size: int, epoch: int, seed: int):
+    """In-memory examples in an epoch's seeded order."""
+    order = np.random.default_rng([seed, epoch]).permutation(len(ex))
+    for start in range(0, len(order), batch_size):
+        yield batch_tensors(data, ex, order[start:start + batch_size])
+
+
 def adamw_step(model):
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
 
@@ -126,11 +135,11 @@ def test_kernels_trained_side_by_side_learn_exactly_as_each_trained_alone():
 
     together = KernelSet({m: fresh(m) for m in ("img", "text", "img+text")})
     step = adamw_step(together)
-    joint = [train_epoch(together, step, data, ex, 5, epoch, 0) for epoch in range(3)]
+    joint = [train_epoch(together, step, shuffled_batches(data, ex, 5, epoch, 0))[0] for epoch in range(3)]
     for modality in ("img", "text", "img+text"):
         alone = KernelSet({modality: fresh(modality)})
         step = adamw_step(alone)
-        losses = [train_epoch(alone, step, data, ex, 5, epoch, 0)[modality] for epoch in range(3)]
+        losses = [train_epoch(alone, step, shuffled_batches(data, ex, 5, epoch, 0))[0][modality] for epoch in range(3)]
         assert losses == [epoch[modality] for epoch in joint]
         assert losses[-1] < losses[0]
         for name, value in alone.kernels[modality].state_dict().items():
@@ -239,3 +248,70 @@ def test_a_batch_with_shared_ground_sets_picks_and_scores_as_each_pair_alone(tmp
                            torch.as_tensor(mask))
     assert [[p.ground.image_ids[j] for j in row if j >= 0] for p, row in zip(pairs, dense.tolist())] == \
         [r["image_ids"] for r in together]
+
+
+def raw_world(rng, dim=4):
+    """Raw tables of 3 businesses: b0 with 6 photos (a cap of 3 or 4 leaves some out), b1 with 2, b2 with none
+    embedded; 5 users with reviews spread over them, one review's photos not embedded at all."""
+    reviews, images, embedded = [], [], []
+    photos_of = {"b0": [f"p0{i}" for i in range(6)], "b1": ["p10", "p11"], "b2": ["p20"]}
+    for n, (user, business, pics) in enumerate([
+            ("u0", "b0", ["p00", "p05"]), ("u0", "b1", ["p10"]), ("u1", "b0", ["p01", "p02"]), ("u1", "b2", ["p20"]),
+            ("u2", "b0", ["p03"]), ("u2", "b1", ["p11", "p10"]), ("u3", "b0", ["p04"]), ("u4", "b1", ["p99"])]):
+        review = f"r{n}"
+        reviews.append({"review_id": review, "user_id": user, "business_id": business, "split": "train",
+                        "pic_ids": pics, "time_ms": 1000 + n if n % 3 else None, "history": None})
+        for pic in pics:
+            images.append({"image_id": pic, "review_id": review, "user_id": user, "business_id": business,
+                           "uri": f"/{pic}"})
+    for business, pics in photos_of.items():
+        embedded += [p for p in pics if business != "b2"]
+    image_emb = pa.table({"id": embedded, "embedding": pa.FixedSizeListArray.from_arrays(
+        pa.array(rng.normal(size=len(embedded) * dim).astype(np.float32)), dim)})
+    texts = [f"review:r{n}" for n in range(len(reviews))]
+    text_emb = pa.table({"id": texts, "embedding": pa.FixedSizeListArray.from_arrays(
+        pa.array(rng.normal(size=len(texts) * dim).astype(np.float32)), dim)})
+    return pa.Table.from_pylist(reviews), pa.Table.from_pylist(images), image_emb, text_emb
+
+
+def test_examples_from_the_feature_rows_are_the_in_memory_examples_and_score_the_same():
+    """What train_dpp's Ray Data tasks build from the feature tables (feature_examples, moved as Arrow rows and
+    batched by arrow_batch) equals what build_selection_data builds from the raw tables, tensor for tensor, with the
+    table's cap above the job's and equal to it (a user's photo outside the stored ground set is fetched by id)."""
+    from showcase_core import features as F
+    from showcase_core.selection.data import (arrow_batch, batch_tensors, build_selection_data, embedding_matrix,
+                                              feature_examples)
+    from showcase_core.selection.training import PickScores, evaluate_picks, pick_positions, select
+
+    reviews, images, image_emb, text_emb = raw_world(np.random.default_rng(5))
+    vector_of = dict(zip(*embedding_matrix(image_emb)))
+    for table_cap, max_ground in ((4, 3), (3, 3), (128, 128)):
+        asked = []
+
+        def vectors_of(ids):
+            asked.extend(ids)
+            return {i: vector_of[i] for i in ids if i in vector_of}
+
+        users, businesses = F.rows_from_tables(reviews, images, image_emb, text_emb, max_ground_set=table_cap)
+        examples = feature_examples(reviews, users, businesses, 4, max_ground, vectors_of)
+        assert examples.column("reason").to_pylist() == [None] * 3 + ["no_photos"] + [None] * 3 + \
+            ["no_embedded_photo"]
+        left_out = sorted(set(f"p0{i}" for i in range(6)) - set(businesses["b0"]["image_ids"]))
+        assert sorted(asked) == left_out and len(left_out) == max(0, 6 - table_cap)  # fetched: only those
+        data = build_selection_data(reviews, images, image_emb, text_emb, ("train",), max_ground)
+        ex = data.splits["train"]
+        assert data.skipped == {"train": 2} and len(ex) == 6
+        usable = examples.filter(pa.compute.is_null(examples.column("reason")))
+        assert usable.column("user_id").to_pylist() == ex.user_ids
+        streamed, held = arrow_batch(usable), batch_tensors(data, ex, np.arange(len(ex)))
+        for name in ("photos", "mask", "y", "y_mask", "profile_img", "profile_text"):
+            assert torch.equal(getattr(streamed, name), getattr(held, name)), (table_cap, name)
+
+        torch.manual_seed(0)
+        model = DPPKernel(4, "img+text")
+        scores = PickScores(3)
+        for start in range(0, len(usable), 4):  # batches of 4 and 2
+            batch = arrow_batch(usable.slice(start, 4))
+            scores.add(batch, pick_positions(model, batch, 3))
+        want = evaluate_picks(data, ex, select(model, data, ex, 3), 3)
+        assert scores.scores() == pytest.approx(want, abs=1e-12)
