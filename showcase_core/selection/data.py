@@ -178,12 +178,16 @@ def feature_examples(reviews: pa.Table, users: dict, businesses: dict, dim: int,
             capped_out.update(p for p in r["pic_ids"] or [] if p not in business["image_ids"])
     extra = vectors_of(sorted(capped_out)) if capped_out else {}
     out = {name: [] for name in examples_schema(dim).names}
+    stored_of: dict[str, dict] = {}  # per business: its stored ground set, {image id: vector}, newest first
     for r in rows:
-        business = businesses.get(r["business_id"])
-        stored = dict(zip(business["image_ids"], business["vectors"])) if business is not None else {}
-        vector = {**extra, **stored}
+        if r["business_id"] not in stored_of:
+            business = businesses.get(r["business_id"])
+            stored_of[r["business_id"]] = {} if business is None else dict(zip(business["image_ids"],
+                                                                                 business["vectors"]))
+        stored = stored_of[r["business_id"]]
+        vector = lambda p: stored[p] if p in stored else extra[p]  # noqa: E731
         ground = list(stored)[:max_ground]
-        targets = [p for p in dict.fromkeys(r["pic_ids"] or []) if p in vector]
+        targets = [p for p in dict.fromkeys(r["pic_ids"] or []) if p in stored or p in extra]
         reason = "no_photos" if not ground else "no_embedded_photo" if not targets else None
         if reason is None and not set(targets) <= set(ground):
             ground = (targets + [p for p in ground if p not in targets])[:max(max_ground, len(targets))]
@@ -191,7 +195,7 @@ def feature_examples(reviews: pa.Table, users: dict, businesses: dict, dim: int,
         prof = features.profile(users.get(r["user_id"]), r["business_id"], dim, 0)
         out["user_id"].append(r["user_id"])
         out["business_id"].append(r["business_id"])
-        out["photos"].append(np.asarray([vector[p] for p in ground], np.float32).reshape(-1, dim) if reason is None
+        out["photos"].append(np.asarray([vector(p) for p in ground], np.float32).reshape(-1, dim) if reason is None
                              else np.zeros((0, dim), np.float32))
         out["targets"].append([position[p] for p in targets] if reason is None else [])
         out["profile_img"].append(prof.photo)
