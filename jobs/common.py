@@ -104,9 +104,7 @@ def start_ray(state_api: bool = False) -> None:
         local = {"include_dashboard": state_api, "dashboard_host": "127.0.0.1", "dashboard_port": port}
         if state_api:
             env_vars["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
-        # one machine has nothing to preempt: Ray Train's preemption watcher is for cluster nodes (spot), and its
-        # creation logs an error line ("constructor arguments in the object store") per training run
-        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+        local_ray_train_env()
     elif "://" not in address and address != "auto":
         env_vars["RAY_ADDRESS"] = address
     log_file = configure_logging()
@@ -119,6 +117,20 @@ def start_ray(state_api: bool = False) -> None:
         where += f" (dashboard http://127.0.0.1:{local['dashboard_port']})"
     print(f"[ray] {where}; Ray's logs: {node.get_logs_dir_path() if node else '?'}; the libraries': {log_file}",
           file=sys.stderr, flush=True)
+
+
+def local_ray_train_env() -> None:
+    """Ray Train's settings for a local instance (one machine), as defaults in this process's environment before Ray
+    starts (its processes inherit them); yours win.
+
+    - One machine has nothing to preempt: Ray Train's preemption watcher is for cluster nodes (spot), and its creation
+      logs an error line ("constructor arguments in the object store") per training run.
+    - The controller polls its workers every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (Ray's default 2 s): a run ends up to
+      two polls after its loop returns and each checkpoint's report waits for a poll. Measured here, a one-report run
+      of one worker: 11 s with 2 s, 7.6 s with 0.5 s; polling a few local workers twice a second costs nothing.
+    """
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 
 
 def _free_port() -> int:
