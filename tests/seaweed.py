@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import json
 import os
 import shutil
@@ -47,6 +49,7 @@ class SeaweedS3:
     process: subprocess.Popen
     log_path: str
     command: list[str]
+    ports: list[int]  # master, volume, filer, S3 (their gRPC ports are each + 10000)
 
     @property
     def env(self) -> dict:
@@ -68,6 +71,16 @@ class SeaweedS3:
             self.process.wait(grace_s)
         except subprocess.TimeoutExpired:
             self.process.kill()
+            self.process.wait()
+        self.remove_sockets()
+
+    def remove_sockets(self) -> None:
+        """SeaweedFS's servers also listen on Unix sockets it names /tmp/seaweedfs-<server>-[grpc-]<port>.sock
+        (not configurable for gRPC) and leaves behind when stopped: removed, so test runs leave nothing in /tmp."""
+        for port in self.ports:
+            for path in glob.glob(f"/tmp/seaweedfs-*-{port}.sock") + glob.glob(f"/tmp/seaweedfs-*-{port + 10000}.sock"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(path)
 
     def restart(self, timeout: float = 60) -> None:
         """Start the stopped server again: same ports, same data (an outage, not a new server)."""
@@ -103,7 +116,8 @@ def _start_once(workdir: str, timeout: float, attempt: int) -> SeaweedS3:
     data = os.path.join(workdir, "data" if attempt == 1 else f"data-{attempt}")  # none of a failed try's state
     os.makedirs(data, exist_ok=True)
     log_path = os.path.join(workdir, "weed.log")
-    cmd = [weed_binary(), "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+    # -logdir: its log files (weed.INFO, ...) in the workdir, not the temp dir
+    cmd = [weed_binary(), f"-logdir={workdir}", "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
            "-master.telemetry=false", "-s3", f"-s3.config={config}",
            f"-master.port={master}", f"-volume.port={volume}", f"-filer.port={filer}", f"-s3.port={s3}",
            "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.volumeSizeLimitMB=64",
@@ -114,7 +128,7 @@ def _start_once(workdir: str, timeout: float, attempt: int) -> SeaweedS3:
            "-master.electionTimeout=1s"]  # a restarted master (the outage tests) leads again in ~2 s, not ~17 s
     with open(log_path, "wb") as log:
         process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    server = SeaweedS3(f"http://127.0.0.1:{s3}", process, log_path, cmd)
+    server = SeaweedS3(f"http://127.0.0.1:{s3}", process, log_path, cmd, [master, volume, filer, s3])
     _wait_ready(server, timeout)
     return server
 
@@ -126,6 +140,7 @@ def _wait_ready(server: SeaweedS3, timeout: float) -> None:
     probe = f"ready-{os.getpid()}"
     while True:
         if process.poll() is not None:
+            server.remove_sockets()
             with open(log_path, errors="replace") as f:
                 if "address already in use" in f.read():
                     raise _PortTaken()
