@@ -1,11 +1,16 @@
 """Train the PC²L explanation generator: ``python -m jobs.train_pc2l --root ROOT [--variants pc2l] [...]``.
 
-Driver: builds the examples (``showcase_core.generation.data``) from the tables and CLIP embeddings, trains the
-tokenizer (or takes GPT-2's from ``--gpt2-path``), and computes the entity-swapped negatives with spaCy once. Then,
-per variant (the paper's ablation: ce, ce+ccl, ce+pcl, pc2l), the shared harness trains on Ray Train workers: DeepSpeed
-with ``--deepspeed-config`` (ZeRO stage and bf16 from that file; gloo on CPU), DDP otherwise; a checkpoint per epoch
-(local or S3), resume after a failure. Per-epoch loss components, validation cross-entropy, and every
-``eval_every`` epochs greedy-decoded validation explanations scored for grounding and BLEU-4.
+Driver: chooses the examples (``showcase_core.generation.data``: which reviews, their photos and targets; no
+vectors), trains the tokenizer (or takes GPT-2's from ``--gpt2-path``), and computes the entity-swapped negatives with
+spaCy once. Ray Data tasks then give each chosen example its vectors (its photos' CLIP vectors; its history from the
+feature tables ``jobs.features`` wrote, the ones the nightly and Serve read), and the examples stay in Ray's object
+store (spilled to disk when large). Per variant (the paper's ablation: ce, ce+ccl, ce+pcl, pc2l), the shared harness
+trains on Ray Train workers: DeepSpeed with ``--deepspeed-config`` (ZeRO stage and bf16 from that file; gloo on CPU),
+DDP otherwise; a checkpoint per epoch (local or S3), resume after a failure. Each worker streams its equal share of
+the train examples every epoch in batches drawn from a seeded shuffle buffer; rank 0 streams the val examples for the
+validation cross-entropy and, every ``eval_every`` epochs, greedy-decodes the first ``--eval-examples`` of them,
+scored for grounding and BLEU-4. Memory of a worker: the model, the shuffle buffer and a batch; of the driver: the
+chosen examples' ids, targets and token ids.
 Models: ``ROOT/models/pc2l/<version>/<variant>/``, published in the registry.
 """
 
@@ -16,10 +21,12 @@ import sys
 import time
 from typing import Literal
 
+import pyarrow as pa
 from pydantic import field_validator, model_validator
 
+from showcase_core import features as F
 from showcase_core import registry
-from showcase_core.generation.data import load_generation_examples, load_generation_targets
+from showcase_core.generation.data import choose_generation_examples
 from showcase_core.generation.model import DEFAULT_CONFIG as MODEL
 from showcase_core.generation.training import VARIANTS
 from showcase_core.settings import comma_list
@@ -27,6 +34,9 @@ from showcase_core.store import Store, StoreError, new_run_id, utc_now
 
 from . import harness
 from .common import Timer, UserError, new_report, open_store, parse_args, run, setting, start_ray, versions
+
+BUILD_BATCH = 1024  # examples one Ray Data task gives their vectors
+VAL_BATCH = 64  # val examples scored at once
 
 
 class Settings(harness.TrainingSettings):
@@ -72,6 +82,8 @@ class Settings(harness.TrainingSettings):
     dropout: float = setting(MODEL["dropout"], "dropout in encoder and decoder", ge=0, lt=1)
     eval_every: int = setting(10, "epochs between validation grounding and BLEU-4 (greedy decoding)", ge=1)
     eval_examples: int = setting(128, "validation examples decoded at each check", ge=1)
+    shuffle_buffer: int = setting(2048, "train examples a worker shuffles its batches from (memory: this many "
+                                        "examples with their vectors)", ge=1)
     seed: int = setting(0, "seed of the initialisation, the batch order and the swapped negatives")
 
     @field_validator("variants")
@@ -97,29 +109,20 @@ MODEL_KEYS = ("d_model", "heads", "encoder_layers", "decoder_layers", "gpt2_path
 
 def train_loop(config: dict) -> None:
     """Runs on every Ray Train worker."""
-    import numpy as np
     import ray.train
     import torch
 
+    from showcase_core.generation.data import examples_of_rows
     from showcase_core.generation.decode import generate
     from showcase_core.generation.model import PC2L
     from showcase_core.generation.tokenizer import tokenizer_from_json
-    from showcase_core.generation.training import train_epoch, validation_loss
+    from showcase_core.generation.training import train_batches, validation_loss_of
     from showcase_core.metrics.grounding import grounding_rate, photo_entities
     from showcase_core.metrics.text import bleu
 
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    splits, _ = load_generation_examples(Store.open(config["root"]), config["encoder_id"], config["targets"],
-                                         ("train", "val"), config["model"]["max_photos"], config["model"]["max_history"])
-    if [len(splits["train"]), len(splits["val"])] != [len(config["train_ids"]), len(config["val_ids"])]:
-        raise RuntimeError("the tables changed since the driver chose the examples (their token ids no longer line up "
-                           "with this worker's examples): run train_pc2l again")
-    shard = np.arange(rank, len(splits["train"]), world)
-    train = splits["train"].take(shard)
-    train_ids = [config["train_ids"][i] for i in shard]
-    swapped_ids = [config["swapped_ids"][i] for i in shard]
-    val = splits["val"]
+    rank = ray.train.get_context().get_world_rank()
+    train, val = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("val")
+    widths = config["model"]["max_photos"], config["model"]["max_history"]
     tokenizer = tokenizer_from_json(config["tokenizer_json"])
     torch.manual_seed(config["seed"])
     model = PC2L(config["model"])
@@ -127,26 +130,47 @@ def train_loop(config: dict) -> None:
                                                                     weight_decay=config["weight_decay"]), config)
     device = ray.train.torch.get_device()
     step = harness.optimizer_step(trained)
-    shown = None
+    entities = None
     state = harness.restore(trained) or {"epoch": -1, "history": []}
     for epoch in range(state["epoch"] + 1, config["epochs"]):
         t0 = time.monotonic()
         trained.model.train()
         ramp = min(1.0, epoch / config["contrastive_warmup"]) if config["contrastive_warmup"] else 1.0
         weights = tuple(ramp * w for w in config["weights"])
-        metrics = train_epoch(trained.model, step, train, train_ids, swapped_ids, tokenizer, config["batch_size"],
-                              epoch, config["seed"], weights, config["tau"], config["alpha"], device)
-        metrics = {"epoch": epoch, **metrics, "seconds": round(time.monotonic() - t0, 3), "examples": len(train)}
+        seen = [0]
+
+        def batches():
+            for rows in train.iter_batches(batch_size=config["batch_size"], batch_format="pyarrow",
+                                           local_shuffle_buffer_size=config["shuffle_buffer"],
+                                           local_shuffle_seed=config["seed"] * 1_000_003 + epoch):
+                seen[0] += rows.num_rows
+                yield examples_of_rows(rows, *widths)
+
+        metrics = train_batches(trained.model, step, batches(), tokenizer, weights, config["tau"], config["alpha"],
+                                device)
+        metrics = {"epoch": epoch, **metrics, "seconds": round(time.monotonic() - t0, 3), "examples": seen[0]}
         last = epoch == config["epochs"] - 1
-        if rank == 0 and len(val):
-            metrics.update(validation_loss(trained.module, val, config["val_ids"], tokenizer, 64, device))
-            if last or (epoch + 1) % config["eval_every"] == 0:
-                if shown is None:
+        if rank == 0 and config["val_examples"]:
+            decode = last or (epoch + 1) % config["eval_every"] == 0
+            head: list[pa.Table] = []  # the first eval_examples val rows, decoded below
+
+            def parts():
+                kept = 0
+                for rows in val.iter_batches(batch_size=VAL_BATCH, batch_format="pyarrow"):
+                    if decode and kept < config["eval_examples"]:
+                        head.append(rows.slice(0, config["eval_examples"] - kept))
+                        kept += head[-1].num_rows
+                    examples, target_ids, _ = examples_of_rows(rows, *widths)
+                    yield examples, target_ids
+
+            metrics.update(validation_loss_of(trained.module, parts(), tokenizer, device))
+            if decode:
+                if entities is None:
                     sentences = Store.open(config["root"]).read_table(config["targets"], ["pic_ids", "entities"])
                     entities = photo_entities(sentences.column("pic_ids").to_pylist(),
                                               sentences.column("entities").to_pylist())
-                    subset = val.take(range(min(len(val), config["eval_examples"])))
-                    shown = [set().union(*(entities.get(p, set()) for p in pics)) for pics in subset.photo_ids]
+                subset, _, _ = examples_of_rows(pa.concat_tables(head), *widths)
+                shown = [set().union(*(entities.get(p, set()) for p in pics)) for pics in subset.photo_ids]
                 texts = generate(trained.module, tokenizer, subset.photos, subset.photo_mask, subset.history,
                                  subset.history_mask, num_beams=1)
                 metrics["val_grounding"] = grounding_rate(texts, shown)["rate"]
@@ -157,19 +181,74 @@ def train_loop(config: dict) -> None:
         harness.report_epoch(trained, metrics, state, config)
 
 
+def build_rows(chosen: pa.Table, root: str, encoder_id: str, meta: dict, max_history: int) -> pa.Table:
+    """Ray Data step: a block of chosen examples -> their rows with the vectors (``generation_rows``), the photos'
+    read by id from the embeddings, the users' history looked up by key in the feature tables. Memory: the block's
+    rows."""
+    import pyarrow.compute as pc
+
+    from showcase_core.encoders.embed import read_embeddings
+    from showcase_core.generation.data import generation_rows
+    from showcase_core.selection.data import embedding_matrix
+
+    store = Store.open(root)
+    lookup = F.FeatureLookup(store, encoder_id, meta)
+
+    def vectors_of(ids: list[str]) -> dict:
+        return dict(zip(*embedding_matrix(read_embeddings(store, encoder_id, "images", ids=ids))))
+
+    users = lookup.rows("users", pc.unique(chosen.column("user_id")).to_pylist())
+    return generation_rows(chosen, users, lookup.dim, max_history, vectors_of)
+
+
+def example_datasets(store, encoder_id: str, meta: dict, data: dict, max_history: int) -> dict:
+    """The train and val examples as Ray Data datasets with their vectors, built once for every variant and kept in
+    the object store. The driver passes the chosen examples' ids, targets and token ids only."""
+    import ray.data
+
+    datasets = {}
+    for split in ("train", "val"):
+        chosen = data["chosen"][split]
+        table = pa.table({"review_id": [e["review_id"] for e in chosen], "user_id": [e["user_id"] for e in chosen],
+                          "business_id": [e["business_id"] for e in chosen],
+                          "photo_ids": pa.array([e["photo_ids"] for e in chosen], pa.list_(pa.string())),
+                          "target": [e["target"] for e in chosen],
+                          "target_ids": pa.array(data["ids"][split], pa.list_(pa.int32())),
+                          "swapped_ids": pa.array(data["swapped_ids"] if split == "train" else [None] * len(chosen),
+                                                  pa.list_(pa.int32()))})
+        ds = ray.data.from_arrow(table).repartition(max(1, -(-len(chosen) // BUILD_BATCH)))
+        datasets[split] = ds.map_batches(build_rows, batch_size=None, batch_format="pyarrow", fn_kwargs={
+            "root": store.root, "encoder_id": encoder_id, "meta": meta, "max_history": max_history}).materialize()
+        datasets[split].context.use_ray_tqdm = False  # each epoch's split logs its progress, not bars
+    return datasets
+
+
+def feature_meta(store, encoder_id: str, max_history: int) -> dict:
+    """The feature tables' metadata, or one line on why they cannot give the examples' history."""
+    try:
+        meta = F.read_meta(store, encoder_id)
+    except F.FeaturesError as e:
+        raise UserError(f"{e}; train_pc2l reads the history from the feature tables the nightly serves from") from None
+    if int(meta["max_history"]) < max_history:
+        raise UserError(f"--max-history {max_history} is more than the feature tables keep per user "
+                        f"({meta['max_history']}): lower it or rerun `showcase features --max-history {max_history}`")
+    return meta
+
+
 def prepare(store, encoder_id: str, cfg: Settings) -> dict:
-    """Driver side, once for all variants: the examples' targets (no vectors: the workers build the examples), the
-    tokenizer, the token ids and the swapped negatives."""
+    """Driver side, once for all variants: the chosen examples (no vectors: Ray Data tasks add them), the tokenizer,
+    the token ids and the swapped negatives."""
     from showcase_core.generation.data import encode_targets
     from showcase_core.generation.entities import swapped_negatives
     from showcase_core.generation.tokenizer import load_pretrained_tokenizer, train_tokenizer
     from showcase_core.weights import local_weights
 
     try:
-        targets, skipped, dim = load_generation_targets(store, encoder_id, cfg.targets, ("train", "val"),
-                                                        cfg.max_photos)
+        chosen, skipped, dim = choose_generation_examples(store, encoder_id, cfg.targets, ("train", "val"),
+                                                          cfg.max_photos)
     except StoreError as e:
         raise UserError(f"{e}; train_pc2l needs ingested tables, embeddings and the {cfg.targets} table") from None
+    targets = {split: [e["target"] for e in examples] for split, examples in chosen.items()}
     if len(targets["train"]) < cfg.batch_size:
         raise UserError(f"{len(targets['train'])} training examples, fewer than one batch of {cfg.batch_size}")
     if cfg.decoder == "smollm2-135m":
@@ -188,9 +267,8 @@ def prepare(store, encoder_id: str, cfg: Settings) -> dict:
         tokenizer = train_tokenizer(targets["train"], cfg.vocab_size)
     negatives, vocabulary = swapped_negatives(targets["train"], seed=cfg.seed)
     return {"examples": {split: len(texts) for split, texts in targets.items()}, "skipped": skipped, "dim": dim,
-            "tokenizer": tokenizer, "vocabulary": vocabulary,
-            "train_ids": encode_targets(tokenizer, targets["train"], cfg.max_length),
-            "val_ids": encode_targets(tokenizer, targets["val"], cfg.max_length),
+            "chosen": chosen, "tokenizer": tokenizer, "vocabulary": vocabulary,
+            "ids": {split: encode_targets(tokenizer, texts, cfg.max_length) for split, texts in targets.items()},
             "swapped_ids": [encode_targets(tokenizer, [n], cfg.max_length)[0] if n else None for n in negatives]}
 
 
@@ -201,8 +279,9 @@ def model_config(cfg: Settings, data: dict) -> dict:
             "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
 
 
-def fit_variant(store, cfg: Settings, run_id: str, encoder_id: str, data: dict, variant: str, timer: Timer) -> dict:
-    """Train one variant on Ray Train workers; save it with its model card."""
+def fit_variant(store, cfg: Settings, run_id: str, encoder_id: str, data: dict, datasets: dict, variant: str,
+                timer: Timer) -> dict:
+    """Train one variant on Ray Train workers (on ``example_datasets``); save it with its model card."""
     from showcase_core.generation.model import PC2L, save_pc2l
     from showcase_core.generation.tokenizer import tokenizer_json
     from showcase_core.generation.training import loss_weights
@@ -213,9 +292,9 @@ def fit_variant(store, cfg: Settings, run_id: str, encoder_id: str, data: dict, 
                 "root": store.root, "encoder_id": encoder_id, "targets": cfg.targets, "variant": variant,
                 "weights": loss_weights(variant, cfg.lambda_ccl, cfg.lambda_pcl), "model": model_config(cfg, data)}
     loop_config = {**training, "tokenizer_json": tokenizer_json(data["tokenizer"]),
-                   **{k: data[k] for k in ("train_ids", "val_ids", "swapped_ids")}}
+                   "shuffle_buffer": cfg.shuffle_buffer, "val_examples": data["examples"]["val"]}
     with timer(f"fit_{variant}"):
-        result = harness.fit("train_pc2l", store, run_name, train_loop, loop_config, cfg)
+        result = harness.fit("train_pc2l", store, run_name, train_loop, loop_config, cfg, datasets, split=("train",))
     if result.error is not None:
         raise RuntimeError(f"training the {variant} generator failed: {result.error}")
     state_dict, extra = harness.load_checkpoint_state(result.checkpoint)
@@ -245,15 +324,23 @@ def main(argv: list[str] | None = None) -> int:
     encoder_id = registry.resolve_encoder_id(store, cfg.encoder)
     run_id, timer = new_run_id(), Timer()
     report = new_report("train_pc2l", cfg, run_id)
+    meta = feature_meta(store, encoder_id, cfg.max_history)
     with timer("prepare"):
         data = prepare(store, encoder_id, cfg)
+    if int(meta["dim"]) != data["dim"]:
+        raise UserError(f"the feature tables of encoder {encoder_id} hold {meta['dim']}-d vectors but its embeddings "
+                        f"{data['dim']}-d: rerun `showcase features --root {store.root} --encoder {encoder_id}`")
     examples = data["examples"]
     print(f"[train_pc2l] {examples['train']:,} train / {examples['val']:,} val examples; "
           f"{len(data['vocabulary']):,} entities for swapped negatives "
           f"({sum(n is not None for n in data['swapped_ids']):,} targets have one); "
           f"prepared in {timer.timings['prepare']:.1f}s", file=sys.stderr, flush=True)
     start_ray(state_api=True)
-    models = {v: fit_variant(store, cfg, run_id, encoder_id, data, v, timer) for v in cfg.variants.split(",")}
+    with timer("examples"):
+        datasets = example_datasets(store, encoder_id, meta, data, cfg.max_history)
+    del data["chosen"], data["ids"], data["swapped_ids"]  # in the object store now
+    models = {v: fit_variant(store, cfg, run_id, encoder_id, data, datasets, v, timer)
+              for v in cfg.variants.split(",")}
     registry.publish(store, "pc2l", run_id, store.uri("models", "pc2l", run_id), encoder_id,
                      variants={v: m["uri"] for v, m in models.items()},
                      metrics={v: m["metrics"] for v, m in models.items()}, extra={"targets": cfg.targets})

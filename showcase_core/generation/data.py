@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 from .. import features
-from ..selection.data import embedding_matrix
+from ..selection.data import embedding_matrix, padded_vectors, vector_lists
 
 
 @dataclass
@@ -164,12 +164,56 @@ def collate(examples: GenerationExamples, idx, target_ids: list[list[int]], toke
     return batch
 
 
-def load_generation_targets(store, encoder_id: str, targets: str, splits, max_photos: int) -> tuple[dict, dict, int]:
-    """The examples' targets per split ({split: [text]}, in the order ``load_generation_examples`` builds them), the
-    skipped counts and the embedding size, with no vector but one: the photo embeddings' ids stream by a batch at a
-    time and only the examples' candidate photos are kept (memory: the reviews' ids and photo ids, the targets' texts,
-    one batch of ids; the reviews' texts a batch at a time). The embedding size is 0 when no candidate photo is
-    embedded (then there is no example)."""
+def generation_rows_schema(dim: int) -> pa.Schema:
+    """An example as a row, its vectors inline (whoever trains on it needs no other table): the chosen example
+    (``example_reviews``), its target's token ids and those of its entity-swapped negative (null: none), its photos'
+    and its history's CLIP vectors."""
+    vectors = pa.list_(pa.list_(pa.float32(), dim))
+    return pa.schema([("review_id", pa.string()), ("user_id", pa.string()), ("business_id", pa.string()),
+                      ("photo_ids", pa.list_(pa.string())), ("target", pa.string()),
+                      ("target_ids", pa.list_(pa.int32())), ("swapped_ids", pa.list_(pa.int32())),
+                      ("photos", vectors), ("history", vectors)])
+
+
+def generation_rows(chosen: pa.Table, users: dict, dim: int, max_history: int, vectors_of) -> pa.Table:
+    """Chosen examples (``generation_rows_schema``'s first seven columns) -> their rows with the vectors: the photos'
+    from ``vectors_of(ids)`` -> {id: vector}, the history from the users' feature-table rows
+    (``showcase_core.features.FeatureLookup``; the profile the nightly and Serve read), so the same as
+    ``build_generation_examples`` gives. Memory: the batch's rows."""
+    photo_ids = chosen.column("photo_ids").to_pylist()
+    wanted = sorted({p for ids in photo_ids for p in ids})
+    vectors = vectors_of(wanted) if wanted else {}
+    missing = sorted(set(wanted) - set(vectors))
+    if missing:
+        raise ValueError(f"{len(missing)} photos chosen as examples are no longer embedded (e.g. {missing[0]}): the "
+                         "embeddings changed since the examples were chosen")
+    history = [features.profile(users.get(u), b, dim, max_history).history
+               for u, b in zip(chosen.column("user_id").to_pylist(), chosen.column("business_id").to_pylist())]
+    schema = generation_rows_schema(dim)
+    columns = {name: chosen.column(name).cast(schema.field(name).type) for name in schema.names[:7]}
+    columns["photos"] = vector_lists([np.asarray([vectors[p] for p in ids], np.float32).reshape(-1, dim)
+                                      for ids in photo_ids], dim)
+    columns["history"] = vector_lists(history, dim)
+    return pa.table(columns, schema=schema)
+
+
+def examples_of_rows(rows: pa.Table, max_photos: int, max_history: int) -> tuple[GenerationExamples, list, list]:
+    """Rows (``generation_rows_schema``) -> (the examples, their target token ids, their swapped negatives' ids)."""
+    photos, photo_mask = padded_vectors(rows.column("photos"), max_photos)
+    history, history_mask = padded_vectors(rows.column("history"), max_history)
+    columns = {name: rows.column(name).to_pylist() for name in ("review_id", "user_id", "business_id", "photo_ids",
+                                                                "target", "target_ids", "swapped_ids")}
+    examples = GenerationExamples(columns["review_id"], columns["user_id"], columns["business_id"],
+                                  columns["photo_ids"], photos, photo_mask, history, history_mask, columns["target"])
+    return examples, columns["target_ids"], columns["swapped_ids"]
+
+
+def choose_generation_examples(store, encoder_id: str, targets: str, splits, max_photos: int):
+    """(``example_reviews``'s chosen examples per split, in the order ``load_generation_examples`` builds them, the
+    skipped counts, the embedding size) with no vector but one: the photo embeddings' ids stream by a batch at a time
+    and only the examples' candidate photos are kept (memory: the reviews' ids and photo ids, the targets' texts, one
+    batch of ids; the reviews' texts a batch at a time). The embedding size is 0 when no candidate photo is embedded
+    (then there is no example)."""
     import pyarrow.compute as pc
 
     from ..encoders.embed import embedded_among, embeddings_dir, read_embeddings
@@ -191,6 +235,12 @@ def load_generation_targets(store, encoder_id: str, targets: str, splits, max_ph
     chosen, skipped = example_reviews(reviews, sentences, embedded, splits, max_photos)
     one = next((e["photo_ids"][0] for examples in chosen.values() for e in examples), None)
     dim = read_embeddings(store, encoder_id, "images", ids=[one]).schema.field("embedding").type.list_size if one else 0
+    return chosen, skipped, dim
+
+
+def load_generation_targets(store, encoder_id: str, targets: str, splits, max_photos: int) -> tuple[dict, dict, int]:
+    """``choose_generation_examples`` with each example's target only: ({split: [text]}, skipped, embedding size)."""
+    chosen, skipped, dim = choose_generation_examples(store, encoder_id, targets, splits, max_photos)
     return {split: [e["target"] for e in examples] for split, examples in chosen.items()}, skipped, dim
 
 

@@ -205,14 +205,37 @@ def feature_examples(reviews: pa.Table, users: dict, businesses: dict, dim: int,
     return _examples_table(out, dim)
 
 
+def vector_lists(matrices: list[np.ndarray], dim: int) -> pa.ListArray:
+    """Per row a float32 [n, dim] matrix (n may be 0) -> one list<fixed_size_list<float32, dim>> array."""
+    counts = np.array([len(m) for m in matrices], np.int32)
+    flat = np.concatenate([np.asarray(m, np.float32).reshape(-1) for m in matrices]) if matrices else \
+        np.zeros(0, np.float32)
+    vectors = pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float32()), dim)
+    return pa.ListArray.from_arrays(pa.array(np.concatenate([[0], np.cumsum(counts)]), pa.int32()), vectors)
+
+
+def padded_vectors(column, width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A list<fixed_size_list<float32, dim>> column -> (float32 [rows, width, dim] zero-padded, bool mask [rows,
+    width]); ``width``: the longest row's when None (at least 1), else each row's first ``width`` vectors."""
+    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    dim = column.type.value_type.list_size
+    counts = column.value_lengths().to_numpy(zero_copy_only=False).astype(np.int64)
+    flat = column.flatten().flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
+    if width is None:
+        width = max(int(counts.max(initial=0)), 1)
+    positions = np.arange(len(flat)) - np.repeat(np.cumsum(counts) - counts, counts)
+    rows = np.repeat(np.arange(len(counts)), counts)
+    kept = positions < width
+    out = np.zeros((len(counts), width, dim), np.float32)
+    mask = np.zeros((len(counts), width), bool)
+    out[rows[kept], positions[kept]] = flat[kept]
+    mask[rows[kept], positions[kept]] = True
+    return out, mask
+
+
 def _examples_table(columns: dict, dim: int) -> pa.Table:
     schema = examples_schema(dim)
-    photos = columns.pop("photos")
-    counts = np.array([len(p) for p in photos], np.int32)
-    flat = np.concatenate(photos).reshape(-1) if photos else np.zeros(0, np.float32)
-    vectors = pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float32()), dim)
-    arrays = {"photos": pa.ListArray.from_arrays(pa.array(np.concatenate([[0], np.cumsum(counts)]), pa.int32()),
-                                                 vectors)}
+    arrays = {"photos": vector_lists(columns.pop("photos"), dim)}
     for name in ("profile_img", "profile_text"):
         flat = np.asarray(columns.pop(name), np.float32).reshape(-1)
         arrays[name] = pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float32()), dim)
@@ -222,13 +245,8 @@ def _examples_table(columns: dict, dim: int) -> pa.Table:
 
 def arrow_batch(batch: pa.Table, device="cpu") -> ExampleBatch:
     """Examples rows (``examples_schema``, every one usable) -> the kernel's batch."""
-    photos = batch.column("photos").combine_chunks()
-    dim = photos.type.value_type.list_size
-    counts = photos.value_lengths().to_numpy(zero_copy_only=False)
-    width = max(int(counts.max(initial=0)), 1)
-    mask = np.arange(width)[None, :] < counts[:, None]
-    padded = np.zeros((len(counts), width, dim), np.float32)
-    padded[mask] = photos.flatten().flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
+    padded, mask = padded_vectors(batch.column("photos"))
+    dim = padded.shape[2]
     targets = batch.column("targets").combine_chunks()
     lengths = targets.value_lengths().to_numpy(zero_copy_only=False)
     y = np.full((len(lengths), max(int(lengths.max(initial=0)), 1)), -1, np.int64)

@@ -3,25 +3,30 @@ worker and S3 checkpoints on SeaweedFS) and jobs.evaluate --stage generation|dat
 
 import json
 import math
+import shutil
 
+import numpy as np
+import pyarrow as pa
 import pyarrow.fs as pafs
 import pytest
 
-from jobs import distill, embed, evaluate, harness, train_dpp, train_pc2l
+from jobs import distill, evaluate, harness, train_dpp, train_pc2l
 from jobs.common import run
+from showcase_core import features as F
 from showcase_core import registry
 from showcase_core.buckets import buckets_for, in_bucket
 from showcase_core.data import schema
 from showcase_core.data.alignment import distill_reviews, load_classifier, sidecar_pairs
 from showcase_core.encoders.clip import load_encoder
 from showcase_core.encoders.embed import read_embeddings
-from showcase_core.generation.data import load_generation_examples, load_generation_targets
+from showcase_core.generation.data import (choose_generation_examples, examples_of_rows, load_generation_examples,
+                                           load_generation_targets)
 from showcase_core.generation.decode import generate
 from showcase_core.generation.model import load_pc2l
 from showcase_core.metrics.diversity import visual_diversity
 from showcase_core.selection.data import embedding_matrix
 from showcase_core.store import Store, filesystem_for, read_text
-from tests.conftest import copy_root, stage_reports, world_on_s3
+from tests.conftest import copy_root, embed_with_features, stage_reports, world_on_s3
 
 SMALL_MODEL = ["--d-model", "32", "--heads", "2", "--encoder-layers", "1", "--decoder-layers", "1", "--vocab-size",
                "400", "--batch-size", "16", "--cpus-per-worker", "1"]
@@ -178,10 +183,10 @@ def test_evaluate_dataset_report_with_diversity_plots(embedded_root):
 
 
 def test_the_drivers_targets_are_the_workers_examples_in_their_order(embedded_root, tmp_path):
-    """train_pc2l's driver reads no vector: its targets, skip counts and embedding size are those of the examples each
-    worker builds, in the same order (the token ids it hands the workers line up with them), also with half the
-    photos not embedded (reviews lose some photos or all of them)."""
-    import shutil
+    """train_pc2l's driver reads no vector: its targets, skip counts and embedding size are those of the examples one
+    process builds from every vector, in the same order, and the rows its Ray Data tasks build (each chosen example's
+    photos read by id, its history from the feature tables) are those examples; also with half the photos not
+    embedded (reviews lose some photos or all of them)."""
 
     from deltalake import write_deltalake
 
@@ -192,6 +197,7 @@ def test_the_drivers_targets_are_the_workers_examples_in_their_order(embedded_ro
     root = str(tmp_path / "root")
     shutil.copytree(template, root)
     store = Store.open(root)
+    meta = F.read_meta(store, encoder_id)
     splits = ("train", "val", "test")
     for half in (False, True):
         if half:
@@ -204,6 +210,28 @@ def test_the_drivers_targets_are_the_workers_examples_in_their_order(embedded_ro
             targets, driver_skipped, dim = load_generation_targets(store, encoder_id, "sentences", splits, max_photos)
             assert driver_skipped == skipped and dim == examples["train"].photos.shape[2] > 0
             assert targets == {split: examples[split].targets for split in splits} and targets["train"]
+            # the rows Ray Data tasks build from the chosen examples, their photos' vectors by id and the feature
+            # tables' history, are those examples (the workers stream them)
+            chosen, _, _ = choose_generation_examples(store, encoder_id, "sentences", splits, max_photos)
+            for split in splits:
+                table = pa.table({"review_id": [e["review_id"] for e in chosen[split]],
+                                  "user_id": [e["user_id"] for e in chosen[split]],
+                                  "business_id": [e["business_id"] for e in chosen[split]],
+                                  "photo_ids": [e["photo_ids"] for e in chosen[split]],
+                                  "target": [e["target"] for e in chosen[split]],
+                                  "target_ids": [[i, i + 1] for i in range(len(chosen[split]))],
+                                  "swapped_ids": [None if i % 3 else [i] for i in range(len(chosen[split]))]})
+                rows = pa.concat_tables([train_pc2l.build_rows(table.slice(start, 7), root, encoder_id, meta, 10)
+                                         for start in range(0, table.num_rows, 7)])
+                streamed, target_ids, swapped_ids = examples_of_rows(rows, max_photos, 10)
+                whole = examples[split]
+                assert streamed.review_ids == whole.review_ids and streamed.photo_ids == whole.photo_ids
+                assert streamed.targets == whole.targets and streamed.user_ids == whole.user_ids
+                for name in ("photos", "photo_mask", "history", "history_mask"):
+                    assert np.array_equal(getattr(streamed, name), getattr(whole, name)), (split, name)
+                assert target_ids == table.column("target_ids").to_pylist()
+                assert swapped_ids == table.column("swapped_ids").to_pylist()
+            assert examples["train"].history_mask.any()
     assert sum(counts["no_embedded_photo"] for counts in skipped.values()) > 0
 
 
@@ -214,6 +242,12 @@ def test_train_pc2l_bad_settings_exit_2(embedded_root, tmp_path):
     assert run("train_pc2l", train_pc2l.main, ["--root", root, "--encoder", encoder_id, "--d-model", "30",
                                                "--heads", "4"]) == 2
     assert run("train_pc2l", train_pc2l.main, ["--root", str(tmp_path / "empty"), "--encoder", encoder_id]) == 2
+    # the history comes from the feature tables: they must keep at least --max-history reviews per user, and exist
+    assert F.read_meta(Store.open(root), encoder_id)["max_history"] == 10
+    assert run("train_pc2l", train_pc2l.main, ["--root", root, "--encoder", encoder_id, "--max-history", "11"]) == 2
+    bare = str(tmp_path / "bare")
+    shutil.copytree(root, bare, ignore=shutil.ignore_patterns("features"))
+    assert run("train_pc2l", train_pc2l.main, ["--root", bare, "--encoder", encoder_id, *SMALL_MODEL]) == 2
 
 
 def test_train_pc2l_deepspeed_on_cpu_resumes_with_checkpoints_on_s3(seaweed, ray_local, tiny_world, monkeypatch):
@@ -221,8 +255,7 @@ def test_train_pc2l_deepspeed_on_cpu_resumes_with_checkpoints_on_s3(seaweed, ray
     ROOT (checkpoints and model) on the SeaweedFS S3 server."""
     world, _ = tiny_world
     root = world_on_s3(seaweed, world, "pc2l")
-    assert run("embed", embed.main, ["--root", root, "--clip-model", "showcase-tiny"]) == 0
-    encoder_id = load_encoder(model="showcase-tiny").encoder_id
+    encoder_id = embed_with_features(root)
     args = ["--root", root, "--encoder", encoder_id, "--epochs", "3", "--variants", "pc2l", "--eval-every", "3",
             "--deepspeed-config", "cluster/deepspeed/cpu_zero1.json", "--run-name", "pc2l-ds-crash", *SMALL_MODEL]
     monkeypatch.setenv(harness.FAULT_ENV, "1")
@@ -239,7 +272,6 @@ def test_train_pc2l_deepspeed_on_cpu_resumes_with_checkpoints_on_s3(seaweed, ray
     infos = store.fs.get_file_info(pafs.FileSelector(store.path("checkpoints/train_pc2l"), recursive=True))
     assert any("pc2l-ds-crash" in i.path and i.path.endswith(".pt") for i in infos)  # DeepSpeed's files, on S3
     model, tokenizer, _ = load_pc2l(uri)
-    import numpy as np
     photos = np.random.default_rng(0).normal(size=(2, 5, model.config["clip_dim"])).astype(np.float32)
     mask = np.zeros((2, 5), bool)
     mask[:, 0] = True

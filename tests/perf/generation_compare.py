@@ -6,7 +6,7 @@ SmolLM2-135M decoder, and the small decoder on the pretrained towers' features, 
 seed 0 of the small decoder). It trains, in this order (the last one trained is the table's base, so it is a small
 decoder on the demo's CLIP):
 
-1. the pretrained towers (train_clip, then embed) and the small decoder on their features (ce and pc2l);
+1. the pretrained towers (train_clip, embed, features) and the small decoder on their features (ce and pc2l);
 2. the SmolLM2 decoder, frozen, gated cross-attention before its top 4 layers, max length 32 (ce and pc2l);
 3. the small decoder with each of ``--seeds`` (ce and pc2l, the demo's settings);
 
@@ -22,7 +22,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from jobs import embed, evaluate, train_clip, train_pc2l  # noqa: E402
+from jobs import embed, evaluate, features, train_clip, train_pc2l  # noqa: E402
 from jobs.common import run  # noqa: E402
 from jobs.demo import PC2L_ARGS  # noqa: E402
 from showcase_core import registry  # noqa: E402
@@ -60,6 +60,7 @@ def main() -> int:
         towers = registry.latest(store, "clip")
         stage(timings, "embed towers", embed.main, ["--root", args.root, "--encoder", towers.uri,
                                                     "--threads-per-actor", "2"])
+        stage(timings, "features towers", features.main, ["--root", args.root, "--encoder", towers.encoder_id])
         stage(timings, "train_pc2l towers", train_pc2l.main, ["--root", args.root, "--encoder", towers.encoder_id,
                                                               *PC2L_ARGS])
         versions.append(registry.latest(store, "pc2l").version)

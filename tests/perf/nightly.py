@@ -64,6 +64,7 @@ def trained_root(workdir: str) -> tuple[str, str]:
         # the same showcase-tiny features, so the large ROOT's registry points at it
         mini = prepare(workdir, "mini")
         job("jobs.embed", "--root", mini, "--clip-model", "showcase-tiny", "--threads-per-actor", "2")
+        job("jobs.features", "--root", mini, "--encoder", encoder_id)  # train_pc2l reads the history from them
         # 10 epochs: the generator writes sentences like the world's reviews (about 7 words). After 2 it wrote "..."
         # or "!!! and!!" (2 words), its beam search ended after a few tokens, and the ratio measured little generation
         job("jobs.train_pc2l", "--root", mini, "--encoder", encoder_id, "--epochs", "10", "--variants", "pc2l",
