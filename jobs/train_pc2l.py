@@ -201,7 +201,7 @@ def build_rows(chosen: pa.Table, root: str, encoder_id: str, meta: dict, max_his
     return generation_rows(chosen, users, lookup.dim, max_history, vectors_of)
 
 
-def example_datasets(store, encoder_id: str, meta: dict, data: dict, max_history: int) -> dict:
+def example_datasets(store, encoder_id: str, data: dict, max_history: int) -> dict:
     """The train and val examples as Ray Data datasets with their vectors, built once for every variant and kept in
     the object store. The driver passes the chosen examples' ids, targets and token ids only."""
     import ray.data
@@ -218,17 +218,21 @@ def example_datasets(store, encoder_id: str, meta: dict, data: dict, max_history
                                                   pa.list_(pa.int32()))})
         ds = ray.data.from_arrow(table).repartition(max(1, -(-len(chosen) // BUILD_BATCH)))
         datasets[split] = ds.map_batches(build_rows, batch_size=None, batch_format="pyarrow", fn_kwargs={
-            "root": store.root, "encoder_id": encoder_id, "meta": meta, "max_history": max_history}).materialize()
+            "root": store.root, "encoder_id": encoder_id, "meta": data["meta"], "max_history": max_history}
+        ).materialize()
         datasets[split].context.use_ray_tqdm = False  # each epoch's split logs its progress, not bars
     return datasets
 
 
-def feature_meta(store, encoder_id: str, max_history: int) -> dict:
+def feature_meta(store, encoder_id: str, max_history: int, dim: int) -> dict:
     """The feature tables' metadata, or one line on why they cannot give the examples' history."""
     try:
         meta = F.read_meta(store, encoder_id)
     except F.FeaturesError as e:
         raise UserError(f"{e}; train_pc2l reads the history from the feature tables the nightly serves from") from None
+    if int(meta["dim"]) != dim:
+        raise UserError(f"the feature tables of encoder {encoder_id} hold {meta['dim']}-d vectors but its embeddings "
+                        f"{dim}-d: rerun `showcase features --root {store.root} --encoder {encoder_id}`")
     if int(meta["max_history"]) < max_history:
         raise UserError(f"--max-history {max_history} is more than the feature tables keep per user "
                         f"({meta['max_history']}): lower it or rerun `showcase features --max-history {max_history}`")
@@ -236,8 +240,9 @@ def feature_meta(store, encoder_id: str, max_history: int) -> dict:
 
 
 def prepare(store, encoder_id: str, cfg: Settings) -> dict:
-    """Driver side, once for all variants: the chosen examples (no vectors: Ray Data tasks add them), the tokenizer,
-    the token ids and the swapped negatives."""
+    """Driver side, once for all variants: the chosen examples (no vectors: Ray Data tasks add them), the feature
+    tables' metadata (checked before the slower tokenizer and negatives), the tokenizer, the token ids and the swapped
+    negatives."""
     from showcase_core.generation.data import encode_targets
     from showcase_core.generation.entities import swapped_negatives
     from showcase_core.generation.tokenizer import load_pretrained_tokenizer, train_tokenizer
@@ -251,6 +256,7 @@ def prepare(store, encoder_id: str, cfg: Settings) -> dict:
     targets = {split: [e["target"] for e in examples] for split, examples in chosen.items()}
     if len(targets["train"]) < cfg.batch_size:
         raise UserError(f"{len(targets['train'])} training examples, fewer than one batch of {cfg.batch_size}")
+    meta = feature_meta(store, encoder_id, cfg.max_history, dim)
     if cfg.decoder == "smollm2-135m":
         from showcase_core.generation.smollm import MissingWeights, load_smollm_tokenizer
 
@@ -267,7 +273,7 @@ def prepare(store, encoder_id: str, cfg: Settings) -> dict:
         tokenizer = train_tokenizer(targets["train"], cfg.vocab_size)
     negatives, vocabulary = swapped_negatives(targets["train"], seed=cfg.seed)
     return {"examples": {split: len(texts) for split, texts in targets.items()}, "skipped": skipped, "dim": dim,
-            "chosen": chosen, "tokenizer": tokenizer, "vocabulary": vocabulary,
+            "chosen": chosen, "meta": meta, "tokenizer": tokenizer, "vocabulary": vocabulary,
             "ids": {split: encode_targets(tokenizer, texts, cfg.max_length) for split, texts in targets.items()},
             "swapped_ids": [encode_targets(tokenizer, [n], cfg.max_length)[0] if n else None for n in negatives]}
 
@@ -324,12 +330,8 @@ def main(argv: list[str] | None = None) -> int:
     encoder_id = registry.resolve_encoder_id(store, cfg.encoder)
     run_id, timer = new_run_id(), Timer()
     report = new_report("train_pc2l", cfg, run_id)
-    meta = feature_meta(store, encoder_id, cfg.max_history)
     with timer("prepare"):
         data = prepare(store, encoder_id, cfg)
-    if int(meta["dim"]) != data["dim"]:
-        raise UserError(f"the feature tables of encoder {encoder_id} hold {meta['dim']}-d vectors but its embeddings "
-                        f"{data['dim']}-d: rerun `showcase features --root {store.root} --encoder {encoder_id}`")
     examples = data["examples"]
     print(f"[train_pc2l] {examples['train']:,} train / {examples['val']:,} val examples; "
           f"{len(data['vocabulary']):,} entities for swapped negatives "
@@ -337,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
           f"prepared in {timer.timings['prepare']:.1f}s", file=sys.stderr, flush=True)
     start_ray(state_api=True)
     with timer("examples"):
-        datasets = example_datasets(store, encoder_id, meta, data, cfg.max_history)
+        datasets = example_datasets(store, encoder_id, data, cfg.max_history)
     del data["chosen"], data["ids"], data["swapped_ids"]  # in the object store now
     models = {v: fit_variant(store, cfg, run_id, encoder_id, data, datasets, v, timer)
               for v in cfg.variants.split(",")}
