@@ -145,17 +145,9 @@ def count_splits(reviews: pa.Table) -> pa.Table:
 def feature_meta(store, encoder_id: str, max_ground: int, dim: int) -> dict:
     """The feature tables' metadata, or one line on why they cannot give the examples."""
     try:
-        meta = F.read_meta(store, encoder_id)
+        return F.meta_for_training(store, encoder_id, dim, "max_ground_set", max_ground, "--max-ground", "business")
     except F.FeaturesError as e:
-        raise UserError(f"{e}; train_dpp trains on the feature tables the nightly serves from") from None
-    if int(meta["dim"]) != dim:
-        raise UserError(f"the feature tables of encoder {encoder_id} hold {meta['dim']}-d vectors but its embeddings "
-                        f"{dim}-d: rerun `showcase features --root {store.root} --encoder {encoder_id}`")
-    if int(meta["max_ground_set"]) < max_ground:
-        raise UserError(f"--max-ground {max_ground} is more than the feature tables keep per business "
-                        f"({meta['max_ground_set']}): lower it or rerun `showcase features --max-ground-set "
-                        f"{max_ground}`")
-    return meta
+        raise UserError(str(e)) from None
 
 
 def example_datasets(store, encoder_id: str, meta: dict, max_ground: int) -> tuple[dict, dict]:

@@ -227,16 +227,9 @@ def example_datasets(store, encoder_id: str, data: dict, max_history: int) -> di
 def feature_meta(store, encoder_id: str, max_history: int, dim: int) -> dict:
     """The feature tables' metadata, or one line on why they cannot give the examples' history."""
     try:
-        meta = F.read_meta(store, encoder_id)
+        return F.meta_for_training(store, encoder_id, dim, "max_history", max_history, "--max-history", "user")
     except F.FeaturesError as e:
-        raise UserError(f"{e}; train_pc2l reads the history from the feature tables the nightly serves from") from None
-    if int(meta["dim"]) != dim:
-        raise UserError(f"the feature tables of encoder {encoder_id} hold {meta['dim']}-d vectors but its embeddings "
-                        f"{dim}-d: rerun `showcase features --root {store.root} --encoder {encoder_id}`")
-    if int(meta["max_history"]) < max_history:
-        raise UserError(f"--max-history {max_history} is more than the feature tables keep per user "
-                        f"({meta['max_history']}): lower it or rerun `showcase features --max-history {max_history}`")
-    return meta
+        raise UserError(str(e)) from None
 
 
 def prepare(store, encoder_id: str, cfg: Settings) -> dict:

@@ -255,6 +255,20 @@ def read_meta(store, encoder_id: str) -> dict:
     return store.read_json(rel)
 
 
+def meta_for_training(store, encoder_id: str, dim: int, limit: str, wanted: int, flag: str, per: str) -> dict:
+    """The feature tables' metadata for a job that trains on them: FeaturesError (one line) when there are none, when
+    their vectors are not ``dim`` wide (the encoder's embeddings), or when they keep fewer than ``wanted`` of ``limit``
+    (``max_ground_set`` per business, ``max_history`` per user), which the job's ``flag`` asks for."""
+    meta = read_meta(store, encoder_id)
+    if int(meta["dim"]) != dim:
+        raise FeaturesError(f"the feature tables of encoder {encoder_id} hold {meta['dim']}-d vectors but its "
+                            f"embeddings {dim}-d: rerun `showcase features --root {store.root} --encoder {encoder_id}`")
+    if int(meta[limit]) < wanted:
+        raise FeaturesError(f"{flag} {wanted} is more than the feature tables keep per {per} ({meta[limit]}): lower "
+                            f"it or rerun `showcase features --{limit.replace('_', '-')} {wanted}`")
+    return meta
+
+
 def meta_for(store, encoder_id: str, generator_uri: str | None) -> dict:
     """The feature tables' metadata, checked against the generator (its history must fit in the tables')."""
     import json
