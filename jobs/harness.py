@@ -213,13 +213,14 @@ def restore(trained: Trained) -> dict | None:
         return None
     with checkpoint.as_directory() as d:
         if trained.engine is not None:
-            path, client_state = trained.engine.load_checkpoint(d, tag=DEEPSPEED_TAG)
+            # not strict: a checkpoint leaves out the frozen parameters (see trained_state)
+            path, client_state = trained.engine.load_checkpoint(d, tag=DEEPSPEED_TAG, load_module_strict=False)
             if path is None:
                 raise RuntimeError(f"no DeepSpeed checkpoint under {d}/{DEEPSPEED_TAG}")
             state = client_state["extra"]  # the rest is DeepSpeed's own metadata
         else:
             saved = torch.load(os.path.join(d, "state.pt"), map_location="cpu", weights_only=False)
-            trained.module.load_state_dict(saved["model"])
+            load_trained_state(trained.module, saved["model"])
             trained.optimizer.load_state_dict(saved["optimizer"])
             state = saved["extra"]
     state = dict(state)
@@ -248,10 +249,11 @@ def report_epoch(trained: Trained, metrics: dict, extra: dict, config: dict) -> 
         elif trained.engine is not None:
             # every rank writes its own ZeRO shard (Ray Train merges the ranks' directories into one checkpoint);
             # extra goes under one key, as load_checkpoint returns the client state mixed with DeepSpeed's metadata
-            trained.engine.save_checkpoint(d, tag=DEEPSPEED_TAG, client_state={"extra": extra}, save_latest=False)
+            trained.engine.save_checkpoint(d, tag=DEEPSPEED_TAG, client_state={"extra": extra}, save_latest=False,
+                                           exclude_frozen_parameters=True)
             checkpoint = ray.train.Checkpoint.from_directory(d)
         elif rank == 0:
-            torch.save({"model": trained.module.state_dict(), "optimizer": trained.optimizer.state_dict(),
+            torch.save({"model": trained_state(trained.module), "optimizer": trained.optimizer.state_dict(),
                         "extra": extra}, os.path.join(d, "state.pt"))
             checkpoint = ray.train.Checkpoint.from_directory(d)
         else:
@@ -279,8 +281,31 @@ def progress(stage: str, epoch: int, epochs: int, metrics: dict, every: int = 1)
         print(f"[{stage}] epoch {epoch + 1}/{epochs} {values}", flush=True)
 
 
+def frozen_parameters(module) -> set[str]:
+    """The names of the parameters that do not learn, tied ones under each name."""
+    return {name for name, p in module.named_parameters(remove_duplicate=False) if not p.requires_grad}
+
+
+def trained_state(module) -> dict:
+    """The module's state without its frozen parameters: these are the packaged pretrained weights every model is
+    built with (a frozen SmolLM2-135M decoder alone is 540 MB), so a checkpoint holds only what training changes."""
+    frozen = frozen_parameters(module)
+    return {k: v for k, v in module.state_dict().items() if k not in frozen}
+
+
+def load_trained_state(module, state: dict) -> None:
+    """Load a checkpoint's ``trained_state`` into a model built as for training: every entry but the frozen
+    parameters must be there, and nothing else."""
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    missing = sorted(set(missing) - frozen_parameters(module))
+    if missing or unexpected:
+        raise RuntimeError(f"the checkpoint does not fit the model: missing {missing[:3]}, unexpected "
+                           f"{list(unexpected)[:3]}")
+
+
 def load_checkpoint_state(checkpoint) -> tuple[dict, dict]:
-    """Driver side: (model state dict, extra state) of the final checkpoint; DeepSpeed's ZeRO shards consolidated."""
+    """Driver side: (model state without its frozen parameters, extra state) of the final checkpoint, DeepSpeed's
+    ZeRO shards consolidated; ``load_trained_state`` puts it into a model built as for training."""
     import torch
 
     with checkpoint.as_directory() as d:
@@ -289,7 +314,7 @@ def load_checkpoint_state(checkpoint) -> tuple[dict, dict]:
             return state["model"], state["extra"]
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-        model_state = get_fp32_state_dict_from_zero_checkpoint(d, tag=DEEPSPEED_TAG)
+        model_state = get_fp32_state_dict_from_zero_checkpoint(d, tag=DEEPSPEED_TAG, exclude_frozen_parameters=True)
         saved = torch.load(os.path.join(d, DEEPSPEED_TAG, "mp_rank_00_model_states.pt"), map_location="cpu",
                            weights_only=False)
         return model_state, saved["extra"]

@@ -155,7 +155,7 @@ def fit(store, cfg: Settings, run_id: str, encoder, fingerprint: dict, timer: Ti
     if result.error is not None:
         raise RuntimeError(f"training failed: {result.error}")
     model_state, extra = harness.load_checkpoint_state(result.checkpoint)
-    encoder.trainable_module.load_state_dict(model_state)
+    harness.load_trained_state(encoder.trainable_module, model_state)
     encoder.refresh_id()
     history = extra["history"]
     final = {k: v for k, v in history[-1].items() if k.startswith("heldout_")}

