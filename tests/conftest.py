@@ -128,12 +128,18 @@ def train_models(root: str, encoder_id: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def trained_root(tiny_embedded, tmp_path_factory):
-    """A copy of the tiny embedded ROOT with small DPP and PC²L models (the nightly's and the recommender's tests)."""
+def trained_template(tiny_embedded, tmp_path_factory):
+    """A copy of the tiny embedded ROOT with small DPP and PC²L models, never written to: tests copy it."""
     template, encoder_id = tiny_embedded
-    root = copy_root(template, tmp_path_factory, "nightly")
+    root = copy_root(template, tmp_path_factory, "trained")
     train_models(root, encoder_id)
     return root
+
+
+@pytest.fixture(scope="session")
+def trained_root(trained_template, tmp_path_factory):
+    """A copy of the trained template the nightly's and the recommender's tests publish showcases to."""
+    return copy_root(trained_template, tmp_path_factory, "nightly")
 
 
 @pytest.fixture(scope="session")

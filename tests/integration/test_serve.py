@@ -30,7 +30,7 @@ from showcase_core import read_showcases
 from showcase_core.data.schema import SHOWCASES
 from showcase_core.showcase import publication, resolve_models
 from showcase_core.store import Store
-from tests.conftest import embed_with_features, train_models
+from tests.conftest import copy_root, embed_with_features
 from tests.integration.test_nightly import write_candidates
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -56,8 +56,9 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def root(ray_local, tiny_world, tmp_path_factory):
-    """The tiny world plus one review of NO_PHOTOS, trained small, with two pairs published for DATE."""
+def root(ray_local, tiny_world, trained_template, tmp_path_factory):
+    """The trained tiny ROOT with the world ingested again plus one review of NO_PHOTOS (embed then adds what is new,
+    the features are rebuilt; the small models stay), with two pairs published for DATE."""
     world = str(tmp_path_factory.mktemp("serve-world") / "world")
     shutil.copytree(tiny_world[0], world)
     with open(f"{world}/filter_all_t.json") as f:
@@ -69,10 +70,9 @@ def root(ray_local, tiny_world, tmp_path_factory):
         json.dump(gest, f)
     with open(f"{world}/images/pbroken0.jpg", "wb") as f:
         f.write(b"\xff\xd8 not a jpeg")  # there, so ingest keeps the review; undecodable, so embed quarantines it
-    root = str(tmp_path_factory.mktemp("serve") / "root")
+    root = copy_root(trained_template, tmp_path_factory, "serve")
     assert run("ingest", ingest.main, ["--root", root, "--gest", f"{world}/filter_all_t.json"]) == 0
-    encoder_id = embed_with_features(root)
-    train_models(root, encoder_id)
+    embed_with_features(root)
     reviews = Store.open(root).read_table("reviews", ["user_id", "business_id"]).to_pylist()
     published = [{"user_id": r["user_id"], "business_id": r["business_id"], "score": 0.5} for r in reviews[:2]]
     candidates = write_candidates(tmp_path_factory.mktemp("serve-candidates") / "c.parquet", published)
