@@ -62,6 +62,12 @@ def _entries(batch: pa.Table, key: str, kind: str, table: str, buckets: int) -> 
                      "table": pa.array([table] * n, pa.string()), "bucket": pa.array(F.bucket_of(column(key).to_pylist(), buckets))}, schema=ENTRY)
 
 
+def _photo_entries(batch: pa.Table, buckets: dict) -> pa.Table:
+    """Joined photo rows -> their entries in the users table (by user) and in the businesses table (by business)."""
+    return pa.concat_tables([_entries(batch, "user_id", "photo", "users", buckets["users"]),
+                             _entries(batch, "business_id", "photo", "businesses", buckets["businesses"])])
+
+
 def _review_texts(batch: pa.Table) -> pa.Table:
     """Reviews -> one row per text entry (the review and its Gest-s2 history items)."""
     rows = [(user, text_id, business, time_ms)
@@ -77,40 +83,35 @@ def _vectors(column: pa.ChunkedArray, dim: int) -> list[np.ndarray]:
     return list(flat.reshape(-1, dim)) if len(flat) else []
 
 
-class BucketWriter:
-    """One bucket's entries -> one data file of the users or businesses table, sorted by id; returns its record."""
+def write_bucket(group: pa.Table, root: str, encoder_id: str, run_id: str, dim: int, limits: dict) -> pa.Table:
+    """One bucket's entries -> one data file of the users or businesses table, sorted by id; returns its record.
+    A Ray task per group: an actor pool would hold a CPU from the start while the joins before it wait for CPUs."""
+    from showcase_core.store import Store
 
-    def __init__(self, root: str, encoder_id: str, run_id: str, dim: int, limits: dict):
-        from showcase_core.store import Store
-
-        self.store, self.encoder_id, self.run_id, self.dim, self.limits = Store.open(root), encoder_id, run_id, dim, \
-            limits
-
-    def __call__(self, group: pa.Table) -> pa.Table:
-        bucket, kind = int(group.column("bucket")[0].as_py()), group.column("table")[0].as_py()
-        rows_by_key: dict[str, list] = {}
-        vectors = _vectors(group.column("embedding"), self.dim)  # null lists (review markers) have no values
-        has_vector = group.column("embedding").is_valid().to_pylist()
-        vec_iter = iter(vectors)
-        for r, valid in zip(group.drop_columns(["embedding"]).to_pylist(), has_vector):
-            rows_by_key.setdefault(r["key"], []).append((r, next(vec_iter) if valid else None))
-        out = []
-        for key in sorted(rows_by_key):
-            entries = rows_by_key[key]
-            if kind == "users":
-                photos = [(r["business_id"], r["entry_id"], v) for r, v in entries if r["kind"] == "photo"]
-                texts = [(r["entry_id"], r["business_id"], r["time_ms"], v) for r, v in entries if r["kind"] == "text"]
-                row = F.user_row(key, photos, texts, self.dim, self.limits[kind])
-            else:
-                photos = [(r["entry_id"], r["uri"], r["time_ms"], v) for r, v in entries if v is not None]
-                row = F.business_row(key, photos, self.limits[kind])
-            out.append({**row, "bucket": bucket})
-        table = pa.Table.from_pylist(out, schema=F.USERS if kind == "users" else F.BUSINESSES)
-        # row groups of 64 rows, sorted by id: a lookup of one id decodes one of them
-        record = delta.write_file(self.store, F.features_dir(self.encoder_id, kind), table,
-                                  f"part-{self.run_id}-{bucket:05d}.parquet", {"bucket": str(bucket)},
-                                  row_group_size=64)
-        return pa.table({**{k: [v] for k, v in record.items()}, "table": [kind]})
+    bucket, kind = int(group.column("bucket")[0].as_py()), group.column("table")[0].as_py()
+    rows_by_key: dict[str, list] = {}
+    vectors = _vectors(group.column("embedding"), dim)  # null lists (review markers) have no values
+    has_vector = group.column("embedding").is_valid().to_pylist()
+    vec_iter = iter(vectors)
+    for r, valid in zip(group.drop_columns(["embedding"]).to_pylist(), has_vector):
+        rows_by_key.setdefault(r["key"], []).append((r, next(vec_iter) if valid else None))
+    out = []
+    for key in sorted(rows_by_key):
+        entries = rows_by_key[key]
+        if kind == "users":
+            photos = [(r["business_id"], r["entry_id"], v) for r, v in entries if r["kind"] == "photo"]
+            texts = [(r["entry_id"], r["business_id"], r["time_ms"], v) for r, v in entries if r["kind"] == "text"]
+            row = F.user_row(key, photos, texts, dim, limits[kind])
+        else:
+            photos = [(r["entry_id"], r["uri"], r["time_ms"], v) for r, v in entries if v is not None]
+            row = F.business_row(key, photos, limits[kind])
+        out.append({**row, "bucket": bucket})
+    table = pa.Table.from_pylist(out, schema=F.USERS if kind == "users" else F.BUSINESSES)
+    # row groups of 64 rows, sorted by id: a lookup of one id decodes one of them
+    record = delta.write_file(Store.open(root), F.features_dir(encoder_id, kind), table,
+                              f"part-{run_id}-{bucket:05d}.parquet", {"bucket": str(bucket)},
+                              row_group_size=64)
+    return pa.table({**{k: [v] for k, v in record.items()}, "table": [kind]})
 
 
 def plan(store, encoder_id: str, cfg: Settings) -> dict:
@@ -152,13 +153,14 @@ def write_buckets(store, encoder_id: str, run_id: str, cfg: Settings, inputs: di
     texts = (reviews(["review_id", "user_id", "business_id", "time_ms", "history"])
              .map_batches(_review_texts, batch_format="pyarrow")
              .join(text_vectors, "inner", parts, on=("entry_id",), right_on=("id",)))
-    # one shuffle for both tables: each (table, bucket) group becomes one data file
-    plan_ds = entries(photos, "user_id", "photo", "users").union(
-        entries(texts, "user_id", "text", "users"), entries(photos, "business_id", "photo", "businesses"),
+    # one shuffle for both tables: each (table, bucket) group becomes one data file; the photos (the largest join)
+    # are joined once and give both tables their entries
+    plan_ds = photos.map_batches(_photo_entries, batch_format="pyarrow", fn_kwargs={"buckets": buckets}).union(
+        entries(texts, "user_id", "text", "users"),
         entries(reviews(["business_id"]), "business_id", "review", "businesses"))
     return plan_ds.groupby(["table", "bucket"], num_partitions=parts).map_groups(
-        BucketWriter, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(min_size=1, max_size=parts),
-        fn_constructor_kwargs={"root": store.root, "encoder_id": encoder_id, "run_id": run_id, "dim": inputs["dim"],
+        write_bucket, batch_format="pyarrow",
+        fn_kwargs={"root": store.root, "encoder_id": encoder_id, "run_id": run_id, "dim": inputs["dim"],
                                "limits": {"users": cfg.max_history, "businesses": cfg.max_ground_set}}
     ).take_all()
 
