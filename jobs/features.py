@@ -109,8 +109,7 @@ def write_bucket(group: pa.Table, root: str, encoder_id: str, run_id: str, dim: 
     table = pa.Table.from_pylist(out, schema=F.USERS if kind == "users" else F.BUSINESSES)
     # row groups of 64 rows, sorted by id: a lookup of one id decodes one of them
     record = delta.write_file(Store.open(root), F.features_dir(encoder_id, kind), table,
-                              f"part-{run_id}-{bucket:05d}.parquet", {"bucket": str(bucket)},
-                              row_group_size=64)
+                              f"part-{run_id}-{bucket:05d}.parquet", {"bucket": str(bucket)}, row_group_size=64)
     return pa.table({**{k: [v] for k, v in record.items()}, "table": [kind]})
 
 
@@ -161,7 +160,7 @@ def write_buckets(store, encoder_id: str, run_id: str, cfg: Settings, inputs: di
     return plan_ds.groupby(["table", "bucket"], num_partitions=parts).map_groups(
         write_bucket, batch_format="pyarrow",
         fn_kwargs={"root": store.root, "encoder_id": encoder_id, "run_id": run_id, "dim": inputs["dim"],
-                               "limits": {"users": cfg.max_history, "businesses": cfg.max_ground_set}}
+                   "limits": {"users": cfg.max_history, "businesses": cfg.max_ground_set}}
     ).take_all()
 
 

@@ -240,7 +240,7 @@ def report_epoch(trained: Trained, metrics: dict, extra: dict, config: dict) -> 
     epoch = extra["epoch"]
     save = (epoch + 1) % int(config.get("checkpoint_every", 1)) == 0 or epoch == config["epochs"] - 1
     # only an epoch with a checkpoint reports: Ray Train's controller takes one report per poll of its workers (every
-    # RAY_TRAIN_HEALTH_CHECK_INTERVAL_S: Ray's 2 s on a cluster, 0.5 s on a local instance) and a worker's next report
+    # RAY_TRAIN_HEALTH_CHECK_INTERVAL_S: Ray's 2 s on a cluster, 0.25 s on a local instance) and a worker's next report
     # waits for it, so a report after each sub-second epoch made every epoch last 2 s. Every epoch's metrics are in
     # the checkpointed history.
     with tempfile.TemporaryDirectory() as d:
