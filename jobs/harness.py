@@ -310,7 +310,8 @@ def load_checkpoint_state(checkpoint) -> tuple[dict, dict]:
 
     with checkpoint.as_directory() as d:
         if os.path.exists(os.path.join(d, "state.pt")):
-            state = torch.load(os.path.join(d, "state.pt"), map_location="cpu", weights_only=False)
+            # mapped, not read: the optimizer's moments (twice the trainable weights) are never loaded here
+            state = torch.load(os.path.join(d, "state.pt"), map_location="cpu", weights_only=False, mmap=True)
             return state["model"], state["extra"]
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
