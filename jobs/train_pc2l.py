@@ -117,7 +117,7 @@ def train_loop(config: dict) -> None:
     from showcase_core.generation.model import PC2L
     from showcase_core.generation.tokenizer import tokenizer_from_json
     from showcase_core.generation.training import train_batches, validation_loss_of
-    from showcase_core.metrics.grounding import grounding_rate, photo_entities
+    from showcase_core.metrics.grounding import grounding_rate
     from showcase_core.metrics.text import bleu
 
     rank = ray.train.get_context().get_world_rank()
@@ -130,7 +130,7 @@ def train_loop(config: dict) -> None:
                                                                     weight_decay=config["weight_decay"]), config)
     device = ray.train.torch.get_device()
     step = harness.optimizer_step(trained)
-    entities = None
+    entities, entities_for = {}, None
     state = harness.restore(trained) or {"epoch": -1, "history": []}
     for epoch in range(state["epoch"] + 1, config["epochs"]):
         t0 = time.monotonic()
@@ -165,11 +165,10 @@ def train_loop(config: dict) -> None:
 
             metrics.update(validation_loss_of(trained.module, parts(), tokenizer, device))
             if decode:
-                if entities is None:
-                    sentences = Store.open(config["root"]).read_table(config["targets"], ["pic_ids", "entities"])
-                    entities = photo_entities(sentences.column("pic_ids").to_pylist(),
-                                              sentences.column("entities").to_pylist())
                 subset, _, _ = examples_of_rows(pa.concat_tables(head), *widths)
+                wanted = {p for pics in subset.photo_ids for p in pics}
+                if wanted != entities_for:  # the same val rows every epoch: the table is read once
+                    entities, entities_for = entities_of_photos(config["root"], config["targets"], wanted), wanted
                 shown = [set().union(*(entities.get(p, set()) for p in pics)) for pics in subset.photo_ids]
                 texts = generate(trained.module, tokenizer, subset.photos, subset.photo_mask, subset.history,
                                  subset.history_mask, num_beams=1)
@@ -179,6 +178,19 @@ def train_loop(config: dict) -> None:
         state = {**state, "epoch": epoch, "history": state["history"] + [metrics]}
         harness.progress(f"train_pc2l {config['variant']}", epoch, config["epochs"], metrics, every=config["log_every"])
         harness.report_epoch(trained, metrics, state, config)
+
+
+def entities_of_photos(root: str, targets: str, wanted: set[str]) -> dict[str, set[str]]:
+    """photo id -> the entities of the targets' sentences that describe it, for the ``wanted`` photos only: the
+    targets table streamed batch by batch (memory: a batch and the wanted photos' entities)."""
+    from showcase_core.metrics.grounding import photo_entities
+
+    out: dict[str, set[str]] = {}
+    for batch in Store.open(root).iter_table_batches(targets, ["pic_ids", "entities"]):
+        found = photo_entities(batch.column("pic_ids").to_pylist(), batch.column("entities").to_pylist())
+        for photo in wanted & found.keys():
+            out.setdefault(photo, set()).update(found[photo])
+    return out
 
 
 def build_rows(chosen: pa.Table, root: str, encoder_id: str, meta: dict, max_history: int) -> pa.Table:

@@ -24,6 +24,7 @@ from showcase_core.generation.data import (choose_generation_examples, examples_
 from showcase_core.generation.decode import generate
 from showcase_core.generation.model import load_pc2l
 from showcase_core.metrics.diversity import visual_diversity
+from showcase_core.metrics.grounding import photo_entities
 from showcase_core.selection.data import embedding_matrix
 from showcase_core.store import Store, filesystem_for, read_text
 from tests.conftest import copy_root, embed_with_features, stage_reports, world_on_s3
@@ -233,6 +234,14 @@ def test_the_drivers_targets_are_the_workers_examples_in_their_order(embedded_ro
                 assert swapped_ids == table.column("swapped_ids").to_pylist()
             assert examples["train"].history_mask.any()
     assert sum(counts["no_embedded_photo"] for counts in skipped.values()) > 0
+
+    # rank 0's grounding check streams the targets table for the entities of the photos it decodes
+    sentences = store.read_table("sentences", ["pic_ids", "entities"])
+    every = photo_entities(sentences.column("pic_ids").to_pylist(), sentences.column("entities").to_pylist())
+    named = sorted(p for p, e in every.items() if e)
+    assert len(named) > 3
+    wanted = set(named[1:4]) | {"no-such-photo"}
+    assert train_pc2l.entities_of_photos(root, "sentences", wanted) == {p: every[p] for p in wanted if p in every}
 
 
 def test_train_pc2l_bad_settings_exit_2(embedded_root, tmp_path):
