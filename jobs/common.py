@@ -243,6 +243,40 @@ def read_table_dataset(store: Store, rel: str, version: int | None = None, colum
                                              fn_kwargs={"fs": store.fs, "columns": columns})
 
 
+SELECTION_BUILD_BATCH = 1024  # reviews whose selection examples one Ray Data task builds
+
+
+def selection_example_datasets(store: Store, encoder_id: str, meta: dict, max_ground: int,
+                               splits: tuple[str, ...]) -> tuple[dict, dict]:
+    """The DPP's examples of each of ``splits`` (showcase_core.selection.data.examples_of_reviews: one per review
+    with a ground set and a photo of the user in it) as lazy Ray Data datasets, built from encoder ``encoder_id``'s
+    feature tables (``meta``) and the reviews at the version those were built from; and the reviews per split
+    ({split: rows}, whose difference to a split's examples is the reviews skipped). The reviews' narrow columns are
+    read once into blocks of SELECTION_BUILD_BATCH rows, a task per block: the tasks share the CPUs, and each holds
+    one block's examples. The driver holds the counts only."""
+    from showcase_core import tables as delta
+    from showcase_core.selection.data import examples_of_reviews
+
+    version = meta["reads"]["reviews"]
+    reviews = read_table_dataset(store, "tables/reviews", version, ["user_id", "business_id", "split", "pic_ids"])
+    blocks = max(1, -(-delta.rows(store, "tables/reviews", version) // SELECTION_BUILD_BATCH))
+    reviews = reviews.repartition(blocks).materialize()
+    datasets = {split: reviews.map_batches(examples_of_reviews, batch_size=None, batch_format="pyarrow", fn_kwargs={
+        "root": store.root, "encoder_id": encoder_id, "meta": meta, "max_ground": max_ground, "split": split})
+        for split in splits}
+    totals = dict.fromkeys(splits, 0)
+    for row in reviews.map_batches(count_splits, batch_size=None, batch_format="pyarrow").take_all():
+        if row["split"] in totals:
+            totals[row["split"]] += row["rows"]
+    return datasets, totals
+
+
+def count_splits(reviews: pa.Table) -> pa.Table:
+    """Ray Data step: a block of reviews -> (split, rows) counts."""
+    grouped = reviews.select(["split"]).group_by(["split"], use_threads=False)
+    return grouped.aggregate([([], "count_all")]).rename_columns(["split", "rows"])
+
+
 def read_parquet_files(batch: pa.Table, fs, columns: list[str] | None):
     """Ray Data step: rows of Parquet file paths (on ``fs``) -> their rows, one row group at a time (a task holds one
     row group of one file however large the file), only ``columns``; opening a file and each row group's read are

@@ -33,8 +33,8 @@ from showcase_core.data.schema import SPLITS
 from showcase_core.evaluation import GENERATION_COLUMNS, PAPER_PHI
 from showcase_core.store import Store, StoreError, filesystem_for, new_run_id, read_text, utc_now, write_bytes_atomic
 
-from .common import (DecodingSettings, UserError, new_report, open_store, parse_args, read_table_dataset, run, setting,
-                     start_ray, versions)
+from .common import (DecodingSettings, UserError, new_report, open_store, parse_args, read_table_dataset, run,
+                     selection_example_datasets, setting, start_ray, versions)
 
 STAGES = ("dataset", "selection", "generation", "recommend")
 RECOMMENDER_ORDER = ["alignrec", "lightgcn", "bprmf", "popularity"]  # the issue's expected test Recall@20 order
@@ -165,20 +165,31 @@ def diversity_plots(table: dict) -> dict[str, bytes]:
 # -- selection: Table 3 ---------------------------------------------------------------------------------------
 
 def selection_table(store: Store, cfg: Settings) -> dict:
-    from showcase_core.selection.data import load_selection_data
+    """Table 3 on the split's examples as train_dpp builds them (``common.selection_example_datasets``: a ground set
+    is the business's photos the feature tables keep, the newest ``max_ground_set``, with the user's own put in),
+    scored block by block by Ray Data tasks (``evaluation.selection_sums``); the driver adds up a row per method and
+    block."""
+    from showcase_core import features as F
+    from showcase_core.selection.kernel import load_dpp
 
     entry = registry.latest(store, "dpp")
     registry.check_files(*entry.variants.values())
-    try:
-        data = load_selection_data(store, entry.encoder_id, max_ground=ALL_PHOTOS, splits=(cfg.split,))
-    except StoreError as e:
-        raise UserError(f"{e}; the selection report needs ingested tables and embeddings") from None
-    examples = data.splits[cfg.split]
-    if not len(examples):
-        raise UserError(f"no {cfg.split}-split examples with embedded photos")
-    return {"split": cfg.split, "k": cfg.k, "examples": len(examples), "skipped": data.skipped[cfg.split],
-            "encoder_id": entry.encoder_id, "dpp_version": entry.version,
-            "rows": evaluation.selection_rows(data, examples, entry.variants, cfg.k, cfg.seed)}
+    _, config = load_dpp(next(iter(entry.variants.values())))
+    meta = F.meta_for_training(store, entry.encoder_id, config["embed_dim"], "max_ground_set", cfg.k, "--k",
+                               "business")
+    start_ray()
+    datasets, totals = selection_example_datasets(store, entry.encoder_id, meta, meta["max_ground_set"],
+                                                  (cfg.split,))
+    sums = datasets[cfg.split].map_batches(evaluation.selection_sums, batch_size=None, batch_format="pyarrow",
+                                           fn_kwargs={"dpp_uris": dict(entry.variants), "k": cfg.k,
+                                                      "seed": cfg.seed})
+    blocks = list(sums.iter_batches(batch_size=None, batch_format="pyarrow"))
+    examples = sum(row["examples"] for block in blocks for row in block.to_pylist() if row["method"] == "random")
+    if not examples:
+        raise UserError(f"no {cfg.split}-split examples with embedded photos in the feature tables")
+    return {"split": cfg.split, "k": cfg.k, "examples": examples, "skipped": totals[cfg.split] - examples,
+            "max_ground_set": meta["max_ground_set"], "encoder_id": entry.encoder_id, "dpp_version": entry.version,
+            "rows": evaluation.selection_rows(blocks, cfg.k)}
 
 
 def selection_report(store: Store, cfg: Settings) -> tuple[dict, str, dict]:
@@ -189,7 +200,8 @@ def selection_report(store: Store, cfg: Settings) -> tuple[dict, str, dict]:
 def selection_markdown(table: dict) -> str:
     k = table["k"]
     lines = [f"Table 3: personalized image selection on the {table['split']} split "
-             f"({table['examples']:,} (user, business) pairs), in %. Paper's numbers in brackets.", "",
+             f"({table['examples']:,} (user, business) pairs; a ground set is the business's newest "
+             f"{table['max_ground_set']} photos, with the user's own), in %. Paper's numbers in brackets.", "",
              f"| method | Prec@{k} | Recall@{k} | F1@{k} | Div@{k} |", "|---|---:|---:|---:|---:|"]
     for row in table["rows"]:
         name, paper = row["method"], row["paper"] or {}

@@ -18,8 +18,6 @@ from __future__ import annotations
 import sys
 import time
 
-import pyarrow as pa
-import pyarrow.compute as pc
 from pydantic import field_validator
 
 from showcase_core import features as F
@@ -27,11 +25,11 @@ from showcase_core import registry
 from showcase_core.features import MAX_GROUND_SET
 from showcase_core.selection.kernel import MODALITIES
 from showcase_core.settings import comma_list
-from showcase_core.store import Store, StoreError, new_run_id, utc_now
+from showcase_core.store import StoreError, new_run_id, utc_now
 
 from . import harness
-from .common import (Timer, UserError, new_report, open_store, parse_args, read_table_dataset, run, setting, start_ray,
-                     versions)
+from .common import (Timer, UserError, new_report, open_store, parse_args, run, selection_example_datasets, setting,
+                     start_ray, versions)
 
 
 class Settings(harness.TrainingSettings):
@@ -113,33 +111,6 @@ def train_loop(config: dict) -> None:
 
 
 VAL_BATCH = 256  # val examples scored at once
-BUILD_BATCH = 1024  # reviews whose examples one Ray Data task builds
-
-
-def build_examples(reviews: pa.Table, root: str, encoder_id: str, meta: dict, max_ground: int, split: str) -> pa.Table:
-    """Ray Data step: a batch of reviews -> the examples of those of one split (``examples_schema`` less the reason;
-    the reviews that give none left out), their users and businesses looked up by key in the feature tables.
-    Memory: the batch's examples."""
-    from showcase_core.encoders.embed import read_embeddings
-    from showcase_core.selection.data import embedding_matrix, feature_examples
-
-    reviews = reviews.filter(pc.equal(reviews.column("split"), split))
-    store = Store.open(root)
-    lookup = F.FeatureLookup(store, encoder_id, meta)
-
-    def vectors_of(ids: list[str]) -> dict:
-        return dict(zip(*embedding_matrix(read_embeddings(store, encoder_id, "images", ids=ids))))
-
-    users = lookup.rows("users", pc.unique(reviews.column("user_id")).to_pylist())
-    businesses = lookup.rows("businesses", pc.unique(reviews.column("business_id")).to_pylist())
-    examples = feature_examples(reviews, users, businesses, lookup.dim, max_ground, vectors_of)
-    return examples.filter(pc.is_null(examples.column("reason"))).drop_columns(["reason"])
-
-
-def count_splits(reviews: pa.Table) -> pa.Table:
-    """Ray Data step: a block of reviews -> (split, rows) counts."""
-    grouped = reviews.select(["split"]).group_by(["split"], use_threads=False)
-    return grouped.aggregate([([], "count_all")]).rename_columns(["split", "rows"])
 
 
 def feature_meta(store, encoder_id: str, max_ground: int, dim: int) -> dict:
@@ -151,27 +122,15 @@ def feature_meta(store, encoder_id: str, max_ground: int, dim: int) -> dict:
 
 
 def example_datasets(store, encoder_id: str, meta: dict, max_ground: int) -> tuple[dict, dict]:
-    """The train and val examples as Ray Data datasets, built once from the feature tables (at the reviews' version
-    the tables were built from) and kept in the object store; and their counts: train_examples, val_examples, the
-    reviews skipped per split (no ground set, or none of their photos embedded). The driver holds the counts only."""
-    from showcase_core import tables as delta
-
-    version = meta["reads"]["reviews"]
-    reviews = read_table_dataset(store, "tables/reviews", version, ["user_id", "business_id", "split", "pic_ids"])
-    # a block per task's batch: the tasks share the CPUs, and each holds one batch's examples; the narrow columns
-    # are read once for the three passes below
-    reviews = reviews.repartition(max(1, -(-delta.rows(store, "tables/reviews", version) // BUILD_BATCH))).materialize()
-    datasets = {split: reviews.map_batches(build_examples, batch_size=None, batch_format="pyarrow", fn_kwargs={
-        "root": store.root, "encoder_id": encoder_id, "meta": meta, "max_ground": max_ground, "split": split}
-    ).materialize() for split in ("train", "val")}
+    """The train and val examples as Ray Data datasets (``common.selection_example_datasets``), built once and kept
+    in the object store; and their counts: train_examples, val_examples, the reviews skipped per split (no ground
+    set, or none of their photos embedded). The driver holds the counts only."""
+    built, totals = selection_example_datasets(store, encoder_id, meta, max_ground, ("train", "val"))
+    datasets = {split: ds.materialize() for split, ds in built.items()}
     for ds in datasets.values():  # each epoch's split reports its progress as info records (start_ray keeps Ray
         ds.context.use_ray_tqdm = False  # Data's out of the terminal), not as bars; the epochs print their own lines
     counts = {f"{split}_examples": ds.count() for split, ds in datasets.items()}  # from the blocks' metadata
-    skipped = dict.fromkeys(datasets, 0)
-    for row in reviews.map_batches(count_splits, batch_size=None, batch_format="pyarrow").take_all():
-        if row["split"] in skipped:
-            skipped[row["split"]] += row["rows"]
-    counts["skipped"] = {split: skipped[split] - counts[f"{split}_examples"] for split in datasets}
+    counts["skipped"] = {split: totals[split] - counts[f"{split}_examples"] for split in datasets}
     return datasets, counts
 
 

@@ -1,7 +1,7 @@
 """The paper's evaluation procedures on loaded data, and the paper's numbers each is shown next to.
 
-- ``selection_rows``: Table 3, personalized image selection: the random baseline and each DPP modality's K picks,
-  Prec/Recall/F1/Div@K;
+- ``selection_sums`` + ``selection_rows``: Table 3, personalized image selection: the random baseline and each DPP
+  modality's K picks, Prec/Recall/F1/Div@K, summed block by block of examples;
 - ``business_diversity_rows`` + ``dataset_diversity``: Table 1's visual diversity in three levels (Intra-Business,
   Inter-User, Intra-User; Appendix B) over the CLIP image embeddings of the photos, business by business;
 - ``showcase_photos`` + ``generation_table``: Table 2/4, explanations: each PC²L variant decoding from the DPP's K
@@ -37,6 +37,10 @@ GENERATION_COLUMNS = [("bleu1", "BLEU-1"), ("bleu4", "BLEU-4"), ("meteor", "METE
                       ("clip_score", "CLIP-Score"), ("bertscore", "BERTScore"), ("grounding", "grounding"),
                       ("repeats", "repeats a sentence"), ("sentences", "sentences")]
 DECODE_BATCH = 64  # examples decoded together
+SCORED_AT_ONCE = 256  # selection examples whose kernels are built together
+RANDOM_DRAWS = 20  # random draws of each example the random baseline's Div@K is pooled over
+SELECTION_SUMS = pa.schema([("method", pa.string()), ("examples", pa.int64()), ("precision", pa.float64()),
+                            ("recall", pa.float64()), ("div", pa.float64()), ("divs", pa.int64())])
 
 
 def _in_order(names, order) -> list[str]:
@@ -45,17 +49,44 @@ def _in_order(names, order) -> list[str]:
     return sorted(names, key=lambda n: order.index(n) if n in order else len(order))
 
 
-def selection_rows(data, examples, dpp_uris: dict[str, str], k: int, seed: int) -> list[dict]:
-    """Table 3: the random baseline and each DPP modality (its saved model at ``dpp_uris[modality]``) picking K of
-    each example's ground set, scored against the user's photos; each row with the paper's numbers."""
+def selection_sums(rows: pa.Table, dpp_uris: dict[str, str], k: int, seed: int) -> pa.Table:
+    """Ray Data step (jobs.evaluate's selection stage): a block of examples (showcase_core.selection.data's
+    ``examples_schema`` rows less the reason) -> Table 3's sums over them, a row per method (``PickScores.sums``):
+    the random baseline (``random_scores``, RANDOM_DRAWS draws of each example) and each DPP modality (its saved
+    model at ``dpp_uris[modality]``) picking K of each ground set, scored against the user's photos. Memory: the
+    block and SCORED_AT_ONCE examples' kernels."""
+    from .selection.data import arrow_batch
     from .selection.kernel import load_dpp
-    from .selection.training import evaluate_picks, random_baseline, select
+    from .selection.training import PickScores, pick_positions, random_scores
 
-    rows = {"random": random_baseline(data, examples, k, seed)}
-    for modality in _in_order(dpp_uris, PAPER_TABLE3):
-        model, _ = load_dpp(dpp_uris[modality])
-        rows[modality] = evaluate_picks(data, examples, select(model, data, examples, k), k)
-    return [{"method": name, **row, "paper": PAPER_TABLE3.get(name)} for name, row in rows.items()]
+    models = {modality: load_dpp(uri)[0] for modality, uri in dpp_uris.items()}
+    scores, drawn = {modality: PickScores(k) for modality in models}, []
+    for start in range(0, rows.num_rows, SCORED_AT_ONCE):
+        part = rows.slice(start, SCORED_AT_ONCE)
+        batch = arrow_batch(part)
+        keys = [f"{u}\t{b}" for u, b in zip(part.column("user_id").to_pylist(), part.column("business_id").to_pylist())]
+        drawn.append(random_scores(batch, keys, k, seed, RANDOM_DRAWS).sums())
+        for modality, model in models.items():
+            scores[modality].add(batch, pick_positions(model, batch, k))
+    sums = {"random": PickScores.of_sums(drawn, k).sums(), **{m: s.sums() for m, s in scores.items()}}
+    return pa.Table.from_pylist([{"method": name, **row} for name, row in sums.items()], schema=SELECTION_SUMS)
+
+
+def selection_rows(sums, k: int) -> list[dict]:
+    """Table 3 from ``selection_sums``' tables (an iterable, e.g. a Ray Data dataset's batches): the random baseline,
+    then each DPP modality in the paper's order, each with the paper's numbers. Memory: a row per method and block."""
+    from .selection.training import PickScores
+
+    parts: dict[str, list[dict]] = {}
+    for table in sums:
+        for row in table.to_pylist():
+            parts.setdefault(row.pop("method"), []).append(row)
+    rows = []
+    for name in ["random", *_in_order(set(parts) - {"random"}, PAPER_TABLE3)]:
+        extra = {"draws": RANDOM_DRAWS} if name == "random" else {}
+        rows.append({"method": name, **PickScores.of_sums(parts[name], k).scores(), **extra,
+                     "paper": PAPER_TABLE3.get(name)})
+    return rows
 
 
 def business_diversity_rows(photos: pa.Table) -> pa.Table:

@@ -7,10 +7,11 @@
   of every *other* business, so the profile never contains the answer (the nightly and Serve read the same numbers
   from the feature tables). Users with no other entry have ``has_history`` False and zero profiles.
 
-Two sources give the same examples: ``build_selection_data`` from the raw tables, held in memory (evaluate's test
-split, with every photo of a business), and ``feature_examples`` from the feature tables' rows a batch of reviews at
-a time, as Arrow rows with their ground sets' vectors inline (train_dpp's Ray Data tasks; ``arrow_batch`` turns a
-batch of them into the kernel's tensors). Both end in an ``ExampleBatch``.
+Two sources give the same examples: ``build_selection_data`` from the raw tables, held in memory (evaluate's
+generation stage, with every photo of a business, and the tests), and ``feature_examples`` from the feature tables'
+rows a batch of reviews at a time, as Arrow rows with their ground sets' vectors inline (``examples_of_reviews``, run
+by train_dpp's and evaluate's Ray Data tasks; ``arrow_batch`` turns a batch of them into the kernel's tensors). Both
+end in an ``ExampleBatch``.
 """
 
 from __future__ import annotations
@@ -203,6 +204,31 @@ def feature_examples(reviews: pa.Table, users: dict, businesses: dict, dim: int,
         out["has_history"].append(prof.has_history)
         out["reason"].append(reason)
     return _examples_table(out, dim)
+
+
+def examples_of_reviews(reviews: pa.Table, root: str, encoder_id: str, meta: dict, max_ground: int,
+                        split: str) -> pa.Table:
+    """Ray Data step: a batch of reviews (user_id, business_id, split, pic_ids) -> the examples of those of one split
+    (``examples_schema`` less the reason; the reviews that give none left out), their users and businesses looked up
+    by key in encoder ``encoder_id``'s feature tables (``meta``: showcase_core.features.read_meta's). Memory: the
+    batch's examples."""
+    import pyarrow.compute as pc
+
+    from .. import features
+    from ..encoders.embed import read_embeddings
+    from ..store import Store
+
+    reviews = reviews.filter(pc.equal(reviews.column("split"), split))
+    store = Store.open(root)
+    lookup = features.FeatureLookup(store, encoder_id, meta)
+
+    def vectors_of(ids: list[str]) -> dict:
+        return dict(zip(*embedding_matrix(read_embeddings(store, encoder_id, "images", ids=ids))))
+
+    users = lookup.rows("users", pc.unique(reviews.column("user_id")).to_pylist())
+    businesses = lookup.rows("businesses", pc.unique(reviews.column("business_id")).to_pylist())
+    examples = feature_examples(reviews, users, businesses, lookup.dim, max_ground, vectors_of)
+    return examples.filter(pc.is_null(examples.column("reason"))).drop_columns(["reason"])
 
 
 def vector_lists(matrices: list[np.ndarray], dim: int) -> pa.ListArray:

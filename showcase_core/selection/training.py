@@ -71,6 +71,23 @@ class PickScores:
             self.div += div_at_k(picked) * with_pairs
             self.divs += with_pairs
 
+    def sums(self) -> dict:
+        """What ``add`` accumulated: batches scored apart (Ray Data tasks) add up with ``of_sums``."""
+        return {"examples": self.examples, "precision": self.precision, "recall": self.recall, "div": self.div,
+                "divs": self.divs}
+
+    @classmethod
+    def of_sums(cls, sums, k: int = 3) -> "PickScores":
+        """The scores of every batch whose ``sums()`` are given (an iterable of dicts)."""
+        out = cls(k)
+        for part in sums:
+            out.examples += int(part["examples"])
+            out.precision += float(part["precision"])
+            out.recall += float(part["recall"])
+            out.div += float(part["div"])
+            out.divs += int(part["divs"])
+        return out
+
     def scores(self) -> dict:
         if not self.examples:
             raise ValueError("no examples")
@@ -79,27 +96,39 @@ class PickScores:
                 "div": self.div / self.divs if self.divs else float("nan")}
 
 
-def random_picks(ex: Examples, k: int, seed) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    out = np.full((len(ex), k), -1, np.int64)
-    for i, ground in enumerate(ex.ground):
-        present = ground[ground >= 0]
-        chosen = rng.choice(present, size=min(k, len(present)), replace=False)
+def random_positions(mask: np.ndarray, k: int, rngs) -> np.ndarray:
+    """Positions [B, k] of k photos drawn without replacement from each ground set (``mask`` [B, M], a prefix of
+    each row), example i's with ``rngs[i]`` (-1 = nothing picked, a ground set under k)."""
+    out = np.full((len(mask), k), -1, np.int64)
+    for i, (row, rng) in enumerate(zip(mask, rngs)):
+        chosen = rng.choice(int(row.sum()), size=min(k, int(row.sum())), replace=False)
         out[i, :len(chosen)] = chosen
     return out
 
 
-def random_baseline(data: SelectionData, ex: Examples, k: int, seed: int, draws: int = 20) -> dict:
-    """The random row of Table 3 as an expectation. P and R are exact: k random picks out of |G| photos hit
-    min(k, |G|)·|Y|/|G| of the user's |Y| on average (F1 from the averaged P and R, as ``evaluate_picks``); Div is
-    averaged over ``draws`` random draws. One draw over a small test split moves F1 by +-10%."""
-    ground, targets = (ex.ground >= 0).sum(1), (ex.y_pos >= 0).sum(1)
+def example_rngs(seed: int, keys) -> list[np.random.Generator]:
+    """One generator per example, from ``seed`` and the example's key (its user and business ids): an example's
+    random draws are the same whichever batch it comes in."""
+    import zlib
+
+    return [np.random.default_rng([seed, zlib.crc32(key.encode())]) for key in keys]
+
+
+def random_scores(batch: ExampleBatch, keys, k: int, seed: int, draws: int = 20) -> "PickScores":
+    """The random row of Table 3 on a batch, as an expectation (``PickScores``, so batches add up). P and R are
+    exact: k random picks out of |G| photos hit min(k, |G|)·|Y|/|G| of the user's |Y| on average (F1 from the
+    averaged P and R, as ``PickScores``); Div is pooled over ``draws`` random draws of each example (seeded by its
+    ``keys`` entry, ``example_rngs``). One draw over a small test split moves F1 by +-10%."""
+    ground = batch.mask.sum(1).cpu().numpy().astype(np.float64)
+    targets = batch.y_mask.sum(1).cpu().numpy().astype(np.float64)
     hits = np.minimum(k, ground) * targets / ground
-    p, r = float(np.mean(hits / k)), float(np.mean(hits / targets))
-    div = [div_at_k([data.photo_vecs[row[row >= 0]] for row in random_picks(ex, k, [seed, draw])])
-           for draw in range(draws)]
-    return {"precision": p, "recall": r, "f1": 2 * p * r / (p + r) if p + r else 0.0, "examples": len(ex),
-            "div": float(np.nanmean(div)), "draws": draws}
+    drawn, rngs, mask = PickScores(k), example_rngs(seed, keys), batch.mask.cpu().numpy()
+    for _ in range(draws):
+        drawn.add(batch, torch.as_tensor(random_positions(mask, k, rngs)))
+    out = PickScores(k)
+    out.precision, out.recall, out.examples = float(np.sum(hits / k)), float(np.sum(hits / targets)), len(batch)
+    out.div, out.divs = drawn.div, drawn.divs
+    return out
 
 
 def evaluate_picks(data: SelectionData, ex: Examples, picks: np.ndarray, k: int = 3) -> dict:

@@ -4,6 +4,7 @@ import glob
 import json
 import os
 
+import numpy as np
 import pyarrow.fs as pafs
 import pytest
 
@@ -69,6 +70,21 @@ def test_train_dpp_resumes_after_a_crashed_worker_and_evaluate_writes_table_3(em
     assert [r["method"] for r in table["rows"]] == ["random", "img", "text", "img+text"]
     for row in table["rows"]:
         assert set(row) >= {"precision", "recall", "f1", "div"} and 0 <= row["f1"] <= 1 and 0 <= row["div"] <= 2
+    # Ray Data's tasks scored the feature tables' test examples block by block: the scores of the in-memory examples
+    # of the raw tables (no business here has more photos than the tables keep), the random row's P and R exactly
+    held = load_selection_data(store, encoder_id, 128, ("test",))
+    test = held.splits["test"]
+    assert table["examples"] == len(test) > 0 and table["skipped"] == held.skipped["test"]
+    assert table["max_ground_set"] == 128
+    rows = {r["method"]: r for r in table["rows"]}
+    for modality, uri in latest.variants.items():
+        want = evaluate_picks(held, test, select(load_dpp(uri)[0], held, test), 3)
+        assert {m: rows[modality][m] for m in want} == pytest.approx(want, abs=1e-9), modality
+    ground, targets = (test.ground >= 0).sum(1), (test.y_pos >= 0).sum(1)
+    hits = np.minimum(3, ground) * targets / ground
+    assert rows["random"]["precision"] == pytest.approx(np.mean(hits / 3), abs=1e-12)
+    assert rows["random"]["recall"] == pytest.approx(np.mean(hits / targets), abs=1e-12)
+    assert rows["random"]["draws"] == 20
     markdowns = [i.path for i in store.fs.get_file_info(pafs.FileSelector(store.path("reports/evaluate"), recursive=True))
                  if i.path.endswith("selection.md")]
     text = open(markdowns[0]).read()

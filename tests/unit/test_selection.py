@@ -179,32 +179,41 @@ def test_div_at_k_by_hand():
     assert div_at_k([same, orthogonal, np.array([[1.0, 0.0]])]) == pytest.approx(want / 2)
 
 
-def test_random_baseline_is_the_expected_random_precision_and_recall():
-    from showcase_core.selection.data import Examples, SelectionData
-    from showcase_core.selection.training import evaluate_picks, random_baseline, random_picks
+def test_random_baseline_is_the_expected_random_precision_and_recall_whatever_the_batches():
+    from showcase_core.selection.data import ExampleBatch
+    from showcase_core.selection.training import PickScores, example_rngs, random_positions, random_scores
 
     # ground sets of 2, 4 and 9 photos with 1, 2 and 3 targets: E[hits] = min(k, |G|) * |Y| / |G|
     sizes, targets, k = (2, 4, 9), (1, 2, 3), 3
-    ground = np.full((3, 9), -1, np.int32)
-    y_pos = np.full((3, 3), -1, np.int32)
-    for i, (g, y) in enumerate(zip(sizes, targets)):
-        ground[i, :g] = np.arange(g) + 10 * i
-        y_pos[i, :y] = np.arange(y)
+    mask = np.zeros((3, 9), bool)
+    y = np.full((3, 3), -1, np.int64)
+    for i, (g, t) in enumerate(zip(sizes, targets)):
+        mask[i, :g] = True
+        y[i, :t] = np.arange(t)
+    photos = np.random.default_rng(0).normal(size=(3, 9, 4)).astype(np.float32) * mask[:, :, None]
     zeros = np.zeros((3, 4), np.float32)
-    ex = Examples(ground, y_pos, zeros, zeros, np.ones(3, bool), ["u"] * 3, ["b"] * 3)
-    data = SelectionData([str(i) for i in range(30)], np.random.default_rng(0).normal(size=(30, 4)).astype(np.float32))
-    hits = [min(k, g) * y / g for g, y in zip(sizes, targets)]
+    batch = ExampleBatch.of(photos, mask, y, zeros, zeros)
+    keys = ["u1\tb1", "u2\tb2", "u3\tb3"]
+    hits = [min(k, g) * t / g for g, t in zip(sizes, targets)]
     expected_p = np.mean([h / k for h in hits])
-    expected_r = np.mean([h / y for h, y in zip(hits, targets)])
-    row = random_baseline(data, ex, k, seed=0)
+    expected_r = np.mean([h / t for h, t in zip(hits, targets)])
+    row = random_scores(batch, keys, k, seed=0).scores()
     assert row["precision"] == pytest.approx(expected_p)
     assert row["recall"] == pytest.approx(expected_r)
     assert row["f1"] == pytest.approx(2 * expected_p * expected_r / (expected_p + expected_r))
-    # and sampling agrees: the mean over many random draws (evaluate_picks on random_picks) comes close
-    runs = [evaluate_picks(data, ex, random_picks(ex, k, draw), k) for draw in range(2000)]
-    assert np.mean([run["precision"] for run in runs]) == pytest.approx(expected_p, rel=0.03)
-    assert np.mean([run["recall"] for run in runs]) == pytest.approx(expected_r, rel=0.03)
-    assert 0 < row["div"] < 2
+    assert 0 < row["div"] < 2 and row["examples"] == 3
+    # an example's draws follow its key, not its batch: scored in two batches and added up, the same row
+    halves = [ExampleBatch.of(photos[s], mask[s], y[s], zeros[s], zeros[s]) for s in (slice(0, 1), slice(1, 3))]
+    parts = [random_scores(h, keys[s], k, seed=0).sums() for h, s in zip(halves, (slice(0, 1), slice(1, 3)))]
+    assert PickScores.of_sums(parts, k).scores() == pytest.approx(row, abs=1e-12)
+    assert random_scores(batch, keys, k, seed=1).scores()["div"] != row["div"]
+    # and sampling agrees: the mean over many random draws comes close to the expectation
+    sampled, rngs = PickScores(k), example_rngs(7, keys)
+    for _ in range(2000):
+        sampled.add(batch, torch.as_tensor(random_positions(mask, k, rngs)))
+    assert sampled.scores()["precision"] == pytest.approx(expected_p, rel=0.03)
+    assert sampled.scores()["recall"] == pytest.approx(expected_r, rel=0.03)
+    assert sampled.scores()["div"] == pytest.approx(row["div"], rel=0.05)
 
 
 def test_a_batch_with_shared_ground_sets_picks_and_scores_as_each_pair_alone(tmp_path):
