@@ -24,6 +24,7 @@ import posixpath
 import sys
 from typing import Literal
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 
 from pydantic import field_validator
@@ -38,7 +39,7 @@ from .common import (DecodingSettings, UserError, new_report, open_store, parse_
 
 STAGES = ("dataset", "selection", "generation", "recommend")
 RECOMMENDER_ORDER = ["alignrec", "lightgcn", "bprmf", "popularity"]  # the issue's expected test Recall@20 order
-ALL_PHOTOS = 10**9  # no cap on a ground set: the evaluation ranks every photo of the business
+GENERATION_BUILD_BATCH = 1024  # generation examples one Ray Data task gives their vectors
 
 
 class Settings(DecodingSettings):
@@ -220,36 +221,86 @@ def selection_markdown(table: dict) -> str:
 
 def generation_inputs(store: Store, cfg: Settings) -> dict:
     """What the generation report decodes from and scores with, for the latest PC²L: its encoder's ``cfg.split``
-    examples, the latest DPP's K picks for each (``photo_lists``, feature vectors in ``data``), the scorer (that
-    encoder, Φ) and the sentences' entities. tests/perf/gpu_ablation.py exports and scores with the same."""
+    examples (``split_generation_examples``), the latest DPP's K picks for each (``photo_lists``: ``dpp_picks``, or
+    the example's own photos when the DPP has no example of its pair), those photos' feature vectors (``data``: theirs
+    only, read by id), the scorer (that encoder, Φ) and the photos' entities. The driver holds the split's examples
+    with their vectors, never a whole table. tests/perf/gpu_ablation.py exports and scores with the same."""
     from showcase_core.data.alignment import load_classifier
     from showcase_core.encoders.clip import load_encoder
-    from showcase_core.generation.data import load_generation_examples
+    from showcase_core.encoders.embed import read_embeddings
+    from showcase_core.metrics.grounding import wanted_photo_entities
     from showcase_core.model_files import load_model_config
-    from showcase_core.selection.data import load_selection_data
-    from showcase_core.selection.kernel import load_dpp
+    from showcase_core.selection.data import SelectionData, embedding_matrix
 
     pc2l, dpp, phi = (registry.latest(store, name) for name in ("pc2l", "dpp", "alignment"))
     registry.check_files(*pc2l.variants.values(), *dpp.variants.values(), phi.uri)
     config = load_model_config(next(iter(pc2l.variants.values())), "PC2L model")
     targets = pc2l.extra.get("targets", "sentences")
+    start_ray()
     try:
-        splits, _ = load_generation_examples(store, pc2l.encoder_id, targets, (cfg.split,), config["max_photos"],
-                                             config["max_history"])
-        data = load_selection_data(store, dpp.encoder_id, ALL_PHOTOS, (cfg.split,))
+        examples = split_generation_examples(store, pc2l.encoder_id, targets, cfg.split, config)
     except StoreError as e:
         raise UserError(f"{e}; the generation report needs ingested tables, embeddings and the {targets} table") \
             from None
-    examples = splits[cfg.split]
     if not len(examples):
         raise UserError(f"no {cfg.split}-split examples with an explanation and embedded photos")
     modality = evaluation.best_modality(dpp.variants)
-    photo_lists = evaluation.showcase_photos(load_dpp(dpp.variant(modality))[0], data, data.splits[cfg.split],
-                                             examples, cfg.k)
-    return {"pc2l": pc2l, "config": config, "targets": targets, "examples": examples, "data": data,
-            "photo_lists": photo_lists, "modality": modality,
+    picks = dpp_picks(store, dpp, modality, cfg.split, cfg.k)
+    photo_lists = [picks.get((u, b)) or pics for u, b, pics in zip(examples.user_ids, examples.business_ids,
+                                                                   examples.photo_ids)]
+    wanted = sorted({p for pics in photo_lists for p in pics})
+    return {"pc2l": pc2l, "config": config, "targets": targets, "examples": examples, "photo_lists": photo_lists,
+            "data": SelectionData(*embedding_matrix(read_embeddings(store, dpp.encoder_id, "images", ids=wanted))),
+            "modality": modality,
             "encoder": load_encoder(**registry.encoder(store, pc2l.encoder_id).extra["spec"], device="cpu"),
-            "phi": load_classifier(phi.uri)[0], "sentences": store.read_table(targets, ["pic_ids", "entities"])}
+            "phi": load_classifier(phi.uri)[0],
+            "entities": wanted_photo_entities(store.iter_table_batches(targets, ["pic_ids", "entities"]), set(wanted))}
+
+
+def split_generation_examples(store: Store, encoder_id: str, targets: str, split: str, config: dict):
+    """The split's generation examples of encoder ``encoder_id`` (GenerationExamples, in the reviews' order) for a
+    PC²L of ``config`` (its max_photos and max_history): the driver chooses them (ids and targets,
+    ``choose_generation_examples``), Ray Data tasks add their photos' vectors by id and their history from the
+    feature tables (``rows_of_chosen``, a block of GENERATION_BUILD_BATCH examples each), the same examples
+    ``load_generation_examples`` builds from the whole tables."""
+    import ray.data
+
+    from showcase_core import features as F
+    from showcase_core.generation.data import (choose_generation_examples, chosen_table, examples_of_rows,
+                                               rows_of_chosen)
+
+    chosen, _, dim = choose_generation_examples(store, encoder_id, targets, (split,), config["max_photos"])
+    table = chosen_table(chosen[split])
+    if chosen[split]:
+        meta = F.meta_for_training(store, encoder_id, dim, "max_history", config["max_history"],
+                                   "the PC2L model's max_history", "user")
+        built = ray.data.from_arrow(table).repartition(max(1, -(-table.num_rows // GENERATION_BUILD_BATCH))
+                                                       ).map_batches(rows_of_chosen, batch_size=None,
+                                                                     batch_format="pyarrow", fn_kwargs={
+            "root": store.root, "encoder_id": encoder_id, "meta": meta, "max_history": config["max_history"]})
+        rows = pa.concat_tables(built.iter_batches(batch_size=None, batch_format="pyarrow"))
+        position = {r: i for i, r in enumerate(rows.column("review_id").to_pylist())}
+        table = rows.take([position[r] for r in table.column("review_id").to_pylist()])  # the reviews' order
+    return examples_of_rows(table, config["max_photos"], config["max_history"])[0]
+
+
+def dpp_picks(store: Store, dpp, modality: str, split: str, k: int) -> dict[tuple[str, str], list[str]]:
+    """{(user id, business id): the DPP ``modality``'s K picks} for the split's selection examples, built and picked
+    block by block by Ray Data tasks (the selection stage's examples; ``evaluation.picked_photos``). The driver holds
+    K photo ids per pair."""
+    from showcase_core import features as F
+    from showcase_core.selection.kernel import load_dpp
+
+    _, config = load_dpp(dpp.variant(modality))
+    meta = F.meta_for_training(store, dpp.encoder_id, config["embed_dim"], "max_ground_set", k, "--k", "business")
+    datasets, _ = selection_example_datasets(store, dpp.encoder_id, meta, meta["max_ground_set"], (split,))
+    picked = datasets[split].map_batches(evaluation.picked_photos, batch_size=None, batch_format="pyarrow",
+                                         fn_kwargs={"dpp_uri": dpp.variant(modality), "k": k})
+    out = {}
+    for batch in picked.iter_batches(batch_size=None, batch_format="pyarrow"):
+        out.update(zip(zip(batch.column("user_id").to_pylist(), batch.column("business_id").to_pylist()),
+                       batch.column("photo_ids").to_pylist()))
+    return out
 
 
 def generation_table(store: Store, cfg: Settings) -> dict:
@@ -268,7 +319,7 @@ def generation_table(store: Store, cfg: Settings) -> dict:
                 inputs[name] = other_encoder_inputs(store, other, given["targets"], cfg.split, examples, photo_lists,
                                                     config)
     table = evaluation.generation_table(examples, photo_lists, given["data"], generators, given["encoder"],
-                                        given["phi"], given["sentences"], cfg.beams, cfg.decoding(), inputs)
+                                        given["phi"], given["entities"], cfg.beams, cfg.decoding(), inputs)
     for row in table["rows"]:
         row["group"] = groups.get(row["method"], row["method"])
     return {"split": cfg.split, "beams": cfg.beams, "k": cfg.k, "photos_from": f"DPP {given['modality']} picks "
@@ -303,22 +354,22 @@ def other_encoder_inputs(store: Store, encoder_id: str, targets: str, split: str
     """The examples' photos (``photo_lists``) and history as encoder ``encoder_id``'s features: (photo vector lists,
     history [N, H, C], history mask [N, H])."""
     from showcase_core.encoders.embed import read_embeddings
-    from showcase_core.generation.data import load_generation_examples
     from showcase_core.selection.data import embedding_matrix
 
-    own, _ = load_generation_examples(store, encoder_id, targets, (split,), config["max_photos"], config["max_history"])
-    at = {r: i for i, r in enumerate(own[split].review_ids)}
+    own = split_generation_examples(store, encoder_id, targets, split, config)
+    at = {r: i for i, r in enumerate(own.review_ids)}
     missing = [r for r in examples.review_ids if r not in at]
     if missing:
         raise UserError(f"encoder {encoder_id} has no {split} example of review {missing[0]} (and "
                         f"{len(missing) - 1} more): embed with it first")
     rows = [at[r] for r in examples.review_ids]
-    ids, matrix = embedding_matrix(read_embeddings(store, encoder_id, "images"))
+    wanted = sorted({p for pics in photo_lists for p in pics})
+    ids, matrix = embedding_matrix(read_embeddings(store, encoder_id, "images", ids=wanted))
     row_of = {p: i for i, p in enumerate(ids)}
     vectors = [[matrix[row_of[p]] for p in pics if p in row_of] for pics in photo_lists]
     if not all(vectors):
         raise UserError(f"encoder {encoder_id} has embedded none of the photos of some {split} examples: embed with it")
-    return vectors, own[split].history[rows], own[split].history_mask[rows]
+    return vectors, own.history[rows], own.history_mask[rows]
 
 
 def generation_report(store: Store, cfg: Settings) -> tuple[dict, str, dict]:

@@ -26,7 +26,7 @@ from pydantic import field_validator, model_validator
 
 from showcase_core import features as F
 from showcase_core import registry
-from showcase_core.generation.data import choose_generation_examples
+from showcase_core.generation.data import choose_generation_examples, chosen_table, rows_of_chosen
 from showcase_core.generation.model import DEFAULT_CONFIG as MODEL
 from showcase_core.generation.training import VARIANTS
 from showcase_core.settings import comma_list
@@ -117,7 +117,7 @@ def train_loop(config: dict) -> None:
     from showcase_core.generation.model import PC2L
     from showcase_core.generation.tokenizer import tokenizer_from_json
     from showcase_core.generation.training import train_batches, validation_loss_of
-    from showcase_core.metrics.grounding import grounding_rate
+    from showcase_core.metrics.grounding import grounding_rate, wanted_photo_entities
     from showcase_core.metrics.text import bleu
 
     rank = ray.train.get_context().get_world_rank()
@@ -168,7 +168,8 @@ def train_loop(config: dict) -> None:
                 subset, _, _ = examples_of_rows(pa.concat_tables(head), *widths)
                 wanted = {p for pics in subset.photo_ids for p in pics}
                 if wanted != entities_for:  # the same val rows every epoch: the table is read once
-                    entities, entities_for = entities_of_photos(config["root"], config["targets"], wanted), wanted
+                    entities, entities_for = wanted_photo_entities(Store.open(config["root"]).iter_table_batches(
+                        config["targets"], ["pic_ids", "entities"]), wanted), wanted
                 shown = [set().union(*(entities.get(p, set()) for p in pics)) for pics in subset.photo_ids]
                 texts = generate(trained.module, tokenizer, subset.photos, subset.photo_mask, subset.history,
                                  subset.history_mask, num_beams=1)
@@ -180,39 +181,6 @@ def train_loop(config: dict) -> None:
         harness.report_epoch(trained, metrics, state, config)
 
 
-def entities_of_photos(root: str, targets: str, wanted: set[str]) -> dict[str, set[str]]:
-    """photo id -> the entities of the targets' sentences that describe it, for the ``wanted`` photos only: the
-    targets table streamed batch by batch (memory: a batch and the wanted photos' entities)."""
-    from showcase_core.metrics.grounding import photo_entities
-
-    out: dict[str, set[str]] = {}
-    for batch in Store.open(root).iter_table_batches(targets, ["pic_ids", "entities"]):
-        found = photo_entities(batch.column("pic_ids").to_pylist(), batch.column("entities").to_pylist())
-        for photo in wanted & found.keys():
-            out.setdefault(photo, set()).update(found[photo])
-    return out
-
-
-def build_rows(chosen: pa.Table, root: str, encoder_id: str, meta: dict, max_history: int) -> pa.Table:
-    """Ray Data step: a block of chosen examples -> their rows with the vectors (``generation_rows``), the photos'
-    read by id from the embeddings, the users' history looked up by key in the feature tables. Memory: the block's
-    rows."""
-    import pyarrow.compute as pc
-
-    from showcase_core.encoders.embed import read_embeddings
-    from showcase_core.generation.data import generation_rows
-    from showcase_core.selection.data import embedding_matrix
-
-    store = Store.open(root)
-    lookup = F.FeatureLookup(store, encoder_id, meta)
-
-    def vectors_of(ids: list[str]) -> dict:
-        return dict(zip(*embedding_matrix(read_embeddings(store, encoder_id, "images", ids=ids))))
-
-    users = lookup.rows("users", pc.unique(chosen.column("user_id")).to_pylist())
-    return generation_rows(chosen, users, lookup.dim, max_history, vectors_of)
-
-
 def example_datasets(store, encoder_id: str, data: dict, max_history: int) -> dict:
     """The train and val examples as Ray Data datasets with their vectors, built once for every variant and kept in
     the object store. The driver passes the chosen examples' ids, targets and token ids only."""
@@ -221,15 +189,9 @@ def example_datasets(store, encoder_id: str, data: dict, max_history: int) -> di
     datasets = {}
     for split in ("train", "val"):
         chosen = data["chosen"][split]
-        table = pa.table({"review_id": [e["review_id"] for e in chosen], "user_id": [e["user_id"] for e in chosen],
-                          "business_id": [e["business_id"] for e in chosen],
-                          "photo_ids": pa.array([e["photo_ids"] for e in chosen], pa.list_(pa.string())),
-                          "target": [e["target"] for e in chosen],
-                          "target_ids": pa.array(data["ids"][split], pa.list_(pa.int32())),
-                          "swapped_ids": pa.array(data["swapped_ids"] if split == "train" else [None] * len(chosen),
-                                                  pa.list_(pa.int32()))})
+        table = chosen_table(chosen, data["ids"][split], data["swapped_ids"] if split == "train" else None)
         ds = ray.data.from_arrow(table).repartition(max(1, -(-len(chosen) // BUILD_BATCH)))
-        datasets[split] = ds.map_batches(build_rows, batch_size=None, batch_format="pyarrow", fn_kwargs={
+        datasets[split] = ds.map_batches(rows_of_chosen, batch_size=None, batch_format="pyarrow", fn_kwargs={
             "root": store.root, "encoder_id": encoder_id, "meta": data["meta"], "max_history": max_history}
         ).materialize()
         datasets[split].context.use_ray_tqdm = False  # each epoch's split logs its progress, not bars

@@ -4,7 +4,7 @@
   modality's K picks, Prec/Recall/F1/Div@K, summed block by block of examples;
 - ``business_diversity_rows`` + ``dataset_diversity``: Table 1's visual diversity in three levels (Intra-Business,
   Inter-User, Intra-User; Appendix B) over the CLIP image embeddings of the photos, business by business;
-- ``showcase_photos`` + ``generation_table``: Table 2/4, explanations: each PC²L variant decoding from the DPP's K
+- ``picked_photos`` + ``generation_table``: Table 2/4, explanations: each PC²L variant decoding from the DPP's K
   picks and the user's history, scored against the ground-truth explanations, and ground truth itself for the
   reference-free metrics; with Figure 6's length histograms and keyword coverage. ``score_generations`` is its
   scoring half, for explanations written elsewhere (tests/perf/gpu_ablation.py's GPU runs).
@@ -132,20 +132,28 @@ def best_modality(modalities) -> str:
     return next(m for m in ("img+text", "img", "text") if m in modalities)
 
 
-def showcase_photos(dpp, data, selection, examples, k: int) -> list[list[str]]:
-    """The photos each generation example is explained from at inference: the DPP's K picks for its (user,
-    business) in ``selection`` (Examples of ``data``), or the example's own photos when the DPP has no example."""
-    from .selection.training import select
+def picked_photos(rows: pa.Table, dpp_uri: str, k: int) -> pa.Table:
+    """Ray Data step (jobs.evaluate's generation stage): a block of selection examples (``examples_schema`` rows less
+    the reason) -> (user_id, business_id, photo_ids): the DPP's (its saved model at ``dpp_uri``) K picks of each
+    ground set, the photos each pair is explained from at inference. Memory: the block and SCORED_AT_ONCE examples'
+    kernels."""
+    from .selection.data import arrow_batch
+    from .selection.kernel import load_dpp
+    from .selection.training import pick_positions
 
-    picks = select(dpp, data, selection, k)
-    picked = {(u, b): [data.photo_ids[p] for p in row if p >= 0]
-              for u, b, row in zip(selection.user_ids, selection.business_ids, picks)}
-    return [picked.get((u, b)) or pics for u, b, pics in zip(examples.user_ids, examples.business_ids,
-                                                              examples.photo_ids)]
+    model, _ = load_dpp(dpp_uri)
+    picked = []
+    for start in range(0, rows.num_rows, SCORED_AT_ONCE):
+        part = rows.slice(start, SCORED_AT_ONCE)
+        positions = pick_positions(model, arrow_batch(part), k).cpu().numpy()
+        picked += [[ground[p] for p in row if p >= 0]
+                   for ground, row in zip(part.column("photo_ids").to_pylist(), positions)]
+    return pa.table({"user_id": rows.column("user_id"), "business_id": rows.column("business_id"),
+                     "photo_ids": pa.array(picked, pa.list_(pa.string()))})
 
 
 def generation_table(examples, photo_lists: list[list[str]], data, generators: dict[str, str], encoder, phi,
-                     sentences: pa.Table, beams: int, decoding: dict, inputs: dict | None = None) -> dict:
+                     entities: dict[str, set[str]], beams: int, decoding: dict, inputs: dict | None = None) -> dict:
     """Table 2/4: each PC²L variant (its saved model at ``generators[variant]``) decoding (beam search, ``decoding``
     as showcase_core.generation.decode.generate takes it) from ``photo_lists`` (feature vectors from ``data``) and
     the examples' history, scored by ``score_generations``. A generator of another encoder reads the same photos and
@@ -166,7 +174,7 @@ def generation_table(examples, photo_lists: list[list[str]], data, generators: d
             hyps += _generate(model, tokenizer, photos[sl], photo_mask[sl], history[sl], history_mask[sl], beams,
                               decoding)
         outputs[variant] = hyps
-    return score_generations(outputs, examples, photo_lists, data, encoder, phi, sentences)
+    return score_generations(outputs, examples, photo_lists, data, encoder, phi, entities)
 
 
 def photo_vectors(data, photo_lists: list[list[str]]) -> list[list[np.ndarray]]:
@@ -176,14 +184,14 @@ def photo_vectors(data, photo_lists: list[list[str]]) -> list[list[np.ndarray]]:
 
 
 def score_generations(outputs: dict[str, list[str]], examples, photo_lists: list[list[str]], data, encoder, phi,
-                      sentences: pa.Table) -> dict:
+                      entities: dict[str, set[str]]) -> dict:
     """Table 2/4's rows for explanations already written (``outputs``: row name -> one text per example, in the
     examples' order), scored against the examples' targets with text, CLIP (``encoder``, ``phi``, over the photos of
-    ``photo_lists``) and grounding metrics; ``sentences`` (pic_ids, entities) tells the entities each photo shows.
+    ``photo_lists``) and grounding metrics; ``entities`` tells the entities each photo shows (photo id -> entities of
+    the aligned sentences that describe it, showcase_core.metrics.grounding).
     Returns rows (a last one of ground truth), ten samples, the length histograms and the keyword coverage of pc2l
     and ce."""
     from .data.alignment import split_sentences
-    from .metrics.grounding import photo_entities
     from .metrics.keywords import keyword_coverage, length_histogram
     from .metrics.text import distinct_n, repetition
 
@@ -191,7 +199,6 @@ def score_generations(outputs: dict[str, list[str]], examples, photo_lists: list
     wrong = [name for name, hyps in outputs.items() if len(hyps) != len(refs)]
     if wrong:
         raise ValueError(f"{wrong[0]}: {len(outputs[wrong[0]])} explanations for {len(refs)} examples")
-    entities = photo_entities(sentences.column("pic_ids").to_pylist(), sentences.column("entities").to_pylist())
     context = {"shown": [set().union(*(entities.get(p, set()) for p in pics)) for pics in photo_lists],
                "image_sets": [np.stack(v) for v in photo_vectors(data, photo_lists)], "encoder": encoder, "phi": phi}
     rows = [{"method": name, **_generation_scores(hyps, refs, context, split_sentences),

@@ -197,6 +197,39 @@ def generation_rows(chosen: pa.Table, users: dict, dim: int, max_history: int, v
     return pa.table(columns, schema=schema)
 
 
+def chosen_table(chosen: list[dict], target_ids: list | None = None, swapped_ids: list | None = None) -> pa.Table:
+    """Chosen examples (``example_reviews``' dicts) -> ``generation_rows_schema``'s first seven columns, the token ids
+    null where not given (what ``rows_of_chosen`` takes)."""
+    none = [None] * len(chosen)
+    return pa.table({"review_id": pa.array([e["review_id"] for e in chosen], pa.string()),
+                     "user_id": pa.array([e["user_id"] for e in chosen], pa.string()),
+                     "business_id": pa.array([e["business_id"] for e in chosen], pa.string()),
+                     "photo_ids": pa.array([e["photo_ids"] for e in chosen], pa.list_(pa.string())),
+                     "target": pa.array([e["target"] for e in chosen], pa.string()),
+                     "target_ids": pa.array(none if target_ids is None else target_ids, pa.list_(pa.int32())),
+                     "swapped_ids": pa.array(none if swapped_ids is None else swapped_ids, pa.list_(pa.int32()))})
+
+
+def rows_of_chosen(chosen: pa.Table, root: str, encoder_id: str, meta: dict, max_history: int) -> pa.Table:
+    """Ray Data step: a block of chosen examples (``chosen_table``) -> their rows with the vectors
+    (``generation_rows``), the photos' read by id from encoder ``encoder_id``'s embeddings, the users' history looked
+    up by key in its feature tables (``meta``: showcase_core.features.read_meta's). Memory: the block's rows."""
+    import pyarrow.compute as pc
+
+    from ..encoders.embed import read_embeddings
+    from ..selection.data import embedding_matrix
+    from ..store import Store
+
+    store = Store.open(root)
+    lookup = features.FeatureLookup(store, encoder_id, meta)
+
+    def vectors_of(ids: list[str]) -> dict:
+        return dict(zip(*embedding_matrix(read_embeddings(store, encoder_id, "images", ids=ids))))
+
+    users = lookup.rows("users", pc.unique(chosen.column("user_id")).to_pylist())
+    return generation_rows(chosen, users, lookup.dim, max_history, vectors_of)
+
+
 def examples_of_rows(rows: pa.Table, max_photos: int, max_history: int) -> tuple[GenerationExamples, list, list]:
     """Rows (``generation_rows_schema``) -> (the examples, their target token ids, their swapped negatives' ids)."""
     photos, photo_mask = padded_vectors(rows.column("photos"), max_photos)

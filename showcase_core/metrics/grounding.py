@@ -44,3 +44,15 @@ def photo_entities(pic_ids_column, entities_column) -> dict[str, set[str]]:
         for p in pics or []:
             out.setdefault(p, set()).update(entities or [])
     return out
+
+
+def wanted_photo_entities(batches, wanted: set[str]) -> dict[str, set[str]]:
+    """``photo_entities`` for the ``wanted`` photos only, from the targets table's batches (an iterable of tables or
+    record batches with pic_ids and entities, e.g. ``Store.iter_table_batches``): memory a batch and the wanted
+    photos' entities."""
+    out: dict[str, set[str]] = {}
+    for batch in batches:
+        found = photo_entities(batch.column("pic_ids").to_pylist(), batch.column("entities").to_pylist())
+        for photo in wanted & found.keys():
+            out.setdefault(photo, set()).update(found[photo])
+    return out

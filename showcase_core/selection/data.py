@@ -155,7 +155,8 @@ def batch_tensors(data: SelectionData, ex: Examples, idx: np.ndarray, device="cp
 def examples_schema(dim: int) -> pa.Schema:
     """An example as a row: its ground set's vectors inline, so whoever trains on it needs no photo table."""
     return pa.schema([("user_id", pa.string()), ("business_id", pa.string()),
-                      ("photos", pa.list_(pa.list_(pa.float32(), dim))),  # the ground set's vectors, in order
+                      ("photo_ids", pa.list_(pa.string())),  # the ground set, in order
+                      ("photos", pa.list_(pa.list_(pa.float32(), dim))),  # its vectors, in that order
                       ("targets", pa.list_(pa.int32())),  # positions of the user's photos in the ground set
                       ("profile_img", pa.list_(pa.float32(), dim)), ("profile_text", pa.list_(pa.float32(), dim)),
                       ("has_history", pa.bool_()),
@@ -196,6 +197,7 @@ def feature_examples(reviews: pa.Table, users: dict, businesses: dict, dim: int,
         prof = features.profile(users.get(r["user_id"]), r["business_id"], dim, 0)
         out["user_id"].append(r["user_id"])
         out["business_id"].append(r["business_id"])
+        out["photo_ids"].append(ground if reason is None else [])
         out["photos"].append(np.asarray([vector(p) for p in ground], np.float32).reshape(-1, dim) if reason is None
                              else np.zeros((0, dim), np.float32))
         out["targets"].append([position[p] for p in targets] if reason is None else [])

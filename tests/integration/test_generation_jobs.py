@@ -11,7 +11,7 @@ import pyarrow.fs as pafs
 import pytest
 
 from jobs import distill, evaluate, harness, train_dpp, train_pc2l
-from jobs.common import run
+from jobs.common import parse_args, run
 from showcase_core import features as F
 from showcase_core import registry
 from showcase_core.buckets import buckets_for, in_bucket
@@ -19,13 +19,15 @@ from showcase_core.data import schema
 from showcase_core.data.alignment import distill_reviews, load_classifier, sidecar_pairs
 from showcase_core.encoders.clip import load_encoder
 from showcase_core.encoders.embed import read_embeddings
-from showcase_core.generation.data import (choose_generation_examples, examples_of_rows, load_generation_examples,
-                                           load_generation_targets)
+from showcase_core.generation.data import (choose_generation_examples, chosen_table, examples_of_rows,
+                                           load_generation_examples, load_generation_targets, rows_of_chosen)
 from showcase_core.generation.decode import generate
 from showcase_core.generation.model import load_pc2l
 from showcase_core.metrics.diversity import visual_diversity
-from showcase_core.metrics.grounding import photo_entities
-from showcase_core.selection.data import embedding_matrix
+from showcase_core.metrics.grounding import photo_entities, wanted_photo_entities
+from showcase_core.selection.data import embedding_matrix, load_selection_data
+from showcase_core.selection.kernel import load_dpp
+from showcase_core.selection.training import select
 from showcase_core.store import Store, filesystem_for, read_text
 from tests.conftest import copy_root, embed_with_features, stage_reports, world_on_s3
 
@@ -138,6 +140,28 @@ def test_train_pc2l_ablation_and_evaluate_generation(embedded_root):
         data = store.fs.open_input_stream(store.path(outputs[name].split(store.base + "/", 1)[1])).read() \
             if not outputs[name].startswith("/") else open(outputs[name], "rb").read()
         assert data[:4] == b"\x89PNG" if name.endswith(".png") else b"| pc2l |" in data
+    # what it decoded from, built by Ray Data tasks (examples, the DPP's picks) and read by id (vectors, entities),
+    # is what one process builds from the whole tables (no business here has more photos than the features keep)
+    cfg = parse_args("evaluate", evaluate.Settings, ["--root", root, "--stage", "generation"])
+    given = evaluate.generation_inputs(store, cfg)
+    widths = given["config"]["max_photos"], given["config"]["max_history"]
+    whole = load_generation_examples(store, encoder_id, "sentences", ("test",), *widths)[0]["test"]
+    test = given["examples"]
+    assert test.review_ids == whole.review_ids and test.photo_ids == whole.photo_ids and test.targets == whole.targets
+    for name in ("photos", "photo_mask", "history", "history_mask"):
+        assert np.array_equal(getattr(test, name), getattr(whole, name)), name
+    held = load_selection_data(store, encoder_id, 10**9, ("test",))
+    dpp, _ = load_dpp(registry.latest(store, "dpp").variant("img+text"))
+    picks = select(dpp, held, held.splits["test"], 3)
+    picked = {(u, b): [held.photo_ids[p] for p in row if p >= 0] for u, b, row in
+              zip(held.splits["test"].user_ids, held.splits["test"].business_ids, picks)}
+    assert given["photo_lists"] == [picked.get((u, b)) or pics for u, b, pics in
+                                    zip(whole.user_ids, whole.business_ids, whole.photo_ids)]
+    shown = {p for pics in given["photo_lists"] for p in pics}
+    assert sorted(given["data"].photo_ids) == sorted(shown)
+    sentences = store.read_table("sentences", ["pic_ids", "entities"])
+    every = photo_entities(sentences.column("pic_ids").to_pylist(), sentences.column("entities").to_pylist())
+    assert given["entities"] == {p: every[p] for p in shown if p in every} and given["entities"]
 
     # another seed, compared in one table with the first version's variants: same photos, one scorer, mean ± sd
     first = latest.version
@@ -215,14 +239,9 @@ def test_the_drivers_targets_are_the_workers_examples_in_their_order(embedded_ro
             # tables' history, are those examples (the workers stream them)
             chosen, _, _ = choose_generation_examples(store, encoder_id, "sentences", splits, max_photos)
             for split in splits:
-                table = pa.table({"review_id": [e["review_id"] for e in chosen[split]],
-                                  "user_id": [e["user_id"] for e in chosen[split]],
-                                  "business_id": [e["business_id"] for e in chosen[split]],
-                                  "photo_ids": [e["photo_ids"] for e in chosen[split]],
-                                  "target": [e["target"] for e in chosen[split]],
-                                  "target_ids": [[i, i + 1] for i in range(len(chosen[split]))],
-                                  "swapped_ids": [None if i % 3 else [i] for i in range(len(chosen[split]))]})
-                rows = pa.concat_tables([train_pc2l.build_rows(table.slice(start, 7), root, encoder_id, meta, 10)
+                table = chosen_table(chosen[split], [[i, i + 1] for i in range(len(chosen[split]))],
+                                     [None if i % 3 else [i] for i in range(len(chosen[split]))])
+                rows = pa.concat_tables([rows_of_chosen(table.slice(start, 7), root, encoder_id, meta, 10)
                                          for start in range(0, table.num_rows, 7)])
                 streamed, target_ids, swapped_ids = examples_of_rows(rows, max_photos, 10)
                 whole = examples[split]
@@ -241,7 +260,8 @@ def test_the_drivers_targets_are_the_workers_examples_in_their_order(embedded_ro
     named = sorted(p for p, e in every.items() if e)
     assert len(named) > 3
     wanted = set(named[1:4]) | {"no-such-photo"}
-    assert train_pc2l.entities_of_photos(root, "sentences", wanted) == {p: every[p] for p in wanted if p in every}
+    batches = store.iter_table_batches("sentences", ["pic_ids", "entities"], batch_size=5)
+    assert wanted_photo_entities(batches, wanted) == {p: every[p] for p in wanted if p in every}
 
 
 def test_train_pc2l_bad_settings_exit_2(embedded_root, tmp_path):

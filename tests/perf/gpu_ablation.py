@@ -315,7 +315,7 @@ def score(folder: str, root: str, report: str | None) -> int:
                          f"{given['pc2l'].version}, the bundle's {bundle['pc2l_version']})")
     if len(ids) < len(examples):  # a dry run decodes the first examples only
         examples, photo_lists = examples.take(range(len(ids))), photo_lists[:len(ids)]
-    ruler = {k: given[k] for k in ("data", "encoder", "phi", "sentences")}
+    ruler = {k: given[k] for k in ("data", "encoder", "phi", "entities")}
     here = evaluation.generation_table(examples, photo_lists, generators=dict(given["pc2l"].variants),
                                        beams=cfg.beams, decoding=cfg.decoding(), **ruler)
     for row in here["rows"][:-1]:
