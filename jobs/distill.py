@@ -65,7 +65,7 @@ def read_inputs(store: Store, encoder_id: str, labels: str, most_sentences: int)
     """The labelled pairs and the embeddings of their photos only (read as the embeddings table streams by). From
     the sentences table, the sentences of a hash sample of reviews when it holds more than ``most_sentences``, and
     only those reviews' photos: memory is about that many sentences' pairs, not the tables' (an annotation file is
-    read whole, with the reviews' and photos' ids it is checked against)."""
+    read whole, and the reviews and photos of the reviews it names, streamed from their tables)."""
     from showcase_core.data import alignment
     from showcase_core.data.gest import AnnotationError, read_labels
     from showcase_core.encoders.embed import read_embeddings
@@ -73,8 +73,9 @@ def read_inputs(store: Store, encoder_id: str, labels: str, most_sentences: int)
 
     try:
         if labels:
-            pairs, quarantined = read_labels(labels, store.read_table("reviews", ["review_id", "split"]),
-                                             store.read_table("images", ["image_id", "review_id"]))
+            pairs, quarantined = read_labels(labels, lambda named: (
+                store.read_rows_where("reviews", ["review_id", "split"], "review_id", named),
+                store.read_rows_where("images", ["image_id", "review_id"], "review_id", named)))
         else:
             pairs, quarantined = alignment.sidecar_pairs(*sampled_sentences(store, most_sentences)), []
         vectors = read_embeddings(store, encoder_id, "images", ids=pc.unique(pairs.column("image_id")).to_pylist())
@@ -102,9 +103,7 @@ def sampled_sentences(store: Store, most_sentences: int) -> tuple[pa.Table, pa.T
             for b in store.iter_table_batches("sentences")]
     sentences = pa.concat_tables(kept) if kept else store.read_table("sentences")  # no batches: the empty table
     reviews = pc.unique(sentences.column("review_id"))
-    photos = [pa.Table.from_batches([b]).filter(pc.is_in(b.column("review_id"), value_set=reviews))
-              for b in store.iter_table_batches("images", ["image_id", "review_id"])]
-    images = pa.concat_tables(photos) if photos else store.read_table("images", ["image_id", "review_id"])  # empty
+    images = store.read_rows_where("images", ["image_id", "review_id"], "review_id", reviews)
     if buckets > 1:
         print(f"[distill] Φ's pairs from the {sentences.num_rows:,} sentences of a hash sample of reviews, of "
               f"{total:,} (--max-labelled-sentences {most_sentences:,})", file=sys.stderr, flush=True)

@@ -281,6 +281,15 @@ class Store:
         yield from delta.iter_batches(self, f"tables/{name}", self._pinned(name, None), columns, batch_size,
                                       files_ahead=files_ahead)
 
+    def read_rows_where(self, name: str, columns: list[str], key: str, values) -> pa.Table:
+        """The rows of the published table ``name`` (its ``columns``, ``key`` among them) whose ``key`` is among
+        ``values`` (an Arrow array), the table streamed a batch at a time: memory, the rows kept and one batch."""
+        import pyarrow.compute as pc
+
+        kept = [pa.Table.from_batches([b]).filter(pc.is_in(b.column(key), value_set=values))
+                for b in self.iter_table_batches(name, columns)]
+        return pa.concat_tables(kept) if kept else self.read_table(name, columns)  # no batch: the empty table
+
     def delete_dir(self, rel: str) -> None:
         path = self.path(rel)
         if exists(self.fs, path):

@@ -472,14 +472,16 @@ class AnnotationError(Exception):
     """An annotation file that is missing or cannot be parsed at all. One line, naming the file."""
 
 
-def read_labels(uri: str, reviews, images):
+def read_labels(uri: str, accepted):
     """An annotation file of (sentence, photo, label) rows -> (pairs, quarantine rows).
 
     The file is Parquet (``.parquet``) or JSON lines of rows ``review_id, sentence, pic_id, label`` (0/1) and
-    optionally ``split``; without a split a pair takes its review's. ``reviews`` (review_id, split) and ``images``
-    (image_id, review_id) are the accepted tables: a row naming an unknown review, a photo not of its review, a label
-    that is not 0/1, or missing a field is quarantined with its reason. The pairs table has the columns
-    ``sentence_id`` (``<review_id>#<sentence>``), ``text``, ``image_id``, ``label`` (int8) and ``split``.
+    optionally ``split``; without a split a pair takes its review's. ``accepted(review_ids)`` (an Arrow array of the
+    file's review ids) gives the accepted tables' rows of those reviews (at least): (reviews (review_id, split), images
+    (image_id, review_id)). A row naming an unknown review, a photo not of its review, a label that is not 0/1, or
+    missing a field is quarantined with its reason. The pairs table has the columns ``sentence_id``
+    (``<review_id>#<sentence>``), ``text``, ``image_id``, ``label`` (int8) and ``split``. Memory: the file's rows and
+    the accepted rows of its reviews.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -496,6 +498,8 @@ def read_labels(uri: str, reviews, images):
         raise AnnotationError(f"{uri}: no such file") from None
     except (json.JSONDecodeError, pa.ArrowInvalid) as e:
         raise AnnotationError(f"{uri}: cannot be read ({str(e).splitlines()[0]})") from None
+    reviews, images = accepted(pa.array(sorted({r["review_id"] for r in rows if isinstance(r.get("review_id"), str)}),
+                                        pa.string()))
     split_of = dict(zip(reviews.column("review_id").to_pylist(), reviews.column("split").to_pylist()))
     photos = set(zip(images.column("image_id").to_pylist(), images.column("review_id").to_pylist()))
     out, bad = {"sentence_id": [], "text": [], "image_id": [], "label": [], "split": []}, []
