@@ -244,9 +244,9 @@ def examples_of_rows(rows: pa.Table, max_photos: int, max_history: int) -> tuple
 def choose_generation_examples(store, encoder_id: str, targets: str, splits, max_photos: int):
     """(``example_reviews``'s chosen examples per split, in the order ``load_generation_examples`` builds them, the
     skipped counts, the embedding size) with no vector but one: the photo embeddings' ids stream by a batch at a time
-    and only the examples' candidate photos are kept (memory: the reviews' ids and photo ids, the targets' texts, one
-    batch of ids; the reviews' texts a batch at a time). The embedding size is 0 when no candidate photo is embedded
-    (then there is no example)."""
+    and only the examples' candidate photos are kept (memory: the ids and photo ids of the ``splits``' reviews and the
+    texts of their targets, one batch of ids; the reviews and the targets stream by a batch at a time). The embedding
+    size is 0 when no candidate photo is embedded (then there is no example)."""
     import pyarrow.compute as pc
 
     from ..encoders.embed import embedded_among, embeddings_dir, read_embeddings
@@ -255,10 +255,12 @@ def choose_generation_examples(store, encoder_id: str, targets: str, splits, max
 
     if not exists(store, embeddings_dir(encoder_id, "images")):
         raise StoreError(f"no images embeddings for encoder {encoder_id} under {store.root} (run `showcase embed`)")
-    columns = [*REVIEW_COLUMNS, "review_text"]
-    flagged = [text_flags(batch) for batch in store.iter_table_batches("reviews", columns)]  # a batch's texts at most
+    columns, wanted = [*REVIEW_COLUMNS, "review_text"], pa.array(list(splits), pa.string())
+    flagged = [text_flags(batch).filter(pc.is_in(batch.column("split"), value_set=wanted))
+               for batch in store.iter_table_batches("reviews", columns)]  # a batch's texts at most
     reviews = pa.concat_tables(flagged) if flagged else text_flags(store.read_table("reviews", columns))  # (empty)
-    sentences = store.read_table(targets, ["review_id", "sentence_index", "text", "pic_ids"])
+    sentences = store.read_rows_where(targets, ["review_id", "sentence_index", "text", "pic_ids", "split"], "split",
+                                      wanted)  # a target's split is its review's
     explained = reviews.filter(pc.is_in(reviews.column("review_id"), value_set=pc.unique(sentences.column("review_id"))))
     candidates = pc.unique(pa.concat_arrays([pc.list_flatten(table.column("pic_ids")).combine_chunks()
                                              for table in (sentences, explained)]).drop_null())
