@@ -9,6 +9,7 @@ files; the driver commits each Delta table once (replacing the previous ingest) 
 
 from __future__ import annotations
 
+import math
 import posixpath
 import sys
 from typing import Literal
@@ -51,6 +52,8 @@ class Settings(JobSettings):
                                       "table)")
     sentence_task_reviews: int = setting(250_000, "reviews per sentence-validation task: each holds one hash "
                                                   "partition of the reviews and reads the sentences file", ge=1)
+    sidecar_task_mb: float = setting(256.0, "MiB of an owner-photos or businesses file per validation task: each "
+                                            "reads the file and holds one hash partition of its rows", gt=0)
     seed: int = setting(0, "seed of the train/val/test split of reviews")
     chunk_mb: float = setting(64.0, "MiB of the input per parallel validation task", gt=0)
     plan_bucket_rows: int = setting(PLAN_BUCKET_ROWS, "staged reviews one planning task holds at once: duplicates "
@@ -159,48 +162,56 @@ def _ingest_sentences(store: Store, run_id: str, uri: str, parts: dict, reviews_
             "sentence_photo_refs_removed": sum(d["photo_refs_removed"] for d in done)}
 
 
-def _ingest_business_sidecars(store: Store, run_id: str, sidecars: dict[str, str], parts: dict, images: str) -> dict:
+def _ingest_business_sidecars(store: Store, run_id: str, sidecars: dict[str, str], parts: dict, images: str,
+                              task_mb: float) -> dict:
     """Validate the owner-photos and businesses files (``sidecars``: table name -> URI) against the businesses of the
     reviews just written (owner photos also against the photos under ``images``, looked up a thousand at a time in a
-    first pass over the file); add their data files. It runs as one Ray task, so the driver holds only the counts."""
+    first pass over the file); add their data files. One Ray task per hash partition of a file's rows (a partition per
+    ``task_mb`` MiB of the file): each reads the file and keeps its partition's rows, by photo id for the owner
+    photos (a task holds every business id and its share of the photos) and by business id for the businesses (its
+    share of both). The driver holds only the counts."""
     import ray
 
     root, review_paths = store.root, [p["path"] for p in parts["reviews"]]
 
     @ray.remote
-    def validate() -> dict:
-        task_store = Store.open(root)
-        lookup = PhotoLookup(images)
+    def validate(name: str, uri: str, mine: int, partitions: int) -> dict:
+        task_store, keep = Store.open(root), (0, 1) if partitions == 1 else (mine, partitions)
+        by_business = name == "businesses" and partitions > 1  # the owner photos' partitions need every business
         businesses: set[str] = set()
         for path in review_paths:  # one data file's business_id column at a time
             table = pq.read_table(task_store.path("tables/reviews", path), filesystem=task_store.fs,
                                   columns=["business_id"])
-            businesses.update(pc.unique(table.column("business_id")).to_pylist())
-
-        def owner_photos(stream, uri: str) -> dict:
+            businesses.update(b for b in pc.unique(table.column("business_id")).to_pylist()
+                              if not by_business or partition_of(b, partitions) == mine)
+        if name == "owner_photos":
             with open_binary(uri) as first_pass:  # which of its photos are there, a thousand lookups at a time
-                present = photos_present(first_pass, businesses, lookup)
-            return read_owner_photos(stream, uri, businesses, present, images)
-
-        readers = {"owner_photos": owner_photos,
-                   "businesses": lambda stream, uri: read_businesses(stream, uri, businesses)}
-        files, counts = {"quarantine": []}, {}
-        for name, uri in sidecars.items():
+                present = photos_present(first_pass, businesses, PhotoLookup(images), partition=keep)
             with open_binary(uri) as stream:
-                result = readers[name](stream, uri)
-            files[name] = write_file(task_store, f"tables/{name}", result["table"], f"part-{run_id}-00000.parquet")
-            if result["quarantine"]:
-                files["quarantine"].append(write_file(task_store, "tables/quarantine",
-                                                      pa.Table.from_pylist(result["quarantine"], schema=QUARANTINE),
-                                                      f"part-{run_id}-{name.replace('_', '-')}.parquet"))
-            counts.update({f"{name}_out": result["table"].num_rows, f"{name}_quarantined": len(result["quarantine"])})
-        return {"files": files, "counts": counts}
+                result = read_owner_photos(stream, uri, businesses, present, images, partition=keep)
+        else:
+            with open_binary(uri) as stream:
+                result = read_businesses(stream, uri, businesses, partition=keep)
+        files = {"table": write_file(task_store, f"tables/{name}", result["table"], f"part-{run_id}-{mine:05d}.parquet"),
+                 "quarantine": None}
+        if result["quarantine"]:
+            files["quarantine"] = write_file(task_store, "tables/quarantine",
+                                             pa.Table.from_pylist(result["quarantine"], schema=QUARANTINE),
+                                             f"part-{run_id}-{name.replace('_', '-')}-{mine:05d}.parquet")
+        return {"files": files, "out": result["table"].num_rows, "quarantined": len(result["quarantine"])}
 
-    done = ray.get(validate.remote())
-    for name in sidecars:
-        parts[name] = [done["files"][name]]
-    parts["quarantine"].extend(done["files"]["quarantine"])
-    return done["counts"]
+    counts, tasks = {}, {}
+    for name, uri in sidecars.items():
+        fs, path = filesystem_for(uri)
+        partitions = max(1, math.ceil(fs.get_file_info(path).size / (task_mb * 2**20)))
+        tasks[name] = [validate.remote(name, uri, k, partitions) for k in range(partitions)]
+    for name, pending in tasks.items():
+        done = ray.get(pending)
+        parts[name] = [d["files"]["table"] for d in done]
+        parts["quarantine"].extend(d["files"]["quarantine"] for d in done if d["files"]["quarantine"])
+        counts.update({f"{name}_out": sum(d["out"] for d in done),
+                       f"{name}_quarantined": sum(d["quarantined"] for d in done)})
+    return counts
 
 
 def stage_chunks(store, staging: str, run_id: str, cfg: Settings, inputs: dict, timer: Timer) -> dict:
@@ -286,7 +297,8 @@ def main(argv: list[str] | None = None) -> int:
                                                     cfg.sentence_task_reviews))
     if business_sidecars:
         with timer("business_sidecars"):
-            sidecar_counts.update(_ingest_business_sidecars(store, run_id, business_sidecars, staged["parts"], images))
+            sidecar_counts.update(_ingest_business_sidecars(store, run_id, business_sidecars, staged["parts"], images,
+                                                            cfg.sidecar_task_mb))
     with timer("publish"):
         record = commit_ingest(store, run_id, staged["parts"], {"source": source, "format": fmt, "images": images})
         store.delete_dir(staging)

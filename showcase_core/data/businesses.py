@@ -19,15 +19,23 @@ import pyarrow as pa
 
 from . import schema
 from .gest import RecordError, read_json_lines
+from .sentences import partition_of
 
 RANGES = {"latitude": 90.0, "longitude": 180.0}
 
 
-def read_businesses(stream: IO[bytes], source: str, businesses: set[str]) -> dict:
-    """Validate a businesses JSON-lines stream: {"table": BUSINESSES table, "quarantine": rows}."""
+def read_businesses(stream: IO[bytes], source: str, businesses: set[str], partition: tuple[int, int] = (0, 1)) -> dict:
+    """Validate a businesses JSON-lines stream: {"table": BUSINESSES table, "quarantine": rows}. ``partition`` (k, n):
+    only the rows whose business_id is in hash partition k of n (``partition_of``; partition 0 also takes the lines
+    with no string business_id), and ``businesses`` need hold only that partition's accepted businesses, so n readers
+    of one file together give what one reader holding them all gives."""
     seen: set[str] = set()
+    mine, partitions = partition
 
-    def check(obj: dict) -> dict:
+    def check(obj: dict) -> dict | None:
+        key = obj.get("business_id")
+        if partitions > 1 and (partition_of(key, partitions) if isinstance(key, str) else 0) != mine:
+            return None
         for name in ("business_id", *RANGES):
             if obj.get(name) is None:
                 raise RecordError("missing_field", name, f"field {name!r} is missing")
@@ -49,5 +57,5 @@ def read_businesses(stream: IO[bytes], source: str, businesses: set[str]) -> dic
         seen.add(business)
         return {"business_id": business, "latitude": float(obj["latitude"]), "longitude": float(obj["longitude"])}
 
-    rows, bad = read_json_lines(stream, source, check)
+    rows, bad = read_json_lines(stream, source, check, unreadable=mine == 0)
     return {"table": pa.Table.from_pylist(rows, schema=schema.BUSINESSES), "quarantine": bad}

@@ -18,9 +18,10 @@ from . import schema
 from .gest import RecordError, read_json_lines
 
 
-def partition_of(review_id: str, partitions: int) -> int:
-    """The hash partition of a review id (stable across processes and runs, unlike ``hash``)."""
-    return zlib.crc32(review_id.encode("utf-8")) % partitions
+def partition_of(key: str, partitions: int) -> int:
+    """The hash partition of an id (a review's, a photo's, a business's): stable across processes and runs, unlike
+    ``hash``."""
+    return zlib.crc32(key.encode("utf-8")) % partitions
 
 
 def read_sentences(stream: IO[bytes], source: str, reviews: dict[str, tuple[str, set[str]]],

@@ -92,6 +92,27 @@ def test_owner_photos_and_places_are_ingested_and_their_bad_rows_quarantined(ray
     assert any(d["reason"] == "unknown_business" and "bnowhere" in d["detail"] for d in details)
     assert any(d["reason"] == "unknown_business" and "bnowhere2" in d["detail"] for d in details)
 
+    # checked in hash partitions of the files' rows (a task per 256 bytes of a file: several each), the same tables, the
+    # same quarantined lines, each once, and the same counts
+    parts = str(tmp_path / "parts")
+    assert run("ingest", ingest.main, ["--root", parts, "--gest", f"{world}/filter_all_t.json", "--images",
+                                       f"{world}/images", "--owner-photos", str(owners), "--businesses",
+                                       str(places), "--sidecar-task-mb", str(256 / 2**20)]) == 0
+    split = Store.open(parts)
+    for name, key in (("owner_photos", "image_id"), ("businesses", "business_id")):
+        assert sorted(split.read_table(name).to_pylist(), key=lambda r: r[key]) == \
+            sorted(store.read_table(name).to_pylist(), key=lambda r: r[key]), name
+        files = len(delta.file_uris(split, f"tables/{name}"))
+        assert files == -(-os.path.getsize(owners if name == "owner_photos" else places) // 256) > 1, name
+
+    def sidecar_lines(s: Store) -> list:
+        return sorted((q["source"], q["position"], q["reason"]) for q in s.read_table("quarantine").to_pylist()
+                      if q["source"] in (str(owners), str(places)))
+
+    assert sidecar_lines(split) == sidecar_lines(store) and len(sidecar_lines(store)) == len(bad) + 3
+    assert {k: v for k, v in report_of(split)["counts"].items() if k.startswith(("owner_photos", "businesses"))} == \
+        {k: v for k, v in counts.items() if k.startswith(("owner_photos", "businesses"))}
+
     again = str(tmp_path / "again")  # none: no table, and readers say so
     assert run("ingest", ingest.main, ["--root", again, "--gest", f"{world}/filter_all_t.json",
                                        "--owner-photos", "none", "--businesses", "none"]) == 0
