@@ -44,14 +44,13 @@ def train_loop(config: dict) -> None:
     import torch
 
     from showcase_core.encoders.clip import load_encoder
-    from showcase_core.encoders.training import DecodedPerBatch, KeptPerPhoto, clip_pairs, scan_photos, train_epoch
+    from showcase_core.encoders.training import (DecodedPerBatch, KeptPerPhoto, scan_photos, sharded_clip_pairs,
+                                                 train_epoch)
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     store = Store.open(config["root"])
-    sentences, images = store.read_table("sentences"), store.read_table("images")
-    pairs = clip_pairs(sentences, images, ("train",))
-    pairs = pairs.take(np.arange(rank, pairs.num_rows, world))  # this worker's shard
+    pairs = sharded_clip_pairs(store, ("train",), rank, world)  # this worker's share, the tables streamed
     device = ray.train.torch.get_device()
     # on the training device from the start: the pretrained towers compute their features there
     encoder = load_encoder(model=config["clip_model"] or None, pretrained=config["clip_pretrained"] or None,
@@ -79,7 +78,7 @@ def train_loop(config: dict) -> None:
     step = harness.optimizer_step(trained)
     state = harness.restore(trained) or {"epoch": -1, "step": 0, "history": []}
 
-    held_out = clip_pairs(sentences, images, ("val", "test")) if rank == 0 else None
+    held_out = sharded_clip_pairs(store, ("val", "test")) if rank == 0 else None
     for epoch in range(state["epoch"] + 1, config["epochs"]):
         t0 = time.monotonic()
         loss, global_step = train_epoch(trained.model, step, image_inputs, text_inputs, config["batch_size"], epoch,

@@ -33,16 +33,42 @@ import torch  # noqa: E402
 
 def clip_pairs(sentences: pa.Table, images: pa.Table, splits: tuple[str, ...]) -> pa.Table:
     """(image_id, uri, sentence_id, text, entities) for every photo a sentence of the given splits describes."""
-    s = sentences.filter(pc.is_in(sentences.column("split"), value_set=pa.array(list(splits))))
+    return _with_uris(_sentence_pairs(sentences, splits), images)
+
+
+def sharded_clip_pairs(store, splits: tuple[str, ...], rank: int = 0, world: int = 1,
+                       batch_size: int = 65536) -> pa.Table:
+    """``clip_pairs`` of the store's tables for one rank of ``world``: the sentences table streams by a batch at a
+    time, the k-th of its pairs in the table's order is rank k % world's, and only the images rows of those pairs'
+    photos are read (``Store.read_rows_where``). Memory: the rank's pairs and one batch of ``batch_size`` sentences
+    (world 1: every pair of the splits, rank 0's held-out pairs). Every rank reads the sentences table."""
+    columns = ["sentence_id", "text", "pic_ids", "entities", "split"]
+    kept, seen = [], 0
+    for batch in store.iter_table_batches("sentences", columns, batch_size):
+        pairs = _sentence_pairs(pa.Table.from_batches([batch]), splits)
+        kept.append(pairs.filter(pa.array(np.arange(seen, seen + pairs.num_rows) % world == rank)))
+        seen += pairs.num_rows
+    pairs = pa.concat_tables(kept) if kept else _sentence_pairs(store.read_table("sentences", columns), splits)
+    images = store.read_rows_where("images", ["image_id", "uri"], "image_id", pc.unique(pairs.column("image_id")))
+    return _with_uris(pairs, images)
+
+
+def _sentence_pairs(sentences: pa.Table, splits: tuple[str, ...]) -> pa.Table:
+    """(image_id, sentence_id, text, entities): a row per photo a sentence of the given splits describes."""
+    s = sentences.filter(pc.is_in(sentences.column("split"), value_set=pa.array(list(splits), pa.string())))
     pics = s.column("pic_ids").combine_chunks()
     parents = pc.list_parent_indices(pics)
-    pairs = pa.table({
+    return pa.table({
         "image_id": pc.list_flatten(pics),
         "sentence_id": pc.take(s.column("sentence_id"), parents),
         "text": pc.take(s.column("text"), parents),
         "entities": pc.take(s.column("entities"), parents),
     })
-    # the first uri of each photo; pairs whose photo is not in the images table are left out
+
+
+def _with_uris(pairs: pa.Table, images: pa.Table) -> pa.Table:
+    """Pairs with the first uri of each photo in ``images``; pairs whose photo is not there are left out. Sorted by
+    sentence, then photo."""
     first = pc.index_in(pairs.column("image_id"), value_set=images.column("image_id"))
     pairs = pairs.append_column("uri", pc.take(images.column("uri"), first)).filter(pc.is_valid(first))
     return pairs.sort_by([("sentence_id", "ascending"), ("image_id", "ascending")])

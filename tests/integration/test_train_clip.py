@@ -9,6 +9,7 @@ from jobs import harness, ingest, train_clip
 from jobs.common import run
 from showcase_core import registry
 from showcase_core.encoders.clip import load_encoder
+from showcase_core.encoders.training import clip_pairs, sharded_clip_pairs
 from showcase_core.store import Store, filesystem_for, read_text
 from tests.conftest import stage_reports, world_on_s3
 
@@ -54,3 +55,23 @@ def test_bad_training_settings_exit_2(tiny_world, tmp_path, ray_local):
     assert run("train_clip", train_clip.main, ["--root", root, "--clip-model", "ViT-Nope"]) == 2
     assert run("train_clip", train_clip.main, ["--root", root, "--deepspeed-config", "/nope.json"]) == 2
     assert run("train_clip", train_clip.main, ["--root", str(tmp_path / "empty")]) == 2
+
+
+def test_each_rank_streams_its_share_of_the_pairs(tiny_world, tmp_path, ray_local):
+    """A worker's pairs come from the tables streamed a batch at a time: the ranks' shares are disjoint, differ in
+    size by at most one and together are the pairs of the tables read whole; one rank of one has them all."""
+    world, _ = tiny_world
+    root = str(tmp_path / "root")
+    assert run("ingest", ingest.main, ["--root", root, "--gest", f"{world}/filter_all_t.json"]) == 0
+    store = Store.open(root)
+    sentences, images = store.read_table("sentences"), store.read_table("images")
+    columns = ["image_id", "uri", "sentence_id", "text", "entities"]
+    for splits in (("train",), ("val", "test")):
+        whole = clip_pairs(sentences, images, splits).select(columns).to_pylist()
+        assert len(whole) > 10
+        assert sharded_clip_pairs(store, splits, batch_size=7).select(columns).to_pylist() == whole
+        shares = [sharded_clip_pairs(store, splits, rank, 3, batch_size=7).select(columns).to_pylist()
+                  for rank in range(3)]
+        assert max(map(len, shares)) - min(map(len, shares)) <= 1
+        key = lambda r: (r["sentence_id"], r["image_id"])  # noqa: E731
+        assert sorted((r for share in shares for r in share), key=key) == whole
