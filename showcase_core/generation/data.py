@@ -280,7 +280,9 @@ def load_generation_targets(store, encoder_id: str, targets: str, splits, max_ph
 
 
 def load_generation_examples(store, encoder_id: str, targets: str, splits, max_photos: int, max_history: int):
-    """``build_generation_examples`` over ROOT's tables and an encoder's embeddings (train_pc2l and evaluate)."""
+    """``build_generation_examples`` over ROOT's tables and an encoder's embeddings, read whole: the in-memory
+    reference the tests hold the streamed builders (``rows_of_chosen``) to, and the perf scripts' small exports. No
+    job reads it."""
     from ..encoders.embed import read_embeddings
 
     return build_generation_examples(store.read_table("reviews"), store.read_table(targets),

@@ -7,11 +7,10 @@
   of every *other* business, so the profile never contains the answer (the nightly and Serve read the same numbers
   from the feature tables). Users with no other entry have ``has_history`` False and zero profiles.
 
-Two sources give the same examples: ``build_selection_data`` from the raw tables, held in memory (evaluate's
-generation stage, with every photo of a business, and the tests), and ``feature_examples`` from the feature tables'
-rows a batch of reviews at a time, as Arrow rows with their ground sets' vectors inline (``examples_of_reviews``, run
-by train_dpp's and evaluate's Ray Data tasks; ``arrow_batch`` turns a batch of them into the kernel's tensors). Both
-end in an ``ExampleBatch``.
+Two sources give the same examples: ``build_selection_data`` from the raw tables, held in memory (the tests'
+reference), and ``feature_examples`` from the feature tables' rows a batch of reviews at a time, as Arrow rows with
+their ground sets' photo ids and vectors inline (``examples_of_reviews``, run by train_dpp's and evaluate's Ray Data
+tasks; ``arrow_batch`` turns a batch of them into the kernel's tensors). Both end in an ``ExampleBatch``.
 """
 
 from __future__ import annotations
@@ -287,7 +286,8 @@ def arrow_batch(batch: pa.Table, device="cpu") -> ExampleBatch:
 
 
 def load_selection_data(store, encoder_id: str, max_ground: int, splits=("train", "val", "test")) -> SelectionData:
-    """``build_selection_data`` over ROOT's tables and an encoder's embeddings (what train_dpp and evaluate read)."""
+    """``build_selection_data`` over ROOT's tables and an encoder's embeddings, read whole: the in-memory reference
+    the tests hold the streamed builder (``examples_of_reviews``) to. No job reads it."""
     from ..encoders.embed import read_embeddings
 
     return build_selection_data(store.read_table("reviews"), store.read_table("images"),
