@@ -96,6 +96,35 @@ def test_retrieval_recall_by_hand():
     assert r["random_entity"] == pytest.approx((2 / 3 + 1 / 3 + 2 / 3) / 3)
 
 
+def test_retrieval_recall_in_blocks_of_photos_is_the_whole_matrix_s():
+    """Scored a few photos at a time, never a photos x sentences matrix: the figures the whole similarity and
+    entity-sharing matrices give (computed here directly), with photos in several pairs and sentences without
+    entities."""
+    rng = np.random.default_rng(3)
+    photos, sentences, dishes = 23, 31, ["ramen", "tacos", "pho", "mole", "dal"]
+    img, txt = rng.normal(size=(photos, 8)).astype(np.float32), rng.normal(size=(sentences, 8)).astype(np.float32)
+    said = [list(rng.choice(dishes, size=rng.integers(0, 3), replace=False)) for _ in range(sentences)]
+    rows = [(f"p{i}", f"s{j}", said[j]) for i in range(photos) for j in rng.choice(sentences, 2, replace=False)]
+    pairs = pa.table({"image_id": [r[0] for r in rows], "sentence_id": [r[1] for r in rows],
+                      "entities": [r[2] for r in rows]})
+    relevant = np.zeros((photos, sentences), bool)
+    of_photo, of_sentence = [set() for _ in range(photos)], [set() for _ in range(sentences)]
+    for p, s, e in rows:
+        relevant[int(p[1:]), int(s[1:])] = True
+        of_photo[int(p[1:])].update(e)
+        of_sentence[int(s[1:])].update(e)
+    same = np.array([[bool(a & b) for b in of_sentence] for a in of_photo])
+    top = np.argmax(img @ txt.T, axis=1)
+    want = {"photos": photos, "sentences": sentences, "recall_at_1_exact": relevant[np.arange(photos), top].mean(),
+            "random_exact": relevant.mean(), "recall_at_1_entity": same[np.arange(photos), top].mean(),
+            "random_entity": same.mean()}
+    ids = ([f"p{i}" for i in range(photos)], [f"s{j}" for j in range(sentences)])
+    for block in (1, 5, 1024):
+        got = retrieval_recall(img, ids[0], txt, ids[1], pairs, block=block)
+        assert got == pytest.approx(want), block
+    assert 0 < want["random_entity"] < 1 and 0 < want["recall_at_1_exact"] < 1
+
+
 def test_clip_pairs_explodes_sentences_into_photo_pairs_of_the_requested_splits():
     sentences = pa.table({"sentence_id": ["r1#0", "r1#1", "r2#0"], "text": ["a", "filler", "b"],
                           "pic_ids": [["p1", "p2"], [], ["p3"]], "entities": [["x"], [], ["y"]],
