@@ -246,21 +246,28 @@ def read_table_dataset(store: Store, rel: str, version: int | None = None, colum
 SELECTION_BUILD_BATCH = 1024  # reviews whose selection examples one Ray Data task builds
 
 
-def selection_example_datasets(store: Store, encoder_id: str, meta: dict, max_ground: int,
-                               splits: tuple[str, ...]) -> tuple[dict, dict]:
+def selection_example_datasets(store: Store, encoder_id: str, meta: dict, max_ground: int, splits: tuple[str, ...],
+                               review_ids: pa.Array | None = None) -> tuple[dict, dict]:
     """The DPP's examples of each of ``splits`` (showcase_core.selection.data.examples_of_reviews: one per review
     with a ground set and a photo of the user in it) as lazy Ray Data datasets, built from encoder ``encoder_id``'s
     feature tables (``meta``) and the reviews at the version those were built from; and the reviews per split
     ({split: rows}, whose difference to a split's examples is the reviews skipped). The reviews' narrow columns are
     read once into blocks of SELECTION_BUILD_BATCH rows, a task per block: the tasks share the CPUs, and each holds
-    one block's examples. The driver holds the counts only."""
+    one block's examples. The driver holds the counts only. With ``review_ids`` (an evaluation's sample), of those
+    reviews only."""
     from showcase_core import tables as delta
     from showcase_core.selection.data import examples_of_reviews
 
-    version = meta["reads"]["reviews"]
-    reviews = read_table_dataset(store, "tables/reviews", version, ["user_id", "business_id", "split", "pic_ids"])
-    blocks = max(1, -(-delta.rows(store, "tables/reviews", version) // SELECTION_BUILD_BATCH))
-    reviews = reviews.repartition(blocks).materialize()
+    version, columns = meta["reads"]["reviews"], ["user_id", "business_id", "split", "pic_ids"]
+    if review_ids is None:
+        reviews = read_table_dataset(store, "tables/reviews", version, columns)
+        rows = delta.rows(store, "tables/reviews", version)
+    else:
+        reviews = read_table_dataset(store, "tables/reviews", version, ["review_id", *columns]).map_batches(
+            rows_among, batch_size=None, batch_format="pyarrow",
+            fn_kwargs={"column": "review_id", "values": review_ids, "keep": columns})
+        rows = len(review_ids)
+    reviews = reviews.repartition(max(1, -(-rows // SELECTION_BUILD_BATCH))).materialize()
     datasets = {split: reviews.map_batches(examples_of_reviews, batch_size=None, batch_format="pyarrow", fn_kwargs={
         "root": store.root, "encoder_id": encoder_id, "meta": meta, "max_ground": max_ground, "split": split})
         for split in splits}
@@ -269,6 +276,13 @@ def selection_example_datasets(store: Store, encoder_id: str, meta: dict, max_gr
         if row["split"] in totals:
             totals[row["split"]] += row["rows"]
     return datasets, totals
+
+
+def rows_among(rows: pa.Table, column: str, values: pa.Array, keep: list[str]) -> pa.Table:
+    """Ray Data step: the rows whose ``column`` is among ``values``, their ``keep`` columns."""
+    import pyarrow.compute as pc
+
+    return rows.filter(pc.is_in(rows.column(column), value_set=values)).select(keep)
 
 
 def count_splits(reviews: pa.Table) -> pa.Table:

@@ -59,6 +59,9 @@ class Settings(DecodingSettings):
     compare: str = setting("", "the generation report: more PC²L versions (ROOT/models/pc2l/<version>, comma-"
                                "separated) scored in the same table on the same photos, by the latest's CLIP and Φ; "
                                "rows that differ only in their seed are summarised as mean ± sd")
+    sample_reviews: int = setting(20_000, "the generation report's reviews: at most this many of the split's, the "
+                                          "ones of smallest hash of review id (BLAKE2b, the same in every run); 0: "
+                                          "every review. Bounds the report's memory and decoding time", ge=0)
 
     @field_validator("recommender_seeds")
     @classmethod
@@ -223,11 +226,14 @@ def generation_inputs(store: Store, cfg: Settings) -> dict:
     """What the generation report decodes from and scores with, for the latest PC²L: its encoder's ``cfg.split``
     examples (``split_generation_examples``), the latest DPP's K picks for each (``photo_lists``: ``dpp_picks``, or
     the example's own photos when the DPP has no example of its pair), those photos' feature vectors (``data``: theirs
-    only, read by id), the scorer (that encoder, Φ) and the photos' entities. The driver holds the split's examples
-    with their vectors, never a whole table. tests/perf/gpu_ablation.py exports and scores with the same."""
+    only, read by id), the scorer (that encoder, Φ) and the photos' entities; of the split's reviews, or of a sample of
+    ``cfg.sample_reviews`` of them when it has more (``sample``: the review ids, or None; ``reviews``: the split's).
+    The driver holds the sample's examples with their vectors, never a whole table. tests/perf/gpu_ablation.py exports
+    and scores with the same."""
     from showcase_core.data.alignment import load_classifier
     from showcase_core.encoders.clip import load_encoder
     from showcase_core.encoders.embed import read_embeddings
+    from showcase_core.generation.data import sample_of_split
     from showcase_core.metrics.grounding import wanted_photo_entities
     from showcase_core.model_files import load_model_config
     from showcase_core.selection.data import SelectionData, embedding_matrix
@@ -236,20 +242,22 @@ def generation_inputs(store: Store, cfg: Settings) -> dict:
     registry.check_files(*pc2l.variants.values(), *dpp.variants.values(), phi.uri)
     config = load_model_config(next(iter(pc2l.variants.values())), "PC2L model")
     targets = pc2l.extra.get("targets", "sentences")
+    sample, reviews = sample_of_split(store, cfg.split, cfg.sample_reviews) if cfg.sample_reviews else (None, 0)
     start_ray()
     try:
-        examples = split_generation_examples(store, pc2l.encoder_id, targets, cfg.split, config)
+        examples = split_generation_examples(store, pc2l.encoder_id, targets, cfg.split, config, sample)
     except StoreError as e:
         raise UserError(f"{e}; the generation report needs ingested tables, embeddings and the {targets} table") \
             from None
     if not len(examples):
         raise UserError(f"no {cfg.split}-split examples with an explanation and embedded photos")
     modality = evaluation.best_modality(dpp.variants)
-    picks = dpp_picks(store, dpp, modality, cfg.split, cfg.k)
+    picks = dpp_picks(store, dpp, modality, cfg.split, cfg.k, sample)
     photo_lists = [picks.get((u, b)) or pics for u, b, pics in zip(examples.user_ids, examples.business_ids,
                                                                    examples.photo_ids)]
     wanted = sorted({p for pics in photo_lists for p in pics})
-    return {"pc2l": pc2l, "config": config, "targets": targets, "examples": examples, "photo_lists": photo_lists,
+    return {"pc2l": pc2l, "config": config, "targets": targets, "sample": sample, "reviews": reviews,
+            "examples": examples, "photo_lists": photo_lists,
             "data": SelectionData(*embedding_matrix(read_embeddings(store, dpp.encoder_id, "images", ids=wanted))),
             "modality": modality,
             "encoder": load_encoder(**registry.encoder(store, pc2l.encoder_id).extra["spec"], device="cpu"),
@@ -257,9 +265,11 @@ def generation_inputs(store: Store, cfg: Settings) -> dict:
             "entities": wanted_photo_entities(store.iter_table_batches(targets, ["pic_ids", "entities"]), set(wanted))}
 
 
-def split_generation_examples(store: Store, encoder_id: str, targets: str, split: str, config: dict):
-    """The split's generation examples of encoder ``encoder_id`` (GenerationExamples, in the reviews' order) for a
-    PC²L of ``config`` (its max_photos and max_history): the driver chooses them (ids and targets,
+def split_generation_examples(store: Store, encoder_id: str, targets: str, split: str, config: dict,
+                              review_ids: pa.Array | None = None):
+    """The split's generation examples (of ``review_ids`` only, when given) of encoder ``encoder_id``
+    (GenerationExamples, in the reviews' order) for a PC²L of ``config`` (its max_photos and max_history): the driver
+    chooses them (ids and targets,
     ``choose_generation_examples``), Ray Data tasks add their photos' vectors by id and their history from the
     feature tables (``rows_of_chosen``, a block of GENERATION_BUILD_BATCH examples each), the same examples
     ``load_generation_examples`` builds from the whole tables."""
@@ -269,7 +279,7 @@ def split_generation_examples(store: Store, encoder_id: str, targets: str, split
     from showcase_core.generation.data import (choose_generation_examples, chosen_table, examples_of_rows,
                                                rows_of_chosen)
 
-    chosen, _, dim = choose_generation_examples(store, encoder_id, targets, (split,), config["max_photos"])
+    chosen, _, dim = choose_generation_examples(store, encoder_id, targets, (split,), config["max_photos"], review_ids)
     table = chosen_table(chosen[split])
     if chosen[split]:
         meta = F.meta_for_training(store, encoder_id, dim, "max_history", config["max_history"],
@@ -284,16 +294,18 @@ def split_generation_examples(store: Store, encoder_id: str, targets: str, split
     return examples_of_rows(table, config["max_photos"], config["max_history"])[0]
 
 
-def dpp_picks(store: Store, dpp, modality: str, split: str, k: int) -> dict[tuple[str, str], list[str]]:
-    """{(user id, business id): the DPP ``modality``'s K picks} for the split's selection examples, built and picked
-    block by block by Ray Data tasks (the selection stage's examples; ``evaluation.picked_photos``). The driver holds
-    K photo ids per pair."""
+def dpp_picks(store: Store, dpp, modality: str, split: str, k: int,
+              review_ids: pa.Array | None = None) -> dict[tuple[str, str], list[str]]:
+    """{(user id, business id): the DPP ``modality``'s K picks} for the split's selection examples (of ``review_ids``
+    only, when given), built and picked block by block by Ray Data tasks (the selection stage's examples;
+    ``evaluation.picked_photos``). The driver holds K photo ids per pair."""
     from showcase_core import features as F
     from showcase_core.selection.kernel import load_dpp
 
     _, config = load_dpp(dpp.variant(modality))
     meta = F.meta_for_training(store, dpp.encoder_id, config["embed_dim"], "max_ground_set", k, "--k", "business")
-    datasets, _ = selection_example_datasets(store, dpp.encoder_id, meta, meta["max_ground_set"], (split,))
+    datasets, _ = selection_example_datasets(store, dpp.encoder_id, meta, meta["max_ground_set"], (split,),
+                                             review_ids)
     picked = datasets[split].map_batches(evaluation.picked_photos, batch_size=None, batch_format="pyarrow",
                                          fn_kwargs={"dpp_uri": dpp.variant(modality), "k": k})
     out = {}
@@ -317,13 +329,14 @@ def generation_table(store: Store, cfg: Settings) -> dict:
             other = json.loads(read_text(*filesystem_for(posixpath.join(uri, "card.json"))))["encoder_id"]
             if other != pc2l.encoder_id:  # the same photos and history, as that encoder's features
                 inputs[name] = other_encoder_inputs(store, other, given["targets"], cfg.split, examples, photo_lists,
-                                                    config)
+                                                    config, given["sample"])
     table = evaluation.generation_table(examples, photo_lists, given["data"], generators, given["encoder"],
                                         given["phi"], given["entities"], cfg.beams, cfg.decoding(), inputs)
     for row in table["rows"]:
         row["group"] = groups.get(row["method"], row["method"])
+    sampled = None if given["sample"] is None else {"reviews": len(given["sample"]), "of": given["reviews"]}
     return {"split": cfg.split, "beams": cfg.beams, "k": cfg.k, "photos_from": f"DPP {given['modality']} picks "
-            f"(K={cfg.k})", "pc2l_version": pc2l.version, "scorer": pc2l.encoder_id, **table}
+            f"(K={cfg.k})", "pc2l_version": pc2l.version, "scorer": pc2l.encoder_id, "sampled": sampled, **table}
 
 
 def compared_generators(store: Store, latest, versions: list[str]) -> tuple[dict, dict]:
@@ -350,13 +363,14 @@ def compared_generators(store: Store, latest, versions: list[str]) -> tuple[dict
     return generators, groups
 
 
-def other_encoder_inputs(store: Store, encoder_id: str, targets: str, split: str, examples, photo_lists, config):
+def other_encoder_inputs(store: Store, encoder_id: str, targets: str, split: str, examples, photo_lists, config,
+                         review_ids: pa.Array | None = None):
     """The examples' photos (``photo_lists``) and history as encoder ``encoder_id``'s features: (photo vector lists,
-    history [N, H, C], history mask [N, H])."""
+    history [N, H, C], history mask [N, H]); ``review_ids``: the examples' sample of reviews, if any."""
     from showcase_core.encoders.embed import read_embeddings
     from showcase_core.selection.data import embedding_matrix
 
-    own = split_generation_examples(store, encoder_id, targets, split, config)
+    own = split_generation_examples(store, encoder_id, targets, split, config, review_ids)
     at = {r: i for i, r in enumerate(own.review_ids)}
     missing = [r for r in examples.review_ids if r not in at]
     if missing:
@@ -378,7 +392,10 @@ def generation_report(store: Store, cfg: Settings) -> tuple[dict, str, dict]:
 
 
 def generation_markdown(table: dict) -> str:
-    lines = [f"Table 2/4: explanations on the {table['split']} split ({table['examples']:,} pairs; photos: "
+    sampled = table.get("sampled")
+    sample = "" if not sampled else (f" of a sample of {sampled['reviews']:,} of its {sampled['of']:,} reviews, "
+                                     "those of smallest hash of review id")
+    lines = [f"Table 2/4: explanations on the {table['split']} split ({table['examples']:,} pairs{sample}; photos: "
              f"{table['photos_from']}; beam {table['beams']}). Metrics in %; grounding and \"repeats a sentence\" "
              "(two equal sentences in one explanation) as shares, sentences as a mean per explanation; paper's Table 4 "
              "in brackets where it has the row.", "",

@@ -241,11 +241,40 @@ def examples_of_rows(rows: pa.Table, max_photos: int, max_history: int) -> tuple
     return examples, columns["target_ids"], columns["swapped_ids"]
 
 
-def choose_generation_examples(store, encoder_id: str, targets: str, splits, max_photos: int):
+def sample_of_ids(batches, n: int) -> tuple[pa.Array, int]:
+    """The ``n`` distinct ids of smallest hash (``features.bucket_of``'s BLAKE2b: the same in every run and on every
+    machine; ties by id) among the string arrays ``batches`` streams, in the order of their hashes, and how many ids
+    it streamed (repeats included). A uniform sample that a larger table keeps: an id kept from a table stays kept
+    from any subset holding it. Memory: ``n`` ids and one batch."""
+    kept, seen = pa.table({"id": pa.array([], pa.string()), "hash": pa.array([], pa.int64())}), 0
+    for ids in batches:
+        ids = pa.chunked_array([ids]).combine_chunks().cast(pa.string())
+        seen += len(ids)
+        arriving = pa.table({"id": ids, "hash": features.bucket_of(ids.to_pylist(), 2**63)})
+        distinct = pa.concat_tables([kept, arriving]).group_by("id", use_threads=False).aggregate([("hash", "min")])
+        distinct = distinct.select(["id", "hash_min"]).rename_columns(["id", "hash"])
+        kept = distinct.sort_by([("hash", "ascending"), ("id", "ascending")]).slice(0, n)
+    return kept.column("id").combine_chunks(), seen
+
+
+def sample_of_split(store, split: str, n: int) -> tuple[pa.Array | None, int]:
+    """(``sample_of_ids``' ``n`` review ids of the split, or None when the split has at most ``n`` reviews; the
+    split's reviews). The reviews' ids stream by a batch at a time."""
+    import pyarrow.compute as pc
+
+    ids = (batch.column("review_id").filter(pc.equal(batch.column("split"), split))
+           for batch in store.iter_table_batches("reviews", ["review_id", "split"]))
+    sample, reviews = sample_of_ids(ids, n)
+    return (sample if reviews > n else None), reviews
+
+
+def choose_generation_examples(store, encoder_id: str, targets: str, splits, max_photos: int,
+                               review_ids: pa.Array | None = None):
     """(``example_reviews``'s chosen examples per split, in the order ``load_generation_examples`` builds them, the
     skipped counts, the embedding size) with no vector but one: the photo embeddings' ids stream by a batch at a time
     and only the examples' candidate photos are kept (memory: the ids and photo ids of the ``splits``' reviews and the
-    texts of their targets, one batch of ids; the reviews and the targets stream by a batch at a time). The embedding
+    texts of their targets, one batch of ids; the reviews and the targets stream by a batch at a time). With
+    ``review_ids``, of those reviews only (``sample_of_split``'s: memory then bounded by the sample). The embedding
     size is 0 when no candidate photo is embedded (then there is no example)."""
     import pyarrow.compute as pc
 
@@ -256,11 +285,12 @@ def choose_generation_examples(store, encoder_id: str, targets: str, splits, max
     if not exists(store, embeddings_dir(encoder_id, "images")):
         raise StoreError(f"no images embeddings for encoder {encoder_id} under {store.root} (run `showcase embed`)")
     columns, wanted = [*REVIEW_COLUMNS, "review_text"], pa.array(list(splits), pa.string())
-    flagged = [text_flags(batch).filter(pc.is_in(batch.column("split"), value_set=wanted))
+    key, values = ("split", wanted) if review_ids is None else ("review_id", review_ids)
+    flagged = [text_flags(batch).filter(pc.is_in(batch.column(key), value_set=values))
                for batch in store.iter_table_batches("reviews", columns)]  # a batch's texts at most
     reviews = pa.concat_tables(flagged) if flagged else text_flags(store.read_table("reviews", columns))  # (empty)
-    sentences = store.read_rows_where(targets, ["review_id", "sentence_index", "text", "pic_ids", "split"], "split",
-                                      wanted)  # a target's split is its review's
+    sentences = store.read_rows_where(targets, ["review_id", "sentence_index", "text", "pic_ids", "split"], key,
+                                      values)  # a target's split is its review's
     explained = reviews.filter(pc.is_in(reviews.column("review_id"), value_set=pc.unique(sentences.column("review_id"))))
     candidates = pc.unique(pa.concat_arrays([pc.list_flatten(table.column("pic_ids")).combine_chunks()
                                              for table in (sentences, explained)]).drop_null())

@@ -19,7 +19,7 @@ from showcase_core.data import schema
 from showcase_core.data.alignment import distill_reviews, load_classifier, sidecar_pairs
 from showcase_core.encoders.clip import load_encoder
 from showcase_core.encoders.embed import read_embeddings
-from showcase_core.generation.data import (choose_generation_examples, chosen_table, examples_of_rows,
+from showcase_core.generation.data import (choose_generation_examples, chosen_table, examples_of_rows, sample_of_ids,
                                            load_generation_examples, load_generation_targets, rows_of_chosen)
 from showcase_core.generation.decode import generate
 from showcase_core.generation.model import load_pc2l
@@ -167,14 +167,25 @@ def test_train_pc2l_ablation_and_evaluate_generation(embedded_root):
     first = latest.version
     assert run("train_pc2l", train_pc2l.main, ["--root", root, "--encoder", encoder_id, "--epochs", "1",
                                                "--variants", "pc2l", "--seed", "1", *SMALL_MODEL]) == 0
-    assert run("evaluate", evaluate.main, ["--root", root, "--stage", "generation", "--compare", first]) == 0
+    # (on a sample of the split's reviews: the examples of the sample's reviews, the same photos as unsampled)
+    reviews = store.read_table("reviews", ["review_id", "split"]).to_pylist()
+    test_reviews = [r["review_id"] for r in reviews if r["split"] == "test"]
+    sample = set(sample_of_ids([pa.array(test_reviews)], 4)[0].to_pylist())
+    kept = [(r, pics) for r, pics in zip(test.review_ids, given["photo_lists"]) if r in sample]
+    assert 0 < len(kept) < 4 < len(test_reviews)
+    assert run("evaluate", evaluate.main, ["--root", root, "--stage", "generation", "--compare", first,
+                                           "--sample-reviews", "4"]) == 0
     report = stage_reports(store, "evaluate")[-1]
+    assert report["generation"]["sampled"] == {"reviews": 4, "of": len(test_reviews)}
+    assert report["generation"]["examples"] == len(kept)
+    assert [(s["review_id"], s["photos"]) for s in report["generation"]["samples"]] == kept
     rows = report["generation"]["rows"]
     assert [r["method"] for r in rows] == ["pc2l · gpt2 · seed 1", "ce · gpt2 · seed 0", "pc2l · gpt2 · seed 0",
                                            "ground truth"], [r["method"] for r in rows]
     assert [r["group"] for r in rows[:3]] == ["pc2l · gpt2", "ce · gpt2", "pc2l · gpt2"]
     assert report["generation"]["scorer"] == encoder_id
     markdown = open(report["outputs"]["generation"]["generation.md"]).read()
+    assert f"({len(kept)} pairs of a sample of 4 of its {len(test_reviews)} reviews," in markdown
     summary = markdown.split("Over seeds")[1]
     assert "| pc2l · gpt2 | 2 |" in summary and "| ce · gpt2 | 1 |" in summary
     assert run("evaluate", evaluate.main, ["--root", root, "--stage", "generation", "--compare", "nope"]) == 2
