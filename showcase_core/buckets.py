@@ -3,7 +3,8 @@ duplicates; distill's groups of reviews): each pass reads its sources again and 
 
 polars' hash of a string is the same in every process of one polars version (all of a job's Ray workers run the
 job's environment), which is all a plan made and used within one run needs. Stored partitions use
-``showcase_core.features.bucket_of`` instead: stable across versions and machines.
+``showcase_core.features.bucket_of`` instead: stable across versions and machines, as does ``sample_of_ids`` (the
+evaluation samples, which must be the same in every run).
 """
 
 from __future__ import annotations
@@ -57,3 +58,21 @@ def distinct_counts(batches, columns: list[str], buckets: int) -> dict[str, int]
             if parts[c]:
                 counts[c] += len(pl.concat(parts[c]).unique().drop_nulls())
     return counts
+
+
+def sample_of_ids(batches, n: int) -> tuple[pa.Array, int]:
+    """The ``n`` distinct ids of smallest hash (``features.bucket_of``'s BLAKE2b: the same in every run and on every
+    machine; ties by id) among the string arrays ``batches`` streams, in the order of their hashes, and how many ids
+    it streamed (repeats included). A uniform sample that a larger table keeps: an id kept from a table stays kept
+    from any subset holding it. Memory: ``n`` ids and one batch."""
+    from .features import bucket_of
+
+    kept, seen = pa.table({"id": pa.array([], pa.string()), "hash": pa.array([], pa.int64())}), 0
+    for ids in batches:
+        ids = pa.chunked_array([ids]).combine_chunks().cast(pa.string())
+        seen += len(ids)
+        arriving = pa.table({"id": ids, "hash": bucket_of(ids.to_pylist(), 2**63)})
+        distinct = pa.concat_tables([kept, arriving]).group_by("id", use_threads=False).aggregate([("hash", "min")])
+        distinct = distinct.select(["id", "hash_min"]).rename_columns(["id", "hash"])
+        kept = distinct.sort_by([("hash", "ascending"), ("id", "ascending")]).slice(0, n)
+    return kept.column("id").combine_chunks(), seen

@@ -241,26 +241,12 @@ def examples_of_rows(rows: pa.Table, max_photos: int, max_history: int) -> tuple
     return examples, columns["target_ids"], columns["swapped_ids"]
 
 
-def sample_of_ids(batches, n: int) -> tuple[pa.Array, int]:
-    """The ``n`` distinct ids of smallest hash (``features.bucket_of``'s BLAKE2b: the same in every run and on every
-    machine; ties by id) among the string arrays ``batches`` streams, in the order of their hashes, and how many ids
-    it streamed (repeats included). A uniform sample that a larger table keeps: an id kept from a table stays kept
-    from any subset holding it. Memory: ``n`` ids and one batch."""
-    kept, seen = pa.table({"id": pa.array([], pa.string()), "hash": pa.array([], pa.int64())}), 0
-    for ids in batches:
-        ids = pa.chunked_array([ids]).combine_chunks().cast(pa.string())
-        seen += len(ids)
-        arriving = pa.table({"id": ids, "hash": features.bucket_of(ids.to_pylist(), 2**63)})
-        distinct = pa.concat_tables([kept, arriving]).group_by("id", use_threads=False).aggregate([("hash", "min")])
-        distinct = distinct.select(["id", "hash_min"]).rename_columns(["id", "hash"])
-        kept = distinct.sort_by([("hash", "ascending"), ("id", "ascending")]).slice(0, n)
-    return kept.column("id").combine_chunks(), seen
-
-
 def sample_of_split(store, split: str, n: int) -> tuple[pa.Array | None, int]:
-    """(``sample_of_ids``' ``n`` review ids of the split, or None when the split has at most ``n`` reviews; the
-    split's reviews). The reviews' ids stream by a batch at a time."""
+    """(``showcase_core.buckets.sample_of_ids``' ``n`` review ids of the split, or None when the split has at most
+    ``n`` reviews; the split's reviews). The reviews' ids stream by a batch at a time."""
     import pyarrow.compute as pc
+
+    from ..buckets import sample_of_ids
 
     ids = (batch.column("review_id").filter(pc.equal(batch.column("split"), split))
            for batch in store.iter_table_batches("reviews", ["review_id", "split"]))

@@ -14,12 +14,12 @@ from jobs import distill, evaluate, harness, train_dpp, train_pc2l
 from jobs.common import parse_args, run
 from showcase_core import features as F
 from showcase_core import registry
-from showcase_core.buckets import buckets_for, in_bucket
+from showcase_core.buckets import buckets_for, in_bucket, sample_of_ids
 from showcase_core.data import schema
 from showcase_core.data.alignment import distill_reviews, load_classifier, sidecar_pairs
 from showcase_core.encoders.clip import load_encoder
 from showcase_core.encoders.embed import read_embeddings
-from showcase_core.generation.data import (choose_generation_examples, chosen_table, examples_of_rows, sample_of_ids,
+from showcase_core.generation.data import (choose_generation_examples, chosen_table, examples_of_rows,
                                            load_generation_examples, load_generation_targets, rows_of_chosen)
 from showcase_core.generation.decode import generate
 from showcase_core.generation.model import load_pc2l

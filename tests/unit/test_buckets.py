@@ -1,10 +1,11 @@
-"""Hash buckets of ids (showcase_core.buckets): a partition of the rows, and distinct counts bucket by bucket."""
+"""Hash buckets of ids (showcase_core.buckets): a partition of the rows, distinct counts bucket by bucket, and samples."""
 
+import numpy as np
 import pyarrow as pa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from showcase_core.buckets import bucket_column, buckets_for, distinct_counts, in_bucket
+from showcase_core.buckets import bucket_column, buckets_for, distinct_counts, in_bucket, sample_of_ids
 
 VALUES = st.one_of(st.none(), st.sampled_from(["a", "b", "c", "é", "", "a b", "x" * 40]), st.text(max_size=6))
 
@@ -46,3 +47,23 @@ def test_distinct_counts_merge_many_batches_as_they_come():
     assert expected > 2 * 65_536 // 3
     assert distinct_counts(lambda: iter(batches), ["id"], 1) == distinct_counts(lambda: iter(batches), ["id"], 3) \
         == {"id": expected}
+
+
+def test_sample_of_ids_keeps_the_smallest_hashes_however_the_ids_stream():
+    from showcase_core.features import bucket_of
+
+    ids = [f"review-{i}" for i in range(200)]
+    by_hash = [ids[i] for i in np.argsort(bucket_of(ids, 2**63), kind="stable")]
+    for size in (1, 7, 200):
+        batches = (pa.array(ids[start:start + size]) for start in range(0, len(ids), size))
+        sample, seen = sample_of_ids(batches, 20)
+        assert sample.to_pylist() == by_hash[:20] and seen == 200
+    # a subset keeps the ids of the larger table's sample that it holds: a sample stays put as a split grows
+    subset = ids[::3]
+    kept = set(sample_of_ids([pa.array(subset)], 20)[0].to_pylist())
+    assert {i for i in by_hash[:20] if i in set(subset)} <= kept
+    assert sample_of_ids([pa.array(ids[:5])], 20)[0].to_pylist() == [i for i in by_hash if i in ids[:5]]
+    assert sample_of_ids([], 3)[1] == 0
+    # an id streamed again (a photo of several sentences) is kept once
+    sample, seen = sample_of_ids([pa.array(ids[:50]), pa.array(ids[:80]), pa.array(ids[40:60] * 2)], 30)
+    assert sample.to_pylist() == [i for i in by_hash if i in set(ids[:80])][:30] and seen == 170

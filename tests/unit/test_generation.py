@@ -270,25 +270,3 @@ def test_save_and_load_round_trip(tmp_path):
     with pytest.raises(StoreError, match="does not match this version's layout .*retrain it"):
         load_pc2l(str(tmp_path / "m"))
 
-
-def test_sample_of_ids_keeps_the_smallest_hashes_however_the_ids_stream():
-    import pyarrow as pa
-
-    from showcase_core.features import bucket_of
-    from showcase_core.generation.data import sample_of_ids
-
-    ids = [f"review-{i}" for i in range(200)]
-    by_hash = [ids[i] for i in np.argsort(bucket_of(ids, 2**63), kind="stable")]
-    for size in (1, 7, 200):
-        batches = (pa.array(ids[start:start + size]) for start in range(0, len(ids), size))
-        sample, seen = sample_of_ids(batches, 20)
-        assert sample.to_pylist() == by_hash[:20] and seen == 200
-    # a subset keeps the ids of the larger table's sample that it holds: a sample stays put as a split grows
-    subset = ids[::3]
-    kept = set(sample_of_ids([pa.array(subset)], 20)[0].to_pylist())
-    assert {i for i in by_hash[:20] if i in set(subset)} <= kept
-    assert sample_of_ids([pa.array(ids[:5])], 20)[0].to_pylist() == [i for i in by_hash if i in ids[:5]]
-    assert sample_of_ids([], 3)[1] == 0
-    # an id streamed again (a photo of several sentences) is kept once
-    sample, seen = sample_of_ids([pa.array(ids[:50]), pa.array(ids[:80]), pa.array(ids[40:60] * 2)], 30)
-    assert sample.to_pylist() == [i for i in by_hash if i in set(ids[:80])][:30] and seen == 170
