@@ -37,20 +37,40 @@ def clip_pairs(sentences: pa.Table, images: pa.Table, splits: tuple[str, ...]) -
 
 
 def sharded_clip_pairs(store, splits: tuple[str, ...], rank: int = 0, world: int = 1,
-                       batch_size: int = 65536) -> pa.Table:
+                       batch_size: int = 65536, image_ids: pa.Array | None = None) -> pa.Table:
     """``clip_pairs`` of the store's tables for one rank of ``world``: the sentences table streams by a batch at a
     time, the k-th of its pairs in the table's order is rank k % world's, and only the images rows of those pairs'
-    photos are read (``Store.read_rows_where``). Memory: the rank's pairs and one batch of ``batch_size`` sentences
-    (world 1: every pair of the splits, rank 0's held-out pairs). Every rank reads the sentences table."""
+    photos are read (``Store.read_rows_where``). With ``image_ids``, the pairs of those photos only. Memory: the rank's
+    pairs and one batch of ``batch_size`` sentences (world 1: every pair of the splits or of ``image_ids``). Every
+    rank reads the sentences table."""
     columns = ["sentence_id", "text", "pic_ids", "entities", "split"]
     kept, seen = [], 0
     for batch in store.iter_table_batches("sentences", columns, batch_size):
         pairs = _sentence_pairs(pa.Table.from_batches([batch]), splits)
+        if image_ids is not None:
+            pairs = pairs.filter(pc.is_in(pairs.column("image_id"), value_set=image_ids))
         kept.append(pairs.filter(pa.array(np.arange(seen, seen + pairs.num_rows) % world == rank)))
         seen += pairs.num_rows
     pairs = pa.concat_tables(kept) if kept else _sentence_pairs(store.read_table("sentences", columns), splits)
     images = store.read_rows_where("images", ["image_id", "uri"], "image_id", pc.unique(pairs.column("image_id")))
     return _with_uris(pairs, images)
+
+
+HELD_OUT = ("val", "test")  # the splits of train_clip's held-out Recall@1
+
+
+def held_out_pairs(store, photos: int) -> pa.Table:
+    """The held-out pairs (``HELD_OUT``'s ``clip_pairs``) of at most ``photos`` of the photos their sentences describe:
+    those of smallest hash of photo id (``showcase_core.buckets.sample_of_ids``, the same in every run), or of every
+    photo with 0. Memory: the sample's pairs and one batch; the sentences stream twice."""
+    from ..buckets import sample_of_ids
+
+    if not photos:
+        return sharded_clip_pairs(store, HELD_OUT)
+    held = pa.array(HELD_OUT, pa.string())
+    ids = (pc.list_flatten(batch.column("pic_ids").filter(pc.is_in(batch.column("split"), value_set=held))).drop_null()
+           for batch in store.iter_table_batches("sentences", ["pic_ids", "split"]))
+    return sharded_clip_pairs(store, HELD_OUT, image_ids=sample_of_ids(ids, photos)[0])
 
 
 def _sentence_pairs(sentences: pa.Table, splits: tuple[str, ...]) -> pa.Table:

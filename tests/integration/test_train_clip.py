@@ -3,13 +3,16 @@ model on S3."""
 
 import json
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
 from jobs import harness, ingest, train_clip
 from jobs.common import run
 from showcase_core import registry
+from showcase_core.buckets import sample_of_ids
 from showcase_core.encoders.clip import load_encoder
-from showcase_core.encoders.training import clip_pairs, sharded_clip_pairs
+from showcase_core.encoders.training import HELD_OUT, clip_pairs, held_out_pairs, sharded_clip_pairs
 from showcase_core.store import Store, filesystem_for, read_text
 from tests.conftest import stage_reports, world_on_s3
 
@@ -59,7 +62,8 @@ def test_bad_training_settings_exit_2(tiny_world, tmp_path, ray_local):
 
 def test_each_rank_streams_its_share_of_the_pairs(tiny_world, tmp_path, ray_local):
     """A worker's pairs come from the tables streamed a batch at a time: the ranks' shares are disjoint, differ in
-    size by at most one and together are the pairs of the tables read whole; one rank of one has them all."""
+    size by at most one and together are the pairs of the tables read whole; one rank of one has them all. The
+    held-out pairs are those of a sample of photos."""
     world, _ = tiny_world
     root = str(tmp_path / "root")
     assert run("ingest", ingest.main, ["--root", root, "--gest", f"{world}/filter_all_t.json"]) == 0
@@ -75,3 +79,11 @@ def test_each_rank_streams_its_share_of_the_pairs(tiny_world, tmp_path, ray_loca
         assert max(map(len, shares)) - min(map(len, shares)) <= 1
         key = lambda r: (r["sentence_id"], r["image_id"])  # noqa: E731
         assert sorted((r for share in shares for r in share), key=key) == whole
+    # the held-out Recall@1's pairs: those of a sample of the photos held-out sentences describe (all with 0)
+    whole = clip_pairs(sentences, images, HELD_OUT).select(columns).to_pylist()
+    described = sentences.filter(pc.is_in(sentences.column("split"), value_set=pa.array(HELD_OUT)))
+    sample = set(sample_of_ids([pc.list_flatten(described.column("pic_ids"))], 5)[0].to_pylist())
+    assert len(sample) == 5 and len({r["image_id"] for r in whole}) > 5
+    assert held_out_pairs(store, 5).select(columns).to_pylist() == [r for r in whole if r["image_id"] in sample]
+    assert held_out_pairs(store, 0).select(columns).to_pylist() == whole == \
+        held_out_pairs(store, 10**6).select(columns).to_pylist()
