@@ -1,16 +1,18 @@
 """Train the PC²L explanation generator: ``python -m jobs.train_pc2l --root ROOT [--variants pc2l] [...]``.
 
-Driver: chooses the examples (``showcase_core.generation.data``: which reviews, their photos and targets; no
-vectors), trains the tokenizer (or takes GPT-2's from ``--gpt2-path``), and computes the entity-swapped negatives with
-spaCy once. Ray Data tasks then give each chosen example its vectors (its photos' CLIP vectors; its history from the
-feature tables ``jobs.features`` wrote, the ones the nightly and Serve read), and the examples stay in Ray's object
-store (spilled to disk when large). Per variant (the paper's ablation: ce, ce+ccl, ce+pcl, pc2l), the shared harness
-trains on Ray Train workers: DeepSpeed with ``--deepspeed-config`` (ZeRO stage and bf16 from that file; gloo on CPU),
-DDP otherwise; a checkpoint per epoch (local or S3), resume after a failure. Each worker streams its equal share of
-the train examples every epoch in batches drawn from a seeded shuffle buffer; rank 0 streams the val examples for the
-validation cross-entropy and, every ``eval_every`` epochs, greedy-decodes the first ``--eval-examples`` of them,
-scored for grounding and BLEU-4. Memory of a worker: the model, the shuffle buffer and a batch; of the driver: the
-chosen examples' ids, targets and token ids.
+Driver: chooses the examples (``showcase_core.generation.data``: which reviews, their photos and targets; no vectors)
+and trains the tokenizer (or takes GPT-2's from ``--gpt2-path``). Ray Data tasks find the train targets' entities
+(spaCy, once per process), a Ray Data group-by sums their phrase counts into the entity vocabulary the driver collects,
+and tasks encode the targets, draw and encode each train target's entity-swapped negative, and give each example its
+vectors (its photos' CLIP vectors; its history from the feature tables ``jobs.features`` wrote, the ones the nightly and
+Serve read); the examples stay in Ray's object store (spilled to disk when large). Per variant (the paper's ablation:
+ce, ce+ccl, ce+pcl, pc2l), the shared harness trains on Ray Train workers: DeepSpeed with ``--deepspeed-config`` (ZeRO
+stage and bf16 from that file; gloo on CPU), DDP otherwise; a checkpoint per epoch (local or S3), resume after a
+failure. Each worker streams its equal share of the train examples every epoch in batches drawn from a seeded shuffle
+buffer; rank 0 streams the val examples for the validation cross-entropy and, every ``eval_every`` epochs, greedy-
+decodes the first ``--eval-examples`` of them, scored for grounding and BLEU-4. Memory of a worker: the model, the
+shuffle buffer and a batch; of a data task, its block; of the driver: the chosen examples' ids and targets, and the
+entity vocabulary.
 Models: ``ROOT/models/pc2l/<version>/<variant>/``, published in the registry.
 """
 
@@ -26,7 +28,7 @@ from pydantic import field_validator, model_validator
 
 from showcase_core import features as F
 from showcase_core import registry
-from showcase_core.generation.data import choose_generation_examples, chosen_table, rows_of_chosen
+from showcase_core.generation.data import choose_generation_examples, chosen_table, encoded_rows, rows_of_chosen
 from showcase_core.generation.model import DEFAULT_CONFIG as MODEL
 from showcase_core.generation.training import VARIANTS
 from showcase_core.settings import comma_list
@@ -181,21 +183,50 @@ def train_loop(config: dict) -> None:
         harness.report_epoch(trained, metrics, state, config)
 
 
-def example_datasets(store, encoder_id: str, data: dict, max_history: int) -> dict:
-    """The train and val examples as Ray Data datasets with their vectors, built once for every variant and kept in
-    the object store. The driver passes the chosen examples' ids, targets and token ids only."""
+def example_datasets(store, encoder_id: str, data: dict, cfg: Settings) -> tuple[dict, dict]:
+    """The train and val examples as Ray Data datasets with their token ids (the train ones with their swapped
+    negatives') and vectors, built once for every variant and kept in the object store; and the negatives' counts
+    (``entity_vocabulary``, ``targets_with_negative``). The driver passes the chosen examples' ids and targets."""
     import ray.data
 
-    datasets = {}
+    from showcase_core.generation.entities import with_entity_spans
+    from showcase_core.generation.tokenizer import tokenizer_json
+
+    steps = {"batch_size": None, "batch_format": "pyarrow"}
+    tokens = {"tokenizer_json": tokenizer_json(data["tokenizer"]), "max_length": cfg.max_length}
+    datasets, counts = {}, {}
     for split in ("train", "val"):
         chosen = data["chosen"][split]
-        table = chosen_table(chosen, data["ids"][split], data["swapped_ids"] if split == "train" else None)
-        ds = ray.data.from_arrow(table).repartition(max(1, -(-len(chosen) // BUILD_BATCH)))
-        datasets[split] = ds.map_batches(rows_of_chosen, batch_size=None, batch_format="pyarrow", fn_kwargs={
-            "root": store.root, "encoder_id": encoder_id, "meta": data["meta"], "max_history": max_history}
-        ).materialize()
+        ds = ray.data.from_arrow(chosen_table(chosen)).repartition(max(1, -(-len(chosen) // BUILD_BATCH)))
+        encode = tokens
+        if split == "train":
+            ds = ds.map_batches(with_entity_spans, **steps).materialize()
+            vocabulary = entity_vocabulary(ds)
+            encode = {**tokens, "vocabulary": vocabulary, "seed": cfg.seed}
+            counts["entity_vocabulary"] = len(vocabulary)
+        datasets[split] = ds.map_batches(encoded_rows, fn_kwargs=encode, **steps).map_batches(
+            rows_of_chosen, fn_kwargs={"root": store.root, "encoder_id": encoder_id, "meta": data["meta"],
+                                       "max_history": cfg.max_history}, **steps).materialize()
         datasets[split].context.use_ray_tqdm = False  # each epoch's split logs its progress, not bars
-    return datasets
+    swapped = datasets["train"].select_columns(["swapped_ids"]).iter_batches(**steps)
+    counts["targets_with_negative"] = sum(len(b) - b.column("swapped_ids").null_count for b in swapped)
+    return datasets, counts
+
+
+def entity_vocabulary(spans) -> list[str]:
+    """The entity phrases (``showcase_core.generation.entities``) seen at least ``MIN_COUNT`` times in a dataset of
+    rows with ``spans``: each block's phrase counts, summed by phrase over the cluster; the driver holds the
+    vocabulary."""
+    import pyarrow.compute as pc
+    import ray
+
+    from showcase_core.generation.entities import MIN_COUNT, phrase_counts
+
+    parts = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    totals = spans.map_batches(phrase_counts, batch_size=None, batch_format="pyarrow").groupby(
+        "phrase", num_partitions=parts).sum("count")
+    return sorted(p for b in totals.iter_batches(batch_size=None, batch_format="pyarrow")
+                  for p in b.filter(pc.greater_equal(b.column("sum(count)"), MIN_COUNT)).column("phrase").to_pylist())
 
 
 def feature_meta(store, encoder_id: str, max_history: int, dim: int) -> dict:
@@ -207,11 +238,8 @@ def feature_meta(store, encoder_id: str, max_history: int, dim: int) -> dict:
 
 
 def prepare(store, encoder_id: str, cfg: Settings) -> dict:
-    """Driver side, once for all variants: the chosen examples (no vectors: Ray Data tasks add them), the feature
-    tables' metadata (checked before the slower tokenizer and negatives), the tokenizer, the token ids and the swapped
-    negatives."""
-    from showcase_core.generation.data import encode_targets
-    from showcase_core.generation.entities import swapped_negatives
+    """Driver side, once for all variants: the chosen examples (no vectors: Ray Data tasks add them and the token
+    ids), the feature tables' metadata (checked before the slower tokenizer) and the tokenizer."""
     from showcase_core.generation.tokenizer import load_pretrained_tokenizer, train_tokenizer
     from showcase_core.weights import local_weights
 
@@ -238,11 +266,8 @@ def prepare(store, encoder_id: str, cfg: Settings) -> dict:
             raise UserError(f"--gpt2-path {cfg.gpt2_path}: {str(e).splitlines()[0]}") from None
     else:
         tokenizer = train_tokenizer(targets["train"], cfg.vocab_size)
-    negatives, vocabulary = swapped_negatives(targets["train"], seed=cfg.seed)
     return {"examples": {split: len(texts) for split, texts in targets.items()}, "skipped": skipped, "dim": dim,
-            "chosen": chosen, "meta": meta, "tokenizer": tokenizer, "vocabulary": vocabulary,
-            "ids": {split: encode_targets(tokenizer, texts, cfg.max_length) for split, texts in targets.items()},
-            "swapped_ids": [encode_targets(tokenizer, [n], cfg.max_length)[0] if n else None for n in negatives]}
+            "chosen": chosen, "meta": meta, "tokenizer": tokenizer}
 
 
 def model_config(cfg: Settings, data: dict) -> dict:
@@ -300,21 +325,21 @@ def main(argv: list[str] | None = None) -> int:
     with timer("prepare"):
         data = prepare(store, encoder_id, cfg)
     examples = data["examples"]
-    print(f"[train_pc2l] {examples['train']:,} train / {examples['val']:,} val examples; "
-          f"{len(data['vocabulary']):,} entities for swapped negatives "
-          f"({sum(n is not None for n in data['swapped_ids']):,} targets have one); "
-          f"prepared in {timer.timings['prepare']:.1f}s", file=sys.stderr, flush=True)
     start_ray(state_api=True)
     with timer("examples"):
-        datasets = example_datasets(store, encoder_id, data, cfg.max_history)
-    del data["chosen"], data["ids"], data["swapped_ids"]  # in the object store now
+        datasets, negatives = example_datasets(store, encoder_id, data, cfg)
+    del data["chosen"]  # in the object store now
+    print(f"[train_pc2l] {examples['train']:,} train / {examples['val']:,} val examples; "
+          f"{negatives['entity_vocabulary']:,} entities for swapped negatives "
+          f"({negatives['targets_with_negative']:,} targets have one); prepared in {timer.timings['prepare']:.1f}s, "
+          f"examples built in {timer.timings['examples']:.1f}s", file=sys.stderr, flush=True)
     models = {v: fit_variant(store, cfg, run_id, encoder_id, data, datasets, v, timer)
               for v in cfg.variants.split(",")}
     registry.publish(store, "pc2l", run_id, store.uri("models", "pc2l", run_id), encoder_id,
                      variants={v: m["uri"] for v, m in models.items()},
                      metrics={v: m["metrics"] for v, m in models.items()}, extra={"targets": cfg.targets})
     report.update(counts={"train_examples": examples["train"], "val_examples": examples["val"],
-                          "skipped": data["skipped"], "entity_vocabulary": len(data["vocabulary"])},
+                          "skipped": data["skipped"], **negatives},
                   models=models, encoder_id=encoder_id, timings_s=timer.timings, versions=versions(),
                   finished_at=utc_now())
     print(f"models: {store.uri('models', 'pc2l', run_id)}; report: {store.write_report('train_pc2l', run_id, report)}")

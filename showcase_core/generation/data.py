@@ -128,9 +128,32 @@ def build_generation_examples(reviews: pa.Table, sentences: pa.Table, image_emb:
 
 
 def encode_targets(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
-    """Token ids of each text, cut to max_length - 1 so the end token always fits."""
-    ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
-    return [x[:max_length - 1] for x in ids]
+    """Token ids of each text, cut to max_length - 1 so the end token always fits. ``tokenizer``: transformers' fast
+    tokenizer or the ``tokenizers`` library's own (what it wraps; a Ray task needs no transformers import)."""
+    backend = getattr(tokenizer, "backend_tokenizer", tokenizer)
+    return [e.ids[:max_length - 1] for e in backend.encode_batch(list(texts), add_special_tokens=False)]
+
+
+def encoded_rows(rows: pa.Table, tokenizer_json: str, max_length: int, vocabulary: list[str] | None = None,
+                 seed: int = 0) -> pa.Table:
+    """Ray Data step: chosen examples (``chosen_table``'s columns; with ``spans`` when ``vocabulary`` is given) ->
+    the same with ``target_ids`` and, given the training ``vocabulary``, ``swapped_ids``: the tokens of each target's
+    entity-swapped negative (``entities.negatives_of``; null without one). ``spans`` are dropped. Memory: the block."""
+    from tokenizers import Tokenizer
+
+    from .entities import negatives_of
+
+    tokenizer = Tokenizer.from_str(tokenizer_json)
+    ids = encode_targets(tokenizer, rows.column("target").to_pylist(), max_length)
+    rows = rows.set_column(rows.schema.get_field_index("target_ids"), "target_ids", pa.array(ids, pa.list_(pa.int32())))
+    if vocabulary is None:
+        return rows
+    negatives = negatives_of(rows, vocabulary, seed)
+    encoded = iter(encode_targets(tokenizer, [n for n in negatives if n], max_length))
+    swapped = [next(encoded) if n else None for n in negatives]
+    rows = rows.set_column(rows.schema.get_field_index("swapped_ids"), "swapped_ids",
+                           pa.array(swapped, pa.list_(pa.int32())))
+    return rows.drop_columns(["spans"])
 
 
 def collate(examples: GenerationExamples, idx, target_ids: list[list[int]], tokenizer,

@@ -22,6 +22,7 @@ from showcase_core.encoders.embed import read_embeddings
 from showcase_core.generation.data import (choose_generation_examples, chosen_table, examples_of_rows,
                                            load_generation_examples, load_generation_targets, rows_of_chosen)
 from showcase_core.generation.decode import generate
+from showcase_core.generation.entities import swapped_negatives
 from showcase_core.generation.model import load_pc2l
 from showcase_core.metrics.diversity import visual_diversity
 from showcase_core.metrics.grounding import photo_entities, wanted_photo_entities
@@ -126,6 +127,13 @@ def test_train_pc2l_ablation_and_evaluate_generation(embedded_root):
         assert {"val_ce", "val_perplexity", "val_grounding", "val_bleu4"} <= set(card["metrics"])
         model, tokenizer, config = load_pc2l(uri)
         assert config["decoder_layers"] == 1 and config["d_model"] == 32
+    # the negatives Ray Data tasks drew (spaCy per block, the vocabulary summed by a group-by) are one process's
+    counts = stage_reports(store, "train_pc2l")[-1]["counts"]
+    train = load_generation_examples(store, encoder_id, "sentences", ("train",), config["max_photos"],
+                                     config["max_history"])[0]["train"]
+    negatives, vocabulary = swapped_negatives(train.targets, seed=0, keys=train.review_ids)
+    assert counts["entity_vocabulary"] == len(vocabulary) > 1
+    assert counts["targets_with_negative"] == sum(n is not None for n in negatives) > 0
     assert run("evaluate", evaluate.main, ["--root", root, "--stage", "generation", "--beams", "2"]) == 0
     table = stage_reports(store, "evaluate")[-1]["generation"]
     assert [r["method"] for r in table["rows"]] == ["ce", "pc2l", "ground truth"]

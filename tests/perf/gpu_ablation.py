@@ -93,7 +93,7 @@ def export_bundle(root: str, folder: str) -> dict:
     config, test = given["config"], given["examples"]
     splits, _ = load_generation_examples(store, given["pc2l"].encoder_id, given["targets"], ("train", "val"),
                                          config["max_photos"], config["max_history"])
-    negatives, vocabulary = swapped_negatives(splits["train"].targets, seed=0)
+    negatives, vocabulary = swapped_negatives(splits["train"].targets, seed=0, keys=splits["train"].review_ids)
     test_photos, test_photo_mask = pack(photo_vectors(given["data"], given["photo_lists"]), config["max_photos"],
                                         test.photos.shape[2])
     arrays = {f"{split}_{name}": getattr(splits[split], name) for split in ("train", "val") for name in ARRAYS}

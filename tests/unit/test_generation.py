@@ -66,6 +66,41 @@ def test_entity_swap_replaces_noun_chunks_with_other_entities():
     assert negatives[3] is None  # no entity, no negative
     again, _ = entities.swapped_negatives(texts, seed=0)
     assert again == negatives  # seeded
+    # each text's draw is its key's: the same text under the same key gets the same negative in any company
+    keyed, _ = entities.swapped_negatives(texts, seed=0, keys=["a", "b", "c", "d"])
+    alone, _ = entities.swapped_negatives(texts[:1], vocabulary, seed=0, keys=["a"])
+    assert alone == keyed[:1] and keyed[3] is None
+
+
+def test_the_ray_data_steps_give_the_negatives_and_tokens_of_one_process():
+    """train_pc2l's blocks (spans, phrase counts summed, negatives and tokens per block) give what one process gives
+    the same targets and review ids."""
+    from collections import Counter
+
+    from showcase_core.generation.data import chosen_table, encoded_rows
+    from showcase_core.generation.tokenizer import tokenizer_json
+
+    texts = ["I loved the pad thai and the ramen.", "The ramen was rich.", "The pad thai was sweet.", "It was ok.",
+             "The dumplings and the ramen broth were deep.", "The dumplings were cold.", "Fine."]
+    chosen = [{"review_id": f"r{i}", "user_id": "u", "business_id": "b", "photo_ids": ["p"], "target": t}
+              for i, t in enumerate(texts)]
+    tok = train_tokenizer(TEXTS * 3, 300)
+    negatives, vocabulary = entities.swapped_negatives(texts, seed=3, keys=[e["review_id"] for e in chosen])
+    blocks = [entities.with_entity_spans(chosen_table(chosen[i:i + 3])) for i in range(0, len(chosen), 3)]
+    counts = Counter()
+    for block in blocks:
+        counts.update(dict(zip(*entities.phrase_counts(block).to_pydict().values())))
+    assert sorted(p for p, n in counts.items() if n >= 2) == vocabulary == ["dumplings", "pad thai", "ramen"]
+    assert [n for block in blocks for n in entities.negatives_of(block, vocabulary, 3)] == negatives
+    encoded = [encoded_rows(block, tokenizer_json(tok), 12, vocabulary, 3) for block in blocks]
+    assert "spans" not in encoded[0].column_names
+    assert [i for b in encoded for i in b.column("target_ids").to_pylist()] == encode_targets(tok, texts, 12)
+    assert [i for b in encoded for i in b.column("swapped_ids").to_pylist()] == \
+        [encode_targets(tok, [n], 12)[0] if n else None for n in negatives]
+    assert sum(n is not None for n in negatives) == 5
+    val = encoded_rows(chosen_table(chosen[:2]), tokenizer_json(tok), 12)
+    assert val.column("target_ids").to_pylist() == encode_targets(tok, texts[:2], 12)
+    assert val.column("swapped_ids").null_count == 2
 
 
 def _tiny(seed=0, n=len(TEXTS)):
