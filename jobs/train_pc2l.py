@@ -1,18 +1,19 @@
 """Train the PC²L explanation generator: ``python -m jobs.train_pc2l --root ROOT [--variants pc2l] [...]``.
 
-Driver: chooses the examples (``showcase_core.generation.data``: which reviews, their photos and targets; no vectors)
-and trains the tokenizer (or takes GPT-2's from ``--gpt2-path``). Ray Data tasks find the train targets' entities
-(spaCy, once per process), a Ray Data group-by sums their phrase counts into the entity vocabulary the driver collects,
-and tasks encode the targets, draw and encode each train target's entity-swapped negative, and give each example its
-vectors (its photos' CLIP vectors; its history from the feature tables ``jobs.features`` wrote, the ones the nightly and
-Serve read); the examples stay in Ray's object store (spilled to disk when large). Per variant (the paper's ablation:
-ce, ce+ccl, ce+pcl, pc2l), the shared harness trains on Ray Train workers: DeepSpeed with ``--deepspeed-config`` (ZeRO
-stage and bf16 from that file; gloo on CPU), DDP otherwise; a checkpoint per epoch (local or S3), resume after a
-failure. Each worker streams its equal share of the train examples every epoch in batches drawn from a seeded shuffle
-buffer; rank 0 streams the val examples for the validation cross-entropy and, every ``eval_every`` epochs, greedy-
-decodes the first ``--eval-examples`` of them, scored for grounding and BLEU-4. Memory of a worker: the model, the
-shuffle buffer and a batch; of a data task, its block; of the driver: the chosen examples' ids and targets, and the
-entity vocabulary.
+Driver: checks the tables before Ray starts, then chooses the examples (``showcase_core.generation.data``: which
+reviews, their photos and targets; no vectors) in passes of ``--choose-reviews`` reviews (a hash bucket of review ids
+each), each pass's examples put in Ray's object store, and trains the tokenizer on the train targets read back a pass at
+a time (or takes GPT-2's from ``--gpt2-path``). Ray Data tasks find the train targets' entities (spaCy, once per
+process), a Ray Data group-by sums their phrase counts into the entity vocabulary the driver collects, and tasks encode
+the targets, draw and encode each train target's entity-swapped negative, and give each example its vectors (its photos'
+CLIP vectors; its history from the feature tables ``jobs.features`` wrote, the ones the nightly and Serve read); the
+examples stay in Ray's object store (spilled to disk when large). Per variant (the paper's ablation: ce, ce+ccl, ce+pcl,
+pc2l), the shared harness trains on Ray Train workers: DeepSpeed with ``--deepspeed-config`` (ZeRO stage and bf16 from
+that file; gloo on CPU), DDP otherwise; a checkpoint per epoch (local or S3), resume after a failure. Each worker
+streams its equal share of the train examples every epoch in batches drawn from a seeded shuffle buffer; rank 0 streams
+the val examples for the validation cross-entropy and, every ``eval_every`` epochs, greedy-decodes the first
+``--eval-examples`` of them, scored for grounding and BLEU-4. Memory of a worker: the model, the shuffle buffer and a
+batch; of a data task, its block; of the driver: one pass's reviews and targets, and the entity vocabulary.
 Models: ``ROOT/models/pc2l/<version>/<variant>/``, published in the registry.
 """
 
@@ -80,6 +81,9 @@ class Settings(harness.TrainingSettings):
                                                    "without --gpt2-path)", ge=256)
     max_length: int = setting(MODEL["max_length"], "target tokens at most, end token included", ge=8)
     max_photos: int = setting(MODEL["max_photos"], "photos the encoder reads per example", ge=1)
+    choose_reviews: int = setting(500_000, "reviews whose examples one pass of the driver chooses (its memory: a "
+                                           "pass's reviews' ids and targets' texts); more reviews are chosen in more "
+                                           "passes, each reading the reviews and targets tables", ge=1)
     max_history: int = setting(MODEL["max_history"], "history reviews the encoder reads per example", ge=1)
     dropout: float = setting(MODEL["dropout"], "dropout in encoder and decoder", ge=0, lt=1)
     eval_every: int = setting(10, "epochs between validation grounding and BLEU-4 (greedy decoding)", ge=1)
@@ -196,8 +200,8 @@ def example_datasets(store, encoder_id: str, data: dict, cfg: Settings) -> tuple
     tokens = {"tokenizer_json": tokenizer_json(data["tokenizer"]), "max_length": cfg.max_length}
     datasets, counts = {}, {}
     for split in ("train", "val"):
-        chosen = data["chosen"][split]
-        ds = ray.data.from_arrow(chosen_table(chosen)).repartition(max(1, -(-len(chosen) // BUILD_BATCH)))
+        blocks = max(1, -(-data["examples"][split] // BUILD_BATCH))
+        ds = ray.data.from_arrow_refs(data["chosen"][split]).repartition(blocks)
         encode = tokens
         if split == "train":
             ds = ds.map_batches(with_entity_spans, **steps).materialize()
@@ -238,36 +242,68 @@ def feature_meta(store, encoder_id: str, max_history: int, dim: int) -> dict:
 
 
 def prepare(store, encoder_id: str, cfg: Settings) -> dict:
-    """Driver side, once for all variants: the chosen examples (no vectors: Ray Data tasks add them and the token
-    ids), the feature tables' metadata (checked before the slower tokenizer) and the tokenizer."""
-    from showcase_core.generation.tokenizer import load_pretrained_tokenizer, train_tokenizer
+    """Driver side, before Ray starts, once for all variants: the checks that fail in one line (the targets table,
+    the embeddings, the feature tables' metadata), a pretrained tokenizer, and how many passes choose the examples."""
+    from showcase_core import tables as delta
+    from showcase_core.buckets import buckets_for
+    from showcase_core.encoders.embed import embeddings_dir
+    from showcase_core.generation.tokenizer import load_pretrained_tokenizer
     from showcase_core.weights import local_weights
 
+    images = embeddings_dir(encoder_id, "images")
     try:
-        chosen, skipped, dim = choose_generation_examples(store, encoder_id, cfg.targets, ("train", "val"),
-                                                          cfg.max_photos)
+        store.table_version(cfg.targets)
+        if not delta.exists(store, images):
+            raise StoreError(f"no images embeddings for encoder {encoder_id} under {store.root} (run `showcase embed`)")
     except StoreError as e:
         raise UserError(f"{e}; train_pc2l needs ingested tables, embeddings and the {cfg.targets} table") from None
-    targets = {split: [e["target"] for e in examples] for split, examples in chosen.items()}
-    if len(targets["train"]) < cfg.batch_size:
-        raise UserError(f"{len(targets['train'])} training examples, fewer than one batch of {cfg.batch_size}")
-    meta = feature_meta(store, encoder_id, cfg.max_history, dim)
+    first = delta.dataset(store, images).head(1, columns=["embedding"]).column("embedding")
+    if not len(first):
+        raise UserError(f"encoder {encoder_id} has embedded no photo under {store.root} (run `showcase embed`)")
+    dim = len(first[0])
+    data = {"dim": dim, "meta": feature_meta(store, encoder_id, cfg.max_history, dim), "tokenizer": None,
+            "passes": buckets_for(delta.rows(store, "tables/reviews"), cfg.choose_reviews)}
     if cfg.decoder == "smollm2-135m":
         from showcase_core.generation.smollm import MissingWeights, load_smollm_tokenizer
 
         try:
-            tokenizer = load_smollm_tokenizer()  # converts the weights once per machine (the workers find them)
+            data["tokenizer"] = load_smollm_tokenizer()  # converts the weights once per machine (the workers find them)
         except MissingWeights as e:
             raise UserError(str(e)) from None
     elif cfg.gpt2_path:
         try:
-            tokenizer = load_pretrained_tokenizer(local_weights(cfg.gpt2_path))
+            data["tokenizer"] = load_pretrained_tokenizer(local_weights(cfg.gpt2_path))
         except (OSError, StoreError) as e:
             raise UserError(f"--gpt2-path {cfg.gpt2_path}: {str(e).splitlines()[0]}") from None
-    else:
-        tokenizer = train_tokenizer(targets["train"], cfg.vocab_size)
-    return {"examples": {split: len(texts) for split, texts in targets.items()}, "skipped": skipped, "dim": dim,
-            "chosen": chosen, "meta": meta, "tokenizer": tokenizer}
+    return data
+
+
+def choose(store, encoder_id: str, cfg: Settings, data: dict) -> None:
+    """Driver side, with Ray up: the chosen examples (``choose_generation_examples``; no vectors: Ray Data tasks add
+    them and the token ids), a pass over the reviews and targets tables per hash bucket of review ids, each pass's
+    chosen table of a split put in the object store (``data["chosen"]``: {split: [refs]}); the counts; the tokenizer
+    trained on the train targets read back a pass at a time, unless pretrained. Memory: one pass's reviews."""
+    import ray
+
+    from showcase_core.generation.tokenizer import train_tokenizer
+
+    chosen, examples, skipped = {"train": [], "val": []}, {"train": 0, "val": 0}, {}
+    for bucket in range(data["passes"]):
+        try:
+            picked, counts, _ = choose_generation_examples(store, encoder_id, cfg.targets, ("train", "val"),
+                                                           cfg.max_photos, bucket=bucket, buckets=data["passes"])
+        except StoreError as e:
+            raise UserError(f"{e}; train_pc2l needs ingested tables, embeddings and the {cfg.targets} table") from None
+        for split, rows in picked.items():
+            chosen[split] += [ray.put(chosen_table(rows))] if rows else []
+            examples[split] += len(rows)
+            skipped[split] = {k: skipped.get(split, {}).get(k, 0) + n for k, n in counts[split].items()}
+    data.update(chosen=chosen, examples=examples, skipped=skipped)
+    if data["examples"]["train"] < cfg.batch_size:
+        raise UserError(f"{data['examples']['train']} training examples, fewer than one batch of {cfg.batch_size}")
+    if data["tokenizer"] is None:
+        texts = (text for ref in chosen["train"] for text in ray.get(ref).column("target").to_pylist())
+        data["tokenizer"] = train_tokenizer(texts, cfg.vocab_size)
 
 
 def model_config(cfg: Settings, data: dict) -> dict:
@@ -324,22 +360,24 @@ def main(argv: list[str] | None = None) -> int:
     report = new_report("train_pc2l", cfg, run_id)
     with timer("prepare"):
         data = prepare(store, encoder_id, cfg)
-    examples = data["examples"]
     start_ray(state_api=True)
+    with timer("choose"):
+        choose(store, encoder_id, cfg, data)
+    examples = data["examples"]
     with timer("examples"):
         datasets, negatives = example_datasets(store, encoder_id, data, cfg)
     del data["chosen"]  # in the object store now
     print(f"[train_pc2l] {examples['train']:,} train / {examples['val']:,} val examples; "
           f"{negatives['entity_vocabulary']:,} entities for swapped negatives "
-          f"({negatives['targets_with_negative']:,} targets have one); prepared in {timer.timings['prepare']:.1f}s, "
-          f"examples built in {timer.timings['examples']:.1f}s", file=sys.stderr, flush=True)
+          f"({negatives['targets_with_negative']:,} targets have one); chosen in {timer.timings['choose']:.1f}s "
+          f"({data['passes']} passes), built in {timer.timings['examples']:.1f}s", file=sys.stderr, flush=True)
     models = {v: fit_variant(store, cfg, run_id, encoder_id, data, datasets, v, timer)
               for v in cfg.variants.split(",")}
     registry.publish(store, "pc2l", run_id, store.uri("models", "pc2l", run_id), encoder_id,
                      variants={v: m["uri"] for v, m in models.items()},
                      metrics={v: m["metrics"] for v, m in models.items()}, extra={"targets": cfg.targets})
     report.update(counts={"train_examples": examples["train"], "val_examples": examples["val"],
-                          "skipped": data["skipped"], **negatives},
+                          "skipped": data["skipped"], "choose_passes": data["passes"], **negatives},
                   models=models, encoder_id=encoder_id, timings_s=timer.timings, versions=versions(),
                   finished_at=utc_now())
     print(f"models: {store.uri('models', 'pc2l', run_id)}; report: {store.write_report('train_pc2l', run_id, report)}")

@@ -278,28 +278,36 @@ def sample_of_split(store, split: str, n: int) -> tuple[pa.Array | None, int]:
 
 
 def choose_generation_examples(store, encoder_id: str, targets: str, splits, max_photos: int,
-                               review_ids: pa.Array | None = None):
+                               review_ids: pa.Array | None = None, bucket: int = 0, buckets: int = 1):
     """(``example_reviews``'s chosen examples per split, in the order ``load_generation_examples`` builds them, the
     skipped counts, the embedding size) with no vector but one: the photo embeddings' ids stream by a batch at a time
     and only the examples' candidate photos are kept (memory: the ids and photo ids of the ``splits``' reviews and the
     texts of their targets, one batch of ids; the reviews and the targets stream by a batch at a time). With
-    ``review_ids``, of those reviews only (``sample_of_split``'s: memory then bounded by the sample). The embedding
-    size is 0 when no candidate photo is embedded (then there is no example)."""
+    ``review_ids``, of those reviews only (``sample_of_split``'s: memory then bounded by the sample); with ``buckets``,
+    of the reviews whose id hashes to ``bucket`` (``showcase_core.buckets.in_bucket``: a pass of train_pc2l's driver,
+    memory one bucket's). The embedding size is 0 when no candidate photo is embedded (then there is no example)."""
     import pyarrow.compute as pc
 
+    from ..buckets import in_bucket
     from ..encoders.embed import embedded_among, embeddings_dir, read_embeddings
     from ..store import StoreError
     from ..tables import exists
 
     if not exists(store, embeddings_dir(encoder_id, "images")):
         raise StoreError(f"no images embeddings for encoder {encoder_id} under {store.root} (run `showcase embed`)")
-    columns, wanted = [*REVIEW_COLUMNS, "review_text"], pa.array(list(splits), pa.string())
-    key, values = ("split", wanted) if review_ids is None else ("review_id", review_ids)
-    flagged = [text_flags(batch).filter(pc.is_in(batch.column(key), value_set=values))
-               for batch in store.iter_table_batches("reviews", columns)]  # a batch's texts at most
-    reviews = pa.concat_tables(flagged) if flagged else text_flags(store.read_table("reviews", columns))  # (empty)
-    sentences = store.read_rows_where(targets, ["review_id", "sentence_index", "text", "pic_ids", "split"], key,
-                                      values)  # a target's split is its review's
+    key, values = ("split", pa.array(list(splits), pa.string())) if review_ids is None else ("review_id", review_ids)
+
+    def kept(name: str, columns: list[str], shape=lambda rows: rows) -> pa.Table:
+        """The asked rows of table ``name`` in the bucket, ``shape``d, streamed a batch at a time."""
+        parts = []
+        for batch in store.iter_table_batches(name, columns):
+            rows = pa.Table.from_batches([batch])
+            parts.append(in_bucket(shape(rows).filter(pc.is_in(rows.column(key), value_set=values)), bucket, buckets,
+                                   "review_id"))
+        return pa.concat_tables(parts) if parts else shape(store.read_table(name, columns))  # (empty)
+
+    reviews = kept("reviews", [*REVIEW_COLUMNS, "review_text"], text_flags)  # a batch's texts at most
+    sentences = kept(targets, ["review_id", "sentence_index", "text", "pic_ids", "split"])  # split: the review's
     explained = reviews.filter(pc.is_in(reviews.column("review_id"), value_set=pc.unique(sentences.column("review_id"))))
     candidates = pc.unique(pa.concat_arrays([pc.list_flatten(table.column("pic_ids")).combine_chunks()
                                              for table in (sentences, explained)]).drop_null())

@@ -113,7 +113,8 @@ def test_train_pc2l_ablation_and_evaluate_generation(embedded_root):
     if not registry.is_published(store, "alignment"):
         assert run("distill", distill.main, ["--root", root, "--encoder", encoder_id, "--epochs", "2"]) == 0
     assert run("train_pc2l", train_pc2l.main, ["--root", root, "--encoder", encoder_id, "--epochs", "2",
-                                               "--variants", "ce,pc2l", "--eval-every", "2", *SMALL_MODEL]) == 0
+                                               "--variants", "ce,pc2l", "--eval-every", "2", "--choose-reviews", "20",
+                                               *SMALL_MODEL]) == 0
     latest = registry.latest(store, "pc2l")
     assert sorted(latest.variants) == ["ce", "pc2l"] and latest.encoder_id == encoder_id
     for variant, uri in latest.variants.items():
@@ -128,9 +129,13 @@ def test_train_pc2l_ablation_and_evaluate_generation(embedded_root):
         model, tokenizer, config = load_pc2l(uri)
         assert config["decoder_layers"] == 1 and config["d_model"] == 32
     # the negatives Ray Data tasks drew (spaCy per block, the vocabulary summed by a group-by) are one process's
+    # (chosen in passes of 20 reviews)
     counts = stage_reports(store, "train_pc2l")[-1]["counts"]
-    train = load_generation_examples(store, encoder_id, "sentences", ("train",), config["max_photos"],
-                                     config["max_history"])[0]["train"]
+    splits, skipped = load_generation_examples(store, encoder_id, "sentences", ("train", "val"), config["max_photos"],
+                                               config["max_history"])
+    train = splits["train"]
+    assert counts["choose_passes"] > 2 and counts["skipped"] == skipped
+    assert (counts["train_examples"], counts["val_examples"]) == (len(train), len(splits["val"]))
     negatives, vocabulary = swapped_negatives(train.targets, seed=0, keys=train.review_ids)
     assert counts["entity_vocabulary"] == len(vocabulary) > 1
     assert counts["targets_with_negative"] == sum(n is not None for n in negatives) > 0
@@ -272,6 +277,15 @@ def test_the_drivers_targets_are_the_workers_examples_in_their_order(embedded_ro
                 assert swapped_ids == table.column("swapped_ids").to_pylist()
             assert examples["train"].history_mask.any()
     assert sum(counts["no_embedded_photo"] for counts in skipped.values()) > 0
+    # train_pc2l's driver chooses in passes, a hash bucket of review ids each: together the examples of one pass
+    whole, whole_skipped, _ = choose_generation_examples(store, encoder_id, "sentences", splits, 5)
+    passes = [choose_generation_examples(store, encoder_id, "sentences", splits, 5, bucket=b, buckets=3)
+              for b in range(3)]
+    by_review = lambda e: e["review_id"]  # noqa: E731
+    for split in splits:
+        assert sorted((e for p in passes for e in p[0][split]), key=by_review) == sorted(whole[split], key=by_review)
+        assert {k: sum(p[1][split][k] for p in passes) for k in whole_skipped[split]} == whole_skipped[split]
+    assert all(p[0]["train"] for p in passes) and len(passes[0][0]["train"]) < len(whole["train"])
 
     # rank 0's grounding check streams the targets table for the entities of the photos it decodes
     sentences = store.read_table("sentences", ["pic_ids", "entities"])
