@@ -256,7 +256,7 @@ def prepare(store, encoder_id: str, cfg: Settings) -> dict:
         if not delta.exists(store, images):
             raise StoreError(f"no images embeddings for encoder {encoder_id} under {store.root} (run `showcase embed`)")
     except StoreError as e:
-        raise UserError(f"{e}; train_pc2l needs ingested tables, embeddings and the {cfg.targets} table") from None
+        raise missing_tables(e, cfg) from None
     first = delta.dataset(store, images).head(1, columns=["embedding"]).column("embedding")
     if not len(first):
         raise UserError(f"encoder {encoder_id} has embedded no photo under {store.root} (run `showcase embed`)")
@@ -278,6 +278,10 @@ def prepare(store, encoder_id: str, cfg: Settings) -> dict:
     return data
 
 
+def missing_tables(error: StoreError, cfg: Settings) -> UserError:
+    return UserError(f"{error}; train_pc2l needs ingested tables, embeddings and the {cfg.targets} table")
+
+
 def choose(store, encoder_id: str, cfg: Settings, data: dict) -> None:
     """Driver side, with Ray up: the chosen examples (``choose_generation_examples``; no vectors: Ray Data tasks add
     them and the token ids), a pass over the reviews and targets tables per hash bucket of review ids, each pass's
@@ -293,12 +297,13 @@ def choose(store, encoder_id: str, cfg: Settings, data: dict) -> None:
             picked, counts, _ = choose_generation_examples(store, encoder_id, cfg.targets, ("train", "val"),
                                                            cfg.max_photos, bucket=bucket, buckets=data["passes"])
         except StoreError as e:
-            raise UserError(f"{e}; train_pc2l needs ingested tables, embeddings and the {cfg.targets} table") from None
+            raise missing_tables(e, cfg) from None
         for split, rows in picked.items():
             chosen[split] += [ray.put(chosen_table(rows))] if rows else []
             examples[split] += len(rows)
             skipped[split] = {k: skipped.get(split, {}).get(k, 0) + n for k, n in counts[split].items()}
-    data.update(chosen=chosen, examples=examples, skipped=skipped)
+    data.update(chosen={split: refs or [ray.put(chosen_table([]))] for split, refs in chosen.items()},
+                examples=examples, skipped=skipped)
     if data["examples"]["train"] < cfg.batch_size:
         raise UserError(f"{data['examples']['train']} training examples, fewer than one batch of {cfg.batch_size}")
     if data["tokenizer"] is None:
