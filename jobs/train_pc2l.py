@@ -375,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[train_pc2l] {examples['train']:,} train / {examples['val']:,} val examples; "
           f"{negatives['entity_vocabulary']:,} entities for swapped negatives "
           f"({negatives['targets_with_negative']:,} targets have one); chosen in {timer.timings['choose']:.1f}s "
-          f"({data['passes']} passes), built in {timer.timings['examples']:.1f}s", file=sys.stderr, flush=True)
+          f"(passes: {data['passes']}), built in {timer.timings['examples']:.1f}s", file=sys.stderr, flush=True)
     models = {v: fit_variant(store, cfg, run_id, encoder_id, data, datasets, v, timer)
               for v in cfg.variants.split(",")}
     registry.publish(store, "pc2l", run_id, store.uri("models", "pc2l", run_id), encoder_id,
