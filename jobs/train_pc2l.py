@@ -83,7 +83,8 @@ class Settings(harness.TrainingSettings):
     max_photos: int = setting(MODEL["max_photos"], "photos the encoder reads per example", ge=1)
     choose_reviews: int = setting(500_000, "reviews whose examples one pass of the driver chooses (its memory: a "
                                            "pass's reviews' ids and targets' texts); more reviews are chosen in more "
-                                           "passes, each reading the reviews and targets tables", ge=1)
+                                           "passes, each reading the reviews and targets tables and the photo "
+                                           "embeddings' ids", ge=1)
     max_history: int = setting(MODEL["max_history"], "history reviews the encoder reads per example", ge=1)
     dropout: float = setting(MODEL["dropout"], "dropout in encoder and decoder", ge=0, lt=1)
     eval_every: int = setting(10, "epochs between validation grounding and BLEU-4 (greedy decoding)", ge=1)
