@@ -40,3 +40,17 @@ def test_gpu_script_without_a_gpu_and_without_dry_run_exits_2():
                          env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
     assert ran.returncode == 2, ran.stderr[-2000:]
     assert ran.stderr.strip().splitlines()[-1].startswith("gpu.py: no CUDA device here")
+
+
+def test_gpu_ablation_script_says_in_one_line_what_a_root_or_folder_lacks(tmp_path):
+    """--prepare on a ROOT without the trained models names the missing one and writes no folder; --score on a
+    folder no --bundle run wrote names the file it needs. One line each, no traceback."""
+    empty, folder = tmp_path / "root", tmp_path / "ablation"
+    empty.mkdir()
+    for args, says in ((["--prepare", str(folder)], f"no trained pc2l model under {empty}/models/pc2l"),
+                       (["--score", str(folder)], f"no {folder}/generations.json: --score reads the folder")):
+        ran = subprocess.run([sys.executable, "tests/perf/gpu_ablation.py", *args, "--root", str(empty)], cwd=REPO,
+                             capture_output=True, text=True, timeout=300)
+        assert ran.returncode == 1 and "Traceback" not in ran.stderr, ran.stderr[-2000:]
+        assert ran.stderr.strip().splitlines()[-1].startswith(f"gpu_ablation.py: {says}"), ran.stderr
+    assert not folder.exists()

@@ -127,8 +127,8 @@ def split_file(path: str, first: str, second: str) -> None:
 def prepare(folder: str, root: str) -> None:
     from showcase_core.generation import smollm
 
+    meta = export_bundle(root, os.path.join(folder, "carry", "bundle"))  # first: it checks the ROOT's models
     build_carry(os.path.join(folder, "carry"), CARRY)
-    meta = export_bundle(root, os.path.join(folder, "carry", "bundle"))
     split_file(smollm.gguf_path(), os.path.join(folder, "weights-1", "part"), os.path.join(folder, "weights-2", "part"))
     counts = ", ".join(f"{split} {len(meta['targets'][split])}" for split in SPLITS)
     print(f"prepared {folder}: examples {counts}; {meta['gguf']['file']} ({meta['gguf']['bytes'] / 2**20:.1f} MiB) "
@@ -301,7 +301,10 @@ def score(folder: str, root: str, report: str | None) -> int:
     from showcase_core import evaluation
     from showcase_core.store import Store
 
-    with open(os.path.join(folder, "generations.json")) as f:
+    path = os.path.join(folder, "generations.json")
+    if not os.path.isfile(path):
+        raise SystemExit(f"gpu_ablation.py: no {path}: --score reads the folder a --bundle run wrote (its --out)")
+    with open(path) as f:
         done = json.load(f)
     bundle = done["bundle"]
     cfg = parse_args("evaluate", evaluate.Settings, ["--root", root, "--stage", "generation", "--split",
@@ -364,11 +367,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--variants: unknown {', '.join(sorted(unknown))}")
     if (args.prepare or args.score) and not args.root:
         parser.error("--prepare and --score need --root")
-    if args.prepare:
-        prepare(args.prepare, args.root)
-        return 0
-    if args.score:
-        return score(args.score, args.root, args.report)
+    if args.prepare or args.score:
+        from showcase_core.registry import RegistryError  # a ROOT without the models: one line, no traceback
+
+        try:
+            if args.prepare:
+                prepare(args.prepare, args.root)
+                return 0
+            return score(args.score, args.root, args.report)
+        except RegistryError as e:
+            raise SystemExit(f"gpu_ablation.py: {e}") from None
     return run_ablation(args)
 
 
