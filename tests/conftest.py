@@ -112,6 +112,20 @@ def copy_root(template: str, tmp_path_factory, name: str) -> str:
     return root
 
 
+def copy_s3_root(seaweed, template: str, prefix: str) -> str:
+    """A copy of an S3 ROOT in a fresh bucket of the test server (the photos and the models it names stay where the
+    template's tables and registry point); returns the copy's ROOT."""
+    import uuid
+
+    import pyarrow.fs as pafs
+
+    bucket = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    seaweed.create_bucket(bucket)
+    fs = seaweed.filesystem()
+    pafs.copy_files(template.split("://", 1)[1], f"{bucket}/root", source_filesystem=fs, destination_filesystem=fs)
+    return f"s3://{bucket}/root"
+
+
 SMALL_PC2L = ["--variants", "pc2l", "--epochs", "1", "--d-model", "32", "--heads", "2", "--encoder-layers", "1",
               "--decoder-layers", "1", "--vocab-size", "400", "--batch-size", "16", "--cpus-per-worker", "1",
               "--max-length", "16"]

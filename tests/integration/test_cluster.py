@@ -12,7 +12,6 @@ import re
 import secrets
 import shlex
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -368,27 +367,23 @@ def _processes_of(temp_dir: str, start: psutil.Process | None) -> dict[int, psut
 
 
 def _stop(start: subprocess.Popen, temp_dir: str) -> None:
-    """Stop this cluster only: ``ray stop`` would stop every Ray instance on the machine, other tests' included."""
+    """Stop this cluster only: ``ray stop`` would stop every Ray instance on the machine, other tests' included. Every
+    process of it at once (``ray start --block`` on SIGTERM stops its processes one after another: 2 s when idle, ~30 s
+    after the training jobs of test_run_logs), killed if still there after 5 s."""
     try:
         procs = _processes_of(temp_dir, psutil.Process(start.pid))
     except psutil.NoSuchProcess:
         procs = _processes_of(temp_dir, None)
-    if start.poll() is None:
-        start.send_signal(signal.SIGTERM)  # `ray start --block` stops the processes it started and exits
-        try:  # 2 s when idle; after the training jobs of test_run_logs it took ~30 s, so not waited for: killed
-            start.wait(timeout=8)
-        except subprocess.TimeoutExpired:
-            start.kill()
-            start.wait()
-    procs.update(_processes_of(temp_dir, None))
-    for proc in procs.values():  # workers and anything else it left
+    for proc in procs.values():
         with contextlib.suppress(psutil.Error):
             proc.terminate()
     _, alive = psutil.wait_procs(list(procs.values()), timeout=5)
-    for proc in alive:
+    procs = {p.pid: p for p in alive} | _processes_of(temp_dir, None)  # and any started meanwhile
+    for proc in procs.values():
         with contextlib.suppress(psutil.Error):
             proc.kill()
-    psutil.wait_procs(alive, timeout=5)
+    psutil.wait_procs(list(procs.values()), timeout=5)
+    start.wait(timeout=5)
 
 
 @pytest.fixture

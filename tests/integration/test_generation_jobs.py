@@ -4,13 +4,14 @@ worker and S3 checkpoints on SeaweedFS) and jobs.evaluate --stage generation|dat
 import json
 import math
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pytest
 
-from jobs import distill, evaluate, harness, train_dpp, train_pc2l
+from jobs import distill, evaluate, harness, train_pc2l
 from jobs.common import parse_args, run
 from showcase_core import features as F
 from showcase_core import registry
@@ -19,6 +20,7 @@ from showcase_core.data import schema
 from showcase_core.data.alignment import distill_reviews, load_classifier, sidecar_pairs
 from showcase_core.encoders.clip import load_encoder
 from showcase_core.encoders.embed import read_embeddings
+from showcase_core.generation import smollm
 from showcase_core.generation.data import (choose_generation_examples, chosen_table, examples_of_rows,
                                            load_generation_examples, load_generation_targets, rows_of_chosen)
 from showcase_core.generation.decode import generate
@@ -30,16 +32,18 @@ from showcase_core.selection.data import embedding_matrix, load_selection_data
 from showcase_core.selection.kernel import load_dpp
 from showcase_core.selection.training import select
 from showcase_core.store import Store, filesystem_for, read_text
-from tests.conftest import copy_root, embed_with_features, stage_reports, world_on_s3
+from showcase_core.weights import cache_root
+from tests.conftest import copy_root, copy_s3_root, stage_reports
 
 SMALL_MODEL = ["--d-model", "32", "--heads", "2", "--encoder-layers", "1", "--decoder-layers", "1", "--vocab-size",
                "400", "--batch-size", "16", "--cpus-per-worker", "1"]
 
 
 @pytest.fixture(scope="module")
-def embedded_root(tiny_embedded, tmp_path_factory):
-    template, encoder_id = tiny_embedded
-    return copy_root(template, tmp_path_factory, "gen"), encoder_id
+def embedded_root(tiny_embedded, trained_template, tmp_path_factory):
+    """A copy of the trained template: the tiny world embedded, with the small DPP (the generation stage's photo
+    picker) and a small PC²L; the tests here add Φ and their own PC²L versions."""
+    return copy_root(trained_template, tmp_path_factory, "gen"), tiny_embedded[1]
 
 
 def test_distill_trains_phi_and_extracts_explanations(embedded_root, tmp_path):
@@ -108,8 +112,6 @@ def test_distill_trains_phi_and_extracts_explanations(embedded_root, tmp_path):
 def test_train_pc2l_ablation_and_evaluate_generation(embedded_root):
     root, encoder_id = embedded_root
     store = Store.open(root)
-    assert run("train_dpp", train_dpp.main, ["--root", root, "--encoder", encoder_id, "--epochs", "2",
-                                             "--modalities", "img+text", "--cpus-per-worker", "1"]) == 0
     if not registry.is_published(store, "alignment"):
         assert run("distill", distill.main, ["--root", root, "--encoder", encoder_id, "--epochs", "2"]) == 0
     assert run("train_pc2l", train_pc2l.main, ["--root", root, "--encoder", encoder_id, "--epochs", "2",
@@ -312,12 +314,11 @@ def test_train_pc2l_bad_settings_exit_2(embedded_root, tmp_path):
     assert run("train_pc2l", train_pc2l.main, ["--root", bare, "--encoder", encoder_id, *SMALL_MODEL]) == 2
 
 
-def test_train_pc2l_deepspeed_on_cpu_resumes_with_checkpoints_on_s3(seaweed, ray_local, tiny_world, monkeypatch):
+def test_train_pc2l_deepspeed_on_cpu_resumes_with_checkpoints_on_s3(seaweed, s3_trained_root, monkeypatch):
     """DeepSpeed (ZeRO-1, gloo on CPU), the worker hard-exits after epoch 1's checkpoint, the run resumes from it;
-    ROOT (checkpoints and model) on the SeaweedFS S3 server."""
-    world, _ = tiny_world
-    root = world_on_s3(seaweed, world, "pc2l")
-    encoder_id = embed_with_features(root)
+    ROOT (checkpoints and model) on the SeaweedFS S3 server (a copy of the nightly tests' embedded ROOT there)."""
+    root = copy_s3_root(seaweed, s3_trained_root, "pc2l")
+    encoder_id = load_encoder(model="showcase-tiny").encoder_id  # the embeddings of s3_trained_root
     args = ["--root", root, "--encoder", encoder_id, "--epochs", "3", "--variants", "pc2l", "--eval-every", "3",
             "--deepspeed-config", "cluster/deepspeed/cpu_zero1.json", "--run-name", "pc2l-ds-crash", *SMALL_MODEL]
     monkeypatch.setenv(harness.FAULT_ENV, "1")
@@ -353,14 +354,8 @@ def test_gpu_ablation_script_prepared_here_runs_as_the_lent_machine_and_is_score
 
     root, encoder_id = embedded_root
     store = Store.open(root)
-    if not registry.is_published(store, "dpp"):
-        assert run("train_dpp", train_dpp.main, ["--root", root, "--encoder", encoder_id, "--epochs", "1",
-                                                 "--modalities", "img+text", "--cpus-per-worker", "1"]) == 0
-    if not registry.is_published(store, "alignment"):
+    if not registry.is_published(store, "alignment"):  # (the DPP and a PC²L come with the template)
         assert run("distill", distill.main, ["--root", root, "--encoder", encoder_id, "--epochs", "2"]) == 0
-    if not registry.is_published(store, "pc2l"):
-        assert run("train_pc2l", train_pc2l.main, ["--root", root, "--encoder", encoder_id, "--epochs", "1",
-                                                   "--variants", "pc2l", *SMALL_MODEL]) == 0
     script, folder = "tests/perf/gpu_ablation.py", tmp_path / "ablation"
     prepared = subprocess.run([sys.executable, script, "--prepare", str(folder), "--root", root], cwd=REPO,
                               capture_output=True, text=True, timeout=300)
@@ -382,12 +377,18 @@ def test_gpu_ablation_script_prepared_here_runs_as_the_lent_machine_and_is_score
     args = ["--bundle", bundle, "--out", str(out), "--dry-run"]
     wrong = run_as_lent_machine(folder / "carry", {"gguf"}, script, args, {"SHOWCASE_SMOLLM2_GGUF": str(swapped)})
     assert wrong.returncode != 0 and "join weights-1 and weights-2 in that order" in wrong.stderr.splitlines()[-1]
+    # a weights cache without SmolLM2 in it, which the run converts the carried GGUF into: this session's cache when
+    # nothing converted it there yet (test_pretrained_nightly then finds it: one conversion per make test), else a new one
+    converted = f"{smollm.NAME}-{joined.stat().st_size}"
+    cache = Path(cache_root())
+    if (cache / converted).exists():
+        cache = tmp_path / "w"
     ran = run_as_lent_machine(folder / "carry", {"gguf"}, script, args,
-                              {"SHOWCASE_SMOLLM2_GGUF": str(joined), "SHOWCASE_WEIGHTS_CACHE": str(tmp_path / "w")})
+                              {"SHOWCASE_SMOLLM2_GGUF": str(joined), "SHOWCASE_WEIGHTS_CACHE": str(cache)})
     assert ran.returncode == 0, ran.stdout[-2000:] + ran.stderr[-4000:]
     lines = [line for line in ran.stdout.splitlines() if line.strip()]
     assert len(lines) == 1 and json.loads(lines[0])["dry_run"] is True, ran.stdout
-    assert (tmp_path / "w").is_dir()  # converted from the carried GGUF here, not found in a cache
+    assert (cache / converted / "config.json").is_file()  # converted from the carried GGUF here
     done = json.loads((out / "generations.json").read_text())
     assert [r["variant"] for r in done["runs"]] == ["ce", "ce+ccl", "ce+pcl", "pc2l"]
     for r in done["runs"]:
