@@ -104,7 +104,7 @@ def start_ray(state_api: bool = False) -> None:
         local = {"include_dashboard": state_api, "dashboard_host": "127.0.0.1", "dashboard_port": port}
         if state_api:
             env_vars["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
-        local_ray_train_env()
+        local_ray_env()
     elif "://" not in address and address != "auto":
         env_vars["RAY_ADDRESS"] = address
     log_file = configure_logging()
@@ -119,9 +119,9 @@ def start_ray(state_api: bool = False) -> None:
           file=sys.stderr, flush=True)
 
 
-def local_ray_train_env() -> None:
-    """Ray Train's settings for a local instance (one machine), as defaults in this process's environment before Ray
-    starts (its processes inherit them); yours win.
+def local_ray_env() -> None:
+    """Ray's settings for a local instance (one machine), as defaults in this process's environment before Ray starts
+    (its processes inherit them); yours win.
 
     - One machine has nothing to preempt: Ray Train's preemption watcher is for cluster nodes (spot), and its creation
       logs an error line ("constructor arguments in the object store") per training run.
@@ -129,9 +129,20 @@ def local_ray_train_env() -> None:
       two polls after its loop returns and each checkpoint's report waits for a poll. Measured here, a one-report run
       of one worker: 11 s with 2 s, 7.6 s with 0.5 s; another day, 9.5-10.8 s with 0.5 s and 8.3-8.6 s with 0.25 s
       (three fits each, twice). Polling a few local workers four times a second costs nothing.
+    - Idle worker processes are kept for the next task: Ray keeps at most as many as CPUs and kills the others after
+      1 s idle, and a job's stages (each shuffle's, each Ray Train run's actors beside them) outnumber 2 CPUs, so on a
+      small machine nearly every task started a Python process of its own (~2 s here before it ran). At least 6 kept,
+      and 10 s before an extra one goes: two each of features, nightly, train_dpp and train_pc2l on the tiny world
+      took 0.68x and 0.63x the time with Ray's defaults (86.0 vs 127.1 s, 79.6 vs 126.7 s; a nightly 6-7 s instead of
+      12-13 s; ``tests/perf/local_workers.py``). Each idle worker holds ~100-300 MiB.
     """
     os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
+    os.environ.setdefault("RAY_num_workers_soft_limit", str(max(IDLE_WORKERS_KEPT, os.cpu_count() or 1)))
+    os.environ.setdefault("RAY_idle_worker_killing_time_threshold_ms", str(IDLE_WORKER_KEPT_MS))
+
+
+IDLE_WORKERS_KEPT, IDLE_WORKER_KEPT_MS = 6, 10_000
 
 
 def _free_port() -> int:

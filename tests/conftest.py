@@ -28,9 +28,9 @@ def ray_local(seaweed):
     """One local Ray instance for the session, started after the S3 settings are in the environment."""
     import ray
 
-    from jobs.common import local_ray_train_env
+    from jobs.common import local_ray_env
 
-    local_ray_train_env()  # as the jobs' own local instances have it
+    local_ray_env()  # as the jobs' own local instances have it
     ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
     yield ray
     ray.shutdown()
