@@ -131,8 +131,8 @@ def local_ray_env() -> None:
       (three fits each, twice). Polling a few local workers four times a second costs nothing.
     - Idle worker processes are kept for the next task: Ray keeps at most as many as CPUs and kills the others after
       1 s idle, and a job's stages (each shuffle's, each Ray Train run's actors beside them) outnumber 2 CPUs, so on a
-      small machine nearly every task started a Python process of its own (~2 s here before it ran). At least 6 kept,
-      and 10 s before an extra one goes: two each of features, nightly, train_dpp and train_pc2l on the tiny world
+      small machine nearly every task started a Python process of its own (~2 s here before it ran). Up to 6 kept for as
+      long as they are idle (at least one per CPU, as Ray's), and 10 s before an extra one goes: two each of features, nightly, train_dpp and train_pc2l on the tiny world
       took 0.68x and 0.63x the time with Ray's defaults (86.0 vs 127.1 s, 79.6 vs 126.7 s; a nightly 6-7 s instead of
       12-13 s; ``tests/perf/local_workers.py``). Each idle worker holds ~100-300 MiB.
     """
