@@ -130,11 +130,12 @@ def local_ray_env() -> None:
       of one worker: 11 s with 2 s, 7.6 s with 0.5 s; another day, 9.5-10.8 s with 0.5 s and 8.3-8.6 s with 0.25 s
       (three fits each, twice). Polling a few local workers four times a second costs nothing.
     - Idle worker processes are kept for the next task: Ray keeps at most as many as CPUs and kills the others after
-      1 s idle, and a job's stages (each shuffle's, each Ray Train run's actors beside them) outnumber 2 CPUs, so on a
-      small machine nearly every task started a Python process of its own (~2 s here before it ran). Up to 6 kept for as
-      long as they are idle (at least one per CPU, as Ray's), and 10 s before an extra one goes: two each of features, nightly, train_dpp and train_pc2l on the tiny world
-      took 0.68x and 0.63x the time with Ray's defaults (86.0 vs 127.1 s, 79.6 vs 126.7 s; a nightly 6-7 s instead of
-      12-13 s; ``tests/perf/local_workers.py``). Each idle worker holds ~100-300 MiB.
+      1 s idle, and a job's stages (each shuffle's, each Ray Train run's actors beside them) outnumber 2 CPUs, so on
+      a small machine nearly every task started a Python process of its own (~2 s here before it ran). Up to 6 kept
+      for as long as they are idle (at least one per CPU, as Ray's), and 10 s before an extra one goes: two each of
+      features, nightly, train_dpp and train_pc2l on the tiny world took 0.68x and 0.63x the time they took with
+      Ray's defaults (86.0 vs 127.1 s, 79.6 vs 126.7 s; a nightly 6-7 s instead of 12-13 s;
+      ``tests/perf/local_workers.py``). An idle worker held 80-220 MiB (40-120 MiB of its own) during make test.
     """
     os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
