@@ -369,7 +369,7 @@ def _processes_of(temp_dir: str, start: psutil.Process | None) -> dict[int, psut
 def _stop(start: subprocess.Popen, temp_dir: str) -> None:
     """Stop this cluster only: ``ray stop`` would stop every Ray instance on the machine, other tests' included. Every
     process of it at once (``ray start --block`` on SIGTERM stops its processes one after another: 2 s when idle, ~30 s
-    after the training jobs of test_run_logs), killed if still there after 5 s."""
+    after the training jobs of test_run_logs), killed if still there after 2 s."""
     try:
         procs = _processes_of(temp_dir, psutil.Process(start.pid))
     except psutil.NoSuchProcess:
@@ -377,7 +377,7 @@ def _stop(start: subprocess.Popen, temp_dir: str) -> None:
     for proc in procs.values():
         with contextlib.suppress(psutil.Error):
             proc.terminate()
-    _, alive = psutil.wait_procs(list(procs.values()), timeout=5)
+    _, alive = psutil.wait_procs(list(procs.values()), timeout=2)
     procs = {p.pid: p for p in alive} | _processes_of(temp_dir, None)  # and any started meanwhile
     for proc in procs.values():
         with contextlib.suppress(psutil.Error):
