@@ -1,11 +1,12 @@
 """A local Ray instance's idle workers kept (``jobs.common.local_ray_env``) vs Ray's defaults, on the fixed costs of
 small jobs.
 
-    .venv/bin/python tests/perf/local_workers.py [--workdir /tmp/perf] [--rounds 2]
+    .venv/bin/python tests/perf/local_workers.py [--workdir DIR] [--rounds 2]
 
-On the tiny world (made, ingested, embedded with features and given small DPP and PC²L models in WORKDIR once), each
-round runs, in one process per setting (a Ray instance of 2 CPUs each, one after the other): features, a nightly of
-the world's candidate pairs, train_dpp and train_pc2l, twice each, and prints every job's seconds and their sum. Ray's
+On the tiny world (made, ingested, embedded with features and given small DPP and PC²L models once in --workdir, a
+new temporary folder unless given), each round runs, in one process per setting (a Ray instance of 2 CPUs each, one
+after the other): features, a nightly of the world's candidate pairs, train_dpp and train_pc2l, twice each, and
+prints every job's seconds and their sum. Ray's
 defaults: as many idle workers kept as CPUs, the others killed after 1 s idle (``RAY_num_workers_soft_limit=-1``,
 ``RAY_idle_worker_killing_time_threshold_ms=1000``). Prints the kept / defaults ratio of the sums per round.
 """
@@ -17,6 +18,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -81,15 +83,16 @@ def jobs_once(root: str, encoder_id: str, dates: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workdir", default="/tmp/perf")
+    parser.add_argument("--workdir", default=None, help="reused between runs when given (default: a new one)")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--child", nargs=3, metavar=("ROOT", "ENCODER", "DATES"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print("SECONDS " + json.dumps(jobs_once(*args.child)), flush=True)
         return
-    os.makedirs(args.workdir, exist_ok=True)
-    root, encoder_id = prepare(args.workdir)
+    workdir = args.workdir or tempfile.mkdtemp(prefix="workers-perf-")
+    os.makedirs(workdir, exist_ok=True)
+    root, encoder_id = prepare(workdir)
     month = int(time.time()) % 600  # a fresh year-month per run of this script: every nightly has a date to publish
     for round_ in range(args.rounds):
         sums = {}
