@@ -236,6 +236,15 @@ def actor_plan(use_gpu: bool, actors: int, cpu_actors_default: int = 1) -> tuple
 READ_BLOCK_BYTES = 64 * 2**20  # data files read together into one block, on disk
 
 
+def in_order(ds):
+    """``ds``, whose blocks Ray Data keeps in order through every step (``preserve_order``) instead of passing each
+    on as its task ends: examples built by several tasks then reach training in one order whatever order the tasks
+    ended in, so two runs train the same model. The setting is the dataset's context, which the datasets derived
+    from ``ds`` share (a materialized one keeps a copy): set it on the first dataset of a chain."""
+    ds.context.execution_options.preserve_order = True
+    return ds
+
+
 def read_table_dataset(store: Store, rel: str, version: int | None = None, columns: list[str] | None = None):
     """A version of an unpartitioned Delta table as a Ray Data dataset: Ray tasks read its data files
     (``read_parquet_files``), consecutive files of about 64 MiB on disk in one block (nothing read on the driver).
@@ -261,12 +270,12 @@ SELECTION_BUILD_BATCH = 1024  # reviews whose selection examples one Ray Data ta
 def selection_example_datasets(store: Store, encoder_id: str, meta: dict, max_ground: int, splits: tuple[str, ...],
                                review_ids: pa.Array | None = None) -> tuple[dict, dict]:
     """The DPP's examples of each of ``splits`` (showcase_core.selection.data.examples_of_reviews: one per review
-    with a ground set and a photo of the user in it) as lazy Ray Data datasets, built from encoder ``encoder_id``'s
-    feature tables (``meta``) and the reviews at the version those were built from; and the reviews per split
-    ({split: rows}, whose difference to a split's examples is the reviews skipped). The reviews' narrow columns are
-    read once into blocks of SELECTION_BUILD_BATCH rows, a task per block: the tasks share the CPUs, and each holds
-    one block's examples. The driver holds the counts only. With ``review_ids`` (an evaluation's sample), of those
-    reviews only."""
+    with a ground set and a photo of the user in it) as lazy Ray Data datasets in the reviews' order (``in_order``),
+    built from encoder ``encoder_id``'s feature tables (``meta``) and the reviews at the version those were built
+    from; and the reviews per split ({split: rows}, whose difference to a split's examples is the reviews skipped).
+    The reviews' narrow columns are read once into blocks of SELECTION_BUILD_BATCH rows, a task per block: the tasks
+    share the CPUs, and each holds one block's examples. The driver holds the counts only. With ``review_ids`` (an
+    evaluation's sample), of those reviews only."""
     from showcase_core import tables as delta
     from showcase_core.selection.data import examples_of_reviews
 
@@ -279,7 +288,7 @@ def selection_example_datasets(store: Store, encoder_id: str, meta: dict, max_gr
             rows_among, batch_size=None, batch_format="pyarrow",
             fn_kwargs={"column": "review_id", "values": review_ids, "keep": columns})
         rows = len(review_ids)
-    reviews = reviews.repartition(max(1, -(-rows // SELECTION_BUILD_BATCH))).materialize()
+    reviews = in_order(reviews).repartition(max(1, -(-rows // SELECTION_BUILD_BATCH))).materialize()
     datasets = {split: reviews.map_batches(examples_of_reviews, batch_size=None, batch_format="pyarrow", fn_kwargs={
         "root": store.root, "encoder_id": encoder_id, "meta": meta, "max_ground": max_ground, "split": split})
         for split in splits}
@@ -432,5 +441,5 @@ def run(stage: str, main: Callable[[list[str] | None], int | None], argv: list[s
         return 1
 
 
-__all__ = ["UserError", "SettingsBase", "JobSettings", "DecodingSettings", "ShowcaseSettings", "setting", "parse_args", "open_store", "start_ray", "configure_logging", "actor_plan", "versions", "Progress", "Timer",
+__all__ = ["UserError", "SettingsBase", "JobSettings", "DecodingSettings", "ShowcaseSettings", "setting", "parse_args", "open_store", "start_ray", "in_order", "configure_logging", "actor_plan", "versions", "Progress", "Timer",
            "new_report", "run", "new_run_id"]

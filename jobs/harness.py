@@ -126,7 +126,9 @@ def fit(stage: str, store: Store, run_name: str, loop, loop_config: dict, cfg: T
         # Ray Train's default ingest options set the deprecated exclude_resources, a deprecation warning printed by
         # every run (Ray 2.60); Ray Data's defaults do for the datasets here
         datasets=datasets,
-        dataset_config=DataConfig(datasets_to_split=list(split), execution_options=ExecutionOptions()),
+        # in order (common.in_order): each worker's share, and so each epoch's batches, the same in every run
+        dataset_config=DataConfig(datasets_to_split=list(split),
+                                  execution_options=ExecutionOptions(preserve_order=True)),
         run_config=RunConfig(name=run_name, storage_path=path, storage_filesystem=fs,
                              failure_config=FailureConfig(max_failures=cfg.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2),

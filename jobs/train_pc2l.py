@@ -36,7 +36,7 @@ from showcase_core.settings import comma_list
 from showcase_core.store import Store, StoreError, new_run_id, utc_now
 
 from . import harness
-from .common import Timer, UserError, new_report, open_store, parse_args, run, setting, start_ray, versions
+from .common import Timer, UserError, in_order, new_report, open_store, parse_args, run, setting, start_ray, versions
 
 BUILD_BATCH = 1024  # examples one Ray Data task gives their vectors
 VAL_BATCH = 64  # val examples scored at once
@@ -202,7 +202,7 @@ def example_datasets(store, encoder_id: str, data: dict, cfg: Settings) -> tuple
     datasets, counts = {}, {}
     for split in ("train", "val"):
         blocks = max(1, -(-data["examples"][split] // BUILD_BATCH))
-        ds = ray.data.from_arrow_refs(data["chosen"][split]).repartition(blocks)
+        ds = in_order(ray.data.from_arrow_refs(data["chosen"][split])).repartition(blocks)
         encode = tokens
         if split == "train":
             ds = ds.map_batches(with_entity_spans, **steps).materialize()

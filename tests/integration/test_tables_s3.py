@@ -2,6 +2,7 @@
 (exactly one wins, the rest are told who), concurrent appends each landing exactly once, readers from outside."""
 
 import threading
+import time
 
 import pyarrow as pa
 import pytest
@@ -99,6 +100,26 @@ def test_ray_data_reads_a_table_version_block_by_block_from_s3(s3_store, ray_loc
                  partition_by=["dt"])
     with pytest.raises(ValueError, match="partitioned by"):
         common.read_table_dataset(store, "t")
+
+
+def test_in_order_keeps_the_blocks_order_when_their_tasks_end_out_of_order(ray_local):
+    # training's examples are built by tasks that end in any order: in_order makes the examples reach the model in
+    # the order of their input, through a materialization (as selection_example_datasets and train_pc2l build them)
+    import ray.data
+
+    from jobs.common import in_order
+
+    def first_blocks_slowest(batch: dict) -> dict:  # (defined here: Ray's workers cannot import a test module)
+        time.sleep(0.3 * (5 - int(batch["id"][0])))  # the tasks of the first blocks end last
+        return batch
+
+    def built(ordered: bool) -> list[int]:
+        ds = ray.data.range(6, override_num_blocks=6)
+        ds = (in_order(ds) if ordered else ds).repartition(6).materialize()
+        return [row["id"] for row in ds.map_batches(first_blocks_slowest, batch_size=None).materialize().iter_rows()]
+
+    assert built(False) != list(range(6))  # Ray Data's default: the blocks as their tasks end
+    assert built(True) == list(range(6))
 
 
 def test_embeddings_of_some_ids_read_from_a_table_of_many_files(s3_store):
