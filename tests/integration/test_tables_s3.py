@@ -116,7 +116,8 @@ def test_in_order_keeps_the_blocks_order_when_their_tasks_end_out_of_order(ray_l
     def built(ordered: bool) -> list[int]:
         ds = ray.data.range(6, override_num_blocks=6)
         ds = (in_order(ds) if ordered else ds).repartition(6).materialize()
-        return [row["id"] for row in ds.map_batches(first_blocks_slowest, batch_size=None).materialize().iter_rows()]
+        slow = ds.map_batches(first_blocks_slowest, batch_size=None, num_cpus=0.1)  # all six tasks at once
+        return [row["id"] for row in slow.materialize().iter_rows()]
 
     assert built(False) != list(range(6))  # Ray Data's default: the blocks as their tasks end
     assert built(True) == list(range(6))
