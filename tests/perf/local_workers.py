@@ -6,9 +6,9 @@ small jobs.
 On the tiny world (made, ingested, embedded with features and given small DPP and PC²L models once in --workdir, a
 new temporary folder unless given), each round runs, in one process per setting (a Ray instance of 2 CPUs each, one
 after the other): features, a nightly of the world's candidate pairs, train_dpp and train_pc2l, twice each, and
-prints every job's seconds and their sum. Ray's
-defaults: as many idle workers kept as CPUs, the others killed after 1 s idle (``RAY_num_workers_soft_limit=-1``,
-``RAY_idle_worker_killing_time_threshold_ms=1000``). Prints the kept / defaults ratio of the sums per round.
+prints every job's seconds and their sum. Ray's defaults: as many idle workers kept as CPUs, the others killed after
+1 s idle (``RAY_num_workers_soft_limit=-1``, ``RAY_idle_worker_killing_time_threshold_ms=1000``). Prints the kept /
+defaults ratio of the sums per round.
 """
 
 from __future__ import annotations
