@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+from typing import NoReturn
 
 STAGES = {
     "make_world": "write a synthetic world in Gest format",
@@ -47,5 +48,12 @@ def main(argv: list[str] | None = None) -> int:
     return run(stage, module.main, argv[1:])
 
 
+def command() -> NoReturn:
+    """The ``showcase`` command: ``main``, then the job's process ends as ``python -m jobs.<stage>``'s does."""
+    from .common import exit_process
+
+    exit_process(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    command()

@@ -9,6 +9,7 @@ first (nothing of this run is visible); 1 on anything else.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import platform
@@ -17,7 +18,7 @@ import sys
 import tempfile
 import time
 import traceback
-from typing import Callable
+from typing import Callable, NoReturn
 
 import pyarrow as pa
 
@@ -441,5 +442,21 @@ def run(stage: str, main: Callable[[list[str] | None], int | None], argv: list[s
         return 1
 
 
+def exit_process(code: int) -> NoReturn:
+    """End a job's process with ``code`` (its ``__main__``), without the slow parts of the teardown: a job that
+    succeeded stops its local Ray instance itself (Ray's exit hook first waits half a second for late worker
+    messages, kept for a failed job), and Python's final garbage collections are skipped (``gc.freeze``: the process
+    ends, the memory goes with it; atexit handlers and the flushes of the log file and standard streams run as
+    before). Embed with nothing to do, from its last line to its exit: 3.0-3.1 s before, 1.4-1.6 s after (the final
+    collections of torch's and transformers' objects alone took 1.2 s)."""
+    if code == 0 and "ray" in sys.modules:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+    gc.freeze()
+    sys.exit(code)
+
+
 __all__ = ["UserError", "SettingsBase", "JobSettings", "DecodingSettings", "ShowcaseSettings", "setting", "parse_args", "open_store", "start_ray", "in_order", "configure_logging", "actor_plan", "versions", "Progress", "Timer",
-           "new_report", "run", "new_run_id"]
+           "new_report", "run", "exit_process", "new_run_id"]

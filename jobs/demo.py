@@ -14,7 +14,6 @@ businesses) -> where everything is.
 from __future__ import annotations
 
 import datetime as dt
-import sys
 from typing import Literal
 
 from pydantic import field_validator
@@ -25,7 +24,7 @@ from showcase_core.store import Store
 
 from . import (distill, embed, evaluate, features, gallery, ingest, make_world, nightly, recommend, train_clip, train_dpp,
                train_pc2l, train_recommender)
-from .common import JobSettings, parse_args, run, setting, start_ray
+from .common import JobSettings, exit_process, parse_args, run, setting, start_ray
 
 # the baseline and the full method, a checkpoint every 5 epochs (`showcase train_pc2l` alone trains all four
 # ablation variants)
@@ -108,4 +107,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run("demo", main))
+    exit_process(run("demo", main))

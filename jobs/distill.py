@@ -27,8 +27,8 @@ from showcase_core.evaluation import PAPER_PHI
 from showcase_core.store import Store, StoreError, new_run_id, utc_now
 from showcase_core.tables import RECORD_KEYS, commit
 
-from .common import (JobSettings, Progress, Timer, UserError, actor_plan, new_report, open_store, parse_args,
-                     read_table_dataset, run, setting, start_ray, versions)
+from .common import (JobSettings, Progress, Timer, UserError, actor_plan, exit_process, new_report, open_store,
+                     parse_args, read_table_dataset, run, setting, start_ray, versions)
 
 
 class Settings(JobSettings):
@@ -305,4 +305,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run("distill", main))
+    exit_process(run("distill", main))

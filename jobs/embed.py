@@ -31,8 +31,8 @@ from showcase_core.settings import comma_list
 from showcase_core.store import Store, StoreError, new_run_id, utc_now
 from showcase_core.tables import IncrementalCommit
 
-from .common import (JobSettings, Progress, Timer, UserError, actor_plan, new_report, open_store, parse_args, run,
-                     setting, start_ray, versions)
+from .common import (JobSettings, Progress, Timer, UserError, actor_plan, exit_process, new_report, open_store,
+                     parse_args, run, setting, start_ray, versions)
 
 KINDS = ("images", "texts")
 TABLES = ("images", "texts", "quarantine")  # the encoder's Delta tables
@@ -393,4 +393,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run("embed", main))
+    exit_process(run("embed", main))

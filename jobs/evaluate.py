@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import posixpath
-import sys
 from typing import Literal
 
 import pyarrow as pa
@@ -34,8 +33,8 @@ from showcase_core.data.schema import SPLITS
 from showcase_core.evaluation import GENERATION_COLUMNS, PAPER_PHI
 from showcase_core.store import Store, StoreError, filesystem_for, new_run_id, read_text, utc_now, write_bytes_atomic
 
-from .common import (DecodingSettings, UserError, new_report, open_store, parse_args, read_table_dataset, run,
-                     selection_example_datasets, setting, start_ray, versions)
+from .common import (DecodingSettings, UserError, exit_process, new_report, open_store, parse_args, read_table_dataset,
+                     run, selection_example_datasets, setting, start_ray, versions)
 
 STAGES = ("dataset", "selection", "generation", "recommend")
 RECOMMENDER_ORDER = ["alignrec", "lightgcn", "bprmf", "popularity"]  # the expected test Recall@20 order
@@ -658,4 +657,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run("evaluate", main))
+    exit_process(run("evaluate", main))

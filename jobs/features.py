@@ -27,8 +27,8 @@ from showcase_core import registry
 from showcase_core import tables as delta
 from showcase_core.store import new_run_id, utc_now
 
-from .common import (JobSettings, Timer, new_report, open_store, parse_args, read_table_dataset, run, setting,
-                     start_ray, versions)
+from .common import (JobSettings, Timer, exit_process, new_report, open_store, parse_args, read_table_dataset, run,
+                     setting, start_ray, versions)
 
 
 class Settings(JobSettings):
@@ -220,4 +220,4 @@ def _dim_of(store, encoder_id: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run("features", main))
+    exit_process(run("features", main))

@@ -22,7 +22,7 @@ from pydantic import field_validator
 from showcase_core.showcase import latest_date, publication, read_showcases
 from showcase_core.store import StoreError, filesystem_for, new_run_id, uri_path, utc_now, write_bytes_atomic
 
-from .common import JobSettings, UserError, new_report, open_store, parse_args, run, setting, versions
+from .common import JobSettings, UserError, exit_process, new_report, open_store, parse_args, run, setting, versions
 
 
 class Settings(JobSettings):
@@ -167,4 +167,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run("gallery", main))
+    exit_process(run("gallery", main))

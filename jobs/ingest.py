@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import posixpath
-import sys
 from typing import Literal
 
 import pyarrow as pa
@@ -31,8 +30,8 @@ from showcase_core.data.summary import dataset_summary, summary_markdown
 from showcase_core.store import Store, StoreError, filesystem_for, join_uri, new_run_id, open_binary, utc_now
 from showcase_core.tables import write_file
 
-from .common import (JobSettings, Progress, Timer, UserError, new_report, open_store, parse_args, run, setting, start_ray,
-                     versions)
+from .common import (JobSettings, Progress, Timer, UserError, exit_process, new_report, open_store, parse_args, run,
+                     setting, start_ray, versions)
 
 class Settings(JobSettings):
     """Validate Gest files into ROOT/tables (replacing the previous ingest)."""
@@ -316,4 +315,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run("ingest", main))
+    exit_process(run("ingest", main))

@@ -14,7 +14,7 @@ from pydantic import field_validator
 
 from showcase_core.data.world import SIZES, make_world
 
-from .common import Progress, SettingsBase, parse_args, run, setting
+from .common import Progress, SettingsBase, exit_process, parse_args, run, setting
 
 
 class Settings(SettingsBase):
@@ -57,4 +57,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run("make_world", main))
+    exit_process(run("make_world", main))

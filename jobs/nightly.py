@@ -62,8 +62,8 @@ from showcase_core.settings import iso_date
 from showcase_core.showcase import PART, QUARANTINE_TABLE, TABLE, resolve_models
 from showcase_core.store import filesystem_for, new_run_id, utc_now
 
-from .common import (Progress, ShowcaseSettings, Timer, UserError, actor_plan, new_report, open_store, parse_args,
-                     read_parquet_files, run, setting, start_ray, test_barrier, versions)
+from .common import (Progress, ShowcaseSettings, Timer, UserError, actor_plan, exit_process, new_report, open_store,
+                     parse_args, read_parquet_files, run, setting, start_ray, test_barrier, versions)
 
 
 class Settings(ShowcaseSettings):
@@ -587,4 +587,4 @@ def _count_done(store, name: str, date: str, extras: dict) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(run("nightly", main))
+    exit_process(run("nightly", main))

@@ -14,8 +14,6 @@ Memory: the driver holds one add record per block; an actor the item matrix and 
 
 from __future__ import annotations
 
-import sys
-
 import pyarrow as pa
 from pydantic import field_validator
 
@@ -26,8 +24,8 @@ from showcase_core.recommend.data import MODELS
 from showcase_core.settings import iso_date
 from showcase_core.store import filesystem_for, new_run_id, utc_now
 
-from .common import (JobSettings, Progress, Timer, UserError, actor_plan, new_report, open_store, parse_args, run,
-                     setting, start_ray, versions)
+from .common import (JobSettings, Progress, Timer, UserError, actor_plan, exit_process, new_report, open_store,
+                     parse_args, run, setting, start_ray, versions)
 
 TABLE = "candidates"
 
@@ -179,4 +177,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run("recommend", main))
+    exit_process(run("recommend", main))

@@ -57,7 +57,6 @@ import math
 import os
 import signal
 import socket
-import sys
 import time
 from collections import OrderedDict
 from typing import Annotated, Literal
@@ -75,7 +74,7 @@ from showcase_core.generation import DECODING
 from showcase_core.showcase import resolve_models
 from showcase_core.store import Store, new_run_id, utc_now
 
-from .common import ShowcaseSettings, UserError, open_store, parse_args, run, setting, start_ray
+from .common import ShowcaseSettings, UserError, exit_process, open_store, parse_args, run, setting, start_ray
 
 APP_NAME = "showcases"
 INGRESS = "Showcases"  # the HTTP routes, the guard and the retries; no models
@@ -587,4 +586,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run("serve", main))
+    exit_process(run("serve", main))

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 import time
 
 from showcase_core import registry
 from showcase_core.store import Store, new_run_id, utc_now
 
 from . import harness
-from .common import Timer, UserError, new_report, open_store, parse_args, run, setting, start_ray, versions
+from .common import (Timer, UserError, exit_process, new_report, open_store, parse_args, run, setting, start_ray,
+                     versions)
 
 
 class Settings(harness.TrainingSettings):
@@ -199,4 +199,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run("train_clip", main))
+    exit_process(run("train_clip", main))

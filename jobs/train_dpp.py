@@ -15,7 +15,6 @@ val examples to score them. Memory of a worker: the model, the shuffle buffer an
 
 from __future__ import annotations
 
-import sys
 import time
 
 from pydantic import field_validator
@@ -28,8 +27,8 @@ from showcase_core.settings import comma_list
 from showcase_core.store import StoreError, new_run_id, utc_now
 
 from . import harness
-from .common import (Timer, UserError, new_report, open_store, parse_args, run, selection_example_datasets, setting,
-                     start_ray, versions)
+from .common import (Timer, UserError, exit_process, new_report, open_store, parse_args, run,
+                     selection_example_datasets, setting, start_ray, versions)
 
 
 class Settings(harness.TrainingSettings):
@@ -238,4 +237,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run("train_dpp", main))
+    exit_process(run("train_dpp", main))

@@ -36,7 +36,8 @@ from showcase_core.settings import comma_list
 from showcase_core.store import Store, StoreError, new_run_id, utc_now
 
 from . import harness
-from .common import Timer, UserError, in_order, new_report, open_store, parse_args, run, setting, start_ray, versions
+from .common import (Timer, UserError, exit_process, in_order, new_report, open_store, parse_args, run, setting,
+                     start_ray, versions)
 
 BUILD_BATCH = 1024  # examples one Ray Data task gives their vectors
 VAL_BATCH = 64  # val examples scored at once
@@ -391,4 +392,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run("train_pc2l", main))
+    exit_process(run("train_pc2l", main))

@@ -11,7 +11,6 @@ the model's ``users.parquet`` and ``items.parquet`` vectors beside it (what ``jo
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 import time
 
@@ -23,7 +22,7 @@ from showcase_core.settings import comma_list
 from showcase_core.store import Store, new_run_id, utc_now
 
 from . import harness
-from .common import Timer, new_report, open_store, parse_args, run, setting, start_ray, versions
+from .common import Timer, exit_process, new_report, open_store, parse_args, run, setting, start_ray, versions
 
 
 class Settings(harness.TrainingSettings):
@@ -171,4 +170,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run("train_recommender", main))
+    exit_process(run("train_recommender", main))

@@ -10,13 +10,11 @@ may find its files gone.
 
 from __future__ import annotations
 
-import sys
-
 from showcase_core import showcase
 from showcase_core import tables as delta
 from showcase_core.store import Store, new_run_id, utc_now
 
-from .common import JobSettings, Timer, new_report, open_store, parse_args, run, setting, versions
+from .common import JobSettings, Timer, exit_process, new_report, open_store, parse_args, run, setting, versions
 
 
 class Settings(JobSettings):
@@ -60,4 +58,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run("vacuum", main))
+    exit_process(run("vacuum", main))
