@@ -1,4 +1,4 @@
-"""Evaluation reports: ``python -m jobs.evaluate --root ROOT --stage dataset|selection|generation|all``.
+"""Evaluation reports: ``python -m jobs.evaluate --root ROOT --stage dataset|selection|generation|recommend|all``.
 
 - ``dataset``: Table 1 counts of the published tables, the explanation classifier Φ's held-out AUC/F1 when
   ``jobs.distill`` has trained one, and the paper's visual diversity in three levels over the CLIP image embeddings,

@@ -5,10 +5,10 @@ Driver side, ``fit(...)``: a ``TorchTrainer`` with ``ScalingConfig`` from the jo
 worker group restarts from the latest checkpoint, gloo on CPU and NCCL on GPU.
 
 Worker side, inside the loop:
-- ``prepare(model, optimizer, settings)``: DeepSpeed (``deepspeed.initialize`` with the ZeRO stage and precision of
+- ``prepare(model, optimizer_fn, config)``: DeepSpeed (``deepspeed.initialize`` with the ZeRO stage and precision of
   the configured JSON file) when ``deepspeed_config`` is set, plain DDP (``ray.train.torch.prepare_model``) otherwise;
 - ``restore(trained)``: the state of the latest checkpoint (after a failure, or a rerun with the same run name);
-- ``report_epoch(trained, metrics, extra_state)``: a checkpoint every ``checkpoint_every`` epochs and after the last,
+- ``report_epoch(trained, metrics, extra, config)``: a checkpoint every ``checkpoint_every`` epochs and after the last,
   reported to Ray Train with that epoch's metrics (every rank writes its own shard under DeepSpeed; rank 0 alone under
   DDP); the epochs between are in the checkpoint's history, not reported one by one.
 

@@ -36,7 +36,7 @@ from .common import (JobSettings, Progress, Timer, UserError, exit_process, new_
 class Settings(JobSettings):
     """Validate Gest files into ROOT/tables (replacing the previous ingest)."""
 
-    gest: str = setting("", "the Gest file: filter_all_t.json (raw), image_review_all.json (s2) or Google Local "
+    gest: str = setting("", "the Gest file: filter_all_t.json (s2), image_review_all.json (raw) or Google Local "
                             "JSON lines; local or s3://")
     format: Literal["auto", "s2", "raw", "googlelocal"] = setting("auto", "the file's format (auto: from its name "
                                                                           "and first bytes)")

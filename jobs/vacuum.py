@@ -1,11 +1,11 @@
 """Delta maintenance: ``python -m jobs.vacuum --root ROOT [--keep-days 7] [--optimize false] [--dry-run false]``.
 
-For every Delta table under ROOT (tables/*, embeddings/<encoder>/*, showcases, showcases_quarantine): optionally
-compact small files (a new version with the same rows), write a checkpoint, then remove the files that no version
-younger than ``--keep-days`` needs and the files never committed (a killed, never resumed run) once they are older
-than that, also in a table folder whose first run left no log (``tables.find_uncommitted_tables``). Uncommitted files
-younger than the retention stay, so a run can still resume; a reader pinned to a version older than the retention
-may find its files gone.
+For every Delta table under ROOT (tables/*, embeddings/<encoder>/*, features/<encoder>/*, and those at the top:
+showcases, showcases_quarantine, candidates): optionally compact small files (a new version with the same rows), write
+a checkpoint, then remove the files that no version younger than ``--keep-days`` needs and the files never committed
+(a killed, never resumed run) once they are older than that, also in a table folder whose first run left no log
+(``tables.find_uncommitted_tables``). Uncommitted files younger than the retention stay, so a run can still resume; a
+reader pinned to a version older than the retention may find its files gone.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Embedding throughput: the whole embed job vs model-only forward, same model, same machine, same run.
 
     .venv/bin/python tests/perf/embed.py [--size mini|large] [--workdir DIR] [--clip-model showcase-tiny]
-                                         [--threads 2] [--batch-size 256] [--runs 3]
+                                         [--threads 2] [--batch-size 256] [--runs 1]
 
 1. Makes (or reuses) a world of the given size in --workdir and ingests it.
 2. Model-only: the same CLIP on photos decoded beforehand (uint8 arrays in memory), batches of --batch-size, for 20 s,
