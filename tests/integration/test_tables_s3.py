@@ -139,3 +139,15 @@ def test_embeddings_of_some_ids_read_from_a_table_of_many_files(s3_store):
         [("a2", [2.0, 0.0]), ("m2", [2.0, 1.0])]
     assert some.schema.field("embedding").type.list_size == 2  # the contract's fixed-size list
     assert read_embeddings(s3_store, "enc", "images", ids=["nope"]).num_rows == 0
+
+
+def test_vacuum_of_an_s3_root_with_no_object_exits_2(s3_store, capsys):
+    from jobs import vacuum
+    from jobs.common import run
+
+    assert run("vacuum", vacuum.main, ["--root", s3_store.root]) == 2  # S3 has no folders: a prefix without objects
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"ROOT {s3_store.root} does not exist" in err[0], err
+    assert not s3_store.exists("")
+    s3_store.write_json("runs/ingest.json", {})
+    assert run("vacuum", vacuum.main, ["--root", s3_store.root]) == 0

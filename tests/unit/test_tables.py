@@ -141,6 +141,18 @@ def test_vacuum_removes_the_old_files_of_a_table_whose_first_run_never_committed
     assert all(os.path.exists(store.path(rel, record["path"])) for rel, record in others.items())
 
 
+def test_vacuum_of_a_root_that_is_not_there_exits_2_and_creates_nothing(tmp_path, capsys):
+    from jobs import vacuum
+    from jobs.common import run
+
+    mistyped = tmp_path / "roto"
+    assert run("vacuum", vacuum.main, ["--root", str(mistyped)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"ROOT {mistyped} does not exist" in err[0], err
+    assert not mistyped.exists()
+    assert run("vacuum", vacuum.main, ["--root", str(tmp_path)]) == 0  # a ROOT with no table yet: nothing to do
+    assert "[vacuum] 0 tables" in capsys.readouterr().out
+
 def test_a_root_of_the_previous_layout_is_refused_in_one_line(tmp_path):
     store = Store.open(str(tmp_path))
     store.write_json("tables/_CURRENT.json", {"tables": {}})
