@@ -153,6 +153,7 @@ def test_vacuum_of_a_root_that_is_not_there_exits_2_and_creates_nothing(tmp_path
     assert run("vacuum", vacuum.main, ["--root", str(tmp_path)]) == 0  # a ROOT with no table yet: nothing to do
     assert "[vacuum] 0 tables" in capsys.readouterr().out
 
+
 def test_a_root_of_the_previous_layout_is_refused_in_one_line(tmp_path):
     store = Store.open(str(tmp_path))
     store.write_json("tables/_CURRENT.json", {"tables": {}})
