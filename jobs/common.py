@@ -27,7 +27,7 @@ from showcase_core.features import FeaturesError
 from showcase_core.generation import DECODING
 from showcase_core.registry import RegistryError
 from showcase_core.settings import JobSettings, SettingsBase, setting
-from showcase_core.store import Store, StoreError, new_run_id, utc_now
+from showcase_core.store import STARTS_A_ROOT, Store, StoreError, new_run_id, utc_now
 from showcase_core.tables import LostRace
 
 
@@ -67,11 +67,21 @@ class ShowcaseSettings(DecodingSettings):
     k: int = setting(3, "photos per showcase", ge=1)
 
 
-def open_store(root: str, writable: bool = True) -> Store:
-    """Open ROOT and make sure it can be written (or, for a reading role, read), failing fast with one line."""
+def open_store(root: str, writable: bool = True, new_root: bool = False) -> Store:
+    """Open ROOT and make sure it can be written (or, for a reading role, read), failing fast with one line. Only a
+    job that may start a ROOT (``new_root``: ingest) takes one with nothing under it: for every other job that is a
+    mistyped path (on S3, where folders do not exist, a prefix without an object), refused before the write check
+    would create it."""
     try:
         store = Store.open(root, fail_fast=True)
-        store.check_writable() if writable else store.check_readable()
+        if not new_root:
+            store.check_readable()
+            if not store.exists(""):
+                raise StoreError(f"ROOT {store.root} does not exist (nothing under it; {STARTS_A_ROOT})")
+        if writable:
+            store.check_writable()
+        elif new_root:
+            store.check_readable()
         store.check_layout()
     except StoreError as e:
         raise UserError(str(e)) from None

@@ -280,7 +280,7 @@ def ingest_counts(store, record: dict, records_in: int, sidecar_counts: dict) ->
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_args("ingest", Settings, argv)
     source, fmt, images, sentences, business_sidecars = _check_inputs(cfg)
-    store = open_store(cfg.root)
+    store = open_store(cfg.root, new_root=True)
     run_id, timer = new_run_id(), Timer()
     report = new_report("ingest", cfg, run_id)
     report["inputs"] = {"gest": source, "format": fmt, "images": images, "sentences": sentences,

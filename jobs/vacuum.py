@@ -14,7 +14,7 @@ from showcase_core import showcase
 from showcase_core import tables as delta
 from showcase_core.store import Store, new_run_id, utc_now
 
-from .common import (JobSettings, Timer, UserError, exit_process, new_report, open_store, parse_args, run, setting,
+from .common import (JobSettings, Timer, exit_process, new_report, open_store, parse_args, run, setting,
                      versions)
 
 
@@ -48,11 +48,7 @@ def maintain_tables(store: Store, cfg: Settings, timer: Timer) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_args("vacuum", Settings, argv)
-    # a ROOT with nothing under it is a mistyped path, not one with no tables (on S3, where folders do not exist
-    # either, a prefix without an object); the writers' check below would create it
-    if not open_store(cfg.root, writable=False).exists(""):
-        raise UserError(f"ROOT {cfg.root} does not exist: nothing to maintain")
-    store = open_store(cfg.root)
+    store = open_store(cfg.root)  # a ROOT with nothing under it is a mistyped path, not one with no tables
     run_id, timer = new_run_id(), Timer()
     report = new_report("vacuum", cfg, run_id)
     results = maintain_tables(store, cfg, timer)

@@ -32,6 +32,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 LEGACY_POINTER = "_CURRENT.json"  # the pre-Delta layout's pointer; a ROOT that has it is refused
+STARTS_A_ROOT = "`showcase ingest` starts one"  # the one job that may write to a ROOT with nothing under it
 # which job commits each table under ROOT/tables (its run record, runs/<producer>.json, pins their versions)
 PRODUCERS = {"reviews": "ingest", "images": "ingest", "quarantine": "ingest", "sentences": "ingest",
              "distilled": "distill"}
@@ -199,7 +200,7 @@ class Store:
                 if self.fs.get_file_info(bucket).type == pafs.FileType.NotFound:
                     raise StoreError(f"S3 bucket {bucket!r} of ROOT {self.root} does not exist")
             elif self.fs.get_file_info(self.base).type == pafs.FileType.NotFound:
-                raise StoreError(f"ROOT {self.root} does not exist")
+                raise StoreError(f"ROOT {self.root} does not exist ({STARTS_A_ROOT})")
         except StoreError:
             raise
         except Exception as e:  # pyarrow raises OSError subclasses with long AWS messages

@@ -202,7 +202,10 @@ def test_gallery_n_takes_the_first_showcases_in_order(local_root, capsys):
     (["--date", "../x"], "YYYY-MM-DD"),
 ])
 def test_gallery_bad_input_exits_2_with_one_line(tmp_path, capsys, local_root, args, message):
-    root = str(tmp_path / "empty") if not args else local_root
+    root = local_root
+    if not args:  # a ROOT with no showcases table
+        root = str(tmp_path / "empty")
+        os.mkdir(root)
     code, out, err = run_gallery(capsys, ["--root", root, *args])
     assert code == 2
     assert len(err.strip().splitlines()) == 1 and message in err and err.startswith("showcase gallery: error:"), err

@@ -141,13 +141,14 @@ def test_embeddings_of_some_ids_read_from_a_table_of_many_files(s3_store):
     assert read_embeddings(s3_store, "enc", "images", ids=["nope"]).num_rows == 0
 
 
-def test_vacuum_of_an_s3_root_with_no_object_exits_2(s3_store, capsys):
-    from jobs import vacuum
+def test_a_job_given_an_s3_root_with_no_object_exits_2(s3_store, capsys):
+    from jobs import embed, vacuum
     from jobs.common import run
 
-    assert run("vacuum", vacuum.main, ["--root", s3_store.root]) == 2  # S3 has no folders: a prefix without objects
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and f"ROOT {s3_store.root} does not exist" in err[0], err
-    assert not s3_store.exists("")
+    for job, main in (("vacuum", vacuum.main), ("embed", embed.main)):  # S3 has no folders: a prefix without objects
+        assert run(job, main, ["--root", s3_store.root]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"ROOT {s3_store.root} does not exist (nothing under it" in err[0], err
+        assert not s3_store.exists("")
     s3_store.write_json("runs/ingest.json", {})
     assert run("vacuum", vacuum.main, ["--root", s3_store.root]) == 0

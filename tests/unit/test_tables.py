@@ -141,16 +141,30 @@ def test_vacuum_removes_the_old_files_of_a_table_whose_first_run_never_committed
     assert all(os.path.exists(store.path(rel, record["path"])) for rel, record in others.items())
 
 
-def test_vacuum_of_a_root_that_is_not_there_exits_2_and_creates_nothing(tmp_path, capsys):
-    from jobs import vacuum
+# every job but ingest, with the arguments it checks before ROOT
+JOBS_ON_A_ROOT = {"embed": [], "features": [], "train_clip": [], "train_dpp": [], "train_pc2l": [], "evaluate": [],
+                  "train_recommender": [], "distill": [], "gallery": [], "recommend": ["--date", "2026-12-01"],
+                  "nightly": ["--date", "2026-12-01", "--candidates", "candidates.parquet"], "vacuum": []}
+
+
+@pytest.mark.parametrize("job", sorted(JOBS_ON_A_ROOT))
+def test_a_job_given_a_root_that_is_not_there_exits_2_and_creates_nothing(job, tmp_path, capsys):
+    import importlib
+
     from jobs.common import run
 
     mistyped = tmp_path / "roto"
-    assert run("vacuum", vacuum.main, ["--root", str(mistyped)]) == 2
+    assert run(job, importlib.import_module(f"jobs.{job}").main, ["--root", str(mistyped), *JOBS_ON_A_ROOT[job]]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and f"ROOT {mistyped} does not exist" in err[0], err
+    assert err == [f"showcase {job}: error: ROOT {mistyped} does not exist (`showcase ingest` starts one)"]
     assert not mistyped.exists()
-    assert run("vacuum", vacuum.main, ["--root", str(tmp_path)]) == 0  # a ROOT with no table yet: nothing to do
+
+
+def test_vacuum_of_a_root_with_no_table_yet_has_nothing_to_do(tmp_path, capsys):
+    from jobs import vacuum
+    from jobs.common import run
+
+    assert run("vacuum", vacuum.main, ["--root", str(tmp_path)]) == 0
     assert "[vacuum] 0 tables" in capsys.readouterr().out
 
 
