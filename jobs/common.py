@@ -67,6 +67,9 @@ class ShowcaseSettings(DecodingSettings):
     k: int = setting(3, "photos per showcase", ge=1)
 
 
+RUN_ID = r"^([A-Za-z0-9][A-Za-z0-9._-]{0,127})?$"  # a given --run-id: part of file names, so no path in it
+
+
 def open_store(root: str, writable: bool = True, new_root: bool = False) -> Store:
     """Open ROOT and make sure it can be written (or, for a reading role, read), failing fast with one line. Only a
     job that may start a ROOT (``new_root``: ingest) takes one with nothing under it: for every other job that is a
@@ -468,5 +471,5 @@ def exit_process(code: int) -> NoReturn:
     sys.exit(code)
 
 
-__all__ = ["UserError", "SettingsBase", "JobSettings", "DecodingSettings", "ShowcaseSettings", "setting", "parse_args", "open_store", "start_ray", "in_order", "configure_logging", "actor_plan", "versions", "Progress", "Timer",
+__all__ = ["RUN_ID", "UserError", "SettingsBase", "JobSettings", "DecodingSettings", "ShowcaseSettings", "setting", "parse_args", "open_store", "start_ray", "in_order", "configure_logging", "actor_plan", "versions", "Progress", "Timer",
            "new_report", "run", "exit_process", "new_run_id"]

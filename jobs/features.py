@@ -27,8 +27,8 @@ from showcase_core import registry
 from showcase_core import tables as delta
 from showcase_core.store import new_run_id, utc_now
 
-from .common import (JobSettings, Timer, exit_process, new_report, open_store, parse_args, read_table_dataset, run,
-                     setting, start_ray, versions)
+from .common import (RUN_ID, JobSettings, Timer, exit_process, new_report, open_store, parse_args, read_table_dataset,
+                     run, setting, start_ray, versions)
 
 
 class Settings(JobSettings):
@@ -42,7 +42,7 @@ class Settings(JobSettings):
     users_per_bucket: int = setting(4096, "reviews per users-table bucket (a task's group, a lookup's partition)",
                                     ge=1)
     photos_per_bucket: int = setting(65536, "photos per businesses-table bucket", ge=1)
-    run_id: str = setting("", "this run's id (empty: a new one)")
+    run_id: str = setting("", "this run's id (empty: a new one)", pattern=RUN_ID)
 ENTRY = pa.schema([("key", pa.string()), ("business_id", pa.string()), ("entry_id", pa.string()),
                    ("uri", pa.string()), ("time_ms", pa.int64()), ("kind", pa.string()),
                    ("embedding", pa.list_(pa.float32())), ("table", pa.string()), ("bucket", pa.int64())])

@@ -33,11 +33,13 @@ unit's businesses.
 Exactly once: a unit's files are named by the run, the unit and N, so a retried unit (a killed worker) replaces its
 own files, a wave whose pass lost a node (or a Ray Data actor it could not restart), or whose writer pool the
 cluster no longer fits (it shrank under the pass), runs again for its units not yet written, and a rerun with the
-same ``--run-id`` (a killed driver) skips the units already written. The driver checks that the units' showcases and
+same ``--run-id`` (a killed driver) skips the units already written, once it finds them made from the same candidates
+(each showcases file records the candidates' fingerprint). The driver checks that the units' showcases and
 quarantined pairs add up to the candidate rows, then commits the date's quarantine and its showcases, each in one
 Delta transaction that replaces the date's partition, under the application transaction ``<table>/dt=DATE`` with the
 publish generation (1, +1 per ``--force``). A committed date is a no-op without ``--force``; a run that finds its
-generation committed by another run exits 3.
+generation committed by another run exits 3; a date whose quarantine a run committed without its showcases (stopped
+between the two) is refused to every other run.
 """
 
 from __future__ import annotations
@@ -60,10 +62,10 @@ from showcase_core import tables as delta
 from showcase_core.data.schema import SHOWCASES, SHOWCASES_QUARANTINE
 from showcase_core.settings import iso_date
 from showcase_core.showcase import PART, QUARANTINE_TABLE, TABLE, resolve_models
-from showcase_core.store import filesystem_for, new_run_id, utc_now
+from showcase_core.store import StoreError, filesystem_for, new_run_id, utc_now
 
-from .common import (Progress, ShowcaseSettings, Timer, UserError, actor_plan, exit_process, new_report, open_store,
-                     parse_args, read_parquet_files, run, setting, start_ray, test_barrier, versions)
+from .common import (RUN_ID, Progress, ShowcaseSettings, Timer, UserError, actor_plan, exit_process, new_report,
+                     open_store, parse_args, read_parquet_files, run, setting, start_ray, test_barrier, versions)
 
 
 class Settings(ShowcaseSettings):
@@ -73,7 +75,7 @@ class Settings(ShowcaseSettings):
                                   "rank]; local or s3://; latest = the date's partition of ROOT/candidates "
                                   "(jobs.recommend)")
     date: str = setting("", "the date partition to write, YYYY-MM-DD")
-    run_id: str = setting("", "reuse a run id to resume that run after a failure (empty: a new one)")
+    run_id: str = setting("", "reuse a run id to resume that run after a failure (empty: a new one)", pattern=RUN_ID)
     force: bool = setting(False, "replace a date that is already published")
     generator: Literal["pc2l", "none"] = setting("pc2l", "pc2l, or none: images-only showcases (the DPP's picks, "
                                                          "a null explanation)")
@@ -105,12 +107,18 @@ PROFILED = pa.schema([*PAIRS, ("unit", pa.int64()), ("reason", pa.string()), ("h
                       ("history", pa.list_(pa.list_(pa.float32())))])
 
 
-def candidate_source(uri: str, date: str | None = None) -> tuple[list[str], object, int, pa.Schema]:
-    """(file paths, filesystem, rows, schema) of the candidates, from Parquet footers or the Delta log only; of the
-    ``dt = date`` partition only when ``date`` is given (the candidates table jobs.recommend writes)."""
+def candidate_source(uri: str, date: str | None = None) -> tuple[list[str], object, int, pa.Schema, str]:
+    """(file paths, filesystem, rows, schema, fingerprint) of the candidates, from Parquet footers or the Delta log
+    only; of the ``dt = date`` partition only when ``date`` is given (the candidates table jobs.recommend writes).
+    The fingerprint names the input's files (path, size and, for Parquet, modification time) and rows: a resumed run
+    checks it against its first attempt's."""
     import pyarrow.dataset as ds
+    import pyarrow.fs as pafs
 
-    fs, path = filesystem_for(uri)
+    try:
+        fs, path = filesystem_for(uri)
+    except StoreError as e:
+        raise UserError(f"--candidates {uri}: {e}") from None
     info = fs.get_file_info(path)
     if info.type.name == "NotFound":
         raise UserError(f"--candidates {uri}: no such file or directory")
@@ -132,11 +140,23 @@ def candidate_source(uri: str, date: str | None = None) -> tuple[list[str], obje
                 raise UserError(f"--candidates latest: no candidates for {date} in {uri} (run `showcase recommend "
                                 f"--date {date}`)")
             rows = int(pc.sum(actions.column("num_records")).as_py() or 0) if actions.num_rows else 0
-            return paths, fs, rows, schema
+            files = zip(actions.column("path").to_pylist(), actions.column("size_bytes").to_pylist()) \
+                if actions.num_rows else []
+            return paths, fs, rows, schema, fingerprint(files, rows)
         dataset = ds.dataset(path, filesystem=fs, format="parquet", exclude_invalid_files=False)
-        return list(dataset.files), fs, dataset.count_rows(), dataset.schema
+        listed = [info] if info.type.name == "File" else fs.get_file_info(pafs.FileSelector(path, recursive=True))
+        wanted, rows = set(dataset.files), dataset.count_rows()
+        files = [(f.path, f.size, f.mtime_ns) for f in listed if f.path in wanted]
+        return list(dataset.files), fs, rows, dataset.schema, fingerprint(files, rows)
     except (pa.ArrowInvalid, OSError) as e:
         raise UserError(f"--candidates {uri}: not readable as Parquet ({str(e).splitlines()[0][:200]})") from None
+
+
+def fingerprint(files, rows: int) -> str:
+    """A short hash of an input's files (tuples of path, size, ...) and rows."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps([sorted(list(f) for f in files), rows]).encode()).hexdigest()[:16]
 
 
 def check_candidate_schema(uri: str, schema: pa.Schema) -> list[str]:
@@ -146,7 +166,8 @@ def check_candidate_schema(uri: str, schema: pa.Schema) -> list[str]:
     for name, check in (("score", pa.types.is_floating), ("rank", pa.types.is_integer)):
         if name in schema.names and not (check(schema.field(name).type) or pa.types.is_integer(schema.field(name).type)
                                          or pa.types.is_null(schema.field(name).type)):
-            raise UserError(f"--candidates {uri}: column {name!r} must be numeric, got {schema.field(name).type}")
+            kind = "a number" if name == "score" else "an integer"
+            raise UserError(f"--candidates {uri}: column {name!r} must be {kind}, got {schema.field(name).type}")
     return [c for c in PAIRS.names if c in schema.names]
 
 
@@ -196,7 +217,8 @@ class ShowcaseWriter:
     """Ray Data actor: one unit's profiled pairs -> its showcases and quarantine files; returns their add records."""
 
     def __init__(self, root: str, date: str, encoder_id: str, meta: dict, units: int, models: dict, k: int,
-                 beams: int, batch_size: int, run_id: str, generated_at: str, device: str, decoding: dict):
+                 beams: int, batch_size: int, run_id: str, generated_at: str, candidates_fp: str, device: str,
+                 decoding: dict):
         from showcase_core.showcase import ShowcaseAssembler
         from showcase_core.store import Store
 
@@ -208,6 +230,7 @@ class ShowcaseWriter:
         self.lookup = F.FeatureLookup(self.store, encoder_id, meta)
         self.assembler = ShowcaseAssembler(models["dpp"], models["generator"], k, beams, device, decoding)
         self.batch_size, self.run_id, self.generated_at = batch_size, run_id, generated_at
+        self.schema = SHOWCASES.with_metadata({CANDIDATES_KEY: candidates_fp})  # what a resume checks
 
     def __call__(self, group: pa.Table) -> pa.Table:
         from showcase_core.showcase import QUARANTINE_TABLE, TABLE, PairInputs, part_name, quarantine_row
@@ -248,7 +271,7 @@ class ShowcaseWriter:
         quarantine = pa.Table.from_pylist([{**q, "run_id": self.run_id, "dt": self.date} for q in quarantined],
                                           schema=SHOWCASES_QUARANTINE)
         records = [delta.write_file(self.store, QUARANTINE_TABLE, quarantine, name, partition)]  # first: see resume
-        table = pa.Table.from_pylist([{**r, "dt": self.date} for r in made], schema=SHOWCASES)
+        table = pa.Table.from_pylist([{**r, "dt": self.date} for r in made], schema=self.schema)
         records.append(delta.write_file(self.store, TABLE, table, name, partition, row_group_size=SHOWCASE_ROW_GROUP))
         by_reason: dict[str, int] = {}
         for q in quarantined:
@@ -264,6 +287,7 @@ MAX_PARTITIONS = 4096  # shuffle partitions at most (beyond it a partition holds
 POLL_S = 2.0  # how often a pass that has nothing to stream back checks that the cluster still fits it
 WAVE_ATTEMPTS = 3  # passes over a wave lost to the cluster (a node, or a Ray Data actor that cannot restart) at most
 SHOWCASE_ROW_GROUP = 256  # rows per row group of a showcases file: a lookup of one pair decodes one of them
+CANDIDATES_KEY = b"showcase.candidates"  # a showcases file's metadata: the fingerprint of the run's candidates
 
 
 def list_run_parts(store, date: str, run_id: str) -> dict[int, str]:
@@ -285,14 +309,26 @@ def list_run_parts(store, date: str, run_id: str) -> dict[int, str]:
 
 def plan_generation(store, date: str, run_id: str, force: bool) -> tuple[int, str | None]:
     """(the generation this run commits, or 0 when there is nothing to do; the run that published the date)."""
-    from showcase_core.showcase import TABLE, app_id
+    from showcase_core.showcase import app_id
 
-    current = delta.open_table(store, TABLE).transaction_version(app_id(date)) or 0 \
-        if delta.exists(store, TABLE) else 0
+    def committed(table: str) -> int:
+        return (delta.open_table(store, table).transaction_version(app_id(date, table)) or 0) \
+            if delta.exists(store, table) else 0
+
+    current, quarantined = committed(TABLE), committed(QUARANTINE_TABLE)
+    publisher = delta.committed_by(store, TABLE, app_id(date), current) if current else None
+    if quarantined > current:  # a run stopped between its two commits: only it can commit the showcases it wrote
+        halfway = delta.committed_by(store, QUARANTINE_TABLE, app_id(date, QUARANTINE_TABLE), quarantined)
+        if halfway != run_id:
+            raise UserError(f"run {halfway} committed the quarantine of {date} but not its showcases (it stopped "
+                            f"between the two commits): resume it with --run-id {halfway}")
+        return quarantined, publisher
+    if force and publisher == run_id:
+        raise UserError(f"--force replaces {date} with a new run, and run {run_id} published it: pass a new "
+                        "--run-id (or none)")
     if not current:
         return 1, None
-    publisher = delta.committed_by(store, TABLE, app_id(date), current)
-    if publisher == run_id or not force:
+    if not force:
         return 0, publisher
     return current + 1, publisher
 
@@ -305,8 +341,11 @@ def plan_units(store, cfg: Settings, run_id: str) -> dict:
     candidates = store.uri("candidates") if latest else cfg.candidates
     if latest and not delta.exists(store, "candidates"):
         raise UserError(f"--candidates latest: no candidates table at {candidates} (run `showcase recommend`)")
-    paths, candidates_fs, candidate_rows, schema = candidate_source(candidates, cfg.date if latest else None)
+    paths, candidates_fs, candidate_rows, schema, candidates_fp = candidate_source(candidates,
+                                                                                  cfg.date if latest else None)
     columns = check_candidate_schema(cfg.candidates, schema)
+    if not candidate_rows:
+        raise UserError(f"--candidates {cfg.candidates}: no candidate pairs in it (0 rows): nothing to publish")
     user_buckets, business_buckets = (int(meta["tables"][k]["buckets"]) for k in ("users", "businesses"))
     units = business_buckets * F.buckets_for(candidate_rows, business_buckets * cfg.pairs_per_part)
     wave_rows = candidate_rows * min(units, cfg.units_per_wave) // units  # about a wave's pairs (units are balanced)
@@ -317,10 +356,15 @@ def plan_units(store, cfg: Settings, run_id: str) -> dict:
         raise UserError(f"run {run_id} wrote its parts for {planned.pop()} units, this attempt plans {units} (the "
                         "candidates, --pairs-per-part or the features changed): use a new run id")
     generated_at = utc_now()
-    if done_before:  # resuming: keep the first attempt's timestamp, so every row of a run agrees
-        first = pq.read_table(store.path(TABLE, f"dt={cfg.date}", next(iter(done_before.values()))),
-                              filesystem=store.fs, columns=["generated_at"])
-        generated_at = first.column("generated_at")[0].as_py() if first.num_rows else generated_at
+    for name in done_before.values():  # resuming: the same candidates, and the first attempt's timestamp
+        part = pq.ParquetFile(store.path(TABLE, f"dt={cfg.date}", name), filesystem=store.fs)
+        if (part.schema_arrow.metadata or {}).get(CANDIDATES_KEY, b"").decode() != candidates_fp:
+            raise UserError(f"run {run_id} wrote its parts for other candidates than {cfg.candidates} holds now "
+                            "(their files, sizes or rows changed): resume with the same candidates, or use a new "
+                            "run id")
+        if part.metadata.num_rows:  # so every row of a run agrees (a unit of quarantined pairs only has none)
+            generated_at = part.read_row_group(0, columns=["generated_at"]).column(0)[0].as_py()
+            break
     waves = [(lo, min(lo + cfg.units_per_wave, units)) for lo in range(0, units, cfg.units_per_wave)]
     waves = [(lo, hi) for lo, hi in waves if any(u not in done_before for u in range(lo, hi))]
     print(f"[nightly] {cfg.date}: {candidate_rows:,} candidates in {units} units, {len(waves)} waves to run "
@@ -328,7 +372,7 @@ def plan_units(store, cfg: Settings, run_id: str) -> dict:
           flush=True)
     return {"models": models, "meta": meta, "paths": paths, "fs": candidates_fs, "rows": candidate_rows,
             "columns": columns, "units": units, "groups": groups, "waves": waves, "done_before": done_before,
-            "generated_at": generated_at}
+            "generated_at": generated_at, "candidates_fp": candidates_fp}
 
 
 def write_units(store, cfg: Settings, run_id: str, plan: dict, records: dict, extras: dict) -> None:
@@ -344,7 +388,7 @@ def write_units(store, cfg: Settings, run_id: str, plan: dict, records: dict, ex
     writer_kwargs = {"root": store.root, "date": cfg.date, "encoder_id": models["encoder_id"], "meta": plan["meta"],
                      "units": plan["units"], "models": models, "k": cfg.k, "beams": cfg.beams,
                      "batch_size": cfg.batch_size, "run_id": run_id, "generated_at": plan["generated_at"],
-                     "device": device, "decoding": cfg.decoding()}
+                     "candidates_fp": plan["candidates_fp"], "device": device, "decoding": cfg.decoding()}
     source = {k: plan[k] for k in ("paths", "fs", "columns", "units", "groups")}
     # no CPU of its own (its passes' tasks take theirs), on the driver's node (an autoscaler's worker node may go),
     # a fresh process per wave (max_calls=1: the pass's native state goes with it), no retry by Ray: the loop below
@@ -535,8 +579,9 @@ def main(argv: list[str] | None = None) -> int:
     if not generation:
         print(f"[nightly] {cfg.date} is already published (run {publisher}); nothing to do"
               + ("" if publisher == run_id else " (--force replaces it)"), flush=True)
-        report.update(status="already_published", published_run_id=publisher, finished_at=utc_now())
-        store.write_report("nightly", run_id, report)
+        if publisher != run_id:  # (the publisher's own report stays as it was)
+            report.update(status="already_published", published_run_id=publisher, finished_at=utc_now())
+            store.write_report("nightly", run_id, report)
         return 0
     plan = plan_units(store, cfg, run_id)
     records, extras = resume_records(store, cfg.date, plan["done_before"])

@@ -10,6 +10,8 @@ reader pinned to a version older than the retention may find its files gone.
 
 from __future__ import annotations
 
+import math
+
 from showcase_core import showcase
 from showcase_core import tables as delta
 from showcase_core.store import Store, new_run_id, utc_now
@@ -22,14 +24,14 @@ class Settings(JobSettings):
     """Delta maintenance of every table under ROOT: checkpoints, optional compaction, old and orphaned files."""
 
     keep_days: float = setting(7.0, "retention in days: versions and uncommitted files younger than this are kept",
-                               ge=0)
+                               ge=0, le=36500)
     optimize: bool = setting(False, "also compact small files (bin-packing) before vacuuming")
     dry_run: bool = setting(False, "list what would be removed, change nothing")
 
 
 def maintain_tables(store: Store, cfg: Settings, timer: Timer) -> list[dict]:
     """Maintain each table in turn; one line per table."""
-    results, keep_hours = [], round(cfg.keep_days * 24)
+    results, keep_hours = [], math.ceil(cfg.keep_days * 24)  # whole hours, never shorter than asked
     removed = "would be removed" if cfg.dry_run else "removed"
     for rel in delta.find_tables(store):
         with timer(rel):

@@ -287,6 +287,70 @@ def test_two_nightlies_racing_on_one_date_one_wins_the_other_exits_3(s3_trained_
     assert publication(store, "2026-11-26")["run_id"] == winner
 
 
+def test_a_resume_needs_its_first_candidates_and_a_date_committed_halfway_only_resumes(trained_root, ray_local,
+                                                                                        tmp_path, monkeypatch,
+                                                                                        capsys):
+    """The two ways a run can stop before its date is whole, made in process: before its commit (its parts are
+    written), and between its quarantine's commit and its showcases' (a commit that fails when it reaches the
+    showcases table). Also: --force with the publisher's own run id, and a rerun of it leaving its report alone."""
+    store = Store.open(trained_root)
+    pairs, _, _ = candidate_pairs(trained_root, cross=2)
+    candidates = write_candidates(tmp_path / "c.parquet", pairs)
+    others = write_candidates(tmp_path / "others.parquet", pairs[1:] + [{**pairs[0], "business_id": "b-nowhere"}])
+    args = ["--root", trained_root, "--date", "2026-10-11", "--generator", "none", "--pairs-per-part", "8"]
+
+    def one_line() -> str:
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1, err
+        return err[0]
+
+    def stopped(*_args, **_kwargs):
+        raise RuntimeError("stopped before its commit")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(nightly, "publish", stopped)
+        assert run("nightly", nightly.main, [*args, "--candidates", candidates, "--run-id", "first-try"]) == 1
+    written = nightly.list_run_parts(store, "2026-10-11", "first-try")
+    assert written and "2026-10-11" not in published_dates(store)
+    capsys.readouterr()
+    # other candidates of the same size: the run's parts hold pairs these do not, and miss some they hold
+    assert run("nightly", nightly.main, [*args, "--candidates", others, "--run-id", "first-try"]) == 2
+    assert "run first-try wrote its parts for other candidates" in one_line()
+    assert run("nightly", nightly.main, [*args, "--candidates", candidates, "--run-id", "first-try"]) == 0
+    assert store.read_json("reports/nightly/first-try.json")["counts"]["parts_resumed"] == len(written)
+    assert set(keys_of(read_showcases(trained_root, date="2026-10-11"))) == good_keys(pairs)
+    # the publisher's run id again: a no-op that keeps its report, and --force needs a new run id
+    assert run("nightly", nightly.main, [*args, "--candidates", candidates, "--run-id", "first-try"]) == 0
+    assert store.read_json("reports/nightly/first-try.json")["status"] == "published"
+    capsys.readouterr()
+    assert run("nightly", nightly.main, [*args, "--candidates", candidates, "--run-id", "first-try",
+                                         "--force", "true"]) == 2
+    assert "--force replaces 2026-10-11 with a new run, and run first-try published it" in one_line()
+
+    real_commit = delta.commit
+
+    def showcases_commit_fails(store_, rel, *a, **kw):
+        if rel == "showcases":
+            raise OSError("the driver stopped here")
+        return real_commit(store_, rel, *a, **kw)
+
+    day = [*args[:2], "--date", "2026-10-12", *args[4:], "--candidates", candidates]
+    with monkeypatch.context() as patch:
+        patch.setattr(delta, "commit", showcases_commit_fails)
+        assert run("nightly", nightly.main, [*day, "--run-id", "halfway"]) == 1
+    assert "2026-10-12" not in published_dates(store)
+    assert delta.read(store, "showcases_quarantine", filters=[("dt", "=", "2026-10-12")]).num_rows > 0
+    capsys.readouterr()
+    for extra in ([], ["--force", "true"]):  # before any work: only the run that committed halfway can finish it
+        assert run("nightly", nightly.main, [*day, *extra]) == 2
+        assert ("run halfway committed the quarantine of 2026-10-12 but not its showcases" in one_line())
+    assert run("nightly", nightly.main, [*day, "--run-id", "halfway"]) == 0
+    assert publication(store, "2026-10-12")["run_id"] == "halfway"
+    assert set(keys_of(read_showcases(trained_root, date="2026-10-12"))) == good_keys(pairs)
+    quarantine = delta.read(store, "showcases_quarantine", filters=[("dt", "=", "2026-10-12")])
+    assert set(quarantine.column("run_id").to_pylist()) == {"halfway"}
+
+
 def test_nightly_with_root_on_s3(seaweed, s3_trained_root):
     root = s3_trained_root
     pairs, _, _ = candidate_pairs(root)
@@ -314,7 +378,17 @@ def test_fail_fast_with_one_line(trained_root, tmp_path, tmp_path_factory, capsy
         (["--root", str(tmp_path / "empty-root"), "--candidates", candidates, "--date", "2026-11-24"],
          "no trained dpp"),
         (good + ["--generator-variant", "gpt5"], "no 'gpt5' variant"),
+        (good[:3] + ["gs://bucket/c.parquet", *good[4:]], "unsupported URI scheme"),
+        (good + ["--run-id", "../elsewhere"], "--run-id"),
     ]
+    os.mkdir(tmp_path / "empty-root")  # a ROOT, without models
+    empty = tmp_path / "none.parquet"
+    pq.write_table(pa.table({"user_id": pa.array([], pa.string()), "business_id": pa.array([], pa.string())}),
+                   str(empty))
+    cases.append((good[:3] + [str(empty), *good[4:]], "no candidate pairs in it (0 rows)"))
+    float_rank = tmp_path / "float_rank.parquet"
+    pq.write_table(pa.table({"user_id": ["u"], "business_id": ["b"], "rank": [1.0]}), str(float_rank))
+    cases.append((good[:3] + [str(float_rank), *good[4:]], "column 'rank' must be an integer, got double"))
     unfeatured = copy_root(trained_root, tmp_path_factory, "unfeatured")  # models, but no feature tables
     import shutil
     shutil.rmtree(f"{unfeatured}/features")

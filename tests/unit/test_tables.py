@@ -116,6 +116,21 @@ def test_vacuum_keeps_young_uncommitted_files_and_removes_them_past_the_retentio
     assert delta.find_tables(store) == ["t"]
 
 
+def test_vacuum_keeps_a_file_younger_than_a_retention_of_part_of_an_hour(tmp_path, capsys):
+    from jobs import vacuum
+    from jobs.common import run
+
+    store = Store.open(str(tmp_path))
+    delta.commit(store, "t", [records(store, "t", ["a"])], SCHEMA, run_id="A", stage="test", partition_by=["dt"])
+    orphan = records(store, "t", ["killed"], name="part-killed-00000.parquet")
+    old = time.time() - 20 * 60  # 20 minutes old: inside a retention of 0.02 days (28.8 minutes)
+    os.utime(store.path("t", orphan["path"]), (old, old))
+    assert run("vacuum", vacuum.main, ["--root", str(tmp_path), "--keep-days", "0.02"]) == 0
+    assert os.path.exists(store.path("t", orphan["path"])), capsys.readouterr().out
+    assert run("vacuum", vacuum.main, ["--root", str(tmp_path), "--keep-days", "100000"]) == 2
+    assert "--keep-days" in capsys.readouterr().err
+
+
 def test_vacuum_removes_the_old_files_of_a_table_whose_first_run_never_committed(tmp_path, capsys):
     from jobs import vacuum
     from jobs.common import run
