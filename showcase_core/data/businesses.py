@@ -12,13 +12,12 @@ The multimodal recommenders count two businesses as neighbours partly by how nea
 
 from __future__ import annotations
 
-import math
 from typing import IO
 
 import pyarrow as pa
 
 from . import schema
-from .gest import RecordError, read_json_lines
+from .gest import RecordError, check_unicode, read_json_lines
 from .sentences import partition_of
 
 RANGES = {"latitude": 90.0, "longitude": 180.0}
@@ -42,13 +41,14 @@ def read_businesses(stream: IO[bytes], source: str, businesses: set[str], partit
         business = obj["business_id"]
         if not isinstance(business, str) or not business:
             raise RecordError("wrong_type", "business_id", "field 'business_id' must be a non-empty string")
+        check_unicode(business, "business_id")
         for name, limit in RANGES.items():
             value = obj[name]
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise RecordError("wrong_type", name, f"field {name!r} must be a number of degrees")
-            if not (math.isfinite(value) and -limit <= value <= limit):
-                raise RecordError("bad_coordinates", name, f"{name} {value} of business {business} is outside "
-                                                           f"-{limit:g}..{limit:g}")
+            if not -limit <= value <= limit:  # False for NaN too; an integer of any size compares exactly
+                raise RecordError("bad_coordinates", name, f"{name} {str(value)[:40]} of business {business} is "
+                                                           f"outside -{limit:g}..{limit:g}")
         if business not in businesses:
             raise RecordError("unknown_business", "business_id", f"business {business} has no accepted review")
         if business in seen:

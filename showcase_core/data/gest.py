@@ -31,17 +31,22 @@ REASONS = {
     "unparseable": "the line (or the file from this point) is not valid JSON",
     "wrong_type": "a field, or the record itself, has the wrong JSON type",
     "missing_field": "a required field is absent or null",
-    "out_of_range": "a rating outside 0..5",
+    "out_of_range": "a number outside its field's range (a rating outside 0..5, a time beyond 64 bits, a sentence "
+                    "index outside 0..2**31-1)",
     "empty_text": "the review text is empty or only whitespace (Gest-s2, the explanation dataset, needs a text)",
     "no_photos": "the review lists no photos",
     "no_text_or_photos": "the review has neither a text nor a photo (Gest-raw, Google Local)",
     "unknown_split": "a Gest-s2 top-level key other than train/val/test",
     "duplicate_review": "a second review by the same user of the same business (the first one is kept)",
+    "ambiguous_review_id": "a review whose id <user_id>_<business_id> is that of an earlier review of another user and "
+                           "business (ids holding '_'; the first one is kept)",
     "photo_missing": "a listed photo is not under the images root (the review keeps its other photos)",
     "all_photos_missing": "none of the review's photos is under the images root",
     "single_review_user": "Gest-s1 rule: the user has only one usable review",
     "unknown_review": "an aligned sentence of a review that is not among the accepted reviews",
     "text_less_review": "an aligned sentence of a review that was kept without its text",
+    "duplicate_sentence": "an aligned sentence whose review id and sentence index appeared earlier in the file (the "
+                          "first one is kept)",
     "unknown_business": "an owner photo or a place of a business that no accepted review names",
     "owner_photo_missing": "an owner photo that is not under the images root",
     "duplicate_photo": "an owner photo whose id appeared earlier in the owner-photos file",
@@ -54,7 +59,6 @@ REASONS = {
 }
 
 MAX_RECORD_CHARS = 2000
-_SAFE_ID = re.compile(r"[^A-Za-z0-9_\-.]")
 # JSON's \ud800-\udfff escapes, unpaired, decode to code points UTF-8 cannot encode: in text they become U+FFFD (the
 # review is kept, the broken character marked); an id holding one is quarantined (it could not survive byte for byte)
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
@@ -63,8 +67,18 @@ _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 _UNSAFE_PHOTO_ID = re.compile(r"[/\\:]|^\.{1,2}$")
 
 
+def check_unicode(value: str, field: str) -> str:
+    """``value`` if UTF-8 can store it as given; else RecordError ``invalid_unicode`` (an id is never repaired)."""
+    if _LONE_SURROGATE.search(value) or "\ufffd" in value:
+        raise RecordError("invalid_unicode", field, f"field {field!r} holds a lone UTF-16 surrogate or a character "
+                                                    "that could not be decoded")
+    return value
+
+
 def check_photo_id(pic: str, field: str) -> str:
-    """``pic`` if it names a file directly under the images root; else RecordError ``unsafe_photo_id``."""
+    """``pic`` if it names a file directly under the images root; else RecordError ``unsafe_photo_id`` (or
+    ``invalid_unicode``)."""
+    check_unicode(pic, field)
     if _UNSAFE_PHOTO_ID.search(pic):
         raise RecordError("unsafe_photo_id", field, f"{field} {pic[:80]!r} is a path or a URL, not a photo id "
                                                     "(photos are <images>/<pic_id>.jpg)")
@@ -104,7 +118,7 @@ def quarantine_row(source: str, position: str, reason: str, field: str | None, d
         "position": position,
         "reason": reason,
         "field": field,
-        "detail": detail,
+        "detail": storable(detail),  # it may quote an id that holds a lone surrogate
         "record": record[:MAX_RECORD_CHARS],
     }
 
@@ -112,11 +126,11 @@ def quarantine_row(source: str, position: str, reason: str, field: str | None, d
 # -- field validation -------------------------------------------------------------------------------
 
 def loads_line(text: bytes):
-    """One JSON line -> its value; RecordError ``unparseable`` for invalid JSON, invalid UTF-8 or nesting deeper than
-    the parser's recursion limit."""
+    """One JSON line -> its value; RecordError ``unparseable`` for invalid JSON, invalid UTF-8, an integer of more
+    digits than Python converts (4,300) or nesting deeper than the parser's recursion limit."""
     try:
         return json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError and the integer digit limit
         raise RecordError("unparseable", None, f"invalid JSON: {str(e).splitlines()[0][:200]}") from None
     except RecursionError:
         raise RecordError("unparseable", None, "invalid JSON: nested deeper than the parser's limit") from None
@@ -167,10 +181,7 @@ def _id(obj: dict, name: str) -> str:
     value = str(value)  # as given, byte for byte: white space around an id is part of it
     if not value.strip():
         raise RecordError("missing_field", name, f"field {name!r} is empty")
-    if _LONE_SURROGATE.search(value) or "\ufffd" in value:
-        raise RecordError("invalid_unicode", name, f"field {name!r} holds a lone UTF-16 surrogate or a character "
-                                                   "that could not be decoded")
-    return value
+    return check_unicode(value, name)
 
 
 def _rating(obj: dict, name: str = "rating") -> float:
@@ -199,10 +210,10 @@ def _text(obj: dict, name: str, optional: bool = False) -> str | None:
 
 
 def pic_id_from_url(url: str) -> str:
-    """Gest/Google photo URL -> the id used for ``images/<pic_id>.jpg``."""
+    """Gest/Google photo URL -> the id used for ``images/<pic_id>.jpg``: its last path segment as written, without
+    the ``=w150-h150...`` size suffix."""
     segment = urlparse(url).path.rstrip("/").rsplit("/", 1)[-1]
-    segment = segment.split("=", 1)[0]
-    return _SAFE_ID.sub("_", segment)
+    return segment.split("=", 1)[0]
 
 
 def _pics(obj: dict, name: str = "pics", null_is_empty: bool = False) -> list[str]:
@@ -227,7 +238,7 @@ def _pics(obj: dict, name: str = "pics", null_is_empty: bool = False) -> list[st
                 pic = pic_id_from_url(urls[0])
         if not pic or not pic.strip():
             raise RecordError("wrong_type", name, f"{name}[{i}] is not a photo id, {{'id': ...}} or {{'url': [...]}}")
-        pic = _SAFE_ID.sub("_", check_photo_id(pic.strip(), f"{name}[{i}]"))
+        pic = check_photo_id(pic, f"{name}[{i}]")  # as given: two ids that differ only in a character are two photos
         if pic not in ids:
             ids.append(pic)
     if not ids:
@@ -298,6 +309,8 @@ def normalize_googlelocal(obj) -> dict:
     when = obj.get("time")
     if when is not None and (isinstance(when, bool) or not isinstance(when, int)):
         raise RecordError("wrong_type", "time", f"field 'time' must be integer milliseconds, got {type(when).__name__}")
+    if when is not None and not -2**63 <= when < 2**63:
+        raise RecordError("out_of_range", "time", f"field 'time' is {when}, beyond 64-bit milliseconds")
     return {
         "review_id": f"{user}_{business}",
         "user_id": user,
@@ -371,47 +384,58 @@ class _RepairedStream:
         return chunk
 
 
+def _value(events, event: str, value):
+    """The JSON value that starts with (event, value), its nested events read from ``events``."""
+    if event not in ("start_map", "start_array"):
+        return value
+    builder = ijson.ObjectBuilder()
+    builder.event(event, value)
+    depth = 1
+    for _, ev, val in events:
+        builder.event(ev, val)
+        depth += ev in ("start_map", "start_array")
+        depth -= ev in ("end_map", "end_array")
+        if depth == 0:
+            break
+    return builder.value
+
+
 def iter_s2(stream: IO[bytes], source: str) -> Iterator[Parsed]:
     """Stream a Gest-s2 ``{"train": [...], "val": [...], "test": [...]}`` file record by record."""
     events = ijson.parse(_RepairedStream(stream), use_float=True)
     counts: dict[str, int] = {}
     last = "start of file"
+    # by nesting depth, not by ijson's dotted prefix: a key may hold a dot ("v.al.item" is no split's item path)
+    depth, split, listed = 0, None, False
     try:
-        for prefix, event, value in events:
-            if prefix == "" and event not in ("start_map", "end_map", "map_key"):
+        for _, event, value in events:
+            if event in ("end_map", "end_array"):
+                depth -= 1
+                continue
+            if depth == 0 and event != "start_map":
                 yield Parsed("top level", bad=quarantine_row(source, "top level", "wrong_type", None,
                                                              "file must be one JSON object of splits", ""))
                 return
-            if "." not in prefix or not prefix.endswith(".item"):
-                if prefix and "." not in prefix and event not in ("start_array", "end_array"):
-                    # a top-level key whose value is not a list
-                    yield Parsed(prefix, bad=quarantine_row(source, prefix, "wrong_type", prefix,
-                                                            f"split {prefix!r} must be a list", str(value)))
+            if depth == 1 and event == "map_key":
+                split = value
                 continue
-            split = prefix[: -len(".item")]
-            if "." in split:
+            if depth == 1:  # the split's value
+                listed = event == "start_array"
+                if not listed:
+                    yield Parsed(split, bad=quarantine_row(source, split, "wrong_type", split,
+                                                           f"split {split!r} must be a list", str(value)))
+            elif depth == 2 and listed:  # one record
+                index = counts.get(split, 0)
+                counts[split] = index + 1
+                position = last = f"{split}[{index}]"
+                obj = _value(events, event, value)
+                if split not in SPLITS:
+                    yield Parsed(position, bad=quarantine_row(source, position, "unknown_split", None,
+                                                              f"top-level key {split!r} is not train/val/test", obj))
+                else:
+                    yield _normalise(source, position, obj, normalize_s2, split)
                 continue
-            index = counts.get(split, 0)
-            counts[split] = index + 1
-            position = last = f"{split}[{index}]"
-            if event in ("start_map", "start_array"):
-                builder = ijson.ObjectBuilder()
-                builder.event(event, value)
-                depth = 1
-                for _, ev, val in events:
-                    builder.event(ev, val)
-                    depth += ev in ("start_map", "start_array")
-                    depth -= ev in ("end_map", "end_array")
-                    if depth == 0:
-                        break
-                obj = builder.value
-            else:
-                obj = value
-            if split not in SPLITS:
-                yield Parsed(position, bad=quarantine_row(source, position, "unknown_split", None,
-                                                          f"top-level key {split!r} is not train/val/test", obj))
-                continue
-            yield _normalise(source, position, obj, normalize_s2, split)
+            depth += event in ("start_map", "start_array")
     except (ijson.JSONError, ijson.IncompleteJSONError, UnicodeDecodeError) as e:
         position = f"after {last}"
         yield Parsed(position, bad=quarantine_row(source, position, "unparseable", None,
@@ -472,6 +496,40 @@ class AnnotationError(Exception):
     """An annotation file that is missing or cannot be parsed at all. One line, naming the file."""
 
 
+def _label_rows(uri: str) -> list[dict]:
+    """The rows of an annotation file; AnnotationError (one line, naming the file and for JSON lines the line) if it
+    is missing, or a line is not UTF-8, not JSON or not an object."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ..store import filesystem_for, read_bytes
+
+    fs, path = filesystem_for(uri)
+    try:
+        if path.endswith(".parquet"):
+            return pq.read_table(path, filesystem=fs).to_pylist()
+        lines = read_bytes(fs, path).removeprefix(UTF8_BOM).splitlines()
+    except FileNotFoundError:
+        raise AnnotationError(f"{uri}: no such file") from None
+    except pa.ArrowInvalid as e:
+        raise AnnotationError(f"{uri}: cannot be read ({str(e).splitlines()[0]})") from None
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise AnnotationError(f"{uri}: cannot be read (line {number} is not UTF-8)") from None
+        except (ValueError, RecursionError) as e:
+            raise AnnotationError(f"{uri}: cannot be read (line {number}: {str(e).splitlines()[0][:200]})") from None
+        if not isinstance(row, dict):
+            raise AnnotationError(f"{uri}: cannot be read (line {number} is a JSON {type(row).__name__}, "
+                                  "not an object)")
+        rows.append(row)
+    return rows
+
+
 def read_labels(uri: str, accepted):
     """An annotation file of (sentence, photo, label) rows -> (pairs, quarantine rows).
 
@@ -479,35 +537,28 @@ def read_labels(uri: str, accepted):
     optionally ``split``; without a split a pair takes its review's. ``accepted(review_ids)`` (an Arrow array of the
     file's review ids) gives the accepted tables' rows of those reviews (at least): (reviews (review_id, split), images
     (image_id, review_id)). A row naming an unknown review, a photo not of its review, a label that is not 0/1, or
-    missing a field is quarantined with its reason. The pairs table has the columns ``sentence_id``
-    (``<review_id>#<sentence>``), ``text``, ``image_id``, ``label`` (int8) and ``split``. Memory: the file's rows and
-    the accepted rows of its reviews.
+    missing a field or holding one of the wrong type is quarantined with its reason. The pairs table has the columns
+    ``sentence_id`` (``<review_id>#<sentence>``), ``text``, ``image_id``, ``label`` (int8) and ``split``. Memory: the
+    file's rows and the accepted rows of its reviews.
     """
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    from ..store import filesystem_for, read_text
-
-    fs, path = filesystem_for(uri)
-    try:
-        if path.endswith(".parquet"):
-            rows = pq.read_table(path, filesystem=fs).to_pylist()
-        else:
-            rows = [json.loads(line) for line in read_text(fs, path).splitlines() if line.strip()]
-    except FileNotFoundError:
-        raise AnnotationError(f"{uri}: no such file") from None
-    except (json.JSONDecodeError, pa.ArrowInvalid) as e:
-        raise AnnotationError(f"{uri}: cannot be read ({str(e).splitlines()[0]})") from None
-    reviews, images = accepted(pa.array(sorted({r["review_id"] for r in rows if isinstance(r.get("review_id"), str)}),
-                                        pa.string()))
+    rows = _label_rows(uri)
+    named = {r["review_id"] for r in rows if isinstance(r.get("review_id"), str)}
+    reviews, images = accepted(pa.array(sorted(r for r in named if storable(r) == r), pa.string()))
     split_of = dict(zip(reviews.column("review_id").to_pylist(), reviews.column("split").to_pylist()))
     photos = set(zip(images.column("image_id").to_pylist(), images.column("review_id").to_pylist()))
     out, bad = {"sentence_id": [], "text": [], "image_id": [], "label": [], "split": []}, []
     for n, row in enumerate(rows):
         missing = [c for c in LABEL_COLUMNS if row.get(c) is None]
+        wrong = [c for c in ("review_id", "sentence", "pic_id", "split")
+                 if row.get(c) is not None and not isinstance(row[c], str)]
         if missing:
             bad.append(quarantine_row(uri, f"row {n}", "missing_field", missing[0], f"field {missing[0]!r} is missing",
                                       row))
+        elif wrong:
+            bad.append(quarantine_row(uri, f"row {n}", "wrong_type", wrong[0], f"field {wrong[0]!r} must be a string, "
+                                      f"got {type(row[wrong[0]]).__name__}", row))
         elif row["review_id"] not in split_of:
             bad.append(quarantine_row(uri, f"row {n}", "unknown_review", "review_id",
                                       f"review {row['review_id']} is not among the accepted reviews", row))
@@ -517,8 +568,9 @@ def read_labels(uri: str, accepted):
         elif row["label"] not in (0, 1, True, False):
             bad.append(quarantine_row(uri, f"row {n}", "out_of_range", "label", "label must be 0 or 1", row))
         else:
-            for key, value in (("sentence_id", f"{row['review_id']}#{row['sentence']}"), ("text", row["sentence"]),
+            text = storable(row["sentence"])
+            for key, value in (("sentence_id", f"{row['review_id']}#{text}"), ("text", text),
                                ("image_id", row["pic_id"]), ("label", int(row["label"])),
-                               ("split", row.get("split") or split_of[row["review_id"]])):
+                               ("split", storable(row.get("split") or split_of[row["review_id"]]))):
                 out[key].append(value)
     return pa.table({**out, "label": pa.array(out["label"], pa.int8())}), bad

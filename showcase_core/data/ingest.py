@@ -32,6 +32,7 @@ from .gest import iter_jsonl, iter_s2, quarantine_row
 
 WRITE_BATCH = 20_000
 LOOKUP_RECORDS = 1_000  # records whose photos are looked up together (PhotoLookup)
+NAME_MAX = 255  # bytes of a file name on ext4, XFS, APFS, NTFS: a longer <pic_id>.jpg names no file
 ORDER = "_order"  # global record order: (chunk index << 40) + position within the chunk
 
 STAGED = pa.schema(list(schema.REVIEWS) + [pa.field(ORDER, pa.int64())])
@@ -52,7 +53,8 @@ class PhotoLookup:
     S3, ``threads`` at a time), so a process holds one batch of ids, however many photos the root has. A listing
     would hold every photo id in one process (and a copy in each task that checks against it).
 
-    ``pic in lookup`` asks for one photo; ``lookup.present(ids)`` for a batch."""
+    ``pic in lookup`` asks for one photo; ``lookup.present(ids)`` for a batch. An id no file can be named after (its
+    ``<pic_id>.jpg`` over NAME_MAX bytes, or holding a NUL) is not asked: it is absent (stat would fail on it)."""
 
     def __init__(self, images_uri: str, threads: int = 16):
         self.fs, self.root = filesystem_for(images_uri)
@@ -60,7 +62,7 @@ class PhotoLookup:
 
     def present(self, pic_ids) -> set[str]:
         """The ids of ``pic_ids`` whose photo is a file under the root."""
-        ids = list(dict.fromkeys(pic_ids))
+        ids = [p for p in dict.fromkeys(pic_ids) if len(f"{p}.jpg".encode()) <= NAME_MAX and "\x00" not in p]
         paths = [posixpath.join(self.root, f"{p}.jpg") for p in ids]
         step = max(1, -(-len(paths) // self.threads))
         slices = [paths[i:i + step] for i in range(0, len(paths), step)]
@@ -175,12 +177,17 @@ def plan_drops(keys: pa.Table, fmt: str) -> pa.Table:
 
 
 def duplicate_drops(keys: pa.Table) -> pa.Table:
-    """Duplicates: of the rows of one review id, the first in file order is kept; the others are dropped. ``keys``
-    holds every row of its review ids."""
+    """Duplicates: of the rows of one review id, the first in file order is kept; the others are dropped, as
+    ``duplicate_review`` when of the same user (so of the same business: the id is ``<user_id>_<business_id>``), else
+    as ``ambiguous_review_id`` (user "a_b" and business "c", user "a" and business "b_c"). ``keys`` holds every row of
+    its review ids."""
     first = keys.group_by("review_id").aggregate([(ORDER, "min")]).column(f"{ORDER}_min")
-    duplicates = keys.filter(pc.invert(pc.is_in(keys.column(ORDER), value_set=first))).column(ORDER)
-    return pa.table({ORDER: duplicates, "reason": pa.array(["duplicate_review"] * len(duplicates), pa.string())},
-                    schema=DROPS)
+    is_first = pc.is_in(keys.column(ORDER), value_set=first)
+    kept = keys.filter(is_first).select(["review_id", "user_id"]).rename_columns(["review_id", "kept_user"])
+    dropped = keys.filter(pc.invert(is_first)).join(kept, "review_id")
+    reason = pc.if_else(pc.equal(dropped.column("user_id"), dropped.column("kept_user")), "duplicate_review",
+                        "ambiguous_review_id")
+    return pa.table({ORDER: dropped.column(ORDER), "reason": reason.cast(pa.string())}, schema=DROPS)
 
 
 def single_user_drops(keys: pa.Table, duplicates) -> pa.Table:
@@ -293,6 +300,9 @@ def commit_ingest(store: Store, run_id: str, files: dict[str, list[dict]], detai
 def _drop_detail(reason: str, row: dict) -> str:
     if reason == "duplicate_review":
         return f"review {row['review_id']} appeared earlier in the input; the first one is kept"
+    if reason == "ambiguous_review_id":
+        return (f"review id {row['review_id']} (user {row['user_id']}, business {row['business_id']}) is the id of an "
+                "earlier review of another user and business; the first one is kept")
     return f"user {row['user_id']} has a single usable review (Gest-s1 keeps users with two or more)"
 
 

@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from ..store import join_uri
 from . import schema
-from .gest import RecordError, check_photo_id, loads_line, read_json_lines
+from .gest import RecordError, check_photo_id, check_unicode, loads_line, read_json_lines
 from .sentences import partition_of
 
 LOOKUP_BATCH = 1_000  # photo ids asked of the images root together
@@ -43,7 +43,7 @@ def read_owner_photos(stream: IO[bytes], source: str, businesses: set[str], pres
                 raise RecordError("missing_field", name, f"field {name!r} is missing")
             if not isinstance(obj[name], str) or not obj[name]:
                 raise RecordError("wrong_type", name, f"field {name!r} must be a non-empty string")
-        business, pic = obj["business_id"], check_photo_id(obj["pic_id"], "pic_id")
+        business, pic = check_unicode(obj["business_id"], "business_id"), check_photo_id(obj["pic_id"], "pic_id")
         if business not in businesses:
             raise RecordError("unknown_business", "business_id", f"business {business} has no accepted review")
         if pic not in present:

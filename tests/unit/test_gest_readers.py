@@ -2,10 +2,12 @@ import io
 import json
 import random
 
+import pyarrow as pa
 import pytest
 
 from showcase_core.data.businesses import read_businesses
 from showcase_core.data.gest import REASONS, detect_format, iter_jsonl, iter_s2, pic_id_from_url
+from showcase_core.data.schema import QUARANTINE
 
 
 def s2_bytes(obj) -> io.BytesIO:
@@ -57,9 +59,22 @@ def test_a_photo_id_that_could_leave_the_images_root_is_refused(pic):
     assert item.review is None and item.bad["reason"] == "unsafe_photo_id" and item.bad["field"] == "pics[1]"
 
 
-def test_pic_id_from_url_strips_size_suffix_and_unsafe_characters():
+def test_pic_id_from_url_strips_the_size_suffix_and_keeps_the_segment_as_written():
     assert pic_id_from_url("https://lh5.googleusercontent.com/p/AF1Qip-Ab_c=w150-h150-k-no-p") == "AF1Qip-Ab_c"
-    assert pic_id_from_url("https://host/a/b/we%20ird?x=1") == "we_20ird"
+    assert pic_id_from_url("https://host/a/b/we%20ird?x=1") == "we%20ird"
+
+
+def test_photo_ids_are_kept_exactly_as_given():
+    """'a b' and 'a_b' are two photos, and images/café.jpg is café's photo: no id is rewritten."""
+    item = one(iter_s2(s2_bytes({"train": [dict(GOOD, pics=["café", "a b", "a_b", " x", {"id": "ü"}])]}), "f"))
+    assert item.review["pic_ids"] == ["café", "a b", "a_b", " x", "ü"]
+
+
+@pytest.mark.parametrize("pic", ["p\ud83d", {"id": "\udc00"}])
+def test_a_photo_id_holding_a_lone_surrogate_is_invalid_unicode(pic):
+    record = json.dumps(dict(RAW, pics=["fine", pic])).encode()  # ASCII-escaped: "\\ud83d"
+    item = one(iter_jsonl(io.BytesIO(record), "f", "raw"))
+    assert item.review is None and (item.bad["reason"], item.bad["field"]) == ("invalid_unicode", "pics[1]")
 
 
 @pytest.mark.parametrize("change, reason, field", [
@@ -169,6 +184,28 @@ def test_google_local_reviews():
     assert [i.bad["reason"] for i in items[1:]] == ["no_text_or_photos", "no_photos", "wrong_type", "missing_field"]
 
 
+@pytest.mark.parametrize("fmt, record", [("raw", RAW), ("googlelocal", dict(RAW, gmap_id="g1"))])
+def test_an_integer_beyond_pythons_digit_limit_is_unparseable_not_a_crash(fmt, record):
+    line = json.dumps(record).replace('"rating": 4', '"rating": ' + "9" * 5000).encode()
+    item = one(iter_jsonl(io.BytesIO(line + b"\n"), "f", fmt))
+    assert item.review is None and item.bad["reason"] == "unparseable" and "4300 digits" in item.bad["detail"]
+
+
+def test_a_google_local_time_beyond_64_bits_is_out_of_range():
+    good = {"user_id": "101", "gmap_id": "g1", "rating": 5, "text": "Great.", "pics": ["p1"]}
+    rows = [dict(good, time=2**63 - 1), dict(good, time=2**63), dict(good, time=-2**70)]
+    items = list(iter_jsonl(io.BytesIO("\n".join(json.dumps(r) for r in rows).encode()), "g", "googlelocal"))
+    assert items[0].review["time_ms"] == 2**63 - 1
+    assert [(i.bad["reason"], i.bad["field"]) for i in items[1:]] == [("out_of_range", "time")] * 2
+
+
+def test_s2_records_under_a_key_with_a_dot_are_unknown_splits_not_lost():
+    items = list(iter_s2(s2_bytes({"v.al": [GOOD, GOOD], "train": [GOOD], "x.y": {"item": [GOOD]}, "t.": 3}), "f"))
+    assert [(i.position, i.bad and i.bad["reason"]) for i in items] == [
+        ("v.al[0]", "unknown_split"), ("v.al[1]", "unknown_split"), ("train[0]", None), ("x.y", "wrong_type"),
+        ("t.", "wrong_type")]
+
+
 def test_detect_format():
     assert detect_format(b"", "/x/filter_all_t.json") == "s2"
     assert detect_format(b"", "s3://b/image_review_all.json") == "raw"
@@ -216,3 +253,15 @@ def test_business_places_keep_good_rows_and_quarantine_each_bad_one_with_its_rea
                        ("missing_field", "latitude"), ("unknown_business", "business_id"),
                        ("bad_coordinates", "latitude")]
     assert all(q["reason"] in REASONS for q in result["quarantine"])
+
+
+def test_business_places_with_an_over_range_integer_or_a_lone_surrogate_are_quarantined_not_a_crash():
+    lines = [b'{"business_id": "b1", "latitude": ' + b"9" * 400 + b', "longitude": 0}',
+             b'{"business_id": "b1", "latitude": 1, "longitude": -' + b"9" * 400 + b'}',
+             b'{"business_id": "b\\ud83d", "latitude": 1, "longitude": 1}']
+    for partitions in (1, 2):
+        bad = [q for k in range(partitions) for q in read_businesses(io.BytesIO(b"\n".join(lines)), "b.jsonl", {"b1"},
+                                                                     partition=(k, partitions))["quarantine"]]
+        assert sorted((q["reason"], q["field"]) for q in bad) == [
+            ("bad_coordinates", "latitude"), ("bad_coordinates", "longitude"), ("invalid_unicode", "business_id")]
+        pa.Table.from_pylist(bad, schema=QUARANTINE)  # storable

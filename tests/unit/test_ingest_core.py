@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from showcase_core.data.ingest import (ORDER, PhotoLookup, chunk_drops, commit_ingest, drops_of_chunk, finalize_chunk,
                                        plan_chunks, plan_drops, plan_duplicates, plan_single_users, stage_chunk,
                                        user_split)
+from showcase_core.data import schema
 from showcase_core.data.owner_photos import photos_present, read_owner_photos
 from showcase_core.data.summary import dataset_summary
 from showcase_core.data.world import make_world
@@ -121,6 +122,45 @@ def test_photo_lookup_finds_the_jpg_files_directly_under_the_root(tmp_path):
     assert lookup.present([*"abcdez", "a"]) == {"a", "b"}
 
 
+def test_a_photo_id_no_file_can_be_named_after_is_absent_not_a_crash(tmp_path):
+    longest = "l" * 251  # l...l.jpg: 255 bytes, the longest file name
+    for name in ("a", longest):
+        (tmp_path / f"{name}.jpg").write_bytes(b"x")
+    lookup = PhotoLookup(str(tmp_path))
+    assert lookup.present(["a", "a" * 300, "é" * 130, longest, "a\x00b"]) == {"a", longest}
+    assert "a" * 300 not in lookup
+
+
+def test_a_review_of_an_over_long_photo_id_is_quarantined_not_a_crash(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "p1.jpg").write_bytes(b"x")
+    rows = [{"user_id": "u1", "business_id": f"b{i}", "rating": 4, "review_text": "ok", "pics": pics}
+            for i, pics in enumerate([["p1", "a" * 300], ["a" * 300], ["p1"]])]
+    source = tmp_path / "image_review_all.json"
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    store, _ = ingest_without_ray(str(tmp_path / "root"), str(source), "raw", str(tmp_path / "images"), 1 << 20)
+    assert store.read_table("reviews").column("pic_ids").to_pylist() == [["p1"], ["p1"]]
+    assert sorted(store.read_table("quarantine").column("reason").to_pylist()) == ["all_photos_missing",
+                                                                                   "photo_missing"]
+
+
+def test_owner_photo_rows_with_a_lone_surrogate_are_invalid_unicode_in_any_partition(tmp_path):
+    (tmp_path / "p1.jpg").write_bytes(b"x")
+    data = (b'{"business_id": "b1", "pic_id": "p1"}\n{"business_id": "b1", "pic_id": "p\\ud83d"}\n'
+            b'{"business_id": "b\\udc00", "pic_id": "p2"}\n')
+    for partitions in (1, 2, 3):
+        rows, bad = [], []
+        for k in range(partitions):
+            present = photos_present(io.BytesIO(data), {"b1"}, PhotoLookup(str(tmp_path)), partition=(k, partitions))
+            result = read_owner_photos(io.BytesIO(data), "o.jsonl", {"b1"}, present, str(tmp_path), (k, partitions))
+            rows += result["table"].column("image_id").to_pylist()
+            bad += result["quarantine"]
+        assert rows == ["p1"]
+        assert sorted((q["reason"], q["field"]) for q in bad) == [("invalid_unicode", "business_id"),
+                                                                  ("invalid_unicode", "pic_id")]
+        pa.Table.from_pylist(bad, schema=schema.QUARANTINE)
+
+
 def test_owner_photos_are_looked_up_a_batch_at_a_time_with_the_answers_of_one_lookup_a_row(tmp_path):
     images = tmp_path / "images"
     images.mkdir()
@@ -165,6 +205,33 @@ def test_plan_drops_keeps_the_first_duplicate_and_drops_single_users():
     assert got == {9: "duplicate_review", 1: "single_review_user", (1 << 40) + 2: "single_review_user"}
     assert drops_of_chunk(drops, 1).column(ORDER).to_pylist() == [(1 << 40) + 2]
     assert dict(zip(*[c.to_pylist() for c in plan_drops(keys, "s2").columns])) == {9: "duplicate_review"}
+
+
+def test_two_reviews_whose_ids_collide_are_not_duplicates_but_the_second_is_ambiguous():
+    """User "a_b" of business "c" and user "a" of business "b_c" both get review id "a_b_c": the second is no second
+    review of the same pair (duplicate_review) but a different review whose id is taken (ambiguous_review_id)."""
+    keys = pa.table({"review_id": ["a_b_c", "a_b_c", "a_b_c", "a_b_c", "x_y"], "user_id": ["a_b", "a", "a_b", "a", "x"],
+                     ORDER: pa.array([4, 7, 8, 2, 5], pa.int64())})
+    got = dict(zip(*[c.to_pylist() for c in plan_drops(keys, "s2").columns]))
+    assert got == {4: "ambiguous_review_id", 7: "duplicate_review", 8: "ambiguous_review_id"}  # order 2 (user a) kept
+
+
+def test_colliding_review_ids_end_to_end(tiny, tmp_path):
+    world, _ = tiny
+    pics = sorted(f[:-4] for f in os.listdir(f"{world}/images") if f.endswith(".jpg"))[:4]
+    rows = [("a_b", "c", pics[0]), ("a", "b_c", pics[1]), ("a_b", "c", pics[2]), ("a", "d", pics[3])]
+    source = tmp_path / "review-local.json"
+    source.write_text("".join(json.dumps({"user_id": u, "gmap_id": b, "rating": 4, "text": "ok", "time": 1,
+                                          "pics": [p]}) + "\n" for u, b, p in rows))
+    store, _ = ingest_without_ray(str(tmp_path / "root"), str(source), "googlelocal", f"{world}/images", 1 << 20)
+    reviews = store.read_table("reviews")
+    assert sorted(zip(reviews.column("user_id").to_pylist(), reviews.column("business_id").to_pylist())) == [
+        ("a", "d"), ("a_b", "c")]
+    quarantine = store.read_table("quarantine").to_pylist()
+    assert sorted((q["reason"], json.loads(q["record"])["user_id"]) for q in quarantine) == [
+        ("ambiguous_review_id", "a"), ("duplicate_review", "a_b")]
+    detail = next(q["detail"] for q in quarantine if q["reason"] == "ambiguous_review_id")
+    assert "user a, business b_c" in detail
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
