@@ -58,7 +58,7 @@ class Settings(JobSettings):
     max_photo_pixels: int = setting(MAX_PHOTO_PIXELS, "a photo of more pixels (width x height, from its header) is "
                                                       "quarantined (too_many_pixels) undecoded", ge=1)
     decode_cpus: float = setting(1.0, "CPUs per decode task beside GPU actors (on a CPU cluster, decoding runs in the "
-                                      "CLIP actors)", gt=0)
+                                      "CLIP actors)", ge=0.0001, le=1024)  # Ray's smallest share of a CPU
     todo_file_rows: int = setting(2048, "ids per todo file at most: the unit of work an actor takes (a short list "
                                         "is cut finer, so that each actor gets 8 files)", ge=1)
     plan_bucket_rows: int = setting(PLAN_BUCKET_ROWS, "ids the driver holds at once while it plans the todo lists "

@@ -35,7 +35,7 @@ class TrainingSettings(JobSettings):
     """What every train_* job shares: the Ray Train worker group, failures, checkpoints and DeepSpeed."""
 
     num_workers: int = setting(1, "Ray Train workers (data-parallel ranks)", ge=1)
-    cpus_per_worker: float = setting(2, "CPUs reserved per worker (also its torch threads)", gt=0)
+    cpus_per_worker: float = setting(2, "CPUs reserved per worker (also its torch threads)", ge=0.0001, le=1024)
     use_gpu: bool = setting(False, "one GPU per worker, NCCL instead of gloo")
     max_failures: int = setting(2, "worker-group restarts from the latest checkpoint before the run fails", ge=0)
     run_name: str = setting("", "reuse a run name to resume that run from its latest checkpoint")

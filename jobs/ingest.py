@@ -52,9 +52,10 @@ class Settings(JobSettings):
     sentence_task_reviews: int = setting(250_000, "reviews per sentence-validation task: each holds one hash "
                                                   "partition of the reviews and reads the sentences file", ge=1)
     sidecar_task_mb: float = setting(256.0, "MiB of an owner-photos or businesses file per validation task: each "
-                                            "reads the file and holds one hash partition of its rows", gt=0)
+                                            "reads the file and holds one hash partition of its rows",
+                                     ge=1e-6, le=2**20)  # a byte to a TiB
     seed: int = setting(0, "seed of the train/val/test split of reviews")
-    chunk_mb: float = setting(64.0, "MiB of the input per parallel validation task", gt=0)
+    chunk_mb: float = setting(64.0, "MiB of the input per parallel validation task", ge=1e-6, le=2**20)
     plan_bucket_rows: int = setting(PLAN_BUCKET_ROWS, "staged reviews one planning task holds at once: duplicates "
                                                       "(and Gest-raw's single-review users) are found bucket by "
                                                       "bucket of ids, a task each", ge=1)

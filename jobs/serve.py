@@ -98,18 +98,19 @@ class Settings(ShowcaseSettings):
     min_replicas: int = setting(1, "autoscaling: model replicas at least (2 or more: losing one fails no request)",
                                 ge=0)
     max_replicas: int = setting(1, "autoscaling: model replicas at most", ge=1)
-    target_ongoing_requests: float = setting(4.0, "autoscaling: requests in flight per model replica it aims for", gt=0)
+    target_ongoing_requests: float = setting(4.0, "autoscaling: requests in flight per model replica it aims for",
+                                             ge=0.01)
     max_ongoing_requests: int = setting(16, "requests a model replica takes at once (its batch queue included)", ge=1)
-    num_cpus: float = setting(1.0, "CPUs per model replica (also its torch threads)", ge=0)
-    num_gpus: float = setting(0.0, "GPUs per model replica; the models run on CUDA when > 0", ge=0)
+    num_cpus: float = setting(1.0, "CPUs per model replica (also its torch threads)", ge=0, le=1024)
+    num_gpus: float = setting(0.0, "GPUs per model replica; the models run on CUDA when > 0", ge=0, le=1024)
     ingress_replicas: int = setting(1, "replicas of the HTTP ingress (no models: it checks requests, calls the model "
                                        "replicas and retries)", ge=1)
-    ingress_num_cpus: float = setting(0.25, "CPUs per ingress replica", ge=0)
+    ingress_num_cpus: float = setting(0.25, "CPUs per ingress replica", ge=0, le=1024)
     ingress_max_ongoing_requests: int = setting(256, "requests an ingress replica takes at once (each waits on a model "
                                                      "replica)", ge=1)
     model_retries: int = setting(3, "times a call is sent again when its model replica died or could not be reached "
                                     "(calls are idempotent); then 503", ge=0)
-    retry_backoff_s: float = setting(0.1, "seconds before the first retry, doubling for each next one", ge=0)
+    retry_backoff_s: float = setting(0.1, "seconds before the first retry, doubling for each next one", ge=0, le=60)
     graceful_shutdown_s: float = setting(20.0, "seconds a stopping replica (scale-down, redeploy, node drain) keeps "
                                                "answering the requests it has", gt=0)
     api_token_env: str = setting("", "an environment variable holding a bearer token every API call must carry "
@@ -129,6 +130,13 @@ class Settings(ShowcaseSettings):
         if self.min_replicas > self.max_replicas:
             raise ValueError(f"need --min-replicas <= --max-replicas, got {self.min_replicas} and {self.max_replicas}")
         return self
+
+    @field_validator("num_cpus", "num_gpus", "ingress_num_cpus", "rate_limit_per_s")
+    @classmethod
+    def _none_or_a_share(cls, value: float, info) -> float:
+        if 0 < value < 0.0001:  # Ray refuses a smaller share; a rate's Retry-After is up to 1/rate seconds
+            raise ValueError(f"--{info.field_name.replace('_', '-')} must be 0 or at least 0.0001, got {value!r}")
+        return value
 
     @field_validator("api_token_env")
     @classmethod

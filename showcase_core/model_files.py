@@ -39,5 +39,5 @@ def _read(uri: str, name: str, what: str) -> bytes:
     fs, base = filesystem_for(uri)
     try:
         return read_bytes(fs, posixpath.join(base, name))  # read again when it fails mid-stream (an S3 restart)
-    except FileNotFoundError:
-        raise StoreError(f"no {what} at {uri} (expected config.json and model.pt)") from None
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):  # nothing there, or a file where the folder is
+        raise StoreError(f"no {what} at {uri} (expected a folder with config.json and model.pt)") from None

@@ -27,10 +27,14 @@ def setting(default: Any, help: str, **constraints) -> Any:
 
 
 def comma_list(name: str, value: str, allowed) -> list[str]:
-    """A comma-separated setting: some of ``allowed``, at least one, in the order given (for a field validator)."""
+    """A comma-separated setting: some of ``allowed``, at least one, each once, in the order given (for a field
+    validator)."""
     items = [item.strip() for item in value.split(",") if item.strip()]
     if not items or set(items) - set(allowed):
         raise ValueError(f"{flag(name)} must list some of {', '.join(allowed)}, got {value!r}")
+    twice = next((item for item in items if items.count(item) > 1), None)
+    if twice:  # each is one pass of the job: a second would redo the first and overwrite its counts
+        raise ValueError(f"{flag(name)} lists {twice} twice (got {value!r})")
     return items
 
 
@@ -49,10 +53,11 @@ def flag(name: str) -> str:
 
 
 class SettingsBase(BaseModel):
-    """What every declaration shares: unknown names fail, values are checked on assignment too, defaults too."""
+    """What every declaration shares: unknown names fail, values are checked on assignment too, defaults too; a float
+    is finite (inf passes a lower bound, and no job's arithmetic has a use for inf or nan)."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, validate_default=True,
-                              coerce_numbers_to_str=True)
+                              coerce_numbers_to_str=True, allow_inf_nan=False)
 
     def pick(self, *names: str) -> dict:
         """Some settings as a plain dict (what a Ray worker or a model card gets)."""
@@ -152,10 +157,12 @@ def parse(stage: str, settings_class: type[SettingsBase], argv: list[str] | None
 def read_config(stage: str, settings_class: type[SettingsBase], path: str) -> dict:
     """A YAML mapping of settings (keys with - or _), every key one the declaration has."""
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             loaded = yaml.safe_load(f) or {}
     except OSError as e:
         raise SettingsError(f"--config: cannot read {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise SettingsError(f"--config: {path} is not UTF-8 text") from None
     except yaml.YAMLError as e:
         raise SettingsError(f"--config: {path} is not valid YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(loaded, dict):

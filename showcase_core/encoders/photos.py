@@ -32,6 +32,7 @@ from ..store import filesystem_for, uri_path
 # byte limit plus one photo of the pixel limit (x4 bytes) however hostile the folder is
 MAX_PHOTO_BYTES = 32 * 2**20
 MAX_PHOTO_PIXELS = 64_000_000
+MAX_ASPECT = 16  # a photo longer than 16 times its shorter side is resized from its centre 16:1 (resize_and_crop)
 
 
 class PhotoError(ValueError):
@@ -69,15 +70,32 @@ def decode_and_resize(data: bytes, size: int, max_pixels: int = MAX_PHOTO_PIXELS
 def resize_and_crop(rgb: np.ndarray, size: int) -> np.ndarray:
     """uint8 [H, W, 3] -> uint8 [size, size, 3]: shorter side to ``size`` (antialiased bicubic, PIL's kernel), centre
     crop. torch's aten op, not ``F.interpolate``, whose argument checks cost as much as a small photo's resize. torch
-    is imported on first use (a decoding worker that never resizes does not load it)."""
+    is imported on first use (a decoding worker that never resizes does not load it).
+
+    A photo longer than ``MAX_ASPECT`` times its shorter side is first cut to its centre ``MAX_ASPECT``:1 (in its own
+    pixels; the centre crop keeps less than that): resized whole, a 1,000,000 x 1 photo would take 150 GB at 224 px.
+    So the resize holds at most ``MAX_ASPECT`` x size x size x 3 bytes; a photo within the ratio keeps its pixels."""
     import torch
 
+    rgb = _centre_of_long_photo(rgb)
     h, w = rgb.shape[:2]
     scale = size / min(w, h)
     nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
     resized = torch.ops.aten._upsample_bicubic2d_aa(torch.from_numpy(rgb).permute(2, 0, 1)[None], [nh, nw], False)
     left, top = (nw - size) // 2, (nh - size) // 2
     return resized[0, :, top:top + size, left:left + size].permute(1, 2, 0).numpy().copy()
+
+
+def _centre_of_long_photo(rgb: np.ndarray) -> np.ndarray:
+    """The centre ``MAX_ASPECT``:1 of a longer photo (its long side cut by an even count of pixels, so the centre
+    stays where it was), contiguous; any other photo as it is."""
+    h, w = rgb.shape[:2]
+    keep = MAX_ASPECT * min(h, w)
+    if max(h, w) <= keep:
+        return rgb
+    keep += (max(h, w) - keep) % 2
+    cut = (max(h, w) - keep) // 2
+    return np.ascontiguousarray(rgb[cut:cut + keep] if h > w else rgb[:, cut:cut + keep])
 
 
 def _draft_scale(width: int, height: int, size: int) -> int:

@@ -194,7 +194,7 @@ def cli(*args, env=None, timeout=60):
     (["--format", "yelp"], "--format: input should be 'auto', 's2', 'raw' or 'googlelocal' (got 'yelp')"),
     (["--colour", "red"], "unknown setting --colour"),
     (["--chunk-mb", "lots"], "--chunk-mb: input should be a valid number, unable to parse string as a number (got 'lots')"),
-    (["--chunk-mb", "0"], "--chunk-mb: input should be greater than 0 (got '0')"),
+    (["--chunk-mb", "0"], "--chunk-mb: input should be greater than or equal to 0.000001 (got '0')"),
     (["--images", "/nonexistent/images"], "--images /nonexistent/images: no such directory"),
 ])
 def test_bad_config_exits_2_with_one_line(tiny_world, tmp_path, args, message):

@@ -189,3 +189,13 @@ def test_photos_decoded_again_batch_by_batch_train_exactly_as_photos_held_per_pa
     (tmp_path / "3.jpg").unlink()
     with pytest.raises(RuntimeError, match="can no longer be read"):
         DecodedPerBatch(uris, rows, size)[np.arange(16)]
+
+
+def test_a_checkpoint_path_that_is_a_file_is_one_line(tmp_path):
+    world = tmp_path / "world.json"
+    world.write_text("{}")
+    with pytest.raises(EncoderError, match=f"^no CLIP checkpoint at {world} \\(expected a folder with config.json "
+                                           "and model.pt\\)$"):
+        load_encoder(checkpoint=str(world))
+    with pytest.raises(EncoderError, match="^no CLIP checkpoint at"):  # a path through a file
+        load_encoder(checkpoint=str(world / "v1"))

@@ -166,3 +166,19 @@ def test_a_short_todo_list_is_cut_finer_so_every_actor_gets_several_files():
     assert todo_file_rows(2_532, 2, 2048) == 256  # never under a model batch of rows ...
     assert todo_file_rows(5_000, 2, 16) == 16  # ... unless the setting says fewer
     assert todo_file_rows(0, 2, 2048) == todo_file_rows(-5, 0, 2048) == 256
+
+
+def test_a_kind_named_twice_and_an_encoder_that_is_a_file_are_one_line_errors(tmp_path):
+    """``--kinds images,images`` ran the images twice, the second pass reporting 0 embedded over the first's counts;
+    ``--encoder world.json`` (a file, not a checkpoint folder) was a NotADirectoryError's stack trace."""
+    from jobs import embed
+    from jobs.common import UserError
+    from showcase_core.settings import SettingsError, parse
+
+    with pytest.raises(SettingsError, match=r"^--kinds lists images twice \(got 'images,texts,images'\)$"):
+        parse("embed", embed.Settings, ["--root", "/r", "--kinds", "images,texts,images"])
+    assert parse("embed", embed.Settings, ["--root", "/r", "--kinds", "texts,images"]).kinds == "texts,images"
+    world = tmp_path / "world.json"
+    world.write_text("{}")
+    with pytest.raises(UserError, match=f"^no CLIP checkpoint at {world} \\(expected a folder with config.json"):
+        embed.identify_encoder({"checkpoint": str(world)})

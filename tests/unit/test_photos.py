@@ -116,12 +116,16 @@ def test_the_resize_matches_pils_bicubic_resize_and_centre_crop(width, height, s
     from PIL import Image
 
     rgb = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)  # noise: the worst case
+    source = photos._centre_of_long_photo(rgb)  # a photo longer than 16:1 is resized from its centre 16:1
+    if max(width, height) <= photos.MAX_ASPECT * min(width, height):
+        assert source is rgb
+    height, width = source.shape[:2]
     scale = size / min(width, height)
     nw, nh = max(size, round(width * scale)), max(size, round(height * scale))
     left, top = (nw - size) // 2, (nh - size) // 2
     # PIL one axis at a time, across then down: Pillow 13 picks the order itself, and the two orders differ by up to
     # 25 levels on noise (each pass clips its overshoot)
-    im = Image.fromarray(rgb).resize((nw, height), Image.BICUBIC).resize((nw, nh), Image.BICUBIC)
+    im = Image.fromarray(source).resize((nw, height), Image.BICUBIC).resize((nw, nh), Image.BICUBIC)
     reference = np.asarray(im.crop((left, top, left + size, top + size)))
     ours = photos.resize_and_crop(rgb, size)
     differ = ours.astype(int) - reference
@@ -164,3 +168,54 @@ def test_a_damaged_jpeg_gets_the_same_pixels_or_reason_with_or_without_simplejpe
     finally:
         photos.simplejpeg = saved
     assert type(fast) is type(slow) and (fast == slow if isinstance(fast, str) else np.array_equal(fast, slow))
+
+
+@pytest.mark.parametrize("height, width, cut", [(3, 100, (0, 3, 26, 74)), (3, 101, (0, 3, 26, 75)),
+                                                (101, 3, (26, 75, 0, 3)), (4, 64, None), (5, 5, None)])
+def test_a_long_photo_is_cut_to_its_centre_16_to_1_before_the_resize(height, width, cut):
+    rgb = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    source = photos._centre_of_long_photo(rgb)
+    if cut is None:  # within 16:1: the very photo, so the very pixels as before
+        assert source is rgb
+    else:  # the same count of pixels cut from each end: the centre stays the centre
+        top, bottom, left, right = cut
+        assert np.array_equal(source, rgb[top:bottom, left:right]) and source.flags.c_contiguous
+
+
+THIN_PHOTO_MEMORY = """
+import resource, sys
+import numpy as np
+from showcase_core.encoders.photos import decode_and_resize
+decode_and_resize(open(sys.argv[1], "rb").read(), 224)  # torch loaded, its first resize done
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+for path in sys.argv[1:]:
+    px = decode_and_resize(open(path, "rb").read(), 224)
+    assert px.shape == (224, 224, 3), px.shape
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+"""
+
+
+def test_a_1000000_x_1_photo_is_embedded_from_its_centre_in_bounded_memory(tmp_path):
+    """A few KB of PNG, 1,000,000 pixels: its shorter side scaled to 224 px made the other 224 million pixels long,
+    150 GB, and the allocator's RuntimeError (not a PhotoError) failed the whole batch."""
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    line = np.zeros((1, 1_000_000, 3), np.uint8)
+    line[:, :, 2] = 255  # blue, but for 8 red pixels in the middle
+    line[:, 499_996:500_004] = (255, 0, 0)
+    wide, tall = tmp_path / "wide.png", tmp_path / "tall.png"
+    Image.fromarray(line).save(wide)
+    Image.fromarray(line.transpose(1, 0, 2).copy()).save(tall)
+    assert wide.stat().st_size < 10_000
+    for path in (wide, tall):
+        px = decode_and_resize(path.read_bytes(), 64)
+        assert px.shape == (64, 64, 3) and np.abs(px.astype(int) - (255, 0, 0)).max() <= 2, path  # its centre
+    script = tmp_path / "thin.py"
+    script.write_text(THIN_PHOTO_MEMORY)
+    done = subprocess.run([sys.executable, str(script), str(wide), str(tall)], capture_output=True, text=True,
+                          cwd=photos.__file__.rsplit("/showcase_core/", 1)[0], timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert float(done.stdout) < 50, f"{done.stdout.strip()} MB more at the peak"  # the photo itself is 3 MB

@@ -77,3 +77,30 @@ def test_help_lists_every_setting_with_its_default_and_meaning(capsys):
     for name, field in Example.model_fields.items():
         assert f"--{name.replace('_', '-')}" in out and field.description in out
     assert "passes over the data [default: 10; >= 1]" in out and "[default: 'fast'; one of fast, slow]" in out
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", "1e400"])
+def test_a_float_setting_refuses_inf_and_nan_in_one_line(value, tmp_path):
+    with pytest.raises(SettingsError) as e:
+        parse("example", Example, ["--root", "/r", f"--lr={value}"])
+    assert str(e.value) == f"--lr: input should be a finite number (got '{value}')"
+    config = tmp_path / "c.yaml"
+    config.write_text("lr: .inf\n")  # YAML's own infinity, a float already
+    with pytest.raises(SettingsError, match="^--lr: input should be a finite number"):
+        parse("example", Example, ["--root", "/r", "--config", str(config)])
+
+
+def test_a_config_file_not_in_utf8_is_one_line_naming_it(tmp_path):
+    config = tmp_path / "latin1.yaml"
+    config.write_bytes("name: café\n".encode("latin-1"))
+    with pytest.raises(SettingsError) as e:
+        parse("example", Example, ["--root", "/r", "--config", str(config)])
+    assert str(e.value) == f"--config: {config} is not UTF-8 text" and "\n" not in str(e.value)
+
+
+def test_a_comma_list_setting_refuses_an_item_given_twice():
+    from showcase_core.settings import comma_list
+
+    assert comma_list("kinds", "texts, images", ("images", "texts")) == ["texts", "images"]
+    with pytest.raises(ValueError, match=r"^--kinds lists images twice \(got 'images,images'\)$"):
+        comma_list("kinds", "images,images", ("images", "texts"))
