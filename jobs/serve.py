@@ -18,7 +18,7 @@ Rows have the SHOWCASES fields (showcase_core.data.schema). A mistake in the req
 wrong-typed fields and ids over 256 characters 422; a pair that cannot get a showcase 404 with check_pairs' reason code
 (``reason``: ``unknown_user``, ``unknown_business``, ``no_photos``; every failing pair is under ``errors``; a pair
 repeated in one request is 422 ``duplicate_pair``), and a list is answered all or nothing; more than ``max_pairs``
-pairs (or a body too large to hold them) 413. Unknown routes and methods get 404/405 in the same shape. With
+pairs (or a body too large to hold them, chunked too) 413. Unknown routes and methods get 404/405 in the same shape. With
 ``--api-token-env``, a call without that bearer token is 401 (``/healthz`` stays open); with ``--rate-limit-per-s``, a
 client over its rate is 429 with ``Retry-After`` (``guard``, before any route).
 
@@ -305,6 +305,13 @@ async def limit_body(request: Request, call_next):
     length = request.headers.get("content-length", "")
     if limit and length.isdigit() and int(length) > limit:
         return error(413, f"request body of {int(length):,} bytes is over the limit of {limit:,}", "pairs")
+    if limit and not length and request.method == "POST":  # a chunked body: counted as it arrives
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                return error(413, f"request body over the limit of {limit:,} bytes", "pairs")
+        request._body = bytes(body)  # where Request.body() keeps a body read: the route reads it from there
     return await call_next(request)
 
 
