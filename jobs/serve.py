@@ -15,12 +15,12 @@ FastAPI; no models) that calls a model deployment (``ShowcaseModel``: the models
 
 Rows have the SHOWCASES fields (showcase_core.data.schema). A mistake in the request is a 4xx with a JSON body
 ``{"error": "...", "field": ...}``: malformed JSON 400; a body that is not JSON (Content-Type) 415; missing, extra or
-wrong-typed fields and ids over 256 characters 422; a pair that cannot get a showcase 404 with check_pairs' reason code
-(``reason``: ``unknown_user``, ``unknown_business``, ``no_photos``; every failing pair is under ``errors``; a pair
-repeated in one request is 422 ``duplicate_pair``), and a list is answered all or nothing; more than ``max_pairs``
-pairs (or a body too large to hold them, chunked too) 413. Unknown routes and methods get 404/405 in the same shape. With
-``--api-token-env``, a call without that bearer token is 401 (``/healthz`` stays open); with ``--rate-limit-per-s``, a
-client over its rate is 429 with ``Retry-After`` (``guard``, before any route).
+wrong-typed fields and ids over 256 characters 422; a pair that cannot get a showcase 404 with check_pairs' reason
+code (``reason``: ``unknown_user``, ``unknown_business``, ``no_photos``; every failing pair is under ``errors``; a
+pair repeated in one request is 422 ``duplicate_pair``), and a list is answered all or nothing; more than
+``max_pairs`` pairs (or a body too large to hold them, chunked too) 413. Unknown routes and methods get 404/405 in the
+same shape. With ``--api-token-env``, a call without that bearer token is 401 (``/healthz`` stays open); with
+``--rate-limit-per-s``, a client over its rate is 429 with ``Retry-After`` (``guard``, before any route).
 
 Losing a model replica fails no request: every call is idempotent (a fresh showcase is a pure function of the pair and
 the models; a GET reads), so a call whose model replica dies (``ActorDiedError``) or cannot be reached
