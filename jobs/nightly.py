@@ -33,8 +33,8 @@ unit's businesses.
 Exactly once: a unit's files are named by the run, the unit and N, so a retried unit (a killed worker) replaces its
 own files, a wave whose pass lost a node (or a Ray Data actor it could not restart), or whose writer pool the
 cluster no longer fits (it shrank under the pass), runs again for its units not yet written, and a rerun with the
-same ``--run-id`` (a killed driver) skips the units already written, once it finds them made from the same candidates
-(each showcases file records the candidates' fingerprint). The driver checks that the units' showcases and
+same ``--run-id`` (a killed driver) skips the units already written, once it finds them made from the same inputs
+(each showcases file records the candidates' fingerprint, the models and the features' run). The driver checks that the units' showcases and
 quarantined pairs add up to the candidate rows, then commits the date's quarantine and its showcases, each in one
 Delta transaction that replaces the date's partition, under the application transaction ``<table>/dt=DATE`` with the
 publish generation (1, +1 per ``--force``). A committed date is a no-op without ``--force``; a run that finds its
@@ -217,7 +217,7 @@ class ShowcaseWriter:
     """Ray Data actor: one unit's profiled pairs -> its showcases and quarantine files; returns their add records."""
 
     def __init__(self, root: str, date: str, encoder_id: str, meta: dict, units: int, models: dict, k: int,
-                 beams: int, batch_size: int, run_id: str, generated_at: str, candidates_fp: str, device: str,
+                 beams: int, batch_size: int, run_id: str, generated_at: str, run_inputs: dict, device: str,
                  decoding: dict):
         from showcase_core.showcase import ShowcaseAssembler
         from showcase_core.store import Store
@@ -230,7 +230,7 @@ class ShowcaseWriter:
         self.lookup = F.FeatureLookup(self.store, encoder_id, meta)
         self.assembler = ShowcaseAssembler(models["dpp"], models["generator"], k, beams, device, decoding)
         self.batch_size, self.run_id, self.generated_at = batch_size, run_id, generated_at
-        self.schema = SHOWCASES.with_metadata({CANDIDATES_KEY: candidates_fp})  # what a resume checks
+        self.schema = SHOWCASES.with_metadata({INPUTS_KEY: json.dumps(run_inputs)})  # what a resume checks
 
     def __call__(self, group: pa.Table) -> pa.Table:
         from showcase_core.showcase import QUARANTINE_TABLE, TABLE, PairInputs, part_name, quarantine_row
@@ -287,7 +287,7 @@ MAX_PARTITIONS = 4096  # shuffle partitions at most (beyond it a partition holds
 POLL_S = 2.0  # how often a pass that has nothing to stream back checks that the cluster still fits it
 WAVE_ATTEMPTS = 3  # passes over a wave lost to the cluster (a node, or a Ray Data actor that cannot restart) at most
 SHOWCASE_ROW_GROUP = 256  # rows per row group of a showcases file: a lookup of one pair decodes one of them
-CANDIDATES_KEY = b"showcase.candidates"  # a showcases file's metadata: the fingerprint of the run's candidates
+INPUTS_KEY = b"showcase.inputs"  # a showcases file's metadata: the run's candidates (fingerprint), models, features
 
 
 def list_run_parts(store, date: str, run_id: str) -> dict[int, str]:
@@ -356,12 +356,19 @@ def plan_units(store, cfg: Settings, run_id: str) -> dict:
         raise UserError(f"run {run_id} wrote its parts for {planned.pop()} units, this attempt plans {units} (the "
                         "candidates, --pairs-per-part or the features changed): use a new run id")
     generated_at = utc_now()
-    for name in done_before.values():  # resuming: the same candidates, and the first attempt's timestamp
+    inputs = {"candidates": candidates_fp, "dpp": models["dpp"], "generator": models["generator"],
+              "features": meta["run_id"]}
+    for name in done_before.values():  # resuming: the same inputs, and the first attempt's timestamp
         part = pq.ParquetFile(store.path(TABLE, f"dt={cfg.date}", name), filesystem=store.fs)
-        if (part.schema_arrow.metadata or {}).get(CANDIDATES_KEY, b"").decode() != candidates_fp:
+        written = json.loads((part.schema_arrow.metadata or {}).get(INPUTS_KEY, b"{}"))
+        changed = next((k for k in inputs if written.get(k) != inputs[k]), None)
+        if changed == "candidates":
             raise UserError(f"run {run_id} wrote its parts for other candidates than {cfg.candidates} holds now "
                             "(their files, sizes or rows changed): resume with the same candidates, or use a new "
                             "run id")
+        if changed:
+            raise UserError(f"run {run_id} wrote its parts with other {changed} ({written.get(changed)}; now "
+                            f"{inputs[changed]}): resume before they change, or use a new run id")
         if part.metadata.num_rows:  # so every row of a run agrees (a unit of quarantined pairs only has none)
             generated_at = part.read_row_group(0, columns=["generated_at"]).column(0)[0].as_py()
             break
@@ -372,7 +379,7 @@ def plan_units(store, cfg: Settings, run_id: str) -> dict:
           flush=True)
     return {"models": models, "meta": meta, "paths": paths, "fs": candidates_fs, "rows": candidate_rows,
             "columns": columns, "units": units, "groups": groups, "waves": waves, "done_before": done_before,
-            "generated_at": generated_at, "candidates_fp": candidates_fp}
+            "generated_at": generated_at, "inputs": inputs}
 
 
 def write_units(store, cfg: Settings, run_id: str, plan: dict, records: dict, extras: dict) -> None:
@@ -388,7 +395,7 @@ def write_units(store, cfg: Settings, run_id: str, plan: dict, records: dict, ex
     writer_kwargs = {"root": store.root, "date": cfg.date, "encoder_id": models["encoder_id"], "meta": plan["meta"],
                      "units": plan["units"], "models": models, "k": cfg.k, "beams": cfg.beams,
                      "batch_size": cfg.batch_size, "run_id": run_id, "generated_at": plan["generated_at"],
-                     "candidates_fp": plan["candidates_fp"], "device": device, "decoding": cfg.decoding()}
+                     "run_inputs": plan["inputs"], "device": device, "decoding": cfg.decoding()}
     source = {k: plan[k] for k in ("paths", "fs", "columns", "units", "groups")}
     # no CPU of its own (its passes' tasks take theirs), on the driver's node (an autoscaler's worker node may go),
     # a fresh process per wave (max_calls=1: the pass's native state goes with it), no retry by Ray: the loop below

@@ -291,18 +291,20 @@ def test_a_resume_needs_its_first_candidates_and_a_date_committed_halfway_only_r
                                                                                         tmp_path, monkeypatch,
                                                                                         capsys):
     """The two ways a run can stop before its date is whole, made in process: before its commit (its parts are
-    written), and between its quarantine's commit and its showcases' (a commit that fails when it reaches the
-    showcases table). Also: --force with the publisher's own run id, and a rerun of it leaving its report alone."""
+    written; a resume with other candidates or models is refused), and between its quarantine's commit and its
+    showcases' (a commit that fails when it reaches the showcases table). Also: --force with the publisher's own run
+    id, and a rerun of it leaving its report alone."""
     store = Store.open(trained_root)
     pairs, _, _ = candidate_pairs(trained_root, cross=2)
     candidates = write_candidates(tmp_path / "c.parquet", pairs)
     others = write_candidates(tmp_path / "others.parquet", pairs[1:] + [{**pairs[0], "business_id": "b-nowhere"}])
     args = ["--root", trained_root, "--date", "2026-10-11", "--generator", "none", "--pairs-per-part", "8"]
 
-    def one_line() -> str:
+    def one_line() -> str:  # (a Ray worker's late log lines may reach stderr too)
         err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1, err
-        return err[0]
+        said = [line for line in err if line.startswith("showcase nightly:")]
+        assert len(said) == 1 and "Traceback" not in "".join(err), err
+        return said[0]
 
     def stopped(*_args, **_kwargs):
         raise RuntimeError("stopped before its commit")
@@ -316,6 +318,10 @@ def test_a_resume_needs_its_first_candidates_and_a_date_committed_halfway_only_r
     # other candidates of the same size: the run's parts hold pairs these do not, and miss some they hold
     assert run("nightly", nightly.main, [*args, "--candidates", others, "--run-id", "first-try"]) == 2
     assert "run first-try wrote its parts for other candidates" in one_line()
+    # and with another model: a generator where the first attempt had none
+    assert run("nightly", nightly.main, [*args, "--candidates", candidates, "--run-id", "first-try",
+                                         "--generator", "pc2l"]) == 2
+    assert "run first-try wrote its parts with other generator (None; now " in one_line()
     assert run("nightly", nightly.main, [*args, "--candidates", candidates, "--run-id", "first-try"]) == 0
     assert store.read_json("reports/nightly/first-try.json")["counts"]["parts_resumed"] == len(written)
     assert set(keys_of(read_showcases(trained_root, date="2026-10-11"))) == good_keys(pairs)
