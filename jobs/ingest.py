@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import posixpath
+from collections import Counter
 from typing import Literal
 
 import pyarrow as pa
@@ -261,6 +262,15 @@ def stage_chunks(store, staging: str, run_id: str, cfg: Settings, inputs: dict, 
     return {"parts": parts, "records": records}
 
 
+def quarantine_reasons(store, files: list[dict]) -> Counter:
+    """The quarantine rows' reasons and counts, from the staged files' ``reason`` column one file at a time."""
+    reasons: Counter = Counter()
+    for f in files:
+        path = store.path("tables", "quarantine", f["path"])
+        reasons.update(pq.read_table(path, filesystem=store.fs, columns=["reason"]).column("reason").to_pylist())
+    return reasons
+
+
 def ingest_counts(store, record: dict, records_in: int, sidecar_counts: dict) -> tuple[dict, dict]:
     """The report's counts (every input record is a review out or a quarantined record) and the reasons."""
     quarantined: dict[str, int] = {}
@@ -290,6 +300,15 @@ def main(argv: list[str] | None = None) -> int:
     staging = f"tables/_staging/{run_id}"
     start_ray()
     staged = stage_chunks(store, staging, run_id, cfg, report["inputs"], timer)
+    if not sum(f["rows"] for f in staged["parts"]["reviews"]):
+        reasons = quarantine_reasons(store, staged["parts"]["quarantine"])
+        for name, files in staged["parts"].items():  # this run's files, never committed
+            for f in files:
+                store.fs.delete_file(store.path("tables", name, f["path"]))
+        store.delete_dir(staging)
+        raise UserError(f"--gest {source}: no review accepted of {staged['records']:,} records (quarantined: "
+                        + (", ".join(f"{r} {n:,}" for r, n in reasons.most_common(3)) or "none")
+                        + f"; --format {fmt}); nothing published: the tables under ROOT stay as they were")
     sidecar_counts = {}
     if sentences:
         with timer("sentences"):

@@ -170,6 +170,27 @@ def test_ingest_raw_in_parallel_chunks_applies_gest_s1(ray_local, tiny_world, tm
     assert counts["reviews_out"] + counts["records_quarantined"] == counts["records_in"]
 
 
+def test_an_input_without_an_acceptable_review_publishes_nothing(ray_local, tiny_world, tmp_path, capsys):
+    """A wrong --format or a truncated upload must not replace the published tables with empty ones."""
+    world, _ = tiny_world
+    root = str(tmp_path / "root")
+    assert run("ingest", ingest.main, ["--root", root, "--gest", f"{world}/filter_all_t.json"]) == 0
+    store = Store.open(root)
+    published = {name: store.table_version(name)["version"] for name in ("reviews", "images", "quarantine")}
+    files = sorted(str(p) for p in (tmp_path / "root" / "tables").rglob("*") if p.is_file())
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"user_id": "u1", "gmap_id": "b1"}\nnot json\n')
+    capsys.readouterr()
+    assert run("ingest", ingest.main, ["--root", root, "--gest", str(bad), "--format", "raw", "--images",
+                                       f"{world}/images"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("showcase ingest:")]
+    assert err == [f"showcase ingest: error: --gest {bad}: no review accepted of 2 records (quarantined: "
+                   "missing_field 1, unparseable 1; --format raw); nothing published: the tables under ROOT stay as "
+                   "they were"], err
+    assert {name: store.table_version(name)["version"] for name in published} == published
+    assert sorted(str(p) for p in (tmp_path / "root" / "tables").rglob("*") if p.is_file()) == files
+
+
 def test_ingest_with_input_and_root_on_s3(ray_local, seaweed, tiny_world):
     world, summary = tiny_world
     root = world_on_s3(seaweed, world, "it")
