@@ -332,11 +332,11 @@ def read_parquet_files(batch: pa.Table, fs, columns: list[str] | None):
     made again through a short storage outage, as the store's reads are."""
     import pyarrow.parquet as pq
 
-    from showcase_core.store import retrying
+    from showcase_core.store import NOT_THERE, retrying
 
     for path in batch.column("path").to_pylist():
         with retrying(lambda: pq.ParquetFile(path, filesystem=fs),
-                      retry=lambda err: not isinstance(err, FileNotFoundError)) as parquet:
+                      retry=lambda err: not isinstance(err, NOT_THERE)) as parquet:
             for index in range(parquet.num_row_groups):
                 yield retrying(lambda: parquet.read_row_group(index, columns=columns))
 

@@ -110,13 +110,17 @@ def retrying(call, retry=lambda err: True):
             time.sleep(wait)
 
 
+# what a retry cannot mend: nothing at the path, or a file where a folder should be (or the reverse)
+NOT_THERE = (FileNotFoundError, NotADirectoryError, IsADirectoryError)
+
+
 def read_bytes(fs: pafs.FileSystem, path: str) -> bytes:
-    """A whole small object, read again when the read fails mid-stream; FileNotFoundError at once."""
+    """A whole small object, read again when the read fails mid-stream; NOT_THERE's errors at once."""
     def read_once() -> bytes:
         with fs.open_input_stream(path) as f:
             return f.read()
 
-    return retrying(read_once, retry=lambda err: not isinstance(err, FileNotFoundError))
+    return retrying(read_once, retry=lambda err: not isinstance(err, NOT_THERE))
 
 
 def read_text(fs: pafs.FileSystem, path: str) -> str:

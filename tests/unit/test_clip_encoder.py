@@ -192,10 +192,14 @@ def test_photos_decoded_again_batch_by_batch_train_exactly_as_photos_held_per_pa
 
 
 def test_a_checkpoint_path_that_is_a_file_is_one_line(tmp_path):
+    import time
+
     world = tmp_path / "world.json"
     world.write_text("{}")
+    started = time.monotonic()
     with pytest.raises(EncoderError, match=f"^no CLIP checkpoint at {world} \\(expected a folder with config.json "
                                            "and model.pt\\)$"):
         load_encoder(checkpoint=str(world))
     with pytest.raises(EncoderError, match="^no CLIP checkpoint at"):  # a path through a file
         load_encoder(checkpoint=str(world / "v1"))
+    assert time.monotonic() - started < 10  # at once: no read is tried again (30 s of waits each) for what is not there
