@@ -266,8 +266,9 @@ def quarantine_reasons(store, files: list[dict]) -> Counter:
     """The quarantine rows' reasons and counts, from the staged files' ``reason`` column one file at a time."""
     reasons: Counter = Counter()
     for f in files:
-        path = store.path("tables", "quarantine", f["path"])
-        reasons.update(pq.read_table(path, filesystem=store.fs, columns=["reason"]).column("reason").to_pylist())
+        column = pq.read_table(store.path("tables", "quarantine", f["path"]), filesystem=store.fs, columns=["reason"])
+        for counted in pc.value_counts(column.column("reason")).to_pylist():
+            reasons[counted["values"]] += counted["counts"]
     return reasons
 
 

@@ -31,15 +31,15 @@ group and the users rows it read; a writer actor holds the models, one unit's pa
 unit's businesses.
 
 Exactly once: a unit's files are named by the run, the unit and N, so a retried unit (a killed worker) replaces its
-own files, a wave whose pass lost a node (or a Ray Data actor it could not restart), or whose writer pool the
-cluster no longer fits (it shrank under the pass), runs again for its units not yet written, and a rerun with the
-same ``--run-id`` (a killed driver) skips the units already written, once it finds them made from the same inputs
-(each showcases file records the candidates' fingerprint, the models and the features' run). The driver checks that the units' showcases and
-quarantined pairs add up to the candidate rows, then commits the date's quarantine and its showcases, each in one
-Delta transaction that replaces the date's partition, under the application transaction ``<table>/dt=DATE`` with the
-publish generation (1, +1 per ``--force``). A committed date is a no-op without ``--force``; a run that finds its
-generation committed by another run exits 3; a date whose quarantine a run committed without its showcases (stopped
-between the two) is refused to every other run.
+own files, a wave whose pass lost a node (or a Ray Data actor it could not restart), or whose writer pool the cluster
+no longer fits (it shrank under the pass), runs again for its units not yet written, and a rerun with the same
+``--run-id`` (a killed driver) skips the units already written, once it finds them made from the same inputs (each
+showcases file records the candidates' fingerprint, the models and the features' run). The driver checks that the
+units' showcases and quarantined pairs add up to the candidate rows, then commits the date's quarantine and its
+showcases, each in one Delta transaction that replaces the date's partition, under the application transaction
+``<table>/dt=DATE`` with the publish generation (1, +1 per ``--force``). A committed date is a no-op without
+``--force``; a run that finds its generation committed by another run exits 3; a date whose quarantine a run committed
+without its showcases (stopped between the two) is refused to every other run.
 """
 
 from __future__ import annotations

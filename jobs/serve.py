@@ -71,6 +71,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from showcase_core.features import meta_for
 from showcase_core.generation import DECODING
+from showcase_core.settings import flag
 from showcase_core.showcase import resolve_models
 from showcase_core.store import Store, new_run_id, utc_now
 
@@ -135,7 +136,7 @@ class Settings(ShowcaseSettings):
     @classmethod
     def _none_or_a_share(cls, value: float, info) -> float:
         if 0 < value < 0.0001:  # Ray refuses a smaller share; a rate's Retry-After is up to 1/rate seconds
-            raise ValueError(f"--{info.field_name.replace('_', '-')} must be 0 or at least 0.0001, got {value!r}")
+            raise ValueError(f"{flag(info.field_name)} must be 0 or at least 0.0001, got {value!r}")
         return value
 
     @field_validator("api_token_env")

@@ -16,8 +16,7 @@ from showcase_core import showcase
 from showcase_core import tables as delta
 from showcase_core.store import Store, new_run_id, utc_now
 
-from .common import (JobSettings, Timer, exit_process, new_report, open_store, parse_args, run, setting,
-                     versions)
+from .common import JobSettings, Timer, exit_process, new_report, open_store, parse_args, run, setting, versions
 
 
 class Settings(JobSettings):

@@ -11,7 +11,7 @@ import posixpath
 
 import torch
 
-from .store import StoreError, filesystem_for, read_bytes, write_bytes_atomic
+from .store import NOT_THERE, StoreError, filesystem_for, read_bytes, write_bytes_atomic
 
 
 def save_model_files(uri: str, state_dict: dict, config: dict, card: dict) -> None:
@@ -39,5 +39,5 @@ def _read(uri: str, name: str, what: str) -> bytes:
     fs, base = filesystem_for(uri)
     try:
         return read_bytes(fs, posixpath.join(base, name))  # read again when it fails mid-stream (an S3 restart)
-    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):  # nothing there, or a file where the folder is
+    except NOT_THERE:  # nothing there, or a file where the folder should be
         raise StoreError(f"no {what} at {uri} (expected a folder with config.json and model.pt)") from None
